@@ -1,0 +1,1 @@
+//! The husk agent API shared by the shim (client) and the agent (server).

@@ -1,0 +1,2 @@
+//! `husk-agent`: PID 1 of the guest.
+fn main() {}

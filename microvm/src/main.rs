@@ -1,0 +1,2 @@
+//! `husk-vmm`: runs one microVM.
+fn main() {}

@@ -1,0 +1,1 @@
+//! Builds what the husk guest boots (initramfs) and mounts (container block images).

@@ -1,0 +1,2 @@
+//! `husk-rootfs`: the rootfs builder CLI.
+fn main() {}

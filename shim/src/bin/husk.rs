@@ -1,0 +1,2 @@
+//! `husk`: the user CLI (`husk check`, `husk ps`, `husk logs`).
+fn main() {}

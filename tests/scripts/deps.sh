@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Installs every Debian package husk and its tests need, idempotently.
+# Also unpacks Debian's generic kernel (linux-image-amd64) into a cache
+# directory for the testbed's outer VM; the machine's own /boot is untouched.
+set -euo pipefail
+
+CACHE=${HUSK_CACHE:-$HOME/.cache/husk}
+PKGS=(
+  # guest kernel build
+  linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev xz-utils
+  # testbed and peer VMM
+  qemu-system-x86 busybox-static cpio kmod zstd
+  # container runtime peers and image tools
+  containerd runc e2fsprogs erofs-utils iproute2 util-linux procps
+  # rust crates that build C
+  pkg-config protobuf-compiler
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Outer (L1) kernel for the testbed: the generic flavour (it has 9p as modules).
+outer="$CACHE/outer-kernel"
+if [ ! -f "$outer/.done" ]; then
+  echo "deps: unpacking Debian's generic kernel into $outer"
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  [ -f /var/lib/apt/lists/lock ] && ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1 || apt-get update -qq
+  # linux-image-amd64 is a meta package: resolve the real image package.
+  real=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+  [ -n "$real" ] || { echo "deps: cannot resolve linux-image-amd64" >&2; exit 1; }
+  (cd "$tmp" && apt-get download -qq "$real")
+  rm -rf "$outer" && mkdir -p "$outer"
+  dpkg-deb -x "$tmp"/"$real"_*.deb "$outer/root"
+  kver=$(ls "$outer/root/lib/modules" | head -n1)
+  depmod -b "$outer/root" "$kver"
+  echo "$kver" >"$outer/version"
+  touch "$outer/.done"
+fi
+
+# The agent is linked statically against musl.
+if command -v rustup >/dev/null && ! rustup target list --installed | grep -q x86_64-unknown-linux-musl; then
+  rustup target add x86_64-unknown-linux-musl
+fi
+echo "deps: ok ($(cat "$outer/version"))"
