@@ -1,1 +1,44 @@
 //! The husk agent API shared by the shim (client) and the agent (server).
+//!
+//! The API is defined in `proto/agent.proto` (package `husk.agent.v1`); read its comments for
+//! the semantics of every call, the error codes and the stdio guarantee. This crate holds the
+//! generated message types ([`agent`]) and the sync ttrpc client and server ([`agent_ttrpc`]):
+//!
+//! ```no_run
+//! use husk_protocol::{agent, agent_ttrpc::AgentClient};
+//! # fn main() -> Result<(), ttrpc::Error> {
+//! let client = AgentClient::new(ttrpc::Client::connect("unix:///run/agent.sock")?);
+//! let version = client.version(ttrpc::context::with_timeout(1_000_000_000), &agent::VersionRequest::new())?;
+//! assert_eq!(version.api_version, husk_protocol::API_VERSION);
+//! # Ok(())
+//! # }
+//! ```
+
+#[allow(missing_docs, clippy::all, clippy::pedantic, unused_qualifications)]
+mod generated {
+    include!(concat!(env!("OUT_DIR"), "/modules.rs"));
+}
+
+/// Generated protobuf messages of `husk.agent.v1`.
+pub use generated::agent;
+/// Generated sync ttrpc client (`AgentClient`) and server (`Agent` trait, `create_agent`).
+pub use generated::agent_ttrpc;
+
+/// The API version of this crate's `.proto` (`husk.agent.v1`), reported by `Version`.
+pub const API_VERSION: u32 = 1;
+
+/// Default vsock port the agent listens on (kernel cmdline `husk.agent_port=N` overrides).
+pub const DEFAULT_AGENT_PORT: u32 = 1024;
+
+/// Kernel command-line key that overrides [`DEFAULT_AGENT_PORT`].
+pub const AGENT_PORT_CMDLINE_KEY: &str = "husk.agent_port";
+
+/// Largest `data` accepted by `WriteStdin` and largest `max_bytes` of a read (1 MiB).
+pub const MAX_STDIO_CHUNK: u32 = 1 << 20;
+
+/// `max_bytes` used by reads that pass 0.
+pub const DEFAULT_READ_CHUNK: u32 = 64 << 10;
+
+/// Directory under which the agent mounts a container's extra disks:
+/// `<DISKS_DIR>/<container_id>/<disk name>`.
+pub const DISKS_DIR: &str = "/run/husk/disks";
