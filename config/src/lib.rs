@@ -1,1 +1,22 @@
-//! husk configuration: one TOML file (`/etc/husk/config.toml` by default), typed and validated.
+//! husk configuration: typed, validated, with defaults that work after `make install`.
+//!
+//! Two schemas live here:
+//! - [`VmConfig`]: one microVM as `husk-vmm` runs it (`husk-vmm --config FILE.toml` plus flags
+//!   that override the file), including the virtio device configs [`DiskConfig`],
+//!   [`NetConfig`] and [`VsockConfig`].
+//! - [`HuskConfig`]: `/etc/husk/config.toml` (or `$HUSK_CONFIG`), read by the shim: `[vm]`
+//!   defaults and `[shim]` settings.
+//!
+//! Every error names the field and the offending value ([`ConfigError`]).
+
+pub mod devices;
+pub mod error;
+pub mod husk;
+pub mod size;
+pub mod vm;
+
+pub use devices::{DiskConfig, MacAddr, NetConfig, VsockConfig};
+pub use error::{ConfigError, Result};
+pub use husk::{HuskConfig, ShimConfig, VmDefaults};
+pub use size::MemSize;
+pub use vm::{kernel_format, Console, KernelFormat, VmConfig};

@@ -1,0 +1,207 @@
+//! `/etc/husk/config.toml`: the file the shim reads (`[vm]` defaults and `[shim]` settings).
+//!
+//! ```toml
+//! [vm]
+//! kernel = "/usr/local/share/husk/vmlinux"
+//! initramfs = "/usr/local/share/husk/initramfs"
+//! vcpus = 1
+//! memory = "256M"
+//! cmdline = ""            # appended to husk's own kernel command line
+//!
+//! [shim]
+//! vmm = "/usr/local/bin/husk-vmm"
+//! state_dir = "/run/husk"
+//! image_cache_dir = "/var/lib/husk/images"
+//! agent_vsock_port = 1024
+//! boot_timeout_secs = 30
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ConfigError, Result};
+use crate::size::MemSize;
+use crate::vm::{validate_memory, validate_vcpus, DEFAULT_INITRAMFS, DEFAULT_KERNEL};
+
+/// Default location of the file.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/husk/config.toml";
+/// Environment variable that overrides [`DEFAULT_CONFIG_PATH`].
+pub const CONFIG_ENV: &str = "HUSK_CONFIG";
+
+/// The whole file. Every section and field is optional.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HuskConfig {
+    /// Defaults for every microVM the shim starts.
+    #[serde(default)]
+    pub vm: VmDefaults,
+    /// The shim itself.
+    #[serde(default)]
+    pub shim: ShimConfig,
+}
+
+/// `[vm]`: what each sandbox VM gets unless the container asks otherwise.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmDefaults {
+    /// Guest kernel (ELF vmlinux or bzImage).
+    #[serde(default = "d_kernel")]
+    pub kernel: PathBuf,
+    /// Initramfs holding husk-agent as /init.
+    #[serde(default = "d_initramfs")]
+    pub initramfs: PathBuf,
+    /// vCPUs per VM, 1 to 64.
+    #[serde(default = "d_vcpus")]
+    pub vcpus: u32,
+    /// Guest RAM per VM (`256M`, `1G`, or MiB as a number).
+    #[serde(default = "d_memory")]
+    pub memory: MemSize,
+    /// Extra kernel command line, appended after husk's own.
+    #[serde(default)]
+    pub cmdline: String,
+}
+
+/// `[shim]`: paths and timeouts of containerd-shim-husk-v2.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShimConfig {
+    /// The husk-vmm binary.
+    #[serde(default = "d_vmm")]
+    pub vmm: PathBuf,
+    /// Per-sandbox state (sockets, console log) goes to `<state_dir>/<sandbox-id>/`.
+    #[serde(default = "d_state")]
+    pub state_dir: PathBuf,
+    /// Content-addressed cache of rootfs images built from read-only layers.
+    #[serde(default = "d_cache")]
+    pub image_cache_dir: PathBuf,
+    /// Guest vsock port husk-agent listens on.
+    #[serde(default = "d_port")]
+    pub agent_vsock_port: u32,
+    /// Seconds to wait for the agent to answer after starting the VM.
+    #[serde(default = "d_timeout")]
+    pub boot_timeout_secs: u64,
+}
+
+fn d_kernel() -> PathBuf {
+    DEFAULT_KERNEL.into()
+}
+fn d_initramfs() -> PathBuf {
+    DEFAULT_INITRAMFS.into()
+}
+fn d_vcpus() -> u32 {
+    1
+}
+fn d_memory() -> MemSize {
+    MemSize(256 << 20)
+}
+fn d_vmm() -> PathBuf {
+    "/usr/local/bin/husk-vmm".into()
+}
+fn d_state() -> PathBuf {
+    "/run/husk".into()
+}
+fn d_cache() -> PathBuf {
+    "/var/lib/husk/images".into()
+}
+fn d_port() -> u32 {
+    1024
+}
+fn d_timeout() -> u64 {
+    30
+}
+
+impl Default for VmDefaults {
+    fn default() -> Self {
+        VmDefaults { kernel: d_kernel(), initramfs: d_initramfs(), vcpus: d_vcpus(), memory: d_memory(), cmdline: String::new() }
+    }
+}
+
+impl Default for ShimConfig {
+    fn default() -> Self {
+        ShimConfig { vmm: d_vmm(), state_dir: d_state(), image_cache_dir: d_cache(), agent_vsock_port: d_port(), boot_timeout_secs: d_timeout() }
+    }
+}
+
+impl HuskConfig {
+    /// Parses and validates TOML text (`origin` names it in errors).
+    pub fn from_toml_str(text: &str, origin: &Path) -> Result<Self> {
+        let c: HuskConfig = toml::from_str(text).map_err(|source| ConfigError::Toml { path: origin.into(), source })?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Reads the file at `path`; a missing file at the default path gives the defaults.
+    pub fn load(path: &Path) -> Result<Self> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::from_toml_str(&text, path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && path == Path::new(DEFAULT_CONFIG_PATH) => Ok(Self::default()),
+            Err(source) => Err(ConfigError::File { field: "config".into(), path: path.into(), source }),
+        }
+    }
+
+    /// Path to read: `$HUSK_CONFIG` if set, else [`DEFAULT_CONFIG_PATH`].
+    pub fn default_path() -> PathBuf {
+        std::env::var_os(CONFIG_ENV).map(PathBuf::from).unwrap_or_else(|| DEFAULT_CONFIG_PATH.into())
+    }
+
+    /// Checks values that can be checked without touching the files (the kernel and
+    /// initramfs are checked when a VM is started, so a config can be written before install).
+    pub fn validate(&self) -> Result<()> {
+        validate_vcpus(self.vm.vcpus).map_err(|e| rename(e, "vm.vcpus"))?;
+        validate_memory(self.vm.memory).map_err(|e| rename(e, "vm.memory"))?;
+        if self.shim.agent_vsock_port == 0 || self.shim.agent_vsock_port == u32::MAX {
+            return Err(ConfigError::invalid("shim.agent_vsock_port", self.shim.agent_vsock_port, "must be 1 to 4294967294"));
+        }
+        if self.shim.boot_timeout_secs == 0 || self.shim.boot_timeout_secs > 3600 {
+            return Err(ConfigError::invalid("shim.boot_timeout_secs", self.shim.boot_timeout_secs, "must be 1 to 3600"));
+        }
+        for (field, p) in [("shim.state_dir", &self.shim.state_dir), ("shim.image_cache_dir", &self.shim.image_cache_dir), ("shim.vmm", &self.shim.vmm)] {
+            if !p.is_absolute() {
+                return Err(ConfigError::invalid(field, p.display(), "must be an absolute path"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn rename(e: ConfigError, field: &str) -> ConfigError {
+    match e {
+        ConfigError::Invalid { value, reason, .. } => ConfigError::Invalid { field: field.into(), value, reason },
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_install_defaults() {
+        let c = HuskConfig::from_toml_str("", Path::new("t.toml")).unwrap();
+        assert_eq!(c.vm.kernel, Path::new("/usr/local/share/husk/vmlinux"));
+        assert_eq!(c.vm.initramfs, Path::new("/usr/local/share/husk/initramfs"));
+        assert_eq!(c.shim.agent_vsock_port, 1024);
+        assert_eq!(c.shim.state_dir, Path::new("/run/husk"));
+    }
+
+    #[test]
+    fn fields_parse_and_bad_values_name_the_field() {
+        let c = HuskConfig::from_toml_str("[vm]\nvcpus = 2\nmemory = \"1G\"\n[shim]\nboot_timeout_secs = 5\n", Path::new("t")).unwrap();
+        assert_eq!((c.vm.vcpus, c.vm.memory.bytes(), c.shim.boot_timeout_secs), (2, 1 << 30, 5));
+        let e = HuskConfig::from_toml_str("[vm]\nvcpus = 10000\n", Path::new("t")).unwrap_err().to_string();
+        assert!(e.contains("vm.vcpus") && e.contains("10000"), "{e}");
+        let e = HuskConfig::from_toml_str("[vm]\nmemory = 0\n", Path::new("t")).unwrap_err().to_string();
+        assert!(e.contains("vm.memory"), "{e}");
+        let e = HuskConfig::from_toml_str("[shim]\nstate_dir = \"rel\"\n", Path::new("t")).unwrap_err().to_string();
+        assert!(e.contains("shim.state_dir") && e.contains("rel"), "{e}");
+        let e = HuskConfig::from_toml_str("[vm]\nbogus = 1\n", Path::new("t.toml"));
+        assert!(format!("{:?}", e.unwrap_err()).contains("bogus"));
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error() {
+        let e = HuskConfig::load(Path::new("/nonexistent/husk.toml")).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/husk.toml"), "{e}");
+    }
+}
