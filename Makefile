@@ -1,0 +1,72 @@
+# husk: a microVM container runtime.
+#   make deps       install every Debian package the project and its tests need (idempotent)
+#   make build      release binaries (husk-vmm, husk-rootfs, containerd-shim-husk-v2, husk)
+#   make kernel     guest kernel build/kernel/{vmlinux,bzImage} (cached by config hash)
+#   make initramfs  build/initramfs.cpio.gz with the static husk-agent as /init
+#   make test       everything: deps, builds, unit tests, testbed self-test, in-guest tests
+#   make bench      benchmarks against peers (QEMU microvm, runc), in the testbed
+#   make install    binaries, kernel, initramfs and /etc/husk/config.toml (PREFIX, DESTDIR)
+#   make demo       run a container in a microVM with a private containerd
+SHELL := /bin/bash
+CARGO ?= cargo
+PREFIX ?= /usr/local
+DESTDIR ?=
+MUSL := x86_64-unknown-linux-musl
+BUILD := build
+REL := target/release
+AGENT := target/$(MUSL)/release/husk-agent
+TESTBED := tests/testbed/run
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+.PHONY: deps build agent kernel initramfs test unit lint testbed-selftest testbed-tests bench install demo fuzz clean
+
+deps:
+	@tests/scripts/deps.sh
+
+build:
+	$(CARGO) build --release --locked -p husk-microvm -p husk-rootfs -p husk-shim
+
+agent:
+	$(CARGO) build --release --locked -p husk-agent --target $(MUSL)
+
+kernel:
+	@rootfs-builder/scripts/build-kernel.sh $(BUILD)/kernel
+
+initramfs: agent build
+	@mkdir -p $(BUILD)
+	$(REL)/husk-rootfs initramfs --agent $(AGENT) -o $(BUILD)/initramfs.cpio.gz
+
+unit:
+	$(CARGO) test --locked --workspace
+
+lint:
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+
+testbed-selftest:
+	tests/testbed/selftest.sh
+
+# Every test that boots a real guest, in one outer VM.
+testbed-tests: kernel build initramfs
+	$(TESTBED) --timeout 2700 -- tests/testbed/suite.sh $(FILTER)
+
+test: deps kernel build initramfs unit testbed-selftest testbed-tests
+
+bench: deps kernel build initramfs
+	$(TESTBED) --timeout 2700 -- tests/bench.sh
+
+fuzz:
+	tests/scripts/fuzz.sh $(FUZZ_SECONDS)
+
+install: build initramfs kernel
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/husk $(DESTDIR)/etc/husk
+	install -m 755 $(REL)/husk-vmm $(REL)/husk-rootfs $(REL)/containerd-shim-husk-v2 $(REL)/husk $(DESTDIR)$(PREFIX)/bin/
+	install -m 644 $(BUILD)/kernel/vmlinux $(DESTDIR)$(PREFIX)/share/husk/vmlinux
+	install -m 644 $(BUILD)/initramfs.cpio.gz $(DESTDIR)$(PREFIX)/share/husk/initramfs
+	@[ -f $(DESTDIR)/etc/husk/config.toml ] || sed 's#@PREFIX@#$(PREFIX)#g' config/husk.toml.in >$(DESTDIR)/etc/husk/config.toml
+	@tests/scripts/print-containerd-snippet.sh $(PREFIX)
+
+demo: deps kernel build initramfs
+	tests/demo/run.sh
+
+clean:
+	rm -rf $(BUILD) target

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Tests of the testbed itself, run on the host: the command's output and exit status come
+# through; two runs at once don't clash; a hanging command is killed at the timeout with a
+# clear message and no QEMU left behind.
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+run="$here/run"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+# Our runs keep their temp dirs here, so leak checks see only this test's VMs.
+export TMPDIR="$tmp/tb"
+mkdir -p "$TMPDIR"
+pass=0 fail=0
+check() { if eval "$2"; then pass=$((pass+1)); echo "ok: $1"; else fail=$((fail+1)); echo "FAIL: $1"; fi; }
+
+# Two at once: distinct exit statuses and outputs, a results dir written from inside.
+mkdir -p "$tmp/outA"
+"$run" --timeout 300 --out "$tmp/outA" -- bash -c 'echo marker-A; echo result >"$HUSK_TESTBED_OUT/r.txt"; [ -c /dev/kvm ] || exit 9; exit 3' >"$tmp/a.log" 2>&1 &
+pa=$!
+"$run" --timeout 300 -- bash -c 'echo marker-B; touch /tmp/w && test -w /run && exit 0' >"$tmp/b.log" 2>&1 &
+pb=$!
+wait $pa; ra=$?
+wait $pb; rb=$?
+check "exit status passes through (3)" '[ $ra = 3 ]'
+check "second concurrent run exits 0 with writable /tmp and /run" '[ $rb = 0 ]'
+check "output streamed (A)" 'grep -q "^marker-A" "$tmp/a.log"'
+check "output streamed (B)" 'grep -q "^marker-B" "$tmp/b.log"'
+check "results dir written back" '[ "$(cat "$tmp/outA/r.txt" 2>/dev/null)" = result ]'
+grep -h "ready after" "$tmp/a.log" "$tmp/b.log" | sed 's/^/  /'
+
+# A hanging command is killed at the timeout.
+"$run" --timeout 25 -- sleep 1000 >"$tmp/t.log" 2>&1; rt=$?
+sleep 1
+check "timeout gives exit 124" '[ $rt = 124 ]'
+check "timeout message names the command" 'grep -q "timed out after 25 s" "$tmp/t.log"'
+check "no QEMU left after the timeout" '! pgrep -f "qemu-system.*$TMPDIR" >/dev/null'
+check "bad option is refused" '! "$run" --bogus -- true 2>/dev/null'
+check "no temp dirs left" '[ -z "$(ls -A "$TMPDIR")" ]'
+echo "testbed selftest: $pass passed, $fail failed"
+[ $fail = 0 ]
