@@ -23,6 +23,10 @@ mount -t 9p -o "$o9p,ro,cache=loose" hostroot /host || fail "cannot mount the ho
 h=/host
 mount -t devtmpfs dev $h/dev
 mkdir -p $h/dev/pts $h/dev/shm
+ln -sf /proc/self/fd $h/dev/fd
+ln -sf /proc/self/fd/0 $h/dev/stdin
+ln -sf /proc/self/fd/1 $h/dev/stdout
+ln -sf /proc/self/fd/2 $h/dev/stderr
 mount -t devpts -o newinstance,ptmxmode=0666 devpts $h/dev/pts
 mount -t tmpfs -o mode=1777 tmpfs $h/dev/shm
 mount -t proc proc $h/proc
