@@ -1,0 +1,161 @@
+//! Running mkfs.ext4 / mkfs.erofs on a directory tree, with the ext4 size computed from the
+//! content.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use super::{io_err, FsType, ImageError, ImageOptions};
+
+const BLOCK: u64 = 4096;
+const INODE_SIZE: u64 = 256;
+/// Journal of a writable ext4 image.
+const JOURNAL_MIB: u64 = 16;
+const MIB: u64 = 1 << 20;
+
+/// What a tree needs on an ext4 filesystem.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Usage {
+    /// Data and directory blocks, in bytes.
+    pub bytes: u64,
+    /// Inodes (files, dirs, links, nodes).
+    pub inodes: u64,
+}
+
+fn round_up(n: u64, to: u64) -> u64 {
+    n.div_ceil(to) * to
+}
+
+/// Walks `dir` (not following symlinks, not leaving its filesystem) and adds up what its
+/// content needs: hard-linked files count once.
+pub(crate) fn tree_usage(dir: &Path) -> Result<Usage, ImageError> {
+    let mut usage = Usage::default();
+    let mut seen = HashSet::new();
+    for entry in walkdir::WalkDir::new(dir).same_file_system(true) {
+        let entry = entry.map_err(|e| {
+            let path = e.path().unwrap_or(dir).to_path_buf();
+            ImageError::Io { op: "walk", path, source: e.into_io_error().unwrap_or_else(|| io::Error::other("filesystem loop")) }
+        })?;
+        let meta = entry.metadata().map_err(|e| ImageError::Io {
+            op: "stat",
+            path: entry.path().to_path_buf(),
+            source: e.into_io_error().unwrap_or_else(|| io::Error::other("stat failed")),
+        })?;
+        if meta.nlink() > 1 && !meta.is_dir() && !seen.insert((meta.dev(), meta.ino())) {
+            continue;
+        }
+        usage.inodes += 1;
+        let name_len = entry.file_name().len() as u64;
+        // A directory entry: 8 bytes plus the name, 4-byte aligned.
+        usage.bytes += round_up(8 + name_len, 4);
+        if meta.is_dir() {
+            usage.bytes += BLOCK;
+        } else if meta.is_file() {
+            usage.bytes += round_up(meta.len(), BLOCK);
+        } else if meta.file_type().is_symlink() && meta.len() >= 60 {
+            usage.bytes += BLOCK;
+        }
+    }
+    Ok(usage)
+}
+
+/// Size of an ext4 image for `usage`: data plus metadata overhead, plus `headroom`.
+pub(crate) fn ext4_size(usage: Usage, inodes: u64, headroom: u64, journal: bool) -> u64 {
+    // Bitmaps, group descriptors, extent blocks and allocation slack: ~6% of the data.
+    let data = usage.bytes + usage.bytes / 16;
+    let base = data + inodes * INODE_SIZE + 8 * MIB + if journal { JOURNAL_MIB * MIB } else { 0 };
+    round_up(base + headroom, MIB)
+}
+
+/// Blocks allocated to `path`, in bytes (what a sparse file really costs).
+pub(crate) fn allocated(path: &Path) -> Result<u64, ImageError> {
+    Ok(fs::metadata(path).map_err(io_err("stat", path))?.blocks() * 512)
+}
+
+fn run(tool: &Path, package: &'static str, args: Vec<std::ffi::OsString>, image: &Path, src: &Path) -> Result<(), ImageError> {
+    let out = Command::new(tool)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => ImageError::ToolMissing { tool: tool.to_path_buf(), package },
+            _ => ImageError::Io { op: "run", path: tool.to_path_buf(), source: e },
+        })?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return Err(ImageError::MkfsFailed {
+            tool: tool.to_path_buf(),
+            image: image.to_path_buf(),
+            source_dir: src.to_path_buf(),
+            status: out.status,
+            stderr: stderr.trim().chars().take(2000).collect(),
+        });
+    }
+    Ok(())
+}
+
+/// Makes the filesystem of `src` in the (new or empty) file `image`. `writable` asks for a
+/// journal and `opts.ext4_headroom` of free space on ext4.
+pub(crate) fn mkfs(src: &Path, image: &Path, opts: &ImageOptions, writable: bool) -> Result<(), ImageError> {
+    match opts.fstype {
+        FsType::Ext4 => {
+            let usage = tree_usage(src)?;
+            let headroom = if writable { opts.ext4_headroom } else { 0 };
+            // Room for new files in the headroom: one inode per 16 KiB.
+            let inodes = usage.inodes + usage.inodes / 10 + 64 + headroom / 16384;
+            let size = ext4_size(usage, inodes, headroom, writable);
+            let file = fs::OpenOptions::new().write(true).create(true).truncate(true).open(image).map_err(io_err("create", image))?;
+            file.set_len(size).map_err(io_err("size", image))?;
+            drop(file);
+            let mut args: Vec<std::ffi::OsString> = ["-q", "-F", "-t", "ext4", "-b", "4096", "-I", "256", "-m", "0", "-E", "nodiscard"]
+                .iter()
+                .map(Into::into)
+                .collect();
+            args.push("-N".into());
+            args.push(inodes.to_string().into());
+            if writable {
+                args.extend(["-J".into(), format!("size={JOURNAL_MIB}").into()]);
+            } else {
+                args.extend(["-O".into(), "^has_journal".into()]);
+            }
+            args.extend(["-d".into(), src.as_os_str().to_owned(), image.as_os_str().to_owned()]);
+            run(&opts.tools.mkfs_ext4, "e2fsprogs", args, image, src)
+        }
+        FsType::Erofs => {
+            let mut args: Vec<std::ffi::OsString> = vec!["--quiet".into()];
+            if let Some(c) = &opts.erofs_compressor {
+                args.push(format!("-z{c}").into());
+            }
+            args.extend([image.as_os_str().to_owned(), src.as_os_str().to_owned()]);
+            run(&opts.tools.mkfs_erofs, "erofs-utils", args, image, src)
+        }
+    }
+}
+
+/// Directory for temporary files next to `path`.
+pub(crate) fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Builds the image of `src` into a temporary file beside `opts.output` and renames it there.
+/// Returns the allocated bytes of the image.
+pub(crate) fn build_to_output(src: &Path, opts: &ImageOptions, read_only: bool) -> Result<u64, ImageError> {
+    let dir = parent_dir(&opts.output);
+    let tmp = tempfile::Builder::new()
+        .prefix(".husk-img-")
+        .tempfile_in(&dir)
+        .map_err(io_err("create a temporary image in", &dir))?
+        .into_temp_path();
+    mkfs(src, &tmp, opts, !read_only && opts.fstype == FsType::Ext4)?;
+    let bytes = allocated(&tmp)?;
+    tmp.persist(&opts.output).map_err(|e| ImageError::Io { op: "rename the image to", path: opts.output.clone(), source: e.error })?;
+    Ok(bytes)
+}
