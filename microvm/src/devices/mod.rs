@@ -6,6 +6,8 @@
 //!   interior mutability, so vCPUs touching different devices never serialise on one lock.
 //! - Offsets are relative to the base of the range the device was inserted at.
 
+pub mod virtio;
+
 /// A device reached by vCPU port or MMIO exits.
 pub trait BusDevice: Send + Sync {
     /// The guest reads `data.len()` bytes at `offset` into the device's range.

@@ -1,0 +1,181 @@
+//! One vsock stream: the host unix socket, its state and the credit accounting.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::os::unix::net::UnixStream;
+
+use event_manager::EventSet;
+
+use super::CONN_BUF_ALLOC;
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ConnState {
+    /// The host asked (`CONNECT`), the guest has not answered yet.
+    LocalInit,
+    /// Both sides agreed; data flows.
+    Established,
+}
+
+/// What a write of guest data to the host socket led to.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum PushResult {
+    /// Everything was written or buffered.
+    Ok,
+    /// The guest sent more than the credit it was given.
+    CreditViolation,
+    /// The host side is gone.
+    HostGone,
+}
+
+/// A stream between a host unix socket and a guest vsock port.
+#[derive(Debug)]
+pub(super) struct Connection {
+    pub stream: UnixStream,
+    pub state: ConnState,
+    /// Bytes sent to the guest (host → guest direction).
+    pub rx_cnt: u32,
+    pub peer_buf_alloc: u32,
+    pub peer_fwd_cnt: u32,
+    /// Guest data forwarded to the host socket so far.
+    pub fwd_cnt: u32,
+    /// `fwd_cnt` as last told to the guest.
+    pub last_fwd_cnt_sent: u32,
+    /// Guest data the host socket did not take yet.
+    pub pending: VecDeque<u8>,
+    /// The host socket has (or may have) data to read.
+    pub readable: bool,
+    /// The host socket reported EOF or hang-up; stop polling it for input.
+    pub host_eof: bool,
+    /// The guest said it sends no more data.
+    pub peer_shut_send: bool,
+    /// The guest said it receives no more data.
+    pub peer_shut_rcv: bool,
+    /// What is registered with epoll for this socket (None: not registered).
+    pub registered: Option<EventSet>,
+}
+
+impl Connection {
+    pub fn new(stream: UnixStream, state: ConnState) -> Self {
+        Self {
+            stream,
+            state,
+            rx_cnt: 0,
+            peer_buf_alloc: 0,
+            peer_fwd_cnt: 0,
+            fwd_cnt: 0,
+            last_fwd_cnt_sent: 0,
+            pending: VecDeque::new(),
+            readable: false,
+            host_eof: false,
+            peer_shut_send: false,
+            peer_shut_rcv: false,
+            registered: None,
+        }
+    }
+
+    /// Bytes the guest can still receive.
+    pub fn peer_credit(&self) -> u32 {
+        let in_flight = self.rx_cnt.wrapping_sub(self.peer_fwd_cnt);
+        self.peer_buf_alloc.saturating_sub(in_flight)
+    }
+
+    /// Records the guest's view of its receive buffer from any packet it sent.
+    pub fn update_peer_credit(&mut self, buf_alloc: u32, fwd_cnt: u32) {
+        self.peer_buf_alloc = buf_alloc;
+        self.peer_fwd_cnt = fwd_cnt;
+    }
+
+    /// Whether the guest should be told about freed buffer space now.
+    pub fn needs_credit_update(&self) -> bool {
+        self.fwd_cnt.wrapping_sub(self.last_fwd_cnt_sent) >= CONN_BUF_ALLOC / 4
+    }
+
+    /// Whether host data can be sent to the guest now.
+    pub fn wants_rx(&self) -> bool {
+        self.state == ConnState::Established
+            && self.readable
+            && !self.peer_shut_rcv
+            && self.peer_credit() > 0
+    }
+
+    /// The epoll interest this connection needs, or None to stay unregistered.
+    pub fn desired_events(&self) -> Option<EventSet> {
+        let mut ev = EventSet::empty();
+        if self.state == ConnState::Established
+            && !self.readable
+            && !self.host_eof
+            && !self.peer_shut_rcv
+            && self.peer_credit() > 0
+        {
+            ev |= EventSet::IN;
+        }
+        if !self.pending.is_empty() {
+            ev |= EventSet::OUT;
+        }
+        if ev.is_empty() && (self.host_eof || self.state == ConnState::LocalInit) {
+            // Nothing to wait for; a registered but idle socket would report hang-ups forever.
+            return None;
+        }
+        Some(ev)
+    }
+
+    /// Writes guest data to the host socket, buffering what it does not take.
+    pub fn push(&mut self, data: &[u8]) -> PushResult {
+        if self.pending.len() + data.len() > CONN_BUF_ALLOC as usize {
+            return PushResult::CreditViolation;
+        }
+        let mut written = 0;
+        if self.pending.is_empty() {
+            match write_some(&mut self.stream, data) {
+                Ok(n) => written = n,
+                Err(_) => return PushResult::HostGone,
+            }
+        }
+        self.fwd_cnt = self.fwd_cnt.wrapping_add(written as u32);
+        self.pending.extend(&data[written..]);
+        PushResult::Ok
+    }
+
+    /// Writes buffered guest data; returns false if the host side is gone.
+    pub fn flush(&mut self) -> bool {
+        while !self.pending.is_empty() {
+            let (front, _) = self.pending.as_slices();
+            match write_some(&mut self.stream, front) {
+                Ok(0) => return true,
+                Ok(n) => {
+                    self.pending.drain(..n);
+                    self.fwd_cnt = self.fwd_cnt.wrapping_add(n as u32);
+                }
+                Err(_) => return false,
+            }
+        }
+        if self.peer_shut_send {
+            let _ = self.stream.shutdown(Shutdown::Write);
+        }
+        true
+    }
+
+    /// Reads host data for the guest. Ok(0) is EOF; WouldBlock clears `readable`.
+    pub fn read_host(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.stream.read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => return other,
+            }
+        }
+    }
+}
+
+/// Writes as much as the non-blocking socket takes; WouldBlock is 0 bytes.
+fn write_some(stream: &mut UnixStream, data: &[u8]) -> io::Result<usize> {
+    loop {
+        match stream.write(data) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! The vsock device: config space, activation, and the queue processing (no epoll here).
+
+use std::os::unix::net::UnixListener;
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::metrics::VsockMetrics;
+use super::muxer::Muxer;
+use super::packet;
+use super::{VsockConfig, VsockError, QUEUE_SIZE, RXQ, TXQ};
+use crate::devices::virtio::active::Active;
+use crate::devices::virtio::chain::MAX_CHAIN_DESCS;
+use crate::devices::virtio::{
+    read_config_bytes, ActivateError, Interrupt, VirtioDevice, COMMON_FEATURES, TYPE_VSOCK,
+};
+use crate::guest_warn;
+use crate::memory::GuestMemoryMmap;
+
+/// A virtio-vsock device with the hybrid unix-socket backend.
+#[derive(Debug)]
+pub struct Vsock {
+    pub(super) cfg: VsockConfig,
+    pub(super) queue_evts: Vec<EventFd>,
+    pub(super) activate_evt: EventFd,
+    acked_features: u64,
+    pub(super) active: Option<Active>,
+    pub(super) muxer: Muxer,
+    pub(super) metrics: Arc<VsockMetrics>,
+}
+
+impl Vsock {
+    /// Creates the device and starts listening on `cfg.uds_path` (the file is removed again
+    /// when the device is dropped).
+    pub fn new(cfg: VsockConfig) -> Result<Self, VsockError> {
+        if cfg.guest_cid < 3 || cfg.guest_cid >= u64::from(u32::MAX) {
+            return Err(VsockError::InvalidCid(cfg.guest_cid));
+        }
+        let bind_err = |source| VsockError::Bind {
+            path: cfg.uds_path.clone(),
+            source,
+        };
+        let listener = UnixListener::bind(&cfg.uds_path).map_err(bind_err)?;
+        listener.set_nonblocking(true).map_err(|source| {
+            let _ = std::fs::remove_file(&cfg.uds_path);
+            bind_err(source)
+        })?;
+        let evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(VsockError::EventFd);
+        let made = (|| Ok::<_, VsockError>((vec![evt()?, evt()?, evt()?], evt()?)))();
+        let (queue_evts, activate_evt) = match made {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = std::fs::remove_file(&cfg.uds_path);
+                return Err(e);
+            }
+        };
+        Ok(Self {
+            muxer: Muxer::new(cfg.guest_cid, cfg.uds_path.clone(), listener),
+            cfg,
+            queue_evts,
+            activate_evt,
+            acked_features: 0,
+            active: None,
+            metrics: Arc::new(VsockMetrics::default()),
+        })
+    }
+
+    /// The device's counters.
+    pub fn counters(&self) -> &Arc<VsockMetrics> {
+        &self.metrics
+    }
+
+    /// Handles the guest's transmit queue, then fills receive buffers with whatever is ready.
+    pub fn process_tx(&mut self) {
+        let Some(active) = self.active.as_mut() else { return };
+        let mut used = false;
+        while let Ok(Some((head, chain))) = active.pop(TXQ, MAX_CHAIN_DESCS) {
+            used = true;
+            match chain.map_err(packet::PacketError::from).and_then(|c| {
+                let hdr = packet::parse_tx(&active.mem, &c)?;
+                Ok((c, hdr))
+            }) {
+                Ok((c, hdr)) => self.muxer.handle_tx(&active.mem, &c, &hdr, &self.metrics),
+                Err(e) => {
+                    guest_warn!("vsock: dropping transmitted packet: {e}");
+                    self.metrics.errors.inc();
+                }
+            }
+            active.add_used(TXQ, head, 0);
+        }
+        if used {
+            active.notify(TXQ);
+        }
+        self.process_rx();
+    }
+
+    /// Puts pending control packets and host data into the guest's receive buffers.
+    pub fn process_rx(&mut self) {
+        let Some(active) = self.active.as_mut() else { return };
+        let mut used = false;
+        while self.muxer.has_rx() {
+            let (head, chain) = match active.pop(RXQ, MAX_CHAIN_DESCS) {
+                Ok(Some(c)) => c,
+                Ok(None) | Err(_) => break,
+            };
+            used = true;
+            let len = match chain.map_err(packet::PacketError::from).and_then(|c| {
+                self.muxer.fill_rx(&active.mem, &c, &self.metrics)
+            }) {
+                Ok(Some(n)) => n,
+                Ok(None) => {
+                    // Raced with a connection draining: give the buffer back unused.
+                    if let Some(q) = active.queues.get_mut(RXQ) {
+                        use virtio_queue::QueueOwnedT;
+                        q.go_to_previous_position();
+                    }
+                    break;
+                }
+                Err(e) => {
+                    guest_warn!("vsock: bad receive buffer: {e}");
+                    self.metrics.errors.inc();
+                    0
+                }
+            };
+            active.add_used(RXQ, head, len);
+        }
+        if used {
+            active.notify(RXQ);
+        }
+    }
+}
+
+impl Drop for Vsock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.cfg.uds_path);
+    }
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        TYPE_VSOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE; 3]
+    }
+
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+
+    fn avail_features(&self) -> u64 {
+        COMMON_FEATURES
+    }
+
+    fn set_acked_features(&mut self, features: u64) {
+        self.acked_features = features;
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.cfg.guest_cid.to_le_bytes(), offset, data);
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        guest_warn!("vsock: ignoring {}-byte config write at {offset:#x}", data.len());
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<Interrupt>,
+        queues: Vec<Queue>,
+    ) -> Result<(), ActivateError> {
+        if self.active.is_some() {
+            return Err(ActivateError::AlreadyActive);
+        }
+        if queues.len() != 3 {
+            return Err(ActivateError::QueueCount {
+                expected: 3,
+                got: queues.len(),
+            });
+        }
+        self.active = Some(Active::new(mem, interrupt, queues));
+        self.activate_evt
+            .write(1)
+            .map_err(|source| ActivateError::Backend {
+                device: "vsock",
+                source,
+            })
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+        self.muxer.reset();
+    }
+
+    fn is_activated(&self) -> bool {
+        self.active.is_some()
+    }
+
+    fn metrics(&self) -> serde_json::Value {
+        self.metrics.to_json(self.muxer.connection_count())
+    }
+}

@@ -1,0 +1,488 @@
+//! The unix-socket side of the vsock device: accepts host clients, connects guest requests
+//! to `<uds>_<port>`, and moves packets between guest and host sockets.
+//!
+//! It never touches epoll itself: it records which fds need (re)registration in
+//! `fd_ops`, and the event handler applies them. That keeps it testable without an event loop.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+
+use event_manager::EventSet;
+
+use super::connection::{ConnState, Connection, PushResult};
+use super::metrics::VsockMetrics;
+use super::packet::{self, Header, HDR_SIZE, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST,
+    OP_RESPONSE, OP_RST, OP_RW, OP_SHUTDOWN, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
+use super::{CONN_BUF_ALLOC, HOST_CID, HOST_PORT_BASE, MAX_CONNECTIONS, MAX_CONNECT_LINE,
+    MAX_PKT_PAYLOAD};
+use crate::devices::virtio::chain::{self, Chain};
+use crate::guest_warn;
+use crate::memory::GuestMemoryMmap;
+
+/// (host-side port, guest-side port).
+type Key = (u32, u32);
+
+/// A registration change for the event loop.
+#[derive(Debug)]
+pub(super) enum FdOp {
+    /// Register `fd` with these events.
+    Add(RawFd, EventSet),
+    /// Change the events of a registered `fd`.
+    Modify(RawFd, EventSet),
+    /// Unregister `fd`, then drop the stream (closing it).
+    Remove(RawFd, Option<UnixStream>),
+}
+
+/// A host client that connected but has not sent its `CONNECT` line yet.
+#[derive(Debug)]
+struct Handshake {
+    stream: UnixStream,
+    line: Vec<u8>,
+}
+
+/// The backend of one vsock device.
+#[derive(Debug)]
+pub(super) struct Muxer {
+    guest_cid: u64,
+    uds_path: PathBuf,
+    pub listener: UnixListener,
+    handshakes: HashMap<RawFd, Handshake>,
+    conns: HashMap<Key, Connection>,
+    by_fd: HashMap<RawFd, Key>,
+    /// Control packets waiting for a receive buffer.
+    control: VecDeque<Header>,
+    /// Connections with host data to deliver, in round-robin order.
+    rx_ready: VecDeque<Key>,
+    next_host_port: u32,
+    pub fd_ops: Vec<FdOp>,
+    buf: Vec<u8>,
+}
+
+impl Muxer {
+    pub fn new(guest_cid: u64, uds_path: PathBuf, listener: UnixListener) -> Self {
+        Self {
+            guest_cid,
+            uds_path,
+            listener,
+            handshakes: HashMap::new(),
+            conns: HashMap::new(),
+            by_fd: HashMap::new(),
+            control: VecDeque::new(),
+            rx_ready: VecDeque::new(),
+            next_host_port: HOST_PORT_BASE,
+            fd_ops: Vec::new(),
+            buf: vec![0; MAX_PKT_PAYLOAD as usize],
+        }
+    }
+
+    /// Number of live connections.
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Drops every connection and pending client (device reset). The listener stays.
+    pub fn reset(&mut self) {
+        for (fd, h) in self.handshakes.drain() {
+            self.fd_ops.push(FdOp::Remove(fd, Some(h.stream)));
+        }
+        for (_, c) in self.conns.drain() {
+            let fd = c.stream.as_raw_fd();
+            self.by_fd.remove(&fd);
+            if c.registered.is_some() {
+                self.fd_ops.push(FdOp::Remove(fd, Some(c.stream)));
+            }
+        }
+        self.by_fd.clear();
+        self.control.clear();
+        self.rx_ready.clear();
+    }
+
+    fn push_control(&mut self, key: Key, op: u16, flags: u32) {
+        let mut h = header(self.guest_cid, key, op);
+        h.flags = flags;
+        if let Some(c) = self.conns.get(&key) {
+            h.fwd_cnt = c.fwd_cnt;
+        }
+        self.control.push_back(h);
+    }
+
+    fn rst(&mut self, key: Key) {
+        self.push_control(key, OP_RST, 0);
+    }
+
+    /// Closes a connection (the host socket sees EOF).
+    fn close(&mut self, key: Key) {
+        if let Some(c) = self.conns.remove(&key) {
+            let fd = c.stream.as_raw_fd();
+            self.by_fd.remove(&fd);
+            self.rx_ready.retain(|k| *k != key);
+            if c.registered.is_some() {
+                self.fd_ops.push(FdOp::Remove(fd, Some(c.stream)));
+            }
+        }
+    }
+
+    /// Queues the epoll change a connection needs after its state moved.
+    fn sync_interest(&mut self, key: Key) {
+        let Some(c) = self.conns.get_mut(&key) else { return };
+        let fd = c.stream.as_raw_fd();
+        let want = c.desired_events();
+        match (c.registered, want) {
+            (None, Some(ev)) => self.fd_ops.push(FdOp::Add(fd, ev)),
+            (Some(old), Some(ev)) if old != ev => self.fd_ops.push(FdOp::Modify(fd, ev)),
+            (Some(_), None) => self.fd_ops.push(FdOp::Remove(fd, None)),
+            _ => {}
+        }
+        c.registered = want;
+        if c.wants_rx() && !self.rx_ready.contains(&key) {
+            self.rx_ready.push_back(key);
+        }
+    }
+
+    fn insert(&mut self, key: Key, conn: Connection) {
+        self.by_fd.insert(conn.stream.as_raw_fd(), key);
+        self.conns.insert(key, conn);
+        self.sync_interest(key);
+    }
+
+    /// Whether there is something to put into a receive buffer.
+    pub fn has_rx(&self) -> bool {
+        !self.control.is_empty() || !self.rx_ready.is_empty()
+    }
+
+    /// Fills one receive chain with the next packet. Returns the bytes written, or None if
+    /// there was nothing to send.
+    pub fn fill_rx(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        chain: &Chain,
+        m: &VsockMetrics,
+    ) -> Result<Option<u32>, packet::PacketError> {
+        let cap = chain.writable_len();
+        if cap < HDR_SIZE as u64 {
+            return Err(packet::PacketError::RxTooSmall(cap));
+        }
+        if let Some(mut h) = self.control.pop_front() {
+            if let Some(c) = self.conns.get_mut(&(h.src_port, h.dst_port)) {
+                h.fwd_cnt = c.fwd_cnt;
+                c.last_fwd_cnt_sent = c.fwd_cnt;
+            }
+            packet::write_rx_header(mem, chain, &h)?;
+            m.rx_packets.inc();
+            return Ok(Some(HDR_SIZE as u32));
+        }
+        let guest_cid = self.guest_cid;
+        while let Some(key) = self.rx_ready.pop_front() {
+            let Some(c) = self.conns.get_mut(&key) else { continue };
+            if !c.wants_rx() {
+                self.sync_interest(key);
+                continue;
+            }
+            let room = (cap - HDR_SIZE as u64).min(u64::from(MAX_PKT_PAYLOAD)) as u32;
+            let max = room.min(c.peer_credit()) as usize;
+            if max == 0 {
+                // The buffer holds only a header; keep the connection at the front.
+                self.rx_ready.push_front(key);
+                return Err(packet::PacketError::RxTooSmall(cap));
+            }
+            match c.read_host(&mut self.buf[..max]) {
+                Ok(0) => {
+                    c.host_eof = true;
+                    c.readable = false;
+                    let mut h = header(guest_cid, key, OP_SHUTDOWN);
+                    h.flags = SHUTDOWN_RCV | SHUTDOWN_SEND;
+                    h.fwd_cnt = c.fwd_cnt;
+                    c.last_fwd_cnt_sent = c.fwd_cnt;
+                    packet::write_rx_header(mem, chain, &h)?;
+                    self.sync_interest(key);
+                    m.rx_packets.inc();
+                    return Ok(Some(HDR_SIZE as u32));
+                }
+                Ok(n) => {
+                    let mut h = header(guest_cid, key, OP_RW);
+                    h.len = n as u32;
+                    h.fwd_cnt = c.fwd_cnt;
+                    c.last_fwd_cnt_sent = c.fwd_cnt;
+                    c.rx_cnt = c.rx_cnt.wrapping_add(n as u32);
+                    chain::write_to(mem, &chain.writable, HDR_SIZE as u64, &self.buf[..n])
+                        .map_err(|_| packet::PacketError::Memory)?;
+                    packet::write_rx_header(mem, chain, &h)?;
+                    self.rx_ready.push_back(key);
+                    self.sync_interest(key);
+                    m.rx_packets.inc();
+                    m.rx_bytes.add(n as u64);
+                    return Ok(Some((HDR_SIZE + n) as u32));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    c.readable = false;
+                    self.sync_interest(key);
+                }
+                Err(_) => {
+                    self.close(key);
+                    let mut h = header(guest_cid, key, OP_RST);
+                    h.flags = 0;
+                    packet::write_rx_header(mem, chain, &h)?;
+                    m.rx_packets.inc();
+                    return Ok(Some(HDR_SIZE as u32));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Handles one packet the guest transmitted.
+    pub fn handle_tx(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        chain: &Chain,
+        hdr: &Header,
+        m: &VsockMetrics,
+    ) {
+        m.tx_packets.inc();
+        if hdr.src_cid != self.guest_cid || hdr.dst_cid != HOST_CID {
+            guest_warn!(
+                "vsock: dropping packet from cid {} to cid {} (guest is {})",
+                hdr.src_cid, hdr.dst_cid, self.guest_cid
+            );
+            m.errors.inc();
+            return;
+        }
+        let key = (hdr.dst_port, hdr.src_port);
+        if hdr.type_ != TYPE_STREAM {
+            if hdr.op != OP_RST {
+                self.rst(key);
+            }
+            m.errors.inc();
+            return;
+        }
+        if hdr.op == OP_REQUEST {
+            self.guest_connect(key, hdr, m);
+            return;
+        }
+        let Some(c) = self.conns.get_mut(&key) else {
+            if hdr.op != OP_RST {
+                self.rst(key);
+            }
+            return;
+        };
+        c.update_peer_credit(hdr.buf_alloc, hdr.fwd_cnt);
+        match hdr.op {
+            OP_RESPONSE if c.state == ConnState::LocalInit => {
+                c.state = ConnState::Established;
+                let line = format!("OK {}\n", key.0);
+                if c.stream.write_all(line.as_bytes()).is_err() {
+                    self.close(key);
+                    self.rst(key);
+                    return;
+                }
+                m.conns_opened.inc();
+            }
+            OP_RW if c.state == ConnState::Established && !c.peer_shut_send => {
+                let len = hdr.len as usize;
+                let mut data = vec![0u8; len];
+                match chain::read_from(mem, &chain.readable, HDR_SIZE as u64, &mut data) {
+                    Ok(n) if n == len => {}
+                    _ => {
+                        m.errors.inc();
+                        return;
+                    }
+                }
+                m.tx_bytes.add(len as u64);
+                match c.push(&data) {
+                    PushResult::Ok => {}
+                    PushResult::CreditViolation => {
+                        guest_warn!("vsock: guest overran the credit of port {}", key.0);
+                        m.errors.inc();
+                        self.close(key);
+                        self.rst(key);
+                        return;
+                    }
+                    PushResult::HostGone => {
+                        self.close(key);
+                        self.rst(key);
+                        return;
+                    }
+                }
+                if c.needs_credit_update() {
+                    self.push_control(key, OP_CREDIT_UPDATE, 0);
+                }
+            }
+            OP_CREDIT_REQUEST => self.push_control(key, OP_CREDIT_UPDATE, 0),
+            OP_CREDIT_UPDATE => {}
+            OP_SHUTDOWN => {
+                c.peer_shut_send |= hdr.flags & SHUTDOWN_SEND != 0;
+                c.peer_shut_rcv |= hdr.flags & SHUTDOWN_RCV != 0;
+                if c.peer_shut_send && c.peer_shut_rcv {
+                    let _ = c.flush();
+                    self.close(key);
+                    self.rst(key);
+                    return;
+                }
+                if c.peer_shut_send && !c.flush() {
+                    self.close(key);
+                    self.rst(key);
+                    return;
+                }
+            }
+            OP_RST => {
+                let _ = c.flush();
+                self.close(key);
+                return;
+            }
+            _ => {
+                guest_warn!("vsock: unexpected op {} on port {} pair", hdr.op, key.0);
+                m.errors.inc();
+                self.close(key);
+                self.rst(key);
+                return;
+            }
+        }
+        self.sync_interest(key);
+    }
+
+    fn guest_connect(&mut self, key: Key, hdr: &Header, m: &VsockMetrics) {
+        if self.conns.contains_key(&key) || self.conns.len() >= MAX_CONNECTIONS {
+            m.conns_refused.inc();
+            self.rst(key);
+            return;
+        }
+        let path = format!("{}_{}", self.uds_path.display(), key.0);
+        let stream = match UnixStream::connect(&path) {
+            Ok(s) => s,
+            Err(_) => {
+                m.conns_refused.inc();
+                self.rst(key);
+                return;
+            }
+        };
+        if stream.set_nonblocking(true).is_err() {
+            m.conns_refused.inc();
+            self.rst(key);
+            return;
+        }
+        let mut c = Connection::new(stream, ConnState::Established);
+        c.update_peer_credit(hdr.buf_alloc, hdr.fwd_cnt);
+        self.insert(key, c);
+        self.push_control(key, OP_RESPONSE, 0);
+        m.conns_opened.inc();
+    }
+
+    /// Accepts pending host clients.
+    pub fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if stream.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    let fd = stream.as_raw_fd();
+                    self.fd_ops.push(FdOp::Add(fd, EventSet::IN));
+                    self.handshakes.insert(fd, Handshake { stream, line: Vec::new() });
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Handles readiness of a host socket (a handshake or a connection).
+    pub fn handle_fd(&mut self, fd: RawFd, events: EventSet, m: &VsockMetrics) {
+        if self.handshakes.contains_key(&fd) {
+            self.handshake_readable(fd, m);
+            return;
+        }
+        let Some(&key) = self.by_fd.get(&fd) else { return };
+        let Some(c) = self.conns.get_mut(&key) else { return };
+        if events.intersects(EventSet::OUT) && !c.flush() {
+            self.close(key);
+            self.rst(key);
+            return;
+        }
+        if events.intersects(EventSet::IN | EventSet::HANG_UP | EventSet::READ_HANG_UP | EventSet::ERROR) {
+            c.readable = true;
+            if events.intersects(EventSet::HANG_UP | EventSet::READ_HANG_UP | EventSet::ERROR) {
+                // The rest is read until EOF; a level-triggered hang-up would keep firing, so
+                // stop polling for input.
+                c.host_eof = true;
+            }
+        }
+        if c.needs_credit_update() {
+            self.push_control(key, OP_CREDIT_UPDATE, 0);
+        }
+        self.sync_interest(key);
+    }
+
+    fn handshake_readable(&mut self, fd: RawFd, m: &VsockMetrics) {
+        let Some(h) = self.handshakes.get_mut(&fd) else { return };
+        let mut byte = [0u8; 1];
+        // Byte by byte so nothing after the newline (the first payload bytes) is consumed.
+        let done = loop {
+            match h.stream.read(&mut byte) {
+                Ok(0) => break Err(()),
+                Ok(_) if byte[0] == b'\n' => break Ok(()),
+                Ok(_) if h.line.len() < MAX_CONNECT_LINE => h.line.push(byte[0]),
+                Ok(_) => break Err(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break Err(()),
+            }
+        };
+        let Some(h) = self.handshakes.remove(&fd) else { return };
+        let port = match (done, parse_connect(&h.line)) {
+            (Ok(()), Some(p)) if self.conns.len() < MAX_CONNECTIONS => p,
+            _ => {
+                m.conns_refused.inc();
+                self.fd_ops.push(FdOp::Remove(fd, Some(h.stream)));
+                return;
+            }
+        };
+        // The connection re-registers the fd with its own interest.
+        self.fd_ops.push(FdOp::Remove(fd, None));
+        let local = self.alloc_host_port(port);
+        let key = (local, port);
+        self.insert(key, Connection::new(h.stream, ConnState::LocalInit));
+        self.push_control(key, OP_REQUEST, 0);
+    }
+
+    fn alloc_host_port(&mut self, peer: u32) -> u32 {
+        loop {
+            let p = self.next_host_port;
+            self.next_host_port = self.next_host_port.checked_add(1).unwrap_or(HOST_PORT_BASE);
+            if !self.conns.contains_key(&(p, peer)) {
+                return p;
+            }
+        }
+    }
+}
+
+/// A packet header from the host side of connection `key`.
+fn header(guest_cid: u64, key: Key, op: u16) -> Header {
+    Header {
+        src_cid: HOST_CID,
+        dst_cid: guest_cid,
+        src_port: key.0,
+        dst_port: key.1,
+        type_: TYPE_STREAM,
+        op,
+        buf_alloc: CONN_BUF_ALLOC,
+        ..Header::default()
+    }
+}
+
+/// Parses `CONNECT <port>` (the newline already stripped).
+pub(super) fn parse_connect(line: &[u8]) -> Option<u32> {
+    let s = std::str::from_utf8(line).ok()?;
+    let port = s.trim_end_matches('\r').strip_prefix("CONNECT ")?;
+    port.trim().parse().ok()
+}
+
+#[cfg(test)]
+impl Muxer {
+    /// Every host socket fd (handshakes and connections).
+    pub fn fds(&self) -> Vec<RawFd> {
+        self.handshakes.keys().chain(self.by_fd.keys()).copied().collect()
+    }
+}

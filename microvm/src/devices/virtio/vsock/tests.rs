@@ -1,0 +1,413 @@
+//! Vsock device tests: mock queues in guest memory, real unix sockets on the host side.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use event_manager::EventSet;
+
+use super::packet::*;
+use super::*;
+use crate::devices::virtio::test_utils::{get, guest_mem, interrupt, put, TestQueue, F_NEXT};
+use crate::devices::virtio::VirtioDevice;
+use crate::memory::GuestMemoryMmap;
+
+const GUEST_CID: u64 = 3;
+const RX_BUF: u64 = 0x10_0000;
+const TX_BUF: u64 = 0x80_0000;
+
+fn tmp_uds() -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "husk-vsock-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("v.sock")
+}
+
+struct Rig<'a> {
+    mem: &'a GuestMemoryMmap,
+    dev: Vsock,
+    rxq: TestQueue<'a>,
+    txq: TestQueue<'a>,
+    rx_slot: u64,
+    tx_slot: u64,
+    uds: PathBuf,
+}
+
+impl<'a> Rig<'a> {
+    fn new(mem: &'a GuestMemoryMmap) -> Self {
+        let uds = tmp_uds();
+        let mut dev = Vsock::new(VsockConfig { guest_cid: GUEST_CID, uds_path: uds.clone() }).unwrap();
+        let rxq = TestQueue::new(mem, 0x1000, 256);
+        let txq = TestQueue::new(mem, 0x8000, 256);
+        let evq = TestQueue::new(mem, 0xf000, 256);
+        dev.activate(mem.clone(), interrupt(), vec![rxq.queue(), txq.queue(), evq.queue()]).unwrap();
+        Self { mem, dev, rxq, txq, rx_slot: 0, tx_slot: 0, uds }
+    }
+
+    /// Offers one receive buffer of `len` bytes (header + data in one descriptor).
+    fn give_rx(&mut self, len: u32) -> u64 {
+        let addr = RX_BUF + self.rx_slot * 0x1_0000;
+        self.rx_slot += 1;
+        self.rxq.add(&[(addr, len, true)]);
+        addr
+    }
+
+    /// Transmits a packet from the guest.
+    fn send(&mut self, op: u16, src_port: u32, dst_port: u32, data: &[u8], flags: u32) {
+        let hdr = Header {
+            src_cid: GUEST_CID,
+            dst_cid: HOST_CID,
+            src_port,
+            dst_port,
+            len: data.len() as u32,
+            type_: TYPE_STREAM,
+            op,
+            flags,
+            buf_alloc: 64 * 1024,
+            fwd_cnt: 0,
+        };
+        let addr = TX_BUF + self.tx_slot * 0x1_0000;
+        self.tx_slot += 1;
+        put(self.mem, addr, &hdr.to_bytes());
+        put(self.mem, addr + 0x100, data);
+        if data.is_empty() {
+            self.txq.add(&[(addr, HDR_SIZE as u32, false)]);
+        } else {
+            self.txq.add(&[(addr, HDR_SIZE as u32, false), (addr + 0x100, data.len() as u32, false)]);
+        }
+        self.dev.process_tx();
+    }
+
+    /// The packets delivered to the guest so far: (header, payload).
+    fn received(&self) -> Vec<(Header, Vec<u8>)> {
+        self.rxq
+            .used()
+            .iter()
+            .filter(|(_, len)| *len >= HDR_SIZE as u32)
+            .map(|&(head, len)| {
+                let addr = RX_BUF + u64::from(head) * 0x1_0000;
+                let raw: [u8; HDR_SIZE] = get(self.mem, addr, HDR_SIZE).try_into().unwrap();
+                let h = Header::from_bytes(&raw);
+                let data = get(self.mem, addr + HDR_SIZE as u64, len as usize - HDR_SIZE);
+                (h, data)
+            })
+            .collect()
+    }
+
+    fn poke_all(&mut self) {
+        let fds: Vec<_> = self.dev.muxer_fds();
+        for fd in fds {
+            self.dev.muxer.handle_fd(fd, EventSet::IN, &self.dev.metrics.clone());
+        }
+        self.dev.muxer.fd_ops.clear();
+        self.dev.process_rx();
+    }
+}
+
+impl Drop for Rig<'_> {
+    fn drop(&mut self) {
+        if let Some(dir) = self.uds.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+impl Vsock {
+    fn muxer_fds(&self) -> Vec<std::os::fd::RawFd> {
+        self.muxer.fds()
+    }
+}
+
+#[test]
+fn guest_connects_to_host_listener_and_exchanges_data() {
+    let mem = guest_mem();
+    let mut rig = Rig::new(&mem);
+    let listener = UnixListener::bind(format!("{}_5000", rig.uds.display())).unwrap();
+    for _ in 0..4 {
+        rig.give_rx(4096);
+    }
+    rig.send(OP_REQUEST, 1234, 5000, &[], 0);
+    let (mut host, _) = listener.accept().unwrap();
+    let got = rig.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0.op, OP_RESPONSE);
+    assert_eq!((got[0].0.src_port, got[0].0.dst_port), (5000, 1234));
+    assert_eq!(got[0].0.dst_cid, GUEST_CID);
+
+    rig.send(OP_RW, 1234, 5000, b"hello host", 0);
+    let mut buf = [0u8; 10];
+    host.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"hello host");
+    assert_eq!(rig.dev.metrics.tx_bytes.get(), 10);
+
+    host.write_all(b"hello guest").unwrap();
+    rig.poke_all();
+    let got = rig.received();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[1].0.op, OP_RW);
+    assert_eq!(got[1].1, b"hello guest");
+
+    // Host closes: the guest gets a shutdown of both directions.
+    drop(host);
+    rig.poke_all();
+    let got = rig.received();
+    assert_eq!(got[2].0.op, OP_SHUTDOWN);
+    assert_eq!(got[2].0.flags, SHUTDOWN_RCV | SHUTDOWN_SEND);
+    rig.send(OP_RST, 1234, 5000, &[], 0);
+    assert_eq!(rig.dev.muxer.connection_count(), 0);
+}
+
+#[test]
+fn guest_connect_to_port_without_listener_gets_rst() {
+    let mem = guest_mem();
+    let mut rig = Rig::new(&mem);
+    rig.give_rx(4096);
+    rig.send(OP_REQUEST, 1234, 6000, &[], 0);
+    let got = rig.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0.op, OP_RST);
+    assert_eq!(rig.dev.metrics.conns_refused.get(), 1);
+    assert_eq!(rig.dev.muxer.connection_count(), 0);
+}
+
+#[test]
+fn host_connect_handshake_ok_line_then_data() {
+    let mem = guest_mem();
+    let mut rig = Rig::new(&mem);
+    rig.give_rx(4096);
+    rig.give_rx(4096);
+    let mut host = UnixStream::connect(&rig.uds).unwrap();
+    host.write_all(b"CONNECT 1024\nearly").unwrap();
+    rig.dev.muxer.accept();
+    rig.poke_all();
+    let got = rig.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0.op, OP_REQUEST);
+    assert_eq!(got[0].0.dst_port, 1024);
+    let host_port = got[0].0.src_port;
+    assert!(host_port >= HOST_PORT_BASE);
+    rig.send(OP_RESPONSE, 1024, host_port, &[], 0);
+    let mut line = [0u8; 14];
+    host.read_exact(&mut line).unwrap();
+    assert_eq!(std::str::from_utf8(&line).unwrap(), format!("OK {host_port}\n"));
+    // Bytes sent right after the CONNECT line are the first payload, not lost.
+    rig.poke_all();
+    let got = rig.received();
+    assert_eq!(got[1].0.op, OP_RW);
+    assert_eq!(got[1].1, b"early");
+}
+
+#[test]
+fn host_connect_refused_by_guest_closes_the_socket() {
+    let mem = guest_mem();
+    let mut rig = Rig::new(&mem);
+    rig.give_rx(4096);
+    let mut host = UnixStream::connect(&rig.uds).unwrap();
+    host.write_all(b"CONNECT 77\n").unwrap();
+    rig.dev.muxer.accept();
+    rig.poke_all();
+    let req = rig.received()[0].0;
+    rig.send(OP_RST, 77, req.src_port, &[], 0);
+    rig.dev.muxer.fd_ops.clear();
+    let mut buf = Vec::new();
+    host.read_to_end(&mut buf).unwrap();
+    assert!(buf.is_empty(), "no OK line for a refused port");
+}
+
+#[test]
+fn bad_connect_lines_are_rejected() {
+    assert_eq!(muxer::parse_connect(b"CONNECT 1024"), Some(1024));
+    assert_eq!(muxer::parse_connect(b"CONNECT 1024\r"), Some(1024));
+    assert_eq!(muxer::parse_connect(b"CONNECT"), None);
+    assert_eq!(muxer::parse_connect(b"CONNECT -1"), None);
+    assert_eq!(muxer::parse_connect(b"CONNECT 99999999999"), None);
+    assert_eq!(muxer::parse_connect(b"connect 5"), None);
+    let mem = guest_mem();
+    let mut rig = Rig::new(&mem);
+    let mut host = UnixStream::connect(&rig.uds).unwrap();
+    host.write_all(&[b'A'; 100]).unwrap();
+    rig.dev.muxer.accept();
+    rig.poke_all();
+    // The client sees EOF or a reset (its unread bytes), never an OK line.
+    let mut buf = Vec::new();
+    let r = host.read_to_end(&mut buf);
+    assert!(r.is_err() || buf.is_empty());
+    assert_eq!(rig.dev.metrics.conns_refused.get(), 1);
+}
+
+#[test]
+fn credit_limits_host_to_guest_data() {
+    let mem = guest_mem();
+    let mut rig = Rig::new(&mem);
+    let listener = UnixListener::bind(format!("{}_5001", rig.uds.display())).unwrap();
+    for _ in 0..8 {
+        rig.give_rx(4096);
+    }
+    // Guest advertises 64 KiB of buffer (see `send`); host writes 100 KiB.
+    rig.send(OP_REQUEST, 1, 5001, &[], 0);
+    let (mut host, _) = listener.accept().unwrap();
+    host.set_nonblocking(true).unwrap();
+    let _ = host.write(&vec![7u8; 100 * 1024]);
+    for _ in 0..40 {
+        rig.give_rx(4096);
+    }
+    for _ in 0..40 {
+        rig.poke_all();
+    }
+    let data: usize = rig.received().iter().filter(|p| p.0.op == OP_RW).map(|p| p.1.len()).sum();
+    assert_eq!(data, 64 * 1024, "never more than the guest's credit");
+}
+
+#[test]
+fn guest_overrunning_credit_is_reset() {
+    let mem = guest_mem();
+    let mut rig = Rig::new(&mem);
+    let _listener = UnixListener::bind(format!("{}_5002", rig.uds.display())).unwrap();
+    for _ in 0..32 {
+        rig.give_rx(4096);
+    }
+    rig.send(OP_REQUEST, 1, 5002, &[], 0);
+    // Nobody reads the host side: after the socket buffer fills, data is buffered up to
+    // CONN_BUF_ALLOC; more is a credit violation.
+    let chunk = vec![1u8; MAX_PKT_PAYLOAD as usize];
+    for _ in 0..64 {
+        rig.send(OP_RW, 1, 5002, &chunk, 0);
+        if rig.dev.muxer.connection_count() == 0 {
+            break;
+        }
+    }
+    assert_eq!(rig.dev.muxer.connection_count(), 0);
+    assert!(rig.received().iter().any(|p| p.0.op == OP_RST));
+}
+
+#[test]
+fn malformed_tx_packets_are_dropped_and_counted() {
+    let mem = guest_mem();
+    let mut rig = Rig::new(&mem);
+    // Header shorter than 44 bytes.
+    rig.txq.add(&[(TX_BUF, 10, false)]);
+    // Header claiming more payload than the chain holds.
+    let h = Header { src_cid: GUEST_CID, dst_cid: HOST_CID, len: 5000, type_: TYPE_STREAM, op: OP_RW, ..Header::default() };
+    put(&mem, TX_BUF + 0x1000, &h.to_bytes());
+    rig.txq.add(&[(TX_BUF + 0x1000, HDR_SIZE as u32, false), (TX_BUF + 0x2000, 100, false)]);
+    // Buffer outside guest memory.
+    rig.txq.add(&[(0xffff_0000_0000, 64, false)]);
+    // Absurd length.
+    rig.txq.add(&[(TX_BUF, u32::MAX, false)]);
+    // Device-writable descriptor followed by a readable one.
+    rig.txq.add(&[(TX_BUF, 64, true), (TX_BUF + 0x100, 64, false)]);
+    rig.dev.process_tx();
+    assert_eq!(rig.txq.used().len(), 5, "every chain is returned");
+    assert_eq!(rig.dev.metrics.errors.get(), 5);
+    assert!(rig.dev.is_activated());
+}
+
+#[test]
+fn descriptor_loop_is_rejected() {
+    let mem = guest_mem();
+    let mut rig = Rig::new(&mem);
+    // 0 -> 1 -> 0 ...
+    rig.txq.add_raw(0, &[(TX_BUF, 44, F_NEXT, 1), (TX_BUF, 44, F_NEXT, 0)]);
+    rig.dev.process_tx();
+    assert_eq!(rig.txq.used().len(), 1);
+    assert_eq!(rig.dev.metrics.errors.get(), 1);
+}
+
+#[test]
+fn packet_from_wrong_cid_is_dropped() {
+    let mem = guest_mem();
+    let mut rig = Rig::new(&mem);
+    rig.give_rx(4096);
+    let h = Header { src_cid: 99, dst_cid: HOST_CID, type_: TYPE_STREAM, op: OP_REQUEST, dst_port: 1, ..Header::default() };
+    put(&mem, TX_BUF, &h.to_bytes());
+    rig.txq.add(&[(TX_BUF, HDR_SIZE as u32, false)]);
+    rig.dev.process_tx();
+    assert!(rig.received().is_empty());
+    assert_eq!(rig.dev.metrics.errors.get(), 1);
+}
+
+#[test]
+fn rx_buffer_too_small_is_returned_empty() {
+    let mem = guest_mem();
+    let mut rig = Rig::new(&mem);
+    rig.give_rx(8);
+    rig.send(OP_REQUEST, 1234, 6001, &[], 0); // refused -> RST queued
+    assert_eq!(rig.rxq.used(), vec![(0, 0)]);
+    rig.give_rx(4096);
+    rig.dev.process_rx();
+    assert_eq!(rig.received()[0].0.op, OP_RST);
+}
+
+#[test]
+fn many_concurrent_streams() {
+    let mem = guest_mem();
+    let mut rig = Rig::new(&mem);
+    let listener = UnixListener::bind(format!("{}_7000", rig.uds.display())).unwrap();
+    for _ in 0..64 {
+        rig.give_rx(4096);
+    }
+    let mut hosts = Vec::new();
+    for i in 0..16 {
+        rig.send(OP_REQUEST, 100 + i, 7000, &[], 0);
+        hosts.push(listener.accept().unwrap().0);
+    }
+    for i in 0..16u32 {
+        rig.send(OP_RW, 100 + i, 7000, format!("stream {i}").as_bytes(), 0);
+    }
+    for (i, h) in hosts.iter_mut().enumerate() {
+        let want = format!("stream {i}");
+        let mut buf = vec![0u8; want.len()];
+        h.read_exact(&mut buf).unwrap();
+        assert_eq!(buf, want.as_bytes());
+    }
+    assert_eq!(rig.dev.muxer.connection_count(), 16);
+    assert_eq!(rig.dev.metrics()["connections"], 16);
+}
+
+#[test]
+fn reset_drops_connections_and_drop_removes_socket() {
+    let mem = guest_mem();
+    let mut rig = Rig::new(&mem);
+    let _l = UnixListener::bind(format!("{}_7001", rig.uds.display())).unwrap();
+    rig.give_rx(4096);
+    rig.send(OP_REQUEST, 1, 7001, &[], 0);
+    assert_eq!(rig.dev.muxer.connection_count(), 1);
+    rig.dev.reset();
+    assert!(!rig.dev.is_activated());
+    assert_eq!(rig.dev.muxer.connection_count(), 0);
+    let uds = rig.uds.clone();
+    assert!(uds.exists());
+    let dev = std::mem::replace(&mut rig.dev, Vsock::new(VsockConfig { guest_cid: 3, uds_path: tmp_uds() }).unwrap());
+    drop(dev);
+    assert!(!uds.exists());
+    let _ = std::fs::remove_dir_all(rig.dev.cfg.uds_path.parent().unwrap());
+}
+
+#[test]
+fn config_space_holds_the_guest_cid() {
+    let uds = tmp_uds();
+    let dev = Vsock::new(VsockConfig { guest_cid: 0x1234_5678, uds_path: uds.clone() }).unwrap();
+    let mut b = [0u8; 8];
+    dev.read_config(0, &mut b);
+    assert_eq!(u64::from_le_bytes(b), 0x1234_5678);
+    let mut b = [0xffu8; 4];
+    dev.read_config(8, &mut b);
+    assert_eq!(b, [0; 4]);
+    assert!(matches!(
+        Vsock::new(VsockConfig { guest_cid: 2, uds_path: uds.clone() }),
+        Err(VsockError::InvalidCid(2))
+    ));
+    // The path is taken: a second device on it fails with the path in the error.
+    let err = Vsock::new(VsockConfig { guest_cid: 4, uds_path: uds.clone() }).unwrap_err();
+    assert!(err.to_string().contains(&uds.display().to_string()), "{err}");
+    drop(dev);
+    let _ = std::fs::remove_dir_all(uds.parent().unwrap());
+}
