@@ -12,8 +12,11 @@ use super::{io_err, FsType, ImageError, ImageOptions};
 
 const BLOCK: u64 = 4096;
 const INODE_SIZE: u64 = 256;
-/// Journal of a writable ext4 image.
-const JOURNAL_MIB: u64 = 16;
+/// Journal of a writable ext4 image: small filesystems get the 4 MiB minimum (mke2fs wants
+/// the journal under half the filesystem), others 16 MiB.
+fn journal_mib(fs_without_journal: u64) -> u64 {
+    if fs_without_journal < 64 * MIB { 4 } else { 16 }
+}
 const MIB: u64 = 1 << 20;
 
 /// What a tree needs on an ext4 filesystem.
@@ -66,8 +69,8 @@ pub(crate) fn tree_usage(dir: &Path) -> Result<Usage, ImageError> {
 pub(crate) fn ext4_size(usage: Usage, inodes: u64, headroom: u64, journal: bool) -> u64 {
     // Bitmaps, group descriptors, extent blocks and allocation slack: ~6% of the data.
     let data = usage.bytes + usage.bytes / 16;
-    let base = data + inodes * INODE_SIZE + 8 * MIB + if journal { JOURNAL_MIB * MIB } else { 0 };
-    round_up(base + headroom, MIB)
+    let base = data + inodes * INODE_SIZE + 8 * MIB + headroom;
+    round_up(base + if journal { journal_mib(base) * MIB } else { 0 }, MIB)
 }
 
 /// Blocks allocated to `path`, in bytes (what a sparse file really costs).
@@ -121,7 +124,8 @@ pub(crate) fn mkfs(src: &Path, image: &Path, opts: &ImageOptions, writable: bool
             args.push("-N".into());
             args.push(inodes.to_string().into());
             if writable {
-                args.extend(["-J".into(), format!("size={JOURNAL_MIB}").into()]);
+                let journal = journal_mib(ext4_size(usage, inodes, headroom, false));
+                args.extend(["-J".into(), format!("size={journal}").into()]);
             } else {
                 args.extend(["-O".into(), "^has_journal".into()]);
             }

@@ -1,0 +1,215 @@
+//! OCI layers: whiteouts, replacement rules, media types, the cache.
+#![allow(missing_docs)]
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::*;
+use husk_rootfs::{image_from_layers, FsType, ImageError, ImageOptions, LayerSpec};
+
+/// Bottom layer: a small Debian-like tree.
+fn base(dir: &Path) -> PathBuf {
+    Layer::new()
+        .dir("etc/")
+        .file("etc/a", "a1")
+        .file("etc/b", "b1")
+        .dir("opt/")
+        .file("opt/x", "x1")
+        .dir("opt/sub/")
+        .file("opt/sub/y", "y1")
+        .dir("swap/")
+        .file("swap/inner", "i")
+        .file("turn", "file")
+        .dir("keep/")
+        .file("keep/z", "z1")
+        .symlink("link", "etc/b")
+        .write_tar(&dir.join("base.tar"))
+}
+
+/// Top layer (gzip): whiteouts of lower files, an opaque dir, type replacements, a device.
+fn top(dir: &Path) -> PathBuf {
+    Layer::new()
+        .file("etc/.wh.a", "")
+        .file("etc/c", "c2")
+        // A whiteout never hides a file of its own layer.
+        .file("etc/.wh.c", "")
+        .dir("opt/")
+        // Entry before the opaque marker: the layer's own, so kept.
+        .file("opt/early", "e2")
+        .file("opt/.wh..wh..opq", "")
+        .file("opt/late", "l2")
+        .file("swap", "now a file")
+        .dir("turn/")
+        .file("turn/f", "now a dir")
+        .file("etc/b", "b2")
+        .chardev("dev-null", 1, 3)
+        .write_gz(&dir.join("top.tar.gz"))
+}
+
+fn opts(t: &Path, fstype: FsType) -> ImageOptions {
+    ImageOptions::new(fstype, t.join(format!("out.{fstype}")))
+}
+
+#[test]
+fn whiteouts_and_replacements_are_applied() {
+    let t = tmp();
+    let layers = [LayerSpec::new(base(t.path())), LayerSpec::new(top(t.path()))];
+    let built = image_from_layers(&layers, &opts(t.path(), FsType::Ext4)).unwrap();
+    assert!(built.read_only && !built.from_cache);
+    let img = &built.path;
+    sh("e2fsck", &["-fn", img.to_str().unwrap()]);
+    assert_eq!(ext4_names(img, "/"), ["dev-null", "etc", "keep", "link", "opt", "swap", "turn"]);
+    assert_eq!(ext4_names(img, "/etc"), ["b", "c"]);
+    assert_eq!(ext4_cat(img, "/etc/b"), "b2");
+    assert_eq!(ext4_names(img, "/opt"), ["early", "late"]);
+    assert_eq!(ext4_names(img, "/keep"), ["z"]);
+    assert_eq!(ext4_cat(img, "/swap"), "now a file");
+    assert_eq!(ext4_cat(img, "/turn/f"), "now a dir");
+    let root = ext4_ls(img, "/");
+    assert!(root.contains(&("dev-null".into(), 0o020666, 0, 0)), "{root:?}");
+    assert!(root.iter().any(|e| e.0 == "link" && e.1 & 0o170000 == 0o120000));
+    assert!(leftovers(t.path(), ".husk-").is_empty(), "staging removed");
+}
+
+#[test]
+fn erofs_from_layers_mounts_with_the_merged_content() {
+    let t = tmp();
+    let layers = [LayerSpec::new(base(t.path())), LayerSpec::new(top(t.path()))];
+    let built = image_from_layers(&layers, &opts(t.path(), FsType::Erofs)).unwrap();
+    let m = LoopMount::new(&built.path);
+    assert!(!m.path().join("etc/a").exists());
+    assert_eq!(fs::read_to_string(m.path().join("etc/c")).unwrap(), "c2");
+    assert_eq!(fs::read_link(m.path().join("link")).unwrap().to_str(), Some("etc/b"));
+    assert!(!m.path().join("opt/x").exists() && !m.path().join("opt/sub").exists());
+}
+
+#[test]
+fn second_build_of_the_same_layers_is_a_cache_hit() {
+    let t = tmp();
+    let cache = t.path().join("cache");
+    let layers = [LayerSpec::new(base(t.path())), LayerSpec::new(top(t.path()))];
+    let mut o = opts(t.path(), FsType::Erofs);
+    o.cache_dir = Some(cache.clone());
+    let first = image_from_layers(&layers, &o).unwrap();
+    assert!(!first.from_cache && first.bytes_written > 0);
+    assert!(first.path.starts_with(&cache));
+    assert!(!o.output.exists(), "a cached image is not copied to the output");
+    let mtime = mtime_ns(&first.path);
+    let second = image_from_layers(&layers, &o).unwrap();
+    assert!(second.from_cache);
+    assert_eq!(second.bytes_written, 0);
+    assert_eq!((&second.path, &second.cache_key), (&first.path, &first.cache_key));
+    assert_eq!(mtime_ns(&second.path), mtime, "not rebuilt");
+    assert!(leftovers(&cache, ".tmp-").is_empty() && leftovers(&cache, ".husk-").is_empty());
+    // Other layers or another fstype: another key.
+    let one = image_from_layers(&layers[..1], &o).unwrap();
+    assert_ne!(one.path, first.path);
+    o.fstype = FsType::Ext4;
+    let ext4 = image_from_layers(&layers, &o).unwrap();
+    assert!(!ext4.from_cache && ext4.path != first.path);
+    // The digest in a content-store path is the key: no need to read the blob.
+    let store = t.path().join("blobs/sha256");
+    fs::create_dir_all(&store).unwrap();
+    let blob = store.join("ab".repeat(32));
+    fs::copy(&layers[0].path, &blob).unwrap();
+    let by_path = image_from_layers(&[LayerSpec::new(&blob)], &o).unwrap();
+    let given = LayerSpec { path: layers[0].path.clone(), media_type: None, digest: Some(format!("sha256:{}", "ab".repeat(32))) };
+    assert!(image_from_layers(&[given], &o).unwrap().from_cache, "same digest, same key: {by_path:?}");
+}
+
+#[test]
+fn concurrent_builders_build_once_and_agree() {
+    let t = tmp();
+    let cache = t.path().join("cache");
+    let layers = vec![LayerSpec::new(base(t.path())), LayerSpec::new(top(t.path()))];
+    let mut o = opts(t.path(), FsType::Ext4);
+    o.cache_dir = Some(cache.clone());
+    let results: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4).map(|_| s.spawn(|| image_from_layers(&layers, &o).unwrap())).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(results.iter().filter(|r| !r.from_cache).count(), 1, "{results:?}");
+    assert!(results.iter().all(|r| r.path == results[0].path));
+    sh("e2fsck", &["-fn", results[0].path.to_str().unwrap()]);
+    let images: Vec<_> = fs::read_dir(&cache).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().ends_with(".ext4")).collect();
+    assert_eq!(images.len(), 1);
+}
+
+#[test]
+fn prune_removes_least_recently_used_images() {
+    let t = tmp();
+    let cache = t.path().join("cache");
+    let layers = [LayerSpec::new(base(t.path())), LayerSpec::new(top(t.path()))];
+    let mut o = opts(t.path(), FsType::Erofs);
+    o.cache_dir = Some(cache.clone());
+    let old = image_from_layers(&layers[..1], &o).unwrap();
+    let new = image_from_layers(&layers, &o).unwrap();
+    // Make `old` idle for an hour and `new` for two minutes.
+    let ago = |s| std::time::SystemTime::now() - std::time::Duration::from_secs(s);
+    fs::File::open(&old.path).unwrap().set_times(fs::FileTimes::new().set_accessed(ago(3600))).unwrap();
+    fs::File::open(&new.path).unwrap().set_times(fs::FileTimes::new().set_accessed(ago(120))).unwrap();
+    let r = husk_rootfs::prune_cache(&cache, 1).unwrap();
+    assert_eq!(r.removed, vec![old.path.clone(), new.path.clone()]);
+    assert_eq!(r.remaining, 0);
+    // A recently used image is kept even over the limit.
+    let fresh = image_from_layers(&layers, &o).unwrap();
+    assert!(!fresh.from_cache);
+    let r = husk_rootfs::prune_cache(&cache, 0).unwrap();
+    assert!(r.removed.is_empty() && fresh.path.exists());
+}
+
+fn expect_err(layers: &[LayerSpec], t: &Path, check: impl Fn(&ImageError, &str)) {
+    let o = opts(t, FsType::Ext4);
+    let err = image_from_layers(layers, &o).unwrap_err();
+    check(&err, &err.to_string());
+    assert!(!o.output.exists());
+    assert!(leftovers(t, ".husk-").is_empty(), "nothing left behind");
+}
+
+#[test]
+fn bad_layers_are_refused_with_clear_errors() {
+    let t = tmp();
+    let good = base(t.path());
+    let zstd = t.path().join("layer.zst");
+    fs::write(&zstd, [0x28, 0xb5, 0x2f, 0xfd, 0, 0, 0, 0]).unwrap();
+    let junk = t.path().join("junk");
+    fs::write(&junk, "this is not a tar").unwrap();
+    let mt = "application/vnd.oci.image.layer.v1.tar+bzip2";
+    let typed = LayerSpec { path: good.clone(), media_type: Some(mt.into()), digest: None };
+    expect_err(&[typed], t.path(), |e, m| assert!(matches!(e, ImageError::UnsupportedMediaType { .. }) && m.contains(mt), "{m}"));
+    expect_err(&[LayerSpec::new(&zstd)], t.path(), |e, m| assert!(matches!(e, ImageError::UnsupportedMediaType { .. }) && m.contains("zstd"), "{m}"));
+    expect_err(&[LayerSpec::new(&junk)], t.path(), |e, m| assert!(matches!(e, ImageError::UnknownLayerFormat { .. }) && m.contains("junk"), "{m}"));
+    expect_err(&[LayerSpec::new(t.path().join("gone.tar"))], t.path(), |e, m| assert!(matches!(e, ImageError::Io { .. }) && m.contains("gone.tar"), "{m}"));
+    expect_err(&[], t.path(), |e, _| assert!(matches!(e, ImageError::NoLayers)));
+    let bad_digest = LayerSpec { path: good.clone(), media_type: None, digest: Some("md5:abc".into()) };
+    expect_err(&[bad_digest], t.path(), |e, m| assert!(matches!(e, ImageError::BadDigest { .. }) && m.contains("md5:abc"), "{m}"));
+    // Truncated gzip: the unpack error names the layer.
+    let gz = top(t.path());
+    let bytes = fs::read(&gz).unwrap();
+    let cut = t.path().join("cut.tar.gz");
+    fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    expect_err(&[LayerSpec::new(&cut)], t.path(), |e, m| assert!(matches!(e, ImageError::Layer { .. }) && m.contains("cut.tar.gz"), "{m}"));
+}
+
+#[test]
+fn hostile_layers_cannot_write_outside_the_image() {
+    let t = tmp();
+    let victim = t.path().join("victim");
+    fs::create_dir(&victim).unwrap();
+    fs::write(victim.join("precious"), "keep").unwrap();
+    // A symlink to a host directory, then a whiteout and a file through it.
+    let evil = Layer::new()
+        .symlink("esc", victim.to_str().unwrap())
+        .file("esc/.wh.precious", "")
+        .file("esc/.wh..wh..opq", "")
+        .write_tar(&t.path().join("evil.tar"));
+    let o = opts(t.path(), FsType::Erofs);
+    let r = image_from_layers(&[LayerSpec::new(&evil)], &o);
+    assert_eq!(fs::read_to_string(victim.join("precious")).unwrap(), "keep", "{r:?}");
+    let evil2 = Layer::new().symlink("esc", victim.to_str().unwrap()).file("esc/planted", "x").write_tar(&t.path().join("evil2.tar"));
+    let r = image_from_layers(&[LayerSpec::new(&evil2)], &o);
+    assert!(r.is_err(), "{r:?}");
+    assert!(!victim.join("planted").exists());
+}
