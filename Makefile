@@ -5,12 +5,13 @@
 #   make initramfs  build/initramfs.cpio.gz with the static husk-agent as /init
 #   make test       everything: deps, builds, unit tests, testbed self-test, in-guest tests
 #   make bench      benchmarks against peers (QEMU microvm, runc), in the testbed
-#   make install    binaries, kernel, initramfs and /etc/husk/config.toml (PREFIX, DESTDIR)
+#   make install    binaries, kernel, initramfs and /etc/husk/config.toml (PREFIX, SYSCONFDIR, DESTDIR)
 #   make demo       run a container in a microVM with a private containerd
 SHELL := /bin/bash
 CARGO ?= cargo
 PREFIX ?= /usr/local
 DESTDIR ?=
+SYSCONFDIR ?= /etc
 MUSL := x86_64-unknown-linux-musl
 BUILD := build
 REL := target/release
@@ -58,11 +59,11 @@ fuzz:
 	tests/scripts/fuzz.sh $(FUZZ_SECONDS)
 
 install: build initramfs kernel
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/husk $(DESTDIR)/etc/husk
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/husk $(DESTDIR)$(SYSCONFDIR)/husk
 	install -m 755 $(REL)/husk-vmm $(REL)/husk-rootfs $(REL)/containerd-shim-husk-v2 $(REL)/husk $(DESTDIR)$(PREFIX)/bin/
 	install -m 644 $(BUILD)/kernel/vmlinux $(DESTDIR)$(PREFIX)/share/husk/vmlinux
 	install -m 644 $(BUILD)/initramfs.cpio.gz $(DESTDIR)$(PREFIX)/share/husk/initramfs
-	@[ -f $(DESTDIR)/etc/husk/config.toml ] || sed 's#@PREFIX@#$(PREFIX)#g' config/husk.toml.in >$(DESTDIR)/etc/husk/config.toml
+	@[ -f $(DESTDIR)$(SYSCONFDIR)/husk/config.toml ] || sed 's#@PREFIX@#$(PREFIX)#g' config/husk.toml.in >$(DESTDIR)$(SYSCONFDIR)/husk/config.toml
 	@tests/scripts/print-containerd-snippet.sh $(PREFIX)
 
 demo: deps kernel build initramfs

@@ -38,7 +38,7 @@ done
 chmod 1777 $h/tmp $h/var/tmp
 mkdir -p "$h$TB_CTL" && mount --bind /ctl "$h$TB_CTL" || fail "cannot mount the control share in the chroot"
 if [ "$TB_OUT_SHARE" = 1 ]; then
-  mount -t 9p -o "$o9p,rw,cache=none" out /mnt && mkdir -p "$h$TB_OUT" && mount --bind /mnt "$h$TB_OUT" \
+  mkdir -p /out "$h$TB_OUT" && mount -t 9p -o "$o9p,rw,cache=none" out /out && mount --bind /out "$h$TB_OUT" \
     || fail "cannot mount the results share"
 fi
 ip link set lo up

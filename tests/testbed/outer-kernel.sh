@@ -34,8 +34,7 @@ if [ ! -f "$out" ]; then
     esac
     echo "$m.ko" >>"$tmp/modules.order"
   done
-  (cd "$tmp" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet -R 0:0 | gzip -1 >"$out.tmp")
-  mv "$out.tmp" "$out"
+  (cd "$tmp" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet -R 0:0 | gzip -1 >"$out.$$")
+  mv "$out.$$" "$out"
 fi
-echo "$key" >"$CACHE/testbed/l1.key"
 echo "$out"
