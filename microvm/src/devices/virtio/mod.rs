@@ -12,6 +12,7 @@
 //!   `virtio_queue::mock::MockSplitQueue` without KVM.
 
 pub mod active;
+pub mod block;
 pub mod chain;
 pub mod counter;
 pub mod interrupt;

@@ -1,0 +1,164 @@
+//! The block device: config space, features, activation (starts the worker), reset.
+
+use std::fs::{File, OpenOptions};
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::metrics::BlockMetrics;
+use super::worker::{Disk, Worker};
+use super::{
+    BlockConfig, BlockError, ID_BYTES, QUEUE_SIZE, SECTOR_SIZE, VIRTIO_BLK_F_FLUSH,
+    VIRTIO_BLK_F_RO,
+};
+use crate::devices::virtio::active::Active;
+use crate::devices::virtio::{
+    feature, read_config_bytes, ActivateError, Interrupt, VirtioDevice, COMMON_FEATURES,
+    TYPE_BLOCK,
+};
+use crate::guest_warn;
+use crate::memory::GuestMemoryMmap;
+
+/// A virtio-blk disk backed by a raw image file.
+#[derive(Debug)]
+pub struct Block {
+    cfg: BlockConfig,
+    file: File,
+    sectors: u64,
+    id: [u8; ID_BYTES],
+    pub(super) queue_evts: Vec<EventFd>,
+    pub(super) worker: Option<Worker>,
+    pub(super) metrics: Arc<BlockMetrics>,
+}
+
+impl Block {
+    /// Opens the image (read-only if `cfg.read_only`).
+    pub fn new(cfg: BlockConfig) -> Result<Self, BlockError> {
+        if cfg.id.len() > ID_BYTES {
+            return Err(BlockError::IdTooLong { id: cfg.id.clone() });
+        }
+        let open_err = |source| BlockError::Open {
+            path: cfg.path.clone(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!cfg.read_only)
+            .open(&cfg.path)
+            .map_err(open_err)?;
+        let len = file.metadata().map_err(open_err)?.len();
+        let mut id = [0u8; ID_BYTES];
+        id[..cfg.id.len()].copy_from_slice(cfg.id.as_bytes());
+        let evt = EventFd::new(libc::EFD_NONBLOCK)
+            .map_err(|e| BlockError::EventFd(cfg.path.clone(), e))?;
+        Ok(Self {
+            sectors: len / SECTOR_SIZE,
+            id,
+            file,
+            cfg,
+            queue_evts: vec![evt],
+            worker: None,
+            metrics: Arc::new(BlockMetrics::default()),
+        })
+    }
+
+    /// The disk's configuration.
+    pub fn config(&self) -> &BlockConfig {
+        &self.cfg
+    }
+
+    /// The disk's counters.
+    pub fn counters(&self) -> &Arc<BlockMetrics> {
+        &self.metrics
+    }
+
+    /// Capacity in 512-byte sectors.
+    pub fn sectors(&self) -> u64 {
+        self.sectors
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        TYPE_BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+
+    fn avail_features(&self) -> u64 {
+        let mut f = COMMON_FEATURES | feature(VIRTIO_BLK_F_FLUSH);
+        if self.cfg.read_only {
+            f |= feature(VIRTIO_BLK_F_RO);
+        }
+        f
+    }
+
+    fn set_acked_features(&mut self, _features: u64) {}
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.sectors.to_le_bytes(), offset, data);
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        guest_warn!("virtio-blk: ignoring {}-byte config write at {offset:#x}", data.len());
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<Interrupt>,
+        queues: Vec<Queue>,
+    ) -> Result<(), ActivateError> {
+        if self.worker.is_some() {
+            return Err(ActivateError::AlreadyActive);
+        }
+        if queues.len() != 1 {
+            return Err(ActivateError::QueueCount {
+                expected: 1,
+                got: queues.len(),
+            });
+        }
+        let backend = |source| ActivateError::Backend {
+            device: "block",
+            source,
+        };
+        let disk = Disk {
+            file: self.file.try_clone().map_err(backend)?,
+            sectors: self.sectors,
+            read_only: self.cfg.read_only,
+            id: self.id,
+        };
+        let name = format!("blk-{}", if self.cfg.id.is_empty() { "disk" } else { &self.cfg.id });
+        let worker = Worker::spawn(
+            name,
+            Active::new(mem, interrupt, queues),
+            disk,
+            self.metrics.clone(),
+        )
+        .map_err(backend)?;
+        self.worker = Some(worker);
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        // Dropping the worker stops and joins it.
+        self.worker = None;
+    }
+
+    fn is_activated(&self) -> bool {
+        self.worker.is_some()
+    }
+
+    fn metrics(&self) -> serde_json::Value {
+        let mut v = self.metrics.to_json();
+        v["id"] = serde_json::Value::String(self.cfg.id.clone());
+        v
+    }
+}

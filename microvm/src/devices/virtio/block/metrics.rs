@@ -1,0 +1,37 @@
+//! Counters of one disk.
+
+use crate::devices::virtio::counter::Counter;
+
+/// What one disk did so far.
+#[derive(Debug, Default)]
+pub struct BlockMetrics {
+    /// Read requests completed.
+    pub reads: Counter,
+    /// Write requests completed.
+    pub writes: Counter,
+    /// Flushes completed.
+    pub flushes: Counter,
+    /// Bytes read from the image.
+    pub read_bytes: Counter,
+    /// Bytes written to the image.
+    pub write_bytes: Counter,
+    /// Requests that failed (I/O error, out of range, read-only, malformed).
+    pub errors: Counter,
+    /// Queue notifications received before the device was activated.
+    pub early_notifications: Counter,
+}
+
+impl BlockMetrics {
+    /// The counters as JSON for the VMM control API.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "reads": self.reads.get(),
+            "writes": self.writes.get(),
+            "flushes": self.flushes.get(),
+            "read_bytes": self.read_bytes.get(),
+            "write_bytes": self.write_bytes.get(),
+            "errors": self.errors.get(),
+            "early_notifications": self.early_notifications.get(),
+        })
+    }
+}

@@ -1,0 +1,80 @@
+//! virtio-blk backed by a raw image file.
+//!
+//! Requests are served on one worker thread per disk, never on the event loop: the event
+//! handler only forwards queue notifications to the worker.
+
+pub mod device;
+mod event_handler;
+pub mod metrics;
+pub mod request;
+mod worker;
+
+#[cfg(test)]
+mod tests;
+
+pub use device::Block;
+
+use std::path::PathBuf;
+
+/// Sector size in bytes.
+pub const SECTOR_SIZE: u64 = 512;
+/// Size of the request queue.
+pub const QUEUE_SIZE: u16 = 256;
+/// Longest serial (`GET_ID`) the protocol carries.
+pub const ID_BYTES: usize = 20;
+
+/// Request type: read.
+pub const VIRTIO_BLK_T_IN: u32 = 0;
+/// Request type: write.
+pub const VIRTIO_BLK_T_OUT: u32 = 1;
+/// Request type: flush.
+pub const VIRTIO_BLK_T_FLUSH: u32 = 4;
+/// Request type: get the serial.
+pub const VIRTIO_BLK_T_GET_ID: u32 = 8;
+
+/// Status: success.
+pub const VIRTIO_BLK_S_OK: u8 = 0;
+/// Status: I/O error (also: write to a read-only disk, access past the end).
+pub const VIRTIO_BLK_S_IOERR: u8 = 1;
+/// Status: unsupported request type.
+pub const VIRTIO_BLK_S_UNSUPP: u8 = 2;
+
+/// Feature: the disk is read-only.
+pub const VIRTIO_BLK_F_RO: u32 = 5;
+/// Feature: the device supports flush.
+pub const VIRTIO_BLK_F_FLUSH: u32 = 9;
+
+/// Configuration of one disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockConfig {
+    /// Raw image file.
+    pub path: PathBuf,
+    /// Refuse writes.
+    pub read_only: bool,
+    /// Serial reported by `GET_ID` (at most 20 bytes); the guest sees it in
+    /// `/sys/block/vdX/serial`.
+    pub id: String,
+}
+
+/// Errors of the block device.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    /// The image could not be opened.
+    #[error("cannot open disk image {path}")]
+    Open {
+        /// Image path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The serial is too long.
+    #[error("disk id {id:?} is longer than {ID_BYTES} bytes")]
+    IdTooLong {
+        /// The id.
+        id: String,
+    },
+    /// An EventFd could not be created.
+    #[error("cannot create an EventFd for disk {0}")]
+    EventFd(PathBuf, #[source] std::io::Error),
+}

@@ -1,0 +1,204 @@
+//! The per-disk worker thread and the request execution it runs.
+
+use std::fs::File;
+use std::io::{Seek, SeekFrom};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use vm_memory::Bytes;
+
+use super::metrics::BlockMetrics;
+use super::request::{self, Request};
+use super::{
+    ID_BYTES, SECTOR_SIZE, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
+    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+};
+use crate::devices::virtio::active::Active;
+use crate::devices::virtio::chain::MAX_CHAIN_DESCS;
+use crate::guest_warn;
+use crate::memory::GuestMemoryMmap;
+
+/// The backing image of a disk.
+#[derive(Debug)]
+pub struct Disk {
+    /// The image file.
+    pub file: File,
+    /// Size in sectors.
+    pub sectors: u64,
+    /// Writes fail with IOERR.
+    pub read_only: bool,
+    /// Serial, NUL-padded.
+    pub id: [u8; ID_BYTES],
+}
+
+/// Executes one request; returns the status and the bytes written into guest buffers.
+pub fn execute(mem: &GuestMemoryMmap, disk: &mut Disk, req: &Request, m: &BlockMetrics) -> (u8, u32) {
+    let in_range = || {
+        req.data_len.is_multiple_of(SECTOR_SIZE)
+            && req
+                .sector
+                .checked_add(req.data_len / SECTOR_SIZE)
+                .is_some_and(|end| end <= disk.sectors)
+    };
+    match req.type_ {
+        VIRTIO_BLK_T_IN => {
+            if !in_range() {
+                return fail(m, "read", req);
+            }
+            if transfer(mem, disk, req, false).is_err() {
+                return fail(m, "read", req);
+            }
+            m.reads.inc();
+            m.read_bytes.add(req.data_len);
+            (VIRTIO_BLK_S_OK, req.data_len as u32)
+        }
+        VIRTIO_BLK_T_OUT => {
+            if disk.read_only || !in_range() || transfer(mem, disk, req, true).is_err() {
+                return fail(m, "write", req);
+            }
+            m.writes.inc();
+            m.write_bytes.add(req.data_len);
+            (VIRTIO_BLK_S_OK, 0)
+        }
+        VIRTIO_BLK_T_FLUSH => {
+            if !disk.read_only && disk.file.sync_data().is_err() {
+                return fail(m, "flush", req);
+            }
+            m.flushes.inc();
+            (VIRTIO_BLK_S_OK, 0)
+        }
+        VIRTIO_BLK_T_GET_ID => {
+            let mut done = 0usize;
+            for &(addr, n) in &req.data {
+                let n = n.min(ID_BYTES - done);
+                if n == 0 || mem.write_slice(&disk.id[done..done + n], addr).is_err() {
+                    break;
+                }
+                done += n;
+            }
+            (VIRTIO_BLK_S_OK, done as u32)
+        }
+        other => {
+            guest_warn!("virtio-blk: unsupported request type {other}");
+            m.errors.inc();
+            (VIRTIO_BLK_S_UNSUPP, 0)
+        }
+    }
+}
+
+fn fail(m: &BlockMetrics, what: &str, req: &Request) -> (u8, u32) {
+    guest_warn!(
+        "virtio-blk: {what} of {} bytes at sector {} failed",
+        req.data_len,
+        req.sector
+    );
+    m.errors.inc();
+    (VIRTIO_BLK_S_IOERR, 0)
+}
+
+fn transfer(mem: &GuestMemoryMmap, disk: &mut Disk, req: &Request, write: bool) -> Result<(), ()> {
+    disk.file
+        .seek(SeekFrom::Start(req.sector * SECTOR_SIZE))
+        .map_err(|_| ())?;
+    for &(addr, n) in &req.data {
+        let r = if write {
+            mem.write_all_volatile_to(addr, &mut disk.file, n)
+        } else {
+            mem.read_exact_volatile_from(addr, &mut disk.file, n)
+        };
+        r.map_err(|_| ())?;
+    }
+    Ok(())
+}
+
+/// Serves every available request of the queue.
+pub fn process_queue(active: &mut Active, disk: &mut Disk, m: &BlockMetrics) {
+    let mut used = false;
+    while let Ok(Some((head, chain))) = active.pop(0, MAX_CHAIN_DESCS) {
+        used = true;
+        let parsed = chain
+            .map_err(|e| e.to_string())
+            .and_then(|c| request::parse(&active.mem, &c).map_err(|e| e.to_string()));
+        let len = match parsed {
+            Ok(req) => {
+                let (status, written) = execute(&active.mem, disk, &req, m);
+                match active.mem.write_obj(status, req.status) {
+                    Ok(()) => written.saturating_add(1),
+                    Err(_) => 0,
+                }
+            }
+            Err(e) => {
+                guest_warn!("virtio-blk: dropping request: {e}");
+                m.errors.inc();
+                0
+            }
+        };
+        active.add_used(0, head, len);
+    }
+    if used {
+        active.notify(0);
+    }
+}
+
+/// Messages to a worker.
+#[derive(Debug)]
+pub enum Msg {
+    /// The guest notified the queue.
+    Kick,
+    /// Stop and hand nothing back (device reset).
+    Stop,
+}
+
+/// A running worker thread.
+#[derive(Debug)]
+pub struct Worker {
+    tx: Sender<Msg>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    /// Starts the worker for `disk` and the activated queue.
+    pub fn spawn(
+        name: String,
+        mut active: Active,
+        mut disk: Disk,
+        m: Arc<BlockMetrics>,
+    ) -> std::io::Result<Self> {
+        let (tx, rx): (Sender<Msg>, Receiver<Msg>) = std::sync::mpsc::channel();
+        let handle = std::thread::Builder::new().name(name).spawn(move || {
+            // Requests may already be waiting.
+            process_queue(&mut active, &mut disk, &m);
+            while let Ok(Msg::Kick) = rx.recv() {
+                // Coalesce kicks that piled up; a Stop among them ends the thread.
+                loop {
+                    match rx.try_recv() {
+                        Ok(Msg::Kick) => continue,
+                        Ok(Msg::Stop) => return,
+                        Err(_) => break,
+                    }
+                }
+                process_queue(&mut active, &mut disk, &m);
+            }
+        })?;
+        Ok(Self {
+            tx,
+            handle: Some(handle),
+        })
+    }
+
+    /// Tells the worker the queue has new requests.
+    pub fn kick(&self) {
+        let _ = self.tx.send(Msg::Kick);
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Msg::Stop);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
