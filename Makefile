@@ -63,6 +63,7 @@ install: build initramfs kernel
 	install -m 755 $(REL)/husk-vmm $(REL)/husk-rootfs $(REL)/containerd-shim-husk-v2 $(REL)/husk $(DESTDIR)$(PREFIX)/bin/
 	install -m 644 $(BUILD)/kernel/vmlinux $(DESTDIR)$(PREFIX)/share/husk/vmlinux
 	install -m 644 $(BUILD)/initramfs.cpio.gz $(DESTDIR)$(PREFIX)/share/husk/initramfs
+	install -m 644 $(BUILD)/kernel/release $(DESTDIR)$(PREFIX)/share/husk/kernel.release
 	@[ -f $(DESTDIR)$(SYSCONFDIR)/husk/config.toml ] || sed 's#@PREFIX@#$(PREFIX)#g' config/husk.toml.in >$(DESTDIR)$(SYSCONFDIR)/husk/config.toml
 	@tests/scripts/print-containerd-snippet.sh $(PREFIX)
 
