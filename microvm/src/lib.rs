@@ -1,4 +1,57 @@
 //! husk-vmm: KVM, guest memory, vCPUs, boot, devices and the control API of one microVM.
+//!
+//! A VM is built by [`vmm::Vm::new`] (KVM VM with in-kernel irqchip and PIT, guest memory,
+//! kernel, serial console, i8042), gets its virtio devices through
+//! [`device_manager::DeviceManager::attach_virtio_mmio`], is finished by
+//! [`vmm::Vm::finish_boot`] (initrd, command line, zero page, MP table, vCPUs) and run by
+//! [`runner::run`]. How the guest's power-off, reboot and panic become exit statuses is
+//! described in [`exit`].
 
+pub mod api;
+pub mod arch;
+pub mod bus;
+pub mod device_manager;
 pub mod devices;
+pub mod exit;
+pub mod layout;
+pub mod loader;
 pub mod memory;
+pub mod runner;
+pub mod seccomp;
+pub mod vcpu;
+pub mod vmm;
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+static START: OnceLock<Instant> = OnceLock::new();
+
+/// Records the process start time (call first thing in `main`).
+pub fn mark_start() {
+    let _ = START.set(Instant::now());
+}
+
+/// Time since [`mark_start`].
+pub fn since_start() -> Duration {
+    START.get().map(|s| s.elapsed()).unwrap_or_default()
+}
+
+/// Errors of running a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Building the VM.
+    #[error(transparent)]
+    Vmm(#[from] vmm::VmmError),
+    /// vCPU threads.
+    #[error(transparent)]
+    Vcpu(#[from] vcpu::VcpuError),
+    /// The API.
+    #[error(transparent)]
+    Api(#[from] api::ApiError),
+    /// Seccomp.
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::SeccompError),
+    /// A thread could not be spawned.
+    #[error("cannot spawn a VMM thread")]
+    Thread(#[source] std::io::Error),
+}

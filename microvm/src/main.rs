@@ -1,2 +1,142 @@
 //! `husk-vmm`: runs one microVM.
-fn main() {}
+//!
+//! ```text
+//! husk-vmm [--config FILE.toml] --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N]
+//!          [--memory 256M] [--console stdio|none|file:PATH] [--api-sock PATH]
+//!          [--disk path=PATH[,id=NAME][,ro]]... [--net tap=NAME[,mac=..][,netns=PATH]]...
+//!          [--vsock cid=N,uds=PATH] [--no-seccomp]
+//! ```
+//! Flags override the TOML file. Exit status: 0 powered off, 1 rebooted, 2 VMM error,
+//! 3 guest panicked or triple-faulted (see `husk_microvm::exit`); one line on stderr says why.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use husk_config::{Console, DiskConfig, MemSize, NetConfig, VmConfig, VsockConfig};
+use husk_microvm::exit::EXIT_VMM_ERROR;
+
+/// Runs one husk microVM.
+#[derive(Parser, Debug)]
+#[command(name = "husk-vmm", version)]
+struct Args {
+    /// TOML file with the VM configuration; flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Guest kernel: ELF vmlinux or bzImage.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initramfs.
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// Number of vCPUs (1-64).
+    #[arg(long)]
+    vcpus: Option<u32>,
+    /// Guest memory, e.g. 256M or 1G.
+    #[arg(long)]
+    memory: Option<String>,
+    /// Serial console: stdio, none or file:PATH.
+    #[arg(long)]
+    console: Option<String>,
+    /// Unix socket for the control API.
+    #[arg(long)]
+    api_sock: Option<PathBuf>,
+    /// Virtio block device (repeatable): path=PATH[,id=NAME][,ro].
+    #[arg(long)]
+    disk: Vec<String>,
+    /// Virtio net device (repeatable): tap=NAME[,mac=AA:BB:CC:DD:EE:FF][,netns=PATH].
+    #[arg(long)]
+    net: Vec<String>,
+    /// Virtio vsock device: cid=N,uds=PATH.
+    #[arg(long)]
+    vsock: Option<String>,
+    /// Do not install seccomp filters (debugging only).
+    #[arg(long)]
+    no_seccomp: bool,
+}
+
+fn config_from(args: &Args) -> anyhow::Result<VmConfig> {
+    let mut c = match &args.config {
+        Some(p) => VmConfig::from_toml_file(p)?,
+        None => VmConfig::default(),
+    };
+    if let Some(k) = &args.kernel {
+        c.kernel = k.clone();
+    }
+    if let Some(i) = &args.initrd {
+        c.initrd = Some(i.clone());
+    }
+    if let Some(s) = &args.cmdline {
+        c.cmdline = s.clone();
+    }
+    if let Some(n) = args.vcpus {
+        c.vcpus = n;
+    }
+    if let Some(m) = &args.memory {
+        c.memory = MemSize::parse("memory", m)?;
+    }
+    if let Some(s) = &args.console {
+        c.console = Console::parse(s)?;
+    }
+    if let Some(a) = &args.api_sock {
+        c.api_sock = Some(a.clone());
+    }
+    if !args.disk.is_empty() {
+        c.disk = args.disk.iter().map(|d| DiskConfig::parse_flag(d)).collect::<Result<_, _>>()?;
+    }
+    if !args.net.is_empty() {
+        c.net = args.net.iter().map(|n| NetConfig::parse_flag(n)).collect::<Result<_, _>>()?;
+    }
+    if let Some(v) = &args.vsock {
+        c.vsock = Some(VsockConfig::parse_flag(v)?);
+    }
+    Ok(c)
+}
+
+fn run(args: Args) -> anyhow::Result<husk_microvm::exit::ExitReason> {
+    let config = config_from(&args)?;
+    let format = config.validate()?;
+    let mut vm = husk_microvm::vmm::Vm::new(config, format).context("cannot create the VM")?;
+    husk_microvm::devices::attach_configured(&mut vm).context("cannot attach the virtio devices")?;
+    vm.finish_boot().context("cannot prepare the boot")?;
+    log::debug!("VM built {:?} after process start", husk_microvm::since_start());
+    Ok(husk_microvm::runner::run(vm, !args.no_seccomp)?)
+}
+
+fn main() -> ExitCode {
+    husk_microvm::mark_start();
+    env_logger::Builder::from_env(env_logger::Env::default().filter_or("HUSK_LOG", "warn")).init();
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) if e.use_stderr() => {
+            eprintln!("husk-vmm: {}", e.to_string().lines().next().unwrap_or("bad arguments"));
+            return ExitCode::from(EXIT_VMM_ERROR as u8);
+        }
+        Err(e) => {
+            // --help, --version
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+    };
+    let api_sock = args.api_sock.clone();
+    let status = match run(args) {
+        Ok(reason) => {
+            eprintln!("husk-vmm: {reason}");
+            reason.status()
+        }
+        Err(e) => {
+            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("husk-vmm: {}", chain.join(": "));
+            EXIT_VMM_ERROR
+        }
+    };
+    if let Some(p) = api_sock {
+        let _ = std::fs::remove_file(p);
+    }
+    // vCPU threads may be inside KVM_RUN: end the process without joining them.
+    std::process::exit(status)
+}

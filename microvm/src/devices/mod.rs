@@ -8,6 +8,11 @@
 
 pub mod virtio;
 
+pub mod attach;
+pub mod legacy;
+
+pub use attach::attach_configured;
+
 /// A device reached by vCPU port or MMIO exits.
 pub trait BusDevice: Send + Sync {
     /// The guest reads `data.len()` bytes at `offset` into the device's range.

@@ -1,0 +1,104 @@
+//! Where serial output goes, and the watcher that recognises the guest kernel's power-off and
+//! panic lines in it (see [`crate::exit`]).
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::sync::Arc;
+
+use crate::exit::{ExitReason, VmExit};
+
+/// Longest console line the watcher keeps; longer lines are cut (the markers are at the start).
+const MAX_LINE: usize = 256;
+
+/// Serial output sink: stdout, a file, or nothing. Bytes are written through at once (the
+/// guest already pays one VM exit per byte, and prompts without a newline must show).
+pub enum ConsoleOut {
+    /// husk-vmm's standard output.
+    Stdout(io::Stdout),
+    /// A file opened for appending.
+    File(File),
+    /// Dropped.
+    Sink,
+}
+
+/// Serial output writer: forwards bytes to [`ConsoleOut`] and scans lines.
+pub struct ConsoleWriter {
+    out: ConsoleOut,
+    line: Vec<u8>,
+    exit: Arc<VmExit>,
+}
+
+impl ConsoleWriter {
+    /// A writer sending to `out` and reporting to `exit`.
+    pub fn new(out: ConsoleOut, exit: Arc<VmExit>) -> Self {
+        ConsoleWriter { out, line: Vec::with_capacity(MAX_LINE), exit }
+    }
+
+    fn end_line(&mut self) {
+        let text = String::from_utf8_lossy(&self.line);
+        if text.contains("Kernel panic - not syncing") {
+            let from = text.find("Kernel panic").unwrap_or(0);
+            self.exit.note_panic(text[from..].trim_end());
+            if text.contains("---[ end Kernel panic") {
+                self.exit.on_reset();
+            }
+        } else if text.contains("reboot: System halted") || text.contains("reboot: Power down") {
+            self.exit.request(ExitReason::PoweredOff);
+        }
+        self.line.clear();
+    }
+}
+
+impl Write for ConsoleWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        for &b in buf {
+            if b == b'\n' {
+                self.end_line();
+            } else if self.line.len() < MAX_LINE {
+                self.line.push(b);
+            }
+        }
+        let r = match &mut self.out {
+            ConsoleOut::Stdout(s) => s.write_all(buf).and_then(|_| s.flush()),
+            ConsoleOut::File(f) => f.write_all(buf),
+            ConsoleOut::Sink => Ok(()),
+        };
+        // A full disk or closed stdout must not stop the guest: drop the output.
+        if let Err(e) = r {
+            log::warn!("console output dropped: {e}");
+            self.out = ConsoleOut::Sink;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(text: &str) -> Arc<VmExit> {
+        let exit = Arc::new(VmExit::default());
+        let mut w = ConsoleWriter::new(ConsoleOut::Sink, exit.clone());
+        for b in text.bytes() {
+            w.write_all(&[b]).unwrap();
+        }
+        exit
+    }
+
+    #[test]
+    fn recognises_halt_and_panic_lines() {
+        assert_eq!(feed("[    1.2] reboot: System halted\n").wait(), ExitReason::PoweredOff);
+        assert!(!feed("reboot: System halted").is_stopping(), "only complete lines count");
+        let e = feed("[ 2.0] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000000\n");
+        assert!(!e.is_stopping(), "panic alone waits for the reset");
+        e.on_reset();
+        assert!(matches!(e.wait(), ExitReason::Panicked(l) if l.starts_with("Kernel panic - not syncing: Attempted")));
+        let e = feed("Kernel panic - not syncing: x\n---[ end Kernel panic - not syncing: x ]---\n");
+        assert!(matches!(e.wait(), ExitReason::Panicked(_)));
+        assert!(!feed(&"x".repeat(10_000)).is_stopping());
+    }
+}

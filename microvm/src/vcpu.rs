@@ -1,0 +1,195 @@
+//! vCPU threads: one named thread (`vcpu-N`) per vCPU running KVM_RUN and routing I/O exits
+//! to the buses; pause/resume by kicking threads out of KVM_RUN with a signal.
+//!
+//! Pausing: the controller sets a flag, then signals every vCPU thread (SIGRTMIN, whose
+//! handler does nothing) until each has acknowledged. The signal makes a KVM_RUN in progress
+//! return EINTR; a signal that lands just before KVM_RUN is entered is lost, so the controller
+//! signals again every few milliseconds until all vCPUs are parked. Parked vCPUs wait on a
+//! condition variable until resumed.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::bus::Bus;
+use crate::exit::{ExitReason, VmExit};
+
+/// Signal (offset from SIGRTMIN) used to kick vCPUs out of KVM_RUN.
+pub const KICK_SIGNAL_OFFSET: i32 = 0;
+
+/// Errors starting vCPU threads.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    /// The kick signal handler could not be installed.
+    #[error("cannot install the vCPU kick signal handler")]
+    Signal(#[source] vmm_sys_util::errno::Error),
+    /// The thread could not be spawned.
+    #[error("cannot spawn thread vcpu-{0}")]
+    Spawn(u8, #[source] std::io::Error),
+}
+
+/// Shared run control of all vCPUs.
+#[derive(Default)]
+pub struct RunControl {
+    pause: AtomicBool,
+    parked: Mutex<usize>,
+    cond: Condvar,
+}
+
+impl RunControl {
+    /// True while a pause is requested.
+    pub fn pause_requested(&self) -> bool {
+        self.pause.load(Ordering::SeqCst)
+    }
+
+    fn park(&self) {
+        let mut parked = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+        *parked += 1;
+        self.cond.notify_all();
+        while self.pause.load(Ordering::SeqCst) {
+            parked = self.cond.wait(parked).unwrap_or_else(|e| e.into_inner());
+        }
+        *parked -= 1;
+        self.cond.notify_all();
+    }
+}
+
+/// Handles on the vCPU threads.
+pub struct Vcpus {
+    threads: Vec<JoinHandle<()>>,
+    control: Arc<RunControl>,
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+impl Vcpus {
+    /// Starts one thread per vCPU. The buses are shared read-only.
+    pub fn start(vcpus: Vec<VcpuFd>, io_bus: Arc<Bus>, mmio_bus: Arc<Bus>, exit: Arc<VmExit>, seccomp: Option<Arc<seccompiler::BpfProgram>>) -> Result<Self, VcpuError> {
+        register_signal_handler(SIGRTMIN() + KICK_SIGNAL_OFFSET, kick_handler).map_err(VcpuError::Signal)?;
+        let control = Arc::new(RunControl::default());
+        let mut threads = Vec::with_capacity(vcpus.len());
+        for (i, fd) in vcpus.into_iter().enumerate() {
+            let id = i as u8;
+            let (io, mmio, ex, ctl, filter) = (io_bus.clone(), mmio_bus.clone(), exit.clone(), control.clone(), seccomp.clone());
+            let t = std::thread::Builder::new()
+                .name(format!("vcpu-{id}"))
+                .spawn(move || {
+                    if let Some(f) = filter {
+                        if let Err(e) = seccompiler::apply_filter(&f) {
+                            ex.request(ExitReason::Error(format!("vcpu-{id}: cannot install seccomp filter: {e}")));
+                            return;
+                        }
+                    }
+                    run_loop(id, fd, &io, &mmio, &ex, &ctl)
+                })
+                .map_err(|e| VcpuError::Spawn(id, e))?;
+            threads.push(t);
+        }
+        Ok(Vcpus { threads, control })
+    }
+
+    fn kick_all(&self) {
+        for t in &self.threads {
+            if let Err(e) = t.kill(SIGRTMIN() + KICK_SIGNAL_OFFSET) {
+                log::debug!("kick failed: {e}");
+            }
+        }
+    }
+
+    /// Stops every vCPU; returns once all are parked (or `timeout` passed: false).
+    pub fn pause(&self, timeout: Duration) -> bool {
+        self.control.pause.store(true, Ordering::SeqCst);
+        let deadline = std::time::Instant::now() + timeout;
+        let live = self.threads.iter().filter(|t| !t.is_finished()).count();
+        let mut parked = self.control.parked.lock().unwrap_or_else(|e| e.into_inner());
+        while *parked < live {
+            drop(parked);
+            self.kick_all();
+            parked = self.control.parked.lock().unwrap_or_else(|e| e.into_inner());
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            parked = self.control.cond.wait_timeout(parked, Duration::from_millis(5)).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        true
+    }
+
+    /// Lets parked vCPUs run again.
+    pub fn resume(&self) {
+        self.control.pause.store(false, Ordering::SeqCst);
+        let _guard = self.control.parked.lock().unwrap_or_else(|e| e.into_inner());
+        self.control.cond.notify_all();
+    }
+
+    /// True while paused.
+    pub fn is_paused(&self) -> bool {
+        self.control.pause_requested()
+    }
+}
+
+fn run_loop(id: u8, mut fd: VcpuFd, io: &Bus, mmio: &Bus, exit: &VmExit, control: &RunControl) {
+    let mut first = true;
+    loop {
+        if exit.is_stopping() {
+            return;
+        }
+        if control.pause_requested() {
+            control.park();
+            continue;
+        }
+        if first {
+            first = false;
+            log::debug!("vcpu-{id}: first KVM_RUN at {:?} after process start", crate::since_start());
+        }
+        match fd.run() {
+            Ok(VcpuExit::IoOut(port, data)) => {
+                io.write(u64::from(port), data);
+            }
+            Ok(VcpuExit::IoIn(port, data)) => {
+                if !io.read(u64::from(port), data) {
+                    data.fill(0xff);
+                }
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                if !mmio.read(addr, data) {
+                    data.fill(0);
+                }
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                mmio.write(addr, data);
+            }
+            Ok(VcpuExit::Hlt) => {
+                // Only without an in-kernel LAPIC; ours has one. Treat like an idle spin.
+                std::thread::yield_now();
+            }
+            Ok(VcpuExit::Shutdown) => {
+                exit.request(ExitReason::TripleFault);
+                return;
+            }
+            Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                exit.request(ExitReason::Error(format!("vcpu-{id}: KVM entry failed (reason {reason:#x}, cpu {cpu})")));
+                return;
+            }
+            Ok(VcpuExit::InternalError) => {
+                exit.request(ExitReason::Error(format!("vcpu-{id}: KVM internal error (KVM could not emulate a guest instruction)")));
+                return;
+            }
+            Ok(other) => {
+                exit.request(ExitReason::Error(format!("vcpu-{id}: unexpected exit {other:?}")));
+                return;
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                fd.set_kvm_immediate_exit(0);
+            }
+            Err(e) => {
+                exit.request(ExitReason::Error(format!("vcpu-{id}: KVM_RUN failed: {e}")));
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Building and running one microVM: KVM VM, memory, kernel, devices, vCPUs, threads.
+
+use std::fs::OpenOptions;
+use std::sync::Arc;
+
+use husk_config::{Console, KernelFormat, VmConfig};
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::{cpuid, mptable, regs};
+use crate::device_manager::{DeviceError, DeviceManager};
+use crate::devices::legacy::console::{ConsoleOut, ConsoleWriter};
+use crate::devices::legacy::i8042::I8042;
+use crate::devices::legacy::serial::SerialDevice;
+use crate::devices::legacy::EventFdTrigger;
+use crate::exit::VmExit;
+use crate::layout::*;
+use crate::loader::{self, LoaderError};
+use crate::memory::{create_guest_memory, GuestMemoryMmap, MemoryError};
+
+/// Address of the 3-page TSS region KVM needs on Intel (inside the MMIO hole, below the IOAPIC).
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+
+/// Building the VM failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// /dev/kvm could not be opened.
+    #[error("cannot open /dev/kvm")]
+    Kvm(#[source] kvm_ioctls::Error),
+    /// A VM-level KVM ioctl failed.
+    #[error("KVM {0} failed")]
+    VmIoctl(&'static str, #[source] kvm_ioctls::Error),
+    /// KVM allows fewer vCPUs.
+    #[error("vcpus = {wanted}: this host's KVM allows at most {max}")]
+    TooManyVcpus {
+        /// Asked for.
+        wanted: u32,
+        /// KVM's limit.
+        max: usize,
+    },
+    /// Guest memory.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// Kernel, initrd, command line.
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+    /// MP table.
+    #[error(transparent)]
+    MpTable(#[from] mptable::MpTableError),
+    /// vCPU registers.
+    #[error("cannot set up vcpu-{0}")]
+    Regs(u8, #[source] regs::RegsError),
+    /// Devices.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// The console file.
+    #[error("cannot open console file {0:?}")]
+    ConsoleFile(std::path::PathBuf, #[source] std::io::Error),
+    /// An eventfd.
+    #[error("cannot create an eventfd for {0}")]
+    EventFd(&'static str, #[source] std::io::Error),
+}
+
+/// A built VM, ready to run.
+pub struct Vm {
+    /// The configuration it was built from.
+    pub config: VmConfig,
+    /// KVM system handle (kept for the VM's lifetime).
+    pub kvm: Kvm,
+    /// The KVM VM.
+    pub vm: VmFd,
+    /// Guest RAM.
+    pub mem: GuestMemoryMmap,
+    /// Buses, event manager, counters.
+    pub devices: DeviceManager,
+    /// Exit coordination.
+    pub exit: Arc<VmExit>,
+    /// The serial console.
+    pub serial: Arc<SerialDevice>,
+    /// Configured vCPUs, not yet running.
+    pub vcpus: Vec<VcpuFd>,
+    /// Kernel command line as given to the guest.
+    pub cmdline: String,
+    entry: u64,
+    kernel: Option<loader::LoadedKernel>,
+}
+
+impl Vm {
+    /// Creates the KVM VM, guest memory and legacy devices, and loads the kernel and initrd.
+    /// Virtio devices are attached afterwards through [`Vm::devices`]; [`Vm::finish_boot`]
+    /// then writes the command line, zero page and MP table and creates the vCPUs.
+    pub fn new(config: VmConfig, format: KernelFormat) -> Result<Self, VmmError> {
+        let kvm = Kvm::new().map_err(VmmError::Kvm)?;
+        let max = kvm.get_max_vcpus();
+        if config.vcpus as usize > max {
+            return Err(VmmError::TooManyVcpus { wanted: config.vcpus, max });
+        }
+        let vm = kvm.create_vm().map_err(|e| VmmError::VmIoctl("CREATE_VM", e))?;
+        vm.set_tss_address(KVM_TSS_ADDRESS).map_err(|e| VmmError::VmIoctl("SET_TSS_ADDR", e))?;
+        vm.create_irq_chip().map_err(|e| VmmError::VmIoctl("CREATE_IRQCHIP", e))?;
+        let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+        vm.create_pit2(pit).map_err(|e| VmmError::VmIoctl("CREATE_PIT2", e))?;
+
+        let mem = create_guest_memory(config.memory.bytes())?;
+        for (slot, region) in mem.iter().enumerate() {
+            let r = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: region.as_ptr() as u64,
+            };
+            // SAFETY: the region is a live mapping owned by `mem`, which the returned Vm keeps
+            // for as long as the KVM VM exists; KVM only accesses it through this range.
+            unsafe { vm.set_user_memory_region(r) }.map_err(|e| VmmError::VmIoctl("SET_USER_MEMORY_REGION", e))?;
+        }
+
+        let kernel = loader::load_kernel(&mem, &config.kernel, format)?;
+        let exit = Arc::new(VmExit::default());
+        let out = match &config.console {
+            Console::Stdio => ConsoleOut::Stdout(std::io::stdout()),
+            Console::None => ConsoleOut::Sink,
+            Console::File(p) => ConsoleOut::File(OpenOptions::new().create(true).append(true).open(p).map_err(|e| VmmError::ConsoleFile(p.clone(), e))?),
+        };
+        let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmmError::EventFd("serial", e))?;
+        vm.register_irqfd(&serial_irq, SERIAL_GSI).map_err(|e| VmmError::VmIoctl("IRQFD (serial)", e))?;
+        let serial = Arc::new(SerialDevice::new(EventFdTrigger(serial_irq), ConsoleWriter::new(out, exit.clone())));
+        let mut devices = DeviceManager::new();
+        devices.io_bus.insert(serial.clone(), SERIAL_PORT, 8).map_err(|e| DeviceError::Bus("serial".into(), e))?;
+        devices.io_bus.insert(Arc::new(I8042::new(exit.clone())), I8042_PORT, 5).map_err(|e| DeviceError::Bus("i8042".into(), e))?;
+
+        Ok(Vm { config, kvm, vm, mem, devices, exit, serial, vcpus: Vec::new(), cmdline: String::new(), entry: kernel.entry, kernel: Some(kernel) })
+    }
+
+    /// Loads the initrd, writes the command line (with the device announcements), the zero
+    /// page and the MP table, and creates and configures the vCPUs.
+    pub fn finish_boot(&mut self) -> Result<(), VmmError> {
+        let kernel = self.kernel.take().ok_or(VmmError::VmIoctl("finish_boot called twice", kvm_ioctls::Error::new(libc::EINVAL)))?;
+        let initrd = match &self.config.initrd {
+            Some(p) => Some(loader::load_initrd(&self.mem, p, &kernel)?),
+            None => None,
+        };
+        let cmdline = loader::build_cmdline(&self.config.cmdline, self.devices.cmdline_extra())?;
+        self.cmdline = cmdline.as_cstring().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default();
+        loader::write_boot_info(&self.mem, &kernel, &cmdline, initrd, self.config.memory.bytes())?;
+        let count = self.config.vcpus as u8;
+        mptable::setup_mptable(&self.mem, count)?;
+
+        let supported = self.kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(|e| VmmError::VmIoctl("GET_SUPPORTED_CPUID", e))?;
+        for id in 0..count {
+            let fd = self.vm.create_vcpu(u64::from(id)).map_err(|e| VmmError::VmIoctl("CREATE_VCPU", e))?;
+            let mut c = supported.clone();
+            cpuid::filter(&mut c, id, count);
+            fd.set_cpuid2(&c).map_err(|e| VmmError::Regs(id, regs::RegsError::Kvm("SET_CPUID2", e)))?;
+            regs::setup_msrs(&fd).map_err(|e| VmmError::Regs(id, e))?;
+            regs::setup_fpu(&fd).map_err(|e| VmmError::Regs(id, e))?;
+            regs::setup_lapic(&fd).map_err(|e| VmmError::Regs(id, e))?;
+            if id == 0 {
+                regs::setup_regs(&fd, self.entry).map_err(|e| VmmError::Regs(id, e))?;
+                regs::setup_sregs(&self.mem, &fd).map_err(|e| VmmError::Regs(id, e))?;
+            }
+            self.vcpus.push(fd);
+        }
+        Ok(())
+    }
+}
