@@ -17,6 +17,7 @@ pub mod chain;
 pub mod counter;
 pub mod interrupt;
 pub mod mmio;
+pub mod net;
 pub mod ratelimit;
 pub mod vsock;
 

@@ -1,0 +1,61 @@
+//! virtio-net backed by a host tap device (`IFF_VNET_HDR`, checksum and TSO offloads).
+
+pub mod device;
+mod event_handler;
+pub mod metrics;
+pub mod tap;
+
+#[cfg(test)]
+mod tests;
+
+pub use device::Net;
+
+use std::path::PathBuf;
+
+/// Queue index: receive (host → guest).
+pub const RXQ: usize = 0;
+/// Queue index: transmit (guest → host).
+pub const TXQ: usize = 1;
+/// Size of each queue.
+pub const QUEUE_SIZE: u16 = 256;
+/// Size of the virtio-net header (virtio 1.x: `virtio_net_hdr_v1`, with `num_buffers`).
+pub const VNET_HDR_SIZE: usize = 12;
+/// Largest frame plus header moved in one piece (64 KiB TSO frame + Ethernet + header).
+pub const MAX_FRAME: usize = 65562 + VNET_HDR_SIZE;
+
+/// Feature: the device handles partial checksums from the guest.
+pub const VIRTIO_NET_F_CSUM: u32 = 0;
+/// Feature: the guest handles partial checksums from the device.
+pub const VIRTIO_NET_F_GUEST_CSUM: u32 = 1;
+/// Feature: the config space holds the MAC.
+pub const VIRTIO_NET_F_MAC: u32 = 5;
+/// Feature: the guest accepts TSOv4 frames.
+pub const VIRTIO_NET_F_GUEST_TSO4: u32 = 7;
+/// Feature: the guest accepts TSOv6 frames.
+pub const VIRTIO_NET_F_GUEST_TSO6: u32 = 8;
+/// Feature: the device accepts TSOv4 frames.
+pub const VIRTIO_NET_F_HOST_TSO4: u32 = 11;
+/// Feature: the device accepts TSOv6 frames.
+pub const VIRTIO_NET_F_HOST_TSO6: u32 = 12;
+
+/// Configuration of one network device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    /// Tap device name (created if absent).
+    pub tap: String,
+    /// Guest MAC; None lets the guest choose.
+    pub mac: Option<[u8; 6]>,
+    /// Network namespace file (e.g. `/var/run/netns/X`) the tap lives in.
+    pub netns: Option<PathBuf>,
+}
+
+/// Errors of the net device.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The tap could not be opened or configured.
+    #[error(transparent)]
+    Tap(#[from] tap::TapError),
+    /// An EventFd could not be created.
+    #[error("cannot create an EventFd for the net device on tap {0}")]
+    EventFd(String, #[source] std::io::Error),
+}

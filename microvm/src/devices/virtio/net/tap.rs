@@ -1,0 +1,186 @@
+//! Opening and configuring a tap device, optionally inside another network namespace.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use super::VNET_HDR_SIZE;
+
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+const IFF_TAP: i16 = 0x0002;
+const IFF_NO_PI: i16 = 0x1000;
+const IFF_VNET_HDR: i16 = 0x4000;
+
+/// Offload flag: checksum offload.
+pub const TUN_F_CSUM: u32 = 0x01;
+/// Offload flag: TSOv4.
+pub const TUN_F_TSO4: u32 = 0x02;
+/// Offload flag: TSOv6.
+pub const TUN_F_TSO6: u32 = 0x04;
+
+/// Why a tap could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TapError {
+    /// The name does not fit `IFNAMSIZ` or has a NUL byte.
+    #[error("invalid tap name {0:?}: 1 to 15 bytes without NUL")]
+    InvalidName(String),
+    /// /dev/net/tun could not be opened.
+    #[error("cannot open /dev/net/tun for tap {name}")]
+    OpenTun {
+        /// Tap name.
+        name: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// An ioctl failed.
+    #[error("{op} failed on tap {name}")]
+    Ioctl {
+        /// Tap name.
+        name: String,
+        /// Which ioctl.
+        op: &'static str,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The network namespace could not be entered.
+    #[error("cannot enter network namespace {path} to open tap {name}")]
+    Netns {
+        /// Namespace path.
+        path: PathBuf,
+        /// Tap name.
+        name: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+#[repr(C)]
+struct IfReq {
+    name: [u8; 16],
+    flags: i16,
+    _pad: [u8; 22],
+}
+
+/// An open tap with a virtio-net header on every frame.
+#[derive(Debug)]
+pub struct Tap {
+    file: File,
+    name: String,
+}
+
+impl Tap {
+    /// Opens (creating if needed) tap `name`, in network namespace `netns` if given: the
+    /// tap is opened on a short-lived helper thread that enters the namespace, so the VMM's
+    /// own threads stay where they are.
+    pub fn open(name: &str, netns: Option<&Path>) -> Result<Self, TapError> {
+        if name.is_empty() || name.len() > 15 || name.contains('\0') {
+            return Err(TapError::InvalidName(name.to_string()));
+        }
+        let Some(ns) = netns else {
+            return Self::open_here(name);
+        };
+        let ns = ns.to_path_buf();
+        let owned = name.to_string();
+        let joined = std::thread::Builder::new()
+            .name("tap-netns".into())
+            .spawn(move || {
+                let nsfile = File::open(&ns).map_err(|source| TapError::Netns {
+                    path: ns.clone(),
+                    name: owned.clone(),
+                    source,
+                })?;
+                // SAFETY: setns on a valid fd we own; it only changes this helper thread's
+                // network namespace, and the thread ends right after opening the tap.
+                let r = unsafe { libc::setns(nsfile.as_raw_fd(), libc::CLONE_NEWNET) };
+                if r != 0 {
+                    return Err(TapError::Netns {
+                        path: ns,
+                        name: owned,
+                        source: io::Error::last_os_error(),
+                    });
+                }
+                Self::open_here(&owned)
+            })
+            .map_err(|source| TapError::OpenTun {
+                name: name.to_string(),
+                source,
+            })?
+            .join();
+        joined.unwrap_or_else(|_| {
+            Err(TapError::OpenTun {
+                name: name.to_string(),
+                source: io::Error::other("tap helper thread panicked"),
+            })
+        })
+    }
+
+    fn open_here(name: &str) -> Result<Self, TapError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open("/dev/net/tun")
+            .map_err(|source| TapError::OpenTun {
+                name: name.to_string(),
+                source,
+            })?;
+        let mut req = IfReq {
+            name: [0; 16],
+            flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
+            _pad: [0; 22],
+        };
+        req.name[..name.len()].copy_from_slice(name.as_bytes());
+        let tap = Self {
+            file,
+            name: name.to_string(),
+        };
+        // SAFETY: TUNSETIFF reads and writes a `struct ifreq`; `req` is a valid, properly
+        // sized (40 bytes) and aligned ifreq that outlives the call.
+        let r = unsafe { libc::ioctl(tap.fd(), TUNSETIFF, &mut req as *mut IfReq) };
+        tap.check(r, "TUNSETIFF")?;
+        let hdr: libc::c_int = VNET_HDR_SIZE as libc::c_int;
+        // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, valid for the call.
+        let r = unsafe { libc::ioctl(tap.fd(), TUNSETVNETHDRSZ, &hdr as *const libc::c_int) };
+        tap.check(r, "TUNSETVNETHDRSZ")?;
+        Ok(tap)
+    }
+
+    /// Enables the given `TUN_F_*` offloads (what the guest can receive).
+    pub fn set_offload(&self, flags: u32) -> Result<(), TapError> {
+        // SAFETY: TUNSETOFFLOAD takes its argument by value; no memory is passed.
+        let r = unsafe { libc::ioctl(self.fd(), TUNSETOFFLOAD, libc::c_ulong::from(flags)) };
+        self.check(r, "TUNSETOFFLOAD")
+    }
+
+    fn check(&self, r: libc::c_int, op: &'static str) -> Result<(), TapError> {
+        if r < 0 {
+            return Err(TapError::Ioctl {
+                name: self.name.clone(),
+                op,
+                source: io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The tap's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The tap file (frames are read and written whole, header first).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    fn fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+}
