@@ -1,5 +1,5 @@
 //! OCI layers: whiteouts, replacement rules, media types, the cache.
-#![allow(missing_docs)]
+#![allow(missing_docs, clippy::unwrap_used)]
 
 mod common;
 
@@ -55,12 +55,18 @@ fn opts(t: &Path, fstype: FsType) -> ImageOptions {
 #[test]
 fn whiteouts_and_replacements_are_applied() {
     let t = tmp();
-    let layers = [LayerSpec::new(base(t.path())), LayerSpec::new(top(t.path()))];
+    let layers = [
+        LayerSpec::new(base(t.path())),
+        LayerSpec::new(top(t.path())),
+    ];
     let built = image_from_layers(&layers, &opts(t.path(), FsType::Ext4)).unwrap();
     assert!(built.read_only && !built.from_cache);
     let img = &built.path;
     sh("e2fsck", &["-fn", img.to_str().unwrap()]);
-    assert_eq!(ext4_names(img, "/"), ["dev-null", "etc", "keep", "link", "opt", "swap", "turn"]);
+    assert_eq!(
+        ext4_names(img, "/"),
+        ["dev-null", "etc", "keep", "link", "opt", "swap", "turn"]
+    );
     assert_eq!(ext4_names(img, "/etc"), ["b", "c"]);
     assert_eq!(ext4_cat(img, "/etc/b"), "b2");
     assert_eq!(ext4_names(img, "/opt"), ["early", "late"]);
@@ -68,20 +74,31 @@ fn whiteouts_and_replacements_are_applied() {
     assert_eq!(ext4_cat(img, "/swap"), "now a file");
     assert_eq!(ext4_cat(img, "/turn/f"), "now a dir");
     let root = ext4_ls(img, "/");
-    assert!(root.contains(&("dev-null".into(), 0o020666, 0, 0)), "{root:?}");
-    assert!(root.iter().any(|e| e.0 == "link" && e.1 & 0o170000 == 0o120000));
+    assert!(
+        root.contains(&("dev-null".into(), 0o020666, 0, 0)),
+        "{root:?}"
+    );
+    assert!(root
+        .iter()
+        .any(|e| e.0 == "link" && e.1 & 0o170000 == 0o120000));
     assert!(leftovers(t.path(), ".husk-").is_empty(), "staging removed");
 }
 
 #[test]
 fn erofs_from_layers_mounts_with_the_merged_content() {
     let t = tmp();
-    let layers = [LayerSpec::new(base(t.path())), LayerSpec::new(top(t.path()))];
+    let layers = [
+        LayerSpec::new(base(t.path())),
+        LayerSpec::new(top(t.path())),
+    ];
     let built = image_from_layers(&layers, &opts(t.path(), FsType::Erofs)).unwrap();
     let m = LoopMount::new(&built.path);
     assert!(!m.path().join("etc/a").exists());
     assert_eq!(fs::read_to_string(m.path().join("etc/c")).unwrap(), "c2");
-    assert_eq!(fs::read_link(m.path().join("link")).unwrap().to_str(), Some("etc/b"));
+    assert_eq!(
+        fs::read_link(m.path().join("link")).unwrap().to_str(),
+        Some("etc/b")
+    );
     assert!(!m.path().join("opt/x").exists() && !m.path().join("opt/sub").exists());
 }
 
@@ -89,18 +106,27 @@ fn erofs_from_layers_mounts_with_the_merged_content() {
 fn second_build_of_the_same_layers_is_a_cache_hit() {
     let t = tmp();
     let cache = t.path().join("cache");
-    let layers = [LayerSpec::new(base(t.path())), LayerSpec::new(top(t.path()))];
+    let layers = [
+        LayerSpec::new(base(t.path())),
+        LayerSpec::new(top(t.path())),
+    ];
     let mut o = opts(t.path(), FsType::Erofs);
     o.cache_dir = Some(cache.clone());
     let first = image_from_layers(&layers, &o).unwrap();
     assert!(!first.from_cache && first.bytes_written > 0);
     assert!(first.path.starts_with(&cache));
-    assert!(!o.output.exists(), "a cached image is not copied to the output");
+    assert!(
+        !o.output.exists(),
+        "a cached image is not copied to the output"
+    );
     let mtime = mtime_ns(&first.path);
     let second = image_from_layers(&layers, &o).unwrap();
     assert!(second.from_cache);
     assert_eq!(second.bytes_written, 0);
-    assert_eq!((&second.path, &second.cache_key), (&first.path, &first.cache_key));
+    assert_eq!(
+        (&second.path, &second.cache_key),
+        (&first.path, &first.cache_key)
+    );
     assert_eq!(mtime_ns(&second.path), mtime, "not rebuilt");
     assert!(leftovers(&cache, ".tmp-").is_empty() && leftovers(&cache, ".husk-").is_empty());
     // Other layers or another fstype: another key.
@@ -115,25 +141,45 @@ fn second_build_of_the_same_layers_is_a_cache_hit() {
     let blob = store.join("ab".repeat(32));
     fs::copy(&layers[0].path, &blob).unwrap();
     let by_path = image_from_layers(&[LayerSpec::new(&blob)], &o).unwrap();
-    let given = LayerSpec { path: layers[0].path.clone(), media_type: None, digest: Some(format!("sha256:{}", "ab".repeat(32))) };
-    assert!(image_from_layers(&[given], &o).unwrap().from_cache, "same digest, same key: {by_path:?}");
+    let given = LayerSpec {
+        path: layers[0].path.clone(),
+        media_type: None,
+        digest: Some(format!("sha256:{}", "ab".repeat(32))),
+    };
+    assert!(
+        image_from_layers(&[given], &o).unwrap().from_cache,
+        "same digest, same key: {by_path:?}"
+    );
 }
 
 #[test]
 fn concurrent_builders_build_once_and_agree() {
     let t = tmp();
     let cache = t.path().join("cache");
-    let layers = vec![LayerSpec::new(base(t.path())), LayerSpec::new(top(t.path()))];
+    let layers = vec![
+        LayerSpec::new(base(t.path())),
+        LayerSpec::new(top(t.path())),
+    ];
     let mut o = opts(t.path(), FsType::Ext4);
     o.cache_dir = Some(cache.clone());
     let results: Vec<_> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..4).map(|_| s.spawn(|| image_from_layers(&layers, &o).unwrap())).collect();
+        let hs: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| image_from_layers(&layers, &o).unwrap()))
+            .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    assert_eq!(results.iter().filter(|r| !r.from_cache).count(), 1, "{results:?}");
+    assert_eq!(
+        results.iter().filter(|r| !r.from_cache).count(),
+        1,
+        "{results:?}"
+    );
     assert!(results.iter().all(|r| r.path == results[0].path));
     sh("e2fsck", &["-fn", results[0].path.to_str().unwrap()]);
-    let images: Vec<_> = fs::read_dir(&cache).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().ends_with(".ext4")).collect();
+    let images: Vec<_> = fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().ends_with(".ext4"))
+        .collect();
     assert_eq!(images.len(), 1);
 }
 
@@ -141,15 +187,24 @@ fn concurrent_builders_build_once_and_agree() {
 fn prune_removes_least_recently_used_images() {
     let t = tmp();
     let cache = t.path().join("cache");
-    let layers = [LayerSpec::new(base(t.path())), LayerSpec::new(top(t.path()))];
+    let layers = [
+        LayerSpec::new(base(t.path())),
+        LayerSpec::new(top(t.path())),
+    ];
     let mut o = opts(t.path(), FsType::Erofs);
     o.cache_dir = Some(cache.clone());
     let old = image_from_layers(&layers[..1], &o).unwrap();
     let new = image_from_layers(&layers, &o).unwrap();
     // Make `old` idle for an hour and `new` for two minutes.
     let ago = |s| std::time::SystemTime::now() - std::time::Duration::from_secs(s);
-    fs::File::open(&old.path).unwrap().set_times(fs::FileTimes::new().set_accessed(ago(3600))).unwrap();
-    fs::File::open(&new.path).unwrap().set_times(fs::FileTimes::new().set_accessed(ago(120))).unwrap();
+    fs::File::open(&old.path)
+        .unwrap()
+        .set_times(fs::FileTimes::new().set_accessed(ago(3600)))
+        .unwrap();
+    fs::File::open(&new.path)
+        .unwrap()
+        .set_times(fs::FileTimes::new().set_accessed(ago(120)))
+        .unwrap();
     let r = husk_rootfs::prune_cache(&cache, 1).unwrap();
     assert_eq!(r.removed, vec![old.path.clone(), new.path.clone()]);
     assert_eq!(r.remaining, 0);
@@ -177,20 +232,64 @@ fn bad_layers_are_refused_with_clear_errors() {
     let junk = t.path().join("junk");
     fs::write(&junk, "this is not a tar").unwrap();
     let mt = "application/vnd.oci.image.layer.v1.tar+bzip2";
-    let typed = LayerSpec { path: good.clone(), media_type: Some(mt.into()), digest: None };
-    expect_err(&[typed], t.path(), |e, m| assert!(matches!(e, ImageError::UnsupportedMediaType { .. }) && m.contains(mt), "{m}"));
-    expect_err(&[LayerSpec::new(&zstd)], t.path(), |e, m| assert!(matches!(e, ImageError::UnsupportedMediaType { .. }) && m.contains("zstd"), "{m}"));
-    expect_err(&[LayerSpec::new(&junk)], t.path(), |e, m| assert!(matches!(e, ImageError::UnknownLayerFormat { .. }) && m.contains("junk"), "{m}"));
-    expect_err(&[LayerSpec::new(t.path().join("gone.tar"))], t.path(), |e, m| assert!(matches!(e, ImageError::Io { .. }) && m.contains("gone.tar"), "{m}"));
-    expect_err(&[], t.path(), |e, _| assert!(matches!(e, ImageError::NoLayers)));
-    let bad_digest = LayerSpec { path: good.clone(), media_type: None, digest: Some("md5:abc".into()) };
-    expect_err(&[bad_digest], t.path(), |e, m| assert!(matches!(e, ImageError::BadDigest { .. }) && m.contains("md5:abc"), "{m}"));
+    let typed = LayerSpec {
+        path: good.clone(),
+        media_type: Some(mt.into()),
+        digest: None,
+    };
+    expect_err(&[typed], t.path(), |e, m| {
+        assert!(
+            matches!(e, ImageError::UnsupportedMediaType { .. }) && m.contains(mt),
+            "{m}"
+        )
+    });
+    expect_err(&[LayerSpec::new(&zstd)], t.path(), |e, m| {
+        assert!(
+            matches!(e, ImageError::UnsupportedMediaType { .. }) && m.contains("zstd"),
+            "{m}"
+        )
+    });
+    expect_err(&[LayerSpec::new(&junk)], t.path(), |e, m| {
+        assert!(
+            matches!(e, ImageError::UnknownLayerFormat { .. }) && m.contains("junk"),
+            "{m}"
+        )
+    });
+    expect_err(
+        &[LayerSpec::new(t.path().join("gone.tar"))],
+        t.path(),
+        |e, m| {
+            assert!(
+                matches!(e, ImageError::Io { .. }) && m.contains("gone.tar"),
+                "{m}"
+            )
+        },
+    );
+    expect_err(&[], t.path(), |e, _| {
+        assert!(matches!(e, ImageError::NoLayers))
+    });
+    let bad_digest = LayerSpec {
+        path: good.clone(),
+        media_type: None,
+        digest: Some("md5:abc".into()),
+    };
+    expect_err(&[bad_digest], t.path(), |e, m| {
+        assert!(
+            matches!(e, ImageError::BadDigest { .. }) && m.contains("md5:abc"),
+            "{m}"
+        )
+    });
     // Truncated gzip: the unpack error names the layer.
     let gz = top(t.path());
     let bytes = fs::read(&gz).unwrap();
     let cut = t.path().join("cut.tar.gz");
     fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
-    expect_err(&[LayerSpec::new(&cut)], t.path(), |e, m| assert!(matches!(e, ImageError::Layer { .. }) && m.contains("cut.tar.gz"), "{m}"));
+    expect_err(&[LayerSpec::new(&cut)], t.path(), |e, m| {
+        assert!(
+            matches!(e, ImageError::Layer { .. }) && m.contains("cut.tar.gz"),
+            "{m}"
+        )
+    });
 }
 
 #[test]
@@ -207,8 +306,15 @@ fn hostile_layers_cannot_write_outside_the_image() {
         .write_tar(&t.path().join("evil.tar"));
     let o = opts(t.path(), FsType::Erofs);
     let r = image_from_layers(&[LayerSpec::new(&evil)], &o);
-    assert_eq!(fs::read_to_string(victim.join("precious")).unwrap(), "keep", "{r:?}");
-    let evil2 = Layer::new().symlink("esc", victim.to_str().unwrap()).file("esc/planted", "x").write_tar(&t.path().join("evil2.tar"));
+    assert_eq!(
+        fs::read_to_string(victim.join("precious")).unwrap(),
+        "keep",
+        "{r:?}"
+    );
+    let evil2 = Layer::new()
+        .symlink("esc", victim.to_str().unwrap())
+        .file("esc/planted", "x")
+        .write_tar(&t.path().join("evil2.tar"));
     let r = image_from_layers(&[LayerSpec::new(&evil2)], &o);
     assert!(r.is_err(), "{r:?}");
     assert!(!victim.join("planted").exists());

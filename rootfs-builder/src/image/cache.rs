@@ -39,16 +39,26 @@ fn entry_path(dir: &Path, key: &str, fstype: FsType) -> PathBuf {
 
 fn touch_atime(path: &Path) -> Result<(), ImageError> {
     let f = File::open(path).map_err(io_err("open cached image", path))?;
-    f.set_times(FileTimes::new().set_accessed(SystemTime::now())).map_err(io_err("update access time of", path))
+    f.set_times(FileTimes::new().set_accessed(SystemTime::now()))
+        .map_err(io_err("update access time of", path))
 }
 
 fn lock(dir: &Path, key: &str, arg: FlockArg) -> Result<Option<Flock<File>>, ImageError> {
     let path = dir.join(format!("{key}.lock"));
-    let f = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err("create lock", &path))?;
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err("create lock", &path))?;
     match Flock::lock(f, arg) {
         Ok(l) => Ok(Some(l)),
         Err((_, nix::Error::EWOULDBLOCK)) if arg == FlockArg::LockExclusiveNonblock => Ok(None),
-        Err((_, source)) => Err(ImageError::Sys { op: "lock", path, source }),
+        Err((_, source)) => Err(ImageError::Sys {
+            op: "lock",
+            path,
+            source,
+        }),
     }
 }
 
@@ -71,7 +81,11 @@ pub(crate) fn get_or_build(
     let path = entry_path(dir, key, fstype);
     let hit = |path: PathBuf| -> Result<CacheResult, ImageError> {
         touch_atime(&path)?;
-        Ok(CacheResult { path, from_cache: true, bytes_written: 0 })
+        Ok(CacheResult {
+            path,
+            from_cache: true,
+            bytes_written: 0,
+        })
     };
     if path.is_file() {
         return hit(path);
@@ -87,9 +101,19 @@ pub(crate) fn get_or_build(
         .into_temp_path();
     let extra = build(&tmp)?;
     let bytes = allocated(&tmp)? + extra;
-    File::open(&tmp).and_then(|f| f.sync_all()).map_err(io_err("sync", &tmp))?;
-    tmp.persist(&path).map_err(|e| ImageError::Io { op: "rename into the cache", path: path.clone(), source: e.error })?;
-    Ok(CacheResult { path, from_cache: false, bytes_written: bytes })
+    File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err("sync", &tmp))?;
+    tmp.persist(&path).map_err(|e| ImageError::Io {
+        op: "rename into the cache",
+        path: path.clone(),
+        source: e.error,
+    })?;
+    Ok(CacheResult {
+        path,
+        from_cache: false,
+        bytes_written: bytes,
+    })
 }
 
 /// What [`prune_cache`] did.
@@ -115,17 +139,29 @@ pub fn prune_cache(dir: &Path, max_bytes: u64) -> Result<PruneReport, ImageError
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
         let meta = entry.metadata().map_err(io_err("stat", &path))?;
-        let age = |t: std::io::Result<SystemTime>| t.ok().and_then(|t| now.duration_since(t).ok()).unwrap_or_default();
+        let age = |t: std::io::Result<SystemTime>| {
+            t.ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .unwrap_or_default()
+        };
         if name.starts_with(".tmp-") {
             if age(meta.modified()) > STALE_TMP {
                 fs::remove_file(&path).map_err(io_err("remove", &path))?;
             }
             continue;
         }
-        let Some((key, ext)) = name.rsplit_once('.') else { continue };
+        let Some((key, ext)) = name.rsplit_once('.') else {
+            continue;
+        };
         if ext == "ext4" || ext == "erofs" {
             use std::os::unix::fs::MetadataExt;
-            images.push((meta.accessed().unwrap_or(now), key.to_string(), path, meta.blocks() * 512, age(meta.accessed())));
+            images.push((
+                meta.accessed().unwrap_or(now),
+                key.to_string(),
+                path,
+                meta.blocks() * 512,
+                age(meta.accessed()),
+            ));
         }
     }
     let mut total: u64 = images.iter().map(|i| i.3).sum();
@@ -137,7 +173,9 @@ pub fn prune_cache(dir: &Path, max_bytes: u64) -> Result<PruneReport, ImageError
         if idle < MIN_IDLE {
             continue;
         }
-        let Some(_lock) = lock(dir, &key, FlockArg::LockExclusiveNonblock)? else { continue };
+        let Some(_lock) = lock(dir, &key, FlockArg::LockExclusiveNonblock)? else {
+            continue;
+        };
         fs::remove_file(&path).map_err(io_err("remove", &path))?;
         // A builder waiting on the old lock file may then build once more: wasted work only,
         // the rename keeps the entry whole.

@@ -39,7 +39,9 @@ impl std::str::FromStr for FsType {
         match s {
             "ext4" => Ok(FsType::Ext4),
             "erofs" => Ok(FsType::Erofs),
-            _ => Err(ImageError::UnknownFsType { value: s.to_string() }),
+            _ => Err(ImageError::UnknownFsType {
+                value: s.to_string(),
+            }),
         }
     }
 }
@@ -61,7 +63,10 @@ pub struct Tools {
 
 impl Default for Tools {
     fn default() -> Self {
-        Tools { mkfs_ext4: "mkfs.ext4".into(), mkfs_erofs: "mkfs.erofs".into() }
+        Tools {
+            mkfs_ext4: "mkfs.ext4".into(),
+            mkfs_erofs: "mkfs.erofs".into(),
+        }
     }
 }
 
@@ -179,7 +184,9 @@ pub enum ImageError {
         value: String,
     },
     /// A layer's media type is not one this builder can unpack.
-    #[error("layer {path}: unsupported media type {media_type:?} (supported: uncompressed or gzip tar)")]
+    #[error(
+        "layer {path}: unsupported media type {media_type:?} (supported: uncompressed or gzip tar)"
+    )]
     UnsupportedMediaType {
         /// The layer.
         path: PathBuf,
@@ -223,7 +230,9 @@ pub enum ImageError {
         count: usize,
     },
     /// Mount type other than overlay or bind.
-    #[error("unsupported rootfs mount type {fstype:?} (source {source_path}); expected overlay or bind")]
+    #[error(
+        "unsupported rootfs mount type {fstype:?} (source {source_path}); expected overlay or bind"
+    )]
     UnsupportedMountType {
         /// The type.
         fstype: String,
@@ -251,14 +260,24 @@ pub enum ImageError {
     },
 }
 
-pub(crate) fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ImageError + 'a {
-    move |source| ImageError::Io { op, path: path.to_path_buf(), source }
+pub(crate) fn io_err<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> ImageError + 'a {
+    move |source| ImageError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 pub(crate) fn require_dir(what: &'static str, path: &Path) -> Result<(), ImageError> {
     match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => Ok(()),
-        _ => Err(ImageError::MissingDir { what, path: path.to_path_buf() }),
+        _ => Err(ImageError::MissingDir {
+            what,
+            path: path.to_path_buf(),
+        }),
     }
 }
 
@@ -279,7 +298,10 @@ pub fn image_from_dir(dir: &Path, opts: &ImageOptions) -> Result<BuiltImage, Ima
 
 /// Builds a read-only image of a stack of OCI layers (bottom first), applying whiteouts.
 /// Cached by the layers' digests when `opts.cache_dir` is set, else written to `opts.output`.
-pub fn image_from_layers(layers: &[LayerSpec], opts: &ImageOptions) -> Result<BuiltImage, ImageError> {
+pub fn image_from_layers(
+    layers: &[LayerSpec],
+    opts: &ImageOptions,
+) -> Result<BuiltImage, ImageError> {
     layers::image_from_layers(layers, opts)
 }
 
@@ -287,6 +309,9 @@ pub fn image_from_layers(layers: &[LayerSpec], opts: &ImageOptions) -> Result<Bu
 /// `overlay` (lowerdir/upperdir/workdir) or `bind` (a directory). Overlay lowerdirs are
 /// read-only and cached; a non-empty upperdir is included by building from the merged view
 /// (then nothing is cached). A bind source is built uncached.
-pub fn image_from_mounts(mounts: &[MountSpec], opts: &ImageOptions) -> Result<BuiltImage, ImageError> {
+pub fn image_from_mounts(
+    mounts: &[MountSpec],
+    opts: &ImageOptions,
+) -> Result<BuiltImage, ImageError> {
     mounts::image_from_mounts(mounts, opts)
 }

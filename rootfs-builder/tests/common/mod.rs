@@ -1,5 +1,5 @@
 //! Helpers shared by the husk-rootfs integration tests.
-#![allow(dead_code, missing_docs)]
+#![allow(dead_code, missing_docs, clippy::unwrap_used)]
 
 use std::fs;
 use std::io::Write;
@@ -11,20 +11,31 @@ use std::process::Command;
 pub const STATIC_BIN: &str = "/bin/busybox";
 
 pub fn tmp() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("husk-rootfs-test-").tempdir().unwrap()
+    tempfile::Builder::new()
+        .prefix("husk-rootfs-test-")
+        .tempdir()
+        .unwrap()
 }
 
 /// Runs a command, panicking with its output if it fails; returns stdout.
 pub fn sh(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd).args(args).output().unwrap();
-    assert!(out.status.success(), "{cmd} {args:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Entries of directory `dir` in an ext4 image, read with debugfs (no mount):
 /// (name, mode, uid, gid).
 pub fn ext4_ls(img: &Path, dir: &str) -> Vec<(String, u32, u32, u32)> {
-    let out = sh("debugfs", &["-R", &format!("ls -p {dir}"), img.to_str().unwrap()]);
+    let out = sh(
+        "debugfs",
+        &["-R", &format!("ls -p {dir}"), img.to_str().unwrap()],
+    );
     let mut v: Vec<_> = out
         .lines()
         .filter_map(|l| {
@@ -32,7 +43,12 @@ pub fn ext4_ls(img: &Path, dir: &str) -> Vec<(String, u32, u32, u32)> {
             if f.len() < 6 || f[5] == "." || f[5] == ".." {
                 return None;
             }
-            Some((f[5].to_string(), u32::from_str_radix(f[2], 8).ok()?, f[3].parse().ok()?, f[4].parse().ok()?))
+            Some((
+                f[5].to_string(),
+                u32::from_str_radix(f[2], 8).ok()?,
+                f[3].parse().ok()?,
+                f[4].parse().ok()?,
+            ))
         })
         .collect();
     v.sort();
@@ -40,11 +56,18 @@ pub fn ext4_ls(img: &Path, dir: &str) -> Vec<(String, u32, u32, u32)> {
 }
 
 pub fn ext4_names(img: &Path, dir: &str) -> Vec<String> {
-    ext4_ls(img, dir).into_iter().map(|e| e.0).filter(|n| n != "lost+found").collect()
+    ext4_ls(img, dir)
+        .into_iter()
+        .map(|e| e.0)
+        .filter(|n| n != "lost+found")
+        .collect()
 }
 
 pub fn ext4_cat(img: &Path, file: &str) -> String {
-    sh("debugfs", &["-R", &format!("cat {file}"), img.to_str().unwrap()])
+    sh(
+        "debugfs",
+        &["-R", &format!("cat {file}"), img.to_str().unwrap()],
+    )
 }
 
 /// A loop mount of an image, unmounted on drop (also when a test fails).
@@ -55,7 +78,15 @@ pub struct LoopMount {
 impl LoopMount {
     pub fn new(img: &Path) -> Self {
         let dir = tmp();
-        sh("mount", &["-o", "loop,ro", img.to_str().unwrap(), dir.path().to_str().unwrap()]);
+        sh(
+            "mount",
+            &[
+                "-o",
+                "loop,ro",
+                img.to_str().unwrap(),
+                dir.path().to_str().unwrap(),
+            ],
+        );
         LoopMount { dir }
     }
     pub fn path(&self) -> &Path {
@@ -78,10 +109,17 @@ pub fn sample_tree(root: &Path) {
     fs::hard_link(root.join("etc/hostname"), root.join("etc/hostname.link")).unwrap();
     fs::copy(STATIC_BIN, root.join("bin/busybox")).unwrap();
     symlink("busybox", root.join("bin/sh")).unwrap();
-    sh("mknod", &[root.join("etc/null").to_str().unwrap(), "c", "1", "3"]);
+    sh(
+        "mknod",
+        &[root.join("etc/null").to_str().unwrap(), "c", "1", "3"],
+    );
     fs::write(root.join("etc/owned"), "x").unwrap();
     std::os::unix::fs::chown(root.join("etc/owned"), Some(1234), Some(5678)).unwrap();
-    fs::set_permissions(root.join("etc/owned"), std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+    fs::set_permissions(
+        root.join("etc/owned"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o640),
+    )
+    .unwrap();
 }
 
 /// A tar layer built with the tar crate: entries (path, content or None for a dir).
@@ -91,7 +129,9 @@ pub struct Layer {
 
 impl Layer {
     pub fn new() -> Self {
-        Layer { b: tar::Builder::new(Vec::new()) }
+        Layer {
+            b: tar::Builder::new(Vec::new()),
+        }
     }
     fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
         let mut h = tar::Header::new_ustar();
@@ -110,7 +150,9 @@ impl Layer {
     }
     pub fn file(mut self, path: &str, content: &str) -> Self {
         let mut h = Self::header(tar::EntryType::Regular, 0o644, content.len() as u64);
-        self.b.append_data(&mut h, path, content.as_bytes()).unwrap();
+        self.b
+            .append_data(&mut h, path, content.as_bytes())
+            .unwrap();
         self
     }
     pub fn symlink(mut self, path: &str, target: &str) -> Self {
@@ -151,7 +193,12 @@ pub fn leftovers(dir: &Path, prefix: &str) -> Vec<String> {
 
 /// Mount points of this host containing `needle`.
 pub fn mounts_containing(needle: &str) -> Vec<String> {
-    fs::read_to_string("/proc/self/mountinfo").unwrap().lines().filter(|l| l.contains(needle)).map(str::to_string).collect()
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_string)
+        .collect()
 }
 
 pub fn mtime_ns(p: &Path) -> i128 {
