@@ -53,6 +53,8 @@ pub const APIC_START: u64 = 0xfee0_0000;
 pub const FIRST_DEVICE_GSI: u32 = 5;
 /// Last GSI the in-kernel IOAPIC routes (24 pins).
 pub const LAST_DEVICE_GSI: u32 = 23;
+/// i8042 keyboard interrupt line.
+pub const I8042_GSI: u32 = 1;
 /// COM1 interrupt line.
 pub const SERIAL_GSI: u32 = 4;
 /// COM1 I/O ports.

@@ -23,6 +23,10 @@ use crate::memory::{create_guest_memory, GuestMemoryMmap, MemoryError};
 /// Address of the 3-page TSS region KVM needs on Intel (inside the MMIO hole, below the IOAPIC).
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 
+/// Parameters describing the emulated i8042 to the guest: no AUX port, no multiplexer, so the
+/// driver does not wait for a mouse that is not there.
+const I8042_CMDLINE: [&str; 2] = ["i8042.noaux", "i8042.nomux"];
+
 /// Building the VM failed.
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
@@ -79,6 +83,8 @@ pub struct Vm {
     pub exit: Arc<VmExit>,
     /// The serial console.
     pub serial: Arc<SerialDevice>,
+    /// The keyboard controller (Ctrl-Alt-Del for graceful shutdown).
+    pub i8042: Arc<I8042>,
     /// Configured vCPUs, not yet running.
     pub vcpus: Vec<VcpuFd>,
     /// Kernel command line as given to the guest.
@@ -129,9 +135,12 @@ impl Vm {
         let serial = Arc::new(SerialDevice::new(EventFdTrigger(serial_irq), ConsoleWriter::new(out, exit.clone())));
         let mut devices = DeviceManager::new();
         devices.io_bus.insert(serial.clone(), SERIAL_PORT, 8).map_err(|e| DeviceError::Bus("serial".into(), e))?;
-        devices.io_bus.insert(Arc::new(I8042::new(exit.clone())), I8042_PORT, 5).map_err(|e| DeviceError::Bus("i8042".into(), e))?;
+        let kbd_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmmError::EventFd("i8042", e))?;
+        vm.register_irqfd(&kbd_irq, I8042_GSI).map_err(|e| VmmError::VmIoctl("IRQFD (i8042)", e))?;
+        let i8042 = Arc::new(I8042::new(EventFdTrigger(kbd_irq), exit.clone()));
+        devices.io_bus.insert(i8042.clone(), I8042_PORT, 5).map_err(|e| DeviceError::Bus("i8042".into(), e))?;
 
-        Ok(Vm { config, kvm, vm, mem, devices, exit, serial, vcpus: Vec::new(), cmdline: String::new(), entry: kernel.entry, kernel: Some(kernel) })
+        Ok(Vm { config, kvm, vm, mem, devices, exit, serial, i8042, vcpus: Vec::new(), cmdline: String::new(), entry: kernel.entry, kernel: Some(kernel) })
     }
 
     /// Loads the initrd, writes the command line (with the device announcements), the zero
@@ -142,7 +151,9 @@ impl Vm {
             Some(p) => Some(loader::load_initrd(&self.mem, p, &kernel)?),
             None => None,
         };
-        let cmdline = loader::build_cmdline(&self.config.cmdline, self.devices.cmdline_extra())?;
+        let mut extra: Vec<String> = I8042_CMDLINE.iter().map(|s| s.to_string()).collect();
+        extra.extend_from_slice(self.devices.cmdline_extra());
+        let cmdline = loader::build_cmdline(&self.config.cmdline, &extra)?;
         self.cmdline = cmdline.as_cstring().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default();
         loader::write_boot_info(&self.mem, &kernel, &cmdline, initrd, self.config.memory.bytes())?;
         let count = self.config.vcpus as u8;

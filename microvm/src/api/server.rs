@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use super::http::{read_request, write_response, HttpError, Request};
 use super::ApiError;
 use crate::device_manager::CounterSource;
+use crate::devices::legacy::i8042::I8042;
 use crate::exit::{ExitReason, VmExit};
 use crate::vcpu::Vcpus;
 use crate::vmm::Vm;
@@ -18,22 +19,25 @@ use crate::vmm::Vm;
 /// How long a pause may take before the API reports failure.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What `GET /vm` describes, captured when the VM starts.
+/// What `GET /vm` describes, captured when the VM starts, and the keyboard used for the
+/// graceful shutdown.
 #[derive(Clone)]
 pub struct VmInfo {
     config: Value,
     cmdline: String,
+    i8042: Arc<I8042>,
 }
 
 impl VmInfo {
     /// Captures the description of `vm`.
     pub fn new(vm: &Vm) -> Self {
-        VmInfo { config: serde_json::to_value(&vm.config).unwrap_or(Value::Null), cmdline: vm.cmdline.clone() }
+        VmInfo { config: serde_json::to_value(&vm.config).unwrap_or(Value::Null), cmdline: vm.cmdline.clone(), i8042: vm.i8042.clone() }
     }
 }
 
 struct State {
     info: VmInfo,
+    i8042: Arc<I8042>,
     vcpus: Arc<Vcpus>,
     exit: Arc<VmExit>,
     counters: Vec<(String, Arc<dyn CounterSource>)>,
@@ -67,7 +71,7 @@ impl ApiServer {
             }
         }
         let listener = UnixListener::bind(path).map_err(|e| ApiError::Bind(path.into(), e))?;
-        let state = State { info, vcpus, exit, counters };
+        let state = State { i8042: info.i8042.clone(), info, vcpus, exit, counters };
         std::thread::Builder::new()
             .name("vmm-api".into())
             .spawn(move || {
@@ -141,8 +145,17 @@ fn handle(state: &State, req: &Request) -> (u16, Value, Option<ExitReason>) {
             state.vcpus.resume();
             (200, json!({ "state": "running" }), None)
         }
+        ("/vm/shutdown", _) if write => {
+            if state.vcpus.is_paused() {
+                (409, error("the VM is paused; resume it first"), None)
+            } else if state.i8042.ctrl_alt_del() {
+                (200, json!({ "state": "shutting-down", "sent": "ctrl-alt-del" }), None)
+            } else {
+                (409, error("the guest has disabled its keyboard; it cannot be asked to shut down"), None)
+            }
+        }
         ("/vm/kill", _) if write => (200, json!({ "state": "stopped" }), Some(ExitReason::Killed)),
-        ("/vm" | "/vm/counters", _) | ("/vm/pause" | "/vm/resume" | "/vm/kill", _) => (405, error(&format!("{} not allowed on {}", req.method, req.path)), None),
+        ("/vm" | "/vm/counters", _) | ("/vm/pause" | "/vm/resume" | "/vm/shutdown" | "/vm/kill", _) => (405, error(&format!("{} not allowed on {}", req.method, req.path)), None),
         _ => (404, error(&format!("no such resource {}", req.path)), None),
     }
 }

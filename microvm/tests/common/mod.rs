@@ -38,9 +38,42 @@ impl Code {
         self.0.push(0xb9);
         self.0.extend_from_slice(&delay.to_le_bytes());
         self.0.extend_from_slice(&[0xff, 0xc9, 0x75, 0xfc]);
-        self.0.extend_from_slice(&[0xeb, 0xf3]);
+        self.0.extend_from_slice(&[0xeb, 0xf4]);
         self
     }
+}
+
+impl Code {
+    /// Waits until the i8042 has a byte for the CPU (status bit 0), then reads it.
+    pub fn wait_key(mut self) -> Self {
+        // l: in al, 0x64; test al, 1; jz l; in al, 0x60
+        self.0.extend_from_slice(&[0xe4, 0x64, 0xa8, 0x01, 0x74, 0xfa, 0xe4, 0x60]);
+        self
+    }
+}
+
+/// Sends one HTTP request on the API socket; returns (status, body).
+pub fn api(sock: &Path, method: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n").unwrap();
+    let mut r = String::new();
+    s.read_to_string(&mut r).unwrap();
+    let status = r.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = r.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+/// Polls `f` every 20 ms for up to `secs` seconds.
+pub fn wait_for(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    false
 }
 
 /// Guest-physical load address of the test ELF.
