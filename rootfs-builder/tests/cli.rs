@@ -188,7 +188,7 @@ fn image_command_errors() {
     fs::write(&junk, "nope").unwrap();
     fails_with(
         &["image", "--layer", junk.to_str().unwrap(), "-o", o],
-        "not a tar or gzip",
+        "not a tar, gzip or zstd",
     );
     let tar = Layer::new()
         .file("f", "x")
@@ -199,11 +199,11 @@ fn image_command_errors() {
             "--layer",
             tar.to_str().unwrap(),
             "--layer-media-type",
-            "application/vnd.oci.image.layer.v1.tar+zstd",
+            "application/vnd.oci.image.layer.v1.tar+bzip2",
             "-o",
             o,
         ],
-        "unsupported media type \"application/vnd.oci.image.layer.v1.tar+zstd\"",
+        "unsupported media type \"application/vnd.oci.image.layer.v1.tar+bzip2\"",
     );
     fails_with(
         &["image", "--mount", "tmpfs:none:size=1m", "-o", o],

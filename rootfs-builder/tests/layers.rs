@@ -245,7 +245,7 @@ fn bad_layers_are_refused_with_clear_errors() {
     });
     expect_err(&[LayerSpec::new(&zstd)], t.path(), |e, m| {
         assert!(
-            matches!(e, ImageError::UnsupportedMediaType { .. }) && m.contains("zstd"),
+            matches!(e, ImageError::Layer { .. }) && m.contains("layer.zst"),
             "{m}"
         )
     });
@@ -290,6 +290,43 @@ fn bad_layers_are_refused_with_clear_errors() {
             "{m}"
         )
     });
+}
+
+#[test]
+fn zstd_layers_of_several_frames_are_unpacked() {
+    let t = tmp();
+    let tar = Layer::new()
+        .dir("etc/")
+        .file("etc/os-release", "ID=husk")
+        .file("etc/.wh.gone", "")
+        .bytes();
+    // Two frames, as a concatenating compressor writes them.
+    let (a, b) = tar.split_at(tar.len() / 2);
+    let mut zst = ruzstd::encoding::compress_to_vec(a, ruzstd::encoding::CompressionLevel::Fastest);
+    zst.extend(ruzstd::encoding::compress_to_vec(
+        b,
+        ruzstd::encoding::CompressionLevel::Fastest,
+    ));
+    let path = t.path().join("layer.tar.zst");
+    fs::write(&path, zst).unwrap();
+    let lower = Layer::new()
+        .dir("etc/")
+        .file("etc/gone", "x")
+        .write_tar(&t.path().join("lower.tar"));
+    let typed = LayerSpec {
+        path: path.clone(),
+        media_type: Some("application/vnd.oci.image.layer.v1.tar+zstd".into()),
+        digest: None,
+    };
+    for top in [LayerSpec::new(&path), typed] {
+        let built = image_from_layers(
+            &[LayerSpec::new(&lower), top],
+            &opts(t.path(), FsType::Ext4),
+        )
+        .unwrap();
+        assert_eq!(ext4_names(&built.path, "/etc"), ["os-release"]);
+        assert_eq!(ext4_cat(&built.path, "/etc/os-release"), "ID=husk");
+    }
 }
 
 #[test]

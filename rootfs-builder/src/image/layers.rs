@@ -1,14 +1,15 @@
-//! OCI image layers: unpacking a stack of tar / tar+gzip layers into a staging directory with
+//! OCI image layers: unpacking a stack of tar / tar+gzip / tar+zstd layers into a staging directory with
 //! whiteouts applied (`.wh.NAME` hides NAME of lower layers, `.wh..wh..opq` hides all lower
 //! content of its directory), then one image of the result.
 
 use std::collections::HashSet;
 use std::fs::{self, File};
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use flate2::read::GzDecoder;
+use ruzstd::decoding::{FrameDecoder, StreamingDecoder};
 use sha2::{Digest, Sha256};
 
 use super::{cache, io_err, mkfs, BuiltImage, ImageError, ImageOptions};
@@ -45,6 +46,7 @@ impl LayerSpec {
 enum Compression {
     None,
     Gzip,
+    Zstd,
 }
 
 fn compression(layer: &LayerSpec) -> Result<Compression, ImageError> {
@@ -57,6 +59,10 @@ fn compression(layer: &LayerSpec) -> Result<Compression, ImageError> {
             | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
             | "application/vnd.docker.image.rootfs.diff.tar.gzip"
             | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => Ok(Compression::Gzip),
+            "application/vnd.oci.image.layer.v1.tar+zstd"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => {
+                Ok(Compression::Zstd)
+            }
             _ => Err(ImageError::UnsupportedMediaType {
                 path: layer.path.clone(),
                 media_type: mt.clone(),
@@ -80,10 +86,7 @@ fn compression(layer: &LayerSpec) -> Result<Compression, ImageError> {
     } else if n >= 262 && &head[257..262] == b"ustar" {
         Ok(Compression::None)
     } else if n >= 4 && head[..4] == [0x28, 0xb5, 0x2f, 0xfd] {
-        Err(ImageError::UnsupportedMediaType {
-            path: layer.path.clone(),
-            media_type: "zstd-compressed tar".into(),
-        })
+        Ok(Compression::Zstd)
     } else {
         Err(ImageError::UnknownLayerFormat {
             path: layer.path.clone(),
@@ -198,6 +201,10 @@ pub(crate) fn apply_layer(layer: &LayerSpec, root: &Path) -> Result<u64, ImageEr
     let reader: Box<dyn Read> = match comp {
         Compression::None => Box::new(BufReader::new(file)),
         Compression::Gzip => Box::new(GzDecoder::new(BufReader::new(file))),
+        Compression::Zstd => Box::new(Zstd {
+            dec: None,
+            src: Some(BufReader::new(file)),
+        }),
     };
     let mut archive = tar::Archive::new(reader);
     archive.set_preserve_permissions(true);
@@ -283,6 +290,35 @@ pub(crate) fn apply_layer(layer: &LayerSpec, root: &Path) -> Result<u64, ImageEr
         ours.insert(rel);
     }
     Ok(bytes)
+}
+
+/// A zstd stream of one or more frames (the decoder reads one frame; layers written by
+/// concatenating compressors have several).
+struct Zstd<R: BufRead> {
+    dec: Option<StreamingDecoder<R, FrameDecoder>>,
+    /// The source between frames.
+    src: Option<R>,
+}
+
+impl<R: BufRead> Read for Zstd<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if let Some(dec) = self.dec.as_mut() {
+                let n = dec.read(buf)?;
+                if n > 0 || buf.is_empty() {
+                    return Ok(n);
+                }
+                self.src = self.dec.take().map(StreamingDecoder::into_inner);
+            }
+            let Some(mut src) = self.src.take() else {
+                return Ok(0);
+            };
+            if src.fill_buf()?.is_empty() {
+                return Ok(0);
+            }
+            self.dec = Some(StreamingDecoder::new(src).map_err(io::Error::other)?);
+        }
+    }
 }
 
 /// Creates a device node or fifo (the tar crate writes those as regular files).

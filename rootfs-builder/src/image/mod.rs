@@ -185,7 +185,7 @@ pub enum ImageError {
     },
     /// A layer's media type is not one this builder can unpack.
     #[error(
-        "layer {path}: unsupported media type {media_type:?} (supported: uncompressed or gzip tar)"
+        "layer {path}: unsupported media type {media_type:?} (supported: tar, tar+gzip, tar+zstd)"
     )]
     UnsupportedMediaType {
         /// The layer.
@@ -193,8 +193,8 @@ pub enum ImageError {
         /// Its media type.
         media_type: String,
     },
-    /// A layer given without media type is neither tar nor gzip.
-    #[error("layer {path}: not a tar or gzip file (first bytes {magic})")]
+    /// A layer given without media type is neither tar, gzip nor zstd.
+    #[error("layer {path}: not a tar, gzip or zstd file (first bytes {magic})")]
     UnknownLayerFormat {
         /// The layer.
         path: PathBuf,
