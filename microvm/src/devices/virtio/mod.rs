@@ -20,6 +20,7 @@ pub mod mmio;
 pub mod net;
 pub mod ratelimit;
 pub mod vsock;
+pub mod wiring;
 
 #[cfg(test)]
 pub(crate) mod test_utils;

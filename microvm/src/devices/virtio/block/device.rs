@@ -1,6 +1,6 @@
 //! The block device: config space, features, activation (starts the worker), reset.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::sync::Arc;
 
 use virtio_queue::Queue;
@@ -24,11 +24,10 @@ use crate::memory::GuestMemoryMmap;
 #[derive(Debug)]
 pub struct Block {
     cfg: BlockConfig,
-    file: File,
     sectors: u64,
-    id: [u8; ID_BYTES],
     pub(super) queue_evts: Vec<EventFd>,
-    pub(super) worker: Option<Worker>,
+    pub(super) worker: Worker,
+    activated: bool,
     pub(super) metrics: Arc<BlockMetrics>,
 }
 
@@ -52,14 +51,24 @@ impl Block {
         id[..cfg.id.len()].copy_from_slice(cfg.id.as_bytes());
         let evt = EventFd::new(libc::EFD_NONBLOCK)
             .map_err(|e| BlockError::EventFd(cfg.path.clone(), e))?;
-        Ok(Self {
-            sectors: len / SECTOR_SIZE,
-            id,
+        let sectors = len / SECTOR_SIZE;
+        let metrics = Arc::new(BlockMetrics::default());
+        let disk = Disk {
             file,
+            sectors,
+            read_only: cfg.read_only,
+            id,
+        };
+        let name = format!("blk-{}", if cfg.id.is_empty() { "disk" } else { &cfg.id });
+        let worker = Worker::spawn(name, disk, metrics.clone())
+            .map_err(|e| BlockError::Worker(cfg.path.clone(), e))?;
+        Ok(Self {
+            sectors,
             cfg,
             queue_evts: vec![evt],
-            worker: None,
-            metrics: Arc::new(BlockMetrics::default()),
+            worker,
+            activated: false,
+            metrics,
         })
     }
 
@@ -116,7 +125,7 @@ impl VirtioDevice for Block {
         interrupt: Arc<Interrupt>,
         queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
-        if self.worker.is_some() {
+        if self.activated {
             return Err(ActivateError::AlreadyActive);
         }
         if queues.len() != 1 {
@@ -125,35 +134,18 @@ impl VirtioDevice for Block {
                 got: queues.len(),
             });
         }
-        let backend = |source| ActivateError::Backend {
-            device: "block",
-            source,
-        };
-        let disk = Disk {
-            file: self.file.try_clone().map_err(backend)?,
-            sectors: self.sectors,
-            read_only: self.cfg.read_only,
-            id: self.id,
-        };
-        let name = format!("blk-{}", if self.cfg.id.is_empty() { "disk" } else { &self.cfg.id });
-        let worker = Worker::spawn(
-            name,
-            Active::new(mem, interrupt, queues),
-            disk,
-            self.metrics.clone(),
-        )
-        .map_err(backend)?;
-        self.worker = Some(worker);
+        self.worker.activate(Active::new(mem, interrupt, queues));
+        self.activated = true;
         Ok(())
     }
 
     fn reset(&mut self) {
-        // Dropping the worker stops and joins it.
-        self.worker = None;
+        self.worker.reset();
+        self.activated = false;
     }
 
     fn is_activated(&self) -> bool {
-        self.worker.is_some()
+        self.activated
     }
 
     fn metrics(&self) -> serde_json::Value {

@@ -3,6 +3,7 @@
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 
 use super::device::Block;
+use crate::devices::virtio::VirtioDevice;
 use crate::guest_warn;
 
 impl MutEventSubscriber for Block {
@@ -16,12 +17,11 @@ impl MutEventSubscriber for Block {
 
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
         let _ = self.queue_evts[0].read();
-        match &self.worker {
-            Some(w) => w.kick(),
-            None => {
-                self.metrics.early_notifications.inc();
-                guest_warn!("virtio-blk: queue notified before the device is active");
-            }
+        if self.is_activated() {
+            self.worker.kick();
+        } else {
+            self.metrics.early_notifications.inc();
+            guest_warn!("virtio-blk: queue notified before the device is active");
         }
     }
 }

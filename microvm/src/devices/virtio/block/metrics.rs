@@ -22,6 +22,19 @@ pub struct BlockMetrics {
 }
 
 impl BlockMetrics {
+    /// The counters as (name, value) pairs.
+    pub fn pairs(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("reads", self.reads.get()),
+            ("writes", self.writes.get()),
+            ("flushes", self.flushes.get()),
+            ("read_bytes", self.read_bytes.get()),
+            ("write_bytes", self.write_bytes.get()),
+            ("errors", self.errors.get()),
+            ("early_notifications", self.early_notifications.get()),
+        ]
+    }
+
     /// The counters as JSON for the VMM control API.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({

@@ -77,4 +77,7 @@ pub enum BlockError {
     /// An EventFd could not be created.
     #[error("cannot create an EventFd for disk {0}")]
     EventFd(PathBuf, #[source] std::io::Error),
+    /// The worker thread could not be started.
+    #[error("cannot start the I/O thread of disk {0}")]
+    Worker(PathBuf, #[source] std::io::Error),
 }

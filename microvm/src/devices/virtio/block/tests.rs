@@ -213,7 +213,7 @@ fn device_config_features_and_worker_thread() {
     dev.activate(mem.clone(), irq.clone(), vec![q.queue()]).unwrap();
     let h = header(&mem, 0, VIRTIO_BLK_T_GET_ID, 0);
     q.add(&[(h, 16, false), (DATA, 20, true), (STATUS, 1, true)]);
-    dev.worker.as_ref().unwrap().kick();
+    dev.worker.kick();
     let start = Instant::now();
     while q.used().is_empty() && start.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(5));

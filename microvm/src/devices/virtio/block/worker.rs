@@ -144,61 +144,98 @@ pub fn process_queue(active: &mut Active, disk: &mut Disk, m: &BlockMetrics) {
 /// Messages to a worker.
 #[derive(Debug)]
 pub enum Msg {
+    /// The device was activated: serve this queue.
+    Activate(Box<Active>),
     /// The guest notified the queue.
     Kick,
-    /// Stop and hand nothing back (device reset).
-    Stop,
+    /// Drop the queue (device reset) and acknowledge on the given channel.
+    Reset(Sender<()>),
 }
 
-/// A running worker thread.
+/// The worker thread of one disk. It is started with the device (before the VMM installs
+/// its seccomp filters, and so that activation, which runs on a vCPU thread, never has to
+/// create a thread) and idles until the device is activated.
 #[derive(Debug)]
 pub struct Worker {
-    tx: Sender<Msg>,
+    tx: Option<Sender<Msg>>,
     handle: Option<JoinHandle<()>>,
 }
 
 impl Worker {
-    /// Starts the worker for `disk` and the activated queue.
-    pub fn spawn(
-        name: String,
-        mut active: Active,
-        mut disk: Disk,
-        m: Arc<BlockMetrics>,
-    ) -> std::io::Result<Self> {
+    /// Starts the worker for `disk`.
+    pub fn spawn(name: String, mut disk: Disk, m: Arc<BlockMetrics>) -> std::io::Result<Self> {
         let (tx, rx): (Sender<Msg>, Receiver<Msg>) = std::sync::mpsc::channel();
         let handle = std::thread::Builder::new().name(name).spawn(move || {
-            // Requests may already be waiting.
-            process_queue(&mut active, &mut disk, &m);
-            while let Ok(Msg::Kick) = rx.recv() {
-                // Coalesce kicks that piled up; a Stop among them ends the thread.
+            let mut active: Option<Box<Active>> = None;
+            while let Ok(msg) = rx.recv() {
+                match msg {
+                    Msg::Activate(a) => active = Some(a),
+                    Msg::Reset(ack) => {
+                        active = None;
+                        let _ = ack.send(());
+                        continue;
+                    }
+                    Msg::Kick => {}
+                }
+                // Coalesce kicks that piled up.
+                let mut reset = None;
                 loop {
                     match rx.try_recv() {
                         Ok(Msg::Kick) => continue,
-                        Ok(Msg::Stop) => return,
+                        Ok(Msg::Activate(a)) => active = Some(a),
+                        Ok(Msg::Reset(ack)) => {
+                            reset = Some(ack);
+                            break;
+                        }
                         Err(_) => break,
                     }
                 }
-                process_queue(&mut active, &mut disk, &m);
+                if let Some(ack) = reset {
+                    active = None;
+                    let _ = ack.send(());
+                    continue;
+                }
+                if let Some(a) = active.as_mut() {
+                    process_queue(a, &mut disk, &m);
+                }
             }
         })?;
         Ok(Self {
-            tx,
+            tx: Some(tx),
             handle: Some(handle),
         })
     }
 
+    /// Hands the activated queue to the worker (requests may already be waiting).
+    pub fn activate(&self, active: Active) {
+        self.send(Msg::Activate(Box::new(active)));
+    }
+
     /// Tells the worker the queue has new requests.
     pub fn kick(&self) {
-        let _ = self.tx.send(Msg::Kick);
+        self.send(Msg::Kick);
+    }
+
+    /// Makes the worker drop the queue; returns once it no longer touches it.
+    pub fn reset(&self) {
+        let (ack_tx, ack_rx) = std::sync::mpsc::channel();
+        self.send(Msg::Reset(ack_tx));
+        let _ = ack_rx.recv();
+    }
+
+    fn send(&self, msg: Msg) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(msg);
+        }
     }
 }
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        let _ = self.tx.send(Msg::Stop);
+        // Closing the channel ends the thread.
+        self.tx = None;
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
     }
 }
-

@@ -64,6 +64,8 @@ pub struct Net {
     /// The backend may have more frames (edge-triggered readiness).
     pub(super) backend_readable: bool,
     pub(super) backend_registered: bool,
+    /// Offloads to apply on the event loop after activation.
+    pending_offload: Option<u32>,
     pub(super) metrics: Arc<NetMetrics>,
 }
 
@@ -95,6 +97,7 @@ impl Net {
             tx_buf: vec![0; MAX_FRAME],
             backend_readable: true,
             backend_registered: false,
+            pending_offload: None,
             metrics: Arc::new(NetMetrics::default()),
         })
     }
@@ -219,6 +222,15 @@ impl Net {
         }
     }
 
+    /// Applies the offloads chosen at activation to the backend.
+    pub(super) fn apply_offload(&mut self) {
+        if let Some(flags) = self.pending_offload.take() {
+            if let Err(e) = self.backend.set_offload(flags) {
+                log::error!("virtio-net: cannot set offloads {flags:#x} on tap {}: {e}", self.cfg.tap);
+            }
+        }
+    }
+
     pub(super) fn backend_fd(&self) -> RawFd {
         self.backend.as_raw_fd()
     }
@@ -294,7 +306,8 @@ impl VirtioDevice for Net {
                 offload |= tap::TUN_F_TSO6;
             }
         }
-        self.backend.set_offload(offload).map_err(backend)?;
+        // The ioctl runs on the event loop (vCPU threads may not issue it under seccomp).
+        self.pending_offload = Some(offload);
         self.active = Some(Active::new(mem, interrupt, queues));
         self.pending = None;
         self.backend_readable = true;

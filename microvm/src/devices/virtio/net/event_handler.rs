@@ -21,6 +21,7 @@ impl MutEventSubscriber for Net {
         let fd = events.fd();
         if fd == self.activate_evt.as_raw_fd() {
             let _ = self.activate_evt.read();
+            self.apply_offload();
             if !self.backend_registered {
                 // Edge-triggered: the device reads until EAGAIN whenever it has buffers, and
                 // an unread frame must not keep the loop spinning while the guest has none.

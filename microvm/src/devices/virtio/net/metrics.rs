@@ -22,6 +22,19 @@ pub struct NetMetrics {
 }
 
 impl NetMetrics {
+    /// The counters as (name, value) pairs.
+    pub fn pairs(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("rx_frames", self.rx_frames.get()),
+            ("rx_bytes", self.rx_bytes.get()),
+            ("tx_frames", self.tx_frames.get()),
+            ("tx_bytes", self.tx_bytes.get()),
+            ("dropped", self.dropped.get()),
+            ("errors", self.errors.get()),
+            ("early_notifications", self.early_notifications.get()),
+        ]
+    }
+
     /// The counters as JSON for the VMM control API.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({

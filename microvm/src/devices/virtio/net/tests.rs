@@ -134,12 +134,15 @@ fn hostile_tx_chains_are_dropped() {
 #[test]
 fn offloads_follow_what_the_guest_accepted() {
     let mem = guest_mem();
-    let rig = Rig::new(&mem, COMMON_FEATURES);
+    let mut rig = Rig::new(&mem, COMMON_FEATURES);
+    assert_eq!(*rig.offload.lock().unwrap(), None, "not applied on the vCPU thread");
+    rig.dev.apply_offload();
     assert_eq!(*rig.offload.lock().unwrap(), Some(0));
-    let rig = Rig::new(
+    let mut rig = Rig::new(
         &mem,
         COMMON_FEATURES | feature(VIRTIO_NET_F_GUEST_CSUM) | feature(VIRTIO_NET_F_GUEST_TSO4),
     );
+    rig.dev.apply_offload();
     assert_eq!(*rig.offload.lock().unwrap(), Some(tap::TUN_F_CSUM | tap::TUN_F_TSO4));
 }
 

@@ -24,6 +24,20 @@ pub struct VsockMetrics {
 }
 
 impl VsockMetrics {
+    /// The counters as (name, value) pairs.
+    pub fn pairs(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("rx_packets", self.rx_packets.get()),
+            ("rx_bytes", self.rx_bytes.get()),
+            ("tx_packets", self.tx_packets.get()),
+            ("tx_bytes", self.tx_bytes.get()),
+            ("conns_opened", self.conns_opened.get()),
+            ("conns_refused", self.conns_refused.get()),
+            ("errors", self.errors.get()),
+            ("early_notifications", self.early_notifications.get()),
+        ]
+    }
+
     /// The counters as JSON for the VMM control API.
     pub fn to_json(&self, connections: usize) -> serde_json::Value {
         serde_json::json!({

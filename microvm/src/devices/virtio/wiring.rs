@@ -1,0 +1,154 @@
+//! Building the virtio devices from the VM configuration and attaching them to the VM.
+
+use std::sync::{Arc, Mutex};
+
+use event_manager::MutEventSubscriber;
+
+use super::block::{Block, BlockConfig, BlockError};
+use super::mmio::{MmioTransport, TransportError};
+use super::net::{Net, NetConfig, NetError};
+use super::vsock::{Vsock, VsockConfig, VsockError};
+use super::VirtioDevice;
+use crate::device_manager::{CounterSource, DeviceError};
+use crate::vmm::Vm;
+
+/// A configured virtio device could not be built or attached.
+#[derive(Debug, thiserror::Error)]
+pub enum WiringError {
+    /// A disk could not be set up.
+    #[error("--disk number {index} ({path})")]
+    Block {
+        /// Position in the `--disk` list.
+        index: usize,
+        /// Image path.
+        path: String,
+        /// The cause.
+        #[source]
+        source: BlockError,
+    },
+    /// A network device could not be set up.
+    #[error("--net tap={tap}")]
+    Net {
+        /// Tap name.
+        tap: String,
+        /// The cause.
+        #[source]
+        source: NetError,
+    },
+    /// The vsock device could not be set up.
+    #[error("--vsock")]
+    Vsock(#[source] VsockError),
+    /// The transport could not be built.
+    #[error("virtio-mmio transport of {name}")]
+    Transport {
+        /// Device name.
+        name: String,
+        /// The cause.
+        #[source]
+        source: TransportError,
+    },
+    /// The VMM refused the device.
+    #[error("attaching {name}")]
+    Attach {
+        /// Device name.
+        name: String,
+        /// The cause.
+        #[source]
+        source: DeviceError,
+    },
+}
+
+impl CounterSource for super::block::metrics::BlockMetrics {
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        self.pairs()
+    }
+}
+
+impl CounterSource for super::net::metrics::NetMetrics {
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        self.pairs()
+    }
+}
+
+impl CounterSource for super::vsock::metrics::VsockMetrics {
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        self.pairs()
+    }
+}
+
+/// Builds every `--disk`, `--net` and `--vsock` device of `vm.config` and attaches it, in
+/// that order (disks in the order given, so they appear as vda, vdb, ... in the guest).
+/// Counters are registered as `block.<id>`, `net.<tap>` and `vsock`.
+pub fn attach_all(vm: &mut Vm) -> Result<(), WiringError> {
+    let disks = vm.config.disk.clone();
+    for (index, d) in disks.iter().enumerate() {
+        let id = d.id.clone().unwrap_or_else(|| format!("disk{index}"));
+        let cfg = BlockConfig {
+            path: d.path.clone(),
+            read_only: d.read_only,
+            id: id.clone(),
+        };
+        let dev = Block::new(cfg).map_err(|source| WiringError::Block {
+            index,
+            path: d.path.display().to_string(),
+            source,
+        })?;
+        let counters = dev.counters().clone();
+        attach(vm, &format!("virtio-blk-{id}"), dev)?;
+        vm.devices.register_counters(format!("block.{id}"), counters);
+    }
+    let nets = vm.config.net.clone();
+    for n in &nets {
+        let cfg = NetConfig {
+            tap: n.tap.clone(),
+            mac: n.mac.map(|m| m.0),
+            netns: n.netns.clone(),
+        };
+        let dev = Net::new(cfg).map_err(|source| WiringError::Net {
+            tap: n.tap.clone(),
+            source,
+        })?;
+        let counters = dev.counters().clone();
+        attach(vm, &format!("virtio-net-{}", n.tap), dev)?;
+        vm.devices.register_counters(format!("net.{}", n.tap), counters);
+    }
+    if let Some(v) = vm.config.vsock.clone() {
+        let cfg = VsockConfig {
+            guest_cid: u64::from(v.cid),
+            uds_path: v.uds.clone(),
+        };
+        let dev = Vsock::new(cfg).map_err(WiringError::Vsock)?;
+        let counters = dev.counters().clone();
+        attach(vm, "virtio-vsock", dev)?;
+        vm.devices.register_counters("vsock", counters);
+    }
+    Ok(())
+}
+
+fn attach<D>(vm: &mut Vm, name: &str, dev: D) -> Result<(), WiringError>
+where
+    D: VirtioDevice + MutEventSubscriber + Send + 'static,
+{
+    let dev = Arc::new(Mutex::new(dev));
+    let transport = MmioTransport::new(vm.mem.clone(), dev.clone()).map_err(|source| {
+        WiringError::Transport {
+            name: name.to_string(),
+            source,
+        }
+    })?;
+    let transport = Arc::new(transport);
+    vm.devices
+        .attach_virtio_mmio(
+            &vm.vm,
+            name,
+            transport.clone(),
+            transport.interrupt_event(),
+            transport.queue_events(),
+            dev,
+        )
+        .map_err(|source| WiringError::Attach {
+            name: name.to_string(),
+            source,
+        })?;
+    Ok(())
+}
