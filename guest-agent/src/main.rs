@@ -1,2 +1,167 @@
-//! `husk-agent`: PID 1 of the guest.
-fn main() {}
+//! `husk-agent`: PID 1 of the husk microVM. It mounts the guest's base filesystems, serves the
+//! `husk.agent.v1` ttrpc API on vsock (or a unix socket for tests), runs containers and reaps
+//! every process.
+//!
+//! Usage: `husk-agent [--listen ADDR] [--run-dir DIR] [--cgroup-root DIR] [--log-level L]`
+//! - Without `--listen` and as PID 1 (the guest): does the PID 1 duties and listens on
+//!   `vsock://-1:<port>` (port 1024, or `husk.agent_port=N` on the kernel command line).
+//! - With `--listen unix:///path` (host tests): skips the PID 1 mounts.
+mod container;
+mod error;
+mod init;
+mod logger;
+mod process;
+mod server;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+
+use container::Paths;
+use process::reaper::Reaper;
+use server::AgentService;
+
+struct Args {
+    listen: Option<String>,
+    run_dir: PathBuf,
+    cgroup_root: Option<PathBuf>,
+    log_level: Option<log::LevelFilter>,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut args = Args { listen: None, run_dir: PathBuf::from("/run/husk"), cgroup_root: None, log_level: None };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
+        match a.as_str() {
+            "--listen" => args.listen = Some(value("--listen")?),
+            "--run-dir" => args.run_dir = PathBuf::from(value("--run-dir")?),
+            "--cgroup-root" => args.cgroup_root = Some(PathBuf::from(value("--cgroup-root")?)),
+            "--log-level" => {
+                let v = value("--log-level")?;
+                args.log_level =
+                    Some(logger::parse_level(&v).with_context(|| format!("bad --log-level {v:?}"))?);
+            }
+            // The kernel passes unknown cmdline words to init as arguments: ignore those.
+            other if std::process::id() == 1 => log::debug!("ignoring argument {other:?}"),
+            other => bail!("unknown argument {other:?}"),
+        }
+    }
+    Ok(args)
+}
+
+/// Makes sure fds 0, 1 and 2 are open, so pipes created later never land on them.
+fn ensure_std_fds() {
+    for fd in 0..3 {
+        if nix::fcntl::fcntl(
+            // SAFETY: only probes whether `fd` is open; the borrow does not outlive the call.
+            unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
+            nix::fcntl::FcntlArg::F_GETFD,
+        )
+        .is_err()
+        {
+            if let Ok(f) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+                // Leak on purpose: it becomes fd `fd` for the life of the agent.
+                let _ = std::os::fd::IntoRawFd::into_raw_fd(f);
+            }
+        }
+    }
+}
+
+fn setup_cgroup_root(root: &std::path::Path) -> anyhow::Result<()> {
+    if let Some(parent) = root.parent() {
+        if let Err(e) = init::enable_cgroup_controllers(parent) {
+            log::warn!("{}", error::chain(&e));
+        }
+    }
+    std::fs::create_dir_all(root).with_context(|| format!("creating cgroup {}", root.display()))?;
+    if let Err(e) = init::enable_cgroup_controllers(root) {
+        log::warn!("{}", error::chain(&e));
+    }
+    Ok(())
+}
+
+fn run(started: Instant) -> anyhow::Result<()> {
+    let args = parse_args()?;
+    let guest = args.listen.is_none() && std::process::id() == 1;
+    let mut cmdline = String::new();
+    if guest {
+        init::mount_base().context("mounting the base filesystems")?;
+        cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    }
+    let level = args
+        .log_level
+        .or_else(|| init::cmdline_value(&cmdline, "husk.agent_log").and_then(logger::parse_level))
+        .unwrap_or(log::LevelFilter::Info);
+    logger::init(level);
+    ensure_std_fds();
+    if guest {
+        init::loopback_up().context("bringing up lo")?;
+        let hostname = init::cmdline_value(&cmdline, "husk.hostname").unwrap_or("husk");
+        init::set_hostname(hostname)?;
+    } else if std::process::id() != 1 {
+        nix::sys::prctl::set_child_subreaper(true).context("PR_SET_CHILD_SUBREAPER")?;
+    }
+    let listen = match args.listen {
+        Some(l) => l,
+        None => format!("vsock://-1:{}", init::agent_port(&cmdline)?),
+    };
+    if let Some(path) = listen.strip_prefix("unix://") {
+        let _ = std::fs::remove_file(path);
+    }
+    let cgroup_root = args.cgroup_root.unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup/husk"));
+    setup_cgroup_root(&cgroup_root)?;
+    let paths = Paths { run_dir: args.run_dir, cgroup_root };
+
+    let reaper = Arc::new(Reaper::default());
+    let (shutdown_tx, shutdown_rx) = std::sync::mpsc::channel::<()>();
+    let shutdown_tx = std::sync::Mutex::new(shutdown_tx);
+    let service = Arc::new(AgentService::new(
+        paths,
+        reaper.clone(),
+        Box::new(move || {
+            let _ = shutdown_tx.lock().map(|tx| tx.send(()));
+        }),
+    ));
+    let mut server = ttrpc::Server::new()
+        .bind(&listen)
+        .with_context(|| format!("listening on {listen}"))?
+        .register_service(husk_protocol::agent_ttrpc::create_agent(service.clone()));
+    server.start().with_context(|| format!("serving on {listen}"))?;
+    log::info!(
+        "husk-agent {} ready on {listen} after {} us",
+        env!("CARGO_PKG_VERSION"),
+        started.elapsed().as_micros()
+    );
+    std::thread::Builder::new()
+        .name("shutdown".into())
+        .spawn(move || {
+            if shutdown_rx.recv().is_ok() {
+                // Let the Shutdown reply leave first.
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                service.destroy_all();
+                log::info!("powering off");
+                if guest {
+                    init::power_off();
+                }
+                std::process::exit(0);
+            }
+        })
+        .context("starting the shutdown thread")?;
+    reaper.run()
+}
+
+fn main() {
+    let started = Instant::now();
+    if let Err(e) = run(started) {
+        // `{:#}` prints the whole chain of causes on one line.
+        eprintln!("husk-agent: {e:#}");
+        if std::process::id() == 1 && std::env::args().all(|a| a != "--listen") {
+            // PID 1 must not exit (the kernel would panic): power off instead.
+            init::power_off();
+        }
+        std::process::exit(1);
+    }
+}

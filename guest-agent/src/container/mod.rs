@@ -1,0 +1,266 @@
+//! Containers: create (rootfs, cgroup, namespaces, init process), exec, remove.
+pub mod cgroup;
+pub mod mounts;
+pub mod oom;
+pub mod rootfs;
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use husk_protocol::agent::CreateContainerRequest;
+use nix::sched::CloneFlags;
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+use crate::error::{check_id, AgentError, Result};
+use crate::process::plan::ExecPlan;
+use crate::process::reaper::Reaper;
+use crate::process::{spawn, Placement, Process};
+use cgroup::Cgroup;
+use mounts::RootPlan;
+use rootfs::Mounts;
+
+/// Where the agent keeps its state.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// State directory (/run/husk in the guest): containers/<id>, disks/<id>/<name>.
+    pub run_dir: PathBuf,
+    /// cgroup under which containers get their cgroup.
+    pub cgroup_root: PathBuf,
+}
+
+/// A container.
+pub struct Container {
+    /// Its id.
+    pub id: String,
+    /// Its init process.
+    pub init: Arc<Process>,
+    /// Processes started with ExecProcess, by exec id.
+    pub execs: Mutex<HashMap<String, Arc<Process>>>,
+    /// Its cgroup.
+    pub cgroup: Cgroup,
+    mounts: Mutex<Mounts>,
+    dirs: Vec<PathBuf>,
+}
+
+/// Parses JSON from the host into `T`, naming `what` on error.
+pub fn parse_json<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| AgentError::InvalidArgument(format!("{what} is not valid JSON: {e}")))
+}
+
+fn clone_flags(spec: &Spec) -> Result<CloneFlags> {
+    let mut flags = CloneFlags::empty();
+    let mut has_mount = false;
+    for ns in spec.linux().as_ref().and_then(|l| l.namespaces().as_ref()).into_iter().flatten() {
+        // A namespace given by path names a host namespace, which means nothing inside the VM:
+        // the container shares the guest's namespace of that type.
+        if ns.path().is_some() {
+            continue;
+        }
+        flags |= match ns.typ() {
+            LinuxNamespaceType::Mount => {
+                has_mount = true;
+                CloneFlags::CLONE_NEWNS
+            }
+            LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
+            LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
+            LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
+            LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
+            LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+            other => {
+                return Err(AgentError::InvalidArgument(format!(
+                    "namespace type {other:?} is not supported"
+                )))
+            }
+        };
+    }
+    if !has_mount {
+        return Err(AgentError::InvalidArgument(
+            "linux.namespaces must contain a new mount namespace".into(),
+        ));
+    }
+    Ok(flags)
+}
+
+/// Undo list for a failing create.
+struct Partial {
+    mounts: Mounts,
+    cgroup: Option<Cgroup>,
+    dirs: Vec<PathBuf>,
+}
+
+impl Partial {
+    fn undo(mut self) {
+        if let Some(cg) = &self.cgroup {
+            let _ = cg.remove();
+        }
+        self.mounts.unmount_all();
+        for d in self.dirs.iter().rev() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+impl Container {
+    /// Creates a container; its init process waits for `start`.
+    pub fn create(paths: &Paths, reaper: &Reaper, req: &CreateContainerRequest) -> Result<Container> {
+        let id = req.container_id.as_str();
+        check_id("container id", id)?;
+        let spec: Spec = parse_json("oci_spec_json", &req.oci_spec_json)?;
+        let Some(process) = spec.process().as_ref() else {
+            return Err(AgentError::InvalidArgument("the OCI spec has no process".into()));
+        };
+        let plan = ExecPlan::from_oci(process)?;
+        let flags = clone_flags(&spec)?;
+        let Some(rootfs) = req.rootfs.as_ref() else {
+            return Err(AgentError::InvalidArgument("rootfs is missing".into()));
+        };
+        let dir = paths.run_dir.join("containers").join(id);
+        let disks_dir = paths.run_dir.join("disks").join(id);
+        if dir.exists() || disks_dir.exists() {
+            return Err(AgentError::AlreadyExists(format!("state of container {id} exists")));
+        }
+        let mut partial = Partial { mounts: Mounts::default(), cgroup: None, dirs: Vec::new() };
+        let result = (|| {
+            for d in [&dir, &disks_dir] {
+                std::fs::create_dir_all(d)
+                    .map_err(|e| AgentError::io(format!("creating {}", d.display()), e))?;
+                partial.dirs.push(d.clone());
+            }
+            let root = rootfs::mount_rootfs(&mut partial.mounts, &dir, rootfs)?;
+            rootfs::mount_disks(&mut partial.mounts, &disks_dir, &req.disks)?;
+            let cg = partial.cgroup.insert(Cgroup::create(&paths.cgroup_root, id)?);
+            if let Some(res) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
+                cg.apply(res)?;
+            }
+            let procs = cg.procs_fd()?;
+            let root_plan =
+                RootPlan::from_spec(&spec, root, flags.contains(CloneFlags::CLONE_NEWUTS))?;
+            let placement = Placement::Create { flags, root: &root_plan };
+            spawn(reaper, "", &plan, req.stdin, Some(procs), placement)
+        })();
+        match result {
+            Ok(init) => {
+                let Partial { mounts, cgroup, dirs } = partial;
+                let Some(cgroup) = cgroup else {
+                    return Err(AgentError::FailedPrecondition("cgroup missing".into()));
+                };
+                log::info!("created container {id} (init pid {})", init.pid);
+                Ok(Container {
+                    id: id.to_string(),
+                    init,
+                    execs: Mutex::new(HashMap::new()),
+                    cgroup,
+                    mounts: Mutex::new(mounts),
+                    dirs,
+                })
+            }
+            Err(e) => {
+                partial.undo();
+                Err(e)
+            }
+        }
+    }
+
+    /// The process `exec_id` ("" = init).
+    pub fn process(&self, exec_id: &str) -> Result<Arc<Process>> {
+        if exec_id.is_empty() {
+            return Ok(self.init.clone());
+        }
+        self.execs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| {
+                AgentError::NotFound(format!("process {exec_id:?} not found in container {}", self.id))
+            })
+    }
+
+    /// Starts a process in the container's namespaces and cgroup.
+    pub fn exec(&self, reaper: &Reaper, exec_id: &str, process_json: &[u8], stdin: bool) -> Result<Arc<Process>> {
+        check_id("exec id", exec_id)?;
+        let process: oci_spec::runtime::Process = parse_json("process_json", process_json)?;
+        let plan = ExecPlan::from_oci(&process)?;
+        if self.init.exit_info().is_some() {
+            return Err(AgentError::FailedPrecondition(format!("container {} is not running", self.id)));
+        }
+        // Reserve the id while spawning.
+        {
+            let execs = self.execs.lock().unwrap_or_else(|e| e.into_inner());
+            if execs.contains_key(exec_id) {
+                return Err(AgentError::AlreadyExists(format!(
+                    "exec id {exec_id:?} already exists in container {}", self.id
+                )));
+            }
+        }
+        let ns_dir = PathBuf::from(format!("/proc/{}/ns", self.init.pid));
+        let open = |name: &str| -> Result<OwnedFd> {
+            std::fs::File::open(ns_dir.join(name))
+                .map(OwnedFd::from)
+                .map_err(|e| AgentError::io(format!("opening {}/{name}", ns_dir.display()), e))
+        };
+        let pid_ns = Some(open("pid")?);
+        let mut namespaces = Vec::new();
+        for (name, flag) in [("ipc", CloneFlags::CLONE_NEWIPC), ("uts", CloneFlags::CLONE_NEWUTS),
+                             ("net", CloneFlags::CLONE_NEWNET), ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+                             ("mnt", CloneFlags::CLONE_NEWNS)] {
+            namespaces.push((open(name)?, flag));
+        }
+        let procs = self.cgroup.procs_fd()?;
+        let p = spawn(reaper, exec_id, &plan, stdin, Some(procs), Placement::Join { pid_ns, namespaces })?;
+        let mut execs = self.execs.lock().unwrap_or_else(|e| e.into_inner());
+        if execs.contains_key(exec_id) {
+            // Lost a race with a concurrent exec of the same id: undo ours.
+            let _ = p.signal(nix::sys::signal::Signal::SIGKILL);
+            p.abandon();
+            return Err(AgentError::AlreadyExists(format!("exec id {exec_id:?} already exists")));
+        }
+        execs.insert(exec_id.to_string(), p.clone());
+        Ok(p)
+    }
+
+    /// Kills what is left, unmounts and removes the container's state.
+    /// Fails if the init process was started and still runs.
+    pub fn remove(&self) -> Result<()> {
+        if self.init.exit_info().is_none() && self.init.started() {
+            return Err(AgentError::FailedPrecondition(format!(
+                "container {} is running; kill its init process first", self.id
+            )));
+        }
+        self.destroy();
+        Ok(())
+    }
+
+    /// Kills everything and releases all resources, whatever the state.
+    pub fn destroy(&self) {
+        let _ = self.cgroup.signal_all(nix::sys::signal::Signal::SIGKILL);
+        let _ = self.init.signal(nix::sys::signal::Signal::SIGKILL);
+        let mut procs: Vec<Arc<Process>> =
+            self.execs.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        procs.push(self.init.clone());
+        for p in &procs {
+            let _ = p.signal(nix::sys::signal::Signal::SIGKILL);
+            p.abandon();
+            wait_exit(p, Duration::from_secs(5));
+        }
+        if let Err(e) = self.cgroup.remove() {
+            log::warn!("container {}: {}", self.id, crate::error::chain(&e));
+        }
+        self.mounts.lock().unwrap_or_else(|e| e.into_inner()).unmount_all();
+        for d in self.dirs.iter().rev() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+        log::info!("removed container {}", self.id);
+    }
+}
+
+fn wait_exit(p: &Process, limit: Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    while p.exit_info().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}

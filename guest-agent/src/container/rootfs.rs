@@ -1,0 +1,168 @@
+//! Mounting a container's root filesystem and extra disks in the agent's mount namespace:
+//! disks are found by their virtio-blk serial; read-only roots get an overlay with a tmpfs upper.
+use std::path::{Path, PathBuf};
+
+use husk_protocol::agent::{Disk, Rootfs};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+use crate::error::{AgentError, Result};
+
+const FSTYPES: [&str; 2] = ["ext4", "erofs"];
+
+/// Mount points made for a container, unmounted in reverse order.
+#[derive(Debug, Default)]
+pub struct Mounts(Vec<PathBuf>);
+
+impl Mounts {
+    fn mount(
+        &mut self,
+        source: &str,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> Result<()> {
+        std::fs::create_dir_all(target)
+            .map_err(|e| AgentError::io(format!("creating {}", target.display()), e))?;
+        mount(Some(source), target, fstype, flags, data).map_err(|e| {
+            AgentError::sys(
+                format!("mounting {source} ({}) on {}", fstype.unwrap_or("bind"), target.display()),
+                e,
+            )
+        })?;
+        self.0.push(target.to_path_buf());
+        Ok(())
+    }
+
+    /// Unmounts everything (lazily, so a busy mount cannot block removal).
+    pub fn unmount_all(&mut self) {
+        while let Some(p) = self.0.pop() {
+            if let Err(e) = umount2(&p, MntFlags::MNT_DETACH) {
+                log::warn!("unmounting {}: {e}", p.display());
+            }
+        }
+    }
+}
+
+/// The block device whose virtio-blk serial is `serial` (/sys/block/*/serial).
+pub fn find_disk(serial: &str) -> Result<PathBuf> {
+    let entries = std::fs::read_dir("/sys/block")
+        .map_err(|e| AgentError::io("listing /sys/block", e))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Ok(found) = std::fs::read_to_string(entry.path().join("serial")) else { continue };
+        if found.trim_end_matches(['\n', '\0']) == serial {
+            return Ok(Path::new("/dev").join(name));
+        }
+    }
+    Err(AgentError::InvalidArgument(format!("no virtio-blk disk with serial {serial:?}")))
+}
+
+/// Where a disk or directory comes from.
+struct Source<'a> {
+    serial: &'a str,
+    fstype: &'a str,
+    host_path: &'a str,
+}
+
+fn check_source(what: &str, s: &Source<'_>) -> Result<()> {
+    match (s.serial.is_empty(), s.host_path.is_empty()) {
+        (false, true) => {
+            if s.serial.len() > 20 || s.serial.contains('/') {
+                return Err(AgentError::InvalidArgument(format!(
+                    "{what}: disk serial {:?} is not valid (at most 20 bytes, no '/')", s.serial
+                )));
+            }
+            if !FSTYPES.contains(&s.fstype) {
+                return Err(AgentError::InvalidArgument(format!(
+                    "{what}: fstype {:?} is not supported (ext4 or erofs)", s.fstype
+                )));
+            }
+            Ok(())
+        }
+        (true, false) => {
+            if !s.host_path.starts_with('/') || !Path::new(s.host_path).is_dir() {
+                return Err(AgentError::InvalidArgument(format!(
+                    "{what}: host_path {:?} is not an existing absolute directory", s.host_path
+                )));
+            }
+            Ok(())
+        }
+        _ => Err(AgentError::InvalidArgument(format!(
+            "{what}: exactly one of disk_serial and host_path must be set"
+        ))),
+    }
+}
+
+fn mount_source(mounts: &mut Mounts, s: &Source<'_>, target: &Path, ro: bool) -> Result<()> {
+    let ro_flag = if ro { MsFlags::MS_RDONLY } else { MsFlags::empty() };
+    if s.host_path.is_empty() {
+        let dev = find_disk(s.serial)?;
+        let dev = dev.to_string_lossy();
+        mounts.mount(&dev, target, Some(s.fstype), ro_flag, None)
+    } else {
+        mounts.mount(s.host_path, target, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
+        if ro {
+            mount(None::<&str>, target, None::<&str>,
+                  MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None::<&str>)
+                .map_err(|e| AgentError::sys(format!("making {} read-only", target.display()), e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Mounts the rootfs under `dir`; returns the root path. Read-only roots get an overlay.
+pub fn mount_rootfs(mounts: &mut Mounts, dir: &Path, r: &Rootfs) -> Result<PathBuf> {
+    let s = Source { serial: &r.disk_serial, fstype: &r.fstype, host_path: &r.host_path };
+    check_source("rootfs", &s)?;
+    let root = dir.join("rootfs");
+    if !r.read_only {
+        mount_source(mounts, &s, &root, false)?;
+        return Ok(root);
+    }
+    let lower = dir.join("lower");
+    mount_source(mounts, &s, &lower, true)?;
+    let scratch = dir.join("scratch");
+    mounts.mount("tmpfs", &scratch, Some("tmpfs"), MsFlags::MS_NOSUID, Some("mode=0755"))?;
+    for d in ["upper", "work"] {
+        std::fs::create_dir(scratch.join(d))
+            .map_err(|e| AgentError::io(format!("creating overlay {d} dir"), e))?;
+    }
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        scratch.join("upper").display(),
+        scratch.join("work").display()
+    );
+    mounts.mount("overlay", &root, Some("overlay"), MsFlags::empty(), Some(&data))?;
+    Ok(root)
+}
+
+/// Checks a disk name: `[A-Za-z0-9_.-]`, 1..=64 chars, not "." or "..".
+fn check_disk_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name != "."
+        && name != ".."
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(AgentError::InvalidArgument(format!("disk name {name:?} is not valid")))
+    }
+}
+
+/// Mounts extra disks at `<disks_dir>/<name>`.
+pub fn mount_disks(mounts: &mut Mounts, disks_dir: &Path, disks: &[Disk]) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for d in disks {
+        check_disk_name(&d.name)?;
+        if !seen.insert(d.name.as_str()) {
+            return Err(AgentError::InvalidArgument(format!("disk name {:?} given twice", d.name)));
+        }
+        let s = Source { serial: &d.disk_serial, fstype: &d.fstype, host_path: &d.host_path };
+        check_source(&format!("disk {:?}", d.name), &s)?;
+        mount_source(mounts, &s, &disks_dir.join(&d.name), d.read_only)?;
+    }
+    Ok(())
+}
