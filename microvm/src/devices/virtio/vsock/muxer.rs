@@ -192,8 +192,9 @@ impl Muxer {
                 Ok(0) => {
                     c.host_eof = true;
                     c.readable = false;
+                    // The host sends no more; it may still receive (half-close).
                     let mut h = header(guest_cid, key, OP_SHUTDOWN);
-                    h.flags = SHUTDOWN_RCV | SHUTDOWN_SEND;
+                    h.flags = SHUTDOWN_SEND;
                     h.fwd_cnt = c.fwd_cnt;
                     c.last_fwd_cnt_sent = c.fwd_cnt;
                     packet::write_rx_header(mem, chain, &h)?;

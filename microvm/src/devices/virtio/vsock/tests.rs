@@ -155,14 +155,23 @@ fn guest_connects_to_host_listener_and_exchanges_data() {
     assert_eq!(got[1].0.op, OP_RW);
     assert_eq!(got[1].1, b"hello guest");
 
-    // Host closes: the guest gets a shutdown of both directions.
-    drop(host);
+    // Host half-closes: the guest learns the host sends no more, and can still send.
+    host.shutdown(std::net::Shutdown::Write).unwrap();
     rig.poke_all();
     let got = rig.received();
     assert_eq!(got[2].0.op, OP_SHUTDOWN);
-    assert_eq!(got[2].0.flags, SHUTDOWN_RCV | SHUTDOWN_SEND);
-    rig.send(OP_RST, 1234, 5000, &[], 0);
+    assert_eq!(got[2].0.flags, SHUTDOWN_SEND);
+    rig.send(OP_RW, 1234, 5000, b"reply", 0);
+    let mut buf = [0u8; 5];
+    host.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"reply");
+    // Guest closes both directions: the connection ends with a RST to the guest.
+    rig.send(OP_SHUTDOWN, 1234, 5000, &[], SHUTDOWN_RCV | SHUTDOWN_SEND);
     assert_eq!(rig.dev.muxer.connection_count(), 0);
+    assert_eq!(rig.received().last().unwrap().0.op, OP_RST);
+    let mut rest = Vec::new();
+    host.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "host sees EOF");
 }
 
 #[test]
