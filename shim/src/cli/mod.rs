@@ -1,0 +1,71 @@
+//! The `husk` user CLI: `husk check`, `husk ps`, `husk logs <id>`.
+
+mod check;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub use check::{check, Check};
+
+use crate::error::{Result, ShimError};
+use crate::state;
+
+/// Usage text.
+pub const USAGE: &str = "usage: husk [--config FILE] <command>\n\
+commands:\n  check        tell whether this host can run husk containers (exit 1 if not)\n  \
+ps           list husk VMs (from the state directory)\n  logs <id>    print the guest console log of a VM\n";
+
+/// `husk ps`: one line per VM under the state directory.
+pub fn ps(state_root: &Path, out: &mut dyn Write) -> Result<()> {
+    let w = |e| ShimError::io("write", "stdout", e);
+    writeln!(out, "{:<24} {:<12} {:>8} {:<8} BUNDLE", "ID", "NAMESPACE", "VMM-PID", "STATUS").map_err(w)?;
+    for (sd, info) in state::list(state_root)? {
+        let name = sd.path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        match info {
+            Ok(i) => {
+                let alive = i.vmm_pid > 0 && Path::new(&format!("/proc/{}", i.vmm_pid)).exists();
+                let status = if i.vmm_pid == 0 { "creating" } else if alive { "running" } else { "dead" };
+                writeln!(out, "{:<24} {:<12} {:>8} {:<8} {}", name, i.namespace, i.vmm_pid, status, i.bundle.display()).map_err(w)?;
+            }
+            Err(_) => writeln!(out, "{name:<24} {:<12} {:>8} {:<8} -", "?", "-", "unknown").map_err(w)?,
+        }
+    }
+    Ok(())
+}
+
+/// `husk logs <id>`: copies the VM's console log to `out`.
+pub fn logs(state_root: &Path, id: &str, out: &mut dyn Write) -> Result<()> {
+    state::validate_id(id)?;
+    let path: PathBuf = state::StateDir::open(state_root.join(id)).console_log();
+    let mut f = std::fs::File::open(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => ShimError::NotFound { kind: "husk VM (no console log)", id: format!("{id} ({})", path.display()) },
+        _ => ShimError::io("open", &path, e),
+    })?;
+    std::io::copy(&mut f, out).map_err(|e| ShimError::io("copy", &path, e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::state::{StateDir, StateInfo};
+
+    #[test]
+    fn ps_lists_vms_and_logs_prints_the_console() {
+        let root = tempfile::tempdir().unwrap();
+        let sd = StateDir::create(root.path(), "web").unwrap();
+        sd.write_info(&StateInfo { id: "web".into(), namespace: "default".into(), vmm_pid: std::process::id(), ..Default::default() }).unwrap();
+        std::fs::write(sd.console_log(), "Linux version 6.1\nhusk-agent ready\n").unwrap();
+        let mut out = Vec::new();
+        ps(root.path(), &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.lines().nth(1).unwrap().starts_with("web "), "{text}");
+        assert!(text.contains("running"), "{text}");
+        let mut out = Vec::new();
+        logs(root.path(), "web", &mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "Linux version 6.1\nhusk-agent ready\n");
+        let e = logs(root.path(), "nope", &mut Vec::new()).unwrap_err().to_string();
+        assert!(e.contains("nope"), "{e}");
+    }
+}

@@ -1,0 +1,55 @@
+//! `start`: spawn the long-lived shim server for this container and print its address (and
+//! nothing else: containerd 1.6 reads stdout, which is also our stderr, as the address).
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+
+use containerd_shim::Flags;
+
+use super::{io_err, socket_path, LifecycleError};
+
+/// Runs the `start` action.
+pub fn run(flags: &Flags) -> Result<(), LifecycleError> {
+    if flags.id.is_empty() {
+        return Err(LifecycleError::MissingFlag("id"));
+    }
+    // One shim (and VM) per container: the grouping key is the container id.
+    let address = containerd_shim::socket_address(&flags.address, &flags.namespace, &flags.id);
+    if UnixStream::connect(socket_path(&address)).is_err() {
+        spawn_server(flags, &address)?;
+    }
+    let cwd = std::env::current_dir().map_err(io_err("get", "working directory"))?;
+    std::fs::write(cwd.join("address"), &address).map_err(io_err("write", cwd.join("address").display()))?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(address.as_bytes()).map_err(io_err("write", "stdout"))?;
+    out.flush().map_err(io_err("flush", "stdout"))?;
+    Ok(())
+}
+
+fn spawn_server(flags: &Flags, address: &str) -> Result<(), LifecycleError> {
+    let exe = std::env::current_exe().map_err(io_err("find", "own executable"))?;
+    let mut cmd = Command::new(&exe);
+    cmd.args(["-namespace", &flags.namespace, "-id", &flags.id, "-address", &flags.address, "-socket", address]);
+    if !flags.publish_binary.is_empty() {
+        cmd.args(["-publish-binary", &flags.publish_binary]);
+    }
+    if flags.debug {
+        cmd.arg("-debug");
+    }
+    // Its own process group, so signals to containerd's group do not reach it.
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).process_group(0);
+    let mut child = cmd.spawn().map_err(io_err("spawn", exe.display()))?;
+    // The server closes its stdout once it listens; EOF here means "serving" (or "died").
+    if let Some(mut pipe) = child.stdout.take() {
+        let mut sink = Vec::new();
+        let _ = pipe.read_to_end(&mut sink);
+    }
+    if let Some(status) = child.try_wait().map_err(io_err("wait for", "shim server"))? {
+        if !status.success() {
+            return Err(LifecycleError::ServerDied(status));
+        }
+    }
+    Ok(())
+}

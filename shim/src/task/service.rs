@@ -1,0 +1,323 @@
+//! `impl Task for Service`: the containerd Task API calls.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use containerd_shim::{api, Task, TtrpcContext, TtrpcResult};
+use containerd_shim_protos::api::Status;
+use containerd_shim_protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskIO, TaskPaused, TaskResumed, TaskStart,
+};
+use containerd_shim_protos::topics::*;
+use containerd_shim_protos::types::task::ProcessInfo;
+use husk_protocol::agent;
+
+use super::container::Container;
+use super::process::Process;
+use super::{stats, Service};
+use crate::agent::{agent_err, short};
+use crate::error::{Result, ShimError};
+use crate::io::StdioPaths;
+
+/// How long a Delete of a created-but-never-started container waits for its init to die.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+impl Service {
+    fn container(&self) -> Result<Arc<Container>> {
+        self.inner.container.lock().unwrap_or_else(|p| p.into_inner()).clone().ok_or_else(|| ShimError::NotFound { kind: "container", id: String::new() })
+    }
+
+    fn container_for(&self, id: &str) -> Result<Arc<Container>> {
+        match self.container() {
+            Ok(c) if c.id == id || id.is_empty() => Ok(c),
+            _ => Err(ShimError::NotFound { kind: "container", id: id.into() }),
+        }
+    }
+
+    fn do_create(&self, req: api::CreateTaskRequest) -> Result<api::CreateTaskResponse> {
+        if !req.checkpoint.is_empty() || !req.parent_checkpoint.is_empty() {
+            return Err(ShimError::NotImplemented("restoring from a checkpoint"));
+        }
+        {
+            let slot = self.inner.container.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(c) = slot.as_ref() {
+                return Err(ShimError::AlreadyExists { kind: "container", id: c.id.clone() });
+            }
+        }
+        let c = Container::create(&self.inner, &req)?;
+        let pid = c.init.state().pid;
+        {
+            let mut slot = self.inner.container.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.is_some() {
+                c.destroy();
+                return Err(ShimError::AlreadyExists { kind: "container", id: req.id });
+            }
+            *slot = Some(c);
+        }
+        let ev = TaskCreate {
+            container_id: req.id.clone(),
+            bundle: req.bundle.clone(),
+            rootfs: req.rootfs.clone(),
+            io: Some(TaskIO { stdin: req.stdin.clone(), stdout: req.stdout.clone(), stderr: req.stderr.clone(), terminal: req.terminal, ..Default::default() }).into(),
+            checkpoint: String::new(),
+            pid,
+            ..Default::default()
+        };
+        self.inner.events.send(TASK_CREATE_EVENT_TOPIC, Box::new(ev));
+        Ok(api::CreateTaskResponse { pid, ..Default::default() })
+    }
+
+    fn do_start(&self, req: api::StartRequest) -> Result<api::StartResponse> {
+        let c = self.container_for(&req.id)?;
+        let p = c.process(&req.exec_id)?;
+        if p.state().status != Status::CREATED {
+            return Err(ShimError::FailedPrecondition(format!("process {:?} of {} was already started", req.exec_id, c.id)));
+        }
+        let pid = if req.exec_id.is_empty() {
+            let r = agent::StartContainerRequest { container_id: c.id.clone(), ..Default::default() };
+            let pid = c.agent.start_container(short(), &r).map_err(agent_err("StartContainer"))?.pid;
+            p.set_running(pid);
+            self.inner.events.send(TASK_START_EVENT_TOPIC, Box::new(TaskStart { container_id: c.id.clone(), pid, ..Default::default() }));
+            pid
+        } else {
+            let r = agent::ExecProcessRequest {
+                container_id: c.id.clone(),
+                exec_id: req.exec_id.clone(),
+                process_json: p.spec_json.clone(),
+                stdin: !p.stdio.stdin.is_empty(),
+                ..Default::default()
+            };
+            let pid = c.agent.exec_process(short(), &r).map_err(agent_err("ExecProcess"))?.pid;
+            p.set_running(pid);
+            c.watch_process(&self.inner, &p);
+            let ev = TaskExecStarted { container_id: c.id.clone(), exec_id: req.exec_id.clone(), pid, ..Default::default() };
+            self.inner.events.send(TASK_EXEC_STARTED_EVENT_TOPIC, Box::new(ev));
+            pid
+        };
+        Ok(api::StartResponse { pid, ..Default::default() })
+    }
+
+    fn do_delete(&self, req: api::DeleteRequest) -> Result<api::DeleteResponse> {
+        let c = self.container_for(&req.id)?;
+        if !req.exec_id.is_empty() {
+            let p = c.process(&req.exec_id)?;
+            let st = p.state();
+            if st.status == Status::RUNNING {
+                return Err(ShimError::FailedPrecondition(format!("exec {:?} of {} is still running", req.exec_id, c.id)));
+            }
+            c.execs.lock().unwrap_or_else(|p| p.into_inner()).remove(&req.exec_id);
+            return Ok(api::DeleteResponse { pid: st.pid, exit_status: st.exit_status, exited_at: st.exited_at.into(), ..Default::default() });
+        }
+        let st = c.init.state();
+        match st.status {
+            Status::STOPPED => {}
+            Status::CREATED => {
+                // Never started: kill the waiting init (as runc delete does) and wait for it.
+                let r = agent::SignalProcessRequest { container_id: c.id.clone(), signal: libc::SIGKILL as u32, all: true, ..Default::default() };
+                if let Err(e) = c.agent.signal_process(short(), &r) {
+                    log::warn!("killing created init of {}: {e}", c.id);
+                }
+                let deadline = Instant::now() + KILL_WAIT;
+                while !c.init.exited() && Instant::now() < deadline && c.vm.exit_watch().get().is_none() {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+            _ => return Err(ShimError::FailedPrecondition(format!("container {} is still running; kill it first", c.id))),
+        }
+        c.destroy();
+        let st = c.init.state();
+        let exited_at = st.exited_at.clone().unwrap_or_else(super::now);
+        *self.inner.container.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let ev = TaskDelete { container_id: c.id.clone(), pid: st.pid, exit_status: st.exit_status, exited_at: Some(exited_at.clone()).into(), id: c.id.clone(), ..Default::default() };
+        self.inner.events.send(TASK_DELETE_EVENT_TOPIC, Box::new(ev));
+        Ok(api::DeleteResponse { pid: st.pid, exit_status: st.exit_status, exited_at: Some(exited_at).into(), ..Default::default() })
+    }
+
+    fn do_exec(&self, req: api::ExecProcessRequest) -> Result<()> {
+        let c = self.container_for(&req.id)?;
+        crate::state::validate_id(&req.exec_id)?;
+        if c.init.exited() {
+            return Err(ShimError::FailedPrecondition(format!("container {} is not running", c.id)));
+        }
+        let spec = req.spec.as_ref().map(|a| a.value.clone()).unwrap_or_default();
+        let proc: oci_spec::runtime::Process = serde_json::from_slice(&spec)
+            .map_err(|e| ShimError::invalid(format!("process spec of exec {:?}", req.exec_id), e.to_string()))?;
+        let terminal = req.terminal || proc.terminal().unwrap_or(false);
+        let stdio = StdioPaths { stdin: req.stdin.clone(), stdout: req.stdout.clone(), stderr: req.stderr.clone(), terminal };
+        {
+            let mut execs = c.execs.lock().unwrap_or_else(|p| p.into_inner());
+            if execs.contains_key(&req.exec_id) {
+                return Err(ShimError::AlreadyExists { kind: "exec", id: req.exec_id });
+            }
+            execs.insert(req.exec_id.clone(), Arc::new(Process::new(&req.exec_id, stdio, spec)));
+        }
+        self.inner.events.send(TASK_EXEC_ADDED_EVENT_TOPIC, Box::new(TaskExecAdded { container_id: c.id.clone(), exec_id: req.exec_id, ..Default::default() }));
+        Ok(())
+    }
+
+    fn do_state(&self, req: api::StateRequest) -> Result<api::StateResponse> {
+        let c = self.container_for(&req.id)?;
+        let p = c.process(&req.exec_id)?;
+        let st = p.state();
+        let status = if st.status == Status::RUNNING && c.paused.load(Ordering::SeqCst) { Status::PAUSED } else { st.status };
+        Ok(api::StateResponse {
+            id: if req.exec_id.is_empty() { c.id.clone() } else { req.exec_id.clone() },
+            bundle: c.bundle.display().to_string(),
+            pid: st.pid,
+            status: status.into(),
+            stdin: p.stdio.stdin.clone(),
+            stdout: p.stdio.stdout.clone(),
+            stderr: p.stdio.stderr.clone(),
+            terminal: p.stdio.terminal,
+            exit_status: st.exit_status,
+            exited_at: st.exited_at.into(),
+            exec_id: req.exec_id,
+            ..Default::default()
+        })
+    }
+
+    fn do_kill(&self, req: api::KillRequest) -> Result<()> {
+        let c = self.container_for(&req.id)?;
+        let p = c.process(&req.exec_id)?;
+        if p.exited() && !req.all {
+            return Err(ShimError::NotFound { kind: "process (already finished)", id: if req.exec_id.is_empty() { c.id.clone() } else { req.exec_id } });
+        }
+        if c.vm.exit_watch().get().is_some() {
+            return Err(ShimError::FailedPrecondition(format!("the VM of {} is not running", c.id)));
+        }
+        let r = agent::SignalProcessRequest { container_id: c.id.clone(), exec_id: req.exec_id, signal: req.signal, all: req.all, ..Default::default() };
+        c.agent.signal_process(short(), &r).map_err(agent_err("SignalProcess"))?;
+        Ok(())
+    }
+
+    fn do_pause(&self, id: &str, pause: bool) -> Result<()> {
+        let c = self.container_for(id)?;
+        if pause {
+            let r = agent::PauseContainerRequest { container_id: c.id.clone(), ..Default::default() };
+            c.agent.pause_container(short(), &r).map_err(agent_err("PauseContainer"))?;
+            c.paused.store(true, Ordering::SeqCst);
+            self.inner.events.send(TASK_PAUSED_EVENT_TOPIC, Box::new(TaskPaused { container_id: c.id.clone(), ..Default::default() }));
+        } else {
+            let r = agent::ResumeContainerRequest { container_id: c.id.clone(), ..Default::default() };
+            c.agent.resume_container(short(), &r).map_err(agent_err("ResumeContainer"))?;
+            c.paused.store(false, Ordering::SeqCst);
+            self.inner.events.send(TASK_RESUMED_EVENT_TOPIC, Box::new(TaskResumed { container_id: c.id.clone(), ..Default::default() }));
+        }
+        Ok(())
+    }
+
+    fn do_pids(&self, req: api::PidsRequest) -> Result<api::PidsResponse> {
+        let c = self.container_for(&req.id)?;
+        let r = agent::ListProcessesRequest { container_id: c.id.clone(), ..Default::default() };
+        let list = c.agent.list_processes(short(), &r).map_err(agent_err("ListProcesses"))?;
+        let processes = list.processes.iter().map(|p| ProcessInfo { pid: p.pid, ..Default::default() }).collect();
+        Ok(api::PidsResponse { processes, ..Default::default() })
+    }
+
+    fn do_close_io(&self, req: api::CloseIORequest) -> Result<()> {
+        let c = self.container_for(&req.id)?;
+        let p = c.process(&req.exec_id)?;
+        if !req.stdin {
+            return Ok(());
+        }
+        // The stdin pump closes the guest's stdin when containerd's FIFO reaches EOF; give it a
+        // moment to forward what is still in the FIFO, then close it ourselves.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while let Some(pumps) = p.pumps() {
+            if pumps.stdin_finished() || Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        crate::io::close_stdin(&c.agent, &c.id, &req.exec_id);
+        Ok(())
+    }
+
+    fn do_resize(&self, req: api::ResizePtyRequest) -> Result<()> {
+        let c = self.container_for(&req.id)?;
+        c.process(&req.exec_id)?;
+        let r = agent::ResizeTtyRequest { container_id: c.id.clone(), exec_id: req.exec_id, width: req.width, height: req.height, ..Default::default() };
+        c.agent.resize_tty(short(), &r).map_err(agent_err("ResizeTty"))?;
+        Ok(())
+    }
+
+    fn do_stats(&self, req: api::StatsRequest) -> Result<api::StatsResponse> {
+        let c = self.container_for(&req.id)?;
+        let r = agent::StatsRequest { container_id: c.id.clone(), ..Default::default() };
+        let s = c.agent.stats(short(), &r).map_err(agent_err("Stats"))?;
+        let any = stats::to_any(&s).map_err(|e| ShimError::invalid("stats", e.to_string()))?;
+        Ok(api::StatsResponse { stats: Some(any).into(), ..Default::default() })
+    }
+}
+
+fn ok<T>(r: Result<T>) -> TtrpcResult<T> {
+    r.map_err(Into::into)
+}
+
+impl Task for Service {
+    fn create(&self, _ctx: &TtrpcContext, req: api::CreateTaskRequest) -> TtrpcResult<api::CreateTaskResponse> {
+        log::info!("Create {} bundle {}", req.id, req.bundle);
+        ok(self.do_create(req))
+    }
+    fn start(&self, _ctx: &TtrpcContext, req: api::StartRequest) -> TtrpcResult<api::StartResponse> {
+        log::info!("Start {} {:?}", req.id, req.exec_id);
+        ok(self.do_start(req))
+    }
+    fn delete(&self, _ctx: &TtrpcContext, req: api::DeleteRequest) -> TtrpcResult<api::DeleteResponse> {
+        log::info!("Delete {} {:?}", req.id, req.exec_id);
+        ok(self.do_delete(req))
+    }
+    fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
+        log::info!("Exec {} {:?}", req.id, req.exec_id);
+        ok(self.do_exec(req).map(|_| api::Empty::new()))
+    }
+    fn state(&self, _ctx: &TtrpcContext, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
+        ok(self.do_state(req))
+    }
+    fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
+        log::info!("Kill {} {:?} signal {} all {}", req.id, req.exec_id, req.signal, req.all);
+        ok(self.do_kill(req).map(|_| api::Empty::new()))
+    }
+    fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
+        let p = ok(self.container_for(&req.id).and_then(|c| c.process(&req.exec_id)))?;
+        let st = p.wait();
+        Ok(api::WaitResponse { exit_status: st.exit_status, exited_at: st.exited_at.into(), ..Default::default() })
+    }
+    fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
+        ok(self.do_pids(req))
+    }
+    fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        ok(self.do_pause(&req.id, true).map(|_| api::Empty::new()))
+    }
+    fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
+        ok(self.do_pause(&req.id, false).map(|_| api::Empty::new()))
+    }
+    fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
+        ok(self.do_close_io(req).map(|_| api::Empty::new()))
+    }
+    fn resize_pty(&self, _ctx: &TtrpcContext, req: api::ResizePtyRequest) -> TtrpcResult<api::Empty> {
+        ok(self.do_resize(req).map(|_| api::Empty::new()))
+    }
+    fn stats(&self, _ctx: &TtrpcContext, req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {
+        ok(self.do_stats(req))
+    }
+    fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
+        ok(self.container_for(&req.id).and(Err(ShimError::NotImplemented("updating the resources of a running container"))))
+    }
+    fn checkpoint(&self, _ctx: &TtrpcContext, _req: api::CheckpointTaskRequest) -> TtrpcResult<api::Empty> {
+        ok(Err(ShimError::NotImplemented("checkpoint")))
+    }
+    fn connect(&self, _ctx: &TtrpcContext, req: api::ConnectRequest) -> TtrpcResult<api::ConnectResponse> {
+        let task_pid = self.container_for(&req.id).map(|c| c.init.state().pid).unwrap_or(0);
+        Ok(api::ConnectResponse { shim_pid: std::process::id(), task_pid, version: env!("CARGO_PKG_VERSION").into(), ..Default::default() })
+    }
+    fn shutdown(&self, _ctx: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
+        let has = self.inner.container.lock().unwrap_or_else(|p| p.into_inner()).is_some();
+        if !has {
+            log::info!("Shutdown: no container left, exiting");
+            self.inner.exit.signal();
+        }
+        Ok(api::Empty::new())
+    }
+}

@@ -1,0 +1,311 @@
+//! Spawning `husk-vmm` (CLI fixed in CONTRACTS.md), watching it exit, stopping it.
+
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use super::VmError;
+
+/// Everything needed to start one VM.
+#[derive(Debug, Clone)]
+pub struct VmPlan {
+    /// The husk-vmm binary.
+    pub vmm: PathBuf,
+    /// Guest kernel.
+    pub kernel: PathBuf,
+    /// Initramfs with the agent.
+    pub initrd: PathBuf,
+    /// Full kernel command line.
+    pub cmdline: String,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Guest RAM in MiB.
+    pub memory_mib: u64,
+    /// Guest console log file.
+    pub console_log: PathBuf,
+    /// VMM control API socket.
+    pub api_sock: PathBuf,
+    /// Hybrid vsock socket.
+    pub vsock_uds: PathBuf,
+    /// Guest CID.
+    pub cid: u32,
+    /// Disks in order: (path, id, read-only).
+    pub disks: Vec<(PathBuf, String, bool)>,
+    /// Where the VMM's own stdout/stderr go.
+    pub vmm_log: PathBuf,
+    /// Working directory of the VMM.
+    pub work_dir: PathBuf,
+}
+
+impl VmPlan {
+    /// The husk-vmm arguments for this plan.
+    pub fn args(&self) -> Vec<String> {
+        let mut a = vec![
+            "--kernel".into(),
+            self.kernel.display().to_string(),
+            "--initrd".into(),
+            self.initrd.display().to_string(),
+            "--cmdline".into(),
+            self.cmdline.clone(),
+            "--vcpus".into(),
+            self.vcpus.to_string(),
+            "--memory".into(),
+            format!("{}M", self.memory_mib),
+            "--console".into(),
+            format!("file:{}", self.console_log.display()),
+            "--api-sock".into(),
+            self.api_sock.display().to_string(),
+        ];
+        for (path, id, ro) in &self.disks {
+            a.push("--disk".into());
+            a.push(format!("path={},id={}{}", path.display(), id, if *ro { ",ro" } else { "" }));
+        }
+        a.push("--vsock".into());
+        a.push(format!("cid={},uds={}", self.cid, self.vsock_uds.display()));
+        a
+    }
+
+    /// Checks that the binaries and boot files exist, naming the missing one.
+    pub fn check_files(&self) -> Result<(), VmError> {
+        let checks = [
+            ("guest kernel", &self.kernel, "vm.kernel"),
+            ("initramfs", &self.initrd, "vm.initramfs"),
+            ("husk-vmm", &self.vmm, "shim.vmm"),
+        ];
+        for (what, path, field) in checks {
+            if !path.is_file() {
+                return Err(VmError::Missing { what, path: path.clone(), field });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The exit status of a VMM once it exited; waitable.
+#[derive(Debug, Default)]
+pub struct ExitWatch {
+    status: Mutex<Option<ExitStatus>>,
+    cond: Condvar,
+}
+
+impl ExitWatch {
+    fn set(&self, st: ExitStatus) {
+        let mut g = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        *g = Some(st);
+        self.cond.notify_all();
+    }
+
+    /// The exit status if the VMM exited.
+    pub fn get(&self) -> Option<ExitStatus> {
+        *self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits up to `timeout` (forever if `None`) for the exit.
+    pub fn wait(&self, timeout: Option<Duration>) -> Option<ExitStatus> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut g = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(st) = *g {
+                return Some(st);
+            }
+            match deadline {
+                None => g = self.cond.wait(g).unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return None;
+                    }
+                    g = self.cond.wait_timeout(g, d - now).unwrap_or_else(|p| p.into_inner()).0;
+                }
+            }
+        }
+    }
+}
+
+/// A running (or exited) husk-vmm process.
+#[derive(Debug)]
+pub struct Vm {
+    pid: u32,
+    exit: Arc<ExitWatch>,
+    plan: VmPlan,
+}
+
+impl Vm {
+    /// Spawns the VMM. The child is spawned and reaped by one dedicated thread, so the VMM's
+    /// parent-death signal (SIGKILL) fires exactly when the shim process goes away.
+    pub fn spawn(plan: VmPlan) -> Result<Vm, VmError> {
+        plan.check_files()?;
+        let log = File::create(&plan.vmm_log).map_err(|source| VmError::Spawn { vmm: plan.vmm.clone(), source })?;
+        let log2 = log.try_clone().map_err(|source| VmError::Spawn { vmm: plan.vmm.clone(), source })?;
+        let mut cmd = Command::new(&plan.vmm);
+        cmd.args(plan.args())
+            .current_dir(&plan.work_dir)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .process_group(0);
+        // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
+        // which is async-signal-safe; it touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let exit = Arc::new(ExitWatch::default());
+        let watch = exit.clone();
+        let (tx, rx) = mpsc::channel();
+        let vmm = plan.vmm.clone();
+        std::thread::Builder::new()
+            .name("vmm-reaper".into())
+            .spawn(move || match cmd.spawn() {
+                Ok(mut child) => {
+                    let _ = tx.send(Ok(child.id()));
+                    match child.wait() {
+                        Ok(st) => watch.set(st),
+                        Err(e) => log::error!("waiting for husk-vmm failed: {e}"),
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            })
+            .map_err(|source| VmError::Spawn { vmm: vmm.clone(), source })?;
+        let pid = rx
+            .recv()
+            .map_err(|_| VmError::Spawn { vmm: vmm.clone(), source: std::io::Error::other("spawner thread died") })?
+            .map_err(|source| VmError::Spawn { vmm, source })?;
+        log::info!("started husk-vmm pid {pid}: {:?}", plan.args());
+        Ok(Vm { pid, exit, plan })
+    }
+
+    /// The VMM's pid.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The exit watch (shared with monitor threads).
+    pub fn exit_watch(&self) -> Arc<ExitWatch> {
+        self.exit.clone()
+    }
+
+    /// The plan the VM was started with.
+    pub fn plan(&self) -> &VmPlan {
+        &self.plan
+    }
+
+    /// SIGKILLs the VMM (if still running) and waits up to `timeout` for it to be reaped.
+    pub fn kill(&self, timeout: Duration) -> Option<ExitStatus> {
+        if self.exit.get().is_none() {
+            if let Ok(pid) = i32::try_from(self.pid) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+        self.exit.wait(Some(timeout))
+    }
+
+    /// Why the VMM ended, for error messages: its last stderr line, else the console tail.
+    pub fn exit_reason(&self) -> String {
+        let own = last_lines(&self.plan.vmm_log, 1);
+        if !own.is_empty() {
+            return own;
+        }
+        let console = last_lines(&self.plan.console_log, 3);
+        if console.is_empty() {
+            "no output".into()
+        } else {
+            format!("guest console: {console}")
+        }
+    }
+}
+
+/// The last `n` non-empty lines of a file (at most 4 KiB read), joined with " | ".
+pub fn last_lines(path: &Path, n: usize) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = File::open(path) else { return String::new() };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(4096)));
+    let mut buf = Vec::new();
+    let _ = f.take(4096).read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn plan(dir: &Path, vmm: &str) -> VmPlan {
+        std::fs::write(dir.join("k"), b"k").unwrap();
+        std::fs::write(dir.join("i"), b"i").unwrap();
+        VmPlan {
+            vmm: vmm.into(),
+            kernel: dir.join("k"),
+            initrd: dir.join("i"),
+            cmdline: "console=ttyS0 quiet".into(),
+            vcpus: 1,
+            memory_mib: 128,
+            console_log: dir.join("console.log"),
+            api_sock: dir.join("api.sock"),
+            vsock_uds: dir.join("vsock.sock"),
+            cid: 3,
+            disks: vec![(dir.join("r.img"), "rootfs".into(), true)],
+            vmm_log: dir.join("vmm.log"),
+            work_dir: dir.into(),
+        }
+    }
+
+    #[test]
+    fn args_follow_the_contract() {
+        let d = tempfile::tempdir().unwrap();
+        let p = plan(d.path(), "/bin/true");
+        let a = p.args().join(" ");
+        assert!(a.contains("--memory 128M"), "{a}");
+        assert!(a.contains(&format!("--disk path={}/r.img,id=rootfs,ro", d.path().display())), "{a}");
+        assert!(a.contains(&format!("--vsock cid=3,uds={}/vsock.sock", d.path().display())), "{a}");
+        assert!(a.contains(&format!("--console file:{}/console.log", d.path().display())), "{a}");
+    }
+
+    #[test]
+    fn missing_kernel_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        let mut p = plan(d.path(), "/bin/true");
+        p.kernel = "/nonexistent/vmlinux".into();
+        let e = Vm::spawn(p).unwrap_err().to_string();
+        assert!(e.contains("guest kernel") && e.contains("/nonexistent/vmlinux") && e.contains("vm.kernel"), "{e}");
+    }
+
+    #[test]
+    fn exit_status_and_reason_are_captured() {
+        let d = tempfile::tempdir().unwrap();
+        let script = d.path().join("fake-vmm");
+        std::fs::write(&script, "#!/bin/sh\necho 'invalid memory = \"0\": too small' >&2\nexit 2\n").unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let vm = Vm::spawn(plan(d.path(), script.to_str().unwrap())).unwrap();
+        let st = vm.exit_watch().wait(Some(Duration::from_secs(10))).unwrap();
+        assert_eq!(st.code(), Some(2));
+        assert_eq!(vm.exit_reason(), "invalid memory = \"0\": too small");
+    }
+
+    #[test]
+    fn kill_stops_a_running_vmm() {
+        let d = tempfile::tempdir().unwrap();
+        let script = d.path().join("fake-vmm");
+        std::fs::write(&script, "#!/bin/sh\nexec sleep 100\n").unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let vm = Vm::spawn(plan(d.path(), script.to_str().unwrap())).unwrap();
+        assert!(vm.exit_watch().wait(Some(Duration::from_millis(200))).is_none());
+        let st = vm.kill(Duration::from_secs(5)).unwrap();
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&st), Some(9));
+    }
+}
