@@ -43,10 +43,10 @@ impl RootfsError {
 }
 
 /// The rootfs mounts of a CreateTask request as husk-rootfs wants them; when containerd sent
-/// none, the bundle's `rootfs/` directory as a bind mount.
-pub fn mount_specs(mounts: &[Mount], bundle: &Path) -> Result<Vec<MountSpec>, RootfsError> {
+/// none, the spec's `root.path` (relative to the bundle; `ctr run --rootfs DIR`) as a bind mount.
+pub fn mount_specs(mounts: &[Mount], bundle: &Path, root_path: &Path) -> Result<Vec<MountSpec>, RootfsError> {
     if mounts.is_empty() {
-        let dir = bundle.join("rootfs");
+        let dir = bundle.join(root_path);
         let empty = std::fs::read_dir(&dir).map(|mut d| d.next().is_none()).unwrap_or(true);
         if empty {
             return Err(RootfsError::Missing { path: dir });
@@ -75,7 +75,7 @@ mod tests {
     fn no_mounts_and_empty_bundle_rootfs_is_an_error_naming_it() {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir(d.path().join("rootfs")).unwrap();
-        let e = mount_specs(&[], d.path()).unwrap_err();
+        let e = mount_specs(&[], d.path(), Path::new("rootfs")).unwrap_err();
         assert!(e.is_bad_input());
         assert!(e.to_string().contains(&format!("{}/rootfs", d.path().display())), "{e}");
     }
@@ -83,7 +83,7 @@ mod tests {
     #[test]
     fn mounts_are_passed_through() {
         let m = Mount { type_: "overlay".into(), source: "overlay".into(), options: vec!["lowerdir=/a".into()], ..Default::default() };
-        let s = mount_specs(&[m], Path::new("/b")).unwrap();
+        let s = mount_specs(&[m], Path::new("/b"), Path::new("rootfs")).unwrap();
         assert_eq!(s[0].fstype, "overlay");
         assert_eq!(s[0].options, vec!["lowerdir=/a".to_string()]);
     }

@@ -51,6 +51,10 @@ pub fn run(flags: &Flags) -> Result<(), LifecycleError> {
     if let Err(e) = containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id) {
         eprintln!("logging to the bundle's log FIFO is unavailable: {e}");
     }
+    // Like runc's shim: the bundle (our working directory) records the server's pid.
+    if let Err(e) = std::fs::write("shim.pid", std::process::id().to_string()) {
+        log::warn!("cannot write shim.pid in the bundle: {e}");
+    }
     let path = Path::new(socket_path(&flags.socket)).to_path_buf();
     let Some(listener) = bind(&path)? else {
         signal_started();

@@ -148,7 +148,8 @@ impl Container {
         plan.check_files()?;
         check_kvm()?;
 
-        let specs = rootfs::mount_specs(&req.rootfs, &bundle)?;
+        let root_path = spec.root().as_ref().map(|r| r.path().clone()).unwrap_or_else(|| PathBuf::from("rootfs"));
+        let specs = rootfs::mount_specs(&req.rootfs, &bundle, &root_path)?;
         let image = rootfs::build(&specs, &state.rootfs_image(), &cfg.shim.image_cache_dir)?;
         log::info!("rootfs image {:?} ({}, cached: {})", image.path, image.fstype, image.from_cache);
         plan.disks.push((image.path.clone(), ROOTFS_DISK_ID.into(), image.read_only));

@@ -1,0 +1,102 @@
+# Sourced by the husk end-to-end tests: a private containerd with the husk shim on its PATH,
+# a husk configuration scoped to a temp dir (state, image cache), the busybox test image.
+#
+# Binaries: HUSK_BIN_DIR (containerd-shim-husk-v2, husk; default target/release),
+# HUSK_VMM (default $HUSK_BIN_DIR/husk-vmm), HUSK_KERNEL (build/kernel/vmlinux),
+# HUSK_INITRAMFS (build/initramfs.cpio.gz). HUSK_BOOT_TIMEOUT: seconds for the agent to answer.
+# Every test calls e2e_setup first; e2e_teardown runs on exit and kills only what this run
+# started (by pid: containerd, shims from their bundles' shim.pid, VMMs from husk state).
+set -euo pipefail
+E2E_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+HUSK_BIN_DIR=${HUSK_BIN_DIR:-$E2E_REPO/target/release}
+HUSK_VMM=${HUSK_VMM:-$HUSK_BIN_DIR/husk-vmm}
+HUSK_KERNEL=${HUSK_KERNEL:-$E2E_REPO/build/kernel/vmlinux}
+HUSK_INITRAMFS=${HUSK_INITRAMFS:-$E2E_REPO/build/initramfs.cpio.gz}
+RUNTIME=io.containerd.husk.v2
+IMAGE=docker.io/library/husk-busybox:latest
+. "$E2E_REPO/tests/scripts/containerd-env.sh"
+
+log() { echo "e2e: $*" >&2; }
+fail() { echo "e2e: FAIL: $*" >&2; exit 1; }
+assert_eq() { # WANT GOT WHAT
+  [ "$1" == "$2" ] || fail "$3: expected [$1], got [$2]"
+}
+assert_contains() { # HAYSTACK NEEDLE WHAT
+  [[ "$1" == *"$2"* ]] || fail "$3: [$1] does not contain [$2]"
+}
+
+# husk configuration for this run: write_config [KEY=VALUE overrides as TOML lines under sections]
+write_husk_config() {
+  local kernel=${1:-$HUSK_KERNEL}
+  cat >"$E2E_WORK/husk.toml" <<TOML
+[vm]
+kernel = "$kernel"
+initramfs = "$HUSK_INITRAMFS"
+vcpus = 1
+memory = "${HUSK_MEMORY:-256M}"
+cmdline = "${HUSK_EXTRA_CMDLINE:-lpj=4000000 tsc=reliable}"
+
+[shim]
+vmm = "$HUSK_VMM"
+state_dir = "$E2E_WORK/run-husk"
+image_cache_dir = "$E2E_WORK/images"
+boot_timeout_secs = ${HUSK_BOOT_TIMEOUT:-600}
+TOML
+}
+
+e2e_setup() {
+  [ -x "$HUSK_BIN_DIR/containerd-shim-husk-v2" ] || fail "no $HUSK_BIN_DIR/containerd-shim-husk-v2 (set HUSK_BIN_DIR or make build)"
+  E2E_WORK=$(mktemp -d "${TMPDIR:-/tmp}/husk-e2e.XXXXXX")
+  trap e2e_teardown EXIT
+  write_husk_config
+  export HUSK_CONFIG="$E2E_WORK/husk.toml"
+  containerd_start "$E2E_WORK/ctrd" "$HUSK_BIN_DIR" >&2
+  "$E2E_REPO/tests/scripts/busybox-image.sh" "$E2E_WORK/busybox.tar" "$IMAGE"
+  ctr_ images import "$E2E_WORK/busybox.tar" >/dev/null
+}
+
+# Pids of shims and VMMs this run started.
+e2e_pids() {
+  local f
+  for f in "$E2E_WORK"/ctrd/state/io.containerd.runtime.v2.task/*/*/shim.pid; do [ -f "$f" ] && cat "$f" && echo; done
+  for f in "$E2E_WORK"/run-husk/*/state.json; do [ -f "$f" ] && sed -n 's/.*"vmm_pid": *\([0-9]*\).*/\1/p' "$f"; done
+}
+
+e2e_teardown() {
+  local rc=$? p m
+  set +e
+  if [ "$rc" != 0 ] && [ -n "${E2E_WORK:-}" ]; then
+    echo "--- containerd log (tail)"; tail -40 "$E2E_WORK/ctrd/containerd.log" 2>/dev/null
+    for f in "$E2E_WORK"/run-husk/*/console.log "$E2E_WORK"/run-husk/*/vmm.log; do
+      [ -f "$f" ] && { echo "--- $f (tail)"; tail -20 "$f"; }
+    done
+  fi >&2
+  if [ -n "${CTRD_PID:-}" ]; then
+    for p in $(e2e_pids); do [ "$p" -gt 1 ] 2>/dev/null && kill -KILL "$p" 2>/dev/null; done
+    kill "$CTRD_PID" 2>/dev/null; wait "$CTRD_PID" 2>/dev/null
+    for m in $(awk -v d="$E2E_WORK" 'index($2, d) == 1 {print $2}' /proc/self/mounts | sort -r); do umount -l "$m" 2>/dev/null; done
+    CTRD_PID=""
+  fi
+  [ -n "${E2E_WORK:-}" ] && rm -rf "$E2E_WORK"
+  exit "$rc"
+}
+
+# Fails if anything of a deleted container is left: husk state dirs, VMM or shim processes
+# of this run, shim sockets of this containerd, mounts of container rootfs.
+leak_check() {
+  local left
+  left=$(ls -A "$E2E_WORK/run-husk" 2>/dev/null || true)
+  [ -z "$left" ] || fail "husk state left behind: $left"
+  for p in $(e2e_pids); do
+    [ -d "/proc/$p" ] && ! grep -q ') Z ' "/proc/$p/stat" 2>/dev/null && fail "process $p ($(tr '\0' ' ' <"/proc/$p/cmdline")) still running"
+  done
+  left=$(grep -c "$E2E_WORK/ctrd/state/io.containerd.runtime.v2.task" /proc/self/mounts || true)
+  [ "$left" = 0 ] || fail "$left container rootfs mounts left"
+  local n
+  n=$(ls "$E2E_WORK/ctrd/state/io.containerd.runtime.v2.task/default" 2>/dev/null | wc -l)
+  [ "$n" = 0 ] || fail "containerd still has $n task bundles"
+  return 0
+}
+
+# ctr run with the husk runtime: husk_run [ctr run flags...] IMAGE ID [CMD...]
+husk_run() { ctr_ run --runtime "$RUNTIME" "$@"; }
