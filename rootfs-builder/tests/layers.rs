@@ -330,6 +330,57 @@ fn zstd_layers_of_several_frames_are_unpacked() {
 }
 
 #[test]
+fn absolute_symlinked_dirs_and_hard_links_resolve_inside_the_image() {
+    let t = tmp();
+    let lower = Layer::new()
+        .dir("usr/")
+        .dir("usr/lib/")
+        .symlink("lib", "/usr/lib")
+        .file("usr/lib/a.so", "a")
+        .write_tar(&t.path().join("lower.tar"));
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o755);
+    h.set_size(1);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    b.append_data(&mut h, "lib/b.so", &b"b"[..]).unwrap();
+    let mut l = tar::Header::new_ustar();
+    l.set_entry_type(tar::EntryType::Link);
+    l.set_size(0);
+    l.set_uid(0);
+    l.set_gid(0);
+    l.set_mtime(0);
+    l.set_mode(0o755);
+    b.append_link(&mut l, "usr/b-hardlink.so", "lib/b.so")
+        .unwrap();
+    let upper = t.path().join("upper.tar");
+    fs::write(&upper, b.into_inner().unwrap()).unwrap();
+    let built = image_from_layers(
+        &[LayerSpec::new(&lower), LayerSpec::new(&upper)],
+        &opts(t.path(), FsType::Erofs),
+    )
+    .unwrap();
+    let m = LoopMount::new(&built.path);
+    assert_eq!(
+        fs::read_to_string(m.path().join("usr/lib/b.so")).unwrap(),
+        "b"
+    );
+    use std::os::unix::fs::MetadataExt;
+    let (a, b) = (
+        fs::metadata(m.path().join("usr/lib/b.so")).unwrap(),
+        fs::metadata(m.path().join("usr/b-hardlink.so")).unwrap(),
+    );
+    assert_eq!(a.ino(), b.ino());
+    assert_eq!(
+        fs::read_link(m.path().join("lib")).unwrap().to_str(),
+        Some("/usr/lib")
+    );
+}
+
+#[test]
 fn hostile_layers_cannot_write_outside_the_image() {
     let t = tmp();
     let victim = t.path().join("victim");
@@ -348,11 +399,33 @@ fn hostile_layers_cannot_write_outside_the_image() {
         "keep",
         "{r:?}"
     );
+    // Through absolute and `..` symlinks, paths resolve inside the image, as if it were `/`.
     let evil2 = Layer::new()
         .symlink("esc", victim.to_str().unwrap())
         .file("esc/planted", "x")
+        .symlink("up", "../../../..")
+        .file("up/uplanted", "y")
         .write_tar(&t.path().join("evil2.tar"));
-    let r = image_from_layers(&[LayerSpec::new(&evil2)], &o);
-    assert!(r.is_err(), "{r:?}");
+    let built =
+        image_from_layers(&[LayerSpec::new(&evil2)], &opts(t.path(), FsType::Ext4)).unwrap();
     assert!(!victim.join("planted").exists());
+    let inside = format!("{}/planted", victim.display());
+    assert_eq!(ext4_cat(&built.path, &inside), "x");
+    assert_eq!(ext4_cat(&built.path, "/uplanted"), "y");
+    assert!(!Path::new("/uplanted").exists());
+    // A hard link to a host file is refused.
+    let mut b = tar::Builder::new(Vec::new());
+    let mut l = tar::Header::new_ustar();
+    l.set_entry_type(tar::EntryType::Link);
+    l.set_size(0);
+    l.set_uid(0);
+    l.set_gid(0);
+    l.set_mode(0o644);
+    b.append_link(&mut l, "passwd", "../../../../etc/passwd")
+        .unwrap();
+    let evil3 = t.path().join("evil3.tar");
+    fs::write(&evil3, b.into_inner().unwrap()).unwrap();
+    let err =
+        image_from_layers(&[LayerSpec::new(&evil3)], &opts(t.path(), FsType::Ext4)).unwrap_err();
+    assert!(err.to_string().contains("evil3.tar"), "{err}");
 }

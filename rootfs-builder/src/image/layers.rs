@@ -144,27 +144,46 @@ fn normalize(path: &Path) -> Option<PathBuf> {
     Some(out)
 }
 
-/// The real directory in `root` that `rel` names, following symlinks only while they stay
-/// inside `root`. Missing directories are created if `create`, else `None` is returned.
+/// Symlinks followed while resolving one path, as the kernel's limit.
+const MAX_SYMLINK_HOPS: u32 = 40;
+
+/// The real directory in `root` that `rel` names, resolving symlinks as if `root` were `/`
+/// (an absolute target starts again at `root`, `..` stops at `root`), so nothing outside the
+/// image is ever named. Missing directories are created if `create`, else `None` is returned.
 fn resolve_dir(root: &Path, rel: &Path, create: bool) -> io::Result<Option<PathBuf>> {
+    let mut todo: Vec<std::ffi::OsString> = rel
+        .components()
+        .rev()
+        .map(|c| c.as_os_str().to_owned())
+        .collect();
     let mut cur = root.to_path_buf();
-    for c in rel.components() {
-        let next = cur.join(c);
+    let mut hops = 0;
+    while let Some(c) = todo.pop() {
+        if c == "/" || c == "." {
+            continue;
+        }
+        if c == ".." {
+            if cur != root {
+                cur.pop();
+            }
+            continue;
+        }
+        let next = cur.join(&c);
         match fs::symlink_metadata(&next) {
             Ok(m) if m.is_dir() => cur = next,
             Ok(m) if m.file_type().is_symlink() => {
-                let canon = match fs::canonicalize(&next) {
-                    Ok(c) => c,
-                    Err(_) if !create => return Ok(None),
-                    Err(e) => return Err(e),
-                };
-                if !canon.starts_with(root) || !canon.is_dir() {
+                hops += 1;
+                if hops > MAX_SYMLINK_HOPS {
                     return Err(io::Error::other(format!(
-                        "{} points outside the image or not to a directory",
+                        "too many symlinks at {}",
                         next.display()
                     )));
                 }
-                cur = canon;
+                let target = fs::read_link(&next)?;
+                if target.is_absolute() {
+                    cur = root.to_path_buf();
+                }
+                todo.extend(target.components().rev().map(|c| c.as_os_str().to_owned()));
             }
             Ok(_) if !create => return Ok(None),
             Ok(_) => {
@@ -182,6 +201,25 @@ fn resolve_dir(root: &Path, rel: &Path, create: bool) -> io::Result<Option<PathB
         }
     }
     Ok(Some(cur))
+}
+
+/// Where a hard link entry's target is in `root`.
+fn link_source(root: &Path, link: &Path) -> io::Result<PathBuf> {
+    let missing = || {
+        io::Error::other(format!(
+            "hard link target {} not in the image",
+            link.display()
+        ))
+    };
+    let rel = normalize(link).ok_or_else(missing)?;
+    let name = rel.file_name().ok_or_else(missing)?;
+    let dir =
+        resolve_dir(root, rel.parent().unwrap_or(Path::new("")), false)?.ok_or_else(missing)?;
+    let src = dir.join(name);
+    match fs::symlink_metadata(&src) {
+        Ok(m) if !m.is_dir() => Ok(src),
+        _ => Err(missing()),
+    }
 }
 
 fn remove_any(path: &Path) -> io::Result<()> {
@@ -226,6 +264,14 @@ pub(crate) fn apply_layer(layer: &LayerSpec, root: &Path) -> Result<u64, ImageEr
             .path()
             .map_err(|e| lerr(Path::new(""), e))?
             .into_owned();
+        let kind = entry.header().entry_type();
+        if kind.is_pax_global_extensions()
+            || kind.is_pax_local_extensions()
+            || kind.is_gnu_longname()
+            || kind.is_gnu_longlink()
+        {
+            continue;
+        }
         let Some(rel) = normalize(&raw) else {
             return Err(lerr(&raw, io::Error::other("path leaves the image root")));
         };
@@ -259,7 +305,6 @@ pub(crate) fn apply_layer(layer: &LayerSpec, root: &Path) -> Result<u64, ImageEr
             }
             continue;
         }
-        let kind = entry.header().entry_type();
         let dir = resolve_dir(root, parent, true)
             .map_err(|e| lerr(&raw, e))?
             .unwrap_or_else(|| root.to_path_buf());
@@ -270,10 +315,18 @@ pub(crate) fn apply_layer(layer: &LayerSpec, root: &Path) -> Result<u64, ImageEr
             Ok(_) => remove_any(&dst).map_err(|e| lerr(&raw, e))?,
             Err(_) => {}
         }
+        // `dst` is a resolved path inside `root` with nothing at it (or a directory): unpack
+        // exactly there rather than through the tar crate's own path handling.
         if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
             make_node(&entry, &dst, kind).map_err(|e| lerr(&raw, e))?;
+        } else if kind.is_hard_link() {
+            let link = entry.link_name().map_err(|e| lerr(&raw, e))?;
+            let link =
+                link.ok_or_else(|| lerr(&raw, io::Error::other("hard link without target")))?;
+            let src = link_source(root, &link).map_err(|e| lerr(&raw, e))?;
+            fs::hard_link(&src, &dst).map_err(|e| lerr(&raw, e))?;
         } else {
-            entry.unpack_in(root).map_err(|e| lerr(&raw, e))?;
+            entry.unpack(&dst).map_err(|e| lerr(&raw, e))?;
             if kind.is_symlink() {
                 let h = entry.header();
                 let (uid, gid) = (
