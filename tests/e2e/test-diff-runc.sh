@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Differential: the same ctr runs under runc and under husk give the same stdout, stderr and
+# exit code. Needs hardware KVM (tests/testbed/run). 6 VM boots.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+e2e_setup
+T=${HUSK_E2E_TIMEOUT:-600}
+n=0
+same() { # CMP-STDERR(0|1) STDIN-TEXT CTR-RUN-ARGS...
+  local cmp_err=$1 input=$2; shift 2
+  n=$((n + 1))
+  local r rt rc
+  declare -A code
+  for r in runc husk; do
+    rt=io.containerd.runc.v2; [ "$r" = husk ] && rt=$RUNTIME
+    rc=0
+    printf '%s' "$input" | timeout "$T" ctr -a "$CTR_ADDR" run --rm --runtime "$rt" "$@" \
+      >"$E2E_WORK/$r.out" 2>"$E2E_WORK/$r.err" || rc=$?
+    code[$r]=$rc
+    ctr -a "$CTR_ADDR" containers rm "${@: -1}" >/dev/null 2>&1 || true
+  done
+  [ "${code[runc]}" = "${code[husk]}" ] || fail "case $n ($*): exit runc ${code[runc]}, husk ${code[husk]} (husk stderr: $(head -c 300 "$E2E_WORK/husk.err"))"
+  cmp -s "$E2E_WORK/runc.out" "$E2E_WORK/husk.out" || fail "case $n ($*): stdout differs: runc [$(head -c 300 "$E2E_WORK/runc.out")] husk [$(head -c 300 "$E2E_WORK/husk.out")]"
+  if [ "$cmp_err" = 1 ]; then
+    cmp -s "$E2E_WORK/runc.err" "$E2E_WORK/husk.err" || fail "case $n ($*): stderr differs: runc [$(head -c 300 "$E2E_WORK/runc.err")] husk [$(head -c 300 "$E2E_WORK/husk.err")]"
+  fi
+  log "case $n: same (exit ${code[husk]})"
+}
+same 1 "" "$IMAGE" d1 sh -c 'echo out; echo err >&2; ls / | sort'
+same 1 "" "$IMAGE" d2 sh -c 'exit 42'
+same 1 "" "$IMAGE" d3 sh -c 'kill -TERM $$; echo survived'
+same 1 "" --env A=1 --cwd /etc "$IMAGE" d4 sh -c 'echo "$A $(pwd) $(id)"; env | sort'
+same 1 "$(seq 1 5000)" "$IMAGE" d5 sh -c 'sort -rn | head -3; wc -l'
+# A missing executable: both fail (ctr's message differs by runtime, the exit code must not).
+same 0 "" "$IMAGE" d6 /bin/does-not-exist
+leak_check
+log "test-diff-runc: $n cases identical"
