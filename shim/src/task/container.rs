@@ -221,6 +221,12 @@ impl Container {
             let (status, at) = loop {
                 match c.agent.wait_process(long(), &req) {
                     Ok(r) => break (r.exit_status, from_unix_nanos(r.exited_at_unix_nanos)),
+                    Err(ttrpc::Error::RpcStatus(st)) => {
+                        // The agent answered: it cannot report this process (a protocol-level
+                        // failure, not a transport one). Report it as lost rather than hang.
+                        log::error!("WaitProcess {}/{} refused by the agent: {:?} {}", c.id, p.exec_id, st.code(), st.message());
+                        break (VM_DIED_EXIT_STATUS, now());
+                    }
                     Err(e) => {
                         if c.vm.exit_watch().wait(Some(Duration::from_secs(2))).is_some() {
                             log::warn!("{}/{}: the VM exited before the process did: {e}", c.id, p.exec_id);
