@@ -87,8 +87,7 @@ fn timed(f: impl FnOnce() -> Result<u64>) -> Result<Sample> {
 fn sync() {
     // Written data is flushed before and inside each timing, so page-cache writeback of one
     // step is not billed to the next.
-    // SAFETY: sync(2) takes no arguments and cannot fail.
-    unsafe { libc::sync() };
+    nix::unistd::sync();
 }
 
 fn cmd(c: &mut Command) -> Result<()> {
