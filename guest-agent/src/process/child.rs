@@ -55,8 +55,14 @@ pub type ChildResult<T> = std::result::Result<T, ChildError>;
 
 /// How the child gets its namespaces and root.
 pub enum Setup<'a> {
-    /// A new container: it was cloned into new namespaces; set up its root.
-    Create(&'a RootPlan),
+    /// A new container: unshare these namespaces (the pid namespace was entered by the forking
+    /// thread already) and set up its root.
+    Create {
+        /// Namespaces to unshare.
+        flags: CloneFlags,
+        /// The root to build.
+        root: &'a RootPlan,
+    },
     /// Exec into a container: join these namespaces (the pid namespace was joined by the
     /// forking thread already).
     Join(&'a [(OwnedFd, CloneFlags)]),
@@ -105,10 +111,14 @@ fn setup_and_exec(setup: Setup<'_>, fds: &ChildFds, plan: &ExecPlan) -> ChildRes
         let r = unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
         Errno::result(r).map_err(|e| ChildError::sys("making the pty the controlling terminal", e))?;
     }
-    match setup {
-        Setup::Create(root) => setup_root(root)?,
+    match &setup {
+        Setup::Create { flags, root } => {
+            nix::sched::unshare(*flags)
+                .map_err(|e| ChildError::sys(format!("creating namespaces {flags:?}"), e))?;
+            setup_root(root)?
+        }
         Setup::Join(namespaces) => {
-            for (fd, kind) in namespaces {
+            for (fd, kind) in namespaces.iter() {
                 setns(fd.as_fd(), *kind)
                     .map_err(|e| ChildError::sys(format!("joining namespace {kind:?}"), e))?;
             }
@@ -122,7 +132,7 @@ fn setup_and_exec(setup: Setup<'_>, fds: &ChildFds, plan: &ExecPlan) -> ChildRes
         Some(name) => lookup_user(name)?,
         None => (plan.uid, plan.gid),
     };
-    if matches!(setup, Setup::Create(_)) {
+    if matches!(setup, Setup::Create { .. }) {
         // Like runc: a missing cwd of the init process is created.
         let _ = std::fs::create_dir_all(plan.cwd.to_string_lossy().as_ref());
     }
@@ -204,9 +214,10 @@ fn set_credentials(plan: &ExecPlan, uid: u32, gid: u32) -> ChildResult<()> {
     })?;
     if let Some(c) = &plan.caps {
         for (set, which, name) in [
+            // Effective before permitted: each capset needs effective ⊆ permitted.
             (&c.inheritable, caps::CapSet::Inheritable, "inheritable"),
-            (&c.permitted, caps::CapSet::Permitted, "permitted"),
             (&c.effective, caps::CapSet::Effective, "effective"),
+            (&c.permitted, caps::CapSet::Permitted, "permitted"),
             (&c.ambient, caps::CapSet::Ambient, "ambient"),
         ] {
             caps::set(None, which, set).map_err(|e| {

@@ -256,34 +256,41 @@ pub fn spawn(
             start: Mutex::new(start_w),
         })
     };
-    let proc = match placement {
-        Placement::Create { flags, root } => {
-            let mut table = reaper.lock();
-            let pid = fork_create(flags, root, fds, plan)?;
-            let p = process(pid);
-            table.insert(pid, p.clone());
-            p
-        }
-        Placement::Join { pid_ns, namespaces } => {
-            // setns(CLONE_NEWPID) changes the pid namespace of the calling thread's future
-            // children, so fork from a dedicated thread.
-            std::thread::scope(|s| {
-                s.spawn(move || -> Result<Arc<Process>> {
-                    if let Some(ns) = &pid_ns {
+    // Fork from a dedicated thread: entering a new or existing pid namespace changes the pid
+    // namespace of the calling thread's future children, and that must not stick to a server
+    // thread. fork() (not a raw clone) so the C library's atfork handlers keep malloc usable.
+    let proc = std::thread::scope(|s| {
+        s.spawn(move || -> Result<Arc<Process>> {
+            let setup = match &placement {
+                Placement::Create { flags, root } => {
+                    if flags.contains(CloneFlags::CLONE_NEWPID) {
+                        nix::sched::unshare(CloneFlags::CLONE_NEWPID)
+                            .map_err(io("creating a pid namespace"))?;
+                    }
+                    Setup::Create { flags: *flags - CloneFlags::CLONE_NEWPID, root }
+                }
+                Placement::Join { pid_ns, namespaces } => {
+                    if let Some(ns) = pid_ns {
                         nix::sched::setns(ns.as_fd(), CloneFlags::CLONE_NEWPID)
                             .map_err(io("joining the container's pid namespace"))?;
                     }
-                    let mut table = reaper.lock();
-                    let pid = fork_join(&namespaces, fds, plan)?;
-                    let p = process(pid);
-                    table.insert(pid, p.clone());
-                    Ok(p)
-                })
-                .join()
-                .unwrap_or_else(|_| Err(AgentError::FailedPrecondition("exec thread panicked".into())))
-            })?
-        }
-    };
+                    Setup::Join(namespaces)
+                }
+            };
+            let mut table = reaper.lock();
+            // SAFETY: the child only uses data prepared before the fork and ends in _exit
+            // (child::run never returns).
+            let pid = match unsafe { nix::unistd::fork() }.map_err(io("forking a process"))? {
+                nix::unistd::ForkResult::Child => child::run(setup, fds, plan),
+                nix::unistd::ForkResult::Parent { child } => child.as_raw(),
+            };
+            let p = process(pid);
+            table.insert(pid, p.clone());
+            Ok(p)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(AgentError::FailedPrecondition("spawn thread panicked".into())))
+    })?;
     reaper.notify_spawned();
     // Wait for the child's report: 'R' (init ready), EOF (exec'd) or an error.
     let mut buf = Vec::new();
@@ -313,30 +320,5 @@ pub fn spawn(
             proc.wait();
             Err(e)
         }
-    }
-}
-
-fn fork_create(flags: CloneFlags, root: &RootPlan, fds: ChildFds, plan: &ExecPlan) -> Result<i32> {
-    let mut stack = vec![0u8; 256 << 10];
-    let mut fds = Some(fds);
-    let cb = Box::new(move || -> isize {
-        match fds.take() {
-            Some(f) => child::run(Setup::Create(root), f, plan),
-            None => 1,
-        }
-    });
-    // SAFETY: the child runs on its own copy of the address space (no CLONE_VM) and only
-    // touches data prepared before the clone; it never returns into the parent's frames
-    // (child::run ends in _exit).
-    let pid = unsafe { nix::sched::clone(cb, &mut stack, flags, Some(libc::SIGCHLD)) }
-        .map_err(io("cloning the container's init process"))?;
-    Ok(pid.as_raw())
-}
-
-fn fork_join(namespaces: &[(OwnedFd, CloneFlags)], fds: ChildFds, plan: &ExecPlan) -> Result<i32> {
-    // SAFETY: the child only uses data prepared before the fork and ends in _exit.
-    match unsafe { nix::unistd::fork() }.map_err(io("forking the exec process"))? {
-        nix::unistd::ForkResult::Child => child::run(Setup::Join(namespaces), fds, plan),
-        nix::unistd::ForkResult::Parent { child } => Ok(child.as_raw()),
     }
 }

@@ -1,0 +1,139 @@
+//! Container lifecycle through the generated client against a real agent (no VM).
+mod common;
+
+use common::{process, spec, status, Agent};
+use husk_protocol::agent::*;
+
+#[test]
+fn init_runs_with_output_and_exit_status_then_is_removed() {
+    let a = Agent::start();
+    let s = spec(&["sh", "-c", "echo out; echo err >&2; hostname; echo pid=$$; id -u; exit 3"]);
+    let pid = a.create("c1", &s, false).unwrap();
+    assert!(pid > 1);
+    // Not started yet: nothing runs, so no output.
+    let list = a.client.list_processes(common::ctx(), &{
+        let mut r = ListProcessesRequest::new();
+        r.container_id = "c1".into();
+        r
+    }).unwrap();
+    assert_eq!(list.processes.len(), 1);
+    assert_eq!(list.processes[0].pid, pid);
+    assert!(list.processes[0].agent_started);
+
+    let mut start = StartContainerRequest::new();
+    start.container_id = "c1".into();
+    assert_eq!(a.client.start_container(common::ctx(), &start).unwrap().pid, pid);
+    let (code, msg) = status(a.client.start_container(common::ctx(), &start));
+    assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION, "{msg}");
+
+    let out = String::from_utf8(a.read_all("c1", "", false)).unwrap();
+    assert_eq!(out, "out\nbox\npid=1\n0\n");
+    assert_eq!(a.read_all("c1", "", true), b"err\n");
+    let w = a.wait("c1", "");
+    assert_eq!((w.pid, w.exit_status, w.signal), (pid, 3, 0));
+    assert!(w.exited_at_unix_nanos > 0);
+    // Waiting again gives the same answer.
+    assert_eq!(a.wait("c1", "").exit_status, 3);
+
+    a.remove("c1").unwrap();
+    assert!(a.agent_mounts().is_empty(), "mounts left: {:?}", a.agent_mounts());
+    assert!(!a.cgroup_root.join("c1").exists());
+    assert!(!a.dir.join("run/containers/c1").exists());
+    let (code, _) = status(a.remove("c1"));
+    assert_eq!(code, ttrpc::Code::NOT_FOUND);
+}
+
+#[test]
+fn exec_stdin_signals_and_kill() {
+    let a = Agent::start();
+    a.run("c", &spec(&["sleep", "1000"]), false);
+
+    // stdin → stdout through cat; EOF on close.
+    a.exec("c", "cat", &process(&["cat"]), true).unwrap();
+    assert_eq!(a.write_stdin("c", "cat", b"hello ").unwrap(), 6);
+    assert_eq!(a.write_stdin("c", "cat", b"world").unwrap(), 5);
+    a.close_stdin("c", "cat");
+    assert_eq!(a.read_all("c", "cat", false), b"hello world");
+    assert_eq!(a.wait("c", "cat").exit_status, 0);
+    let (code, _) = status(a.write_stdin("c", "cat", b"late"));
+    assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION);
+
+    // The exec'd process shares the init's pid namespace and hostname.
+    a.exec("c", "ps", &process(&["sh", "-c", "hostname; ps -o pid,comm | grep -c sleep"]), false).unwrap();
+    assert_eq!(a.read_all("c", "ps", false), b"box\n1\n");
+    assert_eq!(a.wait("c", "ps").exit_status, 0);
+
+    // A trapped SIGTERM ends the process with the trap's status.
+    a.exec("c", "trap", &process(&["sh", "-c", "trap 'exit 7' TERM; echo ready; while :; do sleep 0.05; done"]), false).unwrap();
+    assert_eq!(a.read_chunk("c", "trap", false, 0).unwrap().data, b"ready\n");
+    a.signal("c", "trap", libc::SIGTERM, false).unwrap();
+    let w = a.wait("c", "trap");
+    assert_eq!((w.exit_status, w.signal), (7, 0));
+
+    // Duplicate exec id.
+    let (code, msg) = status(a.exec("c", "trap", &process(&["true"]), false));
+    assert_eq!(code, ttrpc::Code::ALREADY_EXISTS, "{msg}");
+
+    // Remove while running is refused.
+    let (code, _) = status(a.remove("c"));
+    assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION);
+
+    // SIGKILL to every process of the container.
+    a.exec("c", "bg", &process(&["sleep", "1000"]), false).unwrap();
+    a.signal("c", "", libc::SIGKILL, true).unwrap();
+    let w = a.wait("c", "");
+    assert_eq!((w.exit_status, w.signal), (137, 9));
+    assert_eq!(a.wait("c", "bg").signal, 9);
+    let (code, msg) = status(a.exec("c", "late", &process(&["true"]), false));
+    assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION, "{msg}");
+    let (code, _) = status(a.signal("c", "", libc::SIGTERM, false));
+    assert_eq!(code, ttrpc::Code::NOT_FOUND);
+    a.remove("c").unwrap();
+    assert!(a.agent_mounts().is_empty());
+}
+
+#[test]
+fn user_hostname_and_capabilities_are_applied() {
+    let a = Agent::start();
+    let mut s = spec(&["sh", "-c", "id -u; id -g; id -G; grep CapEff /proc/self/status; grep NoNewPrivs /proc/self/status; cat /proc/sys/kernel/hostname"]);
+    s["process"]["user"] = serde_json::json!({"uid": 1000, "gid": 1000, "additionalGids": [5, 6]});
+    s["process"]["capabilities"] = serde_json::json!({"bounding": ["CAP_KILL"], "effective": [], "permitted": []});
+    s["hostname"] = "other".into();
+    a.run("u", &s, false);
+    let out = String::from_utf8(a.read_all("u", "", false)).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "1000");
+    assert_eq!(lines[1], "1000");
+    assert_eq!(lines[2], "1000 5 6");
+    assert_eq!(lines[3].split_whitespace().nth(1), Some("0000000000000000"));
+    assert_eq!(lines[4].split_whitespace().nth(1), Some("1"));
+    assert_eq!(lines[5], "other");
+    assert_eq!(a.wait("u", "").exit_status, 0);
+    a.remove("u").unwrap();
+
+    // A user by name from the container's /etc/passwd.
+    let mut s = spec(&["id", "-u"]);
+    s["process"]["user"] = serde_json::json!({"uid": 0, "gid": 0, "username": "user"});
+    a.run("named", &s, false);
+    assert_eq!(a.read_all("named", "", false), b"1000\n");
+    a.wait("named", "");
+    a.remove("named").unwrap();
+}
+
+#[test]
+fn read_only_rootfs_gets_a_writable_overlay_that_is_discarded() {
+    let a = Agent::start();
+    let mut req = CreateContainerRequest::new();
+    req.container_id = "ro".into();
+    req.oci_spec_json = serde_json::to_vec(&spec(&["sh", "-c", "echo new > /written; cat /written"])).unwrap();
+    req.rootfs = Some(a.rootfs_msg(true)).into();
+    a.client.create_container(common::ctx(), &req).unwrap();
+    let mut start = StartContainerRequest::new();
+    start.container_id = "ro".into();
+    a.client.start_container(common::ctx(), &start).unwrap();
+    assert_eq!(a.read_all("ro", "", false), b"new\n");
+    assert_eq!(a.wait("ro", "").exit_status, 0);
+    assert!(!a.rootfs().join("written").exists(), "write went through to the lower layer");
+    a.remove("ro").unwrap();
+    assert!(a.agent_mounts().is_empty(), "{:?}", a.agent_mounts());
+}
