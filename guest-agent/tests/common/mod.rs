@@ -204,6 +204,18 @@ impl Agent {
             .collect()
     }
 
+    /// Waits for the agent (its unshare wrapper) to exit.
+    pub fn wait_agent_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        None
+    }
+
     /// Host pid of the agent (the child of unshare).
     pub fn agent_pid(&self) -> u32 {
         let children = std::fs::read_to_string(format!(
