@@ -83,7 +83,40 @@ fn setup_cgroup_root(root: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// SIGINT (husk-vmm's Ctrl-Alt-Del once PID 1 took it over) and SIGTERM end the sandbox:
+/// they are blocked in every thread (set before any thread starts) and taken by a signal thread.
+fn block_signals() -> nix::Result<()> {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
+}
+
+fn watch_signals(tx: std::sync::mpsc::Sender<()>, guest: bool) -> anyhow::Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    if guest {
+        // Ctrl-Alt-Del then sends SIGINT to PID 1 instead of rebooting at once.
+        nix::sys::reboot::set_cad_enabled(false).context("disabling Ctrl-Alt-Del")?;
+    }
+    std::thread::Builder::new()
+        .name("signals".into())
+        .stack_size(64 << 10)
+        .spawn(move || {
+            let mut set = SigSet::empty();
+            set.add(Signal::SIGINT);
+            set.add(Signal::SIGTERM);
+            if let Ok(sig) = set.wait() {
+                log::info!("{sig} received: shutting down");
+                let _ = tx.send(());
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok(())
+}
+
 fn run(started: Instant) -> anyhow::Result<()> {
+    block_signals().context("blocking SIGINT/SIGTERM")?;
     let args = parse_args()?;
     let guest = args.listen.is_none() && std::process::id() == 1;
     let mut cmdline = String::new();
@@ -117,6 +150,7 @@ fn run(started: Instant) -> anyhow::Result<()> {
 
     let reaper = Arc::new(Reaper::default());
     let (shutdown_tx, shutdown_rx) = std::sync::mpsc::channel::<()>();
+    watch_signals(shutdown_tx.clone(), guest)?;
     let shutdown_tx = std::sync::Mutex::new(shutdown_tx);
     let service = Arc::new(AgentService::new(
         paths,

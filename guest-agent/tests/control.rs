@@ -173,3 +173,15 @@ fn shutdown_kills_everything_and_ends_the_agent() {
     assert!(status.success(), "{status:?}");
     assert!(!a.cgroup_root.join("s").exists());
 }
+
+#[test]
+fn sigterm_ends_the_agent_cleanly() {
+    let mut a = Agent::start();
+    a.run("s", &spec(&["sleep", "1000"]), false);
+    let pid = a.agent_pid();
+    assert!(pid > 0);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = a.wait_agent_exit(Duration::from_secs(10)).expect("agent did not exit");
+    assert!(status.success(), "{status:?}");
+    assert!(!a.cgroup_root.join("s").exists());
+}

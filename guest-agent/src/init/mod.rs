@@ -169,10 +169,10 @@ pub fn agent_port(cmdline: &str) -> Result<u32, InitError> {
     }
 }
 
-/// Powers the VM off: the one place that decides how. The kernel has neither ACPI nor PCI, so
-/// `reboot(RB_POWER_OFF)` ends in the kernel's halt path; husk-vmm treats the guest's
-/// power-off/halt as "guest powered off" (see microvm/docs/API.md). If that syscall fails, fall
-/// back to a reboot, which husk-vmm also ends the VM on.
+/// Powers the VM off: the one place that decides how. Per microvm/API.md: `sync()`, then
+/// `reboot(RB_POWER_OFF)`; the kernel has no ACPI, so it halts and prints `reboot: Power down` /
+/// `reboot: System halted`, which husk-vmm takes as "guest powered off" (exit status 0). If that
+/// syscall fails, fall back to a reboot, which also ends husk-vmm (exit status 1).
 pub fn power_off() -> ! {
     nix::unistd::sync();
     let err = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);

@@ -153,6 +153,7 @@ fn setup_and_exec(setup: Setup<'_>, fds: &ChildFds, plan: &ExecPlan) -> ChildRes
             }
         }
     }
+    reset_signals();
     // Every fd the agent has open besides stdio must not leak into the workload.
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags on our own fds.
     unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
@@ -166,6 +167,20 @@ fn setup_and_exec(setup: Setup<'_>, fds: &ChildFds, plan: &ExecPlan) -> ChildRes
         unsafe { libc::_exit(127) }
     }
     Err(ChildError { invalid: true, errno: Some(err), msg: format!("exec {:?}", plan.program) })
+}
+
+/// The workload starts with default signal dispositions and nothing blocked (the agent blocks
+/// SIGINT/SIGTERM for its signal thread and ignores SIGPIPE, and both would be inherited).
+fn reset_signals() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
+    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    for sig in Signal::iterator() {
+        if sig != Signal::SIGKILL && sig != Signal::SIGSTOP {
+            // SAFETY: installing SIG_DFL runs no handler code.
+            let _ = unsafe { sigaction(sig, &default) };
+        }
+    }
+    let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
 }
 
 fn write_fd(fd: &OwnedFd, mut data: &[u8]) -> nix::Result<()> {
