@@ -1,0 +1,205 @@
+//! The fake VMM + scripted agent used by `fake_vm.rs`.
+//!
+//! Processes are scripted by their args: `out N CODE` writes N pattern bytes to stdout and
+//! `err-line\n` to stderr, then exits with CODE; `cat` copies stdin to stdout until stdin is
+//! closed; `sleep` runs until signalled (exit 128+signal); `crash` makes the VMM exit (status
+//! 3) shortly after the start, as a guest crash would.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::IntoRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use husk_protocol::agent::*;
+use husk_protocol::agent_ttrpc::{create_agent, Agent};
+use ttrpc::TtrpcContext;
+
+/// The stdout content of `out N`.
+pub fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| b'a' + (i % 26) as u8).collect()
+}
+
+#[derive(Default)]
+struct Proc {
+    args: Vec<String>,
+    pid: u32,
+    out: Vec<u8>,
+    out_pos: usize,
+    err: Vec<u8>,
+    err_pos: usize,
+    exit: Option<u32>,
+}
+
+#[derive(Default)]
+struct Fake {
+    procs: Mutex<HashMap<String, Proc>>,
+    cond: Condvar,
+}
+
+fn status(code: ttrpc::Code, msg: &str) -> ttrpc::Error {
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg))
+}
+
+impl Fake {
+    fn start(&self, key: &str) -> ttrpc::Result<u32> {
+        let mut ps = self.procs.lock().unwrap();
+        let p = ps.get_mut(key).ok_or_else(|| status(ttrpc::Code::NOT_FOUND, key))?;
+        match p.args.first().map(String::as_str) {
+            Some("out") => {
+                p.out = pattern(p.args[1].parse().unwrap());
+                p.err = b"err-line\n".to_vec();
+                p.exit = Some(p.args[2].parse().unwrap());
+            }
+            Some("crash") => {
+                std::thread::spawn(|| {
+                    std::thread::sleep(Duration::from_millis(300));
+                    std::process::exit(3);
+                });
+            }
+            _ => {}
+        }
+        self.cond.notify_all();
+        Ok(p.pid)
+    }
+
+    fn read(&self, key: &str, stderr: bool, max: u32) -> ttrpc::Result<ReadStreamResponse> {
+        let max = if max == 0 { 65536 } else { max as usize };
+        let mut ps = self.procs.lock().unwrap();
+        loop {
+            let p = ps.get_mut(key).ok_or_else(|| status(ttrpc::Code::NOT_FOUND, key))?;
+            let (buf, pos) = if stderr { (&p.err, &mut p.err_pos) } else { (&p.out, &mut p.out_pos) };
+            if *pos < buf.len() {
+                let end = (*pos + max).min(buf.len());
+                let data = buf[*pos..end].to_vec();
+                *pos = end;
+                return Ok(ReadStreamResponse { data, ..Default::default() });
+            }
+            if p.exit.is_some() {
+                return Ok(ReadStreamResponse { eof: true, ..Default::default() });
+            }
+            ps = self.cond.wait(ps).unwrap();
+        }
+    }
+}
+
+fn key(cid: &str, eid: &str) -> String {
+    format!("{cid}/{eid}")
+}
+
+impl Agent for Fake {
+    fn check(&self, _: &TtrpcContext, _: CheckRequest) -> ttrpc::Result<CheckResponse> {
+        Ok(CheckResponse::new())
+    }
+    fn create_container(&self, _: &TtrpcContext, r: CreateContainerRequest) -> ttrpc::Result<CreateContainerResponse> {
+        let spec: serde_json::Value = serde_json::from_slice(&r.oci_spec_json).map_err(|e| status(ttrpc::Code::INVALID_ARGUMENT, &e.to_string()))?;
+        assert_eq!(r.rootfs.disk_serial, "rootfs");
+        let args = spec["process"]["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect();
+        self.procs.lock().unwrap().insert(key(&r.container_id, ""), Proc { args, pid: 1, ..Default::default() });
+        Ok(CreateContainerResponse { pid: 1, ..Default::default() })
+    }
+    fn start_container(&self, _: &TtrpcContext, r: StartContainerRequest) -> ttrpc::Result<StartContainerResponse> {
+        Ok(StartContainerResponse { pid: self.start(&key(&r.container_id, ""))?, ..Default::default() })
+    }
+    fn exec_process(&self, _: &TtrpcContext, r: ExecProcessRequest) -> ttrpc::Result<ExecProcessResponse> {
+        let p: serde_json::Value = serde_json::from_slice(&r.process_json).unwrap();
+        let args = p["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect();
+        let k = key(&r.container_id, &r.exec_id);
+        self.procs.lock().unwrap().insert(k.clone(), Proc { args, pid: 20, ..Default::default() });
+        Ok(ExecProcessResponse { pid: self.start(&k)?, ..Default::default() })
+    }
+    fn signal_process(&self, _: &TtrpcContext, r: SignalProcessRequest) -> ttrpc::Result<Empty> {
+        let mut ps = self.procs.lock().unwrap();
+        let p = ps.get_mut(&key(&r.container_id, &r.exec_id)).ok_or_else(|| status(ttrpc::Code::NOT_FOUND, "no process"))?;
+        if p.exit.is_none() {
+            p.exit = Some(128 + r.signal);
+        }
+        self.cond.notify_all();
+        Ok(Empty::new())
+    }
+    fn wait_process(&self, _: &TtrpcContext, r: WaitProcessRequest) -> ttrpc::Result<WaitProcessResponse> {
+        let k = key(&r.container_id, &r.exec_id);
+        let mut ps = self.procs.lock().unwrap();
+        loop {
+            let p = ps.get(&k).ok_or_else(|| status(ttrpc::Code::NOT_FOUND, &k))?;
+            if let Some(code) = p.exit {
+                return Ok(WaitProcessResponse { pid: p.pid, exit_status: code, ..Default::default() });
+            }
+            ps = self.cond.wait(ps).unwrap();
+        }
+    }
+    fn write_stdin(&self, _: &TtrpcContext, r: WriteStdinRequest) -> ttrpc::Result<WriteStdinResponse> {
+        let mut ps = self.procs.lock().unwrap();
+        let p = ps.get_mut(&key(&r.container_id, &r.exec_id)).ok_or_else(|| status(ttrpc::Code::NOT_FOUND, "no process"))?;
+        p.out.extend_from_slice(&r.data);
+        self.cond.notify_all();
+        Ok(WriteStdinResponse { written: r.data.len() as u32, ..Default::default() })
+    }
+    fn close_stdin(&self, _: &TtrpcContext, r: CloseStdinRequest) -> ttrpc::Result<Empty> {
+        let mut ps = self.procs.lock().unwrap();
+        let p = ps.get_mut(&key(&r.container_id, &r.exec_id)).ok_or_else(|| status(ttrpc::Code::NOT_FOUND, "no process"))?;
+        if p.args.first().map(String::as_str) == Some("cat") && p.exit.is_none() {
+            p.exit = Some(0);
+        }
+        self.cond.notify_all();
+        Ok(Empty::new())
+    }
+    fn read_stdout(&self, _: &TtrpcContext, r: ReadStreamRequest) -> ttrpc::Result<ReadStreamResponse> {
+        self.read(&key(&r.container_id, &r.exec_id), false, r.max_bytes)
+    }
+    fn read_stderr(&self, _: &TtrpcContext, r: ReadStreamRequest) -> ttrpc::Result<ReadStreamResponse> {
+        self.read(&key(&r.container_id, &r.exec_id), true, r.max_bytes)
+    }
+    fn get_oom_event(&self, _: &TtrpcContext, _: GetOomEventRequest) -> ttrpc::Result<OomEvent> {
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+    fn remove_container(&self, _: &TtrpcContext, _: RemoveContainerRequest) -> ttrpc::Result<Empty> {
+        Ok(Empty::new())
+    }
+    fn shutdown(&self, _: &TtrpcContext, _: ShutdownRequest) -> ttrpc::Result<Empty> {
+        std::thread::spawn(|| {
+            std::thread::sleep(Duration::from_millis(100));
+            std::process::exit(0);
+        });
+        Ok(Empty::new())
+    }
+}
+
+/// Entry point of the fake VMM: `--vsock cid=N,uds=PATH` is all it uses.
+pub fn run_fake_vmm() {
+    let args: Vec<String> = std::env::args().collect();
+    let vsock = args.iter().position(|a| a == "--vsock").map(|i| args[i + 1].clone()).expect("--vsock");
+    let uds = vsock.split(',').find_map(|kv| kv.strip_prefix("uds=")).expect("uds=").to_string();
+    let agent_path = format!("{uds}.agent");
+    let agent_listener = UnixListener::bind(&agent_path).unwrap();
+    let service = create_agent(Arc::new(Fake::default()));
+    let mut server = ttrpc::Server::new().add_listener(agent_listener.into_raw_fd()).unwrap().register_service(service);
+    server.start().unwrap();
+    let listener = UnixListener::bind(&uds).unwrap();
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        let agent_path = agent_path.clone();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let mut r = BufReader::new(conn.try_clone().unwrap());
+            if r.read_line(&mut line).is_err() || line.trim() != "CONNECT 1024" {
+                let _ = (&conn).write_all(b"ERR bad port\n");
+                return;
+            }
+            (&conn).write_all(b"OK 1073741824\n").unwrap();
+            let agent = UnixStream::connect(&agent_path).unwrap();
+            let (mut a_r, mut a_w) = (agent.try_clone().unwrap(), agent);
+            let mut c_w = conn;
+            let t = std::thread::spawn(move || {
+                let _ = std::io::copy(&mut a_r, &mut c_w);
+                let _ = c_w.shutdown(std::net::Shutdown::Both);
+            });
+            let _ = std::io::copy(&mut r, &mut a_w);
+            let _ = a_w.shutdown(std::net::Shutdown::Both);
+            let _ = t.join();
+        });
+    }
+}

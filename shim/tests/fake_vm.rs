@@ -1,0 +1,236 @@
+//! The whole Task API path through the real shim server with a fake VM: this test binary, run
+//! with HUSK_FAKE_VMM set, is the "husk-vmm" the shim spawns. It serves the hybrid-vsock
+//! handshake on `--vsock uds=` and a scripted husk agent behind it, so stdio bridging, exit
+//! ordering, exec, kill, a VMM crash and cleanup are checked without KVM.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod fake_agent;
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use containerd_shim_protos::api::{
+    CreateTaskRequest, DeleteRequest, ExecProcessRequest, KillRequest, ShutdownRequest, StartRequest, StateRequest, WaitRequest,
+};
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::shim_sync::TaskClient;
+use ttrpc::context;
+
+fn main() {
+    if std::env::var_os("HUSK_FAKE_VMM").is_some() {
+        fake_agent::run_fake_vmm();
+        return;
+    }
+    let tests: [(&str, fn()); 4] = [
+        ("large_output_arrives_before_the_exit", large_output_arrives_before_the_exit),
+        ("stdin_is_forwarded_to_eof", stdin_is_forwarded_to_eof),
+        ("exec_and_kill", exec_and_kill),
+        ("vmm_crash_is_an_error_exit_not_a_hang", vmm_crash_is_an_error_exit_not_a_hang),
+    ];
+    let mut failed = 0;
+    for (name, t) in tests {
+        let r = std::panic::catch_unwind(t);
+        println!("test {name} ... {}", if r.is_ok() { "ok" } else { "FAILED" });
+        failed += usize::from(r.is_err());
+    }
+    println!("test result: {} passed; {failed} failed", 4 - failed);
+    std::process::exit(i32::from(failed > 0));
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+    shim: Child,
+    client: TaskClient,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = self.shim.kill();
+        let _ = self.shim.wait();
+    }
+}
+
+fn ctx() -> context::Context {
+    context::with_timeout(60_000_000_000)
+}
+
+fn setup(id: &str, args: &[&str]) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bundle = d.join("bundle");
+    std::fs::create_dir_all(bundle.join("rootfs/bin")).unwrap();
+    std::fs::write(bundle.join("rootfs/bin/placeholder"), b"x").unwrap();
+    let spec = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {"args": args, "cwd": "/", "user": {"uid": 0, "gid": 0}, "env": ["PATH=/bin"]},
+        "root": {"path": "rootfs"},
+    });
+    std::fs::write(bundle.join("config.json"), spec.to_string()).unwrap();
+    for f in ["vmlinux", "initramfs"] {
+        std::fs::write(d.join(f), b"x").unwrap();
+    }
+    let me = std::env::current_exe().unwrap();
+    std::fs::write(
+        d.join("husk.toml"),
+        format!(
+            "[vm]\nkernel = \"{p}/vmlinux\"\ninitramfs = \"{p}/initramfs\"\n[shim]\nvmm = \"{me}\"\nstate_dir = \"{p}/state\"\nimage_cache_dir = \"{p}/images\"\nboot_timeout_secs = 30\n",
+            p = d.display(),
+            me = me.display()
+        ),
+    )
+    .unwrap();
+    let sock = d.join("shim.sock");
+    let shim = Command::new(env!("CARGO_BIN_EXE_containerd-shim-husk-v2"))
+        .args(["-namespace", "test", "-id", id, "-address", "/nonexistent", "-socket"])
+        .arg(format!("unix://{}", sock.display()))
+        .current_dir(&bundle)
+        .env("HUSK_CONFIG", d.join("husk.toml"))
+        .env("HUSK_FAKE_VMM", "1")
+        .env_remove("TTRPC_ADDRESS")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let client = loop {
+        if let Ok(c) = ttrpc::Client::connect(&format!("unix://{}", sock.display())) {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "shim did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Env { dir, shim, client: TaskClient::new(client) }
+}
+
+fn fifo(dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(name);
+    nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    p
+}
+
+/// Reads a FIFO to EOF in a thread.
+fn reader(p: PathBuf) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut v = Vec::new();
+        File::open(&p).unwrap().read_to_end(&mut v).unwrap();
+        v
+    })
+}
+
+fn create(env: &Env, id: &str, stdin: Option<&Path>, stdout: &Path, stderr: &Path) -> u32 {
+    let req = CreateTaskRequest {
+        id: id.into(),
+        bundle: env.dir.path().join("bundle").display().to_string(),
+        stdin: stdin.map(|p| p.display().to_string()).unwrap_or_default(),
+        stdout: stdout.display().to_string(),
+        stderr: stderr.display().to_string(),
+        ..Default::default()
+    };
+    env.client.create(ctx(), &req).unwrap().pid
+}
+
+fn wait(env: &Env, id: &str, exec: &str) -> u32 {
+    env.client.wait(ctx(), &WaitRequest { id: id.into(), exec_id: exec.into(), ..Default::default() }).unwrap().exit_status
+}
+
+/// Delete and Shutdown; the state directory, the fake VMM and the shim must be gone.
+fn finish(mut env: Env, id: &str) -> u32 {
+    let vmm_pid = std::fs::read_to_string(env.dir.path().join(format!("state/{id}/state.json")))
+        .ok()
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+        .and_then(|v| v["vmm_pid"].as_u64());
+    let d = env.client.delete(ctx(), &DeleteRequest { id: id.into(), ..Default::default() }).unwrap();
+    assert!(!env.dir.path().join("state").join(id).exists(), "state directory left");
+    if let Some(pid) = vmm_pid {
+        let gone = !Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z ")).unwrap_or(true);
+        assert!(gone, "fake VMM {pid} still running");
+    }
+    env.client.shutdown(ctx(), &ShutdownRequest { id: id.into(), ..Default::default() }).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while env.shim.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "shim did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    d.exit_status
+}
+
+fn large_output_arrives_before_the_exit() {
+    let env = setup("big", &["out", "3000000", "3"]);
+    let (o, e) = (fifo(env.dir.path(), "o"), fifo(env.dir.path(), "e"));
+    let (ro, re) = (reader(o.clone()), reader(e.clone()));
+    create(&env, "big", None, &o, &e);
+    env.client.start(ctx(), &StartRequest { id: "big".into(), ..Default::default() }).unwrap();
+    assert_eq!(wait(&env, "big", ""), 3);
+    let out = ro.join().unwrap();
+    assert_eq!(out, fake_agent::pattern(3_000_000));
+    assert_eq!(re.join().unwrap(), b"err-line\n");
+    let st = env.client.state(ctx(), &StateRequest { id: "big".into(), ..Default::default() }).unwrap();
+    assert_eq!((st.status.value(), st.exit_status), (3, 3)); // STOPPED
+    assert_eq!(finish(env, "big"), 3);
+}
+
+fn stdin_is_forwarded_to_eof() {
+    let env = setup("cat", &["cat"]);
+    let (i, o, e) = (fifo(env.dir.path(), "i"), fifo(env.dir.path(), "o"), fifo(env.dir.path(), "e"));
+    let (ro, _re) = (reader(o.clone()), reader(e.clone()));
+    let input: Vec<u8> = (0..200_000u32).flat_map(|n| format!("{n}\n").into_bytes()).collect();
+    let data = input.clone();
+    let ip = i.clone();
+    let writer = std::thread::spawn(move || File::options().write(true).open(ip).unwrap().write_all(&data).unwrap());
+    create(&env, "cat", Some(&i), &o, &e);
+    env.client.start(ctx(), &StartRequest { id: "cat".into(), ..Default::default() }).unwrap();
+    writer.join().unwrap();
+    assert_eq!(wait(&env, "cat", ""), 0);
+    assert_eq!(ro.join().unwrap(), input);
+    assert_eq!(finish(env, "cat"), 0);
+}
+
+fn exec_and_kill() {
+    let env = setup("ex", &["sleep"]);
+    let (o, e) = (fifo(env.dir.path(), "o"), fifo(env.dir.path(), "e"));
+    let (_ro, _re) = (reader(o.clone()), reader(e.clone()));
+    create(&env, "ex", None, &o, &e);
+    env.client.start(ctx(), &StartRequest { id: "ex".into(), ..Default::default() }).unwrap();
+    let (xo, xe) = (fifo(env.dir.path(), "xo"), fifo(env.dir.path(), "xe"));
+    let (rxo, _rxe) = (reader(xo.clone()), reader(xe.clone()));
+    let spec = serde_json::json!({"args": ["out", "10", "7"], "cwd": "/", "user": {"uid": 0, "gid": 0}});
+    let req = ExecProcessRequest {
+        id: "ex".into(),
+        exec_id: "x1".into(),
+        stdout: xo.display().to_string(),
+        stderr: xe.display().to_string(),
+        spec: Some(Any { type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(), value: spec.to_string().into_bytes(), ..Default::default() }).into(),
+        ..Default::default()
+    };
+    env.client.exec(ctx(), &req).unwrap();
+    env.client.start(ctx(), &StartRequest { id: "ex".into(), exec_id: "x1".into(), ..Default::default() }).unwrap();
+    assert_eq!(wait(&env, "ex", "x1"), 7);
+    assert_eq!(rxo.join().unwrap(), fake_agent::pattern(10));
+    env.client.delete(ctx(), &DeleteRequest { id: "ex".into(), exec_id: "x1".into(), ..Default::default() }).unwrap();
+    // Deleting the running init is refused; kill it, then delete.
+    assert!(env.client.delete(ctx(), &DeleteRequest { id: "ex".into(), ..Default::default() }).is_err());
+    env.client.kill(ctx(), &KillRequest { id: "ex".into(), signal: 9, ..Default::default() }).unwrap();
+    assert_eq!(wait(&env, "ex", ""), 137);
+    // Killing a finished process is NotFound, as with runc.
+    match env.client.kill(ctx(), &KillRequest { id: "ex".into(), signal: 9, ..Default::default() }) {
+        Err(ttrpc::Error::RpcStatus(s)) => assert_eq!(s.code(), ttrpc::Code::NOT_FOUND),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(finish(env, "ex"), 137);
+}
+
+fn vmm_crash_is_an_error_exit_not_a_hang() {
+    let env = setup("crash", &["crash"]);
+    let (o, e) = (fifo(env.dir.path(), "o"), fifo(env.dir.path(), "e"));
+    let (_ro, _re) = (reader(o.clone()), reader(e.clone()));
+    create(&env, "crash", None, &o, &e);
+    env.client.start(ctx(), &StartRequest { id: "crash".into(), ..Default::default() }).unwrap();
+    let t = Instant::now();
+    assert_eq!(wait(&env, "crash", ""), 255);
+    assert!(t.elapsed() < Duration::from_secs(20), "exit took {:?}", t.elapsed());
+    assert_eq!(finish(env, "crash"), 255);
+}
