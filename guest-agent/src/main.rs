@@ -10,6 +10,7 @@ mod container;
 mod error;
 mod init;
 mod logger;
+mod network;
 mod process;
 mod server;
 

@@ -1,13 +1,10 @@
 //! PID 1 duties: the guest's base mounts, the console, loopback, hostname, kernel command-line
 //! options, and powering the VM off.
-mod net;
-
 use std::path::Path;
 
 use nix::mount::{mount, MsFlags};
 use nix::sys::stat::Mode;
 
-pub use net::loopback_up;
 
 /// Errors of PID 1 setup.
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +139,11 @@ pub fn enable_cgroup_controllers(dir: &Path) -> Result<(), InitError> {
     let controllers = wanted.join(" ");
     std::fs::write(dir.join("cgroup.subtree_control"), &controllers)
         .map_err(|source| InitError::Cgroup { controllers, source })
+}
+
+/// Brings up the loopback interface.
+pub fn loopback_up() -> Result<(), InitError> {
+    crate::network::set_up("lo", true).map_err(InitError::Loopback)
 }
 
 /// Sets the hostname.

@@ -310,6 +310,16 @@ impl Agent for AgentService {
         Ok(Empty::new())
     }
 
+    fn update_interfaces(&self, _: &TtrpcContext, req: UpdateInterfacesRequest) -> ttrpc::Result<Empty> {
+        ok(crate::network::update_interfaces(&req.interfaces))?;
+        Ok(Empty::new())
+    }
+
+    fn update_routes(&self, _: &TtrpcContext, req: UpdateRoutesRequest) -> ttrpc::Result<Empty> {
+        ok(crate::network::update_routes(&req.routes))?;
+        Ok(Empty::new())
+    }
+
     fn set_hostname(&self, _: &TtrpcContext, req: SetHostnameRequest) -> ttrpc::Result<Empty> {
         let h = req.hostname.as_str();
         if h.is_empty() || h.len() > 64 || h.contains('\0') {

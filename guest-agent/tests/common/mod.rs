@@ -63,7 +63,12 @@ impl Agent {
         let cgroup_root = PathBuf::from("/sys/fs/cgroup/unified").join(&tag);
         let sock = dir.join("agent.sock");
         let child = Command::new("unshare")
-            .args(["--pid", "--mount", "--uts", "--ipc", "--kill-child", "--mount-proc", "--propagation", "private"])
+            .args(["--pid", "--mount", "--uts", "--ipc", "--net", "--kill-child", "--mount-proc", "--propagation", "private"])
+            // A sysfs of the new network namespace (the agent finds NICs there), and the
+            // cgroup2 hierarchy again below it.
+            .args(["sh", "-c", "mount -t sysfs sysfs /sys && mount -t tmpfs tmpfs /sys/fs/cgroup && \
+                    mkdir /sys/fs/cgroup/unified && mount -t cgroup2 cgroup2 /sys/fs/cgroup/unified && \
+                    exec \"$0\" \"$@\""])
             .arg(env!("CARGO_BIN_EXE_husk-agent"))
             .arg("--listen")
             .arg(format!("unix://{}", sock.display()))
