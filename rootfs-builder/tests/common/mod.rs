@@ -96,8 +96,25 @@ impl LoopMount {
 
 impl Drop for LoopMount {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
+        unmount(self.dir.path());
     }
+}
+
+/// Unmounts `dir`, retrying while something (another process walking /tmp) keeps it busy,
+/// then detaching it lazily: a test never leaves a mount behind.
+pub fn unmount(dir: &Path) {
+    for _ in 0..20 {
+        if Command::new("umount")
+            .arg(dir)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+        {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = Command::new("umount").arg("-l").arg(dir).status();
 }
 
 /// A sample tree: files, a hard link, a symlink, a device node, an owned file, an empty dir.
