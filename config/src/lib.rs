@@ -9,6 +9,8 @@
 //!
 //! Every error names the field and the offending value ([`ConfigError`]).
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod devices;
 pub mod error;
 pub mod husk;

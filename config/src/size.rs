@@ -39,9 +39,9 @@ impl MemSize {
 
 impl std::fmt::Display for MemSize {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.0 % (1 << 30) == 0 && self.0 != 0 {
+        if self.0.is_multiple_of(1 << 30) && self.0 != 0 {
             write!(f, "{}G", self.0 >> 30)
-        } else if self.0 % (1 << 20) == 0 {
+        } else if self.0.is_multiple_of(1 << 20) {
             write!(f, "{}M", self.0 >> 20)
         } else {
             write!(f, "{}K", self.0 >> 10)

@@ -216,7 +216,7 @@ pub fn validate_memory(memory: MemSize) -> Result<()> {
     if memory < MIN_MEMORY || memory > MAX_MEMORY {
         return Err(ConfigError::invalid("memory", memory, format!("must be between {MIN_MEMORY} and {MAX_MEMORY}")));
     }
-    if memory.bytes() % 4096 != 0 {
+    if !memory.bytes().is_multiple_of(4096) {
         return Err(ConfigError::invalid("memory", memory, "must be a multiple of 4K"));
     }
     Ok(())

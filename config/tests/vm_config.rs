@@ -1,5 +1,7 @@
 //! VmConfig validation against real files.
 
+#![allow(clippy::unwrap_used)]
+
 use std::io::Write;
 
 use husk_config::{Console, KernelFormat, MemSize, VmConfig};

@@ -7,6 +7,8 @@
 //! [`runner::run`]. How the guest's power-off, reboot and panic become exit statuses is
 //! described in [`exit`].
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod api;
 pub mod arch;
 pub mod bus;

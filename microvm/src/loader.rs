@@ -146,3 +146,96 @@ pub fn write_boot_info(mem: &GuestMemoryMmap, kernel: &LoadedKernel, cmdline: &C
     boot_params::write(mem, &BootInfo { setup_header: kernel.setup_header, cmdline_len: len, initrd, mem_size })?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::Bytes;
+
+    fn tmp(name: &str, bytes: &[u8]) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("husk-loader-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let p = d.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    fn elf(paddr: u64, code: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; 0x1000];
+        f[..7].copy_from_slice(b"\x7fELF\x02\x01\x01");
+        f[16] = 2;
+        f[18] = 62;
+        f[20] = 1;
+        f[24..32].copy_from_slice(&(paddr + 4).to_le_bytes());
+        f[32] = 64;
+        f[52] = 64;
+        f[54] = 56;
+        f[56] = 1;
+        let ph: [u64; 7] = [0x1000, paddr, paddr, code.len() as u64, code.len() as u64, 0x1000, 0];
+        f[64..68].copy_from_slice(&1u32.to_le_bytes());
+        f[68..72].copy_from_slice(&5u32.to_le_bytes());
+        for (i, v) in ph.iter().take(6).enumerate() {
+            f[72 + 8 * i..80 + 8 * i].copy_from_slice(&v.to_le_bytes());
+        }
+        f.extend_from_slice(code);
+        f
+    }
+
+    fn bzimage(xloadflags: u16) -> Vec<u8> {
+        let mut f = vec![0u8; 1024];
+        f[0x1f1] = 1;
+        f[0x202..0x206].copy_from_slice(b"HdrS");
+        f[0x206..0x208].copy_from_slice(&0x20fu16.to_le_bytes());
+        f[0x211] = 1;
+        f[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes());
+        f[0x22c..0x230].copy_from_slice(&0x3fff_ffffu32.to_le_bytes());
+        f[0x236..0x238].copy_from_slice(&xloadflags.to_le_bytes());
+        f[0x260..0x264].copy_from_slice(&0x40_0000u32.to_le_bytes());
+        f.extend_from_slice(&[0xab; 0x300]);
+        f
+    }
+
+    #[test]
+    fn elf_segments_land_at_their_physical_address() {
+        let mem = crate::memory::create_guest_memory(32 << 20).unwrap();
+        let k = load_kernel(&mem, &tmp("k.elf", &elf(0x20_0000, &[1, 2, 3, 4, 5, 6])), KernelFormat::Elf).unwrap();
+        assert_eq!(k.entry, 0x20_0004);
+        assert!(k.setup_header.is_none());
+        let mut b = [0u8; 6];
+        mem.read_slice(&mut b, GuestAddress(0x20_0000)).unwrap();
+        assert_eq!(b, [1, 2, 3, 4, 5, 6]);
+        // A segment below 1 MiB would overwrite the boot structures: refused.
+        assert!(load_kernel(&mem, &tmp("low.elf", &elf(0x1000, &[1])), KernelFormat::Elf).is_err());
+    }
+
+    #[test]
+    fn bzimage_payload_at_1mib_entry_at_0x200() {
+        let mem = crate::memory::create_guest_memory(32 << 20).unwrap();
+        let k = load_kernel(&mem, &tmp("bz", &bzimage(1)), KernelFormat::BzImage).unwrap();
+        assert_eq!(k.entry, 0x10_0200);
+        assert_eq!(k.kernel_end, 0x10_0000 + 0x40_0000, "init_size reserved for the decompressor");
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x10_0000)).unwrap(), 0xab);
+        let e = load_kernel(&mem, &tmp("bz32", &bzimage(0)), KernelFormat::BzImage).err().unwrap();
+        assert!(e.to_string().contains("64-bit entry"), "{e}");
+    }
+
+    #[test]
+    fn initrd_goes_high_and_must_fit() {
+        let mem = crate::memory::create_guest_memory(32 << 20).unwrap();
+        let k = LoadedKernel { entry: 0, kernel_end: 0x80_0000, setup_header: None };
+        let (addr, size) = load_initrd(&mem, &tmp("i", &[7u8; 5000]), &k).unwrap();
+        assert_eq!(size, 5000);
+        assert_eq!(addr % 4096, 0);
+        assert!(addr + 5000 <= 32 << 20 && addr >= (32 << 20) - 0x3000);
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(addr + 4999)).unwrap(), 7);
+        let big = tmp("big", &vec![0u8; 25 << 20]);
+        assert!(matches!(load_initrd(&mem, &big, &k), Err(LoaderError::InitrdTooBig { .. })));
+    }
+
+    #[test]
+    fn cmdline_gets_device_announcements() {
+        let c = build_cmdline("console=ttyS0", &["virtio_mmio.device=4K@0xd0000000:5".into()]).unwrap();
+        assert_eq!(c.as_cstring().unwrap().to_str().unwrap(), "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5");
+        assert!(build_cmdline(&"x".repeat(5000), &[]).is_err());
+    }
+}

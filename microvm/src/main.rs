@@ -101,7 +101,7 @@ fn run(args: Args) -> anyhow::Result<husk_microvm::exit::ExitReason> {
     let config = config_from(&args)?;
     let format = config.validate()?;
     let mut vm = husk_microvm::vmm::Vm::new(config, format).context("cannot create the VM")?;
-    husk_microvm::devices::attach_configured(&mut vm).context("cannot attach the virtio devices")?;
+    husk_microvm::devices::virtio::wiring::attach_all(&mut vm).context("cannot attach the virtio devices")?;
     vm.finish_boot().context("cannot prepare the boot")?;
     log::debug!("VM built {:?} after process start", husk_microvm::since_start());
     Ok(husk_microvm::runner::run(vm, !args.no_seccomp)?)

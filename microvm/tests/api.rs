@@ -1,5 +1,7 @@
 //! The control API against running hand-built guests on the local /dev/kvm.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::process::Stdio;

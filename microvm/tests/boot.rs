@@ -1,4 +1,6 @@
 //! Boots hand-built guests on the local /dev/kvm and checks what a user sees: the serial
+
+#![allow(clippy::unwrap_used)]
 //! output and husk-vmm's exit status and reason line.
 
 mod common;

@@ -100,7 +100,7 @@ fn reason(status: u16) -> &'static str {
 /// Writes a response with a JSON body (or none for 204) and `Connection: close`.
 pub fn write_response<S: Write>(s: &mut S, status: u16, body: &str) -> std::io::Result<()> {
     let head = if status == 204 {
-        format!("HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+        "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n".to_string()
     } else {
         format!(
             "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -130,7 +130,7 @@ mod tests {
     #[test]
     fn rejects_oversized_and_malformed() {
         let mut big = b"GET / HTTP/1.1\r\n".to_vec();
-        big.extend(std::iter::repeat(b'a').take(10_000));
+        big.extend(std::iter::repeat_n(b'a', 10_000));
         assert!(matches!(read_request(&mut &big[..]), Err(HttpError::TooLarge)));
         let raw = b"PUT / HTTP/1.1\r\nContent-Length: 999999\r\n\r\n";
         assert!(matches!(read_request(&mut &raw[..]), Err(HttpError::TooLarge)));

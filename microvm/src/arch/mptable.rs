@@ -8,7 +8,7 @@
 
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::layout::{APIC_START, EBDA_END, IOAPIC_START, MPTABLE_START, MP_FLOATING_POINTER};
+use crate::layout::{APIC_START, IOAPIC_START, MPTABLE_START, MP_FLOATING_POINTER};
 use crate::memory::GuestMemoryMmap;
 
 /// IOAPIC pins routed 1:1 from ISA/GSI numbers.
@@ -102,7 +102,6 @@ pub fn setup_mptable(mem: &GuestMemoryMmap, cpus: u8) -> Result<(), MpTableError
     }
     mem.write_slice(&table, GuestAddress(MPTABLE_START)).map_err(MpTableError::Memory)?;
     let fp = floating_pointer(MPTABLE_START as u32);
-    debug_assert!(MP_FLOATING_POINTER + 16 <= EBDA_END);
     mem.write_slice(&fp, GuestAddress(MP_FLOATING_POINTER)).map_err(MpTableError::Memory)
 }
 

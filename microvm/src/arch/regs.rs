@@ -44,7 +44,7 @@ pub fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
 
 fn segment(entry: u64, index: u8) -> kvm_segment {
     let get = |shift: u32, bits: u32| ((entry >> shift) & ((1 << bits) - 1)) as u8;
-    let base = (((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000)) as u64;
+    let base = ((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000);
     let mut limit = (((entry >> 32) & 0x000f_0000) | (entry & 0xffff)) as u32;
     let g = get(55, 1);
     if g == 1 {

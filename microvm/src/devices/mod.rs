@@ -8,10 +8,7 @@
 
 pub mod virtio;
 
-pub mod attach;
 pub mod legacy;
-
-pub use attach::attach_configured;
 
 /// A device reached by vCPU port or MMIO exits.
 pub trait BusDevice: Send + Sync {

@@ -1,7 +1,7 @@
 //! Hand-built guests for the local /dev/kvm: tiny 64-bit code wrapped as an ELF vmlinux or a
 //! bzImage, and a runner for the husk-vmm binary.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

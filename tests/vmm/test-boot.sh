@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Boots the husk guest kernel (ELF vmlinux and bzImage, 1 and 2 vCPUs) with a busybox
+# initramfs whose /init prints the CPU count and MemTotal and powers off; then reboot and
+# panic. Checks /init ran, what it saw, and husk-vmm's exit status and reason line.
+set -uo pipefail
+. "$(dirname "$0")/lib.sh"
+
+mkinit poweroff 'mount -t proc proc /proc
+echo "HUSK-INIT nproc=$(nproc) memtotal_kb=$(awk "/MemTotal/{print \$2}" /proc/meminfo)"
+poweroff -f'
+mkinit reboot 'echo HUSK-INIT reboot; reboot -f'
+mkinit panic 'echo HUSK-INIT panic; exit 7'
+
+for kernel in vmlinux bzImage; do
+  for vcpus in 1 2; do
+    n=$kernel-$vcpus
+    boot "$n" "$KDIR/$kernel" "$work/poweroff.cpio.gz" "$vcpus"
+    line=$(grep -a 'HUSK-INIT nproc=' "$work/$n.out" | tr -d '\r')
+    mem=$(sed -n 's/.*memtotal_kb=\([0-9]*\).*/\1/p' <<<"$line")
+    if [ "$rc" = 0 ] && grep -q 'guest powered off' "$work/$n.err" && [[ "$line" == *"nproc=$vcpus "* ]] \
+       && [ -n "$mem" ] && [ "$mem" -gt 200000 ] && [ "$mem" -le 262144 ]; then
+      ok "$kernel, $vcpus vCPU: /init saw nproc=$vcpus, MemTotal $mem kB, powered off -> exit 0"
+    else
+      bad "$kernel, $vcpus vCPU: exit $rc, init line '$line', stderr: $(cat "$work/$n.err")"
+      tail -20 "$work/$n.out"
+    fi
+  done
+done
+
+boot reboot "$KDIR/vmlinux" "$work/reboot.cpio.gz" 1
+if [ "$rc" = 1 ] && grep -q 'HUSK-INIT reboot' "$work/reboot.out" && grep -q 'guest rebooted' "$work/reboot.err"; then
+  ok "reboot -f -> exit 1"
+else
+  bad "reboot: exit $rc, stderr: $(cat "$work/reboot.err")"; tail -20 "$work/reboot.out"
+fi
+
+boot panic "$KDIR/bzImage" "$work/panic.cpio.gz" 2
+if [ "$rc" = 3 ] && grep -q 'HUSK-INIT panic' "$work/panic.out" && grep -q 'panicked: Kernel panic - not syncing: Attempted to kill init' "$work/panic.err"; then
+  ok "/init exits -> kernel panic -> exit 3"
+else
+  bad "panic: exit $rc, stderr: $(cat "$work/panic.err")"; tail -20 "$work/panic.out"
+fi
+finish
