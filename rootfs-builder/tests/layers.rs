@@ -4,6 +4,7 @@
 mod common;
 
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use common::*;
@@ -378,6 +379,58 @@ fn absolute_symlinked_dirs_and_hard_links_resolve_inside_the_image() {
         fs::read_link(m.path().join("lib")).unwrap().to_str(),
         Some("/usr/lib")
     );
+}
+
+#[test]
+fn opaque_marker_after_nested_entries_and_non_utf8_names() {
+    let t = tmp();
+    let lower = Layer::new()
+        .dir("opt/")
+        .dir("opt/sub/")
+        .file("opt/sub/old", "o")
+        .file("opt/lower", "l")
+        .write_tar(&t.path().join("lower.tar"));
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_size(1);
+    // A file in a subdirectory, then the opaque marker of the parent: the subdirectory and
+    // the new file are this layer's and stay; the lower content goes.
+    b.append_data(&mut h.clone(), "opt/sub/new", &b"n"[..])
+        .unwrap();
+    h.set_size(0);
+    b.append_data(&mut h.clone(), "opt/.wh..wh..opq", &[][..])
+        .unwrap();
+    // A name that is not UTF-8.
+    h.set_size(1);
+    let raw = std::ffi::OsStr::from_bytes(b"opt/caf\xe9");
+    b.append_data(&mut h, Path::new(raw), &b"x"[..]).unwrap();
+    let upper = t.path().join("upper.tar");
+    fs::write(&upper, b.into_inner().unwrap()).unwrap();
+    let built = image_from_layers(
+        &[LayerSpec::new(&lower), LayerSpec::new(&upper)],
+        &opts(t.path(), FsType::Erofs),
+    )
+    .unwrap();
+    let m = LoopMount::new(&built.path);
+    let mut names: Vec<_> = fs::read_dir(m.path().join("opt"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [std::ffi::OsStr::from_bytes(b"caf\xe9"), "sub".as_ref()]
+    );
+    let sub: Vec<_> = fs::read_dir(m.path().join("opt/sub"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(sub, ["new"]);
 }
 
 #[test]

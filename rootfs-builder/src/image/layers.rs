@@ -3,8 +3,10 @@
 //! content of its directory), then one image of the result.
 
 use std::collections::HashSet;
+use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -231,6 +233,21 @@ fn remove_any(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Removes what lower layers put in `dir` (at `rel` in the image), keeping this layer's own
+/// entries (`ours`) and, inside its own directories, clearing lower content too.
+fn clear_lower(dir: &Path, rel: &Path, ours: &HashSet<PathBuf>) -> io::Result<()> {
+    for child in fs::read_dir(dir)? {
+        let child = child?;
+        let child_rel = rel.join(child.file_name());
+        if !ours.contains(&child_rel) {
+            remove_any(&child.path())?;
+        } else if child.file_type()?.is_dir() {
+            clear_lower(&child.path(), &child_rel, ours)?;
+        }
+    }
+    Ok(())
+}
+
 /// Unpacks one layer over `root` (canonical), applying its whiteouts to the layers below.
 /// Returns the bytes of file content written.
 pub(crate) fn apply_layer(layer: &LayerSpec, root: &Path) -> Result<u64, ImageError> {
@@ -278,22 +295,21 @@ pub(crate) fn apply_layer(layer: &LayerSpec, root: &Path) -> Result<u64, ImageEr
         if rel.as_os_str().is_empty() {
             continue;
         }
-        let name = rel.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let Some(name) = rel.file_name() else {
+            continue;
+        };
+        let name_bytes = name.as_encoded_bytes();
         let parent = rel.parent().unwrap_or(Path::new(""));
-        if name == OPAQUE {
+        if name_bytes == OPAQUE.as_bytes() {
             if let Some(dir) = resolve_dir(root, parent, false).map_err(|e| lerr(&raw, e))? {
-                for child in fs::read_dir(&dir).map_err(|e| lerr(&raw, e))? {
-                    let child = child.map_err(|e| lerr(&raw, e))?;
-                    if !ours.contains(&parent.join(child.file_name())) {
-                        remove_any(&child.path()).map_err(|e| lerr(&raw, e))?;
-                    }
-                }
+                clear_lower(&dir, parent, &ours).map_err(|e| lerr(&raw, e))?;
             }
             continue;
         }
-        if let Some(hidden) = name.strip_prefix(WH_PREFIX) {
+        if let Some(hidden) = name_bytes.strip_prefix(WH_PREFIX.as_bytes()) {
+            let hidden = OsStr::from_bytes(hidden);
             // `.wh..wh.*` other than the opaque marker are aufs metadata: skip.
-            if !hidden.starts_with(".wh.")
+            if !hidden.as_encoded_bytes().starts_with(WH_PREFIX.as_bytes())
                 && !hidden.is_empty()
                 && hidden != "."
                 && hidden != ".."
@@ -340,7 +356,11 @@ pub(crate) fn apply_layer(layer: &LayerSpec, root: &Path) -> Result<u64, ImageEr
                 bytes += entry.size();
             }
         }
-        ours.insert(rel);
+        // The entry and the directories leading to it are this layer's.
+        let mut p = rel.as_path();
+        while !p.as_os_str().is_empty() && ours.insert(p.to_path_buf()) {
+            p = p.parent().unwrap_or(Path::new(""));
+        }
     }
     Ok(bytes)
 }
