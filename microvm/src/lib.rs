@@ -53,6 +53,9 @@ pub enum Error {
     /// Seccomp.
     #[error(transparent)]
     Seccomp(#[from] seccomp::SeccompError),
+    /// The main thread's seccomp filter could not be installed.
+    #[error("cannot install the main thread's seccomp filter")]
+    MainSeccomp(#[source] seccompiler::Error),
     /// A thread could not be spawned.
     #[error("cannot spawn a VMM thread")]
     Thread(#[source] std::io::Error),

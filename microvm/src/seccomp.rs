@@ -6,6 +6,7 @@
 //!   memory allocation.
 //! - The device event loop: epoll, file and socket I/O for block, net and vsock backends.
 //! - The API thread: accepting and serving unix-socket connections, signalling vCPU threads.
+//! - The main thread, once everything runs: waiting for the exit, removing the API socket.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,6 +27,8 @@ pub enum ThreadKind {
     EventLoop,
     /// `vmm-api`.
     Api,
+    /// The main thread once the VM runs (waits for the exit, removes the API socket).
+    Main,
 }
 
 /// The compiled filters.
@@ -33,6 +36,7 @@ pub struct Filters {
     vcpu: Arc<BpfProgram>,
     event_loop: Arc<BpfProgram>,
     api: Arc<BpfProgram>,
+    main: Arc<BpfProgram>,
 }
 
 impl Filters {
@@ -42,6 +46,7 @@ impl Filters {
             ThreadKind::Vcpu => self.vcpu.clone(),
             ThreadKind::EventLoop => self.event_loop.clone(),
             ThreadKind::Api => self.api.clone(),
+            ThreadKind::Main => self.main.clone(),
         }
     }
 }
@@ -127,6 +132,8 @@ const API: &[i64] = &[
     libc::SYS_ppoll,
 ];
 
+const MAIN: &[i64] = &[libc::SYS_unlink, libc::SYS_unlinkat];
+
 fn build(name: &'static str, allow: &[&[i64]], ioctl_kvm_run_only: bool) -> Result<Arc<BpfProgram>, SeccompError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for list in allow {
@@ -148,6 +155,7 @@ pub fn filters() -> Result<Filters, SeccompError> {
         vcpu: build("vcpu", &[COMMON], true)?,
         event_loop: build("event loop", &[COMMON, EVENT_LOOP], false)?,
         api: build("api", &[COMMON, API], false)?,
+        main: build("main", &[COMMON, MAIN], false)?,
     })
 }
 
