@@ -192,6 +192,34 @@ fn non_elf_and_missing_agent_are_refused() {
 }
 
 #[test]
+fn object_files_and_foreign_machines_are_refused() {
+    let t = tmp();
+    let bin = fs::read(STATIC_BIN).unwrap();
+    for (name, offset, value, want) in [
+        // e_type = ET_REL (1): an object file.
+        ("relocatable", 16, 1u8, "REL"),
+        // e_machine = EM_AARCH64 (183).
+        ("aarch64", 18, 183u8, "AARCH64"),
+    ] {
+        let mut b = bin.clone();
+        b[offset] = value;
+        b[offset + 1] = 0;
+        let path = t.path().join(name);
+        fs::write(&path, b).unwrap();
+        assert_refused(
+            &InitramfsSpec {
+                agent: path.clone(),
+                extra: vec![],
+            },
+            |e, msg| {
+                assert!(matches!(e, InitramfsError::NotExecutable { .. }), "{e:?}");
+                assert!(msg.contains(name) && msg.contains(want), "{msg}");
+            },
+        );
+    }
+}
+
+#[test]
 fn bad_destinations_are_refused() {
     let t = tmp();
     let f = t.path().join("f");

@@ -49,6 +49,14 @@ pub enum InitramfsError {
         #[source]
         source: goblin::error::Error,
     },
+    /// The agent is an ELF file but not an x86-64 executable (object file, other machine).
+    #[error("agent {path} is not an x86-64 executable ({what})")]
+    NotExecutable {
+        /// The agent.
+        path: PathBuf,
+        /// What it is instead.
+        what: String,
+    },
     /// The agent needs a dynamic loader or shared libraries the initramfs does not carry.
     #[error("agent {path} is dynamically linked (interpreter {interpreter:?}, libraries {libraries:?}); build it statically, e.g. --target x86_64-unknown-linux-musl")]
     DynamicAgent {
@@ -113,12 +121,25 @@ enum Node {
     CharDev { mode: u32, major: u32, minor: u32 },
 }
 
-/// Checks that `path` is an ELF executable needing no dynamic loader or shared library.
+/// Checks that `path` is an x86-64 ELF executable needing no dynamic loader or shared library.
 pub fn check_static(path: &Path, bytes: &[u8]) -> Result<(), InitramfsError> {
     let elf = goblin::elf::Elf::parse(bytes).map_err(|source| InitramfsError::NotElf {
         path: path.to_path_buf(),
         source,
     })?;
+    use goblin::elf::header::{EM_X86_64, ET_DYN, ET_EXEC};
+    let h = &elf.header;
+    if h.e_machine != EM_X86_64 || !(h.e_type == ET_EXEC || h.e_type == ET_DYN) || h.e_entry == 0 {
+        return Err(InitramfsError::NotExecutable {
+            path: path.to_path_buf(),
+            what: format!(
+                "machine {}, type {}, entry {:#x}",
+                goblin::elf::header::machine_to_str(h.e_machine),
+                goblin::elf::header::et_to_str(h.e_type),
+                h.e_entry
+            ),
+        });
+    }
     if elf.interpreter.is_some() || !elf.libraries.is_empty() {
         return Err(InitramfsError::DynamicAgent {
             path: path.to_path_buf(),
