@@ -92,6 +92,7 @@ pub fn check_id(kind: &str, id: &str) -> Result<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

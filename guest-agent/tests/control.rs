@@ -1,4 +1,5 @@
 //! Stats, pause/resume, process lists, bad requests, and that failures leave nothing behind.
+#![allow(clippy::unwrap_used)]
 mod common;
 
 use std::time::Duration;

@@ -1,4 +1,5 @@
 //! Container lifecycle through the generated client against a real agent (no VM).
+#![allow(clippy::unwrap_used)]
 mod common;
 
 use common::{process, spec, status, Agent};

@@ -1,4 +1,5 @@
 //! Network configuration: interfaces found by MAC are renamed, get MTU and addresses; routes.
+#![allow(clippy::unwrap_used)]
 //! The agent runs in its own network namespace; a veth pair stands in for virtio-net.
 mod common;
 

@@ -1,4 +1,5 @@
 //! stdio through the agent: large outputs arrive intact, wait reports only after the output is
+#![allow(clippy::unwrap_used)]
 //! available, terminals resize and see EOF.
 mod common;
 

@@ -14,7 +14,7 @@
 //! # }
 //! ```
 
-#[allow(missing_docs, clippy::all, clippy::pedantic, unused_qualifications)]
+#[allow(missing_docs, clippy::all, clippy::pedantic, clippy::unwrap_used, clippy::undocumented_unsafe_blocks, unused_qualifications)]
 mod generated {
     include!(concat!(env!("OUT_DIR"), "/modules.rs"));
 }

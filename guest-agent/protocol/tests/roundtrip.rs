@@ -1,4 +1,5 @@
 //! The generated sync client and server talk to each other over a unix socket.
+#![allow(clippy::unwrap_used)]
 use std::sync::Arc;
 
 use husk_protocol::agent::{ReadStreamRequest, VersionRequest, VersionResponse};

@@ -366,6 +366,7 @@ pub fn setup_root(plan: &RootPlan) -> ChildResult<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

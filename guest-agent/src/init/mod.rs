@@ -155,10 +155,10 @@ pub fn set_hostname(name: &str) -> Result<(), InitError> {
 pub fn cmdline_value<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
     cmdline
         .split_whitespace()
+        .rev()
         .filter_map(|w| w.split_once('='))
-        .filter(|(k, _)| *k == key)
+        .find(|(k, _)| *k == key)
         .map(|(_, v)| v)
-        .last()
 }
 
 /// The vsock port from `husk.agent_port=N`, or the default.
@@ -186,6 +186,7 @@ pub fn power_off() -> ! {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -320,6 +320,7 @@ pub fn decode_report(buf: &[u8]) -> crate::error::Result<bool> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

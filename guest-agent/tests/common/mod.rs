@@ -1,7 +1,7 @@
 //! Test harness: a husk-agent serving on a unix socket inside new PID, mount, UTS and IPC
 //! namespaces (so it is PID 1 there and every mount and process dies with it), a busybox rootfs
 //! and helpers around the generated client.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
