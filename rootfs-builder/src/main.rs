@@ -52,6 +52,9 @@ enum Cmd {
         /// Cache directory for images of read-only content.
         #[arg(long)]
         cache: Option<PathBuf>,
+        /// After building a cached image, prune the cache to this size (MiB).
+        #[arg(long)]
+        cache_max_mib: Option<u64>,
         /// Free space added to writable ext4 images, in MiB.
         #[arg(long, default_value_t = 256)]
         headroom_mib: u64,
@@ -99,12 +102,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             mount,
             fstype,
             cache,
+            cache_max_mib,
             headroom_mib,
             output,
         } => {
             let fstype: FsType = fstype.parse()?;
             let mut opts = ImageOptions::new(fstype, &output);
             opts.cache_dir = cache;
+            opts.cache_max_bytes = cache_max_mib.map(|m| m << 20);
             opts.ext4_headroom = headroom_mib << 20;
             let built = if let Some(dir) = from_dir {
                 husk_rootfs::image_from_dir(&dir, &opts)?

@@ -214,6 +214,14 @@ fn prune_removes_least_recently_used_images() {
     assert!(!fresh.from_cache);
     let r = husk_rootfs::prune_cache(&cache, 0).unwrap();
     assert!(r.removed.is_empty() && fresh.path.exists());
+    // With a size limit, a build prunes what has been idle.
+    fs::File::open(&fresh.path)
+        .unwrap()
+        .set_times(fs::FileTimes::new().set_accessed(ago(3600)))
+        .unwrap();
+    o.cache_max_bytes = Some(1);
+    let other = image_from_layers(&layers[..1], &o).unwrap();
+    assert!(!fresh.path.exists() && other.path.exists());
 }
 
 fn expect_err(layers: &[LayerSpec], t: &Path, check: impl Fn(&ImageError, &str)) {

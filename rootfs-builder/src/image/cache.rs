@@ -70,11 +70,13 @@ pub(crate) struct CacheResult {
 }
 
 /// Returns the cached image of `key`, building it with `build(tmp_path)` (which returns the
-/// bytes it wrote besides the image) if it is not there.
+/// bytes it wrote besides the image) if it is not there. After a build, the cache is pruned to
+/// `max_bytes` if given (a failed prune is logged, the image is still returned).
 pub(crate) fn get_or_build(
     dir: &Path,
     key: &str,
     fstype: FsType,
+    max_bytes: Option<u64>,
     build: impl FnOnce(&Path) -> Result<u64, ImageError>,
 ) -> Result<CacheResult, ImageError> {
     fs::create_dir_all(dir).map_err(io_err("create cache directory", dir))?;
@@ -109,6 +111,12 @@ pub(crate) fn get_or_build(
         path: path.clone(),
         source: e.error,
     })?;
+    if let Some(max) = max_bytes {
+        // Our own entry is locked (and fresh): prune never takes it.
+        if let Err(e) = prune_cache(dir, max) {
+            log::warn!("cannot prune image cache {}: {e}", dir.display());
+        }
+    }
     Ok(CacheResult {
         path,
         from_cache: false,

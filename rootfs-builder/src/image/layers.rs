@@ -518,7 +518,7 @@ pub(crate) fn image_from_layers(
     parts.extend(digests.iter().map(|d| d.as_bytes()));
     let key = cache::key(&parts);
     let work = opts.work_dir.clone().unwrap_or_else(|| cache_dir.clone());
-    let r = cache::get_or_build(cache_dir, &key, opts.fstype, |tmp| {
+    let r = cache::get_or_build(cache_dir, &key, opts.fstype, opts.cache_max_bytes, |tmp| {
         build(layers, &work, tmp, opts)
     })?;
     Ok(BuiltImage {

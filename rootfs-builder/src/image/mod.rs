@@ -79,6 +79,9 @@ pub struct ImageOptions {
     pub output: PathBuf,
     /// Cache of read-only images; `None` disables caching (everything goes to `output`).
     pub cache_dir: Option<PathBuf>,
+    /// After building a cached image, prune the cache to this many bytes (least recently used
+    /// first, never images used in the last minute); `None`: no limit.
+    pub cache_max_bytes: Option<u64>,
     /// Free space added to an ext4 image that the guest may write (the file is sparse, so
     /// unused headroom costs no disk).
     pub ext4_headroom: u64,
@@ -97,6 +100,7 @@ impl ImageOptions {
             fstype,
             output: output.into(),
             cache_dir: None,
+            cache_max_bytes: None,
             ext4_headroom: 256 << 20,
             erofs_compressor: None,
             work_dir: None,

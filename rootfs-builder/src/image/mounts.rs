@@ -195,7 +195,7 @@ fn overlay_image(m: &MountSpec, opts: &ImageOptions) -> Result<BuiltImage, Image
     ];
     parts.extend(ids.iter().map(Vec::as_slice));
     let key = cache::key(&parts);
-    let r = cache::get_or_build(cache_dir, &key, opts.fstype, |tmp| {
+    let r = cache::get_or_build(cache_dir, &key, opts.fstype, opts.cache_max_bytes, |tmp| {
         mkfs_layers(&lowers, tmp, opts, false).map(|()| 0)
     })?;
     Ok(BuiltImage {
