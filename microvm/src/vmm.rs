@@ -14,6 +14,7 @@ use crate::device_manager::{DeviceError, DeviceManager};
 use crate::devices::legacy::console::{ConsoleOut, ConsoleWriter};
 use crate::devices::legacy::i8042::I8042;
 use crate::devices::legacy::serial::SerialDevice;
+use crate::devices::legacy::stdin::StdinInput;
 use crate::devices::legacy::EventFdTrigger;
 use crate::exit::VmExit;
 use crate::layout::*;
@@ -134,6 +135,11 @@ impl Vm {
         vm.register_irqfd(&serial_irq, SERIAL_GSI).map_err(|e| VmmError::VmIoctl("IRQFD (serial)", e))?;
         let serial = Arc::new(SerialDevice::new(EventFdTrigger(serial_irq), ConsoleWriter::new(out, exit.clone())));
         let mut devices = DeviceManager::new();
+        if config.console == Console::Stdio {
+            if let Some(input) = StdinInput::new(serial.clone()) {
+                devices.add_subscriber(Arc::new(std::sync::Mutex::new(input)))?;
+            }
+        }
         devices.io_bus.insert(serial.clone(), SERIAL_PORT, 8).map_err(|e| DeviceError::Bus("serial".into(), e))?;
         let kbd_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmmError::EventFd("i8042", e))?;
         vm.register_irqfd(&kbd_irq, I8042_GSI).map_err(|e| VmmError::VmIoctl("IRQFD (i8042)", e))?;

@@ -110,3 +110,24 @@ fn bad_configuration_exits_2_with_one_line_and_starts_nothing() {
         }
     }
 }
+
+#[test]
+fn stdin_reaches_the_serial_port() {
+    use std::io::Write;
+    let s = Scratch::new("stdin");
+    let k = s.file("vmlinux", &elf(&Code::default().serial("type:").echo_one_input().serial("\n").reset().halt().0));
+    let mut child = vmm()
+        .arg("--kernel")
+        .arg(&k)
+        .args(["--memory", "32M"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"Z").unwrap();
+    let o = child.wait_with_output().unwrap();
+    let (out, err) = texts(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(out, "type:Z\n");
+}

@@ -40,4 +40,24 @@ if [ "$rc" = 3 ] && grep -q 'HUSK-INIT panic' "$work/panic.out" && grep -q 'pani
 else
   bad "panic: exit $rc, stderr: $(cat "$work/panic.err")"; tail -20 "$work/panic.out"
 fi
+# Triple fault: a tiny 64-bit guest (ELF) writes to the serial port, then executes int3 with
+# the empty IDT husk-vmm boots with: #BP -> #GP -> #DF -> shutdown (KVM_EXIT_SHUTDOWN).
+python3 - "$work/triple.elf" <<'PY'
+import struct, sys
+code = bytes([0x66, 0xba, 0xf8, 0x03]) + b"".join(bytes([0xb0, c, 0xee]) for c in b"TRIPLE\n") + bytes([0xcc, 0xf4])
+f = bytearray(0x1000)
+f[0:7] = b"\x7fELF\x02\x01\x01"
+f[16:24] = struct.pack("<HHI", 2, 62, 1)
+f[24:40] = struct.pack("<QQ", 0x200000, 64)
+f[52:58] = struct.pack("<HHH", 64, 56, 1)
+f[64:120] = struct.pack("<IIQQQQQQ", 1, 5, 0x1000, 0x200000, 0x200000, len(code), len(code), 0x1000)
+open(sys.argv[1], "wb").write(bytes(f) + code)
+PY
+rc=0
+timeout -k 5 120 "$VMM" --kernel "$work/triple.elf" --memory 32M >"$work/triple.out" 2>"$work/triple.err" || rc=$?
+if [ "$rc" = 3 ] && grep -q TRIPLE "$work/triple.out" && grep -q 'triple-faulted' "$work/triple.err"; then
+  ok "triple fault -> exit 3"
+else
+  bad "triple fault: exit $rc, stderr: $(cat "$work/triple.err")"
+fi
 finish

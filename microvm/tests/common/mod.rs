@@ -44,6 +44,13 @@ impl Code {
 }
 
 impl Code {
+    /// Waits until the UART has received a byte (LSR bit 0), reads it and writes it back.
+    pub fn echo_one_input(mut self) -> Self {
+        // l: mov dx, 0x3fd; in al, dx; test al, 1; jz l; mov dx, 0x3f8; in al, dx; out dx, al
+        self.0.extend_from_slice(&[0x66, 0xba, 0xfd, 0x03, 0xec, 0xa8, 0x01, 0x74, 0xf7]);
+        self.0.extend_from_slice(&[0x66, 0xba, 0xf8, 0x03, 0xec, 0xee]);
+        self
+    }
     /// Waits until the i8042 has a byte for the CPU (status bit 0), then reads it.
     pub fn wait_key(mut self) -> Self {
         // l: in al, 0x64; test al, 1; jz l; in al, 0x60

@@ -3,6 +3,7 @@
 pub mod console;
 pub mod i8042;
 pub mod serial;
+pub mod stdin;
 
 use vm_superio::Trigger;
 use vmm_sys_util::eventfd::EventFd;
