@@ -15,6 +15,8 @@ pub mod active;
 pub mod block;
 pub mod chain;
 pub mod counter;
+#[doc(hidden)]
+pub mod fuzz_api;
 pub mod interrupt;
 pub mod mmio;
 pub mod net;

@@ -7,7 +7,7 @@ pub mod device;
 mod event_handler;
 pub mod metrics;
 pub mod request;
-mod worker;
+pub mod worker;
 
 #[cfg(test)]
 mod tests;

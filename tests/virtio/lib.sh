@@ -1,0 +1,39 @@
+# Shared helpers of the virtio testbed tests (sourced). Builds on tests/vmm/lib.sh (husk-vmm
+# binary, kernel, $work, ok/bad/finish).
+. "$(dirname "${BASH_SOURCE[0]}")/../vmm/lib.sh"
+vdir=$repo/tests/virtio
+# The guest-side vsock tool (static musl); built by tests/virtio/build.sh before the testbed.
+VSOCK_TOOL=${HUSK_VSOCK_TOOL:-${CARGO_TARGET_DIR:-$repo/target}/vsock-tool/x86_64-unknown-linux-musl/release/husk-vsock-tool}
+vmm_pid=""
+cleanup_vmm() {
+  if [ -n "$vmm_pid" ] && kill -0 "$vmm_pid" 2>/dev/null; then kill -KILL "$vmm_pid" 2>/dev/null; fi
+  rm -rf "$work"
+}
+trap cleanup_vmm EXIT
+# mkinit_x NAME SCRIPT_BODY [SRC:DEST]...: like mkinit, with extra files.
+mkinit_x() {
+  local name=$1 body=$2
+  shift 2
+  printf '#!/bin/sh\n%s\n' "$body" >"$work/$name.sh"
+  chmod 755 "$work/$name.sh"
+  "$repo/tests/testbed/mkinitramfs.sh" "$work/$name.cpio.gz" "$work/$name.sh" "$@"
+}
+# start_vm NAME INITRD [husk-vmm args]: runs the VM in the background ($vmm_pid).
+start_vm() {
+  local name=$1 initrd=$2
+  shift 2
+  "$VMM" --kernel "$KDIR/vmlinux" --initrd "$initrd" --vcpus 1 --memory 256M \
+    --cmdline "$CMDLINE" "$@" >"$work/$name.out" 2>"$work/$name.err" &
+  vmm_pid=$!
+}
+# wait_vm SECS: waits for the VM to exit; sets $rc (124 and kills it on timeout).
+wait_vm() {
+  local i
+  for ((i = 0; i < $1 * 10; i++)); do
+    if ! kill -0 "$vmm_pid" 2>/dev/null; then
+      rc=0; wait "$vmm_pid" || rc=$?; vmm_pid=""; return
+    fi
+    sleep 0.1
+  done
+  kill -KILL "$vmm_pid" 2>/dev/null; wait "$vmm_pid" 2>/dev/null; vmm_pid=""; rc=124
+}

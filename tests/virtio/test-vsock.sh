@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# virtio-vsock end to end: host->guest and guest->host streams with CRC checks, 16 streams at
+# once, a refused port on both sides, then the guest powers off.
+# Size of each transfer: HUSK_VSOCK_BYTES (default 100 MiB; the testbed moves ~5 MiB/s).
+set -uo pipefail
+. "$(dirname "$0")/lib.sh"
+BYTES=${HUSK_VSOCK_BYTES:-104857600}
+[ -x "$VSOCK_TOOL" ] || { echo "no vsock tool at $VSOCK_TOOL (tests/virtio/build.sh)"; exit 1; }
+uds=$work/v.sock
+mkinit_x vsock "mount -t proc proc /proc
+vsock-tool serve 5000 >/dev/null &
+vsock-tool source 5001 >/dev/null &
+r=\$(vsock-tool send 2 6000 $BYTES 2>&1); echo \"HUSK-G2H \$r\"
+r=\$(vsock-tool connect 2 6001 2>&1); echo \"HUSK-REFUSED \$r\"
+vsock-tool wait 5099
+poweroff -f" "$VSOCK_TOOL:/bin/vsock-tool"
+
+python3 "$vdir/vsock_host.py" listen "${uds}_6000" 1 >"$work/listen.log" 2>&1 &
+lpid=$!
+start_vm vsock "$work/vsock.cpio.gz" --vsock "cid=3,uds=$uds"
+for _ in $(seq 100); do [ -S "$uds" ] && break; sleep 0.1; done
+
+if timeout 300 python3 "$vdir/vsock_host.py" send "$uds" 5000 "$BYTES"; then ok "host->guest $BYTES bytes, CRC matches"
+else bad "host->guest stream"; fi
+if timeout 300 python3 "$vdir/vsock_host.py" fetch "$uds" 5001 "$BYTES"; then ok "guest->host (host-initiated) $BYTES bytes, CRC matches"
+else bad "guest->host fetch"; fi
+if timeout 300 python3 "$vdir/vsock_host.py" send "$uds" 5000 262144 16; then ok "16 concurrent streams, all CRCs match"
+else bad "16 concurrent streams"; fi
+if timeout 300 python3 "$vdir/vsock_host.py" refused "$uds" 5002; then ok "CONNECT to a port without listener: closed, no OK"
+else bad "refused port got an OK"; fi
+timeout 90 python3 "$vdir/vsock_host.py" poke "$uds" 5099 || bad "cannot reach the guest's wait port"
+wait_vm 120
+kill "$lpid" 2>/dev/null; wait "$lpid" 2>/dev/null
+echo "--- guest console:"; grep -a HUSK- "$work/vsock.out"; echo "--- host listener:"; cat "$work/listen.log"
+want=$(python3 "$vdir/vsock_host.py" expected "$BYTES")
+g2h=$(grep -a 'HUSK-G2H' "$work/vsock.out" | tr -d '\r')
+crc=${want#* }
+if [[ "$g2h" == "HUSK-G2H sent $crc reply $want" ]]; then ok "guest-initiated connection to <uds>_6000: $want"
+else bad "guest-initiated: '$g2h' (want reply '$want')"; fi
+ref=$(grep -a 'HUSK-REFUSED' "$work/vsock.out" | tr -d '\r')
+if [[ "$ref" == "HUSK-REFUSED error 104" || "$ref" == "HUSK-REFUSED error 111" ]]; then ok "guest connect to a host port without listener fails cleanly ($ref)"
+else bad "guest refused connect: '$ref'"; fi
+if [ "$rc" = 0 ] && [ ! -e "$uds" ]; then ok "guest powered off, exit 0, unix socket removed"
+else bad "vmm exit $rc, socket left: $([ -e "$uds" ] && echo yes || echo no); stderr: $(tail -5 "$work/vsock.err")"; tail -20 "$work/vsock.out"; fi
+finish

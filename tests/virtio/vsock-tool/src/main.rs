@@ -1,0 +1,253 @@
+//! Guest side of the vsock end-to-end tests.
+//!
+//! ```text
+//! vsock-tool serve PORT               accept connections forever; per connection read to EOF,
+//!                                     then reply "<bytes> <checksum>\n" and close
+//! vsock-tool source PORT              accept connections forever; per connection read a line
+//!                                     "<bytes>\n", send that many pattern bytes, close
+//! vsock-tool send CID PORT BYTES      connect, send BYTES pattern bytes, half-close, print the
+//!                                     reply line (the host's "<bytes> <checksum>")
+//! vsock-tool connect CID PORT         connect and print "connected" or the errno name
+//! vsock-tool sum BYTES                print "<bytes> <checksum>" of the pattern
+//! vsock-tool wait PORT                accept one connection, then exit 0
+//! ```
+//! The pattern is byte i = T[i mod 65521] with T[k] = ((k*k*31 + k*7 + 13) >> 3) mod 256; the
+//! checksum is CRC-32 (zlib's), so the host side can check with Python's zlib quickly.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+
+const PERIOD: u64 = 65521;
+
+fn pattern(i: u64) -> u8 {
+    let k = i % PERIOD;
+    (((k * k * 31 + k * 7 + 13) >> 3) & 0xff) as u8
+}
+
+/// CRC-32 (IEEE, reflected, as zlib.crc32).
+struct Fnv(u32, [u32; 256]);
+
+impl Fnv {
+    fn new() -> Self {
+        let mut t = [0u32; 256];
+        for (n, e) in t.iter_mut().enumerate() {
+            let mut c = n as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
+            }
+            *e = c;
+        }
+        Fnv(0xffff_ffff, t)
+    }
+    fn update(&mut self, data: &[u8]) {
+        for &b in data {
+            self.0 = self.1[((self.0 ^ u32::from(b)) & 0xff) as usize] ^ (self.0 >> 8);
+        }
+    }
+    fn value(&self) -> u32 {
+        self.0 ^ 0xffff_ffff
+    }
+}
+
+fn sockaddr(cid: u32, port: u32) -> libc::sockaddr_vm {
+    // SAFETY: sockaddr_vm is plain old data; all-zero is a valid value.
+    let mut a: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    a.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    a.svm_cid = cid;
+    a.svm_port = port;
+    a
+}
+
+fn vsock_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2) call; the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn connect(cid: u32, port: u32) -> io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let s = vsock_socket()?;
+    let a = sockaddr(cid, port);
+    // SAFETY: `a` is a valid sockaddr_vm of the given size.
+    let r = unsafe {
+        libc::connect(
+            s.as_raw_fd(),
+            &a as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_vm>() as u32,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(std::fs::File::from(s))
+}
+
+fn listen(port: u32) -> io::Result<OwnedFd> {
+    use std::os::fd::AsRawFd;
+    let s = vsock_socket()?;
+    let a = sockaddr(libc::VMADDR_CID_ANY, port);
+    // SAFETY: `a` is a valid sockaddr_vm of the given size.
+    let r = unsafe {
+        libc::bind(
+            s.as_raw_fd(),
+            &a as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_vm>() as u32,
+        )
+    };
+    // SAFETY: listen on our own socket.
+    if r < 0 || unsafe { libc::listen(s.as_raw_fd(), 64) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(s)
+}
+
+fn accept(l: &OwnedFd) -> io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: accept on our listening socket without peer address.
+    let fd = unsafe { libc::accept4(l.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fresh descriptor from accept.
+    Ok(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+fn shutdown_write(f: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: shutdown on a socket we own.
+    unsafe { libc::shutdown(f.as_raw_fd(), libc::SHUT_WR) };
+}
+
+fn send_pattern(f: &mut std::fs::File, bytes: u64) -> io::Result<Fnv> {
+    let mut h = Fnv::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut off = 0u64;
+    while off < bytes {
+        let n = (bytes - off).min(buf.len() as u64) as usize;
+        for (i, b) in buf[..n].iter_mut().enumerate() {
+            *b = pattern(off + i as u64);
+        }
+        f.write_all(&buf[..n])?;
+        h.update(&buf[..n]);
+        off += n as u64;
+    }
+    Ok(h)
+}
+
+fn drain(f: &mut std::fs::File) -> io::Result<(u64, Fnv)> {
+    let mut h = Fnv::new();
+    let mut total = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok((total, h));
+        }
+        h.update(&buf[..n]);
+        total += n as u64;
+    }
+}
+
+fn arg<T: std::str::FromStr>(args: &[String], i: usize, what: &str) -> T {
+    match args.get(i).and_then(|s| s.parse().ok()) {
+        Some(v) => v,
+        None => {
+            eprintln!("vsock-tool: missing or invalid {what}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let cmd = args.get(1).map(String::as_str).unwrap_or("");
+    let r: io::Result<()> = match cmd {
+        "serve" => {
+            let l = listen(arg(&args, 2, "PORT")).unwrap_or_else(|e| die("listen", e));
+            println!("listening");
+            loop {
+                let mut c = match accept(&l) {
+                    Ok(c) => c,
+                    Err(e) => die("accept", e),
+                };
+                std::thread::spawn(move || {
+                    if let Ok((n, h)) = drain(&mut c) {
+                        let _ = writeln!(c, "{n} {:08x}", h.value());
+                    }
+                });
+            }
+        }
+        "source" => {
+            let l = listen(arg(&args, 2, "PORT")).unwrap_or_else(|e| die("listen", e));
+            println!("listening");
+            loop {
+                let c = match accept(&l) {
+                    Ok(c) => c,
+                    Err(e) => die("accept", e),
+                };
+                std::thread::spawn(move || {
+                    let mut line = String::new();
+                    let mut r = BufReader::new(c);
+                    if r.read_line(&mut line).is_ok() {
+                        if let Ok(n) = line.trim().parse::<u64>() {
+                            let mut c = r.into_inner();
+                            let _ = send_pattern(&mut c, n);
+                        }
+                    }
+                });
+            }
+        }
+        "send" => (|| {
+            let mut c = connect(arg(&args, 2, "CID"), arg(&args, 3, "PORT"))?;
+            let h = send_pattern(&mut c, arg(&args, 4, "BYTES"))?;
+            shutdown_write(&c);
+            let mut reply = String::new();
+            c.read_to_string(&mut reply)?;
+            println!("sent {:08x} reply {}", h.value(), reply.trim());
+            Ok(())
+        })(),
+        "wait" => {
+            let l = listen(arg(&args, 2, "PORT")).unwrap_or_else(|e| die("listen", e));
+            accept(&l).map(|_| ())
+        }
+        "connect" => {
+            match connect(arg(&args, 2, "CID"), arg(&args, 3, "PORT")) {
+                Ok(_) => println!("connected"),
+                Err(e) => println!("error {}", e.raw_os_error().unwrap_or(0)),
+            }
+            Ok(())
+        }
+        "sum" => {
+            let n: u64 = arg(&args, 2, "BYTES");
+            let mut h = Fnv::new();
+            let mut off = 0;
+            let mut buf = vec![0u8; 4096];
+            while off < n {
+                let k = (n - off).min(4096) as usize;
+                for (i, b) in buf[..k].iter_mut().enumerate() {
+                    *b = pattern(off + i as u64);
+                }
+                h.update(&buf[..k]);
+                off += k as u64;
+            }
+            println!("{n} {:08x}", h.value());
+            Ok(())
+        }
+        _ => {
+            eprintln!("usage: vsock-tool serve PORT | source PORT | send CID PORT BYTES | connect CID PORT | sum BYTES");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = r {
+        die(cmd, e);
+    }
+}
+
+fn die(what: &str, e: io::Error) -> ! {
+    eprintln!("vsock-tool: {what}: {e}");
+    std::process::exit(1);
+}

@@ -1,0 +1,181 @@
+#!/usr/bin/env python3
+"""Host side of the husk vsock end-to-end tests (hybrid unix-socket convention).
+
+  vsock_host.py send UDS PORT BYTES [N]   N parallel streams (default 1) to the guest's
+                                          `vsock-tool serve PORT`; checks its "<bytes> <crc>" reply
+  vsock_host.py fetch UDS PORT BYTES      asks the guest's `vsock-tool source PORT` for BYTES,
+                                          checks length and CRC
+  vsock_host.py refused UDS PORT          CONNECT to a port nobody listens on: expects no OK line
+  vsock_host.py listen PATH COUNT         serves COUNT guest-initiated connections on PATH
+                                          (`<uds>_<port>`): drain, reply "<bytes> <crc>"
+  vsock_host.py poke UDS PORT             one connection to PORT (e.g. to end the guest's wait)
+Pattern and checksum match vsock-tool: T[i mod 65521], CRC-32.
+"""
+import socket
+import sys
+import threading
+import time
+import zlib
+
+P = 65521
+T = bytes((((k * k * 31 + k * 7 + 13) >> 3) & 0xFF) for k in range(P))
+BIG = T * 17  # > 1 MiB, so any 1 MiB window starting below P is a slice
+
+
+def pattern_chunks(n, size=1 << 20):
+    off = 0
+    while off < n:
+        k = min(size, n - off)
+        start = off % P
+        yield BIG[start:start + k]
+        off += k
+
+
+def expected(n):
+    crc = 0
+    for c in pattern_chunks(n):
+        crc = zlib.crc32(c, crc)
+    return "%d %08x" % (n, crc)
+
+
+def host_connect(uds, port, deadline, require_ok=True):
+    """Connects and does the CONNECT handshake, retrying until the guest listens."""
+    last = "no attempt"
+    while time.time() < deadline:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(uds)
+            s.sendall(b"CONNECT %d\n" % port)
+            line = b""
+            while not line.endswith(b"\n"):
+                b = s.recv(1)
+                if not b:
+                    break
+                line += b
+            if line.startswith(b"OK "):
+                return s
+            last = "closed without OK (%r)" % line
+        except OSError as e:
+            last = str(e)
+        s.close()
+        if not require_ok:
+            return None
+        time.sleep(0.5)
+    raise RuntimeError("CONNECT %d via %s: %s" % (port, uds, last))
+
+
+def read_all(s):
+    out = []
+    while True:
+        b = s.recv(1 << 16)
+        if not b:
+            return b"".join(out)
+        out.append(b)
+
+
+def cmd_send(uds, port, n, streams=1):
+    results = [None] * streams
+    deadline = time.time() + 120
+
+    def one(i):
+        try:
+            s = host_connect(uds, port, deadline)
+            for c in pattern_chunks(n):
+                s.sendall(c)
+            s.shutdown(socket.SHUT_WR)
+            results[i] = read_all(s).decode().strip()
+            s.close()
+        except Exception as e:  # reported below
+            results[i] = "error: %s" % e
+
+    th = [threading.Thread(target=one, args=(i,)) for i in range(streams)]
+    t0 = time.time()
+    for t in th:
+        t.start()
+    for t in th:
+        t.join()
+    dt = time.time() - t0
+    want = expected(n)
+    bad = [r for r in results if r != want]
+    print("send: %d stream(s) x %d bytes in %.1f s (%.2f MiB/s); want '%s'; bad: %s"
+          % (streams, n, dt, streams * n / dt / 2**20, want, bad[:3]))
+    return 0 if not bad else 1
+
+
+def cmd_fetch(uds, port, n):
+    s = host_connect(uds, port, time.time() + 120)
+    s.sendall(b"%d\n" % n)
+    t0 = time.time()
+    crc, total = 0, 0
+    while True:
+        b = s.recv(1 << 16)
+        if not b:
+            break
+        crc = zlib.crc32(b, crc)
+        total += len(b)
+    dt = time.time() - t0
+    got = "%d %08x" % (total, crc)
+    want = expected(n)
+    print("fetch: %d bytes in %.1f s (%.2f MiB/s); got '%s' want '%s'" % (total, dt, total / dt / 2**20, got, want))
+    return 0 if got == want else 1
+
+
+def cmd_refused(uds, port):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(uds)
+    s.settimeout(60)
+    s.sendall(b"CONNECT %d\n" % port)
+    try:
+        data = s.recv(64)
+    except ConnectionResetError:
+        data = b""
+    print("refused: port %d answered %r" % (port, data))
+    return 0 if not data.startswith(b"OK") else 1
+
+
+def cmd_listen(path, count):
+    l = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    l.bind(path)
+    l.listen(64)
+    print("listening on %s" % path, flush=True)
+    for _ in range(count):
+        c, _ = l.accept()
+        crc, total = 0, 0
+        while True:
+            b = c.recv(1 << 16)
+            if not b:
+                break
+            crc = zlib.crc32(b, crc)
+            total += len(b)
+        c.sendall(b"%d %08x\n" % (total, crc))
+        c.close()
+    l.close()
+    return 0
+
+
+def cmd_poke(uds, port):
+    s = host_connect(uds, port, time.time() + 60)
+    s.close()
+    return 0
+
+
+def main(a):
+    if a[:1] == ["send"]:
+        return cmd_send(a[1], int(a[2]), int(a[3]), int(a[4]) if len(a) > 4 else 1)
+    if a[:1] == ["fetch"]:
+        return cmd_fetch(a[1], int(a[2]), int(a[3]))
+    if a[:1] == ["refused"]:
+        return cmd_refused(a[1], int(a[2]))
+    if a[:1] == ["listen"]:
+        return cmd_listen(a[1], int(a[2]))
+    if a[:1] == ["poke"]:
+        return cmd_poke(a[1], int(a[2]))
+    if a[:1] == ["expected"]:
+        print(expected(int(a[1])))
+        return 0
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
