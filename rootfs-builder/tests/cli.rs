@@ -210,5 +210,17 @@ fn image_command_errors() {
         "unsupported rootfs mount type \"tmpfs\"",
     );
     fails_with(&["image", "-o", o], "--from-dir, --layer or --mount");
+    for (fstype, pkg) in [
+        ("ext4", "install e2fsprogs"),
+        ("erofs", "install erofs-utils"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_husk-rootfs"))
+            .args(["image", "--from-dir", "/tmp", "--fstype", fstype, "-o", o])
+            .env("PATH", "/nonexistent")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(pkg), "{stderr}");
+    }
     assert!(!out.exists());
 }

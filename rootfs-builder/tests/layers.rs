@@ -442,6 +442,51 @@ fn opaque_marker_after_nested_entries_and_non_utf8_names() {
 }
 
 #[test]
+fn full_disk_while_unpacking_names_the_layer_and_cleans_up() {
+    let t = tmp();
+    let data: Vec<u8> = (0..3u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_size(data.len() as u64);
+    b.append_data(&mut h, "big", &data[..]).unwrap();
+    let layer = t.path().join("big.tar");
+    fs::write(&layer, b.into_inner().unwrap()).unwrap();
+    let small = tmp();
+    sh(
+        "mount",
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=1m",
+            "tmpfs",
+            small.path().to_str().unwrap(),
+        ],
+    );
+    let mut o = opts(t.path(), FsType::Erofs);
+    o.work_dir = Some(small.path().to_path_buf());
+    let err = image_from_layers(&[LayerSpec::new(&layer)], &o).unwrap_err();
+    let staged_left = leftovers(small.path(), ".husk-");
+    unmount(small.path());
+    assert!(matches!(err, ImageError::Layer { .. }), "{err:?}");
+    assert!(err.to_string().contains("big.tar"), "{err}");
+    let chain = format!("{:?}", std::error::Error::source(&err));
+    assert!(
+        chain.contains("No space left") || chain.contains("StorageFull"),
+        "{chain}"
+    );
+    assert!(staged_left.is_empty(), "staging removed: {staged_left:?}");
+    assert!(!o.output.exists());
+}
+
+#[test]
 fn hostile_layers_cannot_write_outside_the_image() {
     let t = tmp();
     let victim = t.path().join("victim");
