@@ -138,3 +138,41 @@ fn read_only_rootfs_gets_a_writable_overlay_that_is_discarded() {
     a.remove("ro").unwrap();
     assert!(a.agent_mounts().is_empty(), "{:?}", a.agent_mounts());
 }
+
+#[test]
+fn extra_disks_are_mounted_for_bind_mounts() {
+    let a = Agent::start();
+    let data = a.dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("hello.txt"), "from the disk\n").unwrap();
+    let mut s = spec(&["sh", "-c", "cat /mnt/data/hello.txt; touch /mnt/data/new 2>/dev/null && echo writable || echo read-only"]);
+    let disk_dir = a.dir.join("run/disks/d/data");
+    s["mounts"].as_array_mut().unwrap().push(serde_json::json!(
+        {"destination": "/mnt/data", "type": "bind", "source": disk_dir, "options": ["rbind", "ro"]}
+    ));
+    let mut req = CreateContainerRequest::new();
+    req.container_id = "d".into();
+    req.oci_spec_json = serde_json::to_vec(&s).unwrap();
+    req.rootfs = Some(a.rootfs_msg(false)).into();
+    let mut disk = Disk::new();
+    disk.name = "data".into();
+    disk.host_path = data.display().to_string();
+    disk.read_only = true;
+    req.disks.push(disk);
+    a.client.create_container(common::ctx(), &req).unwrap();
+    let mut start = StartContainerRequest::new();
+    start.container_id = "d".into();
+    a.client.start_container(common::ctx(), &start).unwrap();
+    assert_eq!(a.read_all("d", "", false), b"from the disk\nread-only\n");
+    assert_eq!(a.wait("d", "").exit_status, 0);
+    a.remove("d").unwrap();
+    assert!(a.agent_mounts().is_empty(), "{:?}", a.agent_mounts());
+
+    // Bad disk names are refused before anything is mounted.
+    req.container_id = "d2".into();
+    req.disks[0].name = "../x".into();
+    let (code, msg) = status(a.client.create_container(common::ctx(), &req));
+    assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT);
+    assert!(msg.contains("../x"), "{msg}");
+    assert!(a.agent_mounts().is_empty(), "{:?}", a.agent_mounts());
+}

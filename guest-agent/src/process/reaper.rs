@@ -44,8 +44,12 @@ impl Reaper {
                 Ok(_) | Err(nix::Error::EINTR) => {}
                 Err(nix::Error::ECHILD) => {
                     let table = self.lock();
-                    // A spawn notifies; the timeout covers orphans handed to PID 1.
-                    let _ = self.spawned.wait_timeout(table, Duration::from_millis(500));
+                    // Entries are only inserted under this lock, so a non-empty table means a
+                    // child was forked after waitpid looked: try again at once.
+                    if table.is_empty() {
+                        // A spawn notifies; the timeout covers orphans handed to PID 1.
+                        let _ = self.spawned.wait_timeout(table, Duration::from_millis(500));
+                    }
                 }
                 Err(e) => {
                     log::error!("waitpid: {e}");

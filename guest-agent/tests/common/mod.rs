@@ -32,7 +32,9 @@ fn build_rootfs(root: &Path) {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static is needed");
-    let status = Command::new(root.join("bin/busybox"))
+    // List applets with the host's copy: executing the fresh copy can race with other test
+    // threads' forks holding its write fd (ETXTBSY).
+    let status = Command::new("/bin/busybox")
         .args(["--list"])
         .output()
         .unwrap();
