@@ -40,7 +40,14 @@ pub fn run(mut vm: Vm, use_seccomp: bool) -> Result<ExitReason, crate::Error> {
     let mmio_bus: Arc<Bus> = Arc::new(std::mem::take(&mut vm.devices.mmio_bus));
     let info = VmInfo::new(&vm);
     if log::log_enabled!(log::Level::Debug) {
-        log::debug!("starting vCPUs {:?} after process start, VMM RSS {} KiB", crate::since_start(), rss_kib().unwrap_or(0));
+        use vm_memory::GuestMemoryBackend;
+        let ram: Vec<u64> = vm.mem.iter().map(|r| r.as_ptr() as u64).collect();
+        let (total, guest) = rss_kib(&ram).unwrap_or((0, 0));
+        log::debug!(
+            "starting vCPUs {:?} after process start; RSS {total} KiB = guest RAM {guest} KiB + VMM {} KiB",
+            crate::since_start(),
+            total.saturating_sub(guest)
+        );
     }
     let vcpus = Vcpus::start(std::mem::take(&mut vm.vcpus), io_bus, mmio_bus, exit.clone(), filters.as_ref().map(|f| f.get(ThreadKind::Vcpu)))?;
     let vcpus = Arc::new(vcpus);
@@ -56,13 +63,27 @@ pub fn run(mut vm: Vm, use_seccomp: bool) -> Result<ExitReason, crate::Error> {
     Ok(reason)
 }
 
-/// Resident set size of this process in KiB (from /proc/self/statm).
-pub fn rss_kib() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    Some(pages * u64::try_from(page).ok()? / 1024)
+/// Resident set size of this process and of the mappings starting at `guest_ram` (host
+/// addresses of guest memory), in KiB, from /proc/self/smaps.
+pub fn rss_kib(guest_ram: &[u64]) -> Option<(u64, u64)> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+    let (mut total, mut guest, mut in_guest) = (0u64, 0u64, false);
+    for line in smaps.lines() {
+        if let Some(kb) = line.strip_prefix("Rss:") {
+            let kb: u64 = kb.trim().trim_end_matches("kB").trim().parse().ok()?;
+            total += kb;
+            if in_guest {
+                guest += kb;
+            }
+        } else if let Some((range, _)) = line.split_once(' ') {
+            if let Some((start, _)) = range.split_once('-') {
+                if let Ok(start) = u64::from_str_radix(start, 16) {
+                    in_guest = guest_ram.contains(&start);
+                }
+            }
+        }
+    }
+    Some((total, guest))
 }
 
 /// Keeps `VmExit` reachable for callers that only hold the runner's result.

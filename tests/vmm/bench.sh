@@ -24,8 +24,8 @@ if [ "${1:-}" = --native ]; then
     for _ in $(seq 200); do grep -q 'first KVM_RUN' "$work/native.$i" && break; sleep 0.05; done
     kill -9 "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
     first=$(sed -n 's/.*first KVM_RUN at \(.*\) after process start.*/\1/p' "$work/native.$i")
-    rss=$(sed -n 's/.*VMM RSS \([0-9]*\) KiB.*/\1/p' "$work/native.$i")
-    echo "husk-vmm native round $i: process start -> first KVM_RUN $first, RSS before the guest runs ${rss} KiB"
+    rss=$(sed -n 's/.*starting vCPUs.*; \(RSS .*\)/\1/p' "$work/native.$i")
+    echo "husk-vmm native round $i: process start -> first KVM_RUN $first; before the guest runs: $rss"
   done
   exit 0
 fi
