@@ -122,7 +122,12 @@ fn run(started: Instant) -> anyhow::Result<()> {
     let guest = args.listen.is_none() && std::process::id() == 1;
     let mut cmdline = String::new();
     if guest {
+        let left = init::leave_rootfs();
         init::mount_base().context("mounting the base filesystems")?;
+        if let Err(e) = left {
+            // Containers then fall back to MS_MOVE + chroot (see container::mounts).
+            eprintln!("husk-agent: leaving the initramfs root: {}", error::chain(&e));
+        }
         cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     }
     let level = args

@@ -333,8 +333,19 @@ pub fn setup_root(plan: &RootPlan) -> ChildResult<()> {
         nix::unistd::sethostname(h).map_err(sys(format!("setting hostname {h:?}")))?;
     }
     nix::unistd::chdir(&plan.rootfs).map_err(sys(format!("chdir {}", plan.rootfs.display())))?;
-    nix::unistd::pivot_root(".", ".").map_err(sys(format!("pivot_root into {}", plan.rootfs.display())))?;
-    umount2(".", MntFlags::MNT_DETACH).map_err(sys("detaching the old root".into()))?;
+    match nix::unistd::pivot_root(".", ".") {
+        Ok(()) => {
+            umount2(".", MntFlags::MNT_DETACH).map_err(sys("detaching the old root".into()))?;
+        }
+        // The agent's root is still the initramfs (rootfs), where pivot_root is refused:
+        // move the container's root over / and chroot (runc's --no-pivot).
+        Err(nix::Error::EINVAL) => {
+            mount(Some("."), "/", none, MsFlags::MS_MOVE, none)
+                .map_err(sys(format!("moving {} to /", plan.rootfs.display())))?;
+            nix::unistd::chroot(".").map_err(sys("chroot into the container root".into()))?;
+        }
+        Err(e) => return Err(ChildError::sys(format!("pivot_root into {}", plan.rootfs.display()), e)),
+    }
     nix::unistd::chdir("/").map_err(sys("chdir /".into()))?;
     for p in &plan.masked {
         let path = Path::new(p);

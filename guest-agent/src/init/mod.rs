@@ -72,6 +72,24 @@ const fn base(
     BaseMount { source, target, fstype, flags, data }
 }
 
+/// Moves the agent's root off the initramfs' rootfs onto a bind mount of it: pivot_root
+/// (used for every container) refuses to run while the caller's root is rootfs itself.
+pub fn leave_rootfs() -> Result<(), InitError> {
+    let none = None::<&str>;
+    let err = |target: &'static str| {
+        move |source| InitError::Mount { fstype: "bind", target, source }
+    };
+    match nix::unistd::mkdir("/.root", Mode::from_bits_truncate(0o700)) {
+        Ok(()) | Err(nix::Error::EEXIST) => {}
+        Err(source) => return Err(InitError::Mkdir { path: "/.root", source }),
+    }
+    mount(Some("/"), "/.root", none, MsFlags::MS_BIND | MsFlags::MS_REC, none).map_err(err("/.root"))?;
+    nix::unistd::chdir("/.root").map_err(err("/.root"))?;
+    mount(Some("."), "/", none, MsFlags::MS_MOVE, none).map_err(err("/"))?;
+    nix::unistd::chroot(".").map_err(err("/"))?;
+    nix::unistd::chdir("/").map_err(err("/"))
+}
+
 /// Mounts proc, sysfs, devtmpfs, devpts, /dev/shm, /run, /tmp and cgroup2, and points
 /// stdin/stdout/stderr at /dev/console.
 pub fn mount_base() -> Result<(), InitError> {

@@ -1,0 +1,149 @@
+//! In-guest test: drives a real husk-agent running as PID 1 of a husk-vmm microVM over hybrid
+//! vsock. Run by tests/agent/test-guest.sh inside the testbed (it boots the VM and sets
+//! HUSK_AGENT_UDS); ignored in a plain `cargo test`.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::IntoRawFd;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use husk_protocol::agent::*;
+use husk_protocol::agent_ttrpc::AgentClient;
+use serde_json::json;
+
+/// Connects through the VMM's hybrid vsock socket: `CONNECT <port>\n` → `OK <n>\n`.
+fn connect(uds: &str, port: u32) -> std::io::Result<UnixStream> {
+    let mut s = UnixStream::connect(uds)?;
+    s.write_all(format!("CONNECT {port}\n").as_bytes())?;
+    let mut line = String::new();
+    BufReader::new(s.try_clone()?).read_line(&mut line)?;
+    if !line.starts_with("OK ") {
+        return Err(std::io::Error::other(format!("vsock answered {line:?}")));
+    }
+    Ok(s)
+}
+
+fn ctx() -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(120_000_000_000)
+}
+
+fn client(uds: &str) -> AgentClient {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(s) = connect(uds, husk_protocol::DEFAULT_AGENT_PORT) {
+            let c = AgentClient::new(ttrpc::Client::new(s.into_raw_fd()).unwrap());
+            if c.check(ctx(), &CheckRequest::new()).is_ok() {
+                return c;
+            }
+        }
+        assert!(Instant::now() < deadline, "the agent did not answer on vsock port 1024");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn read_all(c: &AgentClient, id: &str, exec_id: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let mut req = ReadStreamRequest::new();
+        req.container_id = id.into();
+        req.exec_id = exec_id.into();
+        let r = c.read_stdout(ctx(), &req).unwrap();
+        if r.eof {
+            return out;
+        }
+        out.extend(r.data);
+    }
+}
+
+fn wait(c: &AgentClient, id: &str, exec_id: &str) -> WaitProcessResponse {
+    let mut req = WaitProcessRequest::new();
+    req.container_id = id.into();
+    req.exec_id = exec_id.into();
+    c.wait_process(ctx(), &req).unwrap()
+}
+
+fn process(args: &[&str]) -> serde_json::Value {
+    json!({"user": {"uid": 0, "gid": 0}, "args": args, "env": ["PATH=/bin"], "cwd": "/"})
+}
+
+#[test]
+#[ignore = "needs a booted guest: run tests/agent/test-guest.sh in the testbed"]
+fn agent_in_a_microvm() {
+    let uds = std::env::var("HUSK_AGENT_UDS").expect("HUSK_AGENT_UDS: the VMM's vsock socket");
+    let c = client(&uds);
+    let v = c.version(ctx(), &VersionRequest::new()).unwrap();
+    assert_eq!(v.api_version, husk_protocol::API_VERSION);
+
+    let spec = json!({
+        "ociVersion": "1.0.2",
+        "process": process(&["sh", "-c", "echo hi from $(hostname); head -c 1048576 /dev/zero | wc -c; touch /new && echo writable"]),
+        "root": {"path": "rootfs"},
+        "hostname": "guestbox",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]}
+        ],
+        "linux": {
+            "namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "uts"}, {"type": "ipc"}],
+            "resources": {"memory": {"limit": 16777216}, "pids": {"limit": 32},
+                          "cpu": {"quota": 50000, "period": 100000}}
+        }
+    });
+    let mut rootfs = Rootfs::new();
+    rootfs.disk_serial = "rootfs".into();
+    rootfs.fstype = "ext4".into();
+    rootfs.read_only = true;
+    let mut req = CreateContainerRequest::new();
+    req.container_id = "g1".into();
+    req.oci_spec_json = serde_json::to_vec(&spec).unwrap();
+    req.rootfs = Some(rootfs).into();
+    c.create_container(ctx(), &req).unwrap();
+    let mut start = StartContainerRequest::new();
+    start.container_id = "g1".into();
+    c.start_container(ctx(), &start).unwrap();
+    assert_eq!(
+        String::from_utf8(read_all(&c, "g1", "")).unwrap(),
+        "hi from guestbox\n1048576\nwritable\n"
+    );
+    assert_eq!(wait(&c, "g1", "").exit_status, 0);
+
+    // cgroup v2 limits are in place.
+    let mut sreq = StatsRequest::new();
+    sreq.container_id = "g1".into();
+    let stats = c.stats(ctx(), &sreq).unwrap();
+    assert_eq!(stats.memory.limit_bytes, 16 << 20);
+    assert_eq!(stats.pids.limit, 32);
+    c.remove_container(ctx(), &{
+        let mut r = RemoveContainerRequest::new();
+        r.container_id = "g1".into();
+        r
+    })
+    .unwrap();
+
+    // A long-running container: exec, then an OOM kill is reported.
+    let mut spec2 = spec.clone();
+    spec2["process"] = process(&["sleep", "1000"]);
+    req.container_id = "g2".into();
+    req.oci_spec_json = serde_json::to_vec(&spec2).unwrap();
+    c.create_container(ctx(), &req).unwrap();
+    start.container_id = "g2".into();
+    c.start_container(ctx(), &start).unwrap();
+    let mut exec = ExecProcessRequest::new();
+    exec.container_id = "g2".into();
+    exec.exec_id = "echo".into();
+    exec.process_json = serde_json::to_vec(&process(&["echo", "exec works"])).unwrap();
+    c.exec_process(ctx(), &exec).unwrap();
+    assert_eq!(read_all(&c, "g2", "echo"), b"exec works\n");
+    exec.exec_id = "hog".into();
+    exec.process_json =
+        serde_json::to_vec(&process(&["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"])).unwrap();
+    c.exec_process(ctx(), &exec).unwrap();
+    let hog = wait(&c, "g2", "hog");
+    assert_eq!(hog.signal, 9, "the memory hog was not OOM-killed: {hog:?}");
+    let oom = c.get_oom_event(ctx(), &GetOomEventRequest::new()).unwrap();
+    assert_eq!(oom.container_id, "g2");
+
+    // Shutdown powers the VM off (the script checks husk-vmm's exit status).
+    c.shutdown(ctx(), &ShutdownRequest::new()).unwrap();
+}
