@@ -19,7 +19,7 @@ AGENT := target/$(MUSL)/release/husk-agent
 TESTBED := tests/testbed/run
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: deps build agent kernel initramfs test unit lint testbed-selftest testbed-tests bench install demo fuzz clean
+.PHONY: deps build agent kernel initramfs test unit lint testbed-selftest testbed-prep testbed-tests host-tests bench install demo fuzz clean
 
 deps:
 	@tests/scripts/deps.sh
@@ -46,14 +46,23 @@ lint:
 testbed-selftest:
 	tests/testbed/selftest.sh
 
+# What in-guest tests need built outside the testbed (cargo cannot write in there).
+testbed-prep: kernel build initramfs
+	@for b in tests/*/build.sh; do echo "prep: $$b"; $$b || exit 1; done
+
 # Every test that boots a real guest, in one outer VM.
-testbed-tests: kernel build initramfs
+testbed-tests: testbed-prep
 	$(TESTBED) --timeout 2700 -- tests/testbed/suite.sh $(FILTER)
 
-test: deps kernel build initramfs unit testbed-selftest testbed-tests
+# Host-side checks of guest-facing outputs (QEMU TCG, no KVM needed).
+host-tests: kernel
+	tests/rootfs/guest-mount.sh
 
-bench: deps kernel build initramfs
-	$(TESTBED) --timeout 2700 -- tests/bench.sh
+test: deps kernel build initramfs unit host-tests testbed-selftest testbed-tests
+
+bench: testbed-prep
+	tests/bench.sh --where host
+	$(TESTBED) --timeout 2700 -- tests/bench.sh --where testbed
 
 fuzz:
 	tests/scripts/fuzz.sh $(FUZZ_SECONDS)

@@ -1,4 +1,5 @@
 #!/bin/sh
+# bench-where: host
 # Benchmark of husk-rootfs image building against cp -a and plain mkfs.ext4 -d, in one run:
 # a ~5 MiB and a ~200 MiB tree, cold and cached. Needs no KVM; needs ~700 MiB free in $TMPDIR.
 # Usage: tests/rootfs/bench.sh [--work DIR] [--sizes-mib 5,200]
