@@ -20,6 +20,7 @@ md5() { md5sum "$1" | cut -d' ' -f1; }
 a_md5=$(md5 "$work/a.img") c_md5=$(md5 "$work/c.img")
 mkinit_x block "mount -t proc proc /proc
 mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
 for d in vda vdb vdc; do echo \"HUSK-SERIAL \$d \$(cat /sys/block/\$d/serial) ro=\$(cat /sys/block/\$d/ro)\"; done
 echo \"HUSK-VDA \$(md5sum </dev/vda | cut -d' ' -f1)\"
 yes husk-block-e2e | head -c $((MB * 1048576)) >/dev/vdb && sync && echo HUSK-VDB-WRITTEN

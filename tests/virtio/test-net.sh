@@ -33,8 +33,13 @@ open('$work/tx.got','wb').write(got); c.close()
 sink=$!
 ip netns exec "$ns" python3 -m http.server 7001 --bind 10.0.99.1 --directory "$work/www" >/dev/null 2>&1 &
 web=$!
+for _ in $(seq 300); do
+  n=$(ip netns exec "$ns" ss -Hltn 2>/dev/null | grep -cE "10.0.99.1:700[01] ")
+  [ "$n" = 2 ] && break; sleep 0.2
+done
 mkinit_x net "mount -t proc proc /proc
 mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
 echo \"HUSK-MAC \$(cat /sys/class/net/eth0/address)\"
 ip link set eth0 up && ip addr add 10.0.99.2/24 dev eth0
 ping -c 3 -W 10 10.0.99.1 >/dev/null; echo \"HUSK-PING rc=\$?\"

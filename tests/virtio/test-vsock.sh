@@ -17,6 +17,7 @@ poweroff -f" "$VSOCK_TOOL:/bin/vsock-tool"
 
 python3 "$vdir/vsock_host.py" listen "${uds}_6000" 1 >"$work/listen.log" 2>&1 &
 lpid=$!
+for _ in $(seq 300); do [ -S "${uds}_6000" ] && break; sleep 0.1; done
 start_vm vsock "$work/vsock.cpio.gz" --vsock "cid=3,uds=$uds"
 for _ in $(seq 100); do [ -S "$uds" ] && break; sleep 0.1; done
 
