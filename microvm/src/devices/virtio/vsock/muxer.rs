@@ -351,7 +351,7 @@ impl Muxer {
             return;
         }
         let path = format!("{}_{}", self.uds_path.display(), key.0);
-        let stream = match UnixStream::connect(&path) {
+        let stream = match connect_nonblocking(&path) {
             Ok(s) => s,
             Err(_) => {
                 m.conns_refused.inc();
@@ -359,11 +359,6 @@ impl Muxer {
                 return;
             }
         };
-        if stream.set_nonblocking(true).is_err() {
-            m.conns_refused.inc();
-            self.rst(key);
-            return;
-        }
         let mut c = Connection::new(stream, ConnState::Established);
         c.update_peer_credit(hdr.buf_alloc, hdr.fwd_cnt);
         self.insert(key, c);
@@ -471,6 +466,49 @@ fn header(guest_cid: u64, key: Key, op: u16) -> Header {
         buf_alloc: CONN_BUF_ALLOC,
         ..Header::default()
     }
+}
+
+/// Connects to a unix socket without ever blocking: a listener whose backlog is full (a
+/// guest can cause that by opening connections nobody accepts) refuses instead of stalling
+/// the event loop. (std's `UnixStream::connect` blocks in that case.)
+pub(super) fn connect_nonblocking(path: &str) -> io::Result<UnixStream> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_bytes();
+    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    for (dst, &src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: plain socket(2); the descriptor is owned right below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: `addr` is a valid, initialised sockaddr_un and the length is its size.
+    let r = unsafe {
+        libc::connect(
+            fd,
+            &addr as *const libc::sockaddr_un as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        // EAGAIN: backlog full. Unix sockets never return EINPROGRESS.
+        return Err(io::Error::last_os_error());
+    }
+    Ok(UnixStream::from(owned))
 }
 
 /// Parses `CONNECT <port>` (the newline already stripped).

@@ -420,3 +420,29 @@ fn config_space_holds_the_guest_cid() {
     drop(dev);
     let _ = std::fs::remove_dir_all(uds.parent().unwrap());
 }
+
+#[test]
+fn guest_connect_to_full_backlog_is_refused_without_blocking() {
+    let mem = guest_mem();
+    let mut rig = Rig::new(&mem);
+    let path = format!("{}_7002", rig.uds.display());
+    // A listener that never accepts, with its backlog filled.
+    let listener = UnixListener::bind(&path).unwrap();
+    // SAFETY: listen(2) again on our own listening socket only shrinks its backlog.
+    assert_eq!(unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), 1) }, 0);
+    let mut fillers = Vec::new();
+    for _ in 0..64 {
+        match super::muxer::connect_nonblocking(&path) {
+            Ok(s) => fillers.push(s),
+            Err(_) => break,
+        }
+    }
+    for _ in 0..8 {
+        rig.give_rx(4096);
+    }
+    let start = std::time::Instant::now();
+    rig.send(OP_REQUEST, 1, 7002, &[], 0);
+    assert!(start.elapsed() < std::time::Duration::from_secs(2));
+    assert_eq!(rig.received()[0].0.op, OP_RST);
+    assert_eq!(rig.dev.metrics.conns_refused.get(), 1);
+}
