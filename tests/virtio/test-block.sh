@@ -43,8 +43,8 @@ want_b=$(yes husk-block-e2e | head -c $((MB * 1048576)) | md5sum | cut -d' ' -f1
 if [ -n "$(line HUSK-VDB-WRITTEN)" ] && [ "$(md5 "$work/b.img")" = "$want_b" ]; then ok "host reads back what the guest wrote to vdb"
 else bad "vdb: host md5 $(md5 "$work/b.img") want $want_b"; fi
 if [[ "$(line HUSK-VDC-OPEN)" != "HUSK-VDC-OPEN rc=0" && "$(line HUSK-VDC-DIRECT)" != "HUSK-VDC-DIRECT rc=0" && -n "$(line HUSK-VDC-DIRECT)" ]] \
-   && [ "$(line HUSK-VDC)" = "HUSK-VDC $c_md5" ] && [ "$(md5 "$work/c.img")" = "$c_md5" ]; then
+   && [ "$(line "HUSK-VDC ")" = "HUSK-VDC $c_md5" ] && [ "$(md5 "$work/c.img")" = "$c_md5" ]; then
   ok "read-only disk refuses writes (open and forced direct write fail), image untouched"
-else bad "read-only: $(line HUSK-VDC-OPEN); $(line HUSK-VDC-DIRECT); $(line HUSK-VDC); host md5 $(md5 "$work/c.img") want $c_md5"; fi
+else bad "read-only: $(line HUSK-VDC-OPEN); $(line HUSK-VDC-DIRECT); $(line "HUSK-VDC "); host md5 $(md5 "$work/c.img") want $c_md5"; fi
 if [ "$rc" = 0 ]; then ok "guest powered off, exit 0"; else bad "vmm exit $rc: $(tail -5 "$work/block.err")"; tail -20 "$work/block.out"; fi
 finish
