@@ -148,20 +148,26 @@ fn run_loop(id: u8, mut fd: VcpuFd, io: &Bus, mmio: &Bus, exit: &VmExit, control
         }
         match fd.run() {
             Ok(VcpuExit::IoOut(port, data)) => {
-                io.write(u64::from(port), data);
+                if !io.write(u64::from(port), data) {
+                    log::trace!("vcpu-{id}: out {port:#x} unhandled");
+                }
             }
             Ok(VcpuExit::IoIn(port, data)) => {
                 if !io.read(u64::from(port), data) {
+                    log::trace!("vcpu-{id}: in {port:#x} unhandled");
                     data.fill(0xff);
                 }
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
                 if !mmio.read(addr, data) {
+                    log::trace!("vcpu-{id}: mmio read {addr:#x} unhandled");
                     data.fill(0);
                 }
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
-                mmio.write(addr, data);
+                if !mmio.write(addr, data) {
+                    log::trace!("vcpu-{id}: mmio write {addr:#x} unhandled");
+                }
             }
             Ok(VcpuExit::Hlt) => {
                 // Only without an in-kernel LAPIC; ours has one. Treat like an idle spin.
