@@ -21,7 +21,7 @@ if [ "${1:-}" = --native ]; then
     HUSK_LOG=debug timeout 20 "$VMM" --kernel "$KDIR/vmlinux" --memory ${MEM_MB}M --console none \
       --cmdline "$CMDLINE" 2>"$work/native.$i" >/dev/null &
     pid=$!
-    for _ in $(seq 200); do grep -q 'first KVM_RUN' "$work/native.$i" && break; sleep 0.05; done
+    for _ in $(seq 200); do grep -q 'first KVM_RUN' "$work/native.$i" 2>/dev/null && break; sleep 0.05; done
     kill -9 "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
     first=$(sed -n 's/.*first KVM_RUN at \(.*\) after process start.*/\1/p' "$work/native.$i")
     rss=$(sed -n 's/.*starting vCPUs.*; \(RSS .*\)/\1/p' "$work/native.$i")
