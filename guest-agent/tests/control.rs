@@ -39,6 +39,9 @@ fn stats_pause_resume_and_process_list() {
     let frozen = counter(&a);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(counter(&a), frozen, "the paused container kept running");
+    let (code, msg) = status(a.exec("p", "while-paused", &process(&["true"]), false));
+    assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION, "{msg}");
+    assert!(msg.contains("paused"), "{msg}");
 
     let mut resume = ResumeContainerRequest::new();
     resume.container_id = "p".into();

@@ -176,3 +176,28 @@ fn extra_disks_are_mounted_for_bind_mounts() {
     assert!(msg.contains("../x"), "{msg}");
     assert!(a.agent_mounts().is_empty(), "{:?}", a.agent_mounts());
 }
+
+#[test]
+fn orphans_are_reaped_without_stealing_exit_statuses() {
+    let a = Agent::start();
+    // Without a pid namespace the background sleeps are re-parented to the agent when their
+    // shell exits; the agent must reap them and still report the shell's own status.
+    let mut s = spec(&["sh", "-c", "for i in 1 2 3 4 5; do sleep 0.2 & done; exit 4"]);
+    s["linux"]["namespaces"] = serde_json::json!([{"type": "mount"}, {"type": "uts"}]);
+    a.run("orph", &s, false);
+    assert_eq!(a.wait("orph", "").exit_status, 4);
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let agent = a.agent_pid();
+    let mut zombies = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{agent}/task")).unwrap().flatten() {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for pid in children.split_whitespace() {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')) {
+                zombies.push(pid.to_string());
+            }
+        }
+    }
+    assert!(zombies.is_empty(), "zombies left under the agent: {zombies:?}");
+    a.remove("orph").unwrap();
+}

@@ -123,6 +123,11 @@ impl Cgroup {
         ))
     }
 
+    /// Whether the cgroup is frozen (PauseContainer).
+    pub fn is_frozen(&self) -> bool {
+        read(&self.path.join("cgroup.freeze")).is_some_and(|s| s.trim() == "1")
+    }
+
     /// Sends `sig` to every process in the cgroup (SIGKILL through cgroup.kill).
     pub fn signal_all(&self, sig: nix::sys::signal::Signal) -> Result<()> {
         if sig == nix::sys::signal::Signal::SIGKILL

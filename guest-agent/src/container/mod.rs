@@ -188,6 +188,10 @@ impl Container {
         if self.init.exit_info().is_some() {
             return Err(AgentError::FailedPrecondition(format!("container {} is not running", self.id)));
         }
+        if self.cgroup.is_frozen() {
+            // A new process would freeze on joining the cgroup, before it could report.
+            return Err(AgentError::FailedPrecondition(format!("container {} is paused", self.id)));
+        }
         // Reserve the id while spawning.
         {
             let execs = self.execs.lock().unwrap_or_else(|e| e.into_inner());
