@@ -232,3 +232,64 @@ impl Cgroup {
         resp
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn fake(name: &str, files: &[(&str, &str)]) -> (PathBuf, Cgroup) {
+        let root = std::env::temp_dir().join(format!("husk-cg-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let cg = Cgroup::create(&root, "c").unwrap();
+        for (f, v) in files {
+            std::fs::write(root.join("c").join(f), v).unwrap();
+        }
+        (root, cg)
+    }
+
+    #[test]
+    fn stats_are_read_from_cgroup_files() {
+        let (root, cg) = fake("stats", &[
+            ("cpu.stat", "usage_usec 100\nuser_usec 60\nsystem_usec 40\nnr_periods 5\nnr_throttled 2\nthrottled_usec 9\n"),
+            ("memory.current", "4096\n"),
+            ("memory.max", "max\n"),
+            ("memory.stat", "anon 1024\nfile 2048\n"),
+            ("memory.events", "low 0\nhigh 0\nmax 3\noom 2\noom_kill 1\n"),
+            ("pids.current", "7\n"),
+            ("pids.max", "64\n"),
+            ("io.stat", "254:0 rbytes=10 wbytes=20 rios=1 wios=2 dbytes=0 dios=0\n"),
+            ("cgroup.procs", ""),
+        ]);
+        let s = cg.stats();
+        assert_eq!((s.cpu.usage_usec, s.cpu.user_usec, s.cpu.system_usec), (100, 60, 40));
+        assert_eq!((s.cpu.nr_periods, s.cpu.nr_throttled, s.cpu.throttled_usec), (5, 2, 9));
+        assert_eq!((s.memory.usage_bytes, s.memory.limit_bytes), (4096, 0));
+        assert_eq!(s.memory.stat.get("file"), Some(&2048));
+        assert_eq!((s.memory.oom_events, s.memory.oom_kill_events), (2, 1));
+        assert_eq!((s.pids.current, s.pids.limit), (7, 64));
+        let d = &s.io.devices[0];
+        assert_eq!((d.major, d.minor, d.read_bytes, d.write_bytes, d.read_ios, d.write_ios), (254, 0, 10, 20, 1, 2));
+        assert_eq!(cg.oom_kills(), 1);
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn limits_are_written_and_missing_controllers_named() {
+        let (root, cg) = fake("limits", &[("memory.max", "max"), ("cpu.max", "max 100000"), ("cpu.weight", "100")]);
+        let res: LinuxResources = serde_json::from_str(
+            r#"{"memory":{"limit":1048576},"cpu":{"quota":20000,"period":50000,"shares":1024}}"#,
+        ).unwrap();
+        cg.apply(&res).unwrap();
+        let read = |f: &str| std::fs::read_to_string(root.join("c").join(f)).unwrap();
+        assert_eq!(read("memory.max"), "1048576");
+        assert_eq!(read("cpu.max"), "20000 50000");
+        assert_eq!(read("cpu.weight"), "39");
+        let res: LinuxResources = serde_json::from_str(r#"{"pids":{"limit":10}}"#).unwrap();
+        let err = cg.apply(&res).unwrap_err();
+        assert_eq!(err.code(), ttrpc::Code::INVALID_ARGUMENT);
+        assert!(err.to_string().contains("pids cgroup controller"), "{err}");
+        std::fs::remove_dir_all(root).unwrap();
+    }
+}
