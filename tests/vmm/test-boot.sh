@@ -9,7 +9,7 @@ mkinit poweroff 'mount -t proc proc /proc
 echo "HUSK-INIT nproc=$(nproc) memtotal_kb=$(awk "/MemTotal/{print \$2}" /proc/meminfo)"
 poweroff -f'
 mkinit reboot 'echo HUSK-INIT reboot; reboot -f'
-mkinit panic 'echo HUSK-INIT panic; exit 7'
+mkinit panic 'echo HUSK-INIT panic; sleep 1; exit 7'
 
 for kernel in vmlinux bzImage; do
   for vcpus in 1 2; do
