@@ -41,8 +41,10 @@ impl MutEventSubscriber for Vsock {
         let fd = events.fd();
         if fd == self.activate_evt.as_raw_fd() {
             let _ = self.activate_evt.read();
-            if let Err(e) = ops.add(Events::new(&self.muxer.listener, EventSet::IN)) {
-                log::error!("vsock: cannot register the unix listener: {e}");
+            match ops.add(Events::new(&self.muxer.listener, EventSet::IN)) {
+                // Still registered from before a reset: fine.
+                Ok(()) | Err(event_manager::Error::FdAlreadyRegistered) => {}
+                Err(e) => log::error!("vsock: cannot register the unix listener: {e}"),
             }
             self.process_rx();
         } else if let Some(q) = self.queue_evts.iter().position(|e| e.as_raw_fd() == fd) {

@@ -233,12 +233,12 @@ fn host_connect_refused_by_guest_closes_the_socket() {
 
 #[test]
 fn bad_connect_lines_are_rejected() {
-    assert_eq!(muxer::parse_connect(b"CONNECT 1024"), Some(1024));
-    assert_eq!(muxer::parse_connect(b"CONNECT 1024\r"), Some(1024));
-    assert_eq!(muxer::parse_connect(b"CONNECT"), None);
-    assert_eq!(muxer::parse_connect(b"CONNECT -1"), None);
-    assert_eq!(muxer::parse_connect(b"CONNECT 99999999999"), None);
-    assert_eq!(muxer::parse_connect(b"connect 5"), None);
+    assert_eq!(unix::parse_connect(b"CONNECT 1024"), Some(1024));
+    assert_eq!(unix::parse_connect(b"CONNECT 1024\r"), Some(1024));
+    assert_eq!(unix::parse_connect(b"CONNECT"), None);
+    assert_eq!(unix::parse_connect(b"CONNECT -1"), None);
+    assert_eq!(unix::parse_connect(b"CONNECT 99999999999"), None);
+    assert_eq!(unix::parse_connect(b"connect 5"), None);
     let mem = guest_mem();
     let mut rig = Rig::new(&mem);
     let mut host = UnixStream::connect(&rig.uds).unwrap();
@@ -432,7 +432,7 @@ fn guest_connect_to_full_backlog_is_refused_without_blocking() {
     assert_eq!(unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), 1) }, 0);
     let mut fillers = Vec::new();
     for _ in 0..64 {
-        match super::muxer::connect_nonblocking(&path) {
+        match super::unix::connect_nonblocking(&path) {
             Ok(s) => fillers.push(s),
             Err(_) => break,
         }
