@@ -6,13 +6,7 @@
 //! - Without `--listen` and as PID 1 (the guest): does the PID 1 duties and listens on
 //!   `vsock://-1:<port>` (port 1024, or `husk.agent_port=N` on the kernel command line).
 //! - With `--listen unix:///path` (host tests): skips the PID 1 mounts.
-mod container;
-mod error;
-mod init;
-mod logger;
-mod network;
-mod process;
-mod server;
+use husk_agent::{container, error, init, logger, process, server};
 
 use std::path::PathBuf;
 use std::sync::Arc;

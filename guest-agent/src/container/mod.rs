@@ -51,7 +51,8 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> R
         .map_err(|e| AgentError::InvalidArgument(format!("{what} is not valid JSON: {e}")))
 }
 
-fn clone_flags(spec: &Spec) -> Result<CloneFlags> {
+/// Namespaces to create for `spec` (a new mount namespace is required).
+pub fn clone_flags(spec: &Spec) -> Result<CloneFlags> {
     let mut flags = CloneFlags::empty();
     let mut has_mount = false;
     for ns in spec.linux().as_ref().and_then(|l| l.namespaces().as_ref()).into_iter().flatten() {

@@ -201,9 +201,19 @@ fn make_stdio(plan: &ExecPlan, want_stdin: bool) -> Result<StdioPair> {
 /// How to place the new process.
 pub enum Placement<'a> {
     /// New namespaces (clone flags) and a new root.
-    Create { flags: CloneFlags, root: &'a RootPlan },
+    Create {
+        /// Namespaces to create.
+        flags: CloneFlags,
+        /// The root to build.
+        root: &'a RootPlan,
+    },
     /// Join a running container: its pid namespace (set on the forking thread) and the others.
-    Join { pid_ns: Option<OwnedFd>, namespaces: Vec<(OwnedFd, CloneFlags)> },
+    Join {
+        /// The container's pid namespace.
+        pid_ns: Option<OwnedFd>,
+        /// The other namespaces, joined in order (mount last).
+        namespaces: Vec<(OwnedFd, CloneFlags)>,
+    },
 }
 
 /// Forks a process; for `Create` it waits for StartContainer before exec'ing.
