@@ -208,3 +208,92 @@ pub fn write_to(
     }
     Ok(done)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::{Queue, QueueOwnedT};
+
+    use super::*;
+    use crate::devices::virtio::test_utils::{TestQueue, F_NEXT, F_WRITE};
+
+    /// RAM at 0 and where MockSplitQueue puts indirect tables (0x3000_0000).
+    fn mem() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 0x100_0000),
+            (GuestAddress(0x3000_0000), 0x10_0000),
+        ])
+        .unwrap()
+    }
+
+    fn pop(mem: &GuestMemoryMmap, q: &mut Queue, max: usize) -> Result<Chain, ChainError> {
+        let c = q.iter(mem).unwrap().next().unwrap();
+        Chain::parse(c, mem, max)
+    }
+
+    #[test]
+    fn indirect_chain_is_followed() {
+        let m = mem();
+        let mut vq = MockSplitQueue::new(&m, 16);
+        vq.add_indirect_chain(8).unwrap();
+        let mut q: Queue = vq.create_queue().unwrap();
+        let c = pop(&m, &mut q, MAX_CHAIN_DESCS).unwrap();
+        assert_eq!(c.readable.len(), 8);
+        assert_eq!(c.readable_len(), 8 * 0x1000);
+    }
+
+    #[test]
+    fn indirect_chain_longer_than_limit_is_rejected() {
+        let m = mem();
+        let mut vq = MockSplitQueue::new(&m, 16);
+        vq.add_indirect_chain(2048).unwrap();
+        let mut q: Queue = vq.create_queue().unwrap();
+        let e = pop(&m, &mut q, MAX_CHAIN_DESCS).unwrap_err();
+        assert!(matches!(e, ChainError::TooLong { max: MAX_CHAIN_DESCS, .. }), "{e}");
+    }
+
+    #[test]
+    fn malformed_chains_are_named() {
+        let m = mem();
+        let mut tq = TestQueue::new(&m, 0x1000, 16);
+        let mut q = tq.queue();
+        // Loop 0 -> 1 -> 0.
+        tq.add_raw(0, &[(0x8000, 8, F_NEXT, 1), (0x8000, 8, F_NEXT, 0)]);
+        assert!(matches!(pop(&m, &mut q, 64), Err(ChainError::Unterminated { head: 0 })));
+        // Next index past the table.
+        tq.add_raw(2, &[(0x8000, 8, F_NEXT, 500)]);
+        assert!(matches!(pop(&m, &mut q, 64), Err(ChainError::Unterminated { head: 2 })));
+        // Head index past the table.
+        let idx = tq.vq.avail().idx().load();
+        tq.vq.avail().ring().ref_at(idx as usize % 16).unwrap().store(99);
+        tq.vq.avail().idx().store(idx + 1);
+        assert!(matches!(pop(&m, &mut q, 64), Err(ChainError::Empty { head: 99 })));
+        // Buffer in the hole between the two RAM regions, and a wrapping length.
+        tq.add_raw(3, &[(0x200_0000, 8, 0, 0)]);
+        assert!(matches!(pop(&m, &mut q, 64), Err(ChainError::OutsideMemory { .. })));
+        tq.add_raw(4, &[(0xfff0, u32::MAX, 0, 0)]);
+        assert!(matches!(pop(&m, &mut q, 64), Err(ChainError::OutsideMemory { .. })));
+        // Readable after writable.
+        tq.add_raw(5, &[(0x8000, 8, F_WRITE | F_NEXT, 6), (0x9000, 8, 0, 0)]);
+        assert!(matches!(pop(&m, &mut q, 64), Err(ChainError::ReadAfterWrite { index: 1, .. })));
+        // Too many descriptors for the device's limit.
+        tq.add_raw(7, &[(0x8000, 8, F_NEXT, 8), (0x8000, 8, F_NEXT, 9), (0x8000, 8, 0, 0)]);
+        assert!(matches!(pop(&m, &mut q, 2), Err(ChainError::TooLong { max: 2, .. })));
+    }
+
+    #[test]
+    fn segments_split_across_descriptors() {
+        let d = [
+            Desc { addr: GuestAddress(0x1000), len: 10 },
+            Desc { addr: GuestAddress(0x2000), len: 10 },
+        ];
+        assert_eq!(
+            segments(&d, 5, 10),
+            vec![(GuestAddress(0x1005), 5), (GuestAddress(0x2000), 5)]
+        );
+        assert_eq!(segments(&d, 25, 10), vec![]);
+        assert_eq!(segments(&d, 15, 100), vec![(GuestAddress(0x2005), 5)]);
+    }
+}

@@ -240,3 +240,19 @@ fn bad_configs_name_the_problem() {
         .unwrap_err();
     assert!(err.to_string().contains(&"x".repeat(21)), "{err}");
 }
+
+#[test]
+fn notification_before_driver_ok_is_counted_and_ignored() {
+    use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+    use std::sync::{Arc, Mutex};
+    let img = Img::new(8);
+    let dev = Block::new(BlockConfig { path: img.0.clone(), read_only: false, id: "early".into() }).unwrap();
+    dev.queue_events()[0].write(1).unwrap();
+    let dev = Arc::new(Mutex::new(dev));
+    let mut em = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new().unwrap();
+    em.add_subscriber(dev.clone());
+    assert_eq!(em.run_with_timeout(100).unwrap(), 1);
+    let d = dev.lock().unwrap();
+    assert_eq!(d.counters().early_notifications.get(), 1);
+    assert!(!d.is_activated());
+}
