@@ -186,17 +186,26 @@ fn orphans_are_reaped_without_stealing_exit_statuses() {
     s["linux"]["namespaces"] = serde_json::json!([{"type": "mount"}, {"type": "uts"}]);
     a.run("orph", &s, false);
     assert_eq!(a.wait("orph", "").exit_status, 4);
-    std::thread::sleep(std::time::Duration::from_millis(800));
     let agent = a.agent_pid();
-    let mut zombies = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{agent}/task")).unwrap().flatten() {
-        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-        for pid in children.split_whitespace() {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            if stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')) {
-                zombies.push(pid.to_string());
+    let find_zombies = || {
+        let mut found = Vec::new();
+        for task in std::fs::read_dir(format!("/proc/{agent}/task")).unwrap().flatten() {
+            let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for pid in children.split_whitespace() {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                if stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')) {
+                    found.push(pid.to_string());
+                }
             }
         }
+        found
+    };
+    // The sleeps end after 0.2 s; a zombie that outlives 5 s was never reaped.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut zombies = find_zombies();
+    while !zombies.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        zombies = find_zombies();
     }
     assert!(zombies.is_empty(), "zombies left under the agent: {zombies:?}");
     a.remove("orph").unwrap();
