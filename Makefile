@@ -4,6 +4,7 @@
 #   make kernel     guest kernel build/kernel/{vmlinux,bzImage} (cached by config hash)
 #   make initramfs  build/initramfs.cpio.gz with the static husk-agent as /init
 #   make test       everything: deps, builds, unit tests, testbed self-test, in-guest tests
+#   make fuzz       every cargo-fuzz target for FUZZ_SECONDS (10) each
 #   make bench      benchmarks against peers (QEMU microvm, runc), in the testbed
 #   make install    binaries, kernel, initramfs and /etc/husk/config.toml (PREFIX, SYSCONFDIR, DESTDIR)
 #   make demo       run a container in a microVM with a private containerd
@@ -58,12 +59,13 @@ testbed-tests: testbed-prep
 host-tests: kernel
 	tests/rootfs/guest-mount.sh
 
-test: deps kernel build initramfs unit host-tests testbed-selftest testbed-tests
+test: deps kernel build initramfs unit host-tests fuzz testbed-selftest testbed-tests
 
 bench: testbed-prep
 	tests/bench.sh --where host
 	$(TESTBED) --timeout 2700 -- tests/bench.sh --where testbed
 
+FUZZ_SECONDS ?= 10
 fuzz:
 	tests/scripts/fuzz.sh $(FUZZ_SECONDS)
 
