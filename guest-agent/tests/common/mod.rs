@@ -61,6 +61,14 @@ impl Agent {
         let dir = std::env::temp_dir().join(&tag);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
+        // Removes the directory if start() panics before the Agent (and its Drop) exists.
+        struct DirGuard(PathBuf);
+        impl Drop for DirGuard {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let guard = DirGuard(dir.clone());
         build_rootfs(&dir.join("rootfs"));
         let cgroup_root = PathBuf::from("/sys/fs/cgroup/unified").join(&tag);
         let sock = dir.join("agent.sock");
@@ -83,6 +91,7 @@ impl Agent {
             .spawn()
             .expect("unshare (util-linux) is needed");
         let deadline = Instant::now() + Duration::from_secs(10);
+        let mut child = child;
         let client = loop {
             if let Ok(c) = ttrpc::Client::connect(&format!("unix://{}", sock.display())) {
                 let client = AgentClient::new(c);
@@ -90,9 +99,15 @@ impl Agent {
                     break client;
                 }
             }
-            assert!(Instant::now() < deadline, "agent did not come up");
+            if Instant::now() >= deadline || matches!(child.try_wait(), Ok(Some(_))) {
+                let _ = child.kill();
+                let _ = child.wait();
+                remove_cgroup_tree(&cgroup_root);
+                panic!("agent did not come up");
+            }
             std::thread::sleep(Duration::from_millis(5));
         };
+        std::mem::forget(guard);
         Agent { client, dir, cgroup_root, child }
     }
 
