@@ -9,7 +9,7 @@
 # Prints one line per figure and "ratio husk/qemu". Run: tests/testbed/run -- tests/virtio/bench.sh
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
-MB=${BENCH_MB:-64}
+MB=${BENCH_MB:-32}
 ns=husk-bench-$$
 tap=hb$$
 cleanup_bench() { ip netns del "$ns" 2>/dev/null; cleanup_vmm; }
@@ -30,7 +30,7 @@ dd if=/dev/zero of=/dev/vda bs=1048576 count=$MB conv=fsync 2>/dev/null; t2=\$(u
 echo \"HUSK-BENCH blk_read_s=\$(awk \"BEGIN{print \$t1-\$t0}\") blk_write_s=\$(awk \"BEGIN{print \$t2-\$t1}\")\"
 ip link set eth0 up && ip addr add 10.0.98.2/24 dev eth0
 yes husk-bench | head -c $((MB * 1048576)) | nc 10.0.98.1 7000
-if [ -e /dev/vsock ] || grep -q vsock /proc/net/protocols 2>/dev/null; then vsock-tool serve 5000 >/dev/null & vsock-tool wait 5099; fi
+if ls /sys/bus/virtio/drivers/vmw_vsock_virtio_transport/ 2>/dev/null | grep -q virtio; then vsock-tool serve 5000 >/dev/null & vsock-tool wait 5099; fi
 reboot -f" "$VSOCK_TOOL:/bin/vsock-tool"
 
 # net sink in the namespace: times the transfer from first byte to MB MiB.
@@ -57,6 +57,7 @@ t0=$(up); dd if="$work/host.img" of=/dev/null bs=1M 2>/dev/null; t1=$(up)
 dd if=/dev/zero of="$work/host.img" bs=1M count="$MB" conv=fsync,notrunc 2>/dev/null; t2=$(up)
 host_r=$(mbps "$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}')") host_w=$(mbps "$(awk -v a="$t1" -v b="$t2" 'BEGIN{print b-a}')")
 
+echo "bench: host dd read $host_r MiB/s, write $host_w MiB/s"
 # husk
 mktap; sink husk
 cp "$work/host.img" "$work/husk.img"
@@ -67,13 +68,14 @@ for _ in $(seq 600); do grep -q 'HUSK-BENCH' "$work/husk.out" 2>/dev/null && bre
 vs=$(timeout 300 python3 "$vdir/vsock_host.py" send "$uds" 5000 $((MB * 1048576)) | grep -o '[0-9.]* MiB/s' | cut -d' ' -f1)
 timeout 60 python3 "$vdir/vsock_host.py" poke "$uds" 5099 >/dev/null 2>&1
 wait_vm 300
+echo "bench: husk run done (exit $rc): $(grep -a HUSK-BENCH "$work/husk.out" | tr -d '\r'); $(cat "$work/sink.husk"); vsock ${vs:-n/a} MiB/s"
 ip netns exec "$ns" ip link del "$tap"
 wait 2>/dev/null
 
 # QEMU microvm, virtio-mmio
 mktap; sink qemu
 cp "$work/host.img" "$work/qemu.img"
-timeout -k 5 600 ip netns exec "$ns" qemu-system-x86_64 -M microvm,acpi=off,x-option-roms=off,rtc=off -enable-kvm -cpu EPYC \
+timeout -k 5 300 ip netns exec "$ns" qemu-system-x86_64 -M microvm,acpi=off,x-option-roms=off,rtc=off -enable-kvm -cpu EPYC \
   -m 512 -nodefaults -no-user-config -nographic -serial stdio -no-reboot \
   -kernel "$KDIR/bzImage" -initrd "$work/bench.cpio.gz" \
   -append "console=ttyS0 reboot=t panic=-1 lpj=4000000 tsc=reliable quiet" \
@@ -81,6 +83,7 @@ timeout -k 5 600 ip netns exec "$ns" qemu-system-x86_64 -M microvm,acpi=off,x-op
   -netdev "tap,id=n0,ifname=$tap,script=no,downscript=no" -device virtio-net-device,netdev=n0 \
   >"$work/qemu.out" 2>"$work/qemu.err" </dev/null
 wait 2>/dev/null
+echo "bench: qemu run done: $(grep -a HUSK-BENCH "$work/qemu.out" | tr -d '\r'); $(cat "$work/sink.qemu")"
 
 row() {  # name husk qemu
   local ratio
