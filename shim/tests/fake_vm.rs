@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use containerd_shim_protos::api::{
-    CreateTaskRequest, DeleteRequest, ExecProcessRequest, KillRequest, ShutdownRequest, StartRequest, StateRequest, WaitRequest,
+    CloseIORequest, CreateTaskRequest, DeleteRequest, ExecProcessRequest, KillRequest, ShutdownRequest, StartRequest, StateRequest, WaitRequest,
 };
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::shim_sync::TaskClient;
@@ -180,10 +180,18 @@ fn stdin_is_forwarded_to_eof() {
     let input: Vec<u8> = (0..200_000u32).flat_map(|n| format!("{n}\n").into_bytes()).collect();
     let data = input.clone();
     let ip = i.clone();
-    let writer = std::thread::spawn(move || File::options().write(true).open(ip).unwrap().write_all(&data).unwrap());
+    let writer = std::thread::spawn(move || {
+        let mut f = File::options().write(true).open(ip).unwrap();
+        f.write_all(&data).unwrap();
+        f
+    });
     create(&env, "cat", Some(&i), &o, &e);
     env.client.start(ctx(), &StartRequest { id: "cat".into(), ..Default::default() }).unwrap();
-    writer.join().unwrap();
+    let f = writer.join().unwrap();
+    // As ctr does: CloseIO first, close the FIFO after; nothing written may be lost.
+    env.client.close_io(ctx(), &CloseIORequest { id: "cat".into(), stdin: true, ..Default::default() }).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(f);
     assert_eq!(wait(&env, "cat", ""), 0);
     assert_eq!(ro.join().unwrap(), input);
     assert_eq!(finish(env, "cat"), 0);

@@ -22,6 +22,8 @@ use crate::io::StdioPaths;
 
 /// How long a Delete of a created-but-never-started container waits for its init to die.
 const KILL_WAIT: Duration = Duration::from_secs(10);
+/// How long after CloseIO the stdin FIFO may stay open before the guest's stdin is closed anyway.
+const CLOSE_IO_GRACE: Duration = Duration::from_secs(30);
 
 impl Service {
     fn container(&self) -> Result<Arc<Container>> {
@@ -221,16 +223,28 @@ impl Service {
         if !req.stdin {
             return Ok(());
         }
-        // The stdin pump closes the guest's stdin when containerd's FIFO reaches EOF; give it a
-        // moment to forward what is still in the FIFO, then close it ourselves.
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while let Some(pumps) = p.pumps() {
-            if pumps.stdin_finished() || Instant::now() >= deadline {
-                break;
+        // containerd clients call CloseIO when their own stdin ended, before they close the
+        // FIFO; the stdin pump forwards what is still in the FIFO and closes the guest's stdin
+        // at EOF. Only if the FIFO stays open (a client that keeps it) is stdin closed here,
+        // after a grace period. The request never waits.
+        let (agent, cid, eid) = (c.agent.clone(), c.id.clone(), req.exec_id.clone());
+        let spawned = std::thread::Builder::new().name("close-io".into()).spawn(move || {
+            let deadline = Instant::now() + CLOSE_IO_GRACE;
+            while let Some(pumps) = p.pumps() {
+                if pumps.stdin_finished() {
+                    return;
+                }
+                if Instant::now() >= deadline || p.exited() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
             }
-            std::thread::sleep(Duration::from_millis(20));
+            crate::io::close_stdin(&agent, &cid, &eid);
+        });
+        if let Err(e) = spawned {
+            log::warn!("CloseIO {}/{}: cannot start the closer: {e}; closing now", c.id, req.exec_id);
+            crate::io::close_stdin(&c.agent, &c.id, &req.exec_id);
         }
-        crate::io::close_stdin(&c.agent, &c.id, &req.exec_id);
         Ok(())
     }
 
