@@ -6,6 +6,8 @@ set -euo pipefail
 e2e_setup
 T=${HUSK_E2E_TIMEOUT:-600}
 n=0
+diffs=()
+differ() { diffs+=("$1"); log "DIFFERENT: $1"; }
 same() { # CMP-STDERR(0|1) STDIN-TEXT CTR-RUN-ARGS...
   local cmp_err=$1 input=$2; shift 2
   n=$((n + 1))
@@ -19,12 +21,13 @@ same() { # CMP-STDERR(0|1) STDIN-TEXT CTR-RUN-ARGS...
     code[$r]=$rc
     ctr -a "$CTR_ADDR" containers rm "${@: -1}" >/dev/null 2>&1 || true
   done
-  [ "${code[runc]}" = "${code[husk]}" ] || fail "case $n ($*): exit runc ${code[runc]}, husk ${code[husk]} (husk stderr: $(head -c 300 "$E2E_WORK/husk.err"))"
-  cmp -s "$E2E_WORK/runc.out" "$E2E_WORK/husk.out" || fail "case $n ($*): stdout differs: runc [$(head -c 300 "$E2E_WORK/runc.out")] husk [$(head -c 300 "$E2E_WORK/husk.out")]"
+  local before=${#diffs[@]}
+  [ "${code[runc]}" = "${code[husk]}" ] || differ "case $n ($*): exit runc ${code[runc]}, husk ${code[husk]} (husk stderr: $(head -c 300 "$E2E_WORK/husk.err"))"
+  cmp -s "$E2E_WORK/runc.out" "$E2E_WORK/husk.out" || differ "case $n ($*): stdout differs: $(diff "$E2E_WORK/runc.out" "$E2E_WORK/husk.out" | head -c 400)"
   if [ "$cmp_err" = 1 ]; then
-    cmp -s "$E2E_WORK/runc.err" "$E2E_WORK/husk.err" || fail "case $n ($*): stderr differs: runc [$(head -c 300 "$E2E_WORK/runc.err")] husk [$(head -c 300 "$E2E_WORK/husk.err")]"
+    cmp -s "$E2E_WORK/runc.err" "$E2E_WORK/husk.err" || differ "case $n ($*): stderr differs: runc [$(head -c 300 "$E2E_WORK/runc.err")] husk [$(head -c 300 "$E2E_WORK/husk.err")]"
   fi
-  log "case $n: same (exit ${code[husk]})"
+  [ "${#diffs[@]}" != "$before" ] || log "case $n: same (exit ${code[husk]})"
 }
 same 1 "" "$IMAGE" d1 sh -c 'echo out; echo err >&2; ls / | sort'
 same 1 "" "$IMAGE" d2 sh -c 'exit 42'
@@ -34,4 +37,5 @@ same 1 "$(seq 1 5000)" "$IMAGE" d5 sh -c 'sort -rn | head -3; wc -l'
 # A missing executable: both fail (ctr's message differs by runtime, the exit code must not).
 same 0 "" "$IMAGE" d6 /bin/does-not-exist
 leak_check
+((${#diffs[@]} == 0)) || fail "${#diffs[@]} differences from runc in $n cases: $(printf '\n  %s' "${diffs[@]}")"
 log "test-diff-runc: $n cases identical"
