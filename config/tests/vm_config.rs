@@ -6,12 +6,26 @@ use std::io::Write;
 
 use husk_config::{Console, KernelFormat, MemSize, VmConfig};
 
-fn tmpfile(name: &str, bytes: &[u8]) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("husk-config-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join(name);
-    std::fs::File::create(&p).unwrap().write_all(bytes).unwrap();
-    p
+/// A scratch directory per test, removed at the end of the test.
+struct Dir(std::path::PathBuf);
+
+impl Dir {
+    fn new(test: &str) -> Self {
+        let d = std::env::temp_dir().join(format!("husk-config-test-{}-{test}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        Dir(d)
+    }
+    fn file(&self, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+        let p = self.0.join(name);
+        std::fs::File::create(&p).unwrap().write_all(bytes).unwrap();
+        p
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn elf() -> Vec<u8> {
@@ -31,16 +45,17 @@ fn bzimage() -> Vec<u8> {
 
 #[test]
 fn kernel_formats_are_recognised() {
-    let mut c = VmConfig { kernel: tmpfile("vmlinux", &elf()), ..Default::default() };
+    let dir = Dir::new("kernel_formats_are_recognised");
+    let mut c = VmConfig { kernel: dir.file("vmlinux", &elf()), ..Default::default() };
     assert_eq!(c.validate().unwrap(), KernelFormat::Elf);
-    c.kernel = tmpfile("bzImage", &bzimage());
+    c.kernel = dir.file("bzImage", &bzimage());
     assert_eq!(c.validate().unwrap(), KernelFormat::BzImage);
-    c.kernel = tmpfile("notakernel", b"#!/bin/sh\necho hi\n");
+    c.kernel = dir.file("notakernel", b"#!/bin/sh\necho hi\n");
     let e = c.validate().unwrap_err().to_string();
     assert!(e.contains("kernel") && e.contains("notakernel") && e.contains("neither"), "{e}");
     let mut arm = elf();
     arm[18] = 183;
-    c.kernel = tmpfile("arm", &arm);
+    c.kernel = dir.file("arm", &arm);
     assert!(c.validate().unwrap_err().to_string().contains("64-bit x86"));
     c.kernel = "/nonexistent/vmlinux".into();
     assert!(c.validate().unwrap_err().to_string().contains("/nonexistent/vmlinux"));
@@ -48,14 +63,15 @@ fn kernel_formats_are_recognised() {
 
 #[test]
 fn bad_values_name_field_and_value() {
-    let base = VmConfig { kernel: tmpfile("k", &elf()), ..Default::default() };
+    let dir = Dir::new("bad_values_name_field_and_value");
+    let base = VmConfig { kernel: dir.file("k", &elf()), ..Default::default() };
     let e = VmConfig { vcpus: 10000, ..base.clone() }.validate().unwrap_err().to_string();
     assert!(e.contains("vcpus") && e.contains("10000"), "{e}");
     let e = VmConfig { vcpus: 0, ..base.clone() }.validate().unwrap_err().to_string();
     assert!(e.contains("vcpus"), "{e}");
     let e = VmConfig { memory: MemSize(0), ..base.clone() }.validate().unwrap_err().to_string();
     assert!(e.contains("memory") && e.contains("\"0M\""), "{e}");
-    let big = tmpfile("big.cpio", &vec![0u8; 9 << 20]);
+    let big = dir.file("big.cpio", &vec![0u8; 9 << 20]);
     let e = VmConfig { memory: MemSize(16 << 20), initrd: Some(big), ..base.clone() }.validate().unwrap_err().to_string();
     assert!(e.contains("initrd") && e.contains("big.cpio") && e.contains("16M"), "{e}");
     assert!(Console::parse("tty").unwrap_err().to_string().contains("\"tty\""));
@@ -64,18 +80,19 @@ fn bad_values_name_field_and_value() {
 
 #[test]
 fn toml_file_parses_with_devices() {
-    let k = tmpfile("k2", &elf());
+    let dir = Dir::new("toml_file_parses_with_devices");
+    let k = dir.file("k2", &elf());
     let text = format!(
         "kernel = {k:?}\nvcpus = 2\nmemory = \"512M\"\nconsole = \"none\"\n[[disk]]\npath = \"/\"\nid = \"root\"\nread_only = true\n[[net]]\ntap = \"tap0\"\nmac = \"02:00:00:00:00:01\"\n[vsock]\nuds = \"/tmp/v.sock\"\n"
     );
-    let f = tmpfile("vm.toml", text.as_bytes());
+    let f = dir.file("vm.toml", text.as_bytes());
     let c = VmConfig::from_toml_file(&f).unwrap();
     assert_eq!((c.vcpus, c.memory.mib(), c.console.clone()), (2, 512, Console::None));
     assert_eq!(c.disk[0].id.as_deref(), Some("root"));
     assert!(c.disk[0].read_only);
     assert_eq!(c.vsock.as_ref().unwrap().cid, 3);
     c.validate().unwrap();
-    let f = tmpfile("bad.toml", b"vcpus = \"many\"\n");
+    let f = dir.file("bad.toml", b"vcpus = \"many\"\n");
     let e = format!("{:?}", VmConfig::from_toml_file(&f).unwrap_err());
     assert!(e.contains("bad.toml") && e.contains("vcpus"), "{e}");
 }

@@ -152,12 +152,28 @@ mod tests {
     use super::*;
     use vm_memory::Bytes;
 
-    fn tmp(name: &str, bytes: &[u8]) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("husk-loader-{}", std::process::id()));
+    /// A file in its own temporary directory, removed with the guard.
+    struct Tmp(PathBuf);
+    impl Drop for Tmp {
+        fn drop(&mut self) {
+            if let Some(d) = self.0.parent() {
+                let _ = std::fs::remove_dir_all(d);
+            }
+        }
+    }
+    impl std::ops::Deref for Tmp {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    fn tmp(name: &str, bytes: &[u8]) -> Tmp {
+        let d = std::env::temp_dir().join(format!("husk-loader-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
         let p = d.join(name);
         std::fs::write(&p, bytes).unwrap();
-        p
+        Tmp(p)
     }
 
     fn elf(paddr: u64, code: &[u8]) -> Vec<u8> {

@@ -16,10 +16,10 @@ fn size(p: &std::path::Path) -> u64 {
 #[test]
 fn pause_stops_the_guest_and_resume_continues_then_kill() {
     let s = Scratch::new("api-pause");
-    let k = s.file("vmlinux", &elf(&Code::default().serial_loop(b'.', 200_000).0));
+    let k = s.file("vmlinux", &elf(&Code::default().serial_loop(b'.', 50_000).0));
     let log = s.path("console.log");
     let sock = s.path("api.sock");
-    let child = vmm()
+    let child = Vmm(Some(vmm()
         .arg("--kernel")
         .arg(&k)
         .args(["--memory", "32M", "--vcpus", "2"])
@@ -29,8 +29,8 @@ fn pause_stops_the_guest_and_resume_continues_then_kill() {
         .arg(&sock)
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
-    assert!(wait_for(20, || size(&log) > 10 && sock.exists()), "guest produced no output");
+        .unwrap()));
+    assert!(wait_for(90, || size(&log) > 10 && sock.exists()), "guest produced no output");
 
     let (st, body) = api(&sock, "GET", "/vm");
     assert_eq!(st, 200, "{body}");
@@ -47,7 +47,7 @@ fn pause_stops_the_guest_and_resume_continues_then_kill() {
 
     let (st, _) = api(&sock, "PUT", "/vm/resume");
     assert_eq!(st, 200);
-    assert!(wait_for(20, || size(&log) > paused_at + 5), "no progress after resume");
+    assert!(wait_for(90, || size(&log) > paused_at + 5), "no progress after resume");
 
     assert_eq!(api(&sock, "GET", "/vm/counters").0, 200);
     assert_eq!(api(&sock, "GET", "/nope").0, 404);
@@ -55,7 +55,7 @@ fn pause_stops_the_guest_and_resume_continues_then_kill() {
 
     let (st, _) = api(&sock, "PUT", "/vm/kill");
     assert_eq!(st, 200);
-    let out = child.wait_with_output().unwrap();
+    let out = child.wait();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("killed through the API"), "{err}");
@@ -68,7 +68,7 @@ fn shutdown_types_ctrl_alt_del_on_the_keyboard() {
     let k = s.file("vmlinux", &elf(&Code::default().serial("waiting\n").wait_key().serial("got key\n").reset().halt().0));
     let log = s.path("console.log");
     let sock = s.path("api.sock");
-    let child = vmm()
+    let child = Vmm(Some(vmm()
         .arg("--kernel")
         .arg(&k)
         .args(["--memory", "32M"])
@@ -78,13 +78,13 @@ fn shutdown_types_ctrl_alt_del_on_the_keyboard() {
         .arg(&sock)
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
-    assert!(wait_for(20, || std::fs::read_to_string(&log).unwrap_or_default().contains("waiting") && sock.exists()));
+        .unwrap()));
+    assert!(wait_for(90, || std::fs::read_to_string(&log).unwrap_or_default().contains("waiting") && sock.exists()));
     std::thread::sleep(Duration::from_millis(100));
     assert!(!std::fs::read_to_string(&log).unwrap().contains("got key"));
     let (st, body) = api(&sock, "PUT", "/vm/shutdown");
     assert_eq!(st, 200, "{body}");
-    let out = child.wait_with_output().unwrap();
+    let out = child.wait();
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::read_to_string(&log).unwrap(), "waiting\ngot key\n");
 }

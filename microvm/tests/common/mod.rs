@@ -163,6 +163,25 @@ impl Drop for Scratch {
     }
 }
 
+/// A running husk-vmm killed when dropped (a failing test leaves no VM behind).
+pub struct Vmm(pub Option<std::process::Child>);
+
+impl Vmm {
+    /// Waits for the exit and returns the output.
+    pub fn wait(mut self) -> Output {
+        self.0.take().unwrap().wait_with_output().unwrap()
+    }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// The husk-vmm binary.
 pub fn vmm() -> Command {
     Command::new(env!("CARGO_BIN_EXE_husk-vmm"))
