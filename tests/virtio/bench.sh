@@ -9,7 +9,7 @@
 # Prints one line per figure and "ratio husk/qemu". Run: tests/testbed/run -- tests/virtio/bench.sh
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
-MB=${BENCH_MB:-32}
+MB=${BENCH_MB:-16}
 ns=husk-bench-$$
 tap=hb$$
 cleanup_bench() { ip netns del "$ns" 2>/dev/null; cleanup_vmm; }
@@ -62,7 +62,7 @@ echo "bench: host dd read $host_r MiB/s, write $host_w MiB/s"
 mktap; sink husk
 cp "$work/host.img" "$work/husk.img"
 uds=$work/v.sock
-start_vm husk "$work/bench.cpio.gz" --memory 512M --disk "path=$work/husk.img" \
+start_vm husk "$work/bench.cpio.gz" --disk "path=$work/husk.img" \
   --net "tap=$tap,netns=/var/run/netns/$ns" --vsock "cid=3,uds=$uds"
 for _ in $(seq 600); do grep -q 'HUSK-BENCH' "$work/husk.out" 2>/dev/null && break; sleep 0.2; done
 vs=$(timeout 300 python3 "$vdir/vsock_host.py" send "$uds" 5000 $((MB * 1048576)) | grep -o '[0-9.]* MiB/s' | cut -d' ' -f1)
