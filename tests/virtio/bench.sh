@@ -87,7 +87,7 @@ echo "bench: qemu run done: $(grep -a HUSK-BENCH "$work/qemu.out" | tr -d '\r');
 
 row() {  # name husk qemu
   local ratio
-  ratio=$(awk -v h="$2" -v q="$3" 'BEGIN{ if (q > 0 && h > 0) printf "%.2f", h / q; else print "n/a" }')
+  ratio=$(awk -v h="$2" -v q="$3" 'BEGIN{ if (q ~ /^[0-9.]+$/ && h ~ /^[0-9.]+$/ && q > 0) printf "%.2f", h / q; else print "n/a" }')
   printf '%-16s husk %8s MiB/s   qemu %8s MiB/s   ratio husk/qemu %s\n' "$1" "$2" "$3" "$ratio"
 }
 echo "bench: $MB MiB per figure; host dd: read $host_r MiB/s, write $host_w MiB/s"
