@@ -97,9 +97,14 @@ fn config_from(args: &Args) -> anyhow::Result<VmConfig> {
     Ok(c)
 }
 
-fn run(args: Args) -> anyhow::Result<husk_microvm::exit::ExitReason> {
+/// Builds and runs the VM. `created` receives the unix socket paths this process will bind
+/// (API, vsock), for removal at exit. A path that already exists is left out: binding it fails,
+/// and it belongs to someone else (another VMM), so it must not be deleted.
+fn run(args: Args, created: &mut Vec<PathBuf>) -> anyhow::Result<husk_microvm::exit::ExitReason> {
     let config = config_from(&args)?;
     let format = config.validate()?;
+    let ours = config.api_sock.iter().chain(config.vsock.as_ref().map(|v| &v.uds));
+    created.extend(ours.filter(|p| std::fs::symlink_metadata(p).is_err()).cloned());
     let mut vm = husk_microvm::vmm::Vm::new(config, format).context("cannot create the VM")?;
     husk_microvm::devices::virtio::wiring::attach_all(&mut vm).context("cannot attach the virtio devices")?;
     vm.finish_boot().context("cannot prepare the boot")?;
@@ -122,8 +127,8 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
-    let api_sock = args.api_sock.clone();
-    let status = match run(args) {
+    let mut created = Vec::new();
+    let status = match run(args, &mut created) {
         Ok(reason) => {
             eprintln!("husk-vmm: {reason}");
             reason.status()
@@ -134,7 +139,7 @@ fn main() -> ExitCode {
             EXIT_VMM_ERROR
         }
     };
-    if let Some(p) = api_sock {
+    for p in created {
         let _ = std::fs::remove_file(p);
     }
     // vCPU threads may be inside KVM_RUN: end the process without joining them.
