@@ -58,6 +58,19 @@ fn ext4_from_dir_has_the_tree_without_mounting() {
 }
 
 #[test]
+fn ext4_keeps_lost_found_only_when_the_tree_has_one() {
+    let t = tmp();
+    let src = t.path().join("src");
+    fs::create_dir_all(src.join("lost+found")).unwrap();
+    fs::write(src.join("lost+found/kept"), "x").unwrap();
+    let out = t.path().join("with.ext4");
+    image_from_dir(&src, &ImageOptions::new(FsType::Ext4, &out)).unwrap();
+    assert_eq!(ext4_names(&out, "/"), ["lost+found"]);
+    assert_eq!(ext4_names(&out, "/lost+found"), ["kept"]);
+    sh("e2fsck", &["-fn", out.to_str().unwrap()]);
+}
+
+#[test]
 fn ext4_image_mounts_with_the_same_content() {
     let t = tmp();
     let src = t.path().join("src");

@@ -185,7 +185,14 @@ pub(crate) fn mkfs(
                 src.as_os_str().to_owned(),
                 image.as_os_str().to_owned(),
             ]);
-            run(&opts.tools.mkfs_ext4, "e2fsprogs", args, image, src)
+            run(&opts.tools.mkfs_ext4, "e2fsprogs", args, image, src)?;
+            // mkfs.ext4 always adds lost+found; a container must see exactly its image's
+            // content (runc shows no lost+found), so it goes unless the tree has one itself.
+            if fs::symlink_metadata(src.join("lost+found")).is_err() {
+                let args = vec!["-w".into(), "-R".into(), "rmdir lost+found".into(), image.as_os_str().to_owned()];
+                run(&opts.tools.debugfs, "e2fsprogs", args, image, src)?;
+            }
+            Ok(())
         }
         FsType::Erofs => {
             let mut args: Vec<std::ffi::OsString> = vec!["--quiet".into()];

@@ -59,6 +59,8 @@ pub struct Tools {
     pub mkfs_ext4: PathBuf,
     /// `mkfs.erofs` (package erofs-utils).
     pub mkfs_erofs: PathBuf,
+    /// `debugfs` (package e2fsprogs): removes the `lost+found` mkfs.ext4 adds.
+    pub debugfs: PathBuf,
 }
 
 impl Default for Tools {
@@ -66,6 +68,7 @@ impl Default for Tools {
         Tools {
             mkfs_ext4: "mkfs.ext4".into(),
             mkfs_erofs: "mkfs.erofs".into(),
+            debugfs: "debugfs".into(),
         }
     }
 }

@@ -59,7 +59,8 @@ pub fn ext4_names(img: &Path, dir: &str) -> Vec<String> {
     ext4_ls(img, dir)
         .into_iter()
         .map(|e| e.0)
-        .filter(|n| n != "lost+found")
+        // debugfs lists the unused slots of a preallocated directory as empty names.
+        .filter(|n| !n.is_empty())
         .collect()
 }
 
