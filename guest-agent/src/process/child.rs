@@ -136,6 +136,14 @@ fn setup_and_exec(setup: Setup<'_>, fds: &ChildFds, plan: &ExecPlan) -> ChildRes
         // Like runc: a missing cwd of the init process is created.
         let _ = std::fs::create_dir_all(plan.cwd.to_string_lossy().as_ref());
     }
+    // Like runc: with no HOME in the environment, the user's home from /etc/passwd, else "/".
+    let mut env = plan.env.clone();
+    if !env.iter().any(|e| e.as_bytes().starts_with(b"HOME=")) {
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        if let Ok(home) = CString::new(format!("HOME={}", home_in_passwd(&passwd, uid))) {
+            env.push(home);
+        }
+    }
     set_credentials(plan, uid, gid)?;
     nix::unistd::chdir(plan.cwd.as_c_str()).map_err(|e| {
         ChildError { invalid: true, errno: Some(e), msg: format!("cwd {:?}", plan.cwd) }
@@ -157,7 +165,7 @@ fn setup_and_exec(setup: Setup<'_>, fds: &ChildFds, plan: &ExecPlan) -> ChildRes
     // Every fd the agent has open besides stdio must not leak into the workload.
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags on our own fds.
     unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
-    let err = nix::unistd::execve(&exe, &plan.args, &plan.env).unwrap_err();
+    let err = nix::unistd::execve(&exe, &plan.args, &env).unwrap_err();
     if fds.start.is_some() {
         // Nobody listens to the report pipe after 'R': tell the workload's stderr.
         let _ = std::io::stderr().write_all(
@@ -249,6 +257,17 @@ fn set_credentials(plan: &ExecPlan, uid: u32, gid: u32) -> ChildResult<()> {
     Ok(())
 }
 
+/// The home directory of `uid` in the text of an /etc/passwd, or "/" when it has none.
+fn home_in_passwd(passwd: &str, uid: u32) -> &str {
+    passwd
+        .lines()
+        .map(|line| line.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() >= 6 && f[2].parse() == Ok(uid))
+        .map(|f| f[5])
+        .filter(|home| home.starts_with('/'))
+        .unwrap_or("/")
+}
+
 /// uid and gid of `name` from the container's /etc/passwd.
 fn lookup_user(name: &str) -> ChildResult<(u32, u32)> {
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
@@ -322,6 +341,17 @@ pub fn decode_report(buf: &[u8]) -> crate::error::Result<bool> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    #[test]
+    fn home_comes_from_passwd_or_is_root() {
+        let passwd = "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/home/user:/bin/sh\nbad:x:7\nrel:x:8:8::home:/x\n";
+        assert_eq!(super::home_in_passwd(passwd, 0), "/root");
+        assert_eq!(super::home_in_passwd(passwd, 1000), "/home/user");
+        assert_eq!(super::home_in_passwd(passwd, 7), "/", "short line");
+        assert_eq!(super::home_in_passwd(passwd, 8), "/", "relative home");
+        assert_eq!(super::home_in_passwd(passwd, 4242), "/", "unknown uid");
+        assert_eq!(super::home_in_passwd("", 0), "/", "no passwd");
+    }
+
     use super::*;
 
     #[test]
