@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Differential: the same ctr runs under runc and under husk give the same stdout, stderr and
-# exit code. Needs hardware KVM (tests/testbed/run). 6 VM boots.
+# exit code. Needs hardware KVM (tests/testbed/run). 5 VM boots.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 e2e_setup
@@ -16,7 +16,8 @@ same() { # CMP-STDERR(0|1) STDIN-TEXT CTR-RUN-ARGS...
   for r in runc husk; do
     rt=io.containerd.runc.v2; [ "$r" = husk ] && rt=$RUNTIME
     rc=0
-    printf '%s' "$input" | timeout "$T" ctr -a "$CTR_ADDR" run --rm --runtime "$rt" "$@" \
+    # -k: ctr forwards SIGTERM to the container, whose init may ignore it.
+    printf '%s' "$input" | timeout -k 10 "$T" ctr -a "$CTR_ADDR" run --rm --runtime "$rt" "$@" \
       >"$E2E_WORK/$r.out" 2>"$E2E_WORK/$r.err" || rc=$?
     code[$r]=$rc
     ctr -a "$CTR_ADDR" containers rm "${@: -1}" >/dev/null 2>&1 || true
@@ -33,7 +34,9 @@ same 1 "" "$IMAGE" d1 sh -c 'echo out; echo err >&2; ls / | sort'
 same 1 "" "$IMAGE" d2 sh -c 'exit 42'
 same 1 "" "$IMAGE" d3 sh -c 'kill -TERM $$; echo survived'
 same 1 "" --env A=1 --cwd /etc "$IMAGE" d4 sh -c 'echo "$A $(pwd) $(id)"; env | sort'
-same 1 "$(seq 1 5000)" "$IMAGE" d5 sh -c 'sort -rn | head -3; wc -l'
+# No stdin case here: with containerd 1.6.20's ctr, runc never sees EOF on piped stdin
+# (`seq 3 | ctr run ... sh -c 'cat | wc -l'` hangs under runc on this host), so there is no
+# reference to compare with. husk's stdin, EOF included, is checked in test-run.sh.
 # A missing executable: both fail (ctr's message differs by runtime, the exit code must not).
 same 0 "" "$IMAGE" d6 /bin/does-not-exist
 leak_check
