@@ -8,7 +8,7 @@ repo=$(cd "$(dirname "$0")/../.." && pwd)
 prefix=${1:?usage: inner.sh PREFIX}
 . "$repo/tests/scripts/containerd-env.sh"
 work=$(mktemp -d)
-cleanup() { containerd_stop; rm -rf "$work"; }
+cleanup() { local rc=$?; containerd_stop; rm -rf "$work"; exit "$rc"; }
 trap cleanup EXIT
 export HUSK_CONFIG="$prefix/etc/husk/config.toml"
 if [ "${HUSK_TESTBED:-}" = vm ]; then

@@ -31,9 +31,11 @@ TOML
 ctr_() { ctr -a "$CTR_ADDR" "$@"; }
 containerd_stop() {
   [ -n "${CTRD_PID:-}" ] || return 0
-  kill "$CTRD_PID" 2>/dev/null; wait "$CTRD_PID" 2>/dev/null
-  pkill -KILL -f -- "-address $CTR_ADDR" 2>/dev/null
+  # Safe under `set -e` (callers use it in EXIT traps): nothing here may fail the caller.
+  kill "$CTRD_PID" 2>/dev/null || true
+  wait "$CTRD_PID" 2>/dev/null || true
+  pkill -KILL -f -- "-address $CTR_ADDR" 2>/dev/null || true
   local m
-  for m in $(awk -v d="$CTRD_DIR" 'index($2, d) == 1 {print $2}' /proc/self/mounts | sort -r); do umount -l "$m" 2>/dev/null; done
+  for m in $(awk -v d="$CTRD_DIR" 'index($2, d) == 1 {print $2}' /proc/self/mounts | sort -r); do umount -l "$m" 2>/dev/null || true; done
   CTRD_PID=""
 }
