@@ -487,27 +487,11 @@ pub(crate) fn image_from_layers(
             .work_dir
             .clone()
             .unwrap_or_else(|| mkfs::parent_dir(&opts.output));
-        let dir = mkfs::parent_dir(&opts.output);
-        let tmp = tempfile::Builder::new()
-            .prefix(".husk-img-")
-            .tempfile_in(&dir)
-            .map_err(io_err("create a temporary image in", &dir))?
-            .into_temp_path();
-        let staged = build(layers, &work, &tmp, opts)?;
-        let bytes = mkfs::allocated(&tmp)? + staged;
-        tmp.persist(&opts.output).map_err(|e| ImageError::Io {
-            op: "rename the image to",
-            path: opts.output.clone(),
-            source: e.error,
+        let bytes = mkfs::persist_via_temp(opts, |tmp| {
+            let staged = build(layers, &work, tmp, opts)?;
+            Ok(mkfs::allocated(tmp)? + staged)
         })?;
-        return Ok(BuiltImage {
-            path: opts.output.clone(),
-            fstype: opts.fstype,
-            read_only: true,
-            from_cache: false,
-            bytes_written: bytes,
-            cache_key: None,
-        });
+        return Ok(BuiltImage::uncached(opts, true, bytes));
     };
     let compressor = opts.erofs_compressor.clone().unwrap_or_default();
     let mut parts: Vec<&[u8]> = vec![

@@ -213,12 +213,12 @@ pub(crate) fn parent_dir(path: &Path) -> PathBuf {
     }
 }
 
-/// Builds the image of `src` into a temporary file beside `opts.output` and renames it there.
-/// Returns the allocated bytes of the image.
-pub(crate) fn build_to_output(
-    src: &Path,
+/// Runs `build` on a temporary file beside `opts.output` and renames it there, so a reader
+/// never sees a half-built image (the temporary file is removed on error). Returns what
+/// `build` returns.
+pub(crate) fn persist_via_temp(
     opts: &ImageOptions,
-    read_only: bool,
+    build: impl FnOnce(&Path) -> Result<u64, ImageError>,
 ) -> Result<u64, ImageError> {
     let dir = parent_dir(&opts.output);
     let tmp = tempfile::Builder::new()
@@ -226,12 +226,24 @@ pub(crate) fn build_to_output(
         .tempfile_in(&dir)
         .map_err(io_err("create a temporary image in", &dir))?
         .into_temp_path();
-    mkfs(src, &tmp, opts, !read_only && opts.fstype == FsType::Ext4)?;
-    let bytes = allocated(&tmp)?;
+    let bytes = build(&tmp)?;
     tmp.persist(&opts.output).map_err(|e| ImageError::Io {
         op: "rename the image to",
         path: opts.output.clone(),
         source: e.error,
     })?;
     Ok(bytes)
+}
+
+/// Builds the image of `src` at `opts.output` (through a temporary file).
+/// Returns the allocated bytes of the image.
+pub(crate) fn build_to_output(
+    src: &Path,
+    opts: &ImageOptions,
+    read_only: bool,
+) -> Result<u64, ImageError> {
+    persist_via_temp(opts, |tmp| {
+        mkfs(src, tmp, opts, !read_only && opts.fstype == FsType::Ext4)?;
+        allocated(tmp)
+    })
 }

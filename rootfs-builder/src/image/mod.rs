@@ -129,6 +129,20 @@ pub struct BuiltImage {
     pub cache_key: Option<String>,
 }
 
+impl BuiltImage {
+    /// An image built at `opts.output` by this call, outside the cache.
+    pub(crate) fn uncached(opts: &ImageOptions, read_only: bool, bytes_written: u64) -> Self {
+        BuiltImage {
+            path: opts.output.clone(),
+            fstype: opts.fstype,
+            read_only,
+            from_cache: false,
+            bytes_written,
+            cache_key: None,
+        }
+    }
+}
+
 /// Errors building an image.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -293,14 +307,7 @@ pub(crate) fn require_dir(what: &'static str, path: &Path) -> Result<(), ImageEr
 pub fn image_from_dir(dir: &Path, opts: &ImageOptions) -> Result<BuiltImage, ImageError> {
     require_dir("source directory", dir)?;
     let bytes = mkfs::build_to_output(dir, opts, false)?;
-    Ok(BuiltImage {
-        path: opts.output.clone(),
-        fstype: opts.fstype,
-        read_only: opts.fstype == FsType::Erofs,
-        from_cache: false,
-        bytes_written: bytes,
-        cache_key: None,
-    })
+    Ok(BuiltImage::uncached(opts, opts.fstype == FsType::Erofs, bytes))
 }
 
 /// Builds a read-only image of a stack of OCI layers (bottom first), applying whiteouts.

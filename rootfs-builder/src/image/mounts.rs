@@ -161,27 +161,13 @@ fn overlay_image(m: &MountSpec, opts: &ImageOptions) -> Result<BuiltImage, Image
             layers.extend(lowers);
             let writable = opts.fstype == FsType::Ext4;
             let bytes = build_uncached(&layers, opts, writable)?;
-            return Ok(BuiltImage {
-                path: opts.output.clone(),
-                fstype: opts.fstype,
-                read_only: !writable,
-                from_cache: false,
-                bytes_written: bytes,
-                cache_key: None,
-            });
+            return Ok(BuiltImage::uncached(opts, !writable, bytes));
         }
     }
     // Only the read-only lowerdirs matter: one shared, cached image.
     let Some(cache_dir) = &opts.cache_dir else {
         let bytes = build_uncached(&lowers, opts, false)?;
-        return Ok(BuiltImage {
-            path: opts.output.clone(),
-            fstype: opts.fstype,
-            read_only: true,
-            from_cache: false,
-            bytes_written: bytes,
-            cache_key: None,
-        });
+        return Ok(BuiltImage::uncached(opts, true, bytes));
     };
     let compressor = opts.erofs_compressor.clone().unwrap_or_default();
     let ids = lowers
@@ -223,14 +209,7 @@ pub(crate) fn image_from_mounts(
             require_dir("bind mount source", &m.source)?;
             let ro = m.options.iter().any(|o| o == "ro") || opts.fstype == FsType::Erofs;
             let bytes = mkfs::build_to_output(&m.source, opts, ro)?;
-            Ok(BuiltImage {
-                path: opts.output.clone(),
-                fstype: opts.fstype,
-                read_only: ro,
-                from_cache: false,
-                bytes_written: bytes,
-                cache_key: None,
-            })
+            Ok(BuiltImage::uncached(opts, ro, bytes))
         }
         other => Err(ImageError::UnsupportedMountType {
             fstype: other.to_string(),
