@@ -63,8 +63,19 @@ impl Active {
         let Some(queue) = self.queues.get_mut(q) else {
             return Ok(None);
         };
-        let next = match queue.iter(mem) {
-            Ok(mut it) => it.next(),
+        let mut next = Self::next_chain(queue, mem);
+        if matches!(next, Ok(None)) {
+            // Drained: ask the driver to notify at its next chain (with EVENT_IDX this moves
+            // `avail_event` up to here; until then the driver does not notify), then look
+            // again, since a chain may have arrived before the request was visible.
+            match queue.enable_notification(mem) {
+                Ok(true) => next = Self::next_chain(queue, mem),
+                Ok(false) => {}
+                Err(source) => next = Err(source),
+            }
+        }
+        let next = match next {
+            Ok(n) => n,
             Err(source) => {
                 self.broken = true;
                 guest_warn!("virtio: queue {q} is broken ({source}); device stops until reset");
@@ -75,6 +86,13 @@ impl Active {
             let head = c.head_index();
             (head, Chain::parse(c, mem, max_descs))
         }))
+    }
+
+    fn next_chain<'m>(
+        queue: &mut Queue,
+        mem: &'m GuestMemoryMmap,
+    ) -> Result<Option<virtio_queue::DescriptorChain<&'m GuestMemoryMmap>>, virtio_queue::Error> {
+        queue.iter(mem).map(|mut it| it.next())
     }
 
     /// Puts the chain `head` into the used ring with `len` bytes written.
@@ -111,5 +129,74 @@ impl Active {
                 .map(|idx| idx.0 != queue.next_avail())
                 .unwrap_or(false)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use virtio_queue::QueueT;
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+    use crate::devices::virtio::test_utils::{guest_mem, interrupt, TestQueue};
+
+    const SIZE: u16 = 16;
+
+    /// Where the device's used ring goes: apart from the mock's, which overlaps the end of
+    /// its avail ring (and so `used_event`) for small queues.
+    const USED: u64 = 0x5000;
+
+    fn queue(tq: &TestQueue) -> Queue {
+        let mut q = tq.queue();
+        q.set_used_ring_address(Some(USED as u32), Some(0));
+        q.set_event_idx(true);
+        q
+    }
+
+    fn avail_event(mem: &GuestMemoryMmap) -> u16 {
+        mem.read_obj(GuestAddress(USED + 4 + 8 * u64::from(SIZE))).unwrap()
+    }
+
+    #[test]
+    fn draining_a_queue_with_event_idx_asks_for_the_next_notification() {
+        let mem = guest_mem();
+        let mut tq = TestQueue::new(&mem, 0x1000, SIZE);
+        tq.add(&[(0x8000, 16, false)]);
+        tq.add(&[(0x9000, 16, false)]);
+        let mut a = Active::new(mem.clone(), interrupt(), vec![queue(&tq)]);
+        assert!(a.pop(0, 8).unwrap().is_some());
+        assert!(a.pop(0, 8).unwrap().is_some());
+        assert_eq!(avail_event(&mem), 0, "not moved while chains remain");
+        assert!(a.pop(0, 8).unwrap().is_none());
+        assert_eq!(avail_event(&mem), 2, "driver notifies when it adds chain 2");
+        // A chain that arrives after the drain is found by the next pop.
+        tq.add(&[(0xa000, 16, false)]);
+        assert!(a.pop(0, 8).unwrap().is_some());
+    }
+
+    #[test]
+    fn used_event_suppresses_interrupts_until_reached() {
+        let mem = guest_mem();
+        let mut tq = TestQueue::new(&mem, 0x1000, SIZE);
+        for i in 0..3 {
+            tq.add(&[(0x8000 + i * 0x100, 16, true)]);
+        }
+        let irq = interrupt();
+        let mut a = Active::new(mem.clone(), irq.clone(), vec![queue(&tq)]);
+        // The driver wants an interrupt once used entry 2 (the third) is written.
+        let used_event = tq.vq.avail_addr().0 + 4 + 2 * u64::from(SIZE);
+        mem.write_obj(2u16, GuestAddress(used_event)).unwrap();
+        for _ in 0..2 {
+            let (head, _) = a.pop(0, 8).unwrap().unwrap();
+            a.add_used(0, head, 0);
+            a.notify(0);
+        }
+        assert!(irq.event().read().is_err(), "no interrupt before used_event");
+        let (head, _) = a.pop(0, 8).unwrap().unwrap();
+        a.add_used(0, head, 0);
+        a.notify(0);
+        assert_eq!(irq.event().read().unwrap(), 1);
     }
 }

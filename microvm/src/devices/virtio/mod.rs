@@ -125,10 +125,12 @@ pub(crate) const fn feature(bit: u32) -> u64 {
     1u64 << bit
 }
 
-/// Features every device here offers: virtio 1.x and indirect descriptors. (Event index is
-/// not offered: the devices do not maintain `avail_event`.)
-pub(crate) const COMMON_FEATURES: u64 =
-    feature(VIRTIO_F_VERSION_1) | feature(VIRTIO_RING_F_INDIRECT_DESC);
+/// Features every device here offers: virtio 1.x, indirect descriptors and event-index
+/// notification suppression ([`active::Active::pop`] moves `avail_event` when a queue is
+/// drained; [`active::Active::notify`] honours `used_event`).
+pub(crate) const COMMON_FEATURES: u64 = feature(VIRTIO_F_VERSION_1)
+    | feature(VIRTIO_RING_F_INDIRECT_DESC)
+    | feature(VIRTIO_RING_F_EVENT_IDX);
 
 /// Copies the config bytes at `offset` out of `config` into `data`; bytes past the end read
 /// as zero (a guest reading out of range gets zeros, never VMM memory).

@@ -9,8 +9,8 @@ use vmm_sys_util::eventfd::EventFd;
 use super::metrics::BlockMetrics;
 use super::worker::{Disk, Worker};
 use super::{
-    BlockConfig, BlockError, ID_BYTES, QUEUE_SIZE, SECTOR_SIZE, VIRTIO_BLK_F_FLUSH,
-    VIRTIO_BLK_F_RO,
+    BlockConfig, BlockError, ID_BYTES, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX, VIRTIO_BLK_F_FLUSH,
+    VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
 };
 use crate::devices::virtio::active::Active;
 use crate::devices::virtio::{
@@ -102,7 +102,8 @@ impl VirtioDevice for Block {
     }
 
     fn avail_features(&self) -> u64 {
-        let mut f = COMMON_FEATURES | feature(VIRTIO_BLK_F_FLUSH);
+        let mut f =
+            COMMON_FEATURES | feature(VIRTIO_BLK_F_FLUSH) | feature(VIRTIO_BLK_F_SEG_MAX);
         if self.cfg.read_only {
             f |= feature(VIRTIO_BLK_F_RO);
         }
@@ -112,7 +113,11 @@ impl VirtioDevice for Block {
     fn set_acked_features(&mut self, _features: u64) {}
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        read_config_bytes(&self.sectors.to_le_bytes(), offset, data);
+        // struct virtio_blk_config up to seg_max: capacity, size_max (0: no limit), seg_max.
+        let mut cfg = [0u8; 16];
+        cfg[..8].copy_from_slice(&self.sectors.to_le_bytes());
+        cfg[12..].copy_from_slice(&SEG_MAX.to_le_bytes());
+        read_config_bytes(&cfg, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {

@@ -5,6 +5,7 @@
 
 pub mod device;
 mod event_handler;
+pub mod io;
 pub mod metrics;
 pub mod request;
 pub mod worker;
@@ -20,6 +21,9 @@ use std::path::PathBuf;
 pub const SECTOR_SIZE: u64 = 512;
 /// Size of the request queue.
 pub const QUEUE_SIZE: u16 = 256;
+/// Most data segments in one request (`seg_max`): a chain is header + data + status and
+/// must fit the queue.
+pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 /// Longest serial (`GET_ID`) the protocol carries.
 pub const ID_BYTES: usize = 20;
 
@@ -39,6 +43,8 @@ pub const VIRTIO_BLK_S_IOERR: u8 = 1;
 /// Status: unsupported request type.
 pub const VIRTIO_BLK_S_UNSUPP: u8 = 2;
 
+/// Feature: the config space holds `seg_max`.
+pub const VIRTIO_BLK_F_SEG_MAX: u32 = 2;
 /// Feature: the disk is read-only.
 pub const VIRTIO_BLK_F_RO: u32 = 5;
 /// Feature: the device supports flush.

@@ -207,6 +207,11 @@ fn device_config_features_and_worker_thread() {
     dev.read_config(0, &mut b);
     assert_eq!(u64::from_le_bytes(b), 16);
     assert_ne!(dev.avail_features() & feature(VIRTIO_BLK_F_RO), 0);
+    // seg_max lets the driver send many pages per request.
+    assert_ne!(dev.avail_features() & feature(VIRTIO_BLK_F_SEG_MAX), 0);
+    let mut w = [0u8; 4];
+    dev.read_config(12, &mut w);
+    assert_eq!(u32::from_le_bytes(w), u32::from(QUEUE_SIZE) - 2);
 
     let mut q = TestQueue::new(&mem, 0x1000, 256);
     let irq = interrupt();

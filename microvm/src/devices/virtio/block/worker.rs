@@ -1,13 +1,13 @@
 //! The per-disk worker thread and the request execution it runs.
 
 use std::fs::File;
-use std::io::{Seek, SeekFrom};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use vm_memory::Bytes;
 
+use super::io::{self, Dir};
 use super::metrics::BlockMetrics;
 use super::request::{self, Request};
 use super::{
@@ -98,18 +98,8 @@ fn fail(m: &BlockMetrics, what: &str, req: &Request) -> (u8, u32) {
 }
 
 fn transfer(mem: &GuestMemoryMmap, disk: &mut Disk, req: &Request, write: bool) -> Result<(), ()> {
-    disk.file
-        .seek(SeekFrom::Start(req.sector * SECTOR_SIZE))
-        .map_err(|_| ())?;
-    for &(addr, n) in &req.data {
-        let r = if write {
-            mem.write_all_volatile_to(addr, &mut disk.file, n)
-        } else {
-            mem.read_exact_volatile_from(addr, &mut disk.file, n)
-        };
-        r.map_err(|_| ())?;
-    }
-    Ok(())
+    let dir = if write { Dir::ToFile } else { Dir::FromFile };
+    io::transfer(mem, &disk.file, req.sector * SECTOR_SIZE, &req.data, dir).map_err(|_| ())
 }
 
 /// Serves every available request of the queue.
