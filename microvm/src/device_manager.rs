@@ -1,6 +1,7 @@
 //! Placement of devices: the port-I/O and MMIO buses, virtio-mmio windows and GSIs, the
 //! event manager the device subscribers run on, and per-device counters for the API.
 
+use crate::devices::virtio::block::worker::WorkerControl;
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
@@ -68,6 +69,7 @@ pub struct DeviceManager {
     cmdline_extra: Vec<String>,
     event_manager: Option<DeviceEventManager>,
     counters: Vec<(String, Arc<dyn CounterSource>)>,
+    io_threads: Vec<WorkerControl>,
 }
 
 impl Default for DeviceManager {
@@ -87,6 +89,7 @@ impl DeviceManager {
             cmdline_extra: Vec::new(),
             event_manager: None,
             counters: Vec::new(),
+            io_threads: Vec::new(),
         }
     }
 
@@ -98,6 +101,16 @@ impl DeviceManager {
             None => EventManager::new().map_err(DeviceError::EventManager)?,
         };
         Ok(self.event_manager.insert(em))
+    }
+
+    /// Remembers a disk I/O thread, whose seccomp filter the runner installs.
+    pub fn register_io_thread(&mut self, thread: WorkerControl) {
+        self.io_threads.push(thread);
+    }
+
+    /// The disk I/O threads.
+    pub fn io_threads(&self) -> &[WorkerControl] {
+        &self.io_threads
     }
 
     /// Adds a subscriber to the event loop.

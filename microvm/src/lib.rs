@@ -53,6 +53,9 @@ pub enum Error {
     /// Seccomp.
     #[error(transparent)]
     Seccomp(#[from] seccomp::SeccompError),
+    /// A disk I/O thread could not be confined.
+    #[error("cannot confine a disk I/O thread")]
+    IoThread(#[source] devices::virtio::block::worker::WorkerError),
     /// The main thread's seccomp filter could not be installed.
     #[error("cannot install the main thread's seccomp filter")]
     MainSeccomp(#[source] seccompiler::Error),

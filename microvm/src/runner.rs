@@ -36,6 +36,12 @@ pub fn run(mut vm: Vm, use_seccomp: bool) -> Result<ExitReason, crate::Error> {
             .map_err(crate::Error::Thread)?;
     }
 
+    if let Some(f) = filters.as_ref().map(|f| f.get(ThreadKind::BlockIo)) {
+        for t in vm.devices.io_threads() {
+            t.install_filter(f.clone()).map_err(crate::Error::IoThread)?;
+        }
+    }
+
     let io_bus: Arc<Bus> = Arc::new(std::mem::take(&mut vm.devices.io_bus));
     let mmio_bus: Arc<Bus> = Arc::new(std::mem::take(&mut vm.devices.mmio_bus));
     let info = VmInfo::new(&vm);

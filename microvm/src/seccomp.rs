@@ -5,6 +5,7 @@
 //! - vCPU threads: KVM_RUN (the only ioctl), I/O to the console and eventfds, locks,
 //!   memory allocation.
 //! - The device event loop: epoll, file and socket I/O for block, net and vsock backends.
+//! - Disk I/O threads (one per disk): epoll on their queue, vectored file I/O, sync.
 //! - The API thread: accepting and serving unix-socket connections, signalling vCPU threads.
 //! - The main thread, once everything runs: waiting for the exit, removing the API socket.
 
@@ -27,6 +28,8 @@ pub enum ThreadKind {
     EventLoop,
     /// `vmm-api`.
     Api,
+    /// `blk-<id>`, the I/O thread of one disk.
+    BlockIo,
     /// The main thread once the VM runs (waits for the exit, removes the API socket).
     Main,
 }
@@ -36,6 +39,7 @@ pub struct Filters {
     vcpu: Arc<BpfProgram>,
     event_loop: Arc<BpfProgram>,
     api: Arc<BpfProgram>,
+    block_io: Arc<BpfProgram>,
     main: Arc<BpfProgram>,
 }
 
@@ -46,6 +50,7 @@ impl Filters {
             ThreadKind::Vcpu => self.vcpu.clone(),
             ThreadKind::EventLoop => self.event_loop.clone(),
             ThreadKind::Api => self.api.clone(),
+            ThreadKind::BlockIo => self.block_io.clone(),
             ThreadKind::Main => self.main.clone(),
         }
     }
@@ -132,6 +137,15 @@ const API: &[i64] = &[
     libc::SYS_ppoll,
 ];
 
+const BLOCK_IO: &[i64] = &[
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_preadv,
+    libc::SYS_pwritev,
+    libc::SYS_fdatasync,
+    libc::SYS_fsync,
+];
+
 const MAIN: &[i64] = &[libc::SYS_unlink, libc::SYS_unlinkat];
 
 fn build(name: &'static str, allow: &[&[i64]], ioctl_kvm_run_only: bool) -> Result<Arc<BpfProgram>, SeccompError> {
@@ -155,6 +169,7 @@ pub fn filters() -> Result<Filters, SeccompError> {
         vcpu: build("vcpu", &[COMMON], true)?,
         event_loop: build("event loop", &[COMMON, EVENT_LOOP], false)?,
         api: build("api", &[COMMON, API], false)?,
+        block_io: build("disk I/O", &[COMMON, BLOCK_IO], false)?,
         main: build("main", &[COMMON, MAIN], false)?,
     })
 }

@@ -94,7 +94,9 @@ pub fn attach_all(vm: &mut Vm) -> Result<(), WiringError> {
             source,
         })?;
         let counters = dev.counters().clone();
+        let io_thread = dev.io_thread();
         attach(vm, &format!("virtio-blk-{id}"), dev)?;
+        vm.devices.register_io_thread(io_thread);
         vm.devices.register_counters(format!("block.{id}"), counters);
     }
     let nets = vm.config.net.clone();

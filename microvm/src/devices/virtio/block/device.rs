@@ -7,7 +7,7 @@ use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::metrics::BlockMetrics;
-use super::worker::{Disk, Worker};
+use super::worker::{Disk, Worker, WorkerControl};
 use super::{
     BlockConfig, BlockError, ID_BYTES, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX, VIRTIO_BLK_F_FLUSH,
     VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
@@ -60,7 +60,10 @@ impl Block {
             id,
         };
         let name = format!("blk-{}", if cfg.id.is_empty() { "disk" } else { &cfg.id });
-        let worker = Worker::spawn(name, disk, metrics.clone())
+        let worker_evt = evt
+            .try_clone()
+            .map_err(|e| BlockError::EventFd(cfg.path.clone(), e))?;
+        let worker = Worker::spawn(name, disk, metrics.clone(), worker_evt)
             .map_err(|e| BlockError::Worker(cfg.path.clone(), e))?;
         Ok(Self {
             sectors,
@@ -80,6 +83,11 @@ impl Block {
     /// The disk's counters.
     pub fn counters(&self) -> &Arc<BlockMetrics> {
         &self.metrics
+    }
+
+    /// The handle of the disk's I/O thread (the VMM installs its seccomp filter through it).
+    pub fn io_thread(&self) -> WorkerControl {
+        self.worker.control()
     }
 
     /// Capacity in 512-byte sectors.

@@ -1,27 +1,13 @@
-//! The block device on the event loop: it only forwards queue notifications to the worker.
+//! The block device and the VMM event loop: nothing to serve there. The queue's notification
+//! EventFd is waited on by the disk's own I/O thread ([`super::worker`]), so a request costs
+//! one thread wake-up and disk I/O never runs on the event loop.
 
-use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use event_manager::{EventOps, Events, MutEventSubscriber};
 
 use super::device::Block;
-use crate::devices::virtio::VirtioDevice;
-use crate::guest_warn;
 
 impl MutEventSubscriber for Block {
-    fn init(&mut self, ops: &mut EventOps) {
-        for evt in &self.queue_evts {
-            if let Err(e) = ops.add(Events::new(evt, EventSet::IN)) {
-                log::error!("virtio-blk: cannot register the queue EventFd: {e}");
-            }
-        }
-    }
+    fn init(&mut self, _ops: &mut EventOps) {}
 
-    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
-        let _ = self.queue_evts[0].read();
-        if self.is_activated() {
-            self.worker.kick();
-        } else {
-            self.metrics.early_notifications.inc();
-            guest_warn!("virtio-blk: queue notified before the device is active");
-        }
-    }
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {}
 }

@@ -1,11 +1,15 @@
 //! The per-disk worker thread and the request execution it runs.
 
 use std::fs::File;
-use std::sync::mpsc::{Receiver, Sender};
+use std::os::fd::AsRawFd;
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use seccompiler::BpfProgram;
 use vm_memory::Bytes;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::io::{self, Dir};
 use super::metrics::BlockMetrics;
@@ -136,96 +140,166 @@ pub fn process_queue(active: &mut Active, disk: &mut Disk, m: &BlockMetrics) {
 pub enum Msg {
     /// The device was activated: serve this queue.
     Activate(Box<Active>),
-    /// The guest notified the queue.
-    Kick,
     /// Drop the queue (device reset) and acknowledge on the given channel.
     Reset(Sender<()>),
+    /// Install this seccomp filter on the worker thread and report the outcome.
+    Seccomp(Arc<BpfProgram>, Sender<Result<(), seccompiler::Error>>),
+    /// End the thread.
+    Stop,
 }
 
-/// The worker thread of one disk. It is started with the device (before the VMM installs
-/// its seccomp filters, and so that activation, which runs on a vCPU thread, never has to
-/// create a thread) and idles until the device is activated.
+/// Why a worker could not be told something.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The thread is gone.
+    #[error("the disk's I/O thread has exited")]
+    Gone,
+    /// Installing the seccomp filter failed.
+    #[error("cannot install the seccomp filter of a disk I/O thread")]
+    Seccomp(#[source] seccompiler::Error),
+}
+
+/// A handle that sends messages to a worker and wakes it.
+#[derive(Debug, Clone)]
+pub struct WorkerControl {
+    tx: Sender<Msg>,
+    wake: Arc<EventFd>,
+}
+
+impl WorkerControl {
+    fn send(&self, msg: Msg) -> Result<(), WorkerError> {
+        self.tx.send(msg).map_err(|_| WorkerError::Gone)?;
+        self.wake.write(1).map_err(|_| WorkerError::Gone)
+    }
+
+    /// Makes the worker confine itself with `filter`; returns once it has.
+    pub fn install_filter(&self, filter: Arc<BpfProgram>) -> Result<(), WorkerError> {
+        let (ack_tx, ack_rx) = std::sync::mpsc::channel();
+        self.send(Msg::Seccomp(filter, ack_tx))?;
+        ack_rx.recv().map_err(|_| WorkerError::Gone)?.map_err(WorkerError::Seccomp)
+    }
+}
+
+/// The I/O thread of one disk. It waits on the queue's notification EventFd itself (no hop
+/// through the device event loop) and on a control EventFd for [`Msg`]s. It is started with
+/// the device (before the VMM installs its seccomp filters, and so that activation, which
+/// runs on a vCPU thread, never has to create a thread) and idles until the device is
+/// activated; notifications before that are counted and dropped.
 #[derive(Debug)]
 pub struct Worker {
-    tx: Option<Sender<Msg>>,
+    ctl: WorkerControl,
     handle: Option<JoinHandle<()>>,
 }
 
+const WAKE: u64 = 0;
+const QUEUE: u64 = 1;
+
 impl Worker {
-    /// Starts the worker for `disk`.
-    pub fn spawn(name: String, mut disk: Disk, m: Arc<BlockMetrics>) -> std::io::Result<Self> {
-        let (tx, rx): (Sender<Msg>, Receiver<Msg>) = std::sync::mpsc::channel();
-        let handle = std::thread::Builder::new().name(name).spawn(move || {
-            let mut active: Option<Box<Active>> = None;
-            while let Ok(msg) = rx.recv() {
-                match msg {
-                    Msg::Activate(a) => active = Some(a),
-                    Msg::Reset(ack) => {
-                        active = None;
-                        let _ = ack.send(());
-                        continue;
-                    }
-                    Msg::Kick => {}
-                }
-                // Coalesce kicks that piled up.
-                let mut reset = None;
-                loop {
-                    match rx.try_recv() {
-                        Ok(Msg::Kick) => continue,
-                        Ok(Msg::Activate(a)) => active = Some(a),
-                        Ok(Msg::Reset(ack)) => {
-                            reset = Some(ack);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                if let Some(ack) = reset {
-                    active = None;
-                    let _ = ack.send(());
-                    continue;
-                }
-                if let Some(a) = active.as_mut() {
-                    process_queue(a, &mut disk, &m);
-                }
-            }
-        })?;
+    /// Starts the worker for `disk`, serving notifications on `queue_evt`.
+    pub fn spawn(
+        name: String,
+        disk: Disk,
+        m: Arc<BlockMetrics>,
+        queue_evt: EventFd,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
+        let epoll = Epoll::new()?;
+        epoll.ctl(ControlOperation::Add, wake.as_raw_fd(), EpollEvent::new(EventSet::IN, WAKE))?;
+        epoll.ctl(ControlOperation::Add, queue_evt.as_raw_fd(), EpollEvent::new(EventSet::IN, QUEUE))?;
+        let thread_wake = wake.clone();
+        let handle = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || serve(disk, &m, &epoll, &thread_wake, &queue_evt, &rx))?;
         Ok(Self {
-            tx: Some(tx),
+            ctl: WorkerControl { tx, wake },
             handle: Some(handle),
         })
     }
 
-    /// Hands the activated queue to the worker (requests may already be waiting).
-    pub fn activate(&self, active: Active) {
-        self.send(Msg::Activate(Box::new(active)));
+    /// A handle for the VMM (seccomp installation).
+    pub fn control(&self) -> WorkerControl {
+        self.ctl.clone()
     }
 
-    /// Tells the worker the queue has new requests.
-    pub fn kick(&self) {
-        self.send(Msg::Kick);
+    /// Hands the activated queue to the worker (requests may already be waiting).
+    pub fn activate(&self, active: Active) {
+        let _ = self.ctl.send(Msg::Activate(Box::new(active)));
     }
 
     /// Makes the worker drop the queue; returns once it no longer touches it.
     pub fn reset(&self) {
         let (ack_tx, ack_rx) = std::sync::mpsc::channel();
-        self.send(Msg::Reset(ack_tx));
-        let _ = ack_rx.recv();
-    }
-
-    fn send(&self, msg: Msg) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(msg);
+        if self.ctl.send(Msg::Reset(ack_tx)).is_ok() {
+            let _ = ack_rx.recv();
         }
     }
 }
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        // Closing the channel ends the thread.
-        self.tx = None;
+        let _ = self.ctl.send(Msg::Stop);
         if let Some(h) = self.handle.take() {
             let _ = h.join();
+        }
+    }
+}
+
+/// The worker's loop.
+fn serve(
+    mut disk: Disk,
+    m: &BlockMetrics,
+    epoll: &Epoll,
+    wake: &EventFd,
+    queue_evt: &EventFd,
+    rx: &Receiver<Msg>,
+) {
+    let mut active: Option<Box<Active>> = None;
+    let mut events = [EpollEvent::default(); 2];
+    loop {
+        let n = match epoll.wait(-1, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                log::error!("virtio-blk: I/O thread cannot wait for events: {e}");
+                return;
+            }
+        };
+        let mut kicked = false;
+        for ev in &events[..n] {
+            if ev.data() == QUEUE {
+                let _ = queue_evt.read();
+                kicked = true;
+                continue;
+            }
+            let _ = wake.read();
+            loop {
+                match rx.try_recv() {
+                    Ok(Msg::Activate(a)) => {
+                        active = Some(a);
+                        kicked = true;
+                    }
+                    Ok(Msg::Reset(ack)) => {
+                        active = None;
+                        let _ = ack.send(());
+                    }
+                    Ok(Msg::Seccomp(filter, ack)) => {
+                        let _ = ack.send(seccompiler::apply_filter(&filter));
+                    }
+                    Ok(Msg::Stop) | Err(TryRecvError::Disconnected) => return,
+                    Err(TryRecvError::Empty) => break,
+                }
+            }
+        }
+        if !kicked {
+            continue;
+        }
+        match active.as_mut() {
+            Some(a) => process_queue(a, &mut disk, m),
+            None => {
+                m.early_notifications.inc();
+                guest_warn!("virtio-blk: queue notified before the device is active");
+            }
         }
     }
 }
