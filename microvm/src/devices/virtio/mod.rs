@@ -87,6 +87,23 @@ pub enum ActivateError {
     AlreadyActive,
 }
 
+impl ActivateError {
+    /// The preconditions every device checks in `activate`: it is not active yet and the
+    /// driver configured exactly `expected` queues.
+    pub(crate) fn check(already_active: bool, queues: &[Queue], expected: usize) -> Result<(), Self> {
+        if already_active {
+            return Err(Self::AlreadyActive);
+        }
+        if queues.len() != expected {
+            return Err(Self::QueueCount {
+                expected,
+                got: queues.len(),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// A virtio device, independent of the transport that exposes it.
 pub trait VirtioDevice: Send {
     /// The virtio device type (`TYPE_*`).

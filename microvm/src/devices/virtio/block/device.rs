@@ -138,15 +138,7 @@ impl VirtioDevice for Block {
         interrupt: Arc<Interrupt>,
         queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
-        if self.activated {
-            return Err(ActivateError::AlreadyActive);
-        }
-        if queues.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                got: queues.len(),
-            });
-        }
+        ActivateError::check(self.activated, &queues, 1)?;
         self.worker.activate(Active::new(mem, interrupt, queues));
         self.activated = true;
         Ok(())

@@ -197,6 +197,25 @@ fn avail_index_beyond_queue_size_marks_device_broken() {
     assert!(rig.q.used().is_empty());
 }
 
+/// Activates `dev`, submits a GET_ID request, notifies the queue and waits (at most 5 s) for
+/// the I/O thread to complete it.
+fn get_id_through_worker<'a>(
+    mem: &'a GuestMemoryMmap,
+    dev: &mut Block,
+) -> (TestQueue<'a>, std::sync::Arc<crate::devices::virtio::Interrupt>) {
+    let mut q = TestQueue::new(mem, 0x1000, 256);
+    let irq = interrupt();
+    dev.activate(mem.clone(), irq.clone(), vec![q.queue()]).unwrap();
+    let h = header(mem, 0, VIRTIO_BLK_T_GET_ID, 0);
+    q.add(&[(h, 16, false), (DATA, 20, true), (STATUS, 1, true)]);
+    dev.queue_events()[0].write(1).unwrap();
+    let start = Instant::now();
+    while q.used().is_empty() && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    (q, irq)
+}
+
 #[test]
 fn device_config_features_and_worker_thread() {
     let mem = guest_mem();
@@ -213,16 +232,7 @@ fn device_config_features_and_worker_thread() {
     dev.read_config(12, &mut w);
     assert_eq!(u32::from_le_bytes(w), u32::from(QUEUE_SIZE) - 2);
 
-    let mut q = TestQueue::new(&mem, 0x1000, 256);
-    let irq = interrupt();
-    dev.activate(mem.clone(), irq.clone(), vec![q.queue()]).unwrap();
-    let h = header(&mem, 0, VIRTIO_BLK_T_GET_ID, 0);
-    q.add(&[(h, 16, false), (DATA, 20, true), (STATUS, 1, true)]);
-    dev.queue_events()[0].write(1).unwrap();
-    let start = Instant::now();
-    while q.used().is_empty() && start.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let (q, irq) = get_id_through_worker(&mem, &mut dev);
     assert_eq!(q.used().len(), 1);
     assert_eq!(&get(&mem, DATA, 5), b"data1");
     assert_eq!(irq.event().read().unwrap(), 1, "interrupt raised");
@@ -267,17 +277,9 @@ fn io_thread_installs_a_seccomp_filter_when_told() {
     dev.io_thread().install_filter(filter).unwrap();
     // The confined thread still serves requests: a GET_ID round trip.
     let mem = guest_mem();
-    let mut q = TestQueue::new(&mem, 0x1000, 256);
-    let irq = interrupt();
     let mut dev = dev;
-    dev.activate(mem.clone(), irq.clone(), vec![q.queue()]).unwrap();
-    let h = header(&mem, 0, VIRTIO_BLK_T_GET_ID, 0);
-    q.add(&[(h, 16, false), (DATA, 20, true), (STATUS, 1, true)]);
-    dev.queue_events()[0].write(1).unwrap();
-    let start = Instant::now();
-    while q.used().is_empty() && start.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let (q, _) = get_id_through_worker(&mem, &mut dev);
+    assert_eq!(q.used().len(), 1);
     assert_eq!(&get(&mem, DATA, 2), b"sc");
     dev.reset();
 }

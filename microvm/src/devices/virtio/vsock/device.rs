@@ -172,15 +172,7 @@ impl VirtioDevice for Vsock {
         interrupt: Arc<Interrupt>,
         queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
-        if self.active.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        if queues.len() != 3 {
-            return Err(ActivateError::QueueCount {
-                expected: 3,
-                got: queues.len(),
-            });
-        }
+        ActivateError::check(self.active.is_some(), &queues, 3)?;
         self.active = Some(Active::new(mem, interrupt, queues));
         self.activate_evt
             .write(1)
