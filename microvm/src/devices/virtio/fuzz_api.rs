@@ -104,9 +104,6 @@ impl FrameIo for Pair {
     fn read_frame(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         self.0.recv(buf)
     }
-    fn write_frame(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.send(buf)
-    }
     fn set_offload(&mut self, _flags: u32) -> std::io::Result<()> {
         Ok(())
     }

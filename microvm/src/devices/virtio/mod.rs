@@ -18,6 +18,7 @@ pub mod counter;
 #[doc(hidden)]
 pub mod fuzz_api;
 pub mod interrupt;
+pub mod iov;
 pub mod mmio;
 pub mod net;
 pub mod ratelimit;

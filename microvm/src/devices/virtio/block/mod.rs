@@ -5,7 +5,6 @@
 
 pub mod device;
 mod event_handler;
-pub mod io;
 pub mod metrics;
 pub mod request;
 pub mod worker;

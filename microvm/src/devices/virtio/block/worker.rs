@@ -11,7 +11,6 @@ use vm_memory::Bytes;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::io::{self, Dir};
 use super::metrics::BlockMetrics;
 use super::request::{self, Request};
 use super::{
@@ -19,6 +18,7 @@ use super::{
     VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
 use crate::devices::virtio::active::Active;
+use crate::devices::virtio::iov::{self, Dir};
 use crate::devices::virtio::chain::MAX_CHAIN_DESCS;
 use crate::guest_warn;
 use crate::memory::GuestMemoryMmap;
@@ -102,8 +102,8 @@ fn fail(m: &BlockMetrics, what: &str, req: &Request) -> (u8, u32) {
 }
 
 fn transfer(mem: &GuestMemoryMmap, disk: &mut Disk, req: &Request, write: bool) -> Result<(), ()> {
-    let dir = if write { Dir::ToFile } else { Dir::FromFile };
-    io::transfer(mem, &disk.file, req.sector * SECTOR_SIZE, &req.data, dir).map_err(|_| ())
+    let dir = if write { Dir::FromGuest } else { Dir::ToGuest };
+    iov::transfer(mem, &disk.file, req.sector * SECTOR_SIZE, &req.data, dir).map_err(|_| ())
 }
 
 /// Serves every available request of the queue.

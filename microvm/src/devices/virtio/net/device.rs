@@ -13,6 +13,7 @@ use super::tap::{self, Tap};
 use super::*;
 use crate::devices::virtio::active::Active;
 use crate::devices::virtio::chain::{self, MAX_CHAIN_DESCS};
+use crate::devices::virtio::iov::{Dir, GuestIovecs};
 use crate::devices::virtio::{
     feature, read_config_bytes, ActivateError, Interrupt, VirtioDevice, COMMON_FEATURES,
     TYPE_NET,
@@ -20,13 +21,11 @@ use crate::devices::virtio::{
 use crate::guest_warn;
 use crate::memory::GuestMemoryMmap;
 
-/// Where frames go to and come from: one read or write is one whole frame with its
-/// virtio-net header.
+/// Where frames go to and come from: one read, or one `writev` on its fd, is one whole frame
+/// with its virtio-net header.
 pub trait FrameIo: Send + AsRawFd {
     /// Reads one frame.
     fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize>;
-    /// Writes one frame.
-    fn write_frame(&mut self, buf: &[u8]) -> io::Result<usize>;
     /// Applies the offloads the guest accepted (`TUN_F_*`).
     fn set_offload(&mut self, flags: u32) -> io::Result<()>;
 }
@@ -40,9 +39,6 @@ impl AsRawFd for Tap {
 impl FrameIo for Tap {
     fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         io::Read::read(&mut self.file(), buf)
-    }
-    fn write_frame(&mut self, buf: &[u8]) -> io::Result<usize> {
-        io::Write::write(&mut self.file(), buf)
     }
     fn set_offload(&mut self, flags: u32) -> io::Result<()> {
         Tap::set_offload(self, flags).map_err(io::Error::other)
@@ -60,7 +56,6 @@ pub struct Net {
     /// A frame read from the backend that found no receive buffer yet.
     pending: Option<usize>,
     rx_buf: Vec<u8>,
-    tx_buf: Vec<u8>,
     /// The backend may have more frames (edge-triggered readiness).
     pub(super) backend_readable: bool,
     pub(super) backend_registered: bool,
@@ -94,7 +89,6 @@ impl Net {
             active: None,
             pending: None,
             rx_buf: vec![0; MAX_FRAME],
-            tx_buf: vec![0; MAX_FRAME],
             backend_readable: true,
             backend_registered: false,
             pending_offload: None,
@@ -118,21 +112,21 @@ impl Net {
                     && c.readable_len() <= MAX_FRAME as u64 =>
                 {
                     let n = c.readable_len() as usize;
-                    if chain::read_from(&active.mem, &c.readable, 0, &mut self.tx_buf[..n]).is_err() {
-                        self.metrics.errors.inc();
-                    } else {
-                        match self.backend.write_frame(&self.tx_buf[..n]) {
-                            Ok(_) => {
-                                self.metrics.tx_frames.inc();
-                                self.metrics.tx_bytes.add((n - VNET_HDR_SIZE) as u64);
-                            }
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                                self.metrics.dropped.inc();
-                            }
-                            Err(e) => {
-                                guest_warn!("virtio-net: writing a frame to tap {} failed: {e}", self.cfg.tap);
-                                self.metrics.errors.inc();
-                            }
+                    // Straight from the guest's buffers to the tap: one writev, one frame.
+                    let segs = chain::segments(&c.readable, 0, n as u64);
+                    let sent = GuestIovecs::new(&active.mem, &segs, Dir::FromGuest)
+                        .and_then(|v| v.writev(self.backend.as_raw_fd()));
+                    match sent {
+                        Ok(_) => {
+                            self.metrics.tx_frames.inc();
+                            self.metrics.tx_bytes.add((n - VNET_HDR_SIZE) as u64);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            self.metrics.dropped.inc();
+                        }
+                        Err(e) => {
+                            guest_warn!("virtio-net: writing a frame to tap {} failed: {e}", self.cfg.tap);
+                            self.metrics.errors.inc();
                         }
                     }
                 }

@@ -24,9 +24,6 @@ impl FrameIo for Dgram {
     fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.0.recv(buf)
     }
-    fn write_frame(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.send(buf)
-    }
     fn set_offload(&mut self, flags: u32) -> io::Result<()> {
         *self.1.lock().unwrap() = Some(flags);
         Ok(())
