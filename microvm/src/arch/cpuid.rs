@@ -1,10 +1,15 @@
-//! CPUID the guest sees: what KVM supports, plus the hypervisor bit and per-vCPU APIC ids.
+//! CPUID the guest sees: what KVM supports, plus the hypervisor bit and per-vCPU APIC ids,
+//! minus VMX/SVM (no nested virtualization inside a container VM).
 
 use kvm_bindings::CpuId;
 
 /// Leaf 1 ECX bit 31: "running under a hypervisor". Without it the guest kernel believes it is
 /// on bare metal, calibrates the TSC against the PIT and stalls under nested emulation.
 pub const ECX_HYPERVISOR: u32 = 1 << 31;
+/// Leaf 1 ECX bit 5: VMX (Intel virtualization), not offered to guests.
+pub const ECX_VMX: u32 = 1 << 5;
+/// Leaf 0x8000_0001 ECX bit 2: SVM (AMD virtualization), not offered to guests.
+pub const ECX_SVM: u32 = 1 << 2;
 /// Leaf 1 EDX bit 28: the logical-processor count in EBX[23:16] is valid.
 pub const EDX_HTT: u32 = 1 << 28;
 
@@ -13,7 +18,7 @@ pub fn filter(cpuid: &mut CpuId, index: u8, count: u8) {
     for e in cpuid.as_mut_slice() {
         match e.function {
             1 => {
-                e.ecx |= ECX_HYPERVISOR;
+                e.ecx = (e.ecx | ECX_HYPERVISOR) & !ECX_VMX;
                 // EBX[31:24] initial APIC id, EBX[23:16] logical processors per package,
                 // EBX[15:8] CLFLUSH line size in quadwords.
                 e.ebx = (u32::from(index) << 24) | (u32::from(count) << 16) | (8 << 8);
@@ -23,6 +28,7 @@ pub fn filter(cpuid: &mut CpuId, index: u8, count: u8) {
                     e.edx &= !EDX_HTT;
                 }
             }
+            0x8000_0001 => e.ecx &= !ECX_SVM,
             // Extended topology: EDX is the x2APIC id of this vCPU.
             0xb | 0x1f => e.edx = u32::from(index),
             _ => {}
@@ -38,8 +44,9 @@ mod tests {
     #[test]
     fn sets_hypervisor_bit_and_apic_id() {
         let entries = [
-            kvm_cpuid_entry2 { function: 1, ecx: 0x1, ebx: 0xffff_ffff, ..Default::default() },
+            kvm_cpuid_entry2 { function: 1, ecx: 0x21, ebx: 0xffff_ffff, ..Default::default() },
             kvm_cpuid_entry2 { function: 0xb, index: 1, ..Default::default() },
+            kvm_cpuid_entry2 { function: 0x8000_0001, ecx: 0xff, ..Default::default() },
         ];
         let mut c = CpuId::from_entries(&entries).unwrap();
         filter(&mut c, 3, 4);
@@ -49,5 +56,6 @@ mod tests {
         assert_eq!((s[0].ebx >> 16) & 0xff, 4);
         assert_ne!(s[0].edx & EDX_HTT, 0);
         assert_eq!(s[1].edx, 3);
+        assert_eq!(s[2].ecx & ECX_SVM, 0, "no nested virtualization");
     }
 }
