@@ -8,7 +8,12 @@
   vsock_host.py refused UDS PORT          CONNECT to a port nobody listens on: expects no OK line
   vsock_host.py listen PATH COUNT         serves COUNT guest-initiated connections on PATH
                                           (`<uds>_<port>`): drain, reply "<bytes> <crc>"
-  vsock_host.py poke UDS PORT             one connection to PORT (e.g. to end the guest's wait)
+  vsock_host.py poke TARGET PORT          one connection to PORT (e.g. to end the guest's wait);
+                                          TARGET as for blast
+  vsock_host.py blast TARGET PORT BYTES   benchmarks: send BYTES (unchecked) to a guest
+                                          `vsock-tool sink`/`tcp-sink`; TARGET is a hybrid UDS
+                                          path, vsock:CID (AF_VSOCK, e.g. QEMU vhost-vsock) or
+                                          tcp:IP; prints MiB/s from connect to the byte-count reply
 Pattern and checksum match vsock-tool: T[i mod 65521], CRC-32.
 """
 import socket
@@ -153,8 +158,45 @@ def cmd_listen(path, count):
     return 0
 
 
-def cmd_poke(uds, port):
-    s = host_connect(uds, port, time.time() + 60)
+def connect_target(target, port, deadline):
+    """A connected stream to PORT of TARGET (see blast), retrying until the guest listens."""
+    if not (target.startswith("vsock:") or target.startswith("tcp:")):
+        return host_connect(target, port, deadline)
+    kind, addr = target.split(":", 1)
+    while True:
+        if kind == "vsock":
+            s, where = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM), (int(addr), port)
+        else:
+            s, where = socket.socket(socket.AF_INET, socket.SOCK_STREAM), (addr, port)
+        try:
+            s.connect(where)
+            return s
+        except OSError as e:
+            s.close()
+            if time.time() > deadline:
+                raise RuntimeError("connect %s port %d: %s" % (target, port, e))
+            time.sleep(0.5)
+
+
+def cmd_blast(target, port, n):
+    s = connect_target(target, port, time.time() + 120)
+    buf = memoryview(b"\x5a" * (1 << 20))
+    t0 = time.time()
+    left = n
+    while left:
+        k = min(len(buf), left)
+        s.sendall(buf[:k])
+        left -= k
+    s.shutdown(socket.SHUT_WR)
+    reply = read_all(s).decode().strip()
+    dt = time.time() - t0
+    s.close()
+    print("blast: %d bytes in %.2f s (%.2f MiB/s) reply %r" % (n, dt, n / dt / 2**20, reply))
+    return 0 if reply == str(n) else 1
+
+
+def cmd_poke(target, port):
+    s = connect_target(target, port, time.time() + 60)
     s.close()
     return 0
 
@@ -168,6 +210,8 @@ def main(a):
         return cmd_refused(a[1], int(a[2]))
     if a[:1] == ["listen"]:
         return cmd_listen(a[1], int(a[2]))
+    if a[:1] == ["blast"]:
+        return cmd_blast(a[1], int(a[2]), int(a[3]))
     if a[:1] == ["poke"]:
         return cmd_poke(a[1], int(a[2]))
     if a[:1] == ["expected"]:

@@ -10,6 +10,14 @@
 //! vsock-tool connect CID PORT         connect and print "connected" or the errno name
 //! vsock-tool sum BYTES                print "<bytes> <checksum>" of the pattern
 //! vsock-tool wait PORT                accept one connection, then exit 0
+//! vsock-tool sink PORT                (benchmarks) accept connections forever; per connection
+//!                                     read to EOF without checking, reply "<bytes>\n"
+//! vsock-tool tcp-sink PORT            the same over TCP (IPv4, any address)
+//! vsock-tool spout PORT               (benchmarks) accept connections forever; per connection
+//!                                     read a line "<bytes>\n", send that many unchecked bytes
+//!                                     in 256 KiB writes, close
+//! vsock-tool tcp-send IP PORT BYTES   (benchmarks) connect over TCP, send BYTES bytes in 256 KiB
+//!                                     writes, half-close, print the reply line
 //! ```
 //! The pattern is byte i = T[i mod 65521] with T[k] = ((k*k*31 + k*7 + 13) >> 3) mod 256; the
 //! checksum is CRC-32 (zlib's), so the host side can check with Python's zlib quickly.
@@ -152,6 +160,55 @@ fn drain(f: &mut std::fs::File) -> io::Result<(u64, Fnv)> {
     }
 }
 
+/// Reads `r` to EOF in 256 KiB reads; returns the byte count (benchmarks: no checksum, so
+/// the guest's CPU does not limit the figure).
+fn discard<R: Read>(r: &mut R) -> io::Result<u64> {
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => total += n as u64,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Writes `bytes` unchecked bytes to `w` in 256 KiB writes (benchmarks).
+fn fill<W: Write>(w: &mut W, bytes: u64) -> io::Result<()> {
+    let buf = vec![0x5au8; 256 * 1024];
+    let mut left = bytes;
+    while left > 0 {
+        let k = left.min(buf.len() as u64) as usize;
+        w.write_all(&buf[..k])?;
+        left -= k as u64;
+    }
+    Ok(())
+}
+
+/// Serves every connection `accept` returns on its own thread; exits the process if accept fails.
+fn serve_forever<S: Send + 'static>(
+    mut accept: impl FnMut() -> io::Result<S>,
+    each: impl Fn(S) + Send + Copy + 'static,
+) -> ! {
+    loop {
+        match accept() {
+            Ok(c) => {
+                std::thread::spawn(move || each(c));
+            }
+            Err(e) => die("accept", e),
+        }
+    }
+}
+
+/// Reads to EOF, then replies with the byte count.
+fn discard_and_count<S: Read + Write>(mut c: S) {
+    if let Ok(n) = discard(&mut c) {
+        let _ = writeln!(c, "{n}");
+    }
+}
+
 fn arg<T: std::str::FromStr>(args: &[String], i: usize, what: &str) -> T {
     match args.get(i).and_then(|s| s.parse().ok()) {
         Some(v) => v,
@@ -210,6 +267,42 @@ fn main() {
             println!("sent {:08x} reply {}", h.value(), reply.trim());
             Ok(())
         })(),
+        "sink" => {
+            let l = listen(arg(&args, 2, "PORT")).unwrap_or_else(|e| die("listen", e));
+            serve_forever(move || accept(&l), discard_and_count)
+        }
+        "tcp-sink" => {
+            let port: u16 = arg(&args, 2, "PORT");
+            let l = std::net::TcpListener::bind(("0.0.0.0", port)).unwrap_or_else(|e| die("listen", e));
+            serve_forever(move || l.accept().map(|(c, _)| c), discard_and_count)
+        }
+        "spout" => {
+            let l = listen(arg(&args, 2, "PORT")).unwrap_or_else(|e| die("listen", e));
+            serve_forever(
+                move || accept(&l),
+                |c| {
+                    let mut line = String::new();
+                    let mut r = BufReader::new(c);
+                    if r.read_line(&mut line).is_ok() {
+                        if let Ok(n) = line.trim().parse::<u64>() {
+                            let _ = fill(&mut r.into_inner(), n);
+                        }
+                    }
+                },
+            )
+        }
+        "tcp-send" => (|| {
+            let ip: std::net::Ipv4Addr = arg(&args, 2, "IP");
+            let port: u16 = arg(&args, 3, "PORT");
+            let bytes: u64 = arg(&args, 4, "BYTES");
+            let mut c = std::net::TcpStream::connect((ip, port))?;
+            fill(&mut c, bytes)?;
+            c.shutdown(std::net::Shutdown::Write)?;
+            let mut reply = String::new();
+            c.read_to_string(&mut reply)?;
+            println!("tcp-send {bytes} reply {}", reply.trim());
+            Ok(())
+        })(),
         "wait" => {
             let l = listen(arg(&args, 2, "PORT")).unwrap_or_else(|e| die("listen", e));
             accept(&l).map(|_| ())
@@ -238,7 +331,7 @@ fn main() {
             Ok(())
         }
         _ => {
-            eprintln!("usage: vsock-tool serve PORT | source PORT | send CID PORT BYTES | connect CID PORT | sum BYTES");
+            eprintln!("usage: vsock-tool serve PORT | source PORT | send CID PORT BYTES | connect CID PORT | sum BYTES | wait PORT | sink PORT | tcp-sink PORT | spout PORT | tcp-send IP PORT BYTES");
             std::process::exit(2);
         }
     };
