@@ -101,6 +101,22 @@ impl<'m> GuestIovecs<'m> {
         }
     }
 
+    /// Reads into the buffers from `fd` with one `readv` (a tap delivers one frame). Returns
+    /// the bytes read.
+    pub fn readv(&self, fd: RawFd) -> io::Result<usize> {
+        if self.iovs.len() > IOV_MAX {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many buffers"));
+        }
+        // SAFETY: every iovec points into mapped guest memory within the bounds vm-memory
+        // checked, kept alive by `self`; the count is at most IOV_MAX. The kernel writes only
+        // inside them.
+        let n = unsafe { libc::readv(fd, self.iovs.as_ptr(), self.iovs.len() as i32) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
     /// Moves exactly all bytes between the buffers and `file` at `offset`; fails if the
     /// file ends early.
     pub fn transfer_at(mut self, file: &File, offset: u64, dir: Dir) -> io::Result<()> {

@@ -446,3 +446,28 @@ fn guest_connect_to_full_backlog_is_refused_without_blocking() {
     assert_eq!(rig.received()[0].0.op, OP_RST);
     assert_eq!(rig.dev.metrics.conns_refused.get(), 1);
 }
+
+#[test]
+fn host_data_is_read_ahead_and_handed_out_in_packet_sized_pieces() {
+    use super::connection::{ConnState, Connection, READ_AHEAD};
+    let (a, mut b) = UnixStream::pair().unwrap();
+    a.set_nonblocking(true).unwrap();
+    let mut c = Connection::new(a, ConnState::Established);
+    let data: Vec<u8> = (0..READ_AHEAD + 5000).map(|i| (i % 253) as u8).collect();
+    b.write_all(&data).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match c.read_host(&mut buf) {
+            Ok(0) => panic!("EOF before the peer closed"),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
+                break;
+            }
+        }
+    }
+    assert_eq!(got, data, "every byte once, in order");
+    drop(b);
+    assert_eq!(c.read_host(&mut buf).unwrap(), 0, "EOF after the peer closed");
+}
