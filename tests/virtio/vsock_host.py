@@ -14,6 +14,9 @@
                                           `vsock-tool sink`/`tcp-sink`; TARGET is a hybrid UDS
                                           path, vsock:CID (AF_VSOCK, e.g. QEMU vhost-vsock) or
                                           tcp:IP; prints MiB/s from connect to the byte-count reply
+  vsock_host.py pull TARGET PORT BYTES    benchmarks: ask a guest `vsock-tool spout` for BYTES
+                                          (unchecked); prints MiB/s from the request to EOF
+  (blast and pull print "(<x> MiB/s)" only when every byte arrived, and exit 1 otherwise)
 Pattern and checksum match vsock-tool: T[i mod 65521], CRC-32.
 """
 import socket
@@ -178,6 +181,14 @@ def connect_target(target, port, deadline):
             time.sleep(0.5)
 
 
+def report(what, n, dt, complete, detail):
+    if complete:
+        print("%s: %d bytes in %.2f s (%.2f MiB/s) %s" % (what, n, dt, n / dt / 2**20, detail))
+        return 0
+    print("%s: incomplete after %.2f s: %s" % (what, dt, detail))
+    return 1
+
+
 def cmd_blast(target, port, n):
     s = connect_target(target, port, time.time() + 120)
     buf = memoryview(b"\x5a" * (1 << 20))
@@ -188,11 +199,26 @@ def cmd_blast(target, port, n):
         s.sendall(buf[:k])
         left -= k
     s.shutdown(socket.SHUT_WR)
-    reply = read_all(s).decode().strip()
+    reply = read_all(s).decode(errors="replace").strip()
     dt = time.time() - t0
     s.close()
-    print("blast: %d bytes in %.2f s (%.2f MiB/s) reply %r" % (n, dt, n / dt / 2**20, reply))
-    return 0 if reply == str(n) else 1
+    return report("blast", n, dt, reply == str(n), "reply %r" % reply)
+
+
+def cmd_pull(target, port, n):
+    s = connect_target(target, port, time.time() + 120)
+    buf = bytearray(1 << 20)
+    t0 = time.time()
+    s.sendall(b"%d\n" % n)
+    total = 0
+    while True:
+        k = s.recv_into(buf)
+        if not k:
+            break
+        total += k
+    dt = time.time() - t0
+    s.close()
+    return report("pull", n, dt, total == n, "got %d of %d bytes" % (total, n))
 
 
 def cmd_poke(target, port):
@@ -212,6 +238,8 @@ def main(a):
         return cmd_listen(a[1], int(a[2]))
     if a[:1] == ["blast"]:
         return cmd_blast(a[1], int(a[2]), int(a[3]))
+    if a[:1] == ["pull"]:
+        return cmd_pull(a[1], int(a[2]), int(a[3]))
     if a[:1] == ["poke"]:
         return cmd_poke(a[1], int(a[2]))
     if a[:1] == ["expected"]:

@@ -10,12 +10,14 @@
 //! vsock-tool connect CID PORT         connect and print "connected" or the errno name
 //! vsock-tool sum BYTES                print "<bytes> <checksum>" of the pattern
 //! vsock-tool wait PORT                accept one connection, then exit 0
+//! vsock-tool now                      print CLOCK_MONOTONIC in seconds, to the microsecond
+//!                                     (benchmarks: busybox date has no %N)
 //! vsock-tool sink PORT                (benchmarks) accept connections forever; per connection
 //!                                     read to EOF without checking, reply "<bytes>\n"
 //! vsock-tool tcp-sink PORT            the same over TCP (IPv4, any address)
 //! vsock-tool spout PORT               (benchmarks) accept connections forever; per connection
 //!                                     read a line "<bytes>\n", send that many unchecked bytes
-//!                                     in 256 KiB writes, close
+//!                                     in 256 KiB writes, half-close, wait for the peer's EOF
 //! vsock-tool tcp-send IP PORT BYTES   (benchmarks) connect over TCP, send BYTES bytes in 256 KiB
 //!                                     writes, half-close, print the reply line
 //! ```
@@ -285,7 +287,12 @@ fn main() {
                     let mut r = BufReader::new(c);
                     if r.read_line(&mut line).is_ok() {
                         if let Ok(n) = line.trim().parse::<u64>() {
-                            let _ = fill(&mut r.into_inner(), n);
+                            let mut c = r.into_inner();
+                            if fill(&mut c, n).is_ok() {
+                                // A graceful close: the peer reads everything, then closes.
+                                shutdown_write(&c);
+                                let _ = discard(&mut c);
+                            }
                         }
                     }
                 },
@@ -314,6 +321,15 @@ fn main() {
             }
             Ok(())
         }
+        "now" => {
+            let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            // SAFETY: clock_gettime writes one timespec we own.
+            if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+                die("clock_gettime", io::Error::last_os_error());
+            }
+            println!("{}.{:06}", ts.tv_sec, ts.tv_nsec / 1000);
+            Ok(())
+        }
         "sum" => {
             let n: u64 = arg(&args, 2, "BYTES");
             let mut h = Fnv::new();
@@ -331,7 +347,7 @@ fn main() {
             Ok(())
         }
         _ => {
-            eprintln!("usage: vsock-tool serve PORT | source PORT | send CID PORT BYTES | connect CID PORT | sum BYTES | wait PORT | sink PORT | tcp-sink PORT | spout PORT | tcp-send IP PORT BYTES");
+            eprintln!("usage: vsock-tool serve PORT | source PORT | send CID PORT BYTES | connect CID PORT | sum BYTES | wait PORT | now | sink PORT | tcp-sink PORT | spout PORT | tcp-send IP PORT BYTES");
             std::process::exit(2);
         }
     };
