@@ -152,14 +152,14 @@ run_one() {
     echo "vsock_hg $vhg"
     echo "vsock_gh $vgh"
   } >>"$work/$vmm.figs"
-  echo "bench: round $r $vmm: $(grep -a HUSK-BENCH "$out" | tr -d '\r'); tcp g->h ${gh:-n/a}, h->g ${hg:-n/a} MiB/s; vsock h->g ${vhg:-n/a}, g->h ${vgh:-n/a} MiB/s"
+  echo "bench: round $r $vmm: $(grep -a HUSK-BENCH "$out" | tr -d '\r' || echo "no block figures"); tcp g->h ${gh:-n/a}, h->g ${hg:-n/a} MiB/s; vsock h->g ${vhg:-n/a}, g->h ${vgh:-n/a} MiB/s"
   echo "bench: round $r $vmm diag: tap: $tapstat; host tcp retrans $hostre; guest: $(grep -a HUSK-DIAG "$out" | tr -d '\r' | cut -d' ' -f2-)"
   [ -s "$work/counters.json" ] && echo "bench: round $r husk-vmm counters: $(cat "$work/counters.json")"
   grep -q HUSK-BENCH "$out" || {
     echo "bench: $vmm round $r gave no block figures; console and stderr:"
     tail -5 "$out"; tail -3 "$work/qemu.err" "$work/husk.$r.err" 2>/dev/null
   }
-  [ -n "$gh" ] || echo "bench: $vmm round $r tcp g->h: $(cat "$work/sink.out" 2>/dev/null)"
+  [ -n "$gh" ] || echo "bench: $vmm round $r tcp g->h: $( [ -s "$work/sink.out" ] && cat "$work/sink.out" || echo "the guest never finished sending to the host sink")"
   for f in net_hg vsock_hg vsock_gh; do
     [ -n "$(rate "$work/$f.log")" ] || echo "bench: $vmm round $r $f: $( [ -s "$work/$f.log" ] && tail -2 "$work/$f.log" | tr '\n' ' ' || echo "not run: the VM had exited")"
   done

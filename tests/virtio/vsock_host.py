@@ -3,8 +3,9 @@
 
   vsock_host.py send UDS PORT BYTES [N]   N parallel streams (default 1) to the guest's
                                           `vsock-tool serve PORT`; checks its "<bytes> <crc>" reply
-  vsock_host.py fetch UDS PORT BYTES      asks the guest's `vsock-tool source PORT` for BYTES,
-                                          checks length and CRC
+  vsock_host.py fetch UDS PORT BYTES [S]  asks the guest's `vsock-tool source PORT` for BYTES,
+                                          checks length and CRC; S: seconds to wait before
+                                          reading (the guest closes while data is in flight)
   vsock_host.py refused UDS PORT          CONNECT to a port nobody listens on: expects no OK line
   vsock_host.py listen PATH COUNT         serves COUNT guest-initiated connections on PATH
                                           (`<uds>_<port>`): drain, reply "<bytes> <crc>"
@@ -110,9 +111,11 @@ def cmd_send(uds, port, n, streams=1):
     return 0 if not bad else 1
 
 
-def cmd_fetch(uds, port, n):
+def cmd_fetch(uds, port, n, delay=0.0):
     s = host_connect(uds, port, time.time() + 120)
     s.sendall(b"%d\n" % n)
+    # A slow reader: the guest finishes (and closes) while the device still holds its data.
+    time.sleep(delay)
     t0 = time.time()
     crc, total = 0, 0
     while True:
@@ -231,7 +234,7 @@ def main(a):
     if a[:1] == ["send"]:
         return cmd_send(a[1], int(a[2]), int(a[3]), int(a[4]) if len(a) > 4 else 1)
     if a[:1] == ["fetch"]:
-        return cmd_fetch(a[1], int(a[2]), int(a[3]))
+        return cmd_fetch(a[1], int(a[2]), int(a[3]), float(a[4]) if len(a) > 4 else 0.0)
     if a[:1] == ["refused"]:
         return cmd_refused(a[1], int(a[2]))
     if a[:1] == ["listen"]:
