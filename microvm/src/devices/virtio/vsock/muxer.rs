@@ -318,10 +318,14 @@ impl Muxer {
                 c.peer_shut_send |= hdr.flags & SHUTDOWN_SEND != 0;
                 c.peer_shut_rcv |= hdr.flags & SHUTDOWN_RCV != 0;
                 if c.peer_shut_send && c.peer_shut_rcv {
-                    let _ = c.flush();
-                    self.close(key);
-                    self.rst(key);
-                    return;
+                    // The guest closed. Data it sent that the host socket has not taken yet
+                    // is still delivered: the connection stays until it is flushed (on
+                    // writability, see handle_fd) and only then gets the RST that ends it.
+                    if !c.flush() || c.pending.is_empty() {
+                        self.close(key);
+                        self.rst(key);
+                        return;
+                    }
                 }
                 if c.peer_shut_send && !c.flush() {
                     self.close(key);
@@ -394,6 +398,12 @@ impl Muxer {
         let Some(&key) = self.by_fd.get(&fd) else { return };
         let Some(c) = self.conns.get_mut(&key) else { return };
         if events.intersects(EventSet::OUT) && !c.flush() {
+            self.close(key);
+            self.rst(key);
+            return;
+        }
+        if c.peer_shut_send && c.peer_shut_rcv && c.pending.is_empty() {
+            // A closed guest connection whose last data is now with the host.
             self.close(key);
             self.rst(key);
             return;

@@ -471,3 +471,42 @@ fn host_data_is_read_ahead_and_handed_out_in_packet_sized_pieces() {
     drop(b);
     assert_eq!(c.read_host(&mut buf).unwrap(), 0, "EOF after the peer closed");
 }
+
+#[test]
+fn data_the_guest_sent_before_closing_still_reaches_a_slow_host() {
+    let mem = guest_mem();
+    let mut rig = Rig::new(&mem);
+    let listener = UnixListener::bind(format!("{}_5000", rig.uds.display())).unwrap();
+    for _ in 0..16 {
+        rig.give_rx(4096);
+    }
+    rig.send(OP_REQUEST, 1234, 5000, &[], 0);
+    let (mut host, _) = listener.accept().unwrap();
+    // More than a unix socket buffers: the rest waits in the connection.
+    let chunk: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+    let mut sent = 0usize;
+    while sent < CONN_BUF_ALLOC as usize / 2 + 300 * 1024 && sent + chunk.len() <= CONN_BUF_ALLOC as usize {
+        rig.send(OP_RW, 1234, 5000, &chunk, 0);
+        sent += chunk.len();
+    }
+    rig.send(OP_SHUTDOWN, 1234, 5000, &[], SHUTDOWN_RCV | SHUTDOWN_SEND);
+    assert_eq!(rig.dev.muxer.connection_count(), 1, "kept until the host has everything");
+    // The host reads; each time its socket drains, the device flushes more.
+    host.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    while got < sent {
+        let n = host.read(&mut buf).unwrap();
+        assert!(n > 0, "EOF after {got} of {sent} bytes");
+        got += n;
+        let fds = rig.dev.muxer_fds();
+        for fd in fds {
+            rig.dev.muxer.handle_fd(fd, EventSet::OUT, &rig.dev.metrics.clone());
+        }
+        rig.dev.process_rx();
+    }
+    assert_eq!(got, sent);
+    assert_eq!(rig.dev.muxer.connection_count(), 0);
+    assert!(rig.received().iter().any(|(h, _)| h.op == OP_RST), "the guest gets its RST");
+    assert_eq!(host.read(&mut buf).unwrap(), 0, "then EOF");
+}
