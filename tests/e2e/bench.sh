@@ -16,7 +16,7 @@ time_runs() { # RUNTIME PREFIX
   local i s
   for i in $(seq 0 "$runs"); do
     s=$(date +%s%N)
-    timeout "$T" ctr -a "$CTR_ADDR" run --rm --runtime "$1" "$IMAGE" "$2-$i" true </dev/null >/dev/null
+    timeout -k 10 "$T" ctr -a "$CTR_ADDR" run --rm --runtime "$1" "$IMAGE" "$2-$i" true </dev/null >/dev/null
     [ "$i" = 0 ] || ms "$s"   # run 0 warms the image (snapshot unpack, image cache)
   done
 }
@@ -24,7 +24,7 @@ runc_ms=$(time_runs io.containerd.runc.v2 bench-runc | median)
 husk_ms=$(time_runs "$RUNTIME" bench-husk | median)
 echo "ctr run --rm true: runc ${runc_ms} ms, husk ${husk_ms} ms (median of $runs), husk/runc = $(awk -v h="$husk_ms" -v r="$runc_ms" 'BEGIN{printf "%.1f", h/r}')x"
 
-timeout "$T" ctr -a "$CTR_ADDR" run -d --runtime "$RUNTIME" "$IMAGE" bench-idle sleep 100000 >/dev/null
+timeout -k 10 "$T" ctr -a "$CTR_ADDR" run -d --runtime "$RUNTIME" "$IMAGE" bench-idle sleep 100000 >/dev/null
 sleep 2
 shim_pid=$(cat "$E2E_WORK"/ctrd/state/io.containerd.runtime.v2.task/default/bench-idle/shim.pid)
 vmm_pid=$(sed -n 's/.*"vmm_pid": *\([0-9]*\).*/\1/p' "$E2E_WORK/run-husk/bench-idle/state.json")
@@ -37,7 +37,7 @@ ctr_ task rm bench-idle >/dev/null; ctr_ containers rm bench-idle
 s=$(date +%s%N)
 pids=()
 for i in $(seq 1 "$conc"); do
-  timeout "$T" ctr -a "$CTR_ADDR" run --rm --runtime "$RUNTIME" "$IMAGE" "bench-c$i" echo "c$i" </dev/null >"$E2E_WORK/c$i.out" 2>&1 &
+  timeout -k 10 "$T" ctr -a "$CTR_ADDR" run --rm --runtime "$RUNTIME" "$IMAGE" "bench-c$i" echo "c$i" </dev/null >"$E2E_WORK/c$i.out" 2>&1 &
   pids+=($!)
 done
 bad=0
