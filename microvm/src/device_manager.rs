@@ -1,7 +1,6 @@
 //! Placement of devices: the port-I/O and MMIO buses, virtio-mmio windows and GSIs, the
 //! event manager the device subscribers run on, and per-device counters for the API.
 
-use crate::devices::virtio::block::worker::WorkerControl;
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
@@ -9,6 +8,7 @@ use kvm_ioctls::{IoEventAddress, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::{Bus, BusError};
+use crate::devices::virtio::block::worker::WorkerControl;
 use crate::devices::BusDevice;
 use crate::layout::*;
 

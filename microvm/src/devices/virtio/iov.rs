@@ -83,14 +83,30 @@ impl<'m> GuestIovecs<'m> {
     /// Writes all buffers to `fd` with one `writev` (a tap takes that as one frame). Returns
     /// the bytes written.
     pub fn writev(&self, fd: RawFd) -> io::Result<usize> {
+        self.vectored(fd, Dir::FromGuest)
+    }
+
+    /// Reads into the buffers from `fd` with one `readv` (a tap delivers one frame). Returns
+    /// the bytes read.
+    pub fn readv(&self, fd: RawFd) -> io::Result<usize> {
+        self.vectored(fd, Dir::ToGuest)
+    }
+
+    /// One `readv` (`ToGuest`) or `writev` (`FromGuest`) over all buffers, retried on EINTR.
+    fn vectored(&self, fd: RawFd, dir: Dir) -> io::Result<usize> {
         if self.iovs.len() > IOV_MAX {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many buffers"));
         }
+        let (iov, count) = (self.iovs.as_ptr(), self.iovs.len() as i32);
         loop {
-            // SAFETY: every iovec points into mapped guest memory within the bounds vm-memory
-            // checked, kept alive by `self`; the count is at most IOV_MAX. The kernel only
-            // reads the buffers.
-            let n = unsafe { libc::writev(fd, self.iovs.as_ptr(), self.iovs.len() as i32) };
+            let n = match dir {
+                // SAFETY: every iovec points into mapped guest memory within the bounds
+                // vm-memory checked, kept alive by `self`; the count is at most IOV_MAX. The
+                // kernel writes only inside them.
+                Dir::ToGuest => unsafe { libc::readv(fd, iov, count) },
+                // SAFETY: as above; the kernel only reads the buffers.
+                Dir::FromGuest => unsafe { libc::writev(fd, iov, count) },
+            };
             if n >= 0 {
                 return Ok(n as usize);
             }
@@ -99,22 +115,6 @@ impl<'m> GuestIovecs<'m> {
                 return Err(e);
             }
         }
-    }
-
-    /// Reads into the buffers from `fd` with one `readv` (a tap delivers one frame). Returns
-    /// the bytes read.
-    pub fn readv(&self, fd: RawFd) -> io::Result<usize> {
-        if self.iovs.len() > IOV_MAX {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many buffers"));
-        }
-        // SAFETY: every iovec points into mapped guest memory within the bounds vm-memory
-        // checked, kept alive by `self`; the count is at most IOV_MAX. The kernel writes only
-        // inside them.
-        let n = unsafe { libc::readv(fd, self.iovs.as_ptr(), self.iovs.len() as i32) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n as usize)
     }
 
     /// Moves exactly all bytes between the buffers and `file` at `offset`; fails if the

@@ -151,6 +151,12 @@ impl Connection {
         PushResult::Ok
     }
 
+    /// The guest closed both directions and everything it sent is with the host: the
+    /// connection can end (with a RST to the guest).
+    pub fn closed_and_flushed(&self) -> bool {
+        self.peer_shut_send && self.peer_shut_rcv && self.pending.is_empty()
+    }
+
     /// Writes buffered guest data; returns false if the host side is gone.
     pub fn flush(&mut self) -> bool {
         while !self.pending.is_empty() {

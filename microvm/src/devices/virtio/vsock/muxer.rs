@@ -321,7 +321,7 @@ impl Muxer {
                     // The guest closed. Data it sent that the host socket has not taken yet
                     // is still delivered: the connection stays until it is flushed (on
                     // writability, see handle_fd) and only then gets the RST that ends it.
-                    if !c.flush() || c.pending.is_empty() {
+                    if !c.flush() || c.closed_and_flushed() {
                         self.close(key);
                         self.rst(key);
                         return;
@@ -402,7 +402,7 @@ impl Muxer {
             self.rst(key);
             return;
         }
-        if c.peer_shut_send && c.peer_shut_rcv && c.pending.is_empty() {
+        if c.closed_and_flushed() {
             // A closed guest connection whose last data is now with the host.
             self.close(key);
             self.rst(key);
