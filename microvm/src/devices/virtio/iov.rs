@@ -31,7 +31,7 @@ pub enum Dir {
 pub struct GuestIovecs<'m> {
     // Keep the slices (they borrow guest memory) and their pointer guards alive for as long
     // as the iovecs point into them.
-    _slices: Vec<VolatileSlice<'m, ()>>,
+    slices: Vec<VolatileSlice<'m, ()>>,
     _guards: Vec<PtrGuardMut>,
     iovs: Vec<libc::iovec>,
 }
@@ -64,7 +64,7 @@ impl<'m> GuestIovecs<'m> {
             })
             .collect();
         Ok(Self {
-            _slices: slices,
+            slices,
             _guards: guards,
             iovs,
         })
@@ -78,6 +78,24 @@ impl<'m> GuestIovecs<'m> {
     /// Whether there are no bytes.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Appends the bytes after the first `skip` to `out` (what a partial write left over).
+    pub fn copy_tail(&self, skip: usize, out: &mut Vec<u8>) {
+        let mut skip = skip;
+        for s in &self.slices {
+            if skip >= s.len() {
+                skip -= s.len();
+                continue;
+            }
+            let start = out.len();
+            out.resize(start + s.len() - skip, 0);
+            // In bounds: skip < s.len(), and out has exactly s.len() - skip bytes from start.
+            if let Ok(part) = s.subslice(skip, s.len() - skip) {
+                part.copy_to(&mut out[start..]);
+            }
+            skip = 0;
+        }
     }
 
     /// Writes all buffers to `fd` with one `writev` (a tap takes that as one frame). Returns
@@ -248,6 +266,20 @@ mod tests {
         let mut buf = [0u8; 32];
         let n = b.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"head-tail");
+    }
+
+    #[test]
+    fn copy_tail_skips_what_was_written_across_segments() {
+        let m = mem();
+        m.write_slice(b"abcd", GuestAddress(0x100)).unwrap();
+        m.write_slice(b"efghij", GuestAddress(0x10000 - 3)).unwrap();
+        let segs = [(GuestAddress(0x100), 4), (GuestAddress(0x10000 - 3), 6)];
+        let iov = GuestIovecs::new(&m, &segs, Dir::FromGuest).unwrap();
+        for (skip, want) in [(0, &b"abcdefghij"[..]), (3, b"defghij"), (4, b"efghij"), (8, b"ij"), (10, b"")] {
+            let mut out = b"x".to_vec();
+            iov.copy_tail(skip, &mut out);
+            assert_eq!(&out[1..], want, "skip {skip}");
+        }
     }
 
     fn tempfile() -> File {

@@ -3,11 +3,13 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 
 use event_manager::EventSet;
 
 use super::CONN_BUF_ALLOC;
+use crate::devices::virtio::iov::GuestIovecs;
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,20 +136,26 @@ impl Connection {
         Some(ev)
     }
 
-    /// Writes guest data to the host socket, buffering what it does not take.
-    pub fn push(&mut self, data: &[u8]) -> PushResult {
-        if self.pending.len() + data.len() > CONN_BUF_ALLOC as usize {
+    /// Writes guest data to the host socket straight from guest memory (one `writev`),
+    /// buffering what the socket does not take.
+    pub fn push(&mut self, data: &GuestIovecs) -> PushResult {
+        let len = data.len();
+        if self.pending.len() + len > CONN_BUF_ALLOC as usize {
             return PushResult::CreditViolation;
         }
         let mut written = 0;
         if self.pending.is_empty() {
-            match write_some(&mut self.stream, data) {
+            match nonblocking(data.writev(self.stream.as_raw_fd())) {
                 Ok(n) => written = n,
                 Err(_) => return PushResult::HostGone,
             }
         }
         self.fwd_cnt = self.fwd_cnt.wrapping_add(written as u32);
-        self.pending.extend(&data[written..]);
+        if written < len {
+            let mut rest = Vec::with_capacity(len - written);
+            data.copy_tail(written, &mut rest);
+            self.pending.extend(rest);
+        }
         PushResult::Ok
     }
 
@@ -206,11 +214,17 @@ impl Connection {
 /// Writes as much as the non-blocking socket takes; WouldBlock is 0 bytes.
 fn write_some(stream: &mut UnixStream, data: &[u8]) -> io::Result<usize> {
     loop {
-        match stream.write(data) {
-            Ok(n) => return Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+        match nonblocking(stream.write(data)) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+            r => return r,
         }
+    }
+}
+
+/// A write result with WouldBlock as 0 bytes written.
+fn nonblocking(r: io::Result<usize>) -> io::Result<usize> {
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+        r => r,
     }
 }

@@ -20,6 +20,7 @@ use super::{CONN_BUF_ALLOC, HOST_CID, HOST_PORT_BASE, MAX_CONNECTIONS, MAX_CONNE
     MAX_PKT_PAYLOAD};
 use super::unix::{connect_nonblocking, parse_connect};
 use crate::devices::virtio::chain::{self, Chain};
+use crate::devices::virtio::iov::{Dir, GuestIovecs};
 use crate::guest_warn;
 use crate::memory::GuestMemoryMmap;
 
@@ -284,14 +285,14 @@ impl Muxer {
             }
             OP_RW if c.state == ConnState::Established && !c.peer_shut_send => {
                 let len = hdr.len as usize;
-                let mut data = vec![0u8; len];
-                match chain::read_from(mem, &chain.readable, HDR_SIZE as u64, &mut data) {
-                    Ok(n) if n == len => {}
+                let segs = chain::segments(&chain.readable, HDR_SIZE as u64, len as u64);
+                let data = match GuestIovecs::new(mem, &segs, Dir::FromGuest) {
+                    Ok(d) if d.len() == len => d,
                     _ => {
                         m.errors.inc();
                         return;
                     }
-                }
+                };
                 m.tx_bytes.add(len as u64);
                 match c.push(&data) {
                     PushResult::Ok => {}
