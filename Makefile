@@ -53,7 +53,7 @@ testbed-prep: kernel build initramfs
 
 # Every test that boots a real guest, in one outer VM.
 testbed-tests: testbed-prep
-	$(TESTBED) --timeout 2700 -- tests/testbed/suite.sh $(FILTER)
+	tests/testbed/suite-run --timeout 1800 $(FILTER)
 
 # Host-side checks of guest-facing outputs (QEMU TCG, no KVM needed).
 host-tests: kernel

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Tests of the testbed itself, run on the host: the command's output and exit status come
 # through; two runs at once don't clash; a hanging command is killed at the timeout with a
-# clear message and no QEMU left behind.
+# clear message and no QEMU left behind; a frozen outer VM is detected.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 run="$here/run"
@@ -34,6 +34,16 @@ sleep 1
 check "timeout gives exit 124" '[ $rt = 124 ]'
 check "timeout message names the command" 'grep -q "timed out after 25 s" "$tmp/t.log"'
 check "no QEMU left after the timeout" '! pgrep -f "qemu-system.*$TMPDIR" >/dev/null'
+# A frozen outer VM (QEMU's monitor `stop` halts its vCPU) is noticed by its missing heartbeat
+# well before the timeout: exit 123, with what the monitor shows.
+HUSK_TESTBED_STALL=30 "$run" --timeout 600 -- sleep 1000 >"$tmp/s.log" 2>&1 &
+ps_=$!
+for _ in $(seq 120); do ls "$TMPDIR"/husk-testbed.*/heartbeat >/dev/null 2>&1 && break; sleep 1; done
+python3 -c 'import socket,sys,glob; s=socket.socket(socket.AF_UNIX); s.connect(glob.glob(sys.argv[1])[0]); s.sendall(b"stop\n")' "$TMPDIR/husk-testbed.*/monitor"
+wait $ps_; rs=$?
+check "a stalled outer VM gives exit 123" '[ $rs = 123 ]'
+check "the stall is reported with the monitor's view" 'grep -q "no heartbeat from the outer VM" "$tmp/s.log" && grep -q "info registers" "$tmp/s.log"'
+check "no QEMU left after the stall" '! pgrep -f "qemu-system.*$TMPDIR" >/dev/null'
 check "bad option is refused" '! "$run" --bogus -- true 2>/dev/null'
 check "no temp dirs left" '[ -z "$(ls -A "$TMPDIR")" ]'
 echo "testbed selftest: $pass passed, $fail failed"

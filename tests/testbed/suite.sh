@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Runs the tests that need a real guest, one outer VM for all of them (run it through
 # tests/testbed/run). A test is an executable tests/<area>/test-*.sh; it passes by exiting 0.
-#   suite.sh [FILTER...]     (FILTER: substrings of the test paths to run; default all)
-# Per-test timeout: HUSK_TEST_TIMEOUT seconds (default 900).
+#   suite.sh [--list] [FILTER...]   (FILTER: substrings of the test paths to run; default all;
+#                                     --list prints the tests it would run)
+# Per-test timeout: HUSK_TEST_TIMEOUT seconds (default 900). Each finished test is recorded
+# as "PASS|FAIL <test>" in $HUSK_TESTBED_OUT/suite.done (suite-run resumes from it).
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$repo"
 limit=${HUSK_TEST_TIMEOUT:-900}
+list=0
+[ "${1:-}" = --list ] && { list=1; shift; }
 mapfile -t all < <(find tests -mindepth 2 -maxdepth 2 -name 'test-*.sh' -perm -u+x | LC_ALL=C sort)
 tests=()
 for t in "${all[@]}"; do
@@ -15,17 +19,28 @@ for t in "${all[@]}"; do
   else tests+=("$t"); fi
 done
 ((${#tests[@]})) || { echo "suite: no test matched '$*'"; exit 1; }
+((list)) && { printf '%s\n' "${tests[@]}"; exit 0; }
+done_file=${HUSK_TESTBED_OUT:-/dev/null}/suite.done
+[ -n "${HUSK_TESTBED_OUT:-}" ] || done_file=/dev/null
 pass=0 fail=0 failed=()
 for t in "${tests[@]}"; do
   echo "=== $t"
   s=$(date +%s)
+  # Shortly before the timeout, show what is still running (shims and VMMs are not the test's
+  # children, so the timeout's kill does not reach them).
+  (sleep $((limit > 60 ? limit - 20 : limit)) && echo "suite: $t still running after $((limit - 20)) s:" &&
+    ps -eo pid,ppid,stat,wchan:22,etimes,args --sort=pid | grep -v ' ps -eo' | cut -c1-200) &
+  wd=$!
   if timeout -k 10 "$limit" "$t"; then
     pass=$((pass + 1)); echo "--- PASS $t ($(( $(date +%s) - s )) s)"
+    echo "PASS $t" >>"$done_file"
   else
     rc=$?; fail=$((fail + 1)); failed+=("$t")
     [ "$rc" = 124 ] && echo "suite: $t timed out after $limit s"
     echo "--- FAIL $t (exit $rc, $(( $(date +%s) - s )) s)"
+    echo "FAIL $t" >>"$done_file"
   fi
+  kids=$(pgrep -P "$wd"); kill "$wd" 2>/dev/null; wait "$wd" 2>/dev/null; kill $kids 2>/dev/null
 done
 ((fail)) && printf 'failed: %s\n' "${failed[@]}"
 echo "testbed: $pass passed, $fail failed"
