@@ -22,7 +22,7 @@ use super::mmio::MmioTransport;
 use super::net::device::FrameIo;
 use super::net::{Net, NetConfig};
 use super::vsock::{Vsock, VsockConfig};
-use super::{Interrupt, VirtioDevice};
+use super::{feature, Interrupt, VirtioDevice};
 use crate::devices::BusDevice;
 use crate::memory::GuestMemoryMmap;
 
@@ -122,6 +122,10 @@ pub fn net_frames(data: &[u8]) {
         netns: None,
     };
     let Ok(mut dev) = Net::with_backend(cfg, Box::new(Pair(a))) else { return };
+    // The last input byte picks the receive mode: mergeable buffers or one chain per frame.
+    if data.last().is_some_and(|b| b & 1 == 1) {
+        dev.set_acked_features(feature(super::net::VIRTIO_NET_F_MRG_RXBUF));
+    }
     let tail = &data[data.len().saturating_sub(1500)..];
     let _ = b.send(tail);
     if dev.activate(mem, irq, vec![queue(), queue()]).is_ok() {

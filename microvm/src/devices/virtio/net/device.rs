@@ -5,10 +5,11 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueOwnedT};
+use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::metrics::NetMetrics;
+use super::rx::Held;
 use super::tap::{self, Tap};
 use super::*;
 use crate::devices::virtio::active::Active;
@@ -47,15 +48,19 @@ impl FrameIo for Tap {
 
 /// A virtio-net device.
 pub struct Net {
-    cfg: NetConfig,
+    pub(super) cfg: NetConfig,
     pub(super) backend: Box<dyn FrameIo>,
     pub(super) queue_evts: Vec<EventFd>,
     pub(super) activate_evt: EventFd,
     acked_features: u64,
     pub(super) active: Option<Active>,
     /// A frame read from the backend that found no receive buffer yet.
-    pending: Option<usize>,
-    rx_buf: Vec<u8>,
+    pub(super) pending: Option<usize>,
+    pub(super) rx_buf: Vec<u8>,
+    /// The guest accepted mergeable receive buffers (`VIRTIO_NET_F_MRG_RXBUF`).
+    pub(super) mergeable: bool,
+    /// Receive chains taken but not filled yet (mergeable receive only).
+    pub(super) held: Held,
     /// The backend may have more frames (edge-triggered readiness).
     pub(super) backend_readable: bool,
     pub(super) backend_registered: bool,
@@ -89,6 +94,8 @@ impl Net {
             active: None,
             pending: None,
             rx_buf: vec![0; MAX_FRAME],
+            mergeable: false,
+            held: Held::default(),
             backend_readable: true,
             backend_registered: false,
             pending_offload: None,
@@ -146,91 +153,6 @@ impl Net {
         }
     }
 
-    /// Moves frames from the backend into the guest's receive buffers until either runs out.
-    pub fn process_rx(&mut self) {
-        let Some(active) = self.active.as_mut() else { return };
-        let mut used = false;
-        loop {
-            if self.pending.is_none() && self.backend_readable {
-                match rx_direct(active, self.backend.as_ref(), &self.metrics, &self.cfg.tap) {
-                    Direct::Used => {
-                        used = true;
-                        continue;
-                    }
-                    Direct::Again => continue,
-                    Direct::Drained => {
-                        self.backend_readable = false;
-                        break;
-                    }
-                    Direct::NoBuffer => break,
-                    Direct::Fallback => {}
-                }
-            }
-            let len = match self.pending {
-                Some(n) => n,
-                None if self.backend_readable => match self.backend.read_frame(&mut self.rx_buf) {
-                    Ok(n) if n >= VNET_HDR_SIZE => {
-                        // num_buffers: always 1 without MRG_RXBUF.
-                        self.rx_buf[10..12].copy_from_slice(&1u16.to_le_bytes());
-                        self.pending = Some(n);
-                        n
-                    }
-                    Ok(_) => continue,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        self.backend_readable = false;
-                        break;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        guest_warn!("virtio-net: reading tap {} failed: {e}", self.cfg.tap);
-                        self.metrics.errors.inc();
-                        self.backend_readable = false;
-                        break;
-                    }
-                },
-                None => break,
-            };
-            let (head, chain) = match active.pop(RXQ, MAX_CHAIN_DESCS) {
-                Ok(Some(c)) => c,
-                Ok(None) | Err(_) => break,
-            };
-            used = true;
-            match chain {
-                Ok(c) if c.writable_len() >= len as u64 => {
-                    match chain::write_to(&active.mem, &c.writable, 0, &self.rx_buf[..len]) {
-                        Ok(_) => {
-                            self.metrics.rx_frames.inc();
-                            self.metrics.rx_bytes.add((len - VNET_HDR_SIZE) as u64);
-                            active.add_used(RXQ, head, len as u32);
-                        }
-                        Err(_) => {
-                            self.metrics.errors.inc();
-                            active.add_used(RXQ, head, 0);
-                        }
-                    }
-                    self.pending = None;
-                }
-                Ok(_) => {
-                    // The guest's buffer is too small for this frame: drop the frame, keep
-                    // the buffer for the next one.
-                    self.metrics.dropped.inc();
-                    self.pending = None;
-                    if let Some(q) = active.queues.get_mut(RXQ) {
-                        q.go_to_previous_position();
-                    }
-                }
-                Err(e) => {
-                    guest_warn!("virtio-net: bad receive chain: {e}");
-                    self.metrics.errors.inc();
-                    active.add_used(RXQ, head, 0);
-                }
-            }
-        }
-        if used {
-            active.notify(RXQ);
-        }
-    }
-
     /// Applies the offloads chosen at activation to the backend.
     pub(super) fn apply_offload(&mut self) {
         if let Some(flags) = self.pending_offload.take() {
@@ -242,77 +164,6 @@ impl Net {
 
     pub(super) fn backend_fd(&self) -> RawFd {
         self.backend.as_raw_fd()
-    }
-}
-
-/// What [`rx_direct`] did.
-enum Direct {
-    /// A frame went into a receive chain.
-    Used,
-    /// Nothing delivered (a runt frame, an interrupted read); try again.
-    Again,
-    /// The backend has no more frames (or failed).
-    Drained,
-    /// The guest has no receive buffer.
-    NoBuffer,
-    /// The next chain cannot hold every frame: use the bounce buffer.
-    Fallback,
-}
-
-/// Reads one frame from the backend straight into the next receive chain, when that chain
-/// holds [`MAX_FRAME`] bytes (the guest's "big" buffers), saving a copy through the bounce
-/// buffer. A smaller or malformed chain is given back for the bounce-buffer path, which can
-/// size-check the frame first.
-fn rx_direct(active: &mut Active, backend: &dyn FrameIo, m: &NetMetrics, tap: &str) -> Direct {
-    let (head, chain) = match active.pop(RXQ, MAX_CHAIN_DESCS) {
-        Ok(Some(c)) => c,
-        Ok(None) | Err(_) => return Direct::NoBuffer,
-    };
-    let give_back = |active: &mut Active| {
-        if let Some(q) = active.queues.get_mut(RXQ) {
-            q.go_to_previous_position();
-        }
-    };
-    let c = match chain {
-        Ok(c) if c.writable_len() >= MAX_FRAME as u64 => c,
-        _ => {
-            give_back(active);
-            return Direct::Fallback;
-        }
-    };
-    let segs = chain::segments(&c.writable, 0, MAX_FRAME as u64);
-    let read = GuestIovecs::new(&active.mem, &segs, Dir::ToGuest).and_then(|v| v.readv(backend.as_raw_fd()));
-    match read {
-        Ok(n) if n >= VNET_HDR_SIZE => {
-            // num_buffers (header bytes 10..12): always 1 without MRG_RXBUF.
-            if chain::write_to(&active.mem, &c.writable, 10, &1u16.to_le_bytes()).is_err() {
-                m.errors.inc();
-                active.add_used(RXQ, head, 0);
-                return Direct::Used;
-            }
-            m.rx_frames.inc();
-            m.rx_bytes.add((n - VNET_HDR_SIZE) as u64);
-            active.add_used(RXQ, head, n as u32);
-            Direct::Used
-        }
-        Ok(_) => {
-            give_back(active);
-            Direct::Again
-        }
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-            give_back(active);
-            Direct::Drained
-        }
-        Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-            give_back(active);
-            Direct::Again
-        }
-        Err(e) => {
-            guest_warn!("virtio-net: reading tap {tap} failed: {e}");
-            m.errors.inc();
-            give_back(active);
-            Direct::Drained
-        }
     }
 }
 
@@ -336,7 +187,8 @@ impl VirtioDevice for Net {
             | feature(VIRTIO_NET_F_GUEST_TSO4)
             | feature(VIRTIO_NET_F_GUEST_TSO6)
             | feature(VIRTIO_NET_F_HOST_TSO4)
-            | feature(VIRTIO_NET_F_HOST_TSO6);
+            | feature(VIRTIO_NET_F_HOST_TSO6)
+            | feature(VIRTIO_NET_F_MRG_RXBUF);
         if self.cfg.mac.is_some() {
             f |= feature(VIRTIO_NET_F_MAC);
         }
@@ -382,6 +234,8 @@ impl VirtioDevice for Net {
         self.pending_offload = Some(offload);
         self.active = Some(Active::new(mem, interrupt, queues));
         self.pending = None;
+        self.mergeable = acked & feature(VIRTIO_NET_F_MRG_RXBUF) != 0;
+        self.held.clear();
         self.backend_readable = true;
         self.activate_evt.write(1).map_err(backend)
     }
@@ -389,6 +243,7 @@ impl VirtioDevice for Net {
     fn reset(&mut self) {
         self.active = None;
         self.pending = None;
+        self.held.clear();
     }
 
     fn is_activated(&self) -> bool {

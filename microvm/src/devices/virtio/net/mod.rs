@@ -1,8 +1,10 @@
-//! virtio-net backed by a host tap device (`IFF_VNET_HDR`, checksum and TSO offloads).
+//! virtio-net backed by a host tap device (`IFF_VNET_HDR`, checksum and TSO offloads, mergeable
+//! receive buffers).
 
 pub mod device;
 mod event_handler;
 pub mod metrics;
+mod rx;
 pub mod tap;
 
 #[cfg(test)]
@@ -37,6 +39,10 @@ pub const VIRTIO_NET_F_GUEST_TSO6: u32 = 8;
 pub const VIRTIO_NET_F_HOST_TSO4: u32 = 11;
 /// Feature: the device accepts TSOv6 frames.
 pub const VIRTIO_NET_F_HOST_TSO6: u32 = 12;
+/// Feature: mergeable receive buffers. The device may spread one received frame over several
+/// receive chains; `num_buffers` in the header (in the first chain) says how many. Lets the
+/// guest post page-sized buffers instead of 64 KiB ones per frame when it accepts TSO.
+pub const VIRTIO_NET_F_MRG_RXBUF: u32 = 15;
 
 /// Configuration of one network device.
 #[derive(Debug, Clone, PartialEq, Eq)]
