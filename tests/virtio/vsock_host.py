@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """Host side of the husk vsock end-to-end tests (hybrid unix-socket convention).
 
-  vsock_host.py send UDS PORT BYTES [N]   N parallel streams (default 1) to the guest's
-                                          `vsock-tool serve PORT`; checks its "<bytes> <crc>" reply
+  vsock_host.py send TARGET PORT BYTES [N]  N parallel streams (default 1) to the guest's
+                                          `vsock-tool serve PORT` (or `tcp-serve`); checks its
+                                          "<bytes> <crc>" reply; TARGET as for blast
   vsock_host.py fetch UDS PORT BYTES [S]  asks the guest's `vsock-tool source PORT` for BYTES,
                                           checks length and CRC; S: seconds to wait before
                                           reading (the guest closes while data is in flight)
   vsock_host.py refused UDS PORT          CONNECT to a port nobody listens on: expects no OK line
   vsock_host.py listen PATH COUNT         serves COUNT guest-initiated connections on PATH
-                                          (`<uds>_<port>`): drain, reply "<bytes> <crc>"
+                                          (`<uds>_<port>`, or tcp:IP:PORT): drain, reply
+                                          "<bytes> <crc>"
   vsock_host.py poke TARGET PORT          one connection to PORT (e.g. to end the guest's wait);
                                           TARGET as for blast
   vsock_host.py blast TARGET PORT BYTES   benchmarks: send BYTES (unchecked) to a guest
@@ -84,11 +86,11 @@ def read_all(s):
 
 def cmd_send(uds, port, n, streams=1):
     results = [None] * streams
-    deadline = time.time() + 120
+    deadline = time.time() + 300
 
     def one(i):
         try:
-            s = host_connect(uds, port, deadline)
+            s = connect_target(uds, port, deadline)
             for c in pattern_chunks(n):
                 s.sendall(c)
             s.shutdown(socket.SHUT_WR)
@@ -145,8 +147,14 @@ def cmd_refused(uds, port):
 
 
 def cmd_listen(path, count):
-    l = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    l.bind(path)
+    if path.startswith("tcp:"):
+        _, ip, port = path.split(":")
+        l = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        l.bind((ip, int(port)))
+    else:
+        l = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        l.bind(path)
     l.listen(64)
     print("listening on %s" % path, flush=True)
     for _ in range(count):

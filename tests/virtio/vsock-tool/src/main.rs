@@ -20,6 +20,10 @@
 //!                                     in 256 KiB writes, half-close, wait for the peer's EOF
 //! vsock-tool tcp-send IP PORT BYTES   (benchmarks) connect over TCP, send BYTES bytes in 256 KiB
 //!                                     writes, half-close, print the reply line
+//! vsock-tool tcp-serve PORT COUNT     like serve, over TCP (IPv4, any address), for COUNT
+//!                                     connections one after another, then exit
+//! vsock-tool tcp-put IP PORT BYTES    like send, over TCP: BYTES pattern bytes, half-close,
+//!                                     print "sent <checksum> reply <the peer's reply>"
 //! ```
 //! The pattern is byte i = T[i mod 65521] with T[k] = ((k*k*31 + k*7 + 13) >> 3) mod 256; the
 //! checksum is CRC-32 (zlib's), so the host side can check with Python's zlib quickly.
@@ -132,7 +136,7 @@ fn shutdown_write(f: &std::fs::File) {
     unsafe { libc::shutdown(f.as_raw_fd(), libc::SHUT_WR) };
 }
 
-fn send_pattern(f: &mut std::fs::File, bytes: u64) -> io::Result<Fnv> {
+fn send_pattern<W: Write>(f: &mut W, bytes: u64) -> io::Result<Fnv> {
     let mut h = Fnv::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut off = 0u64;
@@ -148,7 +152,7 @@ fn send_pattern(f: &mut std::fs::File, bytes: u64) -> io::Result<Fnv> {
     Ok(h)
 }
 
-fn drain(f: &mut std::fs::File) -> io::Result<(u64, Fnv)> {
+fn drain<R: Read>(f: &mut R) -> io::Result<(u64, Fnv)> {
     let mut h = Fnv::new();
     let mut total = 0u64;
     let mut buf = vec![0u8; 64 * 1024];
@@ -298,6 +302,28 @@ fn main() {
                 },
             )
         }
+        "tcp-serve" => (|| {
+            let port: u16 = arg(&args, 2, "PORT");
+            let count: u64 = arg(&args, 3, "COUNT");
+            let l = std::net::TcpListener::bind(("0.0.0.0", port))?;
+            for _ in 0..count {
+                let (mut c, _) = l.accept()?;
+                let (n, h) = drain(&mut c)?;
+                writeln!(c, "{n} {:08x}", h.value())?;
+            }
+            Ok(())
+        })(),
+        "tcp-put" => (|| {
+            let ip: std::net::Ipv4Addr = arg(&args, 2, "IP");
+            let port: u16 = arg(&args, 3, "PORT");
+            let mut c = std::net::TcpStream::connect((ip, port))?;
+            let h = send_pattern(&mut c, arg(&args, 4, "BYTES"))?;
+            c.shutdown(std::net::Shutdown::Write)?;
+            let mut reply = String::new();
+            c.read_to_string(&mut reply)?;
+            println!("sent {:08x} reply {}", h.value(), reply.trim());
+            Ok(())
+        })(),
         "tcp-send" => (|| {
             let ip: std::net::Ipv4Addr = arg(&args, 2, "IP");
             let port: u16 = arg(&args, 3, "PORT");
