@@ -184,9 +184,10 @@ impl Connection {
         true
     }
 
-    /// Reads host data for the guest into `buf` (not empty), from the read-ahead buffer or
-    /// the socket. Ok(0) is EOF; WouldBlock means nothing is buffered or readable.
-    pub fn read_host(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    /// Host data for the guest, at most `max` (> 0) bytes, from the read-ahead buffer, which
+    /// is refilled from the socket when empty. An empty slice is EOF; WouldBlock means
+    /// nothing is buffered or readable. The caller hands the bytes it used to [`Self::consume`].
+    pub fn host_data(&mut self, max: usize) -> io::Result<&[u8]> {
         if self.inbox_start == self.inbox_end {
             if self.inbox.is_empty() {
                 self.inbox = vec![0; READ_AHEAD];
@@ -200,14 +201,14 @@ impl Connection {
             };
             self.inbox_start = 0;
             self.inbox_end = n;
-            if n == 0 {
-                return Ok(0);
-            }
         }
-        let k = buf.len().min(self.inbox_end - self.inbox_start);
-        buf[..k].copy_from_slice(&self.inbox[self.inbox_start..self.inbox_start + k]);
-        self.inbox_start += k;
-        Ok(k)
+        let k = max.min(self.inbox_end - self.inbox_start);
+        Ok(&self.inbox[self.inbox_start..self.inbox_start + k])
+    }
+
+    /// Marks `n` bytes of what [`Self::host_data`] returned as sent to the guest.
+    pub fn consume(&mut self, n: usize) {
+        self.inbox_start = (self.inbox_start + n).min(self.inbox_end);
     }
 }
 

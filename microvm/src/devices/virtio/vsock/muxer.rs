@@ -60,7 +60,6 @@ pub(super) struct Muxer {
     rx_ready: VecDeque<Key>,
     next_host_port: u32,
     pub fd_ops: Vec<FdOp>,
-    buf: Vec<u8>,
 }
 
 impl Muxer {
@@ -76,7 +75,6 @@ impl Muxer {
             rx_ready: VecDeque::new(),
             next_host_port: HOST_PORT_BASE,
             fd_ops: Vec::new(),
-            buf: vec![0; MAX_PKT_PAYLOAD as usize],
         }
     }
 
@@ -190,8 +188,8 @@ impl Muxer {
                 self.rx_ready.push_front(key);
                 return Err(packet::PacketError::RxTooSmall(cap));
             }
-            match c.read_host(&mut self.buf[..max]) {
-                Ok(0) => {
+            match c.host_data(max) {
+                Ok([]) => {
                     c.host_eof = true;
                     c.readable = false;
                     // The host sends no more; it may still receive (half-close).
@@ -204,14 +202,17 @@ impl Muxer {
                     m.rx_packets.inc();
                     return Ok(Some(HDR_SIZE as u32));
                 }
-                Ok(n) => {
+                Ok(data) => {
+                    // Straight from the read-ahead buffer into the guest's buffer.
+                    let n = data.len();
+                    chain::write_to(mem, &chain.writable, HDR_SIZE as u64, data)
+                        .map_err(|_| packet::PacketError::Memory)?;
+                    c.consume(n);
                     let mut h = header(guest_cid, key, OP_RW);
                     h.len = n as u32;
                     h.fwd_cnt = c.fwd_cnt;
                     c.last_fwd_cnt_sent = c.fwd_cnt;
                     c.rx_cnt = c.rx_cnt.wrapping_add(n as u32);
-                    chain::write_to(mem, &chain.writable, HDR_SIZE as u64, &self.buf[..n])
-                        .map_err(|_| packet::PacketError::Memory)?;
                     packet::write_rx_header(mem, chain, &h)?;
                     self.rx_ready.push_back(key);
                     self.sync_interest(key);
