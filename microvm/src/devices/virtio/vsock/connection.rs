@@ -102,9 +102,15 @@ impl Connection {
         self.peer_fwd_cnt = fwd_cnt;
     }
 
-    /// Whether the guest should be told about freed buffer space now.
+    /// Whether the guest should be told about freed buffer space now: when there is news and
+    /// the credit the guest believes it has left (from the last `fwd_cnt` it was told) is below
+    /// half the buffer. Each update costs the guest a receive interrupt; one per 64 KiB
+    /// forwarded, as before, made guest->host streams ~20% slower in the testbed, and waiting
+    /// until less than a packet is left (Linux's vhost side) let a fast sender stall.
     pub fn needs_credit_update(&self) -> bool {
-        self.fwd_cnt.wrapping_sub(self.last_fwd_cnt_sent) >= CONN_BUF_ALLOC / 4
+        let received = self.fwd_cnt.wrapping_add(self.pending.len() as u32);
+        let believed_in_use = received.wrapping_sub(self.last_fwd_cnt_sent);
+        self.fwd_cnt != self.last_fwd_cnt_sent && CONN_BUF_ALLOC.saturating_sub(believed_in_use) < CONN_BUF_ALLOC / 2
     }
 
     /// Whether host data can be sent to the guest now.

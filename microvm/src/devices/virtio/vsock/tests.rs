@@ -511,3 +511,27 @@ fn data_the_guest_sent_before_closing_still_reaches_a_slow_host() {
     assert!(rig.received().iter().any(|(h, _)| h.op == OP_RST), "the guest gets its RST");
     assert_eq!(host.read(&mut buf).unwrap(), 0, "then EOF");
 }
+
+#[test]
+fn credit_update_comes_once_the_guest_has_used_half_its_credit() {
+    let mem = guest_mem();
+    let mut rig = Rig::new(&mem);
+    let mut host = rig.guest_connect(1234, 5000, 8);
+    let chunk = vec![7u8; 16 * 1024];
+    let mut buf = vec![0u8; chunk.len()];
+    let updates = |rig: &Rig| -> Vec<u32> {
+        rig.received().iter().filter(|(h, _)| h.op == OP_CREDIT_UPDATE).map(|(h, _)| h.fwd_cnt).collect()
+    };
+    for i in 1..=12u32 {
+        rig.send(OP_RW, 1234, 5000, &chunk, 0);
+        host.read_exact(&mut buf).unwrap();
+        let sent = i * chunk.len() as u32;
+        if CONN_BUF_ALLOC - sent >= CONN_BUF_ALLOC / 2 {
+            assert!(updates(&rig).is_empty(), "no update while the guest has half its credit ({sent} sent)");
+        }
+    }
+    // The first packet that left the guest less than half (144 KiB of 256 KiB sent) got an
+    // update with everything forwarded so far; the guest then believes it has 208 KiB again,
+    // so 48 KiB more need none.
+    assert_eq!(updates(&rig), vec![9 * 16 * 1024]);
+}
