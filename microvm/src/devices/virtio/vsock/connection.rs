@@ -63,6 +63,8 @@ pub(super) struct Connection {
     /// Unsent bytes are `inbox[inbox_start..inbox_end]`.
     inbox_start: usize,
     inbox_end: usize,
+    /// The last read filled the read-ahead buffer: the socket likely holds more.
+    inbox_more: bool,
 }
 
 /// Bytes read from the host socket at once.
@@ -87,6 +89,7 @@ impl Connection {
             inbox: Vec::new(),
             inbox_start: 0,
             inbox_end: 0,
+            inbox_more: false,
         }
     }
 
@@ -190,23 +193,32 @@ impl Connection {
         true
     }
 
-    /// Host data for the guest, at most `max` (> 0) bytes, from the read-ahead buffer, which
-    /// is refilled from the socket when empty. An empty slice is EOF; WouldBlock means
-    /// nothing is buffered or readable. The caller hands the bytes it used to [`Self::consume`].
+    /// Host data for the guest, at most `max` (> 0) bytes, from the read-ahead buffer. The
+    /// buffer is refilled from the socket when empty, and topped up when it holds less than
+    /// `max` while the socket likely has more, so packets go out full rather than with the
+    /// remainder of each read. An empty slice is EOF; WouldBlock means nothing is buffered or
+    /// readable. The caller hands the bytes it used to [`Self::consume`].
     pub fn host_data(&mut self, max: usize) -> io::Result<&[u8]> {
-        if self.inbox_start == self.inbox_end {
+        let buffered = self.inbox_end - self.inbox_start;
+        if buffered == 0 || (buffered < max && self.inbox_more) {
             if self.inbox.is_empty() {
                 self.inbox = vec![0; READ_AHEAD];
             }
+            // What is still buffered moves to the front (less than one packet).
+            self.inbox.copy_within(self.inbox_start..self.inbox_end, 0);
+            self.inbox_start = 0;
+            self.inbox_end = buffered;
             let n = loop {
-                match self.stream.read(&mut self.inbox) {
+                match self.stream.read(&mut self.inbox[buffered..]) {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    // Hand out what is buffered; the error (or EOF) comes on the next call.
+                    Err(_) if buffered > 0 => break 0,
                     Err(e) => return Err(e),
                     Ok(n) => break n,
                 }
             };
-            self.inbox_start = 0;
-            self.inbox_end = n;
+            self.inbox_end += n;
+            self.inbox_more = self.inbox_end == self.inbox.len();
         }
         let k = max.min(self.inbox_end - self.inbox_start);
         Ok(&self.inbox[self.inbox_start..self.inbox_start + k])

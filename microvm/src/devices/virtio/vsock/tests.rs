@@ -535,3 +535,32 @@ fn credit_update_comes_once_the_guest_has_used_half_its_credit() {
     // so 48 KiB more need none.
     assert_eq!(updates(&rig), vec![9 * 16 * 1024]);
 }
+
+#[test]
+fn host_data_comes_in_full_packets_across_read_ahead_refills() {
+    use super::connection::{ConnState, Connection, READ_AHEAD};
+    let (a, mut b) = UnixStream::pair().unwrap();
+    a.set_nonblocking(true).unwrap();
+    let mut c = Connection::new(a, ConnState::Established);
+    // More than the read-ahead buffer, in a size that does not divide it.
+    let total = 3 * READ_AHEAD + 100;
+    b.write_all(&vec![1u8; total]).unwrap();
+    let mut sizes = Vec::new();
+    loop {
+        match c.host_data(4052) {
+            Ok([]) => panic!("EOF before the peer closed"),
+            Ok(d) => {
+                let n = d.len();
+                sizes.push(n);
+                c.consume(n);
+            }
+            Err(e) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
+                break;
+            }
+        }
+    }
+    assert_eq!(sizes.iter().sum::<usize>(), total);
+    // Only the last piece is short: the buffer is topped up instead of sending remainders.
+    assert!(sizes[..sizes.len() - 1].iter().all(|&n| n == 4052), "{sizes:?}");
+}
