@@ -34,16 +34,33 @@ sleep 1
 check "timeout gives exit 124" '[ $rt = 124 ]'
 check "timeout message names the command" 'grep -q "timed out after 25 s" "$tmp/t.log"'
 check "no QEMU left after the timeout" '! pgrep -f "qemu-system.*$TMPDIR" >/dev/null'
+# Sends one command to the monitor of the (only) outer VM running under $TMPDIR.
+mon() {
+  python3 -c 'import socket,sys,glob; s=socket.socket(socket.AF_UNIX); s.connect(glob.glob(sys.argv[1])[0]); s.sendall(sys.argv[2].encode() + b"\n")' \
+    "$TMPDIR/husk-testbed.*/monitor" "$1"
+}
 # A frozen outer VM (QEMU's monitor `stop` halts its vCPU) is noticed by its missing heartbeat
 # well before the timeout: exit 123, with what the monitor shows.
 HUSK_TESTBED_STALL=30 "$run" --timeout 600 -- sleep 1000 >"$tmp/s.log" 2>&1 &
 ps_=$!
 for _ in $(seq 120); do ls "$TMPDIR"/husk-testbed.*/heartbeat >/dev/null 2>&1 && break; sleep 1; done
-python3 -c 'import socket,sys,glob; s=socket.socket(socket.AF_UNIX); s.connect(glob.glob(sys.argv[1])[0]); s.sendall(b"stop\n")' "$TMPDIR/husk-testbed.*/monitor"
+mon "stop"
 wait $ps_; rs=$?
 check "a stalled outer VM gives exit 123" '[ $rs = 123 ]'
 check "the stall is reported with the monitor's view" 'grep -q "no heartbeat from the outer VM" "$tmp/s.log" && grep -q "info registers" "$tmp/s.log"'
 check "no QEMU left after the stall" '! pgrep -f "qemu-system.*$TMPDIR" >/dev/null'
+check "a keyboard interrupt was tried first" 'grep -q "keyboard interrupt did not wake" "$tmp/s.log"'
+# A VM whose heartbeat comes back after the kick goes on: frozen by `stop`, let go with `cont`
+# once the stall is reported (standing in for the interrupt QEMU failed to deliver).
+HUSK_TESTBED_STALL=30 "$run" --timeout 600 -- sleep 60 >"$tmp/k.log" 2>&1 &
+pk=$!
+for _ in $(seq 120); do ls "$TMPDIR"/husk-testbed.*/heartbeat >/dev/null 2>&1 && break; sleep 1; done
+mon "stop"
+for _ in $(seq 120); do grep -q "no heartbeat" "$tmp/k.log" && break; sleep 1; done
+mon "cont"
+wait $pk; rk=$?
+check "a VM that wakes up again finishes its command (exit 0)" '[ $rk = 0 ]'
+check "the wake-up is reported" 'grep -q "runs again (heartbeat back)" "$tmp/k.log"'
 check "bad option is refused" '! "$run" --bogus -- true 2>/dev/null'
 check "no temp dirs left" '[ -z "$(ls -A "$TMPDIR")" ]'
 echo "testbed selftest: $pass passed, $fail failed"

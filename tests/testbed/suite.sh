@@ -27,9 +27,11 @@ for t in "${tests[@]}"; do
   echo "=== $t"
   s=$(date +%s)
   # Shortly before the timeout, show what is still running (shims and VMMs are not the test's
-  # children, so the timeout's kill does not reach them).
+  # children, so the timeout's kill does not reach them) and what the area's diagnose.sh, if
+  # any, prints (logs the test's teardown will not get to show).
   (sleep $((limit > 60 ? limit - 20 : limit)) && echo "suite: $t still running after $((limit - 20)) s:" &&
-    ps -eo pid,ppid,stat,wchan:22,etimes,args --sort=pid | grep -v ' ps -eo' | cut -c1-200) &
+    ps -eo pid,ppid,stat,wchan:22,etimes,args --sort=pid | grep -v ' ps -eo' | cut -c1-200 &&
+    { d="$(dirname "$t")/diagnose.sh"; [ -x "$d" ] && "$d"; }) &
   wd=$!
   if timeout -k 10 "$limit" "$t"; then
     pass=$((pass + 1)); echo "--- PASS $t ($(( $(date +%s) - s )) s)"
