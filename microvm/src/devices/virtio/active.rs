@@ -95,6 +95,13 @@ impl Active {
         queue.iter(mem).map(|mut it| it.next())
     }
 
+    /// Gives the chain last popped from queue `q` back, unused: the next `pop` returns it again.
+    pub fn unpop(&mut self, q: usize) {
+        if let Some(queue) = self.queues.get_mut(q) {
+            queue.go_to_previous_position();
+        }
+    }
+
     /// Puts the chain `head` into the used ring with `len` bytes written.
     pub fn add_used(&mut self, q: usize, head: u16, len: u32) {
         let mem = &self.mem;

@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::io;
 
-use virtio_queue::{QueueOwnedT, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::GuestAddress;
 
 use super::device::{FrameIo, Net};
@@ -327,9 +327,7 @@ impl Net {
                     // the buffer for the next one.
                     self.metrics.dropped.inc();
                     self.pending = None;
-                    if let Some(q) = active.queues.get_mut(RXQ) {
-                        q.go_to_previous_position();
-                    }
+                    active.unpop(RXQ);
                 }
                 Err(e) => {
                     guest_warn!("virtio-net: bad receive chain: {e}");
@@ -367,15 +365,10 @@ fn rx_direct(active: &mut Active, backend: &dyn FrameIo, m: &NetMetrics, tap: &s
         Ok(Some(c)) => c,
         Ok(None) | Err(_) => return Direct::NoBuffer,
     };
-    let give_back = |active: &mut Active| {
-        if let Some(q) = active.queues.get_mut(RXQ) {
-            q.go_to_previous_position();
-        }
-    };
     let c = match chain {
         Ok(c) if c.writable_len() >= MAX_FRAME as u64 => c,
         _ => {
-            give_back(active);
+            active.unpop(RXQ);
             return Direct::Fallback;
         }
     };
@@ -395,21 +388,21 @@ fn rx_direct(active: &mut Active, backend: &dyn FrameIo, m: &NetMetrics, tap: &s
             Direct::Used
         }
         Ok(_) => {
-            give_back(active);
+            active.unpop(RXQ);
             Direct::Again
         }
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-            give_back(active);
+            active.unpop(RXQ);
             Direct::Drained
         }
         Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-            give_back(active);
+            active.unpop(RXQ);
             Direct::Again
         }
         Err(e) => {
             guest_warn!("virtio-net: reading tap {tap} failed: {e}");
             m.errors.inc();
-            give_back(active);
+            active.unpop(RXQ);
             Direct::Drained
         }
     }

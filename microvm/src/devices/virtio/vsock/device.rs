@@ -111,10 +111,7 @@ impl Vsock {
                 Ok(Some(n)) => n,
                 Ok(None) => {
                     // Raced with a connection draining: give the buffer back unused.
-                    if let Some(q) = active.queues.get_mut(RXQ) {
-                        use virtio_queue::QueueOwnedT;
-                        q.go_to_previous_position();
-                    }
+                    active.unpop(RXQ);
                     break;
                 }
                 Err(e) => {
