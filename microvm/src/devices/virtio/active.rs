@@ -113,17 +113,18 @@ impl Active {
         }
     }
 
-    /// Raises the interrupt if the driver wants one for queue `q`.
-    pub fn notify(&mut self, q: usize) {
+    /// Raises the interrupt if the driver wants one for queue `q`; returns whether it did.
+    pub fn notify(&mut self, q: usize) -> bool {
         let mem = &self.mem;
-        let Some(queue) = self.queues.get_mut(q) else { return };
+        let Some(queue) = self.queues.get_mut(q) else { return false };
         match queue.needs_notification(mem) {
-            Ok(false) => {}
+            Ok(false) => false,
             // On error, notify anyway: a spurious interrupt is harmless.
             Ok(true) | Err(_) => {
                 if let Err(e) = self.interrupt.signal_used_queue() {
                     log::error!("virtio: cannot raise interrupt: {e}");
                 }
+                true
             }
         }
     }

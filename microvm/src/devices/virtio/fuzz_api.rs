@@ -8,7 +8,7 @@
 //! anything outside guest memory.
 
 use std::io::Write;
-use std::os::unix::net::UnixDatagram;
+use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -71,25 +71,46 @@ pub fn block_requests(data: &[u8]) {
     process_queue(&mut active, &mut disk, &BlockMetrics::default());
 }
 
-/// Vsock packets from hostile guest memory (transmit, then receive processing).
-pub fn vsock_packets(data: &[u8]) {
-    let (Some(mem), Some(irq)) = (memory(data), interrupt()) else { return };
+/// Vsock packets from hostile guest memory (transmit, then receive processing). Returns the
+/// host data bytes delivered into receive buffers.
+pub fn vsock_packets(data: &[u8]) -> u64 {
+    let (Some(mem), Some(irq)) = (memory(data), interrupt()) else { return 0 };
     let dir = std::env::temp_dir().join(format!("husk-fuzz-vsock-{}-{}", std::process::id(), next()));
     if std::fs::create_dir_all(&dir).is_err() {
-        return;
+        return 0;
     }
     let cfg = VsockConfig {
         guest_cid: 3,
         uds_path: dir.join("v.sock"),
     };
+    // A host listener on the port the first transmitted packet asks for (its header's
+    // dst_port), so a well-formed request gets a connection and the receive path moves host
+    // data into the guest's (hostile) buffers.
+    let first_desc: Option<u64> = mem.read_obj(GuestAddress(DESC)).ok();
+    let port: Option<u32> = first_desc.and_then(|a| mem.read_obj(GuestAddress(a.wrapping_add(20))).ok());
+    let listener = port.and_then(|p| UnixListener::bind(dir.join(format!("v.sock_{p}"))).ok());
+    let mut delivered = 0;
     if let Ok(mut dev) = Vsock::new(cfg) {
         let queues = vec![queue(), queue(), queue()];
         if dev.activate(mem, irq, queues).is_ok() {
             dev.process_tx();
             dev.process_rx();
+            if let Some(l) = &listener {
+                if l.set_nonblocking(true).is_ok() {
+                    while let Ok((mut host, _)) = l.accept() {
+                        let _ = host.set_nonblocking(true);
+                        let _ = host.write(&data[data.len().saturating_sub(9000)..]);
+                        dev.host_sockets_readable();
+                        dev.process_tx();
+                        dev.host_sockets_readable();
+                    }
+                }
+            }
         }
+        delivered = dev.counters().rx_bytes.get();
     }
     let _ = std::fs::remove_dir_all(&dir);
+    delivered
 }
 
 struct Pair(UnixDatagram);
@@ -229,6 +250,42 @@ mod tests {
             *b = rng.next() as u8;
         }
         v
+    }
+
+    #[test]
+    fn vsock_entry_reaches_the_receive_data_path() {
+        use crate::devices::virtio::vsock::packet::{Header, OP_REQUEST, TYPE_STREAM};
+        // Descriptor 0: a connection request to host port 1024; 1-3: writable 4 KiB
+        // buffers. The transmit queue takes all four (1-3 are dropped as malformed), the
+        // receive queue the same ones: 0 back empty, 1 the response, 2-3 host data.
+        let mut v = vec![0u8; 0x8000];
+        let hdr = Header {
+            src_cid: 3,
+            dst_cid: 2,
+            src_port: 1234,
+            dst_port: 1024,
+            type_: TYPE_STREAM,
+            op: OP_REQUEST,
+            buf_alloc: 65536,
+            ..Header::default()
+        };
+        v[0x400..0x400 + 44].copy_from_slice(&hdr.to_bytes());
+        for (i, (addr, len, flags)) in [(0x400u64, 44u32, 0u16), (0x1000, 4096, 2), (0x2000, 4096, 2), (0x3000, 4096, 2)]
+            .into_iter()
+            .enumerate()
+        {
+            let d = &mut v[i * 16..i * 16 + 16];
+            d[0..8].copy_from_slice(&addr.to_le_bytes());
+            d[8..12].copy_from_slice(&len.to_le_bytes());
+            d[12..14].copy_from_slice(&flags.to_le_bytes());
+        }
+        let a = AVAIL as usize;
+        v[a + 2..a + 4].copy_from_slice(&4u16.to_le_bytes());
+        for i in 0..4u16 {
+            v[a + 4 + 2 * i as usize..a + 6 + 2 * i as usize].copy_from_slice(&i.to_le_bytes());
+        }
+        // The host writes the input's last 9000 bytes: two buffers' worth gets through.
+        assert_eq!(vsock_packets(&v), 2 * (4096 - 44));
     }
 
     #[test]

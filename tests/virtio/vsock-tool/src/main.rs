@@ -25,6 +25,7 @@
 //! vsock-tool tcp-put IP PORT BYTES    like send, over TCP: BYTES pattern bytes, half-close,
 //!                                     print "sent <checksum> reply <the peer's reply>"
 //! ```
+//! VSOCK_BUF=<bytes> in the environment sets SO_VM_SOCKETS_BUFFER_SIZE on every vsock socket.
 //! The pattern is byte i = T[i mod 65521] with T[k] = ((k*k*31 + k*7 + 13) >> 3) mod 256; the
 //! checksum is CRC-32 (zlib's), so the host side can check with Python's zlib quickly.
 
@@ -72,6 +73,9 @@ fn sockaddr(cid: u32, port: u32) -> libc::sockaddr_vm {
     a
 }
 
+/// `SO_VM_SOCKETS_BUFFER_SIZE` (linux/vm_sockets.h; not in the libc crate), level AF_VSOCK.
+const SO_VM_SOCKETS_BUFFER_SIZE: libc::c_int = 0;
+
 fn vsock_socket() -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2) call; the fd is owned below.
     let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
@@ -79,7 +83,25 @@ fn vsock_socket() -> io::Result<OwnedFd> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: fd is a fresh descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let s = unsafe { OwnedFd::from_raw_fd(fd) };
+    // VSOCK_BUF: the socket's buffer size (accepted sockets inherit the listener's).
+    if let Some(size) = std::env::var("VSOCK_BUF").ok().and_then(|v| v.parse::<u64>().ok()) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: setsockopt with a pointer to a live u64 and its size.
+        let r = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::AF_VSOCK,
+                SO_VM_SOCKETS_BUFFER_SIZE,
+                &size as *const u64 as *const libc::c_void,
+                std::mem::size_of::<u64>() as u32,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(s)
 }
 
 fn connect(cid: u32, port: u32) -> io::Result<std::fs::File> {

@@ -1,7 +1,7 @@
 //! One vsock stream: the host unix socket, its state and the credit accounting.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -56,19 +56,7 @@ pub(super) struct Connection {
     pub peer_shut_rcv: bool,
     /// What is registered with epoll for this socket (None: not registered).
     pub registered: Option<EventSet>,
-    /// Host data read ahead for the guest (allocated on first read): one read of up to
-    /// [`READ_AHEAD`] bytes feeds several receive packets, which the guest's 4 KiB buffers
-    /// would otherwise cost a syscall each.
-    inbox: Vec<u8>,
-    /// Unsent bytes are `inbox[inbox_start..inbox_end]`.
-    inbox_start: usize,
-    inbox_end: usize,
-    /// The last read filled the read-ahead buffer: the socket likely holds more.
-    inbox_more: bool,
 }
-
-/// Bytes read from the host socket at once.
-pub(super) const READ_AHEAD: usize = 32 * 1024;
 
 impl Connection {
     pub fn new(stream: UnixStream, state: ConnState) -> Self {
@@ -86,10 +74,6 @@ impl Connection {
             peer_shut_send: false,
             peer_shut_rcv: false,
             registered: None,
-            inbox: Vec::new(),
-            inbox_start: 0,
-            inbox_end: 0,
-            inbox_more: false,
         }
     }
 
@@ -107,13 +91,17 @@ impl Connection {
 
     /// Whether the guest should be told about freed buffer space now: when there is news and
     /// the credit the guest believes it has left (from the last `fwd_cnt` it was told) is below
-    /// half the buffer. Each update costs the guest a receive interrupt; one per 64 KiB
-    /// forwarded, as before, made guest->host streams ~20% slower in the testbed, and waiting
-    /// until less than a packet is left (Linux's vhost side) let a fast sender stall.
+    /// half its window. The window is our buffer, or the guest's own receive buffer if that
+    /// is smaller: Linux guests (6.1.x stable and later) never have more than their own
+    /// buffer in flight, and a threshold they cannot reach would stall the stream. Each update
+    /// costs the guest a receive interrupt; one per 64 KiB forwarded, as before, made
+    /// guest->host streams ~20% slower in the testbed, and waiting until less than a packet
+    /// is left (Linux's vhost side) let a fast sender stall.
     pub fn needs_credit_update(&self) -> bool {
+        let window = CONN_BUF_ALLOC.min(self.peer_buf_alloc);
         let received = self.fwd_cnt.wrapping_add(self.pending.len() as u32);
         let believed_in_use = received.wrapping_sub(self.last_fwd_cnt_sent);
-        self.fwd_cnt != self.last_fwd_cnt_sent && CONN_BUF_ALLOC.saturating_sub(believed_in_use) < CONN_BUF_ALLOC / 2
+        self.fwd_cnt != self.last_fwd_cnt_sent && window.saturating_sub(believed_in_use) < window / 2
     }
 
     /// Whether host data can be sent to the guest now.
@@ -191,42 +179,6 @@ impl Connection {
             let _ = self.stream.shutdown(Shutdown::Write);
         }
         true
-    }
-
-    /// Host data for the guest, at most `max` (> 0) bytes, from the read-ahead buffer. The
-    /// buffer is refilled from the socket when empty, and topped up when it holds less than
-    /// `max` while the socket likely has more, so packets go out full rather than with the
-    /// remainder of each read. An empty slice is EOF; WouldBlock means nothing is buffered or
-    /// readable. The caller hands the bytes it used to [`Self::consume`].
-    pub fn host_data(&mut self, max: usize) -> io::Result<&[u8]> {
-        let buffered = self.inbox_end - self.inbox_start;
-        if buffered == 0 || (buffered < max && self.inbox_more) {
-            if self.inbox.is_empty() {
-                self.inbox = vec![0; READ_AHEAD];
-            }
-            // What is still buffered moves to the front (less than one packet).
-            self.inbox.copy_within(self.inbox_start..self.inbox_end, 0);
-            self.inbox_start = 0;
-            self.inbox_end = buffered;
-            let n = loop {
-                match self.stream.read(&mut self.inbox[buffered..]) {
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    // Hand out what is buffered; the error (or EOF) comes on the next call.
-                    Err(_) if buffered > 0 => break 0,
-                    Err(e) => return Err(e),
-                    Ok(n) => break n,
-                }
-            };
-            self.inbox_end += n;
-            self.inbox_more = self.inbox_end == self.inbox.len();
-        }
-        let k = max.min(self.inbox_end - self.inbox_start);
-        Ok(&self.inbox[self.inbox_start..self.inbox_start + k])
-    }
-
-    /// Marks `n` bytes of what [`Self::host_data`] returned as sent to the guest.
-    pub fn consume(&mut self, n: usize) {
-        self.inbox_start = (self.inbox_start + n).min(self.inbox_end);
     }
 }
 

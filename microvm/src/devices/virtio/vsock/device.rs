@@ -3,13 +3,15 @@
 use std::os::unix::net::UnixListener;
 use std::sync::Arc;
 
+use event_manager::EventSet;
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::metrics::VsockMetrics;
-use super::muxer::Muxer;
+use super::muxer::{Muxer, RxNeed};
 use super::packet;
 use super::{VsockConfig, VsockError, QUEUE_SIZE, RXQ, TXQ};
+
 use crate::devices::virtio::active::Active;
 use crate::devices::virtio::chain::MAX_CHAIN_DESCS;
 use crate::devices::virtio::{
@@ -17,6 +19,9 @@ use crate::devices::virtio::{
 };
 use crate::guest_warn;
 use crate::memory::GuestMemoryMmap;
+
+/// Most receive buffers filled from one read of a host socket.
+const RX_BATCH_CHAINS: usize = 64;
 
 /// A virtio-vsock device with the hybrid unix-socket backend.
 #[derive(Debug)]
@@ -89,42 +94,121 @@ impl Vsock {
             }
             active.add_used(TXQ, head, 0);
         }
-        if used {
-            active.notify(TXQ);
+        if used && active.notify(TXQ) {
+            self.metrics.interrupts.inc();
         }
+        self.process_rx();
+    }
+
+    /// Handles every host socket as readable, then fills receive buffers: what the event loop
+    /// does when epoll reports them. For tests and fuzz targets, which have no event loop.
+    #[doc(hidden)]
+    pub fn host_sockets_readable(&mut self) {
+        let m = self.metrics.clone();
+        for fd in self.muxer.fds() {
+            self.muxer.handle_fd(fd, EventSet::IN, &m);
+        }
+        self.muxer.fd_ops.clear();
         self.process_rx();
     }
 
     /// Puts pending control packets and host data into the guest's receive buffers.
     pub fn process_rx(&mut self) {
-        let Some(active) = self.active.as_mut() else { return };
+        if self.active.is_none() {
+            return;
+        }
         let mut used = false;
-        while self.muxer.has_rx() {
-            let (head, chain) = match active.pop(RXQ, MAX_CHAIN_DESCS) {
-                Ok(Some(c)) => c,
-                Ok(None) | Err(_) => break,
+        loop {
+            let more = match self.muxer.rx_need() {
+                RxNeed::Nothing => false,
+                RxNeed::Control => self.rx_control(&mut used),
+                RxNeed::Data(bytes) => self.rx_data(bytes, &mut used),
             };
-            used = true;
-            let len = match chain.map_err(packet::PacketError::from).and_then(|c| {
-                self.muxer.fill_rx(&active.mem, &c, &self.metrics)
-            }) {
-                Ok(Some(n)) => n,
-                Ok(None) => {
-                    // Raced with a connection draining: give the buffer back unused.
+            if !more {
+                break;
+            }
+        }
+        let Some(active) = self.active.as_mut() else { return };
+        if used && active.notify(RXQ) {
+            self.metrics.interrupts.inc();
+        }
+    }
+
+    /// One control packet into the next receive buffer; false if there is none.
+    fn rx_control(&mut self, used: &mut bool) -> bool {
+        let Some(active) = self.active.as_mut() else { return false };
+        let Ok(Some((head, chain))) = active.pop(RXQ, MAX_CHAIN_DESCS) else { return false };
+        *used = true;
+        let len = match chain
+            .map_err(packet::PacketError::from)
+            .and_then(|c| self.muxer.fill_rx_control(&active.mem, &c, &self.metrics))
+        {
+            Ok(Some(n)) => n,
+            Ok(None) => {
+                active.unpop(RXQ);
+                return false;
+            }
+            Err(e) => {
+                guest_warn!("vsock: bad receive buffer: {e}");
+                self.metrics.errors.inc();
+                0
+            }
+        };
+        active.add_used(RXQ, head, len);
+        true
+    }
+
+    /// Host data into as many receive buffers as hold `bytes` (one read from the host
+    /// socket); false if the guest offered no buffer.
+    fn rx_data(&mut self, bytes: usize, used: &mut bool) -> bool {
+        let Some(active) = self.active.as_mut() else { return false };
+        let mut heads = Vec::new();
+        let mut chains = Vec::new();
+        let mut room = 0usize;
+        while room < bytes && chains.len() < RX_BATCH_CHAINS {
+            match active.pop(RXQ, MAX_CHAIN_DESCS) {
+                Ok(Some((head, Ok(c)))) => {
+                    room += c.writable_len().saturating_sub(packet::HDR_SIZE as u64) as usize;
+                    heads.push(head);
+                    chains.push(c);
+                }
+                Ok(Some((head, Err(e)))) if chains.is_empty() => {
+                    guest_warn!("vsock: bad receive buffer: {e}");
+                    self.metrics.errors.inc();
+                    active.add_used(RXQ, head, 0);
+                    *used = true;
+                }
+                Ok(Some(_)) => {
+                    // A bad buffer after good ones: it goes back and is dealt with first
+                    // next time, so the buffers used stay a prefix of those taken.
                     active.unpop(RXQ);
                     break;
                 }
-                Err(e) => {
-                    guest_warn!("vsock: bad receive buffer: {e}");
-                    self.metrics.errors.inc();
-                    0
-                }
-            };
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if chains.is_empty() {
+            return false;
+        }
+        let lens = match self.muxer.fill_rx_data(&active.mem, &chains, &self.metrics) {
+            Ok(lens) => lens,
+            Err(e) => {
+                guest_warn!("vsock: bad receive buffer: {e}");
+                self.metrics.errors.inc();
+                // Too small or not writable: the first buffer goes back empty (for a
+                // memory error, every one taken does).
+                let n = if matches!(e, packet::PacketError::Memory) { heads.len() } else { 1 };
+                vec![0; n]
+            }
+        };
+        for (&head, &len) in heads.iter().zip(&lens) {
             active.add_used(RXQ, head, len);
+            *used = true;
         }
-        if used {
-            active.notify(RXQ);
+        for _ in lens.len()..heads.len() {
+            active.unpop(RXQ);
         }
+        true
     }
 }
 

@@ -55,7 +55,10 @@ impl MutEventSubscriber for Vsock {
                 return;
             }
             match q {
-                TXQ => self.process_tx(),
+                TXQ => {
+                    self.metrics.tx_kicks.inc();
+                    self.process_tx();
+                }
                 RXQ => self.process_rx(),
                 EVQ => {}
                 _ => {}

@@ -21,6 +21,18 @@ pub struct VsockMetrics {
     pub errors: Counter,
     /// Queue notifications received before the device was activated.
     pub early_notifications: Counter,
+    /// Transmit-queue notifications from the guest (each a guest exit).
+    pub tx_kicks: Counter,
+    /// Interrupts raised to the guest.
+    pub interrupts: Counter,
+    /// Credit updates sent to the guest.
+    pub credit_updates: Counter,
+    /// Guest data a host socket did not take at once (buffered until it is writable).
+    pub tx_buffered_bytes: Counter,
+    /// Readiness events of host sockets handled.
+    pub host_events: Counter,
+    /// Reads from host sockets (each fills one or more receive buffers).
+    pub host_reads: Counter,
 }
 
 impl VsockMetrics {
@@ -35,6 +47,12 @@ impl VsockMetrics {
             ("conns_refused", self.conns_refused.get()),
             ("errors", self.errors.get()),
             ("early_notifications", self.early_notifications.get()),
+            ("tx_kicks", self.tx_kicks.get()),
+            ("interrupts", self.interrupts.get()),
+            ("credit_updates", self.credit_updates.get()),
+            ("tx_buffered_bytes", self.tx_buffered_bytes.get()),
+            ("host_events", self.host_events.get()),
+            ("host_reads", self.host_reads.get()),
         ]
     }
 
@@ -49,6 +67,12 @@ impl VsockMetrics {
             "conns_refused": self.conns_refused.get(),
             "errors": self.errors.get(),
             "early_notifications": self.early_notifications.get(),
+            "tx_kicks": self.tx_kicks.get(),
+            "interrupts": self.interrupts.get(),
+            "credit_updates": self.credit_updates.get(),
+            "tx_buffered_bytes": self.tx_buffered_bytes.get(),
+            "host_events": self.host_events.get(),
+            "host_reads": self.host_reads.get(),
             "connections": connections,
         })
     }
