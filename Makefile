@@ -63,7 +63,7 @@ test: deps kernel build initramfs unit host-tests fuzz testbed-selftest testbed-
 
 bench: testbed-prep
 	tests/bench.sh --where host
-	$(TESTBED) --timeout 2700 -- tests/bench.sh --where testbed
+	$(TESTBED) --timeout 5400 -- tests/bench.sh --where testbed
 
 FUZZ_SECONDS ?= 10
 fuzz:

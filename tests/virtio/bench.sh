@@ -14,15 +14,16 @@
 #          from the request to EOF). husk: hybrid unix socket; QEMU: vhost-vsock-device (the
 #          in-kernel backend, the strongest QEMU has) with an AF_VSOCK socket.
 # Senders and receivers do not checksum (correctness is the tests' job), so neither side's
-# CPU caps the figures. Runs alternate husk, QEMU, husk, ... BENCH_REPS times (default 1);
+# CPU caps the figures. Runs alternate husk, QEMU, husk, ... BENCH_REPS times (default 5:
+# single transfers in the testbed swing by 2x, so one round says little);
 # each figure is the median; prints "ratio husk/qemu" per figure (>1: husk is faster), and
 # husk-vmm's device counters of each run. Exits non-zero, naming the figures, if any is
 # missing.
-# Run: tests/virtio/build.sh && tests/testbed/run --timeout 1200 -- tests/virtio/bench.sh
+# Run: tests/virtio/build.sh && tests/testbed/run --timeout 3600 -- tests/virtio/bench.sh
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 MB=${BENCH_MB:-32}
-REPS=${BENCH_REPS:-1}
+REPS=${BENCH_REPS:-5}
 [[ "$MB" =~ ^[1-9][0-9]*$ ]] || { echo "bench: BENCH_MB must be a positive integer, got '$MB'"; exit 2; }
 [[ "$REPS" =~ ^[1-9][0-9]*$ ]] || { echo "bench: BENCH_REPS must be a positive integer, got '$REPS'"; exit 2; }
 [ -x "$VSOCK_TOOL" ] || { echo "bench: no vsock tool at $VSOCK_TOOL (tests/virtio/build.sh)"; exit 1; }
