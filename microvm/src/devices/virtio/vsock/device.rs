@@ -8,7 +8,8 @@ use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::metrics::VsockMetrics;
-use super::muxer::{Muxer, RxNeed};
+use super::muxer::Muxer;
+use super::rx::RxNeed;
 use super::packet;
 use super::{VsockConfig, VsockError, QUEUE_SIZE, RXQ, TXQ};
 

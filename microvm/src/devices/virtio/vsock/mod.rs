@@ -12,6 +12,7 @@ pub mod device;
 mod event_handler;
 pub mod metrics;
 mod muxer;
+mod rx;
 mod unix;
 pub mod packet;
 
