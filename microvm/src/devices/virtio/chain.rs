@@ -154,25 +154,30 @@ impl Chain {
 /// The (address, length) pieces covering `len` bytes starting `offset` bytes into `descs`.
 /// Stops early when the buffers end.
 pub fn segments(descs: &[Desc], offset: u64, len: u64) -> Vec<(GuestAddress, usize)> {
-    let mut out = Vec::new();
+    segments_iter(descs, offset, len).collect()
+}
+
+/// [`segments`] without collecting them (no allocation on the per-packet paths).
+pub fn segments_iter(descs: &[Desc], offset: u64, len: u64) -> impl Iterator<Item = (GuestAddress, usize)> + '_ {
     let mut skip = offset;
     let mut left = len;
-    for d in descs {
+    descs.iter().map_while(move |d| {
         if left == 0 {
-            break;
+            return None;
         }
         let dlen = u64::from(d.len);
         if skip >= dlen {
             skip -= dlen;
-            continue;
+            return Some(None);
         }
         let n = (dlen - skip).min(left);
         // Within a validated descriptor: addr + skip + n <= addr + len, which fits guest memory.
-        out.push((GuestAddress(d.addr.0 + skip), n as usize));
+        let seg = (GuestAddress(d.addr.0 + skip), n as usize);
         left -= n;
         skip = 0;
-    }
-    out
+        Some(Some(seg))
+    })
+    .flatten()
 }
 
 /// Copies bytes from the buffers `descs`, starting `offset` bytes in, into `buf`. Returns how
@@ -185,7 +190,7 @@ pub fn read_from(
 ) -> Result<usize, vm_memory::GuestMemoryError> {
     use vm_memory::Bytes;
     let mut done = 0;
-    for (addr, n) in segments(descs, offset, buf.len() as u64) {
+    for (addr, n) in segments_iter(descs, offset, buf.len() as u64) {
         mem.read_slice(&mut buf[done..done + n], addr)?;
         done += n;
     }
@@ -202,7 +207,7 @@ pub fn write_to(
 ) -> Result<usize, vm_memory::GuestMemoryError> {
     use vm_memory::Bytes;
     let mut done = 0;
-    for (addr, n) in segments(descs, offset, data.len() as u64) {
+    for (addr, n) in segments_iter(descs, offset, data.len() as u64) {
         mem.write_slice(&data[done..done + n], addr)?;
         done += n;
     }

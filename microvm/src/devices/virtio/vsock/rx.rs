@@ -98,11 +98,15 @@ impl Muxer {
         for chain in chains {
             let room = chain.writable_len().saturating_sub(HDR_SIZE as u64);
             let room = room.min(u64::from(MAX_PKT_PAYLOAD)).min(credit as u64) as usize;
-            let more = chain::segments(&chain.writable, HDR_SIZE as u64, room as u64);
-            if room == 0 || segs.len() + more.len() > IOV_MAX {
+            if room == 0 {
                 break;
             }
-            segs.extend(more);
+            let before = segs.len();
+            segs.extend(chain::segments_iter(&chain.writable, HDR_SIZE as u64, room as u64));
+            if segs.len() > IOV_MAX {
+                segs.truncate(before);
+                break;
+            }
             caps.push(room);
             credit -= room;
         }
