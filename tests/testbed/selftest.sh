@@ -63,6 +63,19 @@ mon "cont"
 wait $pk; rk=$?
 check "a VM that wakes up again finishes its command (exit 0)" '[ $rk = 0 ]'
 check "the wake-up is reported" 'grep -q "runs again (heartbeat back)" "$tmp/k.log"'
+# A heartbeat a few beats late gets an early keyboard kick, without the full report; the run
+# goes on when it is back.
+HUSK_TESTBED_STALL=300 HUSK_TESTBED_EARLY_KICK=20 "$run" --timeout 600 -- sleep 80 >"$tmp/e.log" 2>&1 &
+pe=$!
+for _ in $(seq 120); do ls "$TMPDIR"/husk-testbed.*/heartbeat >/dev/null 2>&1 && break; sleep 1; done
+hb=$(ls "$TMPDIR"/husk-testbed.*/heartbeat)
+touch "$(dirname "$hb")/no-heartbeat"
+for _ in $(seq 90); do grep -q "early keyboard kick" "$tmp/e.log" && break; sleep 1; done
+rm -f "$(dirname "$hb")/no-heartbeat"
+wait $pe; re=$?
+check "a late heartbeat gets an early keyboard kick" 'grep -q "heartbeat [0-9]* s old: early keyboard kick" "$tmp/e.log"'
+check "its return is reported, the command finishes (exit 0)" '[ $re = 0 ] && grep -q "heartbeat back) after an early keyboard kick" "$tmp/e.log"'
+check "no full stall report for it" '! grep -q "no heartbeat from the outer VM" "$tmp/e.log"'
 check "bad option is refused" '! "$run" --bogus -- true 2>/dev/null'
 check "no temp dirs left" '[ -z "$(ls -A "$TMPDIR")" ]'
 echo "testbed selftest: $pass passed, $fail failed"
