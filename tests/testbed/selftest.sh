@@ -39,13 +39,16 @@ mon() {
   python3 -c 'import socket,sys,glob; s=socket.socket(socket.AF_UNIX); s.connect(glob.glob(sys.argv[1])[0]); s.sendall(sys.argv[2].encode() + b"\n")' \
     "$TMPDIR/husk-testbed.*/monitor" "$1"
 }
+# Waits for the heartbeat of the (only) outer VM running under $TMPDIR; prints its run dir.
+wait_heartbeat() {
+  for _ in $(seq 120); do ls "$TMPDIR"/husk-testbed.*/heartbeat >/dev/null 2>&1 && break; sleep 1; done
+  dirname "$(ls "$TMPDIR"/husk-testbed.*/heartbeat)"
+}
 # An outer VM whose heartbeat stops (here: told to stop writing it, so that no kick brings it
 # back) is noticed well before the timeout: exit 123, with what the monitor shows.
 HUSK_TESTBED_STALL=30 "$run" --timeout 600 -- sleep 1000 >"$tmp/s.log" 2>&1 &
 ps_=$!
-for _ in $(seq 120); do ls "$TMPDIR"/husk-testbed.*/heartbeat >/dev/null 2>&1 && break; sleep 1; done
-hb=$(ls "$TMPDIR"/husk-testbed.*/heartbeat)
-touch "$(dirname "$hb")/no-heartbeat"
+touch "$(wait_heartbeat)/no-heartbeat"
 wait $ps_; rs=$?
 check "a stalled outer VM gives exit 123" '[ $rs = 123 ]'
 check "the stall is reported with the monitor's view" 'grep -q "no heartbeat from the outer VM" "$tmp/s.log" && grep -q "info registers" "$tmp/s.log"'
@@ -56,7 +59,7 @@ check "then stop/cont and an NMI" 'grep -q "stop/cont and an NMI did not wake" "
 # once the stall is reported (standing in for the interrupt QEMU failed to deliver).
 HUSK_TESTBED_STALL=30 "$run" --timeout 600 -- sleep 60 >"$tmp/k.log" 2>&1 &
 pk=$!
-for _ in $(seq 120); do ls "$TMPDIR"/husk-testbed.*/heartbeat >/dev/null 2>&1 && break; sleep 1; done
+wait_heartbeat >/dev/null
 mon "stop"
 for _ in $(seq 120); do grep -q "no heartbeat" "$tmp/k.log" && break; sleep 1; done
 mon "cont"
@@ -67,11 +70,10 @@ check "the wake-up is reported" 'grep -q "runs again (heartbeat back)" "$tmp/k.l
 # goes on when it is back.
 HUSK_TESTBED_STALL=300 HUSK_TESTBED_EARLY_KICK=20 "$run" --timeout 600 -- sleep 80 >"$tmp/e.log" 2>&1 &
 pe=$!
-for _ in $(seq 120); do ls "$TMPDIR"/husk-testbed.*/heartbeat >/dev/null 2>&1 && break; sleep 1; done
-hb=$(ls "$TMPDIR"/husk-testbed.*/heartbeat)
-touch "$(dirname "$hb")/no-heartbeat"
+rd=$(wait_heartbeat)
+touch "$rd/no-heartbeat"
 for _ in $(seq 90); do grep -q "early keyboard kick" "$tmp/e.log" && break; sleep 1; done
-rm -f "$(dirname "$hb")/no-heartbeat"
+rm -f "$rd/no-heartbeat"
 wait $pe; re=$?
 check "a late heartbeat gets an early keyboard kick" 'grep -q "heartbeat [0-9]* s old: early keyboard kick" "$tmp/e.log"'
 check "its return is reported, the command finishes (exit 0)" '[ $re = 0 ] && grep -q "heartbeat back) after an early keyboard kick" "$tmp/e.log"'

@@ -163,14 +163,12 @@ impl Vsock {
     /// socket); false if the guest offered no buffer.
     fn rx_data(&mut self, bytes: usize, used: &mut bool) -> bool {
         let Some(active) = self.active.as_mut() else { return false };
-        let mut heads = Vec::new();
         let mut chains = Vec::new();
         let mut room = 0usize;
         while room < bytes && chains.len() < RX_BATCH_CHAINS {
             match active.pop(RXQ, MAX_CHAIN_DESCS) {
-                Ok(Some((head, Ok(c)))) => {
+                Ok(Some((_, Ok(c)))) => {
                     room += c.writable_len().saturating_sub(packet::HDR_SIZE as u64) as usize;
-                    heads.push(head);
                     chains.push(c);
                 }
                 Ok(Some((head, Err(e)))) if chains.is_empty() => {
@@ -198,15 +196,15 @@ impl Vsock {
                 self.metrics.errors.inc();
                 // Too small or not writable: the first buffer goes back empty (for a
                 // memory error, every one taken does).
-                let n = if matches!(e, packet::PacketError::Memory) { heads.len() } else { 1 };
+                let n = if matches!(e, packet::PacketError::Memory) { chains.len() } else { 1 };
                 vec![0; n]
             }
         };
-        for (&head, &len) in heads.iter().zip(&lens) {
-            active.add_used(RXQ, head, len);
+        for (c, &len) in chains.iter().zip(&lens) {
+            active.add_used(RXQ, c.head, len);
             *used = true;
         }
-        for _ in lens.len()..heads.len() {
+        for _ in lens.len()..chains.len() {
             active.unpop(RXQ);
         }
         true

@@ -83,10 +83,11 @@ impl Muxer {
         chains: &[Chain],
         m: &VsockMetrics,
     ) -> Result<Vec<u32>, packet::PacketError> {
+        let Some(first) = chains.first() else { return Ok(Vec::new()) };
         let Some(key) = self.rx_ready.pop_front() else { return Ok(Vec::new()) };
         let guest_cid = self.guest_cid;
         let Some(c) = self.conns.get_mut(&key) else { return Ok(Vec::new()) };
-        if !c.wants_rx() || chains.is_empty() {
+        if !c.wants_rx() {
             self.sync_interest(key);
             return Ok(Vec::new());
         }
@@ -110,7 +111,6 @@ impl Muxer {
             caps.push(room);
             credit -= room;
         }
-        let Some(first) = chains.first() else { return Ok(Vec::new()) };
         if caps.is_empty() {
             // The first buffer holds only a header: it goes back empty (counted by the
             // caller); the connection stays first in line.
