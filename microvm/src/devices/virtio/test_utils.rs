@@ -23,23 +23,37 @@ pub fn guest_mem() -> GuestMemoryMmap {
 }
 
 /// A driver-side queue in guest memory, with chains written at increasing table slots.
+///
+/// The used ring is placed after the whole avail ring: virtio-queue's mock (0.18) puts it at
+/// `avail ring start + queue size` bytes, inside the avail ring, so a device's used-ring
+/// writes would land on avail entries from half the queue on (seen as bogus head indexes
+/// once more than 128 chains of a 256-entry queue were in use).
 pub struct TestQueue<'a> {
     pub vq: MockSplitQueue<'a, GuestMemoryMmap>,
+    mem: &'a GuestMemoryMmap,
+    size: u16,
+    used_addr: u64,
     next_slot: u16,
 }
 
 impl<'a> TestQueue<'a> {
     /// A queue of `size` entries whose rings start at `base`.
     pub fn new(mem: &'a GuestMemoryMmap, base: u64, size: u16) -> Self {
-        Self {
-            vq: MockSplitQueue::create(mem, GuestAddress(base), size),
-            next_slot: 0,
-        }
+        let vq = MockSplitQueue::create(mem, GuestAddress(base), size);
+        // flags, idx, ring, used_event; then the used ring, 4-byte aligned.
+        let avail_end = vq.avail_addr().0 + 4 + 2 * u64::from(size) + 2;
+        let used_addr = (avail_end + 3) & !3;
+        mem.write_slice(&[0u8; 4], GuestAddress(used_addr)).unwrap();
+        Self { vq, mem, size, used_addr, next_slot: 0 }
     }
 
     /// The device-side queue for the same rings.
     pub fn queue(&self) -> Queue {
-        self.vq.create_queue::<Queue>().unwrap()
+        use virtio_queue::QueueT;
+        let mut q = self.vq.create_queue::<Queue>().unwrap();
+        q.set_used_ring_address(Some(self.used_addr as u32), Some((self.used_addr >> 32) as u32));
+        assert!(q.is_valid(self.mem), "test queue layout");
+        q
     }
 
     /// Adds one chain of `(addr, len, writable)` buffers; returns its head index.
@@ -72,18 +86,26 @@ impl<'a> TestQueue<'a> {
                 .unwrap();
         }
         let idx = self.vq.avail().idx().load();
-        self.vq.avail().ring().ref_at(idx as usize % 256).unwrap().store(slot);
+        self.vq.avail().ring().ref_at(usize::from(idx % self.size)).unwrap().store(slot);
         self.vq.avail().idx().store(idx.wrapping_add(1));
         self.next_slot = self.next_slot.max(slot + descs.len() as u16);
     }
 
-    /// Entries in the used ring so far, as (head, len).
+    /// The used ring's index: how many chains the device has completed (wrapping).
+    pub fn used_idx(&self) -> u16 {
+        self.mem.read_obj(GuestAddress(self.used_addr + 2)).unwrap()
+    }
+
+    /// Entries in the used ring so far, as (head, len); at most the last `size` of them.
     pub fn used(&self) -> Vec<(u32, u32)> {
-        let n = self.vq.used().idx().load();
-        (0..n)
+        let n = self.used_idx();
+        let first = n.saturating_sub(self.size);
+        (first..n)
             .map(|i| {
-                let e = self.vq.used().ring().ref_at(i as usize).unwrap().load();
-                (e.id(), e.len())
+                let at = self.used_addr + 4 + 8 * u64::from(i % self.size);
+                let id: u32 = self.mem.read_obj(GuestAddress(at)).unwrap();
+                let len: u32 = self.mem.read_obj(GuestAddress(at + 4)).unwrap();
+                (id, len)
             })
             .collect()
     }
@@ -104,4 +126,34 @@ pub fn get(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
     let mut v = vec![0; len];
     mem.read_slice(&mut v, GuestAddress(addr)).unwrap();
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::active::Active;
+
+    #[test]
+    fn used_ring_does_not_overlap_the_avail_ring() {
+        let mem = guest_mem();
+        let mut tq = TestQueue::new(&mem, 0x1000, 256);
+        let mut a = Active::new(mem.clone(), interrupt(), vec![tq.queue()]);
+        // More chains in flight than half the queue, completed in two rounds.
+        for round in 0..2u16 {
+            for i in 0..200u16 {
+                tq.add_raw(i, &[(0x10_0000 + u64::from(i) * 0x100, 16, F_WRITE, 0)]);
+            }
+            for i in 0..200u16 {
+                let (head, chain) = a.pop(0, 8).unwrap().unwrap();
+                assert_eq!(head, i, "round {round}");
+                assert!(chain.is_ok());
+                a.add_used(0, head, u32::from(i));
+            }
+            assert!(a.pop(0, 8).unwrap().is_none());
+        }
+        assert_eq!(tq.used_idx(), 400);
+        let used = tq.used();
+        assert_eq!(used.len(), 256);
+        assert_eq!(used[255], (199, 199));
+    }
 }
