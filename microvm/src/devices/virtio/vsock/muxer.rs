@@ -17,7 +17,7 @@ use super::metrics::VsockMetrics;
 use super::packet::{Header, HDR_SIZE, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST,
     OP_RESPONSE, OP_RST, OP_RW, OP_SHUTDOWN, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
 use super::{CONN_BUF_ALLOC, HOST_CID, HOST_PORT_BASE, MAX_CONNECTIONS, MAX_CONNECT_LINE};
-use super::unix::{connect_nonblocking, parse_connect};
+use super::unix::{connect_nonblocking, parse_connect, raise_send_buffer};
 use crate::devices::virtio::chain::{self, Chain};
 use crate::devices::virtio::iov::{Dir, GuestIovecs};
 use crate::guest_warn;
@@ -294,6 +294,7 @@ impl Muxer {
                     if stream.set_nonblocking(true).is_err() {
                         continue;
                     }
+                    raise_send_buffer(&stream);
                     let fd = stream.as_raw_fd();
                     self.fd_ops.push(FdOp::Add(fd, EventSet::IN));
                     self.handshakes.insert(fd, Handshake { stream, line: Vec::new() });

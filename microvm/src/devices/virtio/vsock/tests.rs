@@ -115,6 +115,14 @@ impl<'a> Rig<'a> {
         listener.accept().unwrap().0
     }
 
+    /// Gives the device's host sockets a small send buffer (32 KiB asked): a slow host whose
+    /// socket fills after a few packets.
+    fn small_host_buffers(&mut self) {
+        for c in self.dev.muxer.conns.values() {
+            super::unix::set_send_buffer(&c.stream, 32 * 1024);
+        }
+    }
+
     fn poke_all(&mut self) {
         self.dev.host_sockets_readable();
     }
@@ -282,6 +290,7 @@ fn guest_overrunning_credit_is_reset() {
         rig.give_rx(4096);
     }
     rig.send(OP_REQUEST, 1, 5002, &[], 0);
+    rig.small_host_buffers();
     // Nobody reads the host side: after the socket buffer fills, data is buffered up to
     // CONN_BUF_ALLOC; more is a credit violation.
     let chunk = vec![1u8; MAX_PKT_PAYLOAD as usize];
@@ -512,6 +521,7 @@ fn data_the_guest_sent_before_closing_still_reaches_a_slow_host() {
     let mem = guest_mem();
     let mut rig = Rig::new(&mem);
     let mut host = rig.guest_connect(1234, 5000, 16);
+    rig.small_host_buffers();
     // More than a unix socket buffers: the rest waits in the connection.
     let chunk: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
     let mut sent = 0usize;
