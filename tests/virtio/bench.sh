@@ -15,7 +15,9 @@
 #          in-kernel backend, the strongest QEMU has) with an AF_VSOCK socket.
 # Senders and receivers do not checksum (correctness is the tests' job), so neither side's
 # CPU caps the figures. Runs alternate husk, QEMU, husk, ... BENCH_REPS times (default 5:
-# single transfers in the testbed swing by 2x, so one round says little);
+# single transfers in the testbed swing by 2x, so one round says little); in each run the
+# host-driven transfers (net h->g, vsock both ways) repeat BENCH_XFERS times (default 3), so a
+# figure has REPS x XFERS samples for the price of REPS boots;
 # each figure is the median; prints "ratio husk/qemu" per figure (>1: husk is faster), and
 # husk-vmm's device counters of each run. Exits non-zero, naming the figures, if any is
 # missing.
@@ -24,8 +26,13 @@ set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 MB=${BENCH_MB:-32}
 REPS=${BENCH_REPS:-5}
+XFERS=${BENCH_XFERS:-3}
 [[ "$MB" =~ ^[1-9][0-9]*$ ]] || { echo "bench: BENCH_MB must be a positive integer, got '$MB'"; exit 2; }
 [[ "$REPS" =~ ^[1-9][0-9]*$ ]] || { echo "bench: BENCH_REPS must be a positive integer, got '$REPS'"; exit 2; }
+[[ "$XFERS" =~ ^[1-9][0-9]*$ ]] || { echo "bench: BENCH_XFERS must be a positive integer, got '$XFERS'"; exit 2; }
+# The interpreter itself, not a version manager's shim: a shim costs seconds of CPU per start
+# on the testbed's one vCPU, which every transfer would otherwise wait for.
+PY=$(python3 -c 'import sys; print(sys.executable)') || { echo "bench: python3 does not run"; exit 1; }
 [ -x "$VSOCK_TOOL" ] || { echo "bench: no vsock tool at $VSOCK_TOOL (tests/virtio/build.sh)"; exit 1; }
 BYTES=$((MB * 1048576))
 ns=husk-bench-$$
@@ -61,7 +68,7 @@ reboot -f" "$VSOCK_TOOL:/bin/vsock-tool"
 
 # The guest -> host sink in the namespace: times first byte to EOF, replies with the count.
 sink() {
-  ip netns exec "$ns" python3 -c "
+  ip netns exec "$ns" "$PY" -c "
 import socket,time
 l=socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); l.bind(('10.0.98.1',7000)); l.listen(1)
 c,_=l.accept(); got=0; t0=None; buf=bytearray(1<<20)
@@ -81,8 +88,9 @@ print('net_gh_s=%.3f bytes=%d' % (dt, got) if got == $BYTES else 'incomplete: go
 host_retrans() { ip netns exec "$ns" awk '/^Tcp:/ { if (!h) { split($0, n); h = 1 } else for (i = 1; i <= NF; i++) if (n[i] == "RetransSegs") print $i }' /proc/net/snmp; }
 val() { grep -ao "$2=[0-9.]*" "$1" 2>/dev/null | head -1 | cut -d= -f2; }
 mbps() { awk -v s="$1" -v mb="$MB" 'BEGIN{ if (s > 0) printf "%.1f", mb / s; else print "" }'; }
-# The MiB/s of a complete vsock_host.py blast/pull (it prints none otherwise).
-rate() { sed -n 's/.*(\([0-9.]*\) MiB\/s).*/\1/p' "$1" | head -1; }
+# The MiB/s of each complete vsock_host.py blast/pull in a log, one per line (an incomplete
+# transfer prints none).
+rates() { sed -n 's/.*(\([0-9.]*\) MiB\/s).*/\1/p' "$1"; }
 median() { sort -n | awk '{a[NR]=$1} END { if (NR) print a[int((NR+1)/2)] }'; }
 
 # host ceiling
@@ -123,13 +131,15 @@ run_one() {
   for i in $(seq 600); do grep -q 'HUSK-BENCH' "$out" 2>/dev/null && break; alive || break; sleep 0.2; done
   for i in $(seq 1500); do [ -s "$work/sink.out" ] && break; alive || break; sleep 0.2; done
   : >"$work/net_hg.log"; : >"$work/vsock_hg.log"; : >"$work/vsock_gh.log"
-  alive && timeout -k 5 300 ip netns exec "$ns" python3 "$vdir/vsock_host.py" blast tcp:10.0.98.2 7001 "$BYTES" >"$work/net_hg.log" 2>&1
-  alive && timeout -k 5 300 python3 "$vdir/vsock_host.py" blast "$vs_target" 5000 "$BYTES" >"$work/vsock_hg.log" 2>&1
-  alive && timeout -k 5 300 python3 "$vdir/vsock_host.py" pull "$vs_target" 5001 "$BYTES" >"$work/vsock_gh.log" 2>&1
+  for i in $(seq "$XFERS"); do
+    alive && timeout -k 5 300 ip netns exec "$ns" "$PY" "$vdir/vsock_host.py" blast tcp:10.0.98.2 7001 "$BYTES" >>"$work/net_hg.log" 2>&1
+    alive && timeout -k 5 300 "$PY" "$vdir/vsock_host.py" blast "$vs_target" 5000 "$BYTES" >>"$work/vsock_hg.log" 2>&1
+    alive && timeout -k 5 300 "$PY" "$vdir/vsock_host.py" pull "$vs_target" 5001 "$BYTES" >>"$work/vsock_gh.log" 2>&1
+  done
   if [ "$vmm" = husk ] && [ -S "$work/api.sock" ]; then
     curl -s --max-time 10 --unix-socket "$work/api.sock" http://localhost/vm/counters >"$work/counters.json"
   fi
-  alive && timeout -k 5 60 python3 "$vdir/vsock_host.py" poke "$vs_target" 5099 >/dev/null 2>&1
+  alive && timeout -k 5 60 "$PY" "$vdir/vsock_host.py" poke "$vs_target" 5099 >/dev/null 2>&1
   if [ "$vmm" = husk ]; then
     wait_vm 120
   else
@@ -143,15 +153,13 @@ run_one() {
   hostre=$(( $(host_retrans) - ${retrans0:-0} ))
   ip netns exec "$ns" ip link del "$tap" 2>/dev/null
   local gh hg vhg vgh
-  gh=$(mbps "$(val "$work/sink.out" net_gh_s)") hg=$(rate "$work/net_hg.log")
-  vhg=$(rate "$work/vsock_hg.log") vgh=$(rate "$work/vsock_gh.log")
+  gh=$(mbps "$(val "$work/sink.out" net_gh_s)")
+  hg=$(rates "$work/net_hg.log" | xargs) vhg=$(rates "$work/vsock_hg.log" | xargs) vgh=$(rates "$work/vsock_gh.log" | xargs)
   {
     echo "blk_read $(mbps "$(val "$out" blk_read_s)")"
     echo "blk_write $(mbps "$(val "$out" blk_write_s)")"
     echo "net_gh $gh"
-    echo "net_hg $hg"
-    echo "vsock_hg $vhg"
-    echo "vsock_gh $vgh"
+    for f in net_hg vsock_hg vsock_gh; do rates "$work/$f.log" | sed "s/^/$f /"; done
   } >>"$work/$vmm.figs"
   echo "bench: round $r $vmm: $(grep -a HUSK-BENCH "$out" | tr -d '\r' || echo "no block figures"); tcp g->h ${gh:-n/a}, h->g ${hg:-n/a} MiB/s; vsock h->g ${vhg:-n/a}, g->h ${vgh:-n/a} MiB/s"
   echo "bench: round $r $vmm diag: tap: $tapstat; host tcp retrans $hostre; guest: $(grep -a HUSK-DIAG "$out" | tr -d '\r' | cut -d' ' -f2-)"
@@ -161,8 +169,11 @@ run_one() {
     tail -5 "$out"; tail -3 "$work/qemu.err" "$work/husk.$r.err" 2>/dev/null
   }
   [ -n "$gh" ] || echo "bench: $vmm round $r tcp g->h: $( [ -s "$work/sink.out" ] && cat "$work/sink.out" || echo "the guest never finished sending to the host sink")"
+  local f why
   for f in net_hg vsock_hg vsock_gh; do
-    [ -n "$(rate "$work/$f.log")" ] || echo "bench: $vmm round $r $f: $( [ -s "$work/$f.log" ] && tail -2 "$work/$f.log" | tr '\n' ' ' || echo "not run: the VM had exited")"
+    (( $(rates "$work/$f.log" | wc -l) == XFERS )) && continue
+    why=$(grep -v 'MiB/s' "$work/$f.log" | tail -2 | tr '\n' ' ')
+    echo "bench: $vmm round $r $f: $(rates "$work/$f.log" | wc -l) of $XFERS transfer(s) complete: ${why:-the others did not run (the VM had exited)}"
   done
   rm -f "$work/sink.out"
 }
@@ -188,7 +199,7 @@ hostrow() {  # LABEL FIGURE HOST_MIBS: guest figure against host dd on the same 
   printf '%-16s husk/host %s   qemu/host %s   (host dd %s MiB/s)\n' "$1" \
     "$(ratio "$(fig husk "$2")" "$3")" "$(ratio "$(fig qemu "$2")" "$3")" "${3:-n/a}"
 }
-echo "bench: medians of $REPS round(s), $MB MiB per figure; host dd on the same file: read ${host_r:-n/a} MiB/s, write ${host_w:-n/a} MiB/s"
+echo "bench: medians of $REPS round(s) ($XFERS transfers per round for net h->g and vsock), $MB MiB per figure; host dd on the same file: read ${host_r:-n/a} MiB/s, write ${host_w:-n/a} MiB/s"
 row "block seq read" blk_read
 row "block seq write" blk_write
 hostrow "block read/host" blk_read "$host_r"
