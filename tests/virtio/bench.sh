@@ -8,7 +8,10 @@
 #   net:   BENCH_MB over TCP through a tap in a netns, guest -> host (guest `vsock-tool
 #          tcp-send`, host sink timed from first byte to EOF) and host -> guest (host sends,
 #          guest `vsock-tool tcp-sink` replies with the count; timed on the host). QEMU's tap
-#          backend is its userspace one (no vhost-net), like husk's;
+#          backend is its userspace one (no vhost-net), like husk's. The guest's TCP runs
+#          without HyStart: with it, slow start ends on the testbed's emulated RTT jitter at a
+#          random, often tiny window, and guest -> host swings between ~2 and ~14 MiB/s on
+#          either VMM (a lottery, not the device); without it both run steadily;
 #   vsock: BENCH_MB host -> guest (to `vsock-tool sink`, timed on the host from connect to the
 #          guest's byte-count reply) and guest -> host (host asks `vsock-tool spout`, timed
 #          from the request to EOF). husk: hybrid unix socket; QEMU: vhost-vsock-device (the
@@ -58,6 +61,7 @@ t0=\$(up); dd if=/dev/vda of=/dev/null bs=1048576 2>/dev/null; t1=\$(up)
 dd if=/dev/zero of=/dev/vda bs=1048576 count=$MB conv=fsync 2>/dev/null; t2=\$(up)
 echo \"HUSK-BENCH blk_read_s=\$(awk \"BEGIN{print \$t1-\$t0}\") blk_write_s=\$(awk \"BEGIN{print \$t2-\$t1}\")\"
 ip link set eth0 up && ip addr add 10.0.98.2/24 dev eth0
+echo 0 >/sys/module/tcp_cubic/parameters/hystart
 vsock-tool tcp-sink 7001 >/dev/null &
 vsock-tool sink 5000 >/dev/null &
 vsock-tool spout 5001 >/dev/null &
