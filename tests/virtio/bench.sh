@@ -21,7 +21,8 @@
 # single transfers in the testbed swing by 2x, so one round says little); in each run the
 # host-driven transfers (net h->g, vsock both ways) repeat BENCH_XFERS times (default 3), so a
 # figure has REPS x XFERS samples for the price of REPS boots;
-# each figure is the median; prints "ratio husk/qemu" per figure (>1: husk is faster), and
+# each figure is the median, printed with the middle half of its samples (the ratio says
+# little where those ranges overlap); prints "ratio husk/qemu" per figure (>1: husk is faster), and
 # husk-vmm's device counters of each run. Exits non-zero, naming the figures, if any is
 # missing.
 # Run: tests/virtio/build.sh && tests/testbed/run --timeout 3600 -- tests/virtio/bench.sh
@@ -200,20 +201,26 @@ done
 missing=""
 [ -n "$host_r" ] || missing="$missing host:blk_read"
 [ -n "$host_w" ] || missing="$missing host:blk_write"
-fig() { awk -v f="$2" '$1 == f && $2 != "" {print $2}' "$work/$1.figs" 2>/dev/null | median; }
+samples() { awk -v f="$2" '$1 == f && $2 != "" {print $2}' "$work/$1.figs" 2>/dev/null; }
+fig() { samples "$1" "$2" | median; }
+# The middle half of a figure's samples (first to third quartile, nearest rank), "lo-hi".
+spread() {
+  samples "$1" "$2" | sort -n | awk '{a[NR]=$1} END { if (NR) printf "%s-%s", a[int((NR+3)/4)], a[int((3*NR+3)/4)]; else printf "n/a" }'
+}
 row() {  # LABEL FIGURE
   local h q
   h=$(fig husk "$2") q=$(fig qemu "$2")
   [ -n "$h" ] || missing="$missing husk:$2"
   [ -n "$q" ] || missing="$missing qemu:$2"
-  printf '%-16s husk %8s MiB/s   qemu %8s MiB/s   ratio husk/qemu %s\n' "$1" "${h:-n/a}" "${q:-n/a}" "$(ratio "$h" "$q")"
+  printf '%-16s husk %8s MiB/s %-13s  qemu %8s MiB/s %-13s  ratio husk/qemu %s\n' "$1" "${h:-n/a}" \
+    "($(spread husk "$2"))" "${q:-n/a}" "($(spread qemu "$2"))" "$(ratio "$h" "$q")"
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a > 0 && b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 hostrow() {  # LABEL FIGURE HOST_MIBS: guest figure against host dd on the same file
   printf '%-16s husk/host %s   qemu/host %s   (host dd %s MiB/s)\n' "$1" \
     "$(ratio "$(fig husk "$2")" "$3")" "$(ratio "$(fig qemu "$2")" "$3")" "${3:-n/a}"
 }
-echo "bench: medians of $REPS round(s) ($XFERS transfers per round for net h->g and vsock), $MB MiB per figure; host dd on the same file: read ${host_r:-n/a} MiB/s, write ${host_w:-n/a} MiB/s"
+echo "bench: medians of $REPS round(s) ($XFERS transfers per round for net h->g and vsock; the middle half of the samples in brackets), $MB MiB per figure; host dd on the same file: read ${host_r:-n/a} MiB/s, write ${host_w:-n/a} MiB/s"
 row "block seq read" blk_read
 row "block seq write" blk_write
 hostrow "block read/host" blk_read "$host_r"
