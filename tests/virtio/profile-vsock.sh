@@ -13,6 +13,9 @@ MB=${1:-256}
 command -v perf >/dev/null || { echo "profile-vsock: perf is not installed (linux-perf)"; exit 1; }
 [ -x "$VSOCK_TOOL" ] || { echo "profile-vsock: no vsock tool at $VSOCK_TOOL (tests/virtio/build.sh)"; exit 1; }
 BYTES=$((MB * 1048576))
+# The interpreter itself, not a version manager's shim (a shim's bash and helper processes
+# would be most of the profile).
+PY=$(python3 -c 'import sys; print(sys.executable)') || { echo "profile-vsock: python3 does not run"; exit 1; }
 mkinit_x probe "mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
@@ -23,10 +26,10 @@ reboot -f" "$VSOCK_TOOL:/bin/vsock-tool"
 qp=""
 trap '[ -n "$qp" ] && kill -KILL "$qp" 2>/dev/null; cleanup_vmm' EXIT
 prof() { # LABEL TARGET
-  timeout 120 python3 "$vdir/vsock_host.py" blast "$2" 5000 "$BYTES" # warm-up
-  perf record -q -e cpu-clock -F 2000 -a -o "$work/$1-h2g.data" -- timeout 120 python3 "$vdir/vsock_host.py" blast "$2" 5000 "$BYTES"
-  perf record -q -e cpu-clock -F 2000 -a -o "$work/$1-g2h.data" -- timeout 120 python3 "$vdir/vsock_host.py" pull "$2" 5001 "$BYTES"
-  timeout 60 python3 "$vdir/vsock_host.py" poke "$2" 5099 >/dev/null 2>&1
+  timeout 120 "$PY" "$vdir/vsock_host.py" blast "$2" 5000 "$BYTES" # warm-up
+  perf record -q -e cpu-clock -F 2000 -a -o "$work/$1-h2g.data" -- timeout 120 "$PY" "$vdir/vsock_host.py" blast "$2" 5000 "$BYTES"
+  perf record -q -e cpu-clock -F 2000 -a -o "$work/$1-g2h.data" -- timeout 120 "$PY" "$vdir/vsock_host.py" pull "$2" 5001 "$BYTES"
+  timeout 60 "$PY" "$vdir/vsock_host.py" poke "$2" 5099 >/dev/null 2>&1
 }
 start_vm p "$work/probe.cpio.gz" --vsock "cid=3,uds=$work/v.sock"
 prof husk "$work/v.sock"
@@ -40,7 +43,7 @@ prof qemu vsock:3
 for _ in $(seq 300); do kill -0 "$qp" 2>/dev/null || break; sleep 0.2; done
 for f in "$work"/*.data; do
   echo "######## $(basename "$f" .data): samples per thread"
-  perf report -i "$f" -n --no-children --sort comm -q --stdio -g none 2>/dev/null | head -12 || true
+  perf report -i "$f" -n --no-children --sort comm -q --stdio -g none 2>/dev/null | grep . | head -12 || true
   echo "---- top symbols of the device threads"
   perf report -i "$f" -n --no-children --sort comm,dso,sym -q --stdio -g none \
     --comms "vmm-events,vcpu-0,vhost-$qp,qemu-system-x86" 2>/dev/null | head -30 || true
