@@ -17,8 +17,10 @@
 #          from the request to EOF). husk: hybrid unix socket; QEMU: vhost-vsock-device (the
 #          in-kernel backend, the strongest QEMU has) with an AF_VSOCK socket.
 # Senders and receivers do not checksum (correctness is the tests' job), so neither side's
-# CPU caps the figures. Runs alternate husk, QEMU, husk, ... BENCH_REPS times (default 5:
-# single transfers in the testbed swing by 2x, so one round says little); in each run the
+# CPU caps the figures. BENCH_REPS rounds (default 5: single transfers in the testbed swing
+# by 2x, so one round says little) each run both VMMs, QEMU first in every other round: the
+# second VM of a pair runs a few percent faster (an A/B of two husk-vmm builds with the same
+# vsock speed came out 3-10% ahead for whichever ran second); in each run the
 # host-driven transfers (net h->g, vsock both ways) repeat BENCH_XFERS times (default 3), so a
 # figure has REPS x XFERS samples for the price of REPS boots;
 # each figure is the median, printed with the middle half of its samples (the ratio says
@@ -194,8 +196,13 @@ run_one() {
 }
 
 for r in $(seq 1 "$REPS"); do
-  run_one husk "$r"
-  run_one qemu "$r"
+  if ((r % 2)); then
+    run_one husk "$r"
+    run_one qemu "$r"
+  else
+    run_one qemu "$r"
+    run_one husk "$r"
+  fi
 done
 
 missing=""
