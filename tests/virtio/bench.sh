@@ -36,9 +36,7 @@ XFERS=${BENCH_XFERS:-3}
 [[ "$MB" =~ ^[1-9][0-9]*$ ]] || { echo "bench: BENCH_MB must be a positive integer, got '$MB'"; exit 2; }
 [[ "$REPS" =~ ^[1-9][0-9]*$ ]] || { echo "bench: BENCH_REPS must be a positive integer, got '$REPS'"; exit 2; }
 [[ "$XFERS" =~ ^[1-9][0-9]*$ ]] || { echo "bench: BENCH_XFERS must be a positive integer, got '$XFERS'"; exit 2; }
-# The interpreter itself, not a version manager's shim: a shim costs seconds of CPU per start
-# on the testbed's one vCPU, which every transfer would otherwise wait for.
-PY=$(python3 -c 'import sys; print(sys.executable)') || { echo "bench: python3 does not run"; exit 1; }
+PY=$(host_python) || { echo "bench: python3 does not run"; exit 1; }
 [ -x "$VSOCK_TOOL" ] || { echo "bench: no vsock tool at $VSOCK_TOOL (tests/virtio/build.sh)"; exit 1; }
 BYTES=$((MB * 1048576))
 ns=husk-bench-$$

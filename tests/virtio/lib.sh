@@ -4,6 +4,10 @@
 vdir=$repo/tests/virtio
 # The guest-side vsock tool (static musl); built by tests/virtio/build.sh before the testbed.
 VSOCK_TOOL=${HUSK_VSOCK_TOOL:-${CARGO_TARGET_DIR:-$repo/target}/vsock-tool/x86_64-unknown-linux-musl/release/husk-vsock-tool}
+# host_python: the python3 interpreter's own path, for scripts that time or profile
+# transfers: through a version manager's shim every start costs seconds of the testbed's one
+# vCPU (pyenv's bash and helpers were ~60% of a profile's samples).
+host_python() { python3 -c 'import sys; print(sys.executable)'; }
 vmm_pid=""
 cleanup_vmm() {
   if [ -n "$vmm_pid" ] && kill -0 "$vmm_pid" 2>/dev/null; then kill -KILL "$vmm_pid" 2>/dev/null; fi

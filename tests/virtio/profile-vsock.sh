@@ -13,9 +13,7 @@ MB=${1:-256}
 command -v perf >/dev/null || { echo "profile-vsock: perf is not installed (linux-perf)"; exit 1; }
 [ -x "$VSOCK_TOOL" ] || { echo "profile-vsock: no vsock tool at $VSOCK_TOOL (tests/virtio/build.sh)"; exit 1; }
 BYTES=$((MB * 1048576))
-# The interpreter itself, not a version manager's shim (a shim's bash and helper processes
-# would be most of the profile).
-PY=$(python3 -c 'import sys; print(sys.executable)') || { echo "profile-vsock: python3 does not run"; exit 1; }
+PY=$(host_python) || { echo "profile-vsock: python3 does not run"; exit 1; }
 mkinit_x probe "mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
