@@ -55,8 +55,10 @@ testbed-prep: kernel build initramfs
 testbed-tests: testbed-prep
 	tests/testbed/suite-run --timeout 1800 $(FILTER)
 
-# Host-side checks of guest-facing outputs (QEMU TCG, no KVM needed).
+# Host-side checks of guest-facing outputs (QEMU TCG, no KVM needed) and of the virtio
+# bench's ratio verdicts.
 host-tests: kernel
+	python3 tests/virtio/test_ratio.py
 	tests/rootfs/guest-mount.sh
 
 test: deps kernel build initramfs unit host-tests fuzz testbed-selftest testbed-tests

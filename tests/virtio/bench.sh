@@ -23,9 +23,10 @@
 # vsock speed came out 3-10% ahead for whichever ran second); in each run the
 # host-driven transfers (net h->g, vsock both ways) repeat BENCH_XFERS times (default 3), so a
 # figure has REPS x XFERS samples for the price of REPS boots;
-# each figure is the median, printed with the middle half of its samples (the ratio says
-# little where those ranges overlap); prints "ratio husk/qemu" per figure (>1: husk is faster), and
-# husk-vmm's device counters of each run. Exits non-zero, naming the figures, if any is
+# each figure is the median, printed with the middle half of its samples; prints "ratio
+# husk/qemu" per figure (>1: husk is faster) with a 90% bootstrap interval and a verdict
+# (ratio.py: "above"/"below" when the whole interval is on one side of 1, else "on par": the
+# run cannot tell the two apart), and husk-vmm's device counters of each run. Exits non-zero, naming the figures, if any is
 # missing.
 # Run: tests/virtio/build.sh && tests/testbed/run --timeout 3600 -- tests/virtio/bench.sh
 set -uo pipefail
@@ -218,7 +219,8 @@ row() {  # LABEL FIGURE
   [ -n "$h" ] || missing="$missing husk:$2"
   [ -n "$q" ] || missing="$missing qemu:$2"
   printf '%-16s husk %8s MiB/s %-13s  qemu %8s MiB/s %-13s  ratio husk/qemu %s\n' "$1" "${h:-n/a}" \
-    "($(spread husk "$2"))" "${q:-n/a}" "($(spread qemu "$2"))" "$(ratio "$h" "$q")"
+    "($(spread husk "$2"))" "${q:-n/a}" "($(spread qemu "$2"))" \
+    "$("$PY" "$vdir/ratio.py" "$(samples husk "$2" | xargs)" "$(samples qemu "$2" | xargs)")"
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a > 0 && b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 hostrow() {  # LABEL FIGURE HOST_MIBS: guest figure against host dd on the same file
