@@ -26,8 +26,8 @@
 # each figure is the median, printed with the middle half of its samples; prints "ratio
 # husk/qemu" per figure (>1: husk is faster) with a 90% bootstrap interval and a verdict
 # (ratio.py: "above"/"below" when the whole interval is on one side of 1, else "on par": the
-# run cannot tell the two apart), and husk-vmm's device counters of each run. Exits non-zero, naming the figures, if any is
-# missing.
+# run cannot tell the two apart), and husk-vmm's device counters of each run. Exits non-zero,
+# naming the figures, if any is missing.
 # Run: tests/virtio/build.sh && tests/testbed/run --timeout 3600 -- tests/virtio/bench.sh
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
