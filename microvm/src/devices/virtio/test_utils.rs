@@ -128,6 +128,36 @@ pub fn get(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
     v
 }
 
+/// Checks that config-space writes the guest makes, in range, at its end, far past it and
+/// at offsets that overflow, leave the device's config space as it was.
+pub fn assert_config_writes_ignored(dev: &mut dyn super::VirtioDevice, len: u64) {
+    let read_all = |dev: &dyn super::VirtioDevice| {
+        let mut b = vec![0u8; len as usize + 8];
+        dev.read_config(0, &mut b);
+        b
+    };
+    let before = read_all(dev);
+    for offset in [0, len.saturating_sub(1), len, 0x1000, u64::MAX - 3, u64::MAX] {
+        dev.write_config(offset, &[0xa5; 4]);
+        dev.write_config(offset, &[0xa5; 1]);
+    }
+    assert_eq!(read_all(dev), before, "config space changed by guest writes");
+}
+
+/// Runs `dev` on an event loop, notifies its queue `q` before any driver activated it, and
+/// hands the device back once the loop has handled that notification.
+pub fn notify_before_activation<D>(dev: D, q: usize) -> D
+where
+    D: event_manager::MutEventSubscriber + super::VirtioDevice,
+{
+    use event_manager::{EventManager, SubscriberOps};
+    let mut em = EventManager::<D>::new().unwrap();
+    let id = em.add_subscriber(dev);
+    em.subscriber_mut(id).unwrap().queue_events()[q].write(1).unwrap();
+    assert!(em.run_with_timeout(5000).unwrap() >= 1, "the event loop saw no notification");
+    em.remove_subscriber(id).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

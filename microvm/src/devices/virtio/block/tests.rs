@@ -11,7 +11,9 @@ use super::metrics::BlockMetrics;
 use super::worker::{process_queue, Disk};
 use super::*;
 use crate::devices::virtio::active::Active;
-use crate::devices::virtio::test_utils::{get, guest_mem, interrupt, put, TestQueue, F_NEXT};
+use crate::devices::virtio::test_utils::{
+    assert_config_writes_ignored, get, guest_mem, interrupt, put, TestQueue, F_NEXT,
+};
 use crate::devices::virtio::{feature, VirtioDevice};
 use crate::memory::GuestMemoryMmap;
 
@@ -282,4 +284,14 @@ fn io_thread_installs_a_seccomp_filter_when_told() {
     assert_eq!(q.used().len(), 1);
     assert_eq!(&get(&mem, DATA, 2), b"sc");
     dev.reset();
+}
+
+#[test]
+fn config_writes_leave_the_capacity() {
+    let img = Img::new(8);
+    let mut dev = Block::new(BlockConfig { path: img.0.clone(), read_only: false, id: "cfg".into() }).unwrap();
+    assert_config_writes_ignored(&mut dev, 16);
+    let mut b = [0u8; 8];
+    dev.read_config(0, &mut b);
+    assert_eq!(u64::from_le_bytes(b), 8, "capacity in sectors");
 }

@@ -275,7 +275,7 @@ impl MmioTransport {
             }
         }
         if new_bits & STATUS_FAILED != 0 {
-            log::info!("virtio-mmio: driver marked device type {} failed", self.device_type);
+            guest_warn!("virtio-mmio: driver marked device type {} failed", self.device_type);
         }
         regs.status = status;
     }

@@ -8,7 +8,10 @@ use std::sync::{Arc, Mutex};
 
 use super::device::FrameIo;
 use super::*;
-use crate::devices::virtio::test_utils::{get, guest_mem, interrupt, put, TestQueue};
+use crate::devices::virtio::test_utils::{
+    assert_config_writes_ignored, get, guest_mem, interrupt, notify_before_activation, put,
+    TestQueue,
+};
 use crate::devices::virtio::{feature, VirtioDevice, COMMON_FEATURES};
 use crate::memory::GuestMemoryMmap;
 
@@ -350,4 +353,36 @@ fn frame_too_big_for_a_full_queue_of_buffers_is_dropped() {
     assert_eq!(used.len(), 2, "{used:?}");
     assert_eq!(num_buffers(&mem, 0x20_0000), 2);
     assert_eq!(&get(&mem, 0x20_2000, 4), b"tiny");
+}
+
+#[test]
+fn config_writes_leave_the_mac() {
+    let mem = guest_mem();
+    let mut rig = Rig::new(&mem, COMMON_FEATURES);
+    assert_config_writes_ignored(&mut rig.dev, 6);
+}
+
+#[test]
+fn notification_before_activation_is_counted_and_ignored() {
+    let (a, _b) = UnixDatagram::pair().unwrap();
+    a.set_nonblocking(true).unwrap();
+    let dev = Net::with_backend(cfg(), Box::new(Dgram(a, Arc::new(Mutex::new(None))))).unwrap();
+    let dev = notify_before_activation(dev, TXQ);
+    assert_eq!(dev.counters().early_notifications.get(), 1);
+    assert!(!dev.is_activated());
+}
+
+#[test]
+fn corrupt_avail_index_stops_the_device_and_nothing_else() {
+    let mem = guest_mem();
+    let mut rig = Rig::new(&mem, COMMON_FEATURES);
+    rig.txq.vq.avail().idx().store(1000);
+    rig.dev.process_tx();
+    assert!(rig.dev.active.as_ref().unwrap().broken);
+    assert!(rig.txq.used().is_empty());
+    // Frames from the tap are no longer put in the guest's buffers.
+    rig.rxq.add(&[(0x20_0000, 2048, true)]);
+    rig.host.send(&frame(&[1; 60])).unwrap();
+    rig.dev.process_rx();
+    assert!(rig.rxq.used().is_empty());
 }

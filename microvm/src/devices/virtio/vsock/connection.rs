@@ -56,6 +56,8 @@ pub(super) struct Connection {
     pub peer_shut_rcv: bool,
     /// What is registered with epoll for this socket (None: not registered).
     pub registered: Option<EventSet>,
+    /// A credit update for this connection waits in the muxer's control queue.
+    pub credit_update_queued: bool,
 }
 
 impl Connection {
@@ -74,6 +76,7 @@ impl Connection {
             peer_shut_send: false,
             peer_shut_rcv: false,
             registered: None,
+            credit_update_queued: false,
         }
     }
 

@@ -23,6 +23,9 @@ use crate::memory::GuestMemoryMmap;
 
 /// Most receive buffers filled from one read of a host socket.
 const RX_BATCH_CHAINS: usize = 64;
+/// Most rounds of "take transmitted packets, fill receive buffers" in one event, while
+/// transmitted packets wait for the control backlog to shrink.
+const TX_RX_ROUNDS: usize = 16;
 
 /// A virtio-vsock device with the hybrid unix-socket backend.
 #[derive(Debug)]
@@ -32,6 +35,9 @@ pub struct Vsock {
     pub(super) activate_evt: EventFd,
     acked_features: u64,
     pub(super) active: Option<Active>,
+    /// The transmit queue has packets to take (it was notified, or taking stopped on a
+    /// full control backlog).
+    tx_waiting: bool,
     pub(super) muxer: Muxer,
     pub(super) metrics: Arc<VsockMetrics>,
 }
@@ -68,6 +74,7 @@ impl Vsock {
             activate_evt,
             acked_features: 0,
             active: None,
+            tx_waiting: false,
             metrics: Arc::new(VsockMetrics::default()),
         })
     }
@@ -79,9 +86,22 @@ impl Vsock {
 
     /// Handles the guest's transmit queue, then fills receive buffers with whatever is ready.
     pub fn process_tx(&mut self) {
-        let Some(active) = self.active.as_mut() else { return };
+        self.tx_waiting = true;
+        self.process_rx();
+    }
+
+    /// Takes packets from the transmit queue until it is empty or the control backlog is
+    /// full; returns whether packets were left behind for the second reason.
+    fn take_tx(&mut self) -> bool {
+        let Some(active) = self.active.as_mut() else { return false };
         let mut used = false;
-        while let Ok(Some((head, chain))) = active.pop(TXQ, MAX_CHAIN_DESCS) {
+        let mut stalled = false;
+        loop {
+            if self.muxer.control_full() {
+                stalled = true;
+                break;
+            }
+            let Ok(Some((head, chain))) = active.pop(TXQ, MAX_CHAIN_DESCS) else { break };
             used = true;
             match chain.map_err(packet::PacketError::from).and_then(|c| {
                 let hdr = packet::parse_tx(&active.mem, &c)?;
@@ -98,7 +118,10 @@ impl Vsock {
         if used && active.notify(TXQ) {
             self.metrics.interrupts.inc();
         }
-        self.process_rx();
+        if stalled {
+            self.metrics.tx_stalls.inc();
+        }
+        stalled
     }
 
     /// Handles every host socket as readable, then fills receive buffers: what the event loop
@@ -113,11 +136,30 @@ impl Vsock {
         self.process_rx();
     }
 
-    /// Puts pending control packets and host data into the guest's receive buffers.
+    /// Puts pending control packets and host data into the guest's receive buffers, and
+    /// takes transmitted packets that waited for the control backlog to shrink.
     pub fn process_rx(&mut self) {
         if self.active.is_none() {
             return;
         }
+        for _ in 0..TX_RX_ROUNDS {
+            if self.tx_waiting && !self.muxer.control_full() {
+                self.tx_waiting = self.take_tx();
+            }
+            self.fill_rx();
+            if !self.tx_waiting || self.muxer.control_full() {
+                return;
+            }
+        }
+        // The guest keeps both queues busy: come back through the event loop (so other
+        // devices get their turn) rather than loop here.
+        if let Err(e) = self.queue_evts[TXQ].write(1) {
+            log::error!("vsock: cannot re-arm the transmit queue event: {e}");
+        }
+    }
+
+    /// Fills receive buffers with control packets and host data while both are there.
+    fn fill_rx(&mut self) {
         let mut used = false;
         loop {
             let more = match self.muxer.rx_need() {
@@ -264,6 +306,7 @@ impl VirtioDevice for Vsock {
 
     fn reset(&mut self) {
         self.active = None;
+        self.tx_waiting = false;
         self.muxer.reset();
     }
 

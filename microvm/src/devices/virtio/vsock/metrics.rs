@@ -33,6 +33,9 @@ pub struct VsockMetrics {
     pub host_events: Counter,
     /// Reads from host sockets (each fills one or more receive buffers).
     pub host_reads: Counter,
+    /// Times the transmit queue had to wait because the guest left too many control
+    /// packets unread (`MAX_CONTROL_BACKLOG`).
+    pub tx_stalls: Counter,
 }
 
 impl VsockMetrics {
@@ -53,27 +56,15 @@ impl VsockMetrics {
             ("tx_buffered_bytes", self.tx_buffered_bytes.get()),
             ("host_events", self.host_events.get()),
             ("host_reads", self.host_reads.get()),
+            ("tx_stalls", self.tx_stalls.get()),
         ]
     }
 
     /// The counters as JSON for the VMM control API.
     pub fn to_json(&self, connections: usize) -> serde_json::Value {
-        serde_json::json!({
-            "rx_packets": self.rx_packets.get(),
-            "rx_bytes": self.rx_bytes.get(),
-            "tx_packets": self.tx_packets.get(),
-            "tx_bytes": self.tx_bytes.get(),
-            "conns_opened": self.conns_opened.get(),
-            "conns_refused": self.conns_refused.get(),
-            "errors": self.errors.get(),
-            "early_notifications": self.early_notifications.get(),
-            "tx_kicks": self.tx_kicks.get(),
-            "interrupts": self.interrupts.get(),
-            "credit_updates": self.credit_updates.get(),
-            "tx_buffered_bytes": self.tx_buffered_bytes.get(),
-            "host_events": self.host_events.get(),
-            "host_reads": self.host_reads.get(),
-            "connections": connections,
-        })
+        let mut map: serde_json::Map<String, serde_json::Value> =
+            self.pairs().into_iter().map(|(k, v)| (k.to_owned(), v.into())).collect();
+        map.insert("connections".into(), connections.into());
+        serde_json::Value::Object(map)
     }
 }

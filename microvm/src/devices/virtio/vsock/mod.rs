@@ -39,6 +39,11 @@ pub const MAX_PKT_PAYLOAD: u32 = 64 * 1024;
 pub const CONN_BUF_ALLOC: u32 = 256 * 1024;
 /// Most simultaneous connections (further ones are refused with RST).
 pub const MAX_CONNECTIONS: usize = 1024;
+/// Most control packets (responses, resets, credit updates) waiting for guest receive
+/// buffers. Most of them answer packets the guest sent, so once this many wait, the device
+/// stops taking packets from the transmit queue until the guest offers receive buffers:
+/// a guest that transmits without ever receiving cannot make the VMM's memory grow.
+pub const MAX_CONTROL_BACKLOG: usize = 128;
 /// Longest `CONNECT <port>\n` line accepted from a host client.
 pub const MAX_CONNECT_LINE: usize = 32;
 /// First port handed out to host-initiated connections.

@@ -16,7 +16,10 @@ use super::connection::{ConnState, Connection, PushResult};
 use super::metrics::VsockMetrics;
 use super::packet::{Header, HDR_SIZE, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST,
     OP_RESPONSE, OP_RST, OP_RW, OP_SHUTDOWN, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
-use super::{CONN_BUF_ALLOC, HOST_CID, HOST_PORT_BASE, MAX_CONNECTIONS, MAX_CONNECT_LINE};
+use super::{
+    CONN_BUF_ALLOC, HOST_CID, HOST_PORT_BASE, MAX_CONNECTIONS, MAX_CONNECT_LINE,
+    MAX_CONTROL_BACKLOG,
+};
 use super::unix::{connect_nonblocking, parse_connect, raise_send_buffer};
 use crate::devices::virtio::chain::{self, Chain};
 use crate::devices::virtio::iov::{Dir, GuestIovecs};
@@ -102,10 +105,23 @@ impl Muxer {
     fn push_control(&mut self, key: Key, op: u16, flags: u32) {
         let mut h = header(self.guest_cid, key, op);
         h.flags = flags;
-        if let Some(c) = self.conns.get(&key) {
+        if let Some(c) = self.conns.get_mut(&key) {
+            if op == OP_CREDIT_UPDATE {
+                // One waiting update per connection: it carries the newest count when sent.
+                if c.credit_update_queued {
+                    return;
+                }
+                c.credit_update_queued = true;
+            }
             h.fwd_cnt = c.fwd_cnt;
         }
         self.control.push_back(h);
+    }
+
+    /// Whether so many control packets wait for receive buffers that the guest's transmit
+    /// queue must wait (see `MAX_CONTROL_BACKLOG`).
+    pub fn control_full(&self) -> bool {
+        self.control.len() >= MAX_CONTROL_BACKLOG
     }
 
     pub(super) fn rst(&mut self, key: Key) {
@@ -356,7 +372,8 @@ impl Muxer {
         };
         let Some(h) = self.handshakes.remove(&fd) else { return };
         let port = match (done, parse_connect(&h.line)) {
-            (Ok(()), Some(p)) if self.conns.len() < MAX_CONNECTIONS => p,
+            // A guest that leaves its control packets unread gets no new connections either.
+            (Ok(()), Some(p)) if self.conns.len() < MAX_CONNECTIONS && !self.control_full() => p,
             _ => {
                 m.conns_refused.inc();
                 self.fd_ops.push(FdOp::Remove(fd, Some(h.stream)));

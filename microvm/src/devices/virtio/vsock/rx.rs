@@ -65,6 +65,9 @@ impl Muxer {
         self.control.pop_front();
         if let Some(c) = self.conns.get_mut(&(h.src_port, h.dst_port)) {
             c.last_fwd_cnt_sent = c.fwd_cnt;
+            if h.op == OP_CREDIT_UPDATE {
+                c.credit_update_queued = false;
+            }
         }
         if h.op == OP_CREDIT_UPDATE {
             m.credit_updates.inc();

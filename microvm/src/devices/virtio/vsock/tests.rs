@@ -11,7 +11,10 @@ use event_manager::EventSet;
 
 use super::packet::*;
 use super::*;
-use crate::devices::virtio::test_utils::{get, guest_mem, interrupt, put, TestQueue, F_NEXT};
+use crate::devices::virtio::test_utils::{
+    assert_config_writes_ignored, get, guest_mem, interrupt, notify_before_activation, put,
+    TestQueue, F_NEXT,
+};
 use crate::devices::virtio::VirtioDevice;
 use crate::memory::GuestMemoryMmap;
 
@@ -595,4 +598,114 @@ fn a_guest_with_a_smaller_buffer_gets_credit_within_it() {
     // 48 KiB of 64 KiB in flight leaves the guest less than half: it hears that all of it
     // was forwarded.
     assert_eq!(updates, vec![48 * 1024]);
+}
+
+#[test]
+fn config_writes_leave_the_guest_cid() {
+    let mem = guest_mem();
+    let mut rig = Rig::new(&mem);
+    assert_config_writes_ignored(&mut rig.dev, 8);
+    let mut b = [0u8; 8];
+    rig.dev.read_config(0, &mut b);
+    assert_eq!(u64::from_le_bytes(b), GUEST_CID);
+}
+
+#[test]
+fn notification_before_activation_is_counted_and_ignored() {
+    let uds = tmp_uds();
+    let dev = Vsock::new(VsockConfig { guest_cid: GUEST_CID, uds_path: uds.clone() }).unwrap();
+    let dev = notify_before_activation(dev, TXQ);
+    assert_eq!(dev.metrics.early_notifications.get(), 1);
+    assert!(!dev.is_activated());
+    drop(dev);
+    assert!(!uds.exists());
+    let _ = std::fs::remove_dir_all(uds.parent().unwrap());
+}
+
+#[test]
+fn corrupt_avail_index_stops_the_device_and_nothing_else() {
+    let mem = guest_mem();
+    let mut rig = Rig::new(&mem);
+    rig.txq.vq.avail().idx().store(1000);
+    rig.dev.process_tx();
+    assert!(rig.dev.active.as_ref().unwrap().broken);
+    assert!(rig.txq.used().is_empty());
+    assert_eq!(rig.dev.metrics.tx_packets.get(), 0);
+    // Host activity after that is handled without touching the queues.
+    let mut c = UnixStream::connect(&rig.uds).unwrap();
+    c.write_all(b"CONNECT 52\n").unwrap();
+    rig.dev.muxer.accept();
+    rig.poke_all();
+    rig.give_rx(4096);
+    rig.dev.process_rx();
+    assert!(rig.rxq.used().is_empty());
+}
+
+#[test]
+fn a_guest_that_never_receives_cannot_grow_the_control_backlog() {
+    let mem = guest_mem();
+    let mut rig = Rig::new(&mem);
+    // Packets on connections that do not exist: each earns a RST, which needs a receive
+    // buffer the guest does not offer.
+    let h = Header {
+        src_cid: GUEST_CID,
+        dst_cid: HOST_CID,
+        src_port: 7,
+        dst_port: 9,
+        type_: TYPE_STREAM,
+        op: OP_RW,
+        buf_alloc: 4096,
+        ..Header::default()
+    };
+    const HDR_AT: u64 = 0xf0_0000;
+    put(&mem, HDR_AT, &h.to_bytes());
+    let n = MAX_CONTROL_BACKLOG + 72;
+    for _ in 0..n {
+        rig.txq.add(&[(HDR_AT, HDR_SIZE as u32, false)]);
+    }
+    rig.dev.process_tx();
+    assert_eq!(rig.txq.used().len(), MAX_CONTROL_BACKLOG, "taking stops at the backlog limit");
+    assert_eq!(rig.dev.muxer.control.len(), MAX_CONTROL_BACKLOG);
+    assert_eq!(rig.dev.metrics.tx_stalls.get(), 1);
+    rig.dev.process_tx();
+    assert_eq!(rig.txq.used().len(), MAX_CONTROL_BACKLOG, "nothing more without receive buffers");
+
+    // Meanwhile a host client is refused rather than queue a request the guest won't read.
+    let mut c = UnixStream::connect(&rig.uds).unwrap();
+    c.write_all(b"CONNECT 52\n").unwrap();
+    rig.dev.muxer.accept();
+    rig.poke_all();
+    let mut buf = [0u8; 8];
+    assert_eq!(c.read(&mut buf).unwrap(), 0, "refused host client sees EOF");
+    assert_eq!(rig.dev.metrics.conns_refused.get(), 1);
+
+    // Receive buffers drain the backlog, and the rest of the transmit queue follows.
+    for _ in 0..n {
+        rig.give_rx(64);
+    }
+    rig.dev.process_rx();
+    assert_eq!(rig.txq.used().len(), n);
+    let got = rig.received();
+    assert_eq!(got.len(), n);
+    assert!(got.iter().all(|(h, _)| h.op == OP_RST && h.dst_port == 7 && h.src_port == 9));
+    assert!(rig.dev.muxer.control.is_empty());
+}
+
+#[test]
+fn credit_requests_queue_one_update_per_connection() {
+    let mem = guest_mem();
+    let mut rig = Rig::new(&mem);
+    let _host = rig.guest_connect(1000, 50, 0);
+    for _ in 0..5 {
+        rig.send(OP_CREDIT_REQUEST, 1000, 50, &[], 0);
+    }
+    assert_eq!(rig.dev.muxer.control.len(), 2, "the response and one credit update");
+    for _ in 0..3 {
+        rig.give_rx(64);
+    }
+    rig.dev.process_rx();
+    let ops = |rig: &Rig| rig.received().iter().map(|p| p.0.op).collect::<Vec<_>>();
+    assert_eq!(ops(&rig), [OP_RESPONSE, OP_CREDIT_UPDATE]);
+    rig.send(OP_CREDIT_REQUEST, 1000, 50, &[], 0);
+    assert_eq!(ops(&rig), [OP_RESPONSE, OP_CREDIT_UPDATE, OP_CREDIT_UPDATE]);
 }
