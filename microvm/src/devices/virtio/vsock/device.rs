@@ -1,5 +1,6 @@
 //! The vsock device: config space, activation, and the queue processing (no epoll here).
 
+use std::collections::VecDeque;
 use std::os::unix::net::UnixListener;
 use std::sync::Arc;
 
@@ -13,8 +14,8 @@ use super::rx::RxNeed;
 use super::packet;
 use super::{VsockConfig, VsockError, QUEUE_SIZE, RXQ, TXQ};
 
-use crate::devices::virtio::active::Active;
-use crate::devices::virtio::chain::MAX_CHAIN_DESCS;
+use crate::devices::virtio::active::{Active, Popped, QueueBroken};
+use crate::devices::virtio::chain::{Chain, MAX_CHAIN_DESCS};
 use crate::devices::virtio::{
     read_config_bytes, ActivateError, Interrupt, VirtioDevice, COMMON_FEATURES, TYPE_VSOCK,
 };
@@ -38,6 +39,9 @@ pub struct Vsock {
     /// The transmit queue has packets to take (it was notified, or taking stopped on a
     /// full control backlog).
     tx_waiting: bool,
+    /// Receive chains taken from the queue and validated but not used yet (a host read
+    /// filled fewer than were taken); they are used before any new one.
+    rx_spare: VecDeque<Chain>,
     pub(super) muxer: Muxer,
     pub(super) metrics: Arc<VsockMetrics>,
 }
@@ -75,6 +79,7 @@ impl Vsock {
             acked_features: 0,
             active: None,
             tx_waiting: false,
+            rx_spare: VecDeque::new(),
             metrics: Arc::new(VsockMetrics::default()),
         })
     }
@@ -180,23 +185,27 @@ impl Vsock {
     /// One control packet into the next receive buffer; false if there is none.
     fn rx_control(&mut self, used: &mut bool) -> bool {
         let Some(active) = self.active.as_mut() else { return false };
-        let Ok(Some((head, chain))) = active.pop(RXQ, MAX_CHAIN_DESCS) else { return false };
-        *used = true;
-        let len = match chain
-            .map_err(packet::PacketError::from)
-            .and_then(|c| self.muxer.fill_rx_control(&active.mem, &c, &self.metrics))
-        {
-            Ok(Some(n)) => n,
-            Ok(None) => {
-                active.unpop(RXQ);
-                return false;
-            }
+        let Ok(Some((head, chain))) = next_rx_chain(active, &mut self.rx_spare) else { return false };
+        let len = match chain.map_err(packet::PacketError::from) {
+            Ok(c) => match self.muxer.fill_rx_control(&active.mem, &c, &self.metrics) {
+                Ok(Some(n)) => n,
+                Ok(None) => {
+                    self.rx_spare.push_front(c);
+                    return false;
+                }
+                Err(e) => {
+                    guest_warn!("vsock: bad receive buffer: {e}");
+                    self.metrics.errors.inc();
+                    0
+                }
+            },
             Err(e) => {
                 guest_warn!("vsock: bad receive buffer: {e}");
                 self.metrics.errors.inc();
                 0
             }
         };
+        *used = true;
         active.add_used(RXQ, head, len);
         true
     }
@@ -208,7 +217,7 @@ impl Vsock {
         let mut chains = Vec::new();
         let mut room = 0usize;
         while room < bytes && chains.len() < RX_BATCH_CHAINS {
-            match active.pop(RXQ, MAX_CHAIN_DESCS) {
+            match next_rx_chain(active, &mut self.rx_spare) {
                 Ok(Some((_, Ok(c)))) => {
                     room += c.writable_len().saturating_sub(packet::HDR_SIZE as u64) as usize;
                     chains.push(c);
@@ -220,8 +229,9 @@ impl Vsock {
                     *used = true;
                 }
                 Ok(Some(_)) => {
-                    // A bad buffer after good ones: it goes back and is dealt with first
-                    // next time, so the buffers used stay a prefix of those taken.
+                    // A bad buffer after good ones (spare chains are all good, so it came
+                    // from the queue): it goes back and is dealt with first next time, so
+                    // the buffers used stay a prefix of those taken.
                     active.unpop(RXQ);
                     break;
                 }
@@ -246,10 +256,27 @@ impl Vsock {
             active.add_used(RXQ, c.head, len);
             *used = true;
         }
-        for _ in lens.len()..chains.len() {
-            active.unpop(RXQ);
+        // Buffers the read did not reach are kept, in order, for the next packets: taking
+        // and validating them again from the ring cost more than the rest of the path.
+        for c in chains.drain(lens.len().min(chains.len())..).rev() {
+            self.rx_spare.push_front(c);
         }
         true
+    }
+}
+
+/// The next receive chain: one taken earlier and not used yet, else the queue's next.
+fn next_rx_chain(
+    active: &mut Active,
+    spare: &mut VecDeque<Chain>,
+) -> Result<Option<Popped>, QueueBroken> {
+    if active.broken {
+        spare.clear();
+        return Ok(None);
+    }
+    match spare.pop_front() {
+        Some(c) => Ok(Some((c.head, Ok(c)))),
+        None => active.pop(RXQ, MAX_CHAIN_DESCS),
     }
 }
 
@@ -307,6 +334,7 @@ impl VirtioDevice for Vsock {
     fn reset(&mut self) {
         self.active = None;
         self.tx_waiting = false;
+        self.rx_spare.clear();
         self.muxer.reset();
     }
 

@@ -478,6 +478,12 @@ fn host_data_fills_several_receive_buffers_with_one_read() {
     rig.poke_all();
     assert_eq!(rig.received().last().unwrap().1, b"more");
     assert_eq!(rig.rxq.used().len(), 1 + 3 + 1, "response, three packets, one more");
+    // A control packet takes the next of those buffers too: every buffer is used once, in
+    // the order the guest offered them.
+    rig.send(OP_CREDIT_REQUEST, 1234, 5000, &[], 0);
+    assert_eq!(rig.received().last().unwrap().0.op, OP_CREDIT_UPDATE);
+    let heads: Vec<u32> = rig.rxq.used().iter().map(|u| u.0).collect();
+    assert_eq!(heads, (0..6).collect::<Vec<u32>>());
 }
 
 #[test]
