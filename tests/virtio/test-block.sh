@@ -69,6 +69,7 @@ a, b, ro = c["block.rootfs"], c["block.scratch"], c["block.ro-disk"]
 checks = {
     "rootfs read whole, wrote nothing": a["read_bytes"] >= size and a["write_bytes"] == 0 and a["errors"] == 0,
     "scratch written whole and flushed": b["write_bytes"] >= size and b["flushes"] >= 1 and b["errors"] == 0,
+    "requests count every request": all(d["requests"] >= d["reads"] + d["writes"] + d["flushes"] + 1 for d in (a, b, ro)),
     "ro-disk read, no write reached it": ro["read_bytes"] >= size and ro["write_bytes"] == 0 and ro["writes"] == 0 and ro["errors"] == 0,
 }
 bad = [k for k, v in checks.items() if not v]

@@ -22,3 +22,8 @@ impl Counter {
         self.0.load(Ordering::Relaxed)
     }
 }
+
+/// Named counter values as a JSON object, for the VMM control API.
+pub fn pairs_to_json(pairs: Vec<(&'static str, u64)>) -> serde_json::Map<String, serde_json::Value> {
+    pairs.into_iter().map(|(k, v)| (k.to_owned(), serde_json::Value::from(v))).collect()
+}

@@ -1,10 +1,12 @@
 //! Counters of one disk.
 
-use crate::devices::virtio::counter::Counter;
+use crate::devices::virtio::counter::{pairs_to_json, Counter};
 
 /// What one disk did so far.
 #[derive(Debug, Default)]
 pub struct BlockMetrics {
+    /// Requests taken from the queue, whatever their type or outcome.
+    pub requests: Counter,
     /// Read requests completed.
     pub reads: Counter,
     /// Write requests completed.
@@ -25,6 +27,7 @@ impl BlockMetrics {
     /// The counters as (name, value) pairs.
     pub fn pairs(&self) -> Vec<(&'static str, u64)> {
         vec![
+            ("requests", self.requests.get()),
             ("reads", self.reads.get()),
             ("writes", self.writes.get()),
             ("flushes", self.flushes.get()),
@@ -37,14 +40,6 @@ impl BlockMetrics {
 
     /// The counters as JSON for the VMM control API.
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "reads": self.reads.get(),
-            "writes": self.writes.get(),
-            "flushes": self.flushes.get(),
-            "read_bytes": self.read_bytes.get(),
-            "write_bytes": self.write_bytes.get(),
-            "errors": self.errors.get(),
-            "early_notifications": self.early_notifications.get(),
-        })
+        serde_json::Value::Object(pairs_to_json(self.pairs()))
     }
 }

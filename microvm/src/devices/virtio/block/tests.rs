@@ -122,6 +122,7 @@ fn read_write_flush_get_id() {
     assert_eq!(rig.m.read_bytes.get(), 1024);
     assert_eq!(rig.m.write_bytes.get(), 512);
     assert_eq!(rig.m.flushes.get(), 1);
+    assert_eq!(rig.m.requests.get(), 4, "read, write, flush and get-id");
 }
 
 #[test]
@@ -184,6 +185,7 @@ fn hostile_chains_are_returned_without_touching_the_disk() {
     assert_eq!(used.len(), 6, "every chain completed: {used:?}");
     assert!(used.iter().all(|&(_, len)| len == 0));
     assert_eq!(rig.m.errors.get(), 6);
+    assert_eq!(rig.m.requests.get(), 6);
     assert_eq!(img.bytes(), before);
 }
 

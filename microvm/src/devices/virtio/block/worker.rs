@@ -111,6 +111,7 @@ pub fn process_queue(active: &mut Active, disk: &mut Disk, m: &BlockMetrics) {
     let mut used = false;
     while let Ok(Some((head, chain))) = active.pop(0, MAX_CHAIN_DESCS) {
         used = true;
+        m.requests.inc();
         let parsed = chain
             .map_err(|e| e.to_string())
             .and_then(|c| request::parse(&active.mem, &c).map_err(|e| e.to_string()));

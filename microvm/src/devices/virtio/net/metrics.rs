@@ -1,6 +1,6 @@
 //! Counters of one network device.
 
-use crate::devices::virtio::counter::Counter;
+use crate::devices::virtio::counter::{pairs_to_json, Counter};
 
 /// What one network device did so far.
 #[derive(Debug, Default)]
@@ -37,14 +37,6 @@ impl NetMetrics {
 
     /// The counters as JSON for the VMM control API.
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "rx_frames": self.rx_frames.get(),
-            "rx_bytes": self.rx_bytes.get(),
-            "tx_frames": self.tx_frames.get(),
-            "tx_bytes": self.tx_bytes.get(),
-            "dropped": self.dropped.get(),
-            "errors": self.errors.get(),
-            "early_notifications": self.early_notifications.get(),
-        })
+        serde_json::Value::Object(pairs_to_json(self.pairs()))
     }
 }

@@ -1,6 +1,6 @@
 //! Counters of one vsock device.
 
-use crate::devices::virtio::counter::Counter;
+use crate::devices::virtio::counter::{pairs_to_json, Counter};
 
 /// What the vsock device did so far.
 #[derive(Debug, Default)]
@@ -62,8 +62,7 @@ impl VsockMetrics {
 
     /// The counters as JSON for the VMM control API.
     pub fn to_json(&self, connections: usize) -> serde_json::Value {
-        let mut map: serde_json::Map<String, serde_json::Value> =
-            self.pairs().into_iter().map(|(k, v)| (k.to_owned(), v.into())).collect();
+        let mut map = pairs_to_json(self.pairs());
         map.insert("connections".into(), connections.into());
         serde_json::Value::Object(map)
     }
