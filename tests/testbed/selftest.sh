@@ -79,6 +79,8 @@ check "a late heartbeat gets an early keyboard kick" 'grep -q "heartbeat [0-9]* 
 check "its return is reported, the command finishes (exit 0)" '[ $re = 0 ] && grep -q "heartbeat back) after an early keyboard kick" "$tmp/e.log"'
 check "no full stall report for it" '! grep -q "no heartbeat from the outer VM" "$tmp/e.log"'
 check "bad option is refused" '! "$run" --bogus -- true 2>/dev/null'
+(cd /tmp && "$run" --vm -- true) >"$tmp/t.log" 2>&1; rt=$?
+check "a working directory the outer VM would hide (/tmp) is refused (exit 125), saying why" '[ $rt = 125 ] && grep -q "below /tmp, which the outer VM covers" "$tmp/t.log"'
 check "no temp dirs left" '[ -z "$(ls -A "$TMPDIR")" ]'
 echo "testbed selftest: $pass passed, $fail failed"
 [ $fail = 0 ]
