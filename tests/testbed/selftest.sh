@@ -11,7 +11,13 @@ trap 'rm -rf "$tmp"' EXIT
 export TMPDIR="$tmp/tb"
 mkdir -p "$TMPDIR"
 pass=0 fail=0
-check() { if eval "$2"; then pass=$((pass+1)); echo "ok: $1"; else fail=$((fail+1)); echo "FAIL: $1"; fi; }
+# check NAME CONDITION [LOG]: on failure, LOG's last lines are shown.
+check() {
+  if eval "$2"; then pass=$((pass+1)); echo "ok: $1"; return; fi
+  fail=$((fail+1)); echo "FAIL: $1"
+  [ -n "${3:-}" ] && tail -25 "$3" | sed 's/^/    | /'
+  return 0
+}
 
 # Two at once: distinct exit statuses and outputs, a results dir written from inside.
 mkdir -p "$tmp/outA"
@@ -64,8 +70,8 @@ mon "stop"
 for _ in $(seq 120); do grep -q "no heartbeat" "$tmp/k.log" && break; sleep 1; done
 mon "cont"
 wait $pk; rk=$?
-check "a VM that wakes up again finishes its command (exit 0)" '[ $rk = 0 ]'
-check "the wake-up is reported" 'grep -q "runs again (heartbeat back)" "$tmp/k.log"'
+check "a VM that wakes up again finishes its command (exit 0)" '[ $rk = 0 ]' "$tmp/k.log"
+check "the wake-up is reported" 'grep -q "runs again (heartbeat back)" "$tmp/k.log"' "$tmp/k.log"
 # A heartbeat a few beats late gets an early keyboard kick, without the full report; the run
 # goes on when it is back.
 HUSK_TESTBED_STALL=300 HUSK_TESTBED_EARLY_KICK=20 "$run" --timeout 600 -- sleep 80 >"$tmp/e.log" 2>&1 &
