@@ -40,10 +40,31 @@ sleep 1
 check "timeout gives exit 124" '[ $rt = 124 ]'
 check "timeout message names the command" 'grep -q "timed out after 25 s" "$tmp/t.log"'
 check "no QEMU left after the timeout" '! pgrep -f "qemu-system.*$TMPDIR" >/dev/null'
-# Sends one command to the monitor of the (only) outer VM running under $TMPDIR.
+# Sends one command to the monitor of the (only) outer VM running under $TMPDIR, and waits
+# for the prompt after it: a client that sends and hangs up at once can lose its command (seen:
+# a `stop` that never stopped the VM, so no stall followed).
 mon() {
-  python3 -c 'import socket,sys,glob; s=socket.socket(socket.AF_UNIX); s.connect(glob.glob(sys.argv[1])[0]); s.sendall(sys.argv[2].encode() + b"\n")' \
-    "$TMPDIR/husk-testbed.*/monitor" "$1"
+  python3 - "$TMPDIR/husk-testbed.*/monitor" "$1" <<'PY'
+import glob, socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.connect(glob.glob(sys.argv[1])[0])
+s.settimeout(1)
+def until_prompt(seen=b""):
+    end = time.time() + 10
+    while b"(qemu)" not in seen and time.time() < end:
+        try:
+            b = s.recv(4096)
+        except socket.timeout:
+            continue
+        if not b:
+            break
+        seen += b
+    return seen
+until_prompt()
+s.sendall(sys.argv[2].encode() + b"\n")
+# The echo of the command comes first, then the next prompt.
+until_prompt(until_prompt().split(b"(qemu)", 1)[-1])
+PY
 }
 # Waits for the heartbeat of the (only) outer VM running under $TMPDIR; prints its run dir.
 wait_heartbeat() {
