@@ -40,32 +40,9 @@ sleep 1
 check "timeout gives exit 124" '[ $rt = 124 ]'
 check "timeout message names the command" 'grep -q "timed out after 25 s" "$tmp/t.log"'
 check "no QEMU left after the timeout" '! pgrep -f "qemu-system.*$TMPDIR" >/dev/null'
-# Sends one command to the monitor of the (only) outer VM running under $TMPDIR, and waits
-# for the prompt after it: a client that sends and hangs up at once can lose its command (seen:
-# a `stop` that never stopped the VM, so no stall followed).
-mon() {
-  python3 - "$TMPDIR/husk-testbed.*/monitor" "$1" <<'PY'
-import glob, socket, sys, time
-s = socket.socket(socket.AF_UNIX)
-s.connect(glob.glob(sys.argv[1])[0])
-s.settimeout(1)
-def until_prompt(seen=b""):
-    end = time.time() + 10
-    while b"(qemu)" not in seen and time.time() < end:
-        try:
-            b = s.recv(4096)
-        except socket.timeout:
-            continue
-        if not b:
-            break
-        seen += b
-    return seen
-until_prompt()
-s.sendall(sys.argv[2].encode() + b"\n")
-# The echo of the command comes first, then the next prompt.
-until_prompt(until_prompt().split(b"(qemu)", 1)[-1])
-PY
-}
+# Sends one command to the monitor of the (only) outer VM running under $TMPDIR, waiting for
+# its reply (monitor.py): a `stop` sent with an immediate hang-up was seen to be lost.
+mon() { python3 "$here/monitor.py" "$TMPDIR/husk-testbed.*/monitor" "$1" >/dev/null; }
 # Waits for the heartbeat of the (only) outer VM running under $TMPDIR; prints its run dir.
 wait_heartbeat() {
   for _ in $(seq 120); do ls "$TMPDIR"/husk-testbed.*/heartbeat >/dev/null 2>&1 && break; sleep 1; done

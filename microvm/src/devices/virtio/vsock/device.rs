@@ -186,19 +186,16 @@ impl Vsock {
     fn rx_control(&mut self, used: &mut bool) -> bool {
         let Some(active) = self.active.as_mut() else { return false };
         let Ok(Some((head, chain))) = next_rx_chain(active, &mut self.rx_spare) else { return false };
-        let len = match chain.map_err(packet::PacketError::from) {
-            Ok(c) => match self.muxer.fill_rx_control(&active.mem, &c, &self.metrics) {
-                Ok(Some(n)) => n,
-                Ok(None) => {
-                    self.rx_spare.push_front(c);
-                    return false;
-                }
-                Err(e) => {
-                    guest_warn!("vsock: bad receive buffer: {e}");
-                    self.metrics.errors.inc();
-                    0
-                }
-            },
+        let filled = chain.map_err(packet::PacketError::from).and_then(|c| {
+            let n = self.muxer.fill_rx_control(&active.mem, &c, &self.metrics)?;
+            if n.is_none() {
+                self.rx_spare.push_front(c);
+            }
+            Ok(n)
+        });
+        let len = match filled {
+            Ok(Some(n)) => n,
+            Ok(None) => return false,
             Err(e) => {
                 guest_warn!("vsock: bad receive buffer: {e}");
                 self.metrics.errors.inc();
