@@ -21,4 +21,4 @@ pub use devices::{DiskConfig, MacAddr, NetConfig, VsockConfig};
 pub use error::{ConfigError, Result};
 pub use husk::{HuskConfig, ShimConfig, VmDefaults};
 pub use size::MemSize;
-pub use vm::{kernel_format, Console, KernelFormat, VmConfig};
+pub use vm::{kernel_format, Console, IrqDelivery, KernelFormat, VmConfig};

@@ -4,7 +4,7 @@
 
 use std::io::Write;
 
-use husk_config::{Console, KernelFormat, MemSize, VmConfig};
+use husk_config::{Console, IrqDelivery, KernelFormat, MemSize, VmConfig};
 
 /// A scratch directory per test, removed at the end of the test.
 struct Dir(std::path::PathBuf);
@@ -91,7 +91,15 @@ fn toml_file_parses_with_devices() {
     assert_eq!(c.disk[0].id.as_deref(), Some("root"));
     assert!(c.disk[0].read_only);
     assert_eq!(c.vsock.as_ref().unwrap().cid, 3);
+    assert_eq!(c.irq_delivery, IrqDelivery::Line, "line is the default");
     c.validate().unwrap();
+    let f = dir.file("irqfd.toml", format!("kernel = {k:?}\nirq_delivery = \"irqfd\"\n").as_bytes());
+    assert_eq!(VmConfig::from_toml_file(&f).unwrap().irq_delivery, IrqDelivery::Irqfd);
+    let f = dir.file("badirq.toml", b"irq_delivery = \"msi\"\n");
+    let e = format!("{:?}", VmConfig::from_toml_file(&f).unwrap_err());
+    assert!(e.contains("irq_delivery") || e.contains("msi"), "{e}");
+    let e = IrqDelivery::parse("msi").unwrap_err().to_string();
+    assert!(e.contains("irq_delivery") && e.contains("msi") && e.contains("line or irqfd"), "{e}");
     let f = dir.file("bad.toml", b"vcpus = \"many\"\n");
     let e = format!("{:?}", VmConfig::from_toml_file(&f).unwrap_err());
     assert!(e.contains("bad.toml") && e.contains("vcpus"), "{e}");

@@ -5,10 +5,12 @@ use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::{IoEventAddress, VmFd};
+use husk_config::IrqDelivery;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::{Bus, BusError};
 use crate::devices::virtio::block::worker::WorkerControl;
+use crate::devices::virtio::interrupt::Interrupt;
 use crate::devices::BusDevice;
 use crate::layout::*;
 
@@ -70,17 +72,19 @@ pub struct DeviceManager {
     event_manager: Option<DeviceEventManager>,
     counters: Vec<(String, Arc<dyn CounterSource>)>,
     io_threads: Vec<WorkerControl>,
+    irq_delivery: IrqDelivery,
 }
 
 impl Default for DeviceManager {
     fn default() -> Self {
-        Self::new()
+        Self::new(IrqDelivery::default())
     }
 }
 
 impl DeviceManager {
-    /// Empty buses; allocation starts at [`VIRTIO_MMIO_START`] and [`FIRST_DEVICE_GSI`].
-    pub fn new() -> Self {
+    /// Empty buses; allocation starts at [`VIRTIO_MMIO_START`] and [`FIRST_DEVICE_GSI`];
+    /// virtio interrupts will be wired as `irq_delivery` says.
+    pub fn new(irq_delivery: IrqDelivery) -> Self {
         DeviceManager {
             io_bus: Bus::new(),
             mmio_bus: Bus::new(),
@@ -90,6 +94,7 @@ impl DeviceManager {
             event_manager: None,
             counters: Vec::new(),
             io_threads: Vec::new(),
+            irq_delivery,
         }
     }
 
@@ -139,16 +144,17 @@ impl DeviceManager {
         &self.cmdline_extra
     }
 
-    /// Attaches one virtio-mmio device: allocates a 4 KiB window and a GSI, registers
-    /// `interrupt` as irqfd on the GSI and each `queue_notify[i]` as ioeventfd at
-    /// window+0x50 matching the 32-bit value `i`, puts `transport` on the MMIO bus, adds
-    /// `subscriber` to the event loop and announces the device on the kernel command line.
+    /// Attaches one virtio-mmio device: allocates a 4 KiB window and a GSI, wires
+    /// `interrupt` to the GSI (`KVM_IRQ_LINE` or irqfd, as configured), registers each
+    /// `queue_notify[i]` as ioeventfd at window+0x50 matching the 32-bit value `i`, puts
+    /// `transport` on the MMIO bus, adds `subscriber` to the event loop and announces the
+    /// device on the kernel command line.
     pub fn attach_virtio_mmio(
         &mut self,
-        vm: &VmFd,
+        vm: &Arc<VmFd>,
         name: &str,
         transport: Arc<dyn BusDevice>,
-        interrupt: &EventFd,
+        interrupt: &Interrupt,
         queue_notify: &[EventFd],
         subscriber: SubscriberRef,
     ) -> Result<MmioSlot, DeviceError> {
@@ -160,7 +166,14 @@ impl DeviceManager {
         if gsi > LAST_DEVICE_GSI {
             return Err(DeviceError::NoGsi(name.into()));
         }
-        vm.register_irqfd(interrupt, gsi).map_err(|e| DeviceError::Irqfd(name.into(), gsi, e))?;
+        match self.irq_delivery {
+            IrqDelivery::Line => {
+                interrupt.use_irq_line(vm.clone(), gsi);
+            }
+            IrqDelivery::Irqfd => {
+                vm.register_irqfd(interrupt.event(), gsi).map_err(|e| DeviceError::Irqfd(name.into(), gsi, e))?;
+            }
+        }
         for (i, evt) in queue_notify.iter().enumerate() {
             let addr = IoEventAddress::Mmio(base + VIRTIO_MMIO_QUEUE_NOTIFY);
             vm.register_ioevent(evt, &addr, i as u32).map_err(|e| DeviceError::Ioeventfd(name.into(), i, e))?;

@@ -74,8 +74,8 @@ pub struct Vm {
     pub config: VmConfig,
     /// KVM system handle (kept for the VM's lifetime).
     pub kvm: Kvm,
-    /// The KVM VM.
-    pub vm: VmFd,
+    /// The KVM VM (shared with the threads that raise device interrupts).
+    pub vm: Arc<VmFd>,
     /// Guest RAM.
     pub mem: GuestMemoryMmap,
     /// Buses, event manager, counters.
@@ -134,7 +134,7 @@ impl Vm {
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmmError::EventFd("serial", e))?;
         vm.register_irqfd(&serial_irq, SERIAL_GSI).map_err(|e| VmmError::VmIoctl("IRQFD (serial)", e))?;
         let serial = Arc::new(SerialDevice::new(EventFdTrigger(serial_irq), ConsoleWriter::new(out, exit.clone())));
-        let mut devices = DeviceManager::new();
+        let mut devices = DeviceManager::new(config.irq_delivery);
         if config.console == Console::Stdio {
             if let Some(input) = StdinInput::new(serial.clone()) {
                 devices.add_subscriber(Arc::new(std::sync::Mutex::new(input)))?;
@@ -146,7 +146,7 @@ impl Vm {
         let i8042 = Arc::new(I8042::new(EventFdTrigger(kbd_irq), exit.clone()));
         devices.io_bus.insert(i8042.clone(), I8042_PORT, 5).map_err(|e| DeviceError::Bus("i8042".into(), e))?;
 
-        Ok(Vm { config, kvm, vm, mem, devices, exit, serial, i8042, vcpus: Vec::new(), cmdline: String::new(), entry: kernel.entry, kernel: Some(kernel) })
+        Ok(Vm { config, kvm, vm: Arc::new(vm), mem, devices, exit, serial, i8042, vcpus: Vec::new(), cmdline: String::new(), entry: kernel.entry, kernel: Some(kernel) })
     }
 
     /// Loads the initrd, writes the command line (with the device announcements), the zero

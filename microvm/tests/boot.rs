@@ -97,6 +97,7 @@ fn bad_configuration_exits_2_with_one_line_and_starts_nothing() {
         (vec!["--kernel".into(), k.display().to_string(), "--console".into(), "tty".into()], &["console", "tty"]),
         (vec!["--kernel".into(), k.display().to_string(), "--disk".into(), "id=x".into()], &["--disk", "path=PATH"]),
         (vec!["--kernel".into(), k.display().to_string(), "--memory".into(), "lots".into()], &["memory", "lots"]),
+        (vec!["--kernel".into(), k.display().to_string(), "--irq-delivery".into(), "msi".into()], &["irq_delivery", "msi", "line or irqfd"]),
         (vec!["--bogus".into()], &["--bogus"]),
     ];
     for (args, words) in cases {

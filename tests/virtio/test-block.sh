@@ -5,7 +5,8 @@
 # disk refuses writes (the guest kernel honours VIRTIO_BLK_F_RO even after `blockdev --setrw`,
 # so no write reaches husk-vmm; its own refusal of a write to a read-only disk is a unit
 # test) and stays byte-identical, and that each disk's counters in the VMM's control API
-# tell what happened (read while the guest waits on vsock).
+# tell what happened (read while the guest waits on vsock). This VM's interrupts go through
+# irqfds (--irq-delivery irqfd); every other guest test uses the default, KVM_IRQ_LINE.
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 MB=${HUSK_BLOCK_MB:-4}
@@ -35,7 +36,7 @@ vsock-tool wait 5099
 poweroff -f" "$VSOCK_TOOL:/bin/vsock-tool"
 start_vm block "$work/block.cpio.gz" \
   --disk "path=$work/a.img,id=rootfs" --disk "path=$work/b.img,id=scratch" --disk "path=$work/c.img,id=ro-disk,ro" \
-  --vsock "cid=3,uds=$work/v.sock" --api-sock "$work/api.sock"
+  --vsock "cid=3,uds=$work/v.sock" --api-sock "$work/api.sock" --irq-delivery irqfd
 # Once the guest is done with the disks, the counters; then the guest may power off.
 for ((i = 0; i < 3000; i++)); do
   grep -aq '^HUSK-VDC ' "$work/block.out" 2>/dev/null && break

@@ -144,7 +144,7 @@ where
             &vm.vm,
             name,
             transport.clone(),
-            transport.interrupt_event(),
+            transport.interrupt(),
             transport.queue_events(),
             dev,
         )

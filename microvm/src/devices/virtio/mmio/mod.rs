@@ -124,9 +124,9 @@ impl MmioTransport {
         &self.queue_evts
     }
 
-    /// The interrupt EventFd: the VMM registers it as irqfd on the device's GSI.
-    pub fn interrupt_event(&self) -> &EventFd {
-        self.interrupt.event()
+    /// The device's interrupt: the VMM wires it to the device's GSI.
+    pub fn interrupt(&self) -> &Interrupt {
+        &self.interrupt
     }
 
     /// The device behind this transport.

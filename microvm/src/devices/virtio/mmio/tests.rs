@@ -192,7 +192,7 @@ fn driver_ok_with_unconfigured_queue_needs_reset() {
     assert_ne!(st & STATUS_DEVICE_NEEDS_RESET, 0);
     assert!(dev.lock().unwrap().activated.is_none());
     assert_eq!(r(&t, 0x60) & 2, 2, "config-change interrupt raised");
-    assert_eq!(t.interrupt_event().read().unwrap(), 1);
+    assert_eq!(t.interrupt().event().read().unwrap(), 1);
 }
 
 #[test]
