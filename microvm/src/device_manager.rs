@@ -4,8 +4,8 @@
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
-use kvm_ioctls::{IoEventAddress, VmFd};
 use husk_config::IrqDelivery;
+use kvm_ioctls::{IoEventAddress, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::{Bus, BusError};
