@@ -81,7 +81,7 @@ pub enum IrqDelivery {
     Line,
     /// An irqfd on the device's GSI. KVM cannot set an IOAPIC pin from the eventfd's wake-up,
     /// so each interrupt waits for a kernel worker thread: one more context switch per
-    /// interrupt (in the testbed, vsock ~5% slower than `line`).
+    /// interrupt (vsock 1-6% slower than `line` in tests/virtio/bench-irq.sh).
     Irqfd,
 }
 
