@@ -24,13 +24,7 @@ BYTES=$((MB * 1048576))
 qemu_pid=""
 trap '[ -n "$qemu_pid" ] && kill -KILL "$qemu_pid" 2>/dev/null; cleanup_vmm' EXIT
 trap 'exit 130' INT TERM
-mkinit_x irq "mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t devtmpfs dev /dev
-vsock-tool sink 5000 >/dev/null &
-vsock-tool spout 5001 >/dev/null &
-vsock-tool wait 5099
-reboot -f" "$VSOCK_TOOL:/bin/vsock-tool"
+mkinit_vsock_peer irq
 
 # The MiB/s of each complete transfer in a log, one per line.
 rates() { sed -n 's/.*(\([0-9.]*\) MiB\/s).*/\1/p' "$1"; }

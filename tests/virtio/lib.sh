@@ -22,6 +22,17 @@ mkinit_x() {
   chmod 755 "$work/$name.sh"
   "$repo/tests/testbed/mkinitramfs.sh" "$work/$name.cpio.gz" "$work/$name.sh" "$@"
 }
+# mkinit_vsock_peer NAME: an initramfs whose guest serves `vsock-tool sink` on port 5000 and
+# `spout` on 5001 until something connects to 5099, then reboots (bench-irq, profile-vsock).
+mkinit_vsock_peer() {
+  mkinit_x "$1" "mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+vsock-tool sink 5000 >/dev/null &
+vsock-tool spout 5001 >/dev/null &
+vsock-tool wait 5099
+reboot -f" "$VSOCK_TOOL:/bin/vsock-tool"
+}
 # start_vm NAME INITRD [husk-vmm args]: runs the VM in the background ($vmm_pid).
 start_vm() {
   local name=$1 initrd=$2

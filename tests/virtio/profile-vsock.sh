@@ -14,13 +14,7 @@ command -v perf >/dev/null || { echo "profile-vsock: perf is not installed (linu
 [ -x "$VSOCK_TOOL" ] || { echo "profile-vsock: no vsock tool at $VSOCK_TOOL (tests/virtio/build.sh)"; exit 1; }
 BYTES=$((MB * 1048576))
 PY=$(host_python) || { echo "profile-vsock: python3 does not run"; exit 1; }
-mkinit_x probe "mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t devtmpfs dev /dev
-vsock-tool sink 5000 >/dev/null &
-vsock-tool spout 5001 >/dev/null &
-vsock-tool wait 5099
-reboot -f" "$VSOCK_TOOL:/bin/vsock-tool"
+mkinit_vsock_peer probe
 qp=""
 trap '[ -n "$qp" ] && kill -KILL "$qp" 2>/dev/null; cleanup_vmm' EXIT
 prof() { # LABEL TARGET
