@@ -26,10 +26,6 @@ trap '[ -n "$qemu_pid" ] && kill -KILL "$qemu_pid" 2>/dev/null; cleanup_vmm' EXI
 trap 'exit 130' INT TERM
 mkinit_vsock_peer irq
 
-# The MiB/s of each complete transfer in a log, one per line.
-rates() { sed -n 's/.*(\([0-9.]*\) MiB\/s).*/\1/p' "$1"; }
-median() { sort -n | awk '{a[NR]=$1} END { if (NR) print a[int((NR+1)/2)] }'; }
-
 # transfers NAME TARGET: the warm-up, then XFERS timed transfers each way; appends
 # "hg RATE" / "gh RATE" lines to $work/NAME.figs; then lets the guest power off.
 transfers() {

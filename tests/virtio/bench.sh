@@ -98,10 +98,6 @@ print('net_gh_s=%.3f bytes=%d' % (dt, got) if got == $BYTES else 'incomplete: go
 host_retrans() { ip netns exec "$ns" awk '/^Tcp:/ { if (!h) { split($0, n); h = 1 } else for (i = 1; i <= NF; i++) if (n[i] == "RetransSegs") print $i }' /proc/net/snmp; }
 val() { grep -ao "$2=[0-9.]*" "$1" 2>/dev/null | head -1 | cut -d= -f2; }
 mbps() { awk -v s="$1" -v mb="$MB" 'BEGIN{ if (s > 0) printf "%.1f", mb / s; else print "" }'; }
-# The MiB/s of each complete vsock_host.py blast/pull in a log, one per line (an incomplete
-# transfer prints none).
-rates() { sed -n 's/.*(\([0-9.]*\) MiB\/s).*/\1/p' "$1"; }
-median() { sort -n | awk '{a[NR]=$1} END { if (NR) print a[int((NR+1)/2)] }'; }
 
 # host ceiling
 truncate -s "${MB}M" "$work/host.img"; dd if=/dev/urandom of="$work/host.img" bs=1M count="$MB" conv=notrunc 2>/dev/null

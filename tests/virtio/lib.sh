@@ -33,6 +33,11 @@ vsock-tool spout 5001 >/dev/null &
 vsock-tool wait 5099
 reboot -f" "$VSOCK_TOOL:/bin/vsock-tool"
 }
+# rates LOG: the MiB/s of each complete vsock_host.py blast/pull in LOG, one per line (an
+# incomplete transfer prints none). median: the median of numbers on stdin (nearest rank,
+# the lower one of an even count), nothing for none.
+rates() { sed -n 's/.*(\([0-9.]*\) MiB\/s).*/\1/p' "$1"; }
+median() { sort -n | awk '{a[NR]=$1} END { if (NR) print a[int((NR+1)/2)] }'; }
 # start_vm NAME INITRD [husk-vmm args]: runs the VM in the background ($vmm_pid).
 start_vm() {
   local name=$1 initrd=$2
