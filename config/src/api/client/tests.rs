@@ -39,11 +39,7 @@ fn read_request(s: &mut std::os::unix::net::UnixStream) -> String {
         buf.extend_from_slice(&chunk[..n]);
         let text = String::from_utf8_lossy(&buf).to_string();
         if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("Content-Length: "))
-                .map(|v| v.trim().parse().unwrap())
-                .unwrap_or(0);
+            let len: usize = head.lines().find_map(|l| l.strip_prefix("Content-Length: ")).map(|v| v.trim().parse().unwrap()).unwrap_or(0);
             if body.len() >= len || n == 0 {
                 return text;
             }
@@ -91,7 +87,8 @@ fn attach_sends_the_typed_body_and_decodes_the_slot() {
 #[test]
 fn each_endpoint_uses_its_method_and_path() {
     let state = |s: &str| format!(r#"{{"state":"{s}"}}"#);
-    let cases: Vec<(&str, String, Box<dyn Fn(&Client) -> bool>)> = vec![
+    type Check = Box<dyn Fn(&Client) -> bool>;
+    let cases: Vec<(&str, String, Check)> = vec![
         ("GET /vm/counters ", r#"{"block.slot0":{"attaches":1}}"#.into(), Box::new(|c| c.counters().unwrap()["block.slot0"]["attaches"] == 1)),
         ("GET /vm/disks ", "[]".into(), Box::new(|c| c.disks().unwrap().is_empty())),
         ("PUT /vm/pause ", state("paused"), Box::new(|c| c.pause().unwrap().state == VmState::Paused)),
@@ -109,7 +106,8 @@ fn each_endpoint_uses_its_method_and_path() {
         ),
         (
             "GET /vm ",
-            serde_json::to_string(&VmDescription { state: VmState::Running, config: crate::VmConfig::default(), cmdline: "console=ttyS0".into() }).unwrap(),
+            serde_json::to_string(&VmDescription { state: VmState::Running, config: crate::VmConfig::default(), cmdline: "console=ttyS0".into() })
+                .unwrap(),
             Box::new(|c| c.describe().unwrap().cmdline == "console=ttyS0"),
         ),
     ];
