@@ -11,6 +11,7 @@ mod http;
 mod routes;
 mod server;
 
+pub use routes::error_chain;
 pub use server::{ApiDevices, ApiServer, VmInfo};
 
 /// Entry point of the `api_request` fuzz target (and of the bounded pseudo-random test

@@ -46,7 +46,7 @@ impl Refusal {
 }
 
 /// An error and its sources, joined with ": " (for error bodies).
-pub fn chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(c) = src {
@@ -72,7 +72,7 @@ pub fn route(req: &Request) -> Result<Route, Refusal> {
             "GET" => Ok(Route::Disk(name)),
             "PUT" => match AttachDisk::from_json(&req.body) {
                 Ok(body) => Ok(Route::Attach(name, body)),
-                Err(e) => Err(Refusal::new(400, format!("PUT {path}: {}", chain(&e)))),
+                Err(e) => Err(Refusal::new(400, format!("PUT {path}: {}", error_chain(&e)))),
             },
             "DELETE" => Ok(Route::Detach(name)),
             _ => Err(not_allowed()),

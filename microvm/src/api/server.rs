@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::http::{read_request, write_response, HttpError};
-use super::routes::{chain, route, Route};
+use super::routes::{error_chain, route, Route};
 use super::ApiError;
 use crate::device_manager::CounterSource;
 use crate::devices::legacy::i8042::I8042;
@@ -161,7 +161,7 @@ fn slot_status(e: &SlotError) -> u16 {
 fn disk_answer(r: Result<DiskInfo, SlotError>) -> (u16, Value, Option<ExitReason>) {
     match r {
         Ok(info) => (200, json(&info), None),
-        Err(e) => (slot_status(&e), error(chain(&e)), None),
+        Err(e) => (slot_status(&e), error(error_chain(&e)), None),
     }
 }
 

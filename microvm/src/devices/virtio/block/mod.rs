@@ -16,6 +16,8 @@ pub mod slot;
 pub mod worker;
 
 #[cfg(test)]
+mod slot_tests;
+#[cfg(test)]
 mod tests;
 
 pub use device::Block;

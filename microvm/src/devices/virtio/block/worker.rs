@@ -119,7 +119,7 @@ fn transfer(mem: &GuestMemoryMmap, disk: &Disk, req: &Request, write: bool) -> R
 /// Most requests served in one go before the worker looks at its control channel again, so
 /// an attach or detach waits for at most this many requests, however busy the guest keeps
 /// the queue.
-pub const BATCH: usize = super::QUEUE_SIZE as usize;
+pub const BATCH: usize = 64;
 
 /// Serves the available requests of the queue, at most [`BATCH`] of them, each entirely
 /// against `disk`. Returns true if it stopped at the limit with requests left (the caller
