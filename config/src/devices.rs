@@ -108,6 +108,15 @@ impl<'de> Deserialize<'de> for MacAddr {
     }
 }
 
+/// Checks a virtio-blk serial (a disk's `id`): at most [`MAX_DISK_ID_LEN`] printable ASCII
+/// characters, no spaces. `field` names the setting in the error.
+pub fn validate_disk_serial(field: &str, id: &str) -> Result<()> {
+    if id.len() > MAX_DISK_ID_LEN || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ConfigError::invalid(field, id, format!("must be at most {MAX_DISK_ID_LEN} printable ASCII characters without spaces")));
+    }
+    Ok(())
+}
+
 /// Splits `a=1,b=2,flag` into pairs; a bare word has an empty value.
 fn pairs<'a>(flag: &str, s: &'a str) -> Result<Vec<(&'a str, &'a str)>> {
     if s.trim().is_empty() {
@@ -138,9 +147,10 @@ impl DiskConfig {
     /// Checks the id and that the backing file exists.
     pub fn validate(&self) -> Result<()> {
         if let Some(id) = &self.id {
-            if id.is_empty() || id.len() > MAX_DISK_ID_LEN || !id.bytes().all(|b| b.is_ascii_graphic()) {
+            if id.is_empty() {
                 return Err(ConfigError::invalid("disk.id", id, format!("must be 1 to {MAX_DISK_ID_LEN} printable ASCII characters without spaces or commas")));
             }
+            validate_disk_serial("disk.id", id)?;
         }
         std::fs::metadata(&self.path).map_err(|source| ConfigError::File {
             field: "disk.path".into(),

@@ -104,3 +104,32 @@ fn toml_file_parses_with_devices() {
     let e = format!("{:?}", VmConfig::from_toml_file(&f).unwrap_err());
     assert!(e.contains("bad.toml") && e.contains("vcpus"), "{e}");
 }
+
+#[test]
+fn disk_slots_fit_the_interrupt_lines() {
+    let dir = Dir::new("disk_slots_fit_the_interrupt_lines");
+    let k = dir.file("k3", &elf());
+    let f = dir.file("slots.toml", format!("kernel = {k:?}\ndisk_slots = 4\n[[disk]]\npath = \"/\"\n").as_bytes());
+    let c = VmConfig::from_toml_file(&f).unwrap();
+    assert_eq!(c.disk_slots, 4);
+    assert_eq!(VmConfig::default().disk_slots, 0, "no slots unless asked");
+    c.validate().unwrap();
+    assert_eq!(c.virtio_device_count(), 5);
+
+    let vsock = Some(husk_config::VsockConfig { cid: 3, uds: "/tmp/v.sock".into() });
+    let fits = VmConfig { disk_slots: 17, vsock: vsock.clone(), ..c.clone() };
+    fits.validate().unwrap();
+    assert_eq!(fits.virtio_device_count(), husk_config::MAX_VIRTIO_DEVICES);
+    let e = VmConfig { disk_slots: 18, vsock, ..c.clone() }.validate().unwrap_err().to_string();
+    assert!(e.contains("disk_slots = \"18\"") && e.contains("20 virtio devices") && e.contains("19") && e.contains("at most 17 slots"), "{e}");
+    let e = VmConfig { disk_slots: u32::MAX, ..c.clone() }.validate().unwrap_err().to_string();
+    assert!(e.contains(&u32::MAX.to_string()) && e.contains("at most 18 slots"), "{e}");
+
+    // A boot disk may not take a slot's API name.
+    let mut clash = c.clone();
+    clash.disk[0].id = Some("slot3".into());
+    let e = clash.validate().unwrap_err().to_string();
+    assert!(e.contains("disk.id") && e.contains("slot3") && e.contains("disk slot 3"), "{e}");
+    clash.disk[0].id = Some("slot4".into());
+    clash.validate().unwrap();
+}

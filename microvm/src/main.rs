@@ -3,7 +3,7 @@
 //! ```text
 //! husk-vmm [--config FILE.toml] --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N]
 //!          [--memory 256M] [--console stdio|none|file:PATH] [--api-sock PATH]
-//!          [--disk path=PATH[,id=NAME][,ro]]... [--net tap=NAME[,mac=..][,netns=PATH]]...
+//!          [--disk path=PATH[,id=NAME][,ro]]... [--disk-slots N] [--net tap=NAME[,mac=..][,netns=PATH]]...
 //!          [--vsock cid=N,uds=PATH] [--irq-delivery line|irqfd] [--no-seccomp]
 //! ```
 //! Flags override the TOML file. Exit status: 0 powered off, 1 rebooted, 2 VMM error,
@@ -48,6 +48,12 @@ struct Args {
     /// Virtio block device (repeatable): path=PATH[,id=NAME][,ro].
     #[arg(long)]
     disk: Vec<String>,
+    /// Empty virtio-blk slots after the --disk devices (default 0), named slot0, slot1, ... in
+    /// the control API: PUT /vm/disks/slotN attaches an image while the guest runs, DELETE
+    /// detaches it (microvm/API.md). They boot with capacity 0 and never offer the read-only
+    /// feature; a read-only attachment fails the guest's writes with an I/O error.
+    #[arg(long, value_name = "N")]
+    disk_slots: Option<u32>,
     /// Virtio net device (repeatable): tap=NAME[,mac=AA:BB:CC:DD:EE:FF][,netns=PATH].
     #[arg(long)]
     net: Vec<String>,
@@ -90,6 +96,9 @@ fn config_from(args: &Args) -> anyhow::Result<VmConfig> {
     }
     if !args.disk.is_empty() {
         c.disk = args.disk.iter().map(|d| DiskConfig::parse_flag(d)).collect::<Result<_, _>>()?;
+    }
+    if let Some(n) = args.disk_slots {
+        c.disk_slots = n;
     }
     if !args.net.is_empty() {
         c.net = args.net.iter().map(|n| NetConfig::parse_flag(n)).collect::<Result<_, _>>()?;

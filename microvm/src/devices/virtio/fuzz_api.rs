@@ -61,14 +61,16 @@ pub fn block_requests(data: &[u8]) {
     let (Some(mem), Some(irq)) = (memory(data), interrupt()) else { return };
     let Ok(mut file) = tempfile("blk") else { return };
     let _ = file.write_all(&[0u8; 65536]);
-    let mut disk = Disk {
+    let disk = Disk {
         file,
         sectors: 128,
         read_only: data.first().is_some_and(|b| b & 1 == 1),
         id: *b"fuzz-disk\0\0\0\0\0\0\0\0\0\0\0",
     };
     let mut active = Active::new(mem, irq, vec![queue()]);
-    process_queue(&mut active, &mut disk, &BlockMetrics::default());
+    // The second input byte picks an empty slot: every request but GET_ID fails there.
+    let backing = (data.get(1).is_none_or(|b| b & 1 == 0)).then_some(&disk);
+    process_queue(&mut active, backing, &BlockMetrics::default());
 }
 
 /// Vsock packets from hostile guest memory (transmit, then receive processing). Returns the
