@@ -78,6 +78,15 @@ pub enum ShimError {
         #[source]
         source: ttrpc::Error,
     },
+    /// A request to the VMM's control API failed.
+    #[error("husk-vmm could not {op}")]
+    Vmm {
+        /// What was asked.
+        op: &'static str,
+        /// The API client's error (carries the VMM's answer).
+        #[source]
+        source: husk_config::api::ClientError,
+    },
     /// Building the container's root filesystem image failed.
     #[error(transparent)]
     Rootfs(#[from] crate::rootfs::RootfsError),
