@@ -62,15 +62,15 @@ impl StateDir {
     pub fn path_of(root: &Path, namespace: &str, id: &str) -> Result<PathBuf> {
         validate_id(id)?;
         validate_namespace(namespace)?;
-        Ok(root.join(namespace).join(id))
+        Ok(root.join(namespace).join(dir_name(id)))
     }
 
     /// Creates `<root>/<namespace>/<id>/` (mode 0700). Names that are not plain are rejected,
     /// and so is a directory whose sockets would not fit a unix socket path.
     pub fn create(root: &Path, namespace: &str, id: &str) -> Result<StateDir> {
         let dir = Self::path_of(root, namespace, id)?;
-        // The longest socket in it: the vsock socket with a guest-initiated port suffix.
-        let longest = dir.join("vsock.sock_4294967295");
+        // The longest socket in it.
+        let longest = dir.join("vsock.sock");
         if longest.as_os_str().len() > MAX_SOCKET_PATH {
             return Err(ShimError::invalid(
                 "state directory",
@@ -167,6 +167,25 @@ impl StateDir {
 /// Longest path of a unix socket (sun_path less the terminating NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
 
+/// Longest sandbox directory name: the VMM's sockets live in the directory, and CRI's 64-hex
+/// sandbox ids would leave little room for `state_dir` in a unix socket path.
+const MAX_DIR_NAME: usize = 28;
+
+/// The directory name of sandbox `id`: the id itself, or for a long id its first 19
+/// characters and a hash of the whole (`state.json` keeps the full id).
+pub fn dir_name(id: &str) -> String {
+    if id.len() <= MAX_DIR_NAME {
+        return id.to_string();
+    }
+    // FNV-1a: stable across builds and Rust versions, which std's hasher does not promise.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in id.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{}-{:08x}", &id[..MAX_DIR_NAME - 9], h as u32)
+}
+
 /// containerd namespaces become path components: the same rules as ids.
 pub fn validate_namespace(ns: &str) -> Result<()> {
     validate_id(ns).map_err(|_| ShimError::invalid("containerd namespace", format!("{ns:?}: use 1-128 of [A-Za-z0-9_.-], not starting with '.'")))
@@ -242,9 +261,22 @@ mod tests {
     }
 
     #[test]
+    fn long_ids_get_short_distinct_directories() {
+        let a = format!("{}1", "f".repeat(63));
+        let b = format!("{}2", "f".repeat(63));
+        assert_eq!(dir_name("short-id"), "short-id");
+        assert_eq!(dir_name(&a).len(), MAX_DIR_NAME);
+        assert_ne!(dir_name(&a), dir_name(&b));
+        assert_eq!(dir_name(&a), dir_name(&a.clone()));
+        let root = tempfile::tempdir().unwrap();
+        let sd = StateDir::create(root.path(), "k8s.io", &a).unwrap();
+        assert_eq!(sd.path(), StateDir::path_of(root.path(), "k8s.io", &a).unwrap());
+    }
+
+    #[test]
     fn a_state_dir_too_long_for_its_sockets_is_refused_by_name() {
         let root = tempfile::tempdir().unwrap();
-        let long = root.path().join("x".repeat(40));
+        let long = root.path().join("x".repeat(70));
         let e = StateDir::create(&long, "k8s.io", &"a".repeat(64)).unwrap_err().to_string();
         assert!(e.contains("shorter shim.state_dir"), "{e}");
         assert!(!long.exists());

@@ -25,6 +25,7 @@ pub fn ps(state_root: &Path, out: &mut dyn Write) -> Result<()> {
         let name = sd.path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         match info {
             Ok(i) => {
+                let name = &i.id;
                 let alive = i.vmm_pid > 0 && Path::new(&format!("/proc/{}", i.vmm_pid)).exists();
                 let status = if i.vmm_pid == 0 { "creating" } else if alive { "running" } else { "dead" };
                 writeln!(out, "{:<24} {:<12} {:>8} {:<8} {:>5} {:>6}M {}", name, i.namespace, i.vmm_pid, status, i.vcpus, i.memory_mib, i.containers.len()).map_err(w)?;
@@ -42,7 +43,8 @@ pub fn ps(state_root: &Path, out: &mut dyn Write) -> Result<()> {
 /// `husk logs <id>`: copies the VM's console log to `out`.
 pub fn logs(state_root: &Path, id: &str, out: &mut dyn Write) -> Result<()> {
     state::validate_id(id)?;
-    let found = state::list(state_root)?.into_iter().find(|(sd, _)| sd.path().file_name().is_some_and(|n| n == id));
+    let name = state::dir_name(id);
+    let found = state::list(state_root)?.into_iter().find(|(sd, info)| info.as_ref().map(|i| i.id == id).unwrap_or_else(|_| sd.path().file_name().is_some_and(|n| n.to_string_lossy() == name)));
     let path: PathBuf = match found {
         Some((sd, _)) => sd.console_log(),
         None => return Err(ShimError::NotFound { kind: "husk VM (pod)", id: id.into() }),
