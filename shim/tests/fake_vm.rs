@@ -24,13 +24,14 @@ fn main() {
         fake_agent::run_fake_vmm();
         return;
     }
-    let tests: [(&str, fn()); 6] = [
+    let tests: [(&str, fn()); 7] = [
         ("large_output_arrives_before_the_exit", large_output_arrives_before_the_exit),
         ("stdin_is_forwarded_to_eof", stdin_is_forwarded_to_eof),
         ("exec_and_kill", exec_and_kill),
         ("vmm_crash_is_an_error_exit_not_a_hang", vmm_crash_is_an_error_exit_not_a_hang),
         ("a_pod_shares_one_vm_and_its_containers_use_disk_slots", a_pod_shares_one_vm_and_its_containers_use_disk_slots),
         ("a_container_of_an_unknown_pod_is_refused", a_container_of_an_unknown_pod_is_refused),
+        ("a_guest_that_never_reports_a_sigkill_loses_its_vm", a_guest_that_never_reports_a_sigkill_loses_its_vm),
     ];
     let mut failed = 0;
     for (name, t) in tests {
@@ -358,4 +359,17 @@ fn a_container_of_an_unknown_pod_is_refused() {
     }
     assert!(!env.dir.path().join("state/test/nopod").exists());
     assert!(!b.join("husk-state-dir").exists());
+}
+
+fn a_guest_that_never_reports_a_sigkill_loses_its_vm() {
+    let env = setup("hang", &["hang"]);
+    let (o, e) = (fifo(env.dir.path(), "o"), fifo(env.dir.path(), "e"));
+    let (_ro, _re) = (reader(o.clone()), reader(e.clone()));
+    create(&env, "hang", None, &o, &e);
+    env.client.start(ctx(), &StartRequest { id: "hang".into(), ..Default::default() }).unwrap();
+    let t = Instant::now();
+    env.client.kill(ctx(), &KillRequest { id: "hang".into(), signal: 9, ..Default::default() }).unwrap();
+    assert_eq!(wait(&env, "hang", ""), 137);
+    assert!(t.elapsed() < Duration::from_secs(15), "the task took {:?} to end", t.elapsed());
+    assert_eq!(finish(env, "hang"), 137);
 }

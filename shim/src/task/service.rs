@@ -267,6 +267,8 @@ impl Service {
             }
             if !c.init.exited() && c.sandbox.running() {
                 log::error!("{}: the guest did not end the process within {wait:?} of SIGKILL; killing the VM of pod {}", c.id, c.sandbox.id);
+                // The shim ends the VM: every process of the pod is reported killed (137).
+                c.sandbox.stopping.store(true, Ordering::SeqCst);
                 c.sandbox.kill_vm();
             }
         });

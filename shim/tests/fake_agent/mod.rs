@@ -2,8 +2,9 @@
 //!
 //! Processes are scripted by their args: `out N CODE` writes N pattern bytes to stdout and
 //! `err-line\n` to stderr, then exits with CODE; `cat` copies stdin to stdout until stdin is
-//! closed; `sleep` runs until signalled (exit 128+signal); `crash` makes the VMM exit (status
-//! 3) shortly after the start, as a guest crash would.
+//! closed; `sleep` runs until signalled (exit 128+signal); `hang` acknowledges signals and
+//! never exits; `crash` makes the VMM exit (status 3) shortly after the start, as a guest crash
+//! would.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -118,7 +119,8 @@ impl Agent for Fake {
     fn signal_process(&self, _: &TtrpcContext, r: SignalProcessRequest) -> ttrpc::Result<Empty> {
         let mut ps = self.procs.lock().unwrap();
         let p = ps.get_mut(&key(&r.container_id, &r.exec_id)).ok_or_else(|| status(ttrpc::Code::NOT_FOUND, "no process"))?;
-        if p.exit.is_none() {
+        // `hang`: a guest that acknowledges the signal and never reports the exit.
+        if p.exit.is_none() && p.args.first().map(String::as_str) != Some("hang") {
             p.exit = Some(128 + r.signal);
         }
         self.cond.notify_all();
