@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::devices::{DiskConfig, NetConfig, VsockConfig};
+use crate::devices::{DiskConfig, FsConfig, NetConfig, VsockConfig};
 use crate::error::{ConfigError, Result};
 use crate::size::MemSize;
 
@@ -143,6 +143,9 @@ pub struct VmConfig {
     /// How virtio interrupts reach the guest: `line` (default) or `irqfd`.
     #[serde(default)]
     pub irq_delivery: IrqDelivery,
+    /// Virtio-fs devices (`[[fs]]` tables), each served by a vhost-user backend.
+    #[serde(default)]
+    pub fs: Vec<FsConfig>,
 }
 
 fn default_kernel() -> PathBuf {
@@ -172,6 +175,7 @@ impl Default for VmConfig {
             net: Vec::new(),
             vsock: None,
             irq_delivery: IrqDelivery::default(),
+            fs: Vec::new(),
         }
     }
 }
@@ -221,6 +225,13 @@ impl VmConfig {
         }
         if let Some(v) = &self.vsock {
             v.validate()?;
+        }
+        let mut tags = std::collections::HashSet::new();
+        for f in &self.fs {
+            f.validate()?;
+            if !tags.insert(f.tag.as_str()) {
+                return Err(ConfigError::invalid("fs.tag", &f.tag, "used by two fs devices"));
+            }
         }
         if let Some(a) = &self.api_sock {
             if a.as_os_str().len() >= 108 {
