@@ -187,13 +187,14 @@ for ((i = 0; i < 100; i++)); do
   sleep 0.1
 done
 # virtiofsd leaves its socket file (its sandboxed child unlinks it inside its own mount
-# namespace, not ours): whoever started it removes it, as the shim does.
-[ -z "$left" ] && rm -f "$work/rw.sock" "$work/ro.sock"
-socks=$(find "$work" -type s)
+# namespace, not ours) and its <socket>.pid lock file: whoever started it removes them, as
+# the shim does.
+[ -z "$left" ] && rm -f "$work/rw.sock" "$work/ro.sock" "$work/rw.sock.pid" "$work/ro.sock.pid"
+socks=$(find "$work" -type s -o -name '*.pid')
 umount "$rw/vol" && umount "$rw" && umount "$work/staging" || bad "cannot unmount the test's bind mounts"
 m=$(grep -c " $work" /proc/self/mounts)
 [ "$m" = 0 ] && ok "no mount left under the test dir" || bad "$m mounts left: $(grep " $work" /proc/self/mounts)"
-if [ -z "$left" ] && [ -z "$socks" ]; then ok "no virtiofsd process and no socket left"
+if [ -z "$left" ] && [ -z "$socks" ]; then ok "no virtiofsd process, socket or pid file left"
 else bad "left behind: processes '$left' sockets '$socks'"; fi
 [ -s "$work/virtiofsd.err" ] && { echo "virtiofsd said:"; sed 's/^/  /' "$work/virtiofsd.err" | tail -10; }
 finish

@@ -24,6 +24,10 @@ use crate::memory::GuestMemoryMmap;
 const WANTED_PROTOCOL_FEATURES: VhostUserProtocolFeatures =
     VhostUserProtocolFeatures::REPLY_ACK.union(VhostUserProtocolFeatures::MQ);
 
+/// Connection attempts refused before giving up, and the pause between them.
+const CONNECT_RETRIES: u32 = 10;
+const CONNECT_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// A step of starting or stopping the queues failed.
 #[derive(Debug, thiserror::Error)]
 #[error("vhost-user {step} failed{}", queue.map(|q| format!(" for queue {q}")).unwrap_or_default())]
@@ -64,7 +68,7 @@ impl Backend {
             socket: socket.to_path_buf(),
             source,
         };
-        let stream = UnixStream::connect(socket).map_err(connect_err)?;
+        let stream = connect_retrying(socket).map_err(connect_err)?;
         stream
             .set_read_timeout(Some(BACKEND_REPLY_TIMEOUT))
             .map_err(connect_err)?;
@@ -208,6 +212,23 @@ impl Backend {
                 })?;
         }
         Ok(())
+    }
+}
+
+/// Connects to `socket`, retrying for a moment while nothing listens there yet (a backend
+/// binds its socket file before it calls `listen`).
+fn connect_retrying(socket: &Path) -> std::io::Result<UnixStream> {
+    let mut tries = 0;
+    loop {
+        match UnixStream::connect(socket) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ConnectionRefused && tries < CONNECT_RETRIES =>
+            {
+                tries += 1;
+                std::thread::sleep(CONNECT_RETRY_PAUSE);
+            }
+            r => return r,
+        }
     }
 }
 
