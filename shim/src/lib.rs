@@ -18,6 +18,7 @@ pub mod io;
 pub mod lifecycle;
 pub mod options;
 pub mod rootfs;
+pub mod sharedfs;
 pub mod state;
 pub mod task;
 pub mod vm;
