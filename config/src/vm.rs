@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::devices::{DiskConfig, NetConfig, VsockConfig};
+use crate::devices::{DiskConfig, FsConfig, NetConfig, VsockConfig};
 use crate::error::{ConfigError, Result};
 use crate::size::MemSize;
 
@@ -159,6 +159,9 @@ pub struct VmConfig {
     /// How virtio interrupts reach the guest: `line` (default) or `irqfd`.
     #[serde(default)]
     pub irq_delivery: IrqDelivery,
+    /// Virtio-fs devices (`[[fs]]` tables), each served by a vhost-user backend.
+    #[serde(default)]
+    pub fs: Vec<FsConfig>,
 }
 
 fn default_kernel() -> PathBuf {
@@ -189,6 +192,7 @@ impl Default for VmConfig {
             net: Vec::new(),
             vsock: None,
             irq_delivery: IrqDelivery::default(),
+            fs: Vec::new(),
         }
     }
 }
@@ -243,6 +247,13 @@ impl VmConfig {
         if let Some(v) = &self.vsock {
             v.validate()?;
         }
+        let mut tags = std::collections::HashSet::new();
+        for f in &self.fs {
+            f.validate()?;
+            if !tags.insert(f.tag.as_str()) {
+                return Err(ConfigError::invalid("fs.tag", &f.tag, "used by two fs devices"));
+            }
+        }
         if let Some(a) = &self.api_sock {
             if a.as_os_str().len() >= 108 {
                 return Err(ConfigError::invalid("api_sock", a.display(), "unix socket paths are limited to 107 bytes"));
@@ -259,6 +270,7 @@ impl VmConfig {
             .saturating_add(self.disk_slots as usize)
             .saturating_add(self.net.len())
             .saturating_add(usize::from(self.vsock.is_some()))
+            .saturating_add(self.fs.len())
     }
 
     /// Checks that the virtio devices fit the VM's interrupt lines ([`MAX_VIRTIO_DEVICES`]).
@@ -269,11 +281,12 @@ impl VmConfig {
         }
         let others = total.saturating_sub(self.disk_slots as usize);
         let what = format!(
-            "{} disks, {} disk slots, {} net and {} vsock devices make {total} virtio devices; a VM has interrupt lines (GSI 5-23) for {MAX_VIRTIO_DEVICES}",
+            "{} disks, {} disk slots, {} net, {} vsock and {} fs devices make {total} virtio devices; a VM has interrupt lines (GSI 5-23) for {MAX_VIRTIO_DEVICES}",
             self.disk.len(),
             self.disk_slots,
             self.net.len(),
             usize::from(self.vsock.is_some()),
+            self.fs.len(),
         );
         if self.disk_slots > 0 {
             let room = MAX_VIRTIO_DEVICES.saturating_sub(others);

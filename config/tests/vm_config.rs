@@ -133,3 +133,22 @@ fn disk_slots_fit_the_interrupt_lines() {
     clash.disk[0].id = Some("slot4".into());
     clash.validate().unwrap();
 }
+
+#[test]
+fn toml_fs_tables_parse_and_tags_are_unique() {
+    let dir = Dir::new("toml_fs_tables_parse_and_tags_are_unique");
+    let k = dir.file("k", &elf());
+    let sock = dir.0.join("vfs.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let text = format!("kernel = {k:?}\n[[fs]]\ntag = \"shared\"\nsocket = {sock:?}\n[[fs]]\ntag = \"other\"\nsocket = {sock:?}\n");
+    let c = VmConfig::from_toml_file(&dir.file("fs.toml", text.as_bytes())).unwrap();
+    assert_eq!(c.fs.iter().map(|f| f.tag.as_str()).collect::<Vec<_>>(), ["shared", "other"]);
+    c.validate().unwrap();
+    let mut dup = c.clone();
+    dup.fs[1].tag = "shared".into();
+    let e = dup.validate().unwrap_err().to_string();
+    assert!(e.contains("fs.tag") && e.contains("shared") && e.contains("two fs devices"), "{e}");
+    let f = dir.file("badfs.toml", format!("kernel = {k:?}\n[[fs]]\ntag = \"x\"\nsocket = {sock:?}\ncache = \"auto\"\n").as_bytes());
+    let e = format!("{:?}", VmConfig::from_toml_file(&f).unwrap_err());
+    assert!(e.contains("cache"), "{e}");
+}

@@ -4,7 +4,8 @@
 //! husk-vmm [--config FILE.toml] --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N]
 //!          [--memory 256M] [--console stdio|none|file:PATH] [--api-sock PATH]
 //!          [--disk path=PATH[,id=NAME][,ro]]... [--disk-slots N] [--net tap=NAME[,mac=..][,netns=PATH]]...
-//!          [--vsock cid=N,uds=PATH] [--irq-delivery line|irqfd] [--no-seccomp]
+//!          [--vsock cid=N,uds=PATH] [--fs tag=TAG,socket=PATH]... [--irq-delivery line|irqfd]
+//!          [--no-seccomp]
 //! ```
 //! Flags override the TOML file. Exit status: 0 powered off, 1 rebooted, 2 VMM error,
 //! 3 guest panicked or triple-faulted (see `husk_microvm::exit`); one line on stderr says why.
@@ -14,7 +15,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use husk_config::{Console, DiskConfig, IrqDelivery, MemSize, NetConfig, VmConfig, VsockConfig};
+use husk_config::{Console, DiskConfig, FsConfig, IrqDelivery, MemSize, NetConfig, VmConfig, VsockConfig};
 use husk_microvm::exit::EXIT_VMM_ERROR;
 
 /// Runs one husk microVM.
@@ -60,6 +61,10 @@ struct Args {
     /// Virtio vsock device: cid=N,uds=PATH.
     #[arg(long)]
     vsock: Option<String>,
+    /// Virtio-fs device served by a vhost-user backend such as virtiofsd (repeatable):
+    /// tag=TAG,socket=PATH. The guest mounts it with `mount -t virtiofs TAG DIR`.
+    #[arg(long)]
+    fs: Vec<String>,
     /// How virtio interrupts reach the guest: line (KVM_IRQ_LINE, default) or irqfd.
     #[arg(long)]
     irq_delivery: Option<String>,
@@ -105,6 +110,9 @@ fn config_from(args: &Args) -> anyhow::Result<VmConfig> {
     }
     if let Some(v) = &args.vsock {
         c.vsock = Some(VsockConfig::parse_flag(v)?);
+    }
+    if !args.fs.is_empty() {
+        c.fs = args.fs.iter().map(|f| FsConfig::parse_flag(f)).collect::<Result<_, _>>()?;
     }
     if let Some(d) = &args.irq_delivery {
         c.irq_delivery = IrqDelivery::parse(d)?;

@@ -24,6 +24,7 @@ pub mod lifecycle;
 pub mod options;
 pub mod rootfs;
 pub mod sandbox;
+pub mod sharedfs;
 pub mod state;
 pub mod task;
 pub mod vm;

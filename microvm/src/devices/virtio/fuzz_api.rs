@@ -18,6 +18,8 @@ use vm_memory::{Bytes, GuestAddress};
 use super::active::Active;
 use super::block::metrics::BlockMetrics;
 use super::block::worker::{process_queue, Disk};
+use super::fs::failover;
+use super::fs::metrics::FsMetrics;
 use super::mmio::MmioTransport;
 use super::net::device::FrameIo;
 use super::net::{Net, NetConfig};
@@ -155,6 +157,20 @@ pub fn net_frames(data: &[u8]) {
         dev.process_tx();
         dev.process_rx();
     }
+}
+
+/// Requests from hostile guest memory on both queues of a virtio-fs device whose backend is
+/// gone: the only virtio-fs path where husk-vmm itself reads the queues. The used index the
+/// device resumes from lives in guest memory too. Returns the requests answered.
+pub fn fs_failover(data: &[u8]) -> u64 {
+    let (Some(mem), Some(irq)) = (memory(data), interrupt()) else { return 0 };
+    let mut active = Active::new(mem, irq, vec![queue(), queue()]);
+    failover::take_over(&mut active);
+    let metrics = FsMetrics::default();
+    for q in 0..2 {
+        failover::answer_with_errors(&mut active, q, &metrics);
+    }
+    metrics.failed_requests.get()
 }
 
 /// A sequence of MMIO register accesses (6 bytes each: offset u16, value u32) against a
@@ -298,6 +314,7 @@ mod tests {
             block_requests(&data);
             vsock_packets(&data);
             net_frames(&data);
+            fs_failover(&data);
             let regs: Vec<u8> = (0..600).map(|_| rng.next() as u8).collect();
             mmio_registers(&regs);
         }

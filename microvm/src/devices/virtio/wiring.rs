@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use event_manager::MutEventSubscriber;
 
 use super::block::{Block, BlockConfig, BlockError, DiskHandle};
+use super::fs::{Fs, FsConfig, FsError};
 use super::mmio::{MmioTransport, TransportError};
 use super::net::{Net, NetConfig, NetError};
 use super::vsock::{Vsock, VsockConfig, VsockError};
@@ -47,6 +48,15 @@ pub enum WiringError {
     /// The vsock device could not be set up.
     #[error("--vsock")]
     Vsock(#[source] VsockError),
+    /// A virtio-fs device could not be set up.
+    #[error("--fs tag={tag}")]
+    Fs {
+        /// Tag.
+        tag: String,
+        /// The cause.
+        #[source]
+        source: FsError,
+    },
     /// The transport could not be built.
     #[error("virtio-mmio transport of {name}")]
     Transport {
@@ -79,17 +89,23 @@ impl CounterSource for super::net::metrics::NetMetrics {
     }
 }
 
+impl CounterSource for super::fs::metrics::FsMetrics {
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        self.pairs()
+    }
+}
+
 impl CounterSource for super::vsock::metrics::VsockMetrics {
     fn counters(&self) -> Vec<(&'static str, u64)> {
         self.pairs()
     }
 }
 
-/// Builds every `--disk`, `--disk-slots`, `--net` and `--vsock` device of `vm.config` and
-/// attaches it, in that order (disks in the order given, then the empty slots, so they
+/// Builds every `--disk`, `--disk-slots`, `--net`, `--vsock` and `--fs` device of `vm.config`
+/// and attaches it, in that order (disks in the order given, then the empty slots, so they
 /// appear as vda, vdb, ... in the guest). Counters are registered as `block.<id>` (slots:
-/// `block.slotN`), `net.<tap>` and `vsock`; every disk and slot gets a [`DiskHandle`] for the
-/// control API.
+/// `block.slotN`), `net.<tap>`, `vsock` and `fs.<tag>`; every disk and slot gets a
+/// [`DiskHandle`] for the control API.
 pub fn attach_all(vm: &mut Vm) -> Result<(), WiringError> {
     let disks = vm.config.disk.clone();
     for (index, d) in disks.iter().enumerate() {
@@ -135,6 +151,14 @@ pub fn attach_all(vm: &mut Vm) -> Result<(), WiringError> {
         let counters = dev.counters().clone();
         attach(vm, "virtio-vsock", dev)?;
         vm.devices.register_counters("vsock", counters);
+    }
+    let shares = vm.config.fs.clone();
+    for f in &shares {
+        let cfg = FsConfig { tag: f.tag.clone(), socket: f.socket.clone() };
+        let dev = Fs::new(cfg).map_err(|source| WiringError::Fs { tag: f.tag.clone(), source })?;
+        let counters = dev.counters().clone();
+        attach(vm, &format!("virtio-fs-{}", f.tag), dev)?;
+        vm.devices.register_counters(format!("fs.{}", f.tag), counters);
     }
     Ok(())
 }

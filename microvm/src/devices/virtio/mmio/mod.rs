@@ -157,7 +157,7 @@ impl MmioTransport {
 
     /// The current device status register (for tests and diagnostics).
     pub fn status(&self) -> u32 {
-        self.regs().status
+        self.read_reg(0x070)
     }
 
     fn regs(&self) -> MutexGuard<'_, Registers> {
@@ -185,7 +185,8 @@ impl MmioTransport {
             0x034 => q.map_or(0, |q| u32::from(q.max_size())),
             0x044 => q.map_or(0, |q| u32::from(q.ready())),
             0x060 => self.interrupt.status(),
-            0x070 => regs.status,
+            // DEVICE_NEEDS_RESET may also come from the device side, asynchronously.
+            0x070 => regs.status | if self.interrupt.needs_reset() { STATUS_DEVICE_NEEDS_RESET } else { 0 },
             0x0fc => regs.config_generation,
             _ => {
                 guest_warn!("virtio-mmio: read of unknown register {offset:#x}");
