@@ -17,6 +17,7 @@
 //! image_cache_dir = "/var/lib/husk/images"
 //! agent_vsock_port = 1024
 //! boot_timeout_secs = 30
+//! virtiofsd = "/usr/local/libexec/husk/virtiofsd"
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -98,6 +99,9 @@ pub struct ShimConfig {
     /// Seconds to wait for the agent to answer after starting the VM.
     #[serde(default = "d_timeout")]
     pub boot_timeout_secs: u64,
+    /// The virtiofsd binary serving a pod's shared host files (volumes, CRI's /etc/hosts, ...).
+    #[serde(default = "d_virtiofsd")]
+    pub virtiofsd: PathBuf,
 }
 
 fn d_kernel() -> PathBuf {
@@ -123,6 +127,9 @@ fn d_disk_slots() -> u32 {
 }
 fn d_vmm() -> PathBuf {
     "/usr/local/bin/husk-vmm".into()
+}
+fn d_virtiofsd() -> PathBuf {
+    "/usr/local/libexec/husk/virtiofsd".into()
 }
 fn d_state() -> PathBuf {
     "/run/husk".into()
@@ -154,7 +161,14 @@ impl Default for VmDefaults {
 
 impl Default for ShimConfig {
     fn default() -> Self {
-        ShimConfig { vmm: d_vmm(), state_dir: d_state(), image_cache_dir: d_cache(), agent_vsock_port: d_port(), boot_timeout_secs: d_timeout() }
+        ShimConfig {
+            vmm: d_vmm(),
+            state_dir: d_state(),
+            image_cache_dir: d_cache(),
+            agent_vsock_port: d_port(),
+            boot_timeout_secs: d_timeout(),
+            virtiofsd: d_virtiofsd(),
+        }
     }
 }
 
@@ -202,7 +216,7 @@ impl HuskConfig {
         if self.shim.boot_timeout_secs == 0 || self.shim.boot_timeout_secs > 3600 {
             return Err(ConfigError::invalid("shim.boot_timeout_secs", self.shim.boot_timeout_secs, "must be 1 to 3600"));
         }
-        for (field, p) in [("shim.state_dir", &self.shim.state_dir), ("shim.image_cache_dir", &self.shim.image_cache_dir), ("shim.vmm", &self.shim.vmm)] {
+        for (field, p) in [("shim.state_dir", &self.shim.state_dir), ("shim.image_cache_dir", &self.shim.image_cache_dir), ("shim.vmm", &self.shim.vmm), ("shim.virtiofsd", &self.shim.virtiofsd)] {
             if !p.is_absolute() {
                 return Err(ConfigError::invalid(field, p.display(), "must be an absolute path"));
             }

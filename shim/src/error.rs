@@ -87,6 +87,15 @@ pub enum ShimError {
         #[source]
         source: husk_config::api::ClientError,
     },
+    /// The pod's shared file system (virtiofsd, the shared directory) failed.
+    #[error("cannot {op}")]
+    SharedFs {
+        /// What was attempted.
+        op: &'static str,
+        /// Cause.
+        #[source]
+        source: crate::sharedfs::SharedFsError,
+    },
     /// Building the container's root filesystem image failed.
     #[error(transparent)]
     Rootfs(#[from] crate::rootfs::RootfsError),
@@ -116,6 +125,7 @@ impl ShimError {
             ShimError::NotImplemented(_) => Code::UNIMPLEMENTED,
             ShimError::Agent { source: ttrpc::Error::RpcStatus(s), .. } => s.code(),
             ShimError::Rootfs(e) if e.is_bad_input() => Code::INVALID_ARGUMENT,
+            ShimError::SharedFs { source, .. } if source.is_bad_input() => Code::INVALID_ARGUMENT,
             _ => Code::UNKNOWN,
         }
     }

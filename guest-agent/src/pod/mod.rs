@@ -35,12 +35,20 @@ pub struct Pod {
     dir: PathBuf,
     namespaces: Vec<(CloneFlags, OwnedFd)>,
     shm_mounted: bool,
+    shared_mounted: bool,
 }
 
+/// Longest virtio-fs tag (the device's config space holds 36 bytes).
+const MAX_TAG: usize = 36;
+
 impl Pod {
-    /// Prepares the pod directory `<run_dir>/pod` and its /dev/shm tmpfs, before the sandbox
-    /// container is created (its spec may bind the pod's shm).
-    pub fn prepare(run_dir: &Path, id: &str) -> Result<Pod> {
+    /// Prepares the pod directory `<run_dir>/pod`, its /dev/shm tmpfs and, with a virtio-fs
+    /// `shared_tag`, the host's shared files at `pod/shared`, before the sandbox container is
+    /// created (its spec may bind them).
+    pub fn prepare(run_dir: &Path, id: &str, shared_tag: &str) -> Result<Pod> {
+        if shared_tag.len() > MAX_TAG || shared_tag.bytes().any(|b| !b.is_ascii_graphic() || b == b',') {
+            return Err(AgentError::InvalidArgument(format!("shared_fs_tag {shared_tag:?} is not a virtio-fs tag")));
+        }
         let dir = run_dir.join("pod");
         if dir.exists() {
             return Err(AgentError::AlreadyExists(format!(
@@ -51,7 +59,7 @@ impl Pod {
         let shm = dir.join("shm");
         std::fs::create_dir_all(&shm)
             .map_err(|e| AgentError::io(format!("creating {}", shm.display()), e))?;
-        let mut pod = Pod { id: id.to_string(), dir, namespaces: Vec::new(), shm_mounted: false };
+        let mut pod = Pod { id: id.to_string(), dir, namespaces: Vec::new(), shm_mounted: false, shared_mounted: false };
         let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
         let data = format!("mode=1777,{SHM_SIZE}");
         if let Err(e) = mount(Some("shm"), &shm, Some("tmpfs"), flags, Some(data.as_str())) {
@@ -59,6 +67,19 @@ impl Pod {
             return Err(AgentError::sys(format!("mounting the pod's shm tmpfs on {}", shm.display()), e));
         }
         pod.shm_mounted = true;
+        if !shared_tag.is_empty() {
+            let shared = pod.dir.join("shared");
+            let made = std::fs::create_dir(&shared).map_err(|e| AgentError::io(format!("creating {}", shared.display()), e));
+            let mounted = made.and_then(|()| {
+                mount(Some(shared_tag), &shared, Some("virtiofs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, None::<&str>)
+                    .map_err(|e| AgentError::sys(format!("mounting the pod's shared files (virtio-fs tag {shared_tag:?}) on {}", shared.display()), e))
+            });
+            if let Err(e) = mounted {
+                pod.release();
+                return Err(e);
+            }
+            pod.shared_mounted = true;
+        }
         Ok(pod)
     }
 
@@ -88,6 +109,13 @@ impl Pod {
     /// Closes the namespaces, unmounts /dev/shm and removes the directory.
     pub fn release(&mut self) {
         self.namespaces.clear();
+        let shared = self.dir.join("shared");
+        if self.shared_mounted {
+            if let Err(e) = umount2(&shared, MntFlags::MNT_DETACH) {
+                log::warn!("unmounting the pod's shared files {}: {e}", shared.display());
+            }
+            self.shared_mounted = false;
+        }
         let shm = self.dir.join("shm");
         if self.shm_mounted {
             if let Err(e) = umount2(&shm, MntFlags::MNT_DETACH) {
@@ -95,9 +123,13 @@ impl Pod {
             }
             self.shm_mounted = false;
         }
-        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                log::warn!("removing {}: {e}", self.dir.display());
+        // Never recursively: a mount point whose unmount failed would take the host's shared
+        // files with it. The directory holds only the two mount points.
+        for d in [shared, shm, self.dir.clone()] {
+            if let Err(e) = std::fs::remove_dir(&d) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    log::warn!("removing {}: {e}", d.display());
+                }
             }
         }
     }

@@ -112,7 +112,7 @@ impl AgentService {
             if let Some(p) = &self.registry().pod {
                 return Err(AgentError::AlreadyExists(format!("this VM already runs pod sandbox {:?}", p.id)));
             }
-            let mut pod = Pod::prepare(&self.paths.run_dir, id)?;
+            let mut pod = Pod::prepare(&self.paths.run_dir, id, &req.shared_fs_tag)?;
             let c = Container::create(&self.paths, &self.reaper, req, None)?;
             if let Err(e) = pod.adopt_namespaces(c.init.pid) {
                 c.destroy();

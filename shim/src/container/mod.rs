@@ -23,8 +23,8 @@ pub use process::{from_unix_nanos, now, Process, VM_DIED_EXIT_STATUS};
 use crate::agent::{agent_err, long, short};
 use crate::error::{Result, ShimError};
 use crate::io::{self, StdioPaths};
-use crate::sandbox::spec::{check_namespaces, guest_spec, Role};
-use crate::sandbox::{Sandbox, SlotLease, ROOTFS_DISK_ID};
+use crate::sandbox::spec::{check_namespaces, guest_spec, is_bind, is_pod_shm, Role, CONTAINER_TYPE};
+use crate::sandbox::{Boot, Sandbox, SlotLease, ROOTFS_DISK_ID};
 use crate::state::{ContainerInfo, StateDir, BUNDLE_POINTER};
 use crate::task::Events;
 use crate::{options, rootfs};
@@ -56,6 +56,17 @@ pub struct Container {
     lease: Option<SlotLease>,
     /// A joining container's directory in the sandbox's state (its uncached image).
     dir: Option<PathBuf>,
+    /// Its host bind mounts, by their names in the pod's shared directory.
+    shares: Vec<String>,
+}
+
+/// What a container holds of its sandbox.
+#[derive(Default)]
+struct Parts {
+    is_sandbox: bool,
+    lease: Option<SlotLease>,
+    dir: Option<PathBuf>,
+    shares: Vec<String>,
 }
 
 /// Steps to undo when a create fails, run in reverse order unless disarmed.
@@ -97,11 +108,11 @@ fn image_for(req: &CreateTaskRequest, bundle: &Path, spec: &Spec, output: &Path,
     Ok(image)
 }
 
-/// Host bind mounts reach the guest through the pod's shared filesystem (not yet wired): until
-/// then they are refused by name.
-fn no_host_share(m: &oci_spec::runtime::Mount) -> Result<String> {
-    let src = m.source().as_deref().map(|p| p.display().to_string()).unwrap_or_default();
-    Err(ShimError::invalid("mounts", format!("bind mount of host path {src:?} on {}: host files cannot reach this sandbox", m.destination().display())))
+/// Whether a new sandbox needs the shared file system: a CRI pod (its other containers get
+/// CRI's /etc/hosts, resolv.conf, ... and volumes), or a container with host bind mounts.
+fn needs_host_files(spec: &Spec, sandbox_id: &str) -> bool {
+    let cri_pod = spec.annotations().as_ref().and_then(|a| a.get(CONTAINER_TYPE)).is_some_and(|t| t == "sandbox");
+    cri_pod || spec.mounts().iter().flatten().any(|m| is_bind(m) && !is_pod_shm(m, sandbox_id))
 }
 
 fn stdio_of(req: &CreateTaskRequest, spec: &Spec) -> StdioPaths {
@@ -109,22 +120,34 @@ fn stdio_of(req: &CreateTaskRequest, spec: &Spec) -> StdioPaths {
     StdioPaths { stdin: req.stdin.clone(), stdout: req.stdout.clone(), stderr: req.stderr.clone(), terminal }
 }
 
-fn create_in_guest(sandbox: &Sandbox, req: &CreateTaskRequest, spec: &Spec, image: &BuiltImage, serial: &str) -> Result<u32> {
-    let guest = guest_spec(spec, &sandbox.id, &mut no_host_share)?;
+/// Creates the container in the guest: its host bind mounts shared with the pod first (their
+/// names land in `shares`, for the caller to unshare), then the agent's CreateContainer.
+fn create_in_guest(sandbox: &Sandbox, req: &CreateTaskRequest, spec: &Spec, image: &BuiltImage, serial: &str, shares: &mut Vec<String>) -> Result<u32> {
+    let mut share = |m: &oci_spec::runtime::Mount| -> Result<String> {
+        let src = m.source().clone().unwrap_or_default();
+        let ro = m.options().iter().flatten().any(|o| o == "ro");
+        let (name, guest) = sandbox.share(&src, ro).map_err(|e| ShimError::invalid(format!("bind mount on {}", m.destination().display()), crate::error::chain(&e)))?;
+        shares.push(name);
+        Ok(guest.display().to_string())
+    };
+    let guest = guest_spec(spec, &sandbox.id, &mut share)?;
     let json = serde_json::to_vec(&guest).map_err(|e| ShimError::invalid("spec", e.to_string()))?;
+    let is_sandbox = req.id == sandbox.id;
     let creq = agent::CreateContainerRequest {
         container_id: req.id.clone(),
         sandbox_id: sandbox.id.clone(),
         oci_spec_json: json,
         rootfs: Some(agent::Rootfs { disk_serial: serial.into(), fstype: image.fstype.as_str().into(), read_only: image.read_only, ..Default::default() }).into(),
         stdin: !req.stdin.is_empty(),
+        shared_fs_tag: if is_sandbox { sandbox.shared_fs_tag().into() } else { String::new() },
         ..Default::default()
     };
     Ok(sandbox.agent.create_container(short(), &creq).map_err(agent_err("CreateContainer"))?.pid)
 }
 
 impl Container {
-    fn new(req: &CreateTaskRequest, spec: &Spec, sandbox: Arc<Sandbox>, is_sandbox: bool, pid: u32, lease: Option<SlotLease>, dir: Option<PathBuf>) -> Container {
+    fn new(req: &CreateTaskRequest, spec: &Spec, sandbox: Arc<Sandbox>, pid: u32, parts: Parts) -> Container {
+        let Parts { is_sandbox, lease, dir, shares } = parts;
         let init = Arc::new(Process::new("", stdio_of(req, spec), Vec::new()));
         init.set_pid(pid);
         Container {
@@ -137,6 +160,7 @@ impl Container {
             paused: AtomicBool::new(false),
             lease,
             dir,
+            shares,
         }
     }
 
@@ -161,13 +185,16 @@ impl Container {
             let _ = std::fs::remove_file(pointer);
         });
         let image = image_for(req, &bundle, spec, &state.rootfs_image(), &cfg.shim.image_cache_dir)?;
-        let sandbox = Arc::new(Sandbox::boot(namespace, &req.id, &bundle, spec, cfg, &image, state)?);
+        let share = needs_host_files(spec, &req.id);
+        let boot = Boot { namespace, id: &req.id, bundle: &bundle, spec, rootfs: &image, share_host_files: share };
+        let sandbox = Arc::new(Sandbox::boot(boot, cfg, state)?);
         let sb = sandbox.clone();
         undo.push(move || sb.destroy());
-        let pid = create_in_guest(&sandbox, req, spec, &image, ROOTFS_DISK_ID)?;
+        // The sandbox's shares go with the sandbox (its destroy tears the shared directory down).
+        let pid = create_in_guest(&sandbox, req, spec, &image, ROOTFS_DISK_ID, &mut Vec::new())?;
         sandbox.set_init_pid(pid);
         undo.disarm();
-        let c = Container::new(req, spec, sandbox.clone(), true, pid, None, None);
+        let c = Container::new(req, spec, sandbox.clone(), pid, Parts { is_sandbox: true, ..Default::default() });
         Ok((sandbox, c))
     }
 
@@ -200,10 +227,20 @@ impl Container {
                 log::error!("cleanup after a failed create: {}", crate::error::chain(&e));
             }
         });
-        let pid = create_in_guest(sandbox, req, spec, &image, &lease.serial)?;
+        let mut shares = Vec::new();
+        let created = create_in_guest(sandbox, req, spec, &image, &lease.serial, &mut shares);
+        let pid = match created {
+            Ok(pid) => pid,
+            Err(e) => {
+                for name in &shares {
+                    sandbox.unshare(name);
+                }
+                return Err(e);
+            }
+        };
         undo.disarm();
         sandbox.record(ContainerInfo { id: req.id.clone(), bundle, slot: lease.slot.clone(), image: image.path.clone(), image_cached: image.cache_key.is_some() });
-        Ok(Container::new(req, spec, sandbox.clone(), false, pid, Some(lease), Some(dir)))
+        Ok(Container::new(req, spec, sandbox.clone(), pid, Parts { is_sandbox: false, lease: Some(lease), dir: Some(dir), shares }))
     }
 
     /// The process `exec_id` ("" = init).
@@ -298,6 +335,9 @@ impl Container {
                 }
                 Err(e) => log::error!("RemoveContainer {}: {e}; its disk slot stays taken", self.id),
             }
+        }
+        for name in &self.shares {
+            self.sandbox.unshare(name);
         }
         if let Some(dir) = &self.dir {
             if let Err(e) = std::fs::remove_dir_all(dir) {

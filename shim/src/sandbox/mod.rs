@@ -13,13 +13,14 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use husk_config::api::{AttachDisk, Client as VmmClient};
-use husk_config::{Console, DiskConfig, HuskConfig, VmConfig, VsockConfig};
+use husk_config::{Console, DiskConfig, FsConfig, HuskConfig, VmConfig, VsockConfig};
 use husk_protocol::agent;
 use husk_protocol::agent_ttrpc::AgentClient;
 use husk_rootfs::BuiltImage;
 use oci_spec::runtime::Spec;
 
 use crate::error::{Result, ShimError};
+use crate::sharedfs::{SharedFs, VirtiofsdConfig};
 use crate::state::{ContainerInfo, StateDir, StateInfo};
 use crate::vm::{Vm, VmError, VmPlan};
 use cgroup::HostCgroup;
@@ -35,6 +36,8 @@ const GUEST_CID: u32 = 3;
 const VMM_API_TIMEOUT: Duration = Duration::from_secs(10);
 /// Where the cgroup hierarchy is mounted on the host.
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// The virtio-fs tag of the pod's shared host files.
+pub const SHARED_FS_TAG: &str = "husk-pod";
 
 /// The kernel command line: husk's defaults, the agent port, then the configured extra.
 pub fn kernel_cmdline(cfg: &HuskConfig) -> String {
@@ -44,6 +47,22 @@ pub fn kernel_cmdline(cfg: &HuskConfig) -> String {
         c.push_str(cfg.vm.cmdline.trim());
     }
     c
+}
+
+/// What a new sandbox is made of.
+pub struct Boot<'a> {
+    /// containerd namespace.
+    pub namespace: &'a str,
+    /// The sandbox container's id.
+    pub id: &'a str,
+    /// Its bundle.
+    pub bundle: &'a Path,
+    /// Its spec (annotations size the VM; `linux.cgroupsPath` is the pod's cgroup).
+    pub spec: &'a Spec,
+    /// Its root filesystem image (the VM's boot disk).
+    pub rootfs: &'a BuiltImage,
+    /// Whether a virtiofsd serves the pod's shared host files.
+    pub share_host_files: bool,
 }
 
 /// A disk slot lent to a container for its root filesystem.
@@ -83,6 +102,7 @@ pub struct Sandbox {
     /// Set while the shim itself stops the VM (its exit is then expected).
     pub stopping: AtomicBool,
     cgroup: Option<HostCgroup>,
+    shared: Mutex<Option<SharedFs>>,
     slots: Mutex<Slots>,
     info: Mutex<StateInfo>,
     init_pid: AtomicU32,
@@ -101,7 +121,8 @@ fn check_kvm() -> Result<()> {
 impl Sandbox {
     /// The VM plan of a sandbox: its size, the sandbox container's root disk, empty disk slots
     /// for the pod's other containers, vsock to the agent, the console into the state dir.
-    pub fn plan(cfg: &HuskConfig, state: &StateDir, size: VmSize, rootfs: &BuiltImage, cgroup: Option<&HostCgroup>) -> VmPlan {
+    pub fn plan(cfg: &HuskConfig, state: &StateDir, size: VmSize, rootfs: &BuiltImage, cgroup: Option<&HostCgroup>, shared: Option<&SharedFs>) -> VmPlan {
+        let fs = shared.and_then(SharedFs::socket).map(|socket| FsConfig { tag: SHARED_FS_TAG.into(), socket: socket.to_path_buf() });
         let config = VmConfig {
             kernel: cfg.vm.kernel.clone(),
             initrd: Some(cfg.vm.initramfs.clone()),
@@ -113,6 +134,7 @@ impl Sandbox {
             disk: vec![DiskConfig { path: rootfs.path.clone(), id: Some(ROOTFS_DISK_ID.into()), read_only: rootfs.read_only }],
             disk_slots: cfg.vm.disk_slots,
             vsock: Some(VsockConfig { cid: GUEST_CID, uds: state.vsock() }),
+            fs: fs.into_iter().collect(),
             ..Default::default()
         };
         VmPlan {
@@ -128,8 +150,10 @@ impl Sandbox {
     /// Starts the pod's VM with the sandbox container's root filesystem `rootfs` and waits for
     /// its agent. `spec` is the sandbox container's: its annotations size the VM, its
     /// `linux.cgroupsPath` is the pod's cgroup. On failure nothing of it is left (the state
-    /// directory belongs to the caller).
-    pub fn boot(namespace: &str, id: &str, bundle: &Path, spec: &Spec, cfg: HuskConfig, rootfs: &BuiltImage, state: StateDir) -> Result<Sandbox> {
+    /// directory belongs to the caller). With `share_host_files`, a virtiofsd serves the pod's
+    /// shared directory to the guest.
+    pub fn boot(b: Boot<'_>, cfg: HuskConfig, state: StateDir) -> Result<Sandbox> {
+        let Boot { namespace, id, bundle, spec, rootfs, share_host_files } = b;
         let annotations = spec.annotations().clone().unwrap_or_default();
         let size = sizing::vm_size(&annotations, &cfg.vm)?;
         check_kvm()?;
@@ -137,18 +161,38 @@ impl Sandbox {
             Some(p) => Some(HostCgroup::create(Path::new(CGROUP_ROOT), &p.to_string_lossy())?),
             None => None,
         };
+        let shared = if share_host_files {
+            let vcfg = VirtiofsdConfig { binary: cfg.shim.virtiofsd.clone(), ..Default::default() };
+            match SharedFs::start(state.path(), &vcfg) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    if let Some(cg) = &cgroup {
+                        cg.remove();
+                    }
+                    return Err(ShimError::SharedFs { op: "start the pod's shared file system", source: e });
+                }
+            }
+        } else {
+            None
+        };
+        let plan = Self::plan(&cfg, &state, size, rootfs, cgroup.as_ref(), shared.as_ref());
         // Undoes what was started when a later step fails.
-        let undo = |vm: Option<&Vm>| {
+        let mut shared = Some(shared);
+        let mut undo = |vm: Option<&Vm>| {
             if let Some(vm) = vm {
                 if vm.kill(SHUTDOWN_TIMEOUT).is_none() {
                     log::error!("husk-vmm pid {} did not die after SIGKILL", vm.pid());
+                }
+            }
+            if let Some(Some(fs)) = shared.take() {
+                if let Err(e) = fs.stop() {
+                    log::error!("stopping the shared file system after a failed start: {}", crate::error::chain(&e));
                 }
             }
             if let Some(cg) = &cgroup {
                 cg.remove();
             }
         };
-        let plan = Self::plan(&cfg, &state, size, rootfs, cgroup.as_ref());
         let mut info = StateInfo {
             id: id.into(),
             namespace: namespace.into(),
@@ -176,6 +220,7 @@ impl Sandbox {
                 return Err(e);
             }
         };
+        let shared = shared.take().flatten();
         log::info!("sandbox {id}: husk-vmm pid {} with {} vCPUs, {} of memory, {} disk slots", vm.pid(), size.vcpus, size.memory, cfg.vm.disk_slots);
         let slots = Slots { used: vec![None; cfg.vm.disk_slots as usize], generation: 0 };
         Ok(Sandbox {
@@ -188,10 +233,41 @@ impl Sandbox {
             state,
             stopping: AtomicBool::new(false),
             cgroup,
+            shared: Mutex::new(shared),
             slots: Mutex::new(slots),
             info: Mutex::new(info),
             init_pid: AtomicU32::new(0),
         })
+    }
+
+    /// The virtio-fs tag the guest mounts the pod's shared files from ("" without them).
+    pub fn shared_fs_tag(&self) -> &'static str {
+        if self.shared.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+            SHARED_FS_TAG
+        } else {
+            ""
+        }
+    }
+
+    /// Shares the host path `source` with the guest; returns its path in the guest.
+    pub fn share(&self, source: &Path, read_only: bool) -> Result<(String, PathBuf)> {
+        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(fs) = shared.as_mut() else {
+            return Err(ShimError::invalid("mounts", format!("bind mount of host path {source:?}: pod {} shares no host files (its sandbox was created without them)", self.id)));
+        };
+        let name = fs.share(source, read_only).map_err(|e| ShimError::SharedFs { op: "share a host path", source: e })?;
+        let guest = Path::new(husk_protocol::POD_SHARED_DIR).join(&name);
+        Ok((name, guest))
+    }
+
+    /// Stops sharing `name` (its container is gone). Errors are logged.
+    pub fn unshare(&self, name: &str) {
+        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(fs) = shared.as_mut() {
+            if let Err(e) = fs.unshare(name) {
+                log::warn!("pod {}: {}", self.id, crate::error::chain(&e));
+            }
+        }
     }
 
     /// The guest pid of the sandbox container's init (what containerd writes into the
@@ -298,6 +374,11 @@ impl Sandbox {
             if self.vm.exit_watch().wait(Some(SHUTDOWN_TIMEOUT)).is_none() {
                 log::warn!("VM of sandbox {} did not power off within {SHUTDOWN_TIMEOUT:?}; killing husk-vmm", self.id);
                 self.kill_vm();
+            }
+        }
+        if let Some(fs) = self.shared.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            if let Err(e) = fs.stop() {
+                log::error!("pod {}: stopping the shared file system: {}", self.id, crate::error::chain(&e));
             }
         }
         if let Some(cg) = &self.cgroup {

@@ -129,6 +129,13 @@ pub enum SharedFsError {
     },
 }
 
+impl SharedFsError {
+    /// Whether the request named something that cannot be shared (rather than the host failing).
+    pub fn is_bad_input(&self) -> bool {
+        matches!(self, SharedFsError::SourceMissing { .. } | SharedFsError::SourceKind { .. } | SharedFsError::SourceInShared { .. })
+    }
+}
+
 /// Result alias of this module.
 pub type Result<T> = std::result::Result<T, SharedFsError>;
 
