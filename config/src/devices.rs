@@ -35,11 +35,13 @@ pub struct DiskConfig {
     pub read_only: bool,
 }
 
-/// One virtio-net device backed by a tap. `--net tap=NAME[,mac=AA:BB:..][,netns=PATH]`.
+/// One virtio-net device backed by a tap.
+/// `--net tap=NAME[,mac=AA:BB:..][,netns=PATH | ,fd=N]`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetConfig {
-    /// Name of the tap device on the host (created if it does not exist).
+    /// Name of the tap device on the host (created if it does not exist). With `fd`, the name
+    /// the open tap must have (checked; it also names the device's counters).
     pub tap: String,
     /// MAC address of the guest's interface, `AA:BB:CC:DD:EE:FF`; none lets the guest pick one.
     #[serde(default)]
@@ -47,6 +49,11 @@ pub struct NetConfig {
     /// Network namespace (a bind-mounted nsfs path) in which the tap is opened.
     #[serde(default)]
     pub netns: Option<PathBuf>,
+    /// An open tap inherited from the parent as this descriptor number (3 or more), opened
+    /// with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`: the VMM then opens nothing and enters no
+    /// namespace (the shim creates the tap in the pod's namespace). Excludes `netns`.
+    #[serde(default)]
+    pub fd: Option<i32>,
 }
 
 /// A virtio-vsock device with the hybrid (unix socket) host side. `--vsock cid=N,uds=PATH`.
@@ -184,22 +191,33 @@ impl NetConfig {
         let mut tap = None;
         let mut mac = None;
         let mut netns = None;
+        let mut fd = None;
         for (k, v) in pairs("--net", s)? {
             match (k, v) {
                 ("tap", t) => tap = Some(t.to_string()),
                 ("mac", m) => mac = Some(MacAddr::parse("net.mac", m)?),
                 ("netns", n) if !n.is_empty() => netns = Some(PathBuf::from(n)),
-                _ => return Err(ConfigError::invalid("--net", s, format!("unknown or empty key `{k}` (expected tap=NAME[,mac=..][,netns=PATH])"))),
+                ("fd", n) => fd = Some(n.parse().map_err(|_| ConfigError::invalid("net.fd", n, "not a descriptor number"))?),
+                _ => return Err(ConfigError::invalid("--net", s, format!("unknown or empty key `{k}` (expected tap=NAME[,mac=..][,netns=PATH | ,fd=N])"))),
             }
         }
         let tap = tap.ok_or_else(|| ConfigError::invalid("--net", s, "tap=NAME is required"))?;
-        Ok(NetConfig { tap, mac, netns })
+        Ok(NetConfig { tap, mac, netns, fd })
     }
 
-    /// Checks the tap name.
+    /// Checks the tap name, and that an inherited descriptor is not stdio and comes without a
+    /// namespace.
     pub fn validate(&self) -> Result<()> {
         if self.tap.is_empty() || self.tap.len() > MAX_TAP_NAME_LEN || self.tap.contains(['/', ' ', '\0']) {
             return Err(ConfigError::invalid("net.tap", &self.tap, format!("must be a 1 to {MAX_TAP_NAME_LEN} byte interface name")));
+        }
+        if let Some(fd) = self.fd {
+            if fd < 3 {
+                return Err(ConfigError::invalid("net.fd", fd, "must be 3 or more (0-2 are stdio)"));
+            }
+            if self.netns.is_some() {
+                return Err(ConfigError::invalid("net.fd", fd, "an inherited tap is already in its namespace: give fd or netns, not both"));
+            }
         }
         Ok(())
     }
@@ -293,7 +311,15 @@ mod tests {
         let e = NetConfig::parse_flag("tap=t,mac=zz:00:00:00:00:00").unwrap_err().to_string();
         assert!(e.contains("net.mac") && e.contains("zz:"), "{e}");
         assert!(NetConfig::parse_flag("tap=t,mac=01:00:00:00:00:00").is_err());
-        assert!(NetConfig { tap: "a".repeat(16), mac: None, netns: None }.validate().is_err());
+        assert!(NetConfig { tap: "a".repeat(16), mac: None, netns: None, fd: None }.validate().is_err());
+        let f = NetConfig::parse_flag("tap=tap0_husk,fd=7").unwrap();
+        assert_eq!(f.fd, Some(7));
+        f.validate().unwrap();
+        let e = NetConfig { fd: Some(2), ..f.clone() }.validate().unwrap_err().to_string();
+        assert!(e.contains("net.fd") && e.contains("stdio"), "{e}");
+        let e = NetConfig { netns: Some("/var/run/netns/x".into()), ..f }.validate().unwrap_err().to_string();
+        assert!(e.contains("not both"), "{e}");
+        assert!(NetConfig::parse_flag("tap=t,fd=x").unwrap_err().to_string().contains("net.fd"));
     }
 
     #[test]

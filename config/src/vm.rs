@@ -241,8 +241,15 @@ impl VmConfig {
                 }
             }
         }
+        let (mut fds, mut taps) = (std::collections::HashSet::new(), std::collections::HashSet::new());
         for n in &self.net {
             n.validate()?;
+            if let Some(fd) = n.fd.filter(|fd| !fds.insert(*fd)) {
+                return Err(ConfigError::invalid("net.fd", fd, "used by two net devices"));
+            }
+            if !taps.insert(n.tap.as_str()) {
+                return Err(ConfigError::invalid("net.tap", &n.tap, "used by two net devices"));
+            }
         }
         if let Some(v) = &self.vsock {
             v.validate()?;

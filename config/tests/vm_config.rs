@@ -93,6 +93,17 @@ fn toml_file_parses_with_devices() {
     assert_eq!(c.vsock.as_ref().unwrap().cid, 3);
     assert_eq!(c.irq_delivery, IrqDelivery::Line, "line is the default");
     c.validate().unwrap();
+    // Two devices may not share a tap, nor an inherited tap descriptor.
+    let mut two = c.clone();
+    two.net.push(husk_config::NetConfig { tap: "tap1".into(), mac: None, netns: None, fd: Some(5) });
+    two.validate().unwrap();
+    let mut same_fd = two.clone();
+    same_fd.net.push(husk_config::NetConfig { tap: "tap2".into(), mac: None, netns: None, fd: Some(5) });
+    let e = same_fd.validate().unwrap_err().to_string();
+    assert!(e.contains("net.fd") && e.contains("two net devices"), "{e}");
+    two.net.push(husk_config::NetConfig { tap: "tap0".into(), mac: None, netns: None, fd: None });
+    let e = two.validate().unwrap_err().to_string();
+    assert!(e.contains("net.tap") && e.contains("tap0") && e.contains("two net devices"), "{e}");
     let f = dir.file("irqfd.toml", format!("kernel = {k:?}\nirq_delivery = \"irqfd\"\n").as_bytes());
     assert_eq!(VmConfig::from_toml_file(&f).unwrap().irq_delivery, IrqDelivery::Irqfd);
     let f = dir.file("badirq.toml", b"irq_delivery = \"msi\"\n");

@@ -3,7 +3,7 @@
 //! ```text
 //! husk-vmm [--config FILE.toml] --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N]
 //!          [--memory 256M] [--console stdio|none|file:PATH] [--api-sock PATH]
-//!          [--disk path=PATH[,id=NAME][,ro]]... [--disk-slots N] [--net tap=NAME[,mac=..][,netns=PATH]]...
+//!          [--disk path=PATH[,id=NAME][,ro]]... [--disk-slots N] [--net tap=NAME[,mac=..][,netns=PATH|,fd=N]]...
 //!          [--vsock cid=N,uds=PATH] [--fs tag=TAG,socket=PATH]... [--irq-delivery line|irqfd]
 //!          [--no-seccomp]
 //! ```
@@ -55,7 +55,7 @@ struct Args {
     /// feature; a read-only attachment fails the guest's writes with an I/O error.
     #[arg(long, value_name = "N")]
     disk_slots: Option<u32>,
-    /// Virtio net device (repeatable): tap=NAME[,mac=AA:BB:CC:DD:EE:FF][,netns=PATH].
+    /// Virtio net device (repeatable): tap=NAME[,mac=AA:BB:CC:DD:EE:FF][,netns=PATH | ,fd=N] (fd: an open tap inherited from the parent).
     #[arg(long)]
     net: Vec<String>,
     /// Virtio vsock device: cid=N,uds=PATH.

@@ -145,6 +145,7 @@ pub fn net_frames(data: &[u8]) {
         tap: "fuzz".into(),
         mac: None,
         netns: None,
+        fd: None,
     };
     let Ok(mut dev) = Net::with_backend(cfg, Box::new(Pair(a))) else { return };
     // The last input byte picks the receive mode: mergeable buffers or one chain per frame.

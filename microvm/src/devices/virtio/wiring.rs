@@ -133,6 +133,7 @@ pub fn attach_all(vm: &mut Vm) -> Result<(), WiringError> {
             tap: n.tap.clone(),
             mac: n.mac.map(|m| m.0),
             netns: n.netns.clone(),
+            fd: n.fd,
         };
         let dev = Net::new(cfg).map_err(|source| WiringError::Net {
             tap: n.tap.clone(),

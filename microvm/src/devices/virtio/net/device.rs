@@ -76,9 +76,12 @@ impl std::fmt::Debug for Net {
 }
 
 impl Net {
-    /// Opens the tap named in `cfg`.
+    /// Opens the tap named in `cfg`, or takes over the inherited descriptor `cfg.fd`.
     pub fn new(cfg: NetConfig) -> Result<Self, NetError> {
-        let tap = Tap::open(&cfg.tap, cfg.netns.as_deref())?;
+        let tap = match cfg.fd {
+            Some(fd) => Tap::from_fd(fd, &cfg.tap)?,
+            None => Tap::open(&cfg.tap, cfg.netns.as_deref())?,
+        };
         Self::with_backend(cfg, Box::new(tap))
     }
 

@@ -53,6 +53,8 @@ pub struct NetConfig {
     pub mac: Option<[u8; 6]>,
     /// Network namespace file (e.g. `/var/run/netns/X`) the tap lives in.
     pub netns: Option<PathBuf>,
+    /// An open tap inherited as this descriptor (then `tap` is its expected name).
+    pub fd: Option<std::os::fd::RawFd>,
 }
 
 /// Errors of the net device.

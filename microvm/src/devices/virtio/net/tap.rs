@@ -1,14 +1,16 @@
-//! Opening and configuring a tap device, optionally inside another network namespace.
+//! Opening and configuring a tap device, optionally inside another network namespace, or
+//! taking over one the parent opened and passed as a descriptor.
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::VNET_HDR_SIZE;
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 const IFF_TAP: i16 = 0x0002;
@@ -47,6 +49,16 @@ pub enum TapError {
         /// The cause.
         #[source]
         source: io::Error,
+    },
+    /// An inherited descriptor is not a tap of the expected kind.
+    #[error("descriptor {fd} given for tap {name} is {what}")]
+    BadFd {
+        /// The descriptor number.
+        fd: RawFd,
+        /// The tap name the configuration expects.
+        name: String,
+        /// What is wrong with it.
+        what: String,
     },
     /// The network namespace could not be entered.
     #[error("cannot enter network namespace {path} to open tap {name}")]
@@ -121,6 +133,74 @@ impl Tap {
         })
     }
 
+    /// Takes over tap `name`, open in the parent and inherited as descriptor `fd`. The
+    /// descriptor must be a tap opened with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR` whose
+    /// interface is called `name`; it becomes close-on-exec and non-blocking.
+    pub fn from_fd(fd: RawFd, name: &str) -> Result<Self, TapError> {
+        let bad = |what: String| TapError::BadFd {
+            fd,
+            name: name.to_string(),
+            what,
+        };
+        if fd < 3 {
+            return Err(bad("stdio".into()));
+        }
+        let mut req = IfReq {
+            name: [0; 16],
+            flags: 0,
+            _pad: [0; 22],
+        };
+        // SAFETY: TUNGETIFF writes one `struct ifreq` into `req` (valid, 40 bytes, outlives the
+        // call); on a descriptor that is not open, or not a tun device, it fails without
+        // touching anything.
+        let r = unsafe { libc::ioctl(fd, TUNGETIFF, &mut req as *mut IfReq) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            return Err(bad(match e.raw_os_error() {
+                Some(libc::EBADF) => "not open (was it inherited?)".into(),
+                _ => format!("not a tap ({e})"),
+            }));
+        }
+        let end = req.name.iter().position(|b| *b == 0).unwrap_or(req.name.len());
+        let got = String::from_utf8_lossy(&req.name[..end]).into_owned();
+        if got != name {
+            return Err(bad(format!("tap {got:?}, not {name:?}")));
+        }
+        let want = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+        if req.flags & want != want {
+            return Err(bad(format!(
+                "opened with flags {:#x}; IFF_TAP, IFF_NO_PI and IFF_VNET_HDR are needed",
+                req.flags
+            )));
+        }
+        // SAFETY: `fd` is an open tun descriptor (TUNGETIFF succeeded) that nothing else in
+        // this process owns: the configuration gives each descriptor and each tap name to one
+        // device only, so no tap the VMM opened itself has this name.
+        let file = unsafe { File::from_raw_fd(fd) };
+        let tap = Self {
+            file,
+            name: name.to_string(),
+        };
+        // SAFETY: fcntl on a descriptor we own; F_SETFD/F_SETFL take an int argument.
+        let r = unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        tap.check(r, "F_SETFD")?;
+        // SAFETY: as above.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        tap.check(flags, "F_GETFL")?;
+        // SAFETY: as above.
+        let r = unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) };
+        tap.check(r, "F_SETFL")?;
+        tap.set_vnet_hdr_size()?;
+        Ok(tap)
+    }
+
+    fn set_vnet_hdr_size(&self) -> Result<(), TapError> {
+        let hdr: libc::c_int = VNET_HDR_SIZE as libc::c_int;
+        // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, valid for the call.
+        let r = unsafe { libc::ioctl(self.fd(), TUNSETVNETHDRSZ, &hdr as *const libc::c_int) };
+        self.check(r, "TUNSETVNETHDRSZ")
+    }
+
     fn open_here(name: &str) -> Result<Self, TapError> {
         let file = OpenOptions::new()
             .read(true)
@@ -145,10 +225,7 @@ impl Tap {
         // sized (40 bytes) and aligned ifreq that outlives the call.
         let r = unsafe { libc::ioctl(tap.fd(), TUNSETIFF, &mut req as *mut IfReq) };
         tap.check(r, "TUNSETIFF")?;
-        let hdr: libc::c_int = VNET_HDR_SIZE as libc::c_int;
-        // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, valid for the call.
-        let r = unsafe { libc::ioctl(tap.fd(), TUNSETVNETHDRSZ, &hdr as *const libc::c_int) };
-        tap.check(r, "TUNSETVNETHDRSZ")?;
+        tap.set_vnet_hdr_size()?;
         Ok(tap)
     }
 

@@ -42,7 +42,7 @@ struct Rig<'a> {
 }
 
 fn cfg() -> NetConfig {
-    NetConfig { tap: "tap-test".into(), mac: Some([2, 0, 0, 0, 0, 7]), netns: None }
+    NetConfig { tap: "tap-test".into(), mac: Some([2, 0, 0, 0, 0, 7]), netns: None, fd: None }
 }
 
 impl<'a> Rig<'a> {
@@ -193,7 +193,7 @@ fn real_tap_is_created_and_vanishes_when_closed() {
         return;
     }
     let name = format!("husk{}", std::process::id() % 100_000);
-    let dev = match Net::new(NetConfig { tap: name.clone(), mac: None, netns: None }) {
+    let dev = match Net::new(NetConfig { tap: name.clone(), mac: None, netns: None, fd: None }) {
         Ok(d) => d,
         // Without CAP_NET_ADMIN the error must name the tap.
         Err(e) => {
@@ -205,6 +205,56 @@ fn real_tap_is_created_and_vanishes_when_closed() {
     assert!(sys.exists());
     drop(dev);
     assert!(!sys.exists(), "tap left behind");
+}
+
+/// Opens tap `name` the way the shim does (or with other `flags`) and gives up ownership of
+/// the descriptor, as a parent does for its child.
+fn inherited_tap(name: &str, flags: i16) -> std::os::fd::RawFd {
+    use std::os::fd::{AsRawFd, IntoRawFd};
+    let f = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun").unwrap();
+    let mut req = [0u8; 40];
+    req[..name.len()].copy_from_slice(name.as_bytes());
+    req[16..18].copy_from_slice(&flags.to_ne_bytes());
+    // SAFETY: TUNSETIFF reads and writes one 40-byte `struct ifreq` (name, then flags);
+    // `req` is that buffer and outlives the call.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), 0x4004_54ca, req.as_mut_ptr()) };
+    assert_eq!(r, 0, "TUNSETIFF {name}: {}", std::io::Error::last_os_error());
+    f.into_raw_fd()
+}
+
+fn inherited(name: &str, fd: std::os::fd::RawFd) -> NetConfig {
+    NetConfig { tap: name.into(), mac: None, netns: None, fd: Some(fd) }
+}
+
+#[test]
+fn an_inherited_tap_is_taken_over_and_checked() {
+    let name = format!("huskfd{}", std::process::id() % 100_000);
+    let fd = inherited_tap(&name, 0x0002 | 0x1000 | 0x4000);
+    let sys = std::path::PathBuf::from(format!("/sys/class/net/{name}"));
+    // The wrong name is refused, naming both, and the descriptor stays the caller's.
+    let e = Net::new(inherited("other0", fd)).unwrap_err().to_string();
+    assert!(e.contains(&name) && e.contains("other0") && e.contains(&fd.to_string()), "{e}");
+    let dev = Net::new(inherited(&name, fd)).unwrap();
+    // SAFETY: F_GETFD/F_GETFL on a descriptor the device now owns; no memory is passed.
+    let (fdflags, flflags) = unsafe { (libc::fcntl(fd, libc::F_GETFD), libc::fcntl(fd, libc::F_GETFL)) };
+    assert_ne!(fdflags & libc::FD_CLOEXEC, 0, "close-on-exec");
+    assert_ne!(flflags & libc::O_NONBLOCK, 0, "non-blocking");
+    assert!(sys.exists());
+    drop(dev);
+    assert!(!sys.exists(), "the device owned the last descriptor: its tap must be gone");
+
+    // Without a virtio-net header the tap is refused.
+    let plain = inherited_tap(&name, 0x0002 | 0x1000);
+    let e = Net::new(inherited(&name, plain)).unwrap_err().to_string();
+    assert!(e.contains("IFF_VNET_HDR"), "{e}");
+    // SAFETY: closing the descriptor the refused attempt left to us.
+    unsafe { libc::close(plain) };
+    // Not open, and not a tap.
+    let e = Net::new(inherited(&name, 999)).unwrap_err().to_string();
+    assert!(e.contains("999") && e.contains("not open"), "{e}");
+    let file = std::fs::File::open("/proc/self/status").unwrap();
+    let e = Net::new(inherited(&name, std::os::fd::AsRawFd::as_raw_fd(&file))).unwrap_err();
+    assert!(e.to_string().contains("not a tap"), "{e}");
 }
 
 const MRG: u64 = COMMON_FEATURES | feature(VIRTIO_NET_F_MRG_RXBUF);
