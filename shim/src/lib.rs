@@ -9,6 +9,7 @@
 //!   [`container`]: a container in it and its processes.
 //! * [`vm`]: spawning `husk-vmm` and the hybrid vsock to the guest; [`agent`]: the agent client.
 //! * [`io`]: containerd's stdio FIFOs bridged to the agent's streams.
+//! * [`network`]: the pod's CNI interfaces carried to the guest through taps and tc redirects.
 //! * [`rootfs`], [`state`], [`options`]: rootfs images, per-sandbox state, configuration.
 //! * [`cli`]: `husk check`, `husk ps`, `husk logs`.
 
@@ -21,6 +22,7 @@ pub mod container;
 pub mod error;
 pub mod io;
 pub mod lifecycle;
+pub mod network;
 pub mod options;
 pub mod rootfs;
 pub mod sandbox;
