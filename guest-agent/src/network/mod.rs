@@ -1,46 +1,54 @@
-//! Guest networking: interfaces found by MAC get their name, MTU and addresses; routes added.
-//! Limit of the ioctl interface: one IPv4 address per interface (any number of IPv6).
-mod ioctl;
+//! Guest networking, in the pod's network namespace: the virtio-net devices show up in the
+//! guest's root namespace; UpdateInterfaces moves each one (found by MAC) into the pod's
+//! namespace and gives it the name, MTU and addresses of the pod interface it stands for;
+//! UpdateRoutes adds the pod's routes there. Everything goes over rtnetlink (any number of
+//! IPv4 and IPv6 addresses, moving a link with IFLA_NET_NS_FD).
+//!
+//! Every request is checked whole before anything changes; counts are bounded.
+mod links;
+mod routes;
+mod rtnl;
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::MetadataExt;
 
 use husk_protocol::agent::{Interface, Route};
 
 use crate::error::{AgentError, Result};
+use routes::NewRoute;
+use rtnl::Rtnl;
 
-pub use ioctl::set_up;
-
+/// Most interfaces, addresses per interface, or routes in one request.
 const MAX_ITEMS: usize = 64;
 
 fn invalid(msg: String) -> AgentError {
     AgentError::InvalidArgument(msg)
 }
 
-/// Name of the interface whose MAC is `mac` (/sys/class/net/*/address).
-fn find_by_mac(mac: &str) -> Result<String> {
-    let want = mac.to_ascii_lowercase();
-    let valid = want.len() == 17
-        && want.split(':').count() == 6
-        && want.split(':').all(|b| b.len() == 2 && b.bytes().all(|c| c.is_ascii_hexdigit()));
-    if !valid {
-        return Err(invalid(format!("hw_addr {mac:?} is not a MAC address like aa:bb:cc:dd:ee:ff")));
-    }
-    let entries = std::fs::read_dir("/sys/class/net").map_err(|e| AgentError::io("listing /sys/class/net", e))?;
-    for e in entries.flatten() {
-        let addr = std::fs::read_to_string(e.path().join("address")).unwrap_or_default();
-        if addr.trim().eq_ignore_ascii_case(&want) {
-            return Ok(e.file_name().to_string_lossy().into_owned());
+fn kernel(what: String) -> impl FnOnce(std::io::Error) -> AgentError {
+    move |e| AgentError::io(what, e)
+}
+
+fn parse_mac(mac: &str) -> Result<[u8; 6]> {
+    let bad = || invalid(format!("hw_addr {mac:?} is not a MAC address like aa:bb:cc:dd:ee:ff"));
+    let mut out = [0u8; 6];
+    let mut parts = mac.split(':');
+    for b in &mut out {
+        let p = parts.next().ok_or_else(bad)?;
+        if p.len() != 2 {
+            return Err(bad());
         }
+        *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
     }
-    Err(invalid(format!("no network interface has MAC {mac}")))
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    Ok(out)
 }
 
 fn check_ifname(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 15
-        && name != "."
-        && name != ".."
-        && name.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
+    let ok = !name.is_empty() && name.len() <= 15 && name != "." && name != ".." && name.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
     if ok {
         Ok(())
     } else {
@@ -57,87 +65,135 @@ fn parse_addr(what: &str, addr: &str, prefix: u32) -> Result<(IpAddr, u8)> {
     Ok((ip, prefix as u8))
 }
 
-fn sys(what: String) -> impl FnOnce(nix::Error) -> AgentError {
-    move |e| AgentError::sys(what, e)
+/// One checked interface of a request.
+struct Plan {
+    mac: [u8; 6],
+    shown: String,
+    name: Option<String>,
+    mtu: u32,
+    addrs: Vec<(IpAddr, u8)>,
 }
 
-/// Configures interfaces and brings them up.
-pub fn update_interfaces(ifs: &[Interface]) -> Result<()> {
+fn plan(i: &Interface) -> Result<Plan> {
+    let mac = parse_mac(&i.hw_addr)?;
+    if i.addresses.len() > MAX_ITEMS {
+        return Err(invalid(format!("{} addresses on {}, more than {MAX_ITEMS}", i.addresses.len(), i.hw_addr)));
+    }
+    let addrs = i.addresses.iter().map(|a| parse_addr("address", &a.address, a.prefix_len)).collect::<Result<Vec<_>>>()?;
+    let name = (!i.name.is_empty()).then(|| check_ifname(&i.name).map(|()| i.name.clone())).transpose()?;
+    Ok(Plan { mac, shown: i.hw_addr.clone(), name, mtu: i.mtu, addrs })
+}
+
+/// Whether `ns` is the network namespace the agent's threads live in.
+fn is_own_namespace(ns: BorrowedFd<'_>) -> Result<bool> {
+    let own = std::fs::metadata("/proc/thread-self/ns/net").map_err(kernel("reading the agent's network namespace".into()))?;
+    let pod = nix::sys::stat::fstat(ns).map_err(|e| AgentError::sys("reading the pod's network namespace", e))?;
+    Ok(own.ino() == pod.st_ino && own.dev() == pod.st_dev)
+}
+
+fn configure(pod: &mut Rtnl, p: &Plan, index: u32, current: &str) -> Result<()> {
+    let mut name = current.to_string();
+    if let Some(new) = p.name.as_deref().filter(|n| *n != current) {
+        links::set_up(pod, index, false).map_err(kernel(format!("setting {name} down")))?;
+        links::rename(pod, index, new).map_err(kernel(format!("renaming {name} to {new}")))?;
+        name = new.to_string();
+    }
+    if p.mtu != 0 {
+        links::set_mtu(pod, index, p.mtu).map_err(kernel(format!("setting MTU {} on {name}", p.mtu)))?;
+    }
+    for (ip, prefix) in &p.addrs {
+        links::add_address(pod, index, *ip, *prefix).map_err(kernel(format!("adding {ip}/{prefix} to {name}")))?;
+    }
+    links::set_up(pod, index, true).map_err(kernel(format!("bringing {name} up")))?;
+    log::info!("interface {name} ({}) configured in the pod's network namespace", p.shown);
+    Ok(())
+}
+
+/// Moves each interface (found by MAC in the guest's namespace, or already in the pod's) into
+/// the pod's network namespace `pod_net`, names it, sets its MTU and addresses and brings it up.
+pub fn update_interfaces(pod_net: BorrowedFd<'_>, ifs: &[Interface]) -> Result<()> {
     if ifs.len() > MAX_ITEMS {
         return Err(invalid(format!("{} interfaces, more than {MAX_ITEMS}", ifs.len())));
     }
-    for i in ifs {
-        let mut name = find_by_mac(&i.hw_addr)?;
-        if i.addresses.len() > MAX_ITEMS {
-            return Err(invalid(format!("{} addresses on {}, more than {MAX_ITEMS}", i.addresses.len(), i.hw_addr)));
-        }
-        let addrs = i
-            .addresses
-            .iter()
-            .map(|a| parse_addr("address", &a.address, a.prefix_len))
-            .collect::<Result<Vec<_>>>()?;
-        if addrs.iter().filter(|(ip, _)| ip.is_ipv4()).count() > 1 {
-            return Err(invalid(format!("interface {}: at most one IPv4 address is supported", i.hw_addr)));
-        }
-        if !i.name.is_empty() && i.name != name {
-            check_ifname(&i.name)?;
-            ioctl::set_up(&name, false).map_err(sys(format!("setting {name} down")))?;
-            ioctl::rename(&name, &i.name).map_err(sys(format!("renaming {name} to {}", i.name)))?;
-            name = i.name.clone();
-        }
-        if i.mtu != 0 {
-            ioctl::set_mtu(&name, i.mtu).map_err(sys(format!("setting MTU {} on {name}", i.mtu)))?;
-        }
-        ioctl::set_up(&name, true).map_err(sys(format!("bringing {name} up")))?;
-        for (ip, prefix) in addrs {
-            match ip {
-                IpAddr::V4(v4) => ioctl::set_ipv4(&name, v4, prefix),
-                IpAddr::V6(v6) => ioctl::add_ipv6(&name, v6, prefix),
+    let plans = ifs.iter().map(plan).collect::<Result<Vec<_>>>()?;
+    let mut own = Rtnl::open().map_err(kernel("opening a netlink socket".into()))?;
+    let mut pod = Rtnl::open_in(pod_net).map_err(kernel("opening a netlink socket in the pod's network namespace".into()))?;
+    let separate = !is_own_namespace(pod_net)?;
+    for p in &plans {
+        if separate {
+            let here = links::list(&mut own).map_err(kernel("listing the guest's interfaces".into()))?;
+            if let Some(l) = here.iter().find(|l| l.mac == p.mac) {
+                links::move_to(&mut own, l.index, pod_net.as_fd()).map_err(kernel(format!("moving {} ({}) into the pod's network namespace", l.name, p.shown)))?;
             }
-            .map_err(sys(format!("adding {ip}/{prefix} to {name}")))?;
         }
-        log::info!("interface {name} ({}) configured", i.hw_addr);
+        let there = links::list(&mut pod).map_err(kernel("listing the pod's interfaces".into()))?;
+        let Some(l) = there.iter().find(|l| l.mac == p.mac) else {
+            return Err(invalid(format!("no network interface has MAC {}", p.shown)));
+        };
+        configure(&mut pod, p, l.index, &l.name)?;
     }
     Ok(())
 }
 
-/// Adds routes.
-pub fn update_routes(routes: &[Route]) -> Result<()> {
+fn route_plan(r: &Route) -> Result<(NewRoute, &str)> {
+    let gateway = (!r.gateway.is_empty()).then(|| parse_addr("gateway", &r.gateway, 0).map(|(ip, _)| ip)).transpose()?;
+    let (dst, prefix) = match r.destination.as_str() {
+        "" | "default" => match gateway {
+            Some(IpAddr::V6(_)) => (IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
+            _ => (IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+        },
+        d => {
+            let (addr, prefix) = d.split_once('/').ok_or_else(|| invalid(format!("route destination {d:?} is not in CIDR form")))?;
+            let prefix: u32 = prefix.parse().map_err(|_| invalid(format!("route destination {d:?} has a bad prefix")))?;
+            parse_addr("route destination", addr, prefix)?
+        }
+    };
+    if !r.device.is_empty() {
+        check_ifname(&r.device)?;
+    }
+    if gateway.is_none() && r.device.is_empty() {
+        return Err(invalid(format!("route to {dst}/{prefix} has neither gateway nor device")));
+    }
+    if gateway.is_some_and(|g| g.is_ipv4() != dst.is_ipv4()) {
+        return Err(invalid(format!("route {dst}/{prefix}: gateway {:?} is of another IP family", r.gateway)));
+    }
+    Ok((NewRoute { dst, prefix, gateway, oif: None, metric: r.metric }, r.device.as_str()))
+}
+
+/// Adds routes in the pod's network namespace `pod_net` (after UpdateInterfaces; a route
+/// to an existing destination replaces it).
+pub fn update_routes(pod_net: BorrowedFd<'_>, routes: &[Route]) -> Result<()> {
     if routes.len() > MAX_ITEMS {
         return Err(invalid(format!("{} routes, more than {MAX_ITEMS}", routes.len())));
     }
-    for r in routes {
-        let gateway = (!r.gateway.is_empty())
-            .then(|| parse_addr("gateway", &r.gateway, 0).map(|(ip, _)| ip))
-            .transpose()?;
-        let (dst, prefix) = match r.destination.as_str() {
-            "" | "default" => match gateway {
-                Some(IpAddr::V6(_)) => (IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 0),
-                _ => (IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0),
-            },
-            d => {
-                let (addr, prefix) = d
-                    .split_once('/')
-                    .ok_or_else(|| invalid(format!("route destination {d:?} is not in CIDR form")))?;
-                let prefix: u32 = prefix.parse().map_err(|_| invalid(format!("route destination {d:?} has a bad prefix")))?;
-                parse_addr("route destination", addr, prefix)?
-            }
-        };
-        if !r.device.is_empty() {
-            check_ifname(&r.device)?;
+    let plans = routes.iter().map(route_plan).collect::<Result<Vec<_>>>()?;
+    let mut pod = Rtnl::open_in(pod_net).map_err(kernel("opening a netlink socket in the pod's network namespace".into()))?;
+    let there = links::list(&mut pod).map_err(kernel("listing the pod's interfaces".into()))?;
+    for (mut r, dev) in plans {
+        if !dev.is_empty() {
+            let l = there.iter().find(|l| l.name == dev).ok_or_else(|| invalid(format!("route to {}/{}: no interface {dev:?} in the pod's network namespace", r.dst, r.prefix)))?;
+            r.oif = Some(l.index);
         }
-        if gateway.is_none() && r.device.is_empty() {
-            return Err(invalid(format!("route to {dst}/{prefix} has neither gateway nor device")));
-        }
-        let what = format!("adding route {dst}/{prefix} via {:?} dev {:?}", r.gateway, r.device);
-        match (dst, gateway) {
-            (IpAddr::V4(d), None) => ioctl::add_route_v4(d, prefix, None, &r.device, r.metric),
-            (IpAddr::V4(d), Some(IpAddr::V4(g))) => ioctl::add_route_v4(d, prefix, Some(g), &r.device, r.metric),
-            (IpAddr::V6(d), None) => ioctl::add_route_v6(d, prefix, None, &r.device, r.metric),
-            (IpAddr::V6(d), Some(IpAddr::V6(g))) => ioctl::add_route_v6(d, prefix, Some(g), &r.device, r.metric),
-            _ => return Err(invalid(format!("route {dst}/{prefix}: gateway {:?} is of another IP family", r.gateway))),
-        }
-        .map_err(sys(what))?;
+        let via = r.gateway.map(|g| format!(" via {g}")).unwrap_or_default();
+        routes::add(&mut pod, &r).map_err(kernel(format!("adding route {}/{}{via} dev {dev:?}", r.dst, r.prefix)))?;
     }
     Ok(())
+}
+
+/// Brings up `lo` in network namespace `ns` (a new namespace has it down; runc raises it too).
+pub fn loopback_up_in(ns: BorrowedFd<'_>) -> Result<()> {
+    let mut rtnl = Rtnl::open_in(ns).map_err(kernel("opening a netlink socket in the pod's network namespace".into()))?;
+    set_up_named(&mut rtnl, "lo", true).map_err(kernel("bringing up lo in the pod's network namespace".into()))
+}
+
+fn set_up_named(rtnl: &mut Rtnl, name: &str, up: bool) -> std::io::Result<()> {
+    let all = links::list(rtnl)?;
+    let l = all.iter().find(|l| l.name == name).ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENODEV))?;
+    links::set_up(rtnl, l.index, up)
+}
+
+/// Sets or clears IFF_UP on interface `name` of the agent's own namespace.
+pub fn set_up(name: &str, up: bool) -> nix::Result<()> {
+    let mut rtnl = Rtnl::open().map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    set_up_named(&mut rtnl, name, up).map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
 }

@@ -1,5 +1,6 @@
 //! The ttrpc service: maps each RPC of `husk.agent.v1.Agent` onto containers and processes.
 use std::collections::{HashMap, HashSet};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -114,7 +115,10 @@ impl AgentService {
             }
             let mut pod = Pod::prepare(&self.paths.run_dir, id, &req.shared_fs_tag)?;
             let c = Container::create(&self.paths, &self.reaper, req, None)?;
-            if let Err(e) = pod.adopt_namespaces(c.init.pid) {
+            let adopted = pod.adopt_namespaces(c.init.pid);
+            // The pod's new network namespace gets its loopback up, as runc does.
+            let lo = adopted.and_then(|()| pod.namespace(nix::sched::CloneFlags::CLONE_NEWNET)).and_then(|ns| crate::network::loopback_up_in(ns.as_fd()));
+            if let Err(e) = lo {
                 c.destroy();
                 return Err(e);
             }
@@ -129,6 +133,14 @@ impl AgentService {
             }
             _ => Err(AgentError::NotFound(format!("pod sandbox {sandbox:?} not found in this VM"))),
         }
+    }
+
+    /// The pod's network namespace, which the network requests configure.
+    fn pod_network(&self) -> Result<std::os::fd::OwnedFd> {
+        self.live()?;
+        let pod = self.registry().pod.clone();
+        let pod = pod.ok_or_else(|| AgentError::FailedPrecondition("this VM has no pod yet: create its sandbox container before configuring the network".into()))?;
+        pod.namespace(nix::sched::CloneFlags::CLONE_NEWNET)
     }
 
     fn update(&self, req: &UpdateContainerRequest) -> Result<()> {
@@ -380,12 +392,14 @@ impl Agent for AgentService {
     }
 
     fn update_interfaces(&self, _: &TtrpcContext, req: UpdateInterfacesRequest) -> ttrpc::Result<Empty> {
-        ok(crate::network::update_interfaces(&req.interfaces))?;
+        let ns = ok(self.pod_network())?;
+        ok(crate::network::update_interfaces(ns.as_fd(), &req.interfaces))?;
         Ok(Empty::new())
     }
 
     fn update_routes(&self, _: &TtrpcContext, req: UpdateRoutesRequest) -> ttrpc::Result<Empty> {
-        ok(crate::network::update_routes(&req.routes))?;
+        let ns = ok(self.pod_network())?;
+        ok(crate::network::update_routes(ns.as_fd(), &req.routes))?;
         Ok(Empty::new())
     }
 
