@@ -96,6 +96,15 @@ pub enum ShimError {
         #[source]
         source: crate::sharedfs::SharedFsError,
     },
+    /// The pod's network (taps and tc in its namespace, or its guest side) failed.
+    #[error("cannot {op}")]
+    Network {
+        /// What was attempted.
+        op: &'static str,
+        /// Cause.
+        #[source]
+        source: crate::network::NetworkError,
+    },
     /// Building the container's root filesystem image failed.
     #[error(transparent)]
     Rootfs(#[from] crate::rootfs::RootfsError),

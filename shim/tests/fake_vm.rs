@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod fake_agent;
+mod fake_vm_net;
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -24,7 +25,7 @@ fn main() {
         fake_agent::run_fake_vmm();
         return;
     }
-    let tests: [(&str, fn()); 7] = [
+    let tests: [(&str, fn()); 9] = [
         ("large_output_arrives_before_the_exit", large_output_arrives_before_the_exit),
         ("stdin_is_forwarded_to_eof", stdin_is_forwarded_to_eof),
         ("exec_and_kill", exec_and_kill),
@@ -32,6 +33,8 @@ fn main() {
         ("a_pod_shares_one_vm_and_its_containers_use_disk_slots", a_pod_shares_one_vm_and_its_containers_use_disk_slots),
         ("a_container_of_an_unknown_pod_is_refused", a_container_of_an_unknown_pod_is_refused),
         ("a_guest_that_never_reports_a_sigkill_loses_its_vm", a_guest_that_never_reports_a_sigkill_loses_its_vm),
+        ("the_pods_network_reaches_the_vm_and_nothing_is_left", fake_vm_net::the_pods_network_reaches_the_vm_and_nothing_is_left),
+        ("a_network_the_vm_cannot_get_fails_create_and_leaves_nothing", fake_vm_net::a_network_the_vm_cannot_get_fails_create_and_leaves_nothing),
     ];
     let mut failed = 0;
     for (name, t) in tests {

@@ -23,6 +23,7 @@ pub use process::{from_unix_nanos, now, Process, VM_DIED_EXIT_STATUS};
 use crate::agent::{agent_err, long, short};
 use crate::error::{Result, ShimError};
 use crate::io::{self, StdioPaths};
+use crate::network::PodNetwork;
 use crate::sandbox::spec::{check_namespaces, guest_spec, is_bind, is_pod_shm, Role, CONTAINER_TYPE};
 use crate::sandbox::{Boot, Sandbox, SlotLease, ROOTFS_DISK_ID};
 use crate::state::{ContainerInfo, StateDir, BUNDLE_POINTER};
@@ -186,12 +187,18 @@ impl Container {
         });
         let image = image_for(req, &bundle, spec, &state.rootfs_image(), &cfg.shim.image_cache_dir)?;
         let share = needs_host_files(spec, &req.id);
-        let boot = Boot { namespace, id: &req.id, bundle: &bundle, spec, rootfs: &image, share_host_files: share };
+        // The pod's network: taps beside the interfaces CNI made in its namespace.
+        let network = match crate::network::namespace_path(spec) {
+            Some(ns) => Some(PodNetwork::setup(&ns).map_err(|source| ShimError::Network { op: "set up the pod's network", source })?),
+            None => None,
+        };
+        let boot = Boot { namespace, id: &req.id, bundle: &bundle, spec, rootfs: &image, share_host_files: share, network };
         let sandbox = Arc::new(Sandbox::boot(boot, cfg, state)?);
         let sb = sandbox.clone();
         undo.push(move || sb.destroy());
         // The sandbox's shares go with the sandbox (its destroy tears the shared directory down).
         let pid = create_in_guest(&sandbox, req, spec, &image, ROOTFS_DISK_ID, &mut Vec::new())?;
+        sandbox.configure_network()?;
         sandbox.set_init_pid(pid);
         undo.disarm();
         let c = Container::new(req, spec, sandbox.clone(), pid, Parts { is_sandbox: true, ..Default::default() });

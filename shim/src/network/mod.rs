@@ -248,6 +248,12 @@ impl PodNetwork {
         self.endpoints.iter().zip(&fds.0).map(|(e, fd)| NetConfig { tap: e.tap.clone(), mac: Some(MacAddr(e.iface.link.mac)), netns: None, fd: Some(fd.as_raw_fd()) }).collect()
     }
 
+    /// Adds the taps to a VM plan: one net device each, inheriting its descriptor.
+    pub fn add_to(&self, plan: &mut crate::vm::VmPlan, fds: &TapFds) {
+        plan.config.net.extend(self.net_configs(fds));
+        plan.inherit_fds.extend(fds.0.iter().map(|f| f.as_raw_fd()));
+    }
+
     /// The guest's interfaces: found by MAC, named, sized and addressed as the pod's.
     pub fn guest_interfaces(&self) -> Vec<agent::Interface> {
         self.endpoints
@@ -320,5 +326,22 @@ impl PodNetwork {
             }
             Ok(())
         })
+    }
+}
+
+/// The network namespace a spec names by path (`linux.namespaces[type=network].path`), such
+/// as CNI's /var/run/netns/cni-… from containerd's CRI plugin or `ctr run --cni`.
+pub fn namespace_path(spec: &oci_spec::runtime::Spec) -> Option<PathBuf> {
+    let namespaces = spec.linux().as_ref()?.namespaces().as_ref()?;
+    namespaces.iter().find(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)?.path().clone()
+}
+
+/// Tears down `network` after a failed start (errors are logged: the start's own error is
+/// the one reported).
+pub fn teardown_after_failure(network: Option<&PodNetwork>) {
+    if let Some(n) = network {
+        if let Err(e) = n.teardown() {
+            log::error!("removing the taps and tc filters of {} after a failed start: {}", n.path().display(), crate::error::chain(&e));
+        }
     }
 }

@@ -20,6 +20,7 @@ use husk_rootfs::BuiltImage;
 use oci_spec::runtime::Spec;
 
 use crate::error::{Result, ShimError};
+use crate::network::{PodNetwork, TapFds};
 use crate::sharedfs::{SharedFs, VirtiofsdConfig};
 use crate::state::{ContainerInfo, StateDir, StateInfo};
 use crate::vm::{Vm, VmError, VmPlan};
@@ -63,6 +64,8 @@ pub struct Boot<'a> {
     pub rootfs: &'a BuiltImage,
     /// Whether a virtiofsd serves the pod's shared host files.
     pub share_host_files: bool,
+    /// The pod's network as set up in its namespace, with the taps for the VMM.
+    pub network: Option<(PodNetwork, TapFds)>,
 }
 
 /// A disk slot lent to a container for its root filesystem.
@@ -103,6 +106,7 @@ pub struct Sandbox {
     pub stopping: AtomicBool,
     cgroup: Option<HostCgroup>,
     shared: Mutex<Option<SharedFs>>,
+    network: Mutex<Option<PodNetwork>>,
     slots: Mutex<Slots>,
     info: Mutex<StateInfo>,
     init_pid: AtomicU32,
@@ -144,6 +148,7 @@ impl Sandbox {
             vmm_log: state.vmm_log(),
             work_dir: state.path().to_path_buf(),
             cgroup_procs: cgroup.map(HostCgroup::procs_files).unwrap_or_default(),
+            inherit_fds: Vec::new(),
         }
     }
 
@@ -153,7 +158,8 @@ impl Sandbox {
     /// directory belongs to the caller). With `share_host_files`, a virtiofsd serves the pod's
     /// shared directory to the guest.
     pub fn boot(b: Boot<'_>, cfg: HuskConfig, state: StateDir) -> Result<Sandbox> {
-        let Boot { namespace, id, bundle, spec, rootfs, share_host_files } = b;
+        let Boot { namespace, id, bundle, spec, rootfs, share_host_files, network } = b;
+        let (network, taps) = network.map_or((None, None), |(n, t)| (Some(n), Some(t)));
         let annotations = spec.annotations().clone().unwrap_or_default();
         let size = sizing::vm_size(&annotations, &cfg.vm)?;
         check_kvm()?;
@@ -169,16 +175,21 @@ impl Sandbox {
                     if let Some(cg) = &cgroup {
                         cg.remove();
                     }
+                    crate::network::teardown_after_failure(network.as_ref());
                     return Err(ShimError::SharedFs { op: "start the pod's shared file system", source: e });
                 }
             }
         } else {
             None
         };
-        let plan = Self::plan(&cfg, &state, size, rootfs, cgroup.as_ref(), shared.as_ref());
+        let mut plan = Self::plan(&cfg, &state, size, rootfs, cgroup.as_ref(), shared.as_ref());
+        if let (Some(n), Some(t)) = (&network, &taps) {
+            n.add_to(&mut plan, t);
+        }
         // Undoes what was started when a later step fails.
         let mut shared = Some(shared);
         let mut undo = |vm: Option<&Vm>| {
+            crate::network::teardown_after_failure(network.as_ref());
             if let Some(vm) = vm {
                 if vm.kill(SHUTDOWN_TIMEOUT).is_none() {
                     log::error!("husk-vmm pid {} did not die after SIGKILL", vm.pid());
@@ -204,7 +215,10 @@ impl Sandbox {
             created_unix: crate::container::now().seconds.max(0) as u64,
             containers: vec![ContainerInfo { id: id.into(), bundle: bundle.to_path_buf(), slot: String::new(), image: rootfs.path.clone(), image_cached: rootfs.cache_key.is_some() }],
         };
-        let vm = match state.write_info(&info).and_then(|()| Vm::spawn(plan).map_err(ShimError::from)) {
+        let spawned = state.write_info(&info).and_then(|()| Vm::spawn(plan).map_err(ShimError::from));
+        // The VMM holds the taps now: one that dies takes them along.
+        drop(taps);
+        let vm = match spawned {
             Ok(vm) => vm,
             Err(e) => {
                 undo(None);
@@ -234,10 +248,20 @@ impl Sandbox {
             stopping: AtomicBool::new(false),
             cgroup,
             shared: Mutex::new(shared),
+            network: Mutex::new(network),
             slots: Mutex::new(slots),
             info: Mutex::new(info),
             init_pid: AtomicU32::new(0),
         })
+    }
+
+    /// Gives the guest the pod's interfaces and routes (after the sandbox container exists).
+    pub fn configure_network(&self) -> Result<()> {
+        let network = self.network.lock().unwrap_or_else(|p| p.into_inner());
+        match network.as_ref() {
+            Some(n) => n.configure_guest(&self.agent, crate::agent::short).map_err(|source| ShimError::Network { op: "configure the pod's network in the guest", source }),
+            None => Ok(()),
+        }
     }
 
     /// The virtio-fs tag the guest mounts the pod's shared files from ("" without them).
@@ -379,6 +403,11 @@ impl Sandbox {
         if let Some(fs) = self.shared.lock().unwrap_or_else(|p| p.into_inner()).take() {
             if let Err(e) = fs.stop() {
                 log::error!("pod {}: stopping the shared file system: {}", self.id, crate::error::chain(&e));
+            }
+        }
+        if let Some(n) = self.network.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            if let Err(e) = n.teardown() {
+                log::error!("pod {}: removing its taps and tc filters: {}", self.id, crate::error::chain(&e));
             }
         }
         if let Some(cg) = &self.cgroup {

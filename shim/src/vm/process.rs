@@ -1,7 +1,7 @@
 //! Spawning `husk-vmm` with its typed VM configuration, watching it exit, stopping it.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -30,6 +30,10 @@ pub struct VmPlan {
     pub work_dir: PathBuf,
     /// `cgroup.procs` files the VMM joins before it runs (the pod's host cgroup).
     pub cgroup_procs: Vec<PathBuf>,
+    /// Descriptors the VMM inherits at the same numbers (the pod's taps, named by number in
+    /// `config.net`). They stay close-on-exec in the shim, so no other child gets them; the
+    /// caller keeps them open until [`Vm::spawn`] returns.
+    pub inherit_fds: Vec<RawFd>,
 }
 
 impl VmPlan {
@@ -140,6 +144,7 @@ impl Vm {
             .map(|p| std::fs::OpenOptions::new().write(true).open(p).map(OwnedFd::from).map_err(|source| VmError::Cgroup { path: p.clone(), source }))
             .collect::<Result<_, _>>()?;
         let raw: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
+        let inherit = plan.inherit_fds.clone();
         let mut cmd = Command::new(&plan.vmm);
         cmd.args(plan.args())
             .current_dir(&plan.work_dir)
@@ -152,9 +157,10 @@ impl Vm {
         if let Ok(level) = std::env::var("HUSK_LOG") {
             cmd.env("HUSK_LOG", level);
         }
-        // SAFETY: the closure runs in the forked child before exec and only calls prctl(2) and
-        // write(2) on descriptors opened before the fork, which are async-signal-safe; it
-        // touches no memory of the parent beyond reading `raw`.
+        // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
+        // write(2) and fcntl(2) on descriptors opened before the fork, which are
+        // async-signal-safe; it touches no memory of the parent beyond reading `raw` and
+        // `inherit`.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
@@ -162,6 +168,12 @@ impl Vm {
                 }
                 for fd in &raw {
                     if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                // Only this child: clearing close-on-exec after the fork.
+                for fd in &inherit {
+                    if libc::fcntl(*fd, libc::F_SETFD, 0) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
@@ -268,7 +280,27 @@ mod tests {
             vsock: Some(husk_config::VsockConfig { cid: 3, uds: dir.join("vsock.sock") }),
             ..Default::default()
         };
-        VmPlan { vmm: vmm.into(), config, config_file: dir.join("vm.toml"), vmm_log: dir.join("vmm.log"), work_dir: dir.into(), cgroup_procs: Vec::new() }
+        VmPlan { vmm: vmm.into(), config, config_file: dir.join("vm.toml"), vmm_log: dir.join("vmm.log"), work_dir: dir.into(), cgroup_procs: Vec::new(), inherit_fds: Vec::new() }
+    }
+
+    #[test]
+    fn the_vmm_alone_inherits_the_descriptors_it_is_given() {
+        let d = tempfile::tempdir().unwrap();
+        let script = d.path().join("fake-vmm");
+        std::fs::write(&script, "#!/bin/sh\nls /proc/$$/fd >&2\n").unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        // Both close-on-exec, as the shim keeps them.
+        let given = std::fs::File::open("/proc/self/status").unwrap();
+        let other = std::fs::File::open("/proc/self/status").unwrap();
+        let mut p = plan(d.path(), script.to_str().unwrap());
+        p.inherit_fds = vec![given.as_raw_fd()];
+        let vm = Vm::spawn(p).unwrap();
+        vm.exit_watch().wait(Some(Duration::from_secs(10))).unwrap();
+        let fds: Vec<String> = std::fs::read_to_string(d.path().join("vmm.log")).unwrap().lines().map(str::to_string).collect();
+        assert!(fds.contains(&given.as_raw_fd().to_string()), "{fds:?}");
+        assert!(!fds.contains(&other.as_raw_fd().to_string()), "{fds:?}");
+        let flags = nix::fcntl::fcntl(&given, nix::fcntl::FcntlArg::F_GETFD).unwrap();
+        assert_ne!(flags & libc::FD_CLOEXEC, 0, "still close-on-exec in the shim");
     }
 
     #[test]

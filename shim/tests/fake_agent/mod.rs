@@ -37,6 +37,16 @@ struct Proc {
 struct Fake {
     procs: Mutex<HashMap<String, Proc>>,
     cond: Condvar,
+    /// Where the network the VM got is written down (`<vsock uds>.net`).
+    net_log: Option<std::path::PathBuf>,
+}
+
+impl Fake {
+    fn note_net(&self, line: String) {
+        if let Some(p) = &self.net_log {
+            std::fs::OpenOptions::new().create(true).append(true).open(p).unwrap().write_all(format!("{line}\n").as_bytes()).unwrap();
+        }
+    }
 }
 
 fn status(code: ttrpc::Code, msg: &str) -> ttrpc::Error {
@@ -164,6 +174,19 @@ impl Agent for Fake {
             std::thread::sleep(Duration::from_secs(3600));
         }
     }
+    fn update_interfaces(&self, _: &TtrpcContext, r: UpdateInterfacesRequest) -> ttrpc::Result<Empty> {
+        for i in &r.interfaces {
+            let addrs: Vec<String> = i.addresses.iter().map(|a| format!("{}/{}", a.address, a.prefix_len)).collect();
+            self.note_net(format!("iface {} {} {} {}", i.hw_addr, i.name, i.mtu, addrs.join(",")));
+        }
+        Ok(Empty::new())
+    }
+    fn update_routes(&self, _: &TtrpcContext, r: UpdateRoutesRequest) -> ttrpc::Result<Empty> {
+        for x in &r.routes {
+            self.note_net(format!("route {} via {:?} dev {}", x.destination, x.gateway, x.device));
+        }
+        Ok(Empty::new())
+    }
     fn remove_container(&self, _: &TtrpcContext, _: RemoveContainerRequest) -> ttrpc::Result<Empty> {
         Ok(Empty::new())
     }
@@ -225,9 +248,19 @@ pub fn run_fake_vmm() {
     if let Some(api) = config.api_sock.clone() {
         std::thread::spawn(move || serve_api(api));
     }
+    let fake = Fake { net_log: Some(format!("{uds}.net").into()), ..Default::default() };
+    // The taps the shim passed: open here, and really taps of the configured names.
+    for n in &config.net {
+        let fd = n.fd.expect("the shim passes taps as descriptors");
+        let mut ifr = [0u8; 40];
+        // SAFETY: TUNGETIFF writes one 40-byte struct ifreq into `ifr`, valid for the call.
+        let r = unsafe { libc::ioctl(fd, 0x8004_54d2, ifr.as_mut_ptr()) };
+        let name = String::from_utf8_lossy(&ifr[..16]).trim_end_matches('\0').to_string();
+        fake.note_net(format!("net {} fd {} mac {} tap {}", n.tap, if r == 0 { "open" } else { "bad" }, n.mac.map(|m| m.to_string()).unwrap_or_default(), name));
+    }
     let agent_path = format!("{uds}.agent");
     let agent_listener = UnixListener::bind(&agent_path).unwrap();
-    let service = create_agent(Arc::new(Fake::default()));
+    let service = create_agent(Arc::new(fake));
     let mut server = ttrpc::Server::new().add_listener(agent_listener.into_raw_fd()).unwrap().register_service(service);
     server.start().unwrap();
     let listener = UnixListener::bind(&uds).unwrap();
