@@ -12,7 +12,7 @@ SB=io.kubernetes.cri.sandbox-id
 CT=io.kubernetes.cri.container-type
 vmms() { # husk-vmm processes of this run, from /proc
   local n=0 p
-  for p in $(e2e_pids); do tr '\0' ' ' <"/proc/$p/cmdline" | grep -q -- '--config' && n=$((n + 1)); done
+  for p in $(e2e_pids); do tr '\0' ' ' 2>/dev/null <"/proc/$p/cmdline" | grep -q -- '--config' && n=$((n + 1)); done
   echo "$n"
 }
 task_pid() { ctr_ task ls | awk -v id="$1" '$1 == id {print $2}'; }
