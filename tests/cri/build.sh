@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Builds what the CRI tests need, outside the testbed (cargo cannot write there): the husk-cri
+# client (host target) and the static pause binary of the sandbox image (musl, without the
+# client's dependencies).
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+t=${CARGO_TARGET_DIR:-$repo/target}/cri
+m=$repo/tests/cri/Cargo.toml
+CARGO_TARGET_DIR=$t cargo build --release --locked --manifest-path "$m" --bin husk-cri
+CARGO_TARGET_DIR=$t cargo build --release --locked --manifest-path "$m" --bin pause --no-default-features --target x86_64-unknown-linux-musl
