@@ -1,4 +1,4 @@
-//! Configuration of the virtio devices of one microVM (`--disk`, `--net`, `--vsock`).
+//! Configuration of the virtio devices of one microVM (`--disk`, `--net`, `--vsock`, `--fs`).
 //!
 //! Each type parses from the comma-separated `key=value` form of its command-line flag and
 //! deserializes from the equivalent TOML table.
@@ -15,6 +15,10 @@ pub const MAX_DISK_ID_LEN: usize = 20;
 pub const MAX_TAP_NAME_LEN: usize = 15;
 /// Guest CID used when `--vsock` gives none.
 pub const DEFAULT_GUEST_CID: u32 = 3;
+/// Longest virtio-fs tag: the size of the `tag` field of the device's config space.
+pub const MAX_FS_TAG_LEN: usize = 36;
+/// Longest unix socket path (`sun_path` holds 108 bytes with the terminating NUL).
+pub const MAX_SOCKET_PATH_LEN: usize = 107;
 
 /// One virtio-blk disk. `--disk path=PATH[,id=NAME][,ro]`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +59,19 @@ pub struct VsockConfig {
     /// Unix socket the host connects to (`CONNECT <port>\n`); guest-initiated connections to
     /// host port P go to `<uds>_<P>`.
     pub uds: PathBuf,
+}
+
+/// A virtio-fs device served by a vhost-user backend such as virtiofsd.
+/// `--fs tag=TAG,socket=PATH`. The guest mounts it with `mount -t virtiofs TAG DIR`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    /// Name the guest mounts the file system by: 1 to 36 printable ASCII characters without
+    /// spaces or commas, unique among the VM's fs devices.
+    pub tag: String,
+    /// The vhost-user socket the backend (virtiofsd `--socket-path`) listens on; it must exist
+    /// when husk-vmm starts.
+    pub socket: PathBuf,
 }
 
 fn default_cid() -> u32 {
@@ -108,6 +125,15 @@ impl<'de> Deserialize<'de> for MacAddr {
     }
 }
 
+/// Checks a virtio-blk serial (a disk's `id`): at most [`MAX_DISK_ID_LEN`] printable ASCII
+/// characters, no spaces. `field` names the setting in the error.
+pub fn validate_disk_serial(field: &str, id: &str) -> Result<()> {
+    if id.len() > MAX_DISK_ID_LEN || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ConfigError::invalid(field, id, format!("must be at most {MAX_DISK_ID_LEN} printable ASCII characters without spaces")));
+    }
+    Ok(())
+}
+
 /// Splits `a=1,b=2,flag` into pairs; a bare word has an empty value.
 fn pairs<'a>(flag: &str, s: &'a str) -> Result<Vec<(&'a str, &'a str)>> {
     if s.trim().is_empty() {
@@ -138,9 +164,10 @@ impl DiskConfig {
     /// Checks the id and that the backing file exists.
     pub fn validate(&self) -> Result<()> {
         if let Some(id) = &self.id {
-            if id.is_empty() || id.len() > MAX_DISK_ID_LEN || !id.bytes().all(|b| b.is_ascii_graphic()) {
+            if id.is_empty() {
                 return Err(ConfigError::invalid("disk.id", id, format!("must be 1 to {MAX_DISK_ID_LEN} printable ASCII characters without spaces or commas")));
             }
+            validate_disk_serial("disk.id", id)?;
         }
         std::fs::metadata(&self.path).map_err(|source| ConfigError::File {
             field: "disk.path".into(),
@@ -206,6 +233,42 @@ impl VsockConfig {
     }
 }
 
+impl FsConfig {
+    /// Parses the value of one `--fs` flag.
+    pub fn parse_flag(s: &str) -> Result<Self> {
+        let mut tag = None;
+        let mut socket = None;
+        for (k, v) in pairs("--fs", s)? {
+            match (k, v) {
+                ("tag", t) => tag = Some(t.to_string()),
+                ("socket", p) if !p.is_empty() => socket = Some(PathBuf::from(p)),
+                _ => return Err(ConfigError::invalid("--fs", s, format!("unknown or empty key `{k}` (expected tag=TAG,socket=PATH)"))),
+            }
+        }
+        let tag = tag.ok_or_else(|| ConfigError::invalid("--fs", s, "tag=TAG is required"))?;
+        let socket = socket.ok_or_else(|| ConfigError::invalid("--fs", s, "socket=PATH is required"))?;
+        Ok(FsConfig { tag, socket })
+    }
+
+    /// Checks the tag and that the socket exists and is a unix socket.
+    pub fn validate(&self) -> Result<()> {
+        if self.tag.is_empty() || self.tag.len() > MAX_FS_TAG_LEN || !self.tag.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
+            return Err(ConfigError::invalid("fs.tag", &self.tag, format!("must be 1 to {MAX_FS_TAG_LEN} printable ASCII characters without spaces or commas")));
+        }
+        if self.socket.as_os_str().len() > MAX_SOCKET_PATH_LEN {
+            return Err(ConfigError::invalid("fs.socket", self.socket.display(), format!("unix socket paths are limited to {MAX_SOCKET_PATH_LEN} bytes")));
+        }
+        let md = std::fs::metadata(&self.socket).map_err(|source| ConfigError::File { field: "fs.socket".into(), path: self.socket.clone(), source })?;
+        {
+            use std::os::unix::fs::FileTypeExt;
+            if !md.file_type().is_socket() {
+                return Err(ConfigError::invalid("fs.socket", self.socket.display(), "not a unix socket (start the vhost-user backend, e.g. virtiofsd --socket-path, first)"));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,5 +303,35 @@ mod tests {
         assert_eq!(VsockConfig::parse_flag("uds=/a").unwrap().cid, 3);
         let e = VsockConfig::parse_flag("cid=2,uds=/a").unwrap().validate().unwrap_err().to_string();
         assert!(e.contains("vsock.cid") && e.contains('2'), "{e}");
+    }
+
+    #[test]
+    fn fs_flag() {
+        let f = FsConfig::parse_flag("tag=share,socket=/run/vfs.sock").unwrap();
+        assert_eq!(f, FsConfig { tag: "share".into(), socket: "/run/vfs.sock".into() });
+        assert!(FsConfig::parse_flag("socket=/a").unwrap_err().to_string().contains("tag=TAG"));
+        assert!(FsConfig::parse_flag("tag=a").unwrap_err().to_string().contains("socket=PATH"));
+        assert!(FsConfig::parse_flag("tag=a,socket=/a,cache=auto").unwrap_err().to_string().contains("cache"));
+
+        let dir = std::env::temp_dir().join(format!("husk-fs-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("vfs.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let ok = FsConfig { tag: "a".repeat(MAX_FS_TAG_LEN), socket: sock.clone() };
+        ok.validate().unwrap();
+        let e = FsConfig { tag: "a".repeat(MAX_FS_TAG_LEN + 1), ..ok.clone() }.validate().unwrap_err().to_string();
+        assert!(e.contains("fs.tag") && e.contains("1 to 36"), "{e}");
+        for bad in ["", "a b", "a,b", "t\u{e9}"] {
+            assert!(FsConfig { tag: bad.into(), ..ok.clone() }.validate().is_err(), "tag {bad:?}");
+        }
+        let e = FsConfig { socket: dir.join("missing.sock"), ..ok.clone() }.validate().unwrap_err().to_string();
+        assert!(e.contains("fs.socket") && e.contains("missing.sock"), "{e}");
+        let file = dir.join("plain");
+        std::fs::write(&file, b"").unwrap();
+        let e = FsConfig { socket: file, ..ok.clone() }.validate().unwrap_err().to_string();
+        assert!(e.contains("not a unix socket"), "{e}");
+        let e = FsConfig { socket: PathBuf::from(format!("/{}", "s".repeat(107))), ..ok }.validate().unwrap_err().to_string();
+        assert!(e.contains("107 bytes"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -4,8 +4,11 @@
 //! [vm]
 //! kernel = "/usr/local/share/husk/vmlinux"
 //! initramfs = "/usr/local/share/husk/initramfs"
-//! vcpus = 1
-//! memory = "256M"
+//! vcpus = 1               # a pod's VM: this plus the CPUs its containers' limits add up to
+//! memory = "256M"         # a pod's VM: this plus the memory its containers' limits add up to
+//! max_vcpus = 8           # a pod asking for more is refused
+//! max_memory = "8G"
+//! disk_slots = 8          # containers that can join a running pod's VM at once
 //! cmdline = ""            # appended to husk's own kernel command line
 //!
 //! [shim]
@@ -14,6 +17,7 @@
 //! image_cache_dir = "/var/lib/husk/images"
 //! agent_vsock_port = 1024
 //! boot_timeout_secs = 30
+//! virtiofsd = "/usr/local/libexec/husk/virtiofsd"
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -23,6 +27,10 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ConfigError, Result};
 use crate::size::MemSize;
 use crate::vm::{validate_memory, validate_vcpus, DEFAULT_INITRAMFS, DEFAULT_KERNEL};
+
+/// Most disk slots a pod's VM may have: the VM's 19 virtio interrupt lines less the sandbox's
+/// root disk, vsock, a network card and the shared filesystem.
+pub const MAX_DISK_SLOTS: u32 = 15;
 
 /// Default location of the file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/husk/config.toml";
@@ -57,6 +65,16 @@ pub struct VmDefaults {
     /// Guest RAM per VM (`256M`, `1G`, or MiB as a number).
     #[serde(default = "d_memory")]
     pub memory: MemSize,
+    /// Most vCPUs a pod's VM may get (its base `vcpus` plus its containers' CPU limits).
+    #[serde(default = "d_max_vcpus")]
+    pub max_vcpus: u32,
+    /// Most memory a pod's VM may get (its base `memory` plus its containers' memory limits).
+    #[serde(default = "d_max_memory")]
+    pub max_memory: MemSize,
+    /// Disk slots of each VM: how many containers can join a running pod at once (each joining
+    /// container's root filesystem takes one; a deleted container gives it back).
+    #[serde(default = "d_disk_slots")]
+    pub disk_slots: u32,
     /// Extra kernel command line, appended after husk's own.
     #[serde(default)]
     pub cmdline: String,
@@ -81,6 +99,9 @@ pub struct ShimConfig {
     /// Seconds to wait for the agent to answer after starting the VM.
     #[serde(default = "d_timeout")]
     pub boot_timeout_secs: u64,
+    /// The virtiofsd binary serving a pod's shared host files (volumes, CRI's /etc/hosts, ...).
+    #[serde(default = "d_virtiofsd")]
+    pub virtiofsd: PathBuf,
 }
 
 fn d_kernel() -> PathBuf {
@@ -95,8 +116,20 @@ fn d_vcpus() -> u32 {
 fn d_memory() -> MemSize {
     MemSize(256 << 20)
 }
+fn d_max_vcpus() -> u32 {
+    8
+}
+fn d_max_memory() -> MemSize {
+    MemSize(8 << 30)
+}
+fn d_disk_slots() -> u32 {
+    8
+}
 fn d_vmm() -> PathBuf {
     "/usr/local/bin/husk-vmm".into()
+}
+fn d_virtiofsd() -> PathBuf {
+    "/usr/local/libexec/husk/virtiofsd".into()
 }
 fn d_state() -> PathBuf {
     "/run/husk".into()
@@ -113,13 +146,29 @@ fn d_timeout() -> u64 {
 
 impl Default for VmDefaults {
     fn default() -> Self {
-        VmDefaults { kernel: d_kernel(), initramfs: d_initramfs(), vcpus: d_vcpus(), memory: d_memory(), cmdline: String::new() }
+        VmDefaults {
+            kernel: d_kernel(),
+            initramfs: d_initramfs(),
+            vcpus: d_vcpus(),
+            memory: d_memory(),
+            max_vcpus: d_max_vcpus(),
+            max_memory: d_max_memory(),
+            disk_slots: d_disk_slots(),
+            cmdline: String::new(),
+        }
     }
 }
 
 impl Default for ShimConfig {
     fn default() -> Self {
-        ShimConfig { vmm: d_vmm(), state_dir: d_state(), image_cache_dir: d_cache(), agent_vsock_port: d_port(), boot_timeout_secs: d_timeout() }
+        ShimConfig {
+            vmm: d_vmm(),
+            state_dir: d_state(),
+            image_cache_dir: d_cache(),
+            agent_vsock_port: d_port(),
+            boot_timeout_secs: d_timeout(),
+            virtiofsd: d_virtiofsd(),
+        }
     }
 }
 
@@ -150,13 +199,24 @@ impl HuskConfig {
     pub fn validate(&self) -> Result<()> {
         validate_vcpus(self.vm.vcpus).map_err(|e| rename(e, "vm.vcpus"))?;
         validate_memory(self.vm.memory).map_err(|e| rename(e, "vm.memory"))?;
+        validate_vcpus(self.vm.max_vcpus).map_err(|e| rename(e, "vm.max_vcpus"))?;
+        validate_memory(self.vm.max_memory).map_err(|e| rename(e, "vm.max_memory"))?;
+        if self.vm.vcpus > self.vm.max_vcpus {
+            return Err(ConfigError::invalid("vm.vcpus", self.vm.vcpus, format!("is more than vm.max_vcpus = {}", self.vm.max_vcpus)));
+        }
+        if self.vm.memory > self.vm.max_memory {
+            return Err(ConfigError::invalid("vm.memory", self.vm.memory, format!("is more than vm.max_memory = {}", self.vm.max_memory)));
+        }
+        if self.vm.disk_slots > MAX_DISK_SLOTS {
+            return Err(ConfigError::invalid("vm.disk_slots", self.vm.disk_slots, format!("must be at most {MAX_DISK_SLOTS} (interrupt lines of the VM)")));
+        }
         if self.shim.agent_vsock_port == 0 || self.shim.agent_vsock_port == u32::MAX {
             return Err(ConfigError::invalid("shim.agent_vsock_port", self.shim.agent_vsock_port, "must be 1 to 4294967294"));
         }
         if self.shim.boot_timeout_secs == 0 || self.shim.boot_timeout_secs > 3600 {
             return Err(ConfigError::invalid("shim.boot_timeout_secs", self.shim.boot_timeout_secs, "must be 1 to 3600"));
         }
-        for (field, p) in [("shim.state_dir", &self.shim.state_dir), ("shim.image_cache_dir", &self.shim.image_cache_dir), ("shim.vmm", &self.shim.vmm)] {
+        for (field, p) in [("shim.state_dir", &self.shim.state_dir), ("shim.image_cache_dir", &self.shim.image_cache_dir), ("shim.vmm", &self.shim.vmm), ("shim.virtiofsd", &self.shim.virtiofsd)] {
             if !p.is_absolute() {
                 return Err(ConfigError::invalid(field, p.display(), "must be an absolute path"));
             }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::devices::{DiskConfig, NetConfig, VsockConfig};
+use crate::devices::{DiskConfig, FsConfig, NetConfig, VsockConfig};
 use crate::error::{ConfigError, Result};
 use crate::size::MemSize;
 
@@ -22,6 +22,15 @@ pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet";
 pub const DEFAULT_KERNEL: &str = "/usr/local/share/husk/vmlinux";
 /// Installed initramfs (`make install`).
 pub const DEFAULT_INITRAMFS: &str = "/usr/local/share/husk/initramfs";
+/// Most virtio devices (disks, disk slots, net, vsock together) one VM can have: each takes
+/// one interrupt line, and husk-vmm hands out GSIs 5 to 23 of the 24-pin IOAPIC (0-4 are the
+/// PIT, keyboard, cascade and serial ports). The virtio-mmio window range
+/// (0xd000_0000-0xfec0_0000, 4 KiB each) holds far more, so the lines are the limit.
+pub const MAX_VIRTIO_DEVICES: usize = 19;
+/// API name of disk slot `n` (`slot0`, `slot1`, ...; see [`VmConfig::disk_slots`]).
+pub fn slot_name(n: u32) -> String {
+    format!("slot{n}")
+}
 
 /// Where the guest's serial console goes.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -134,6 +143,13 @@ pub struct VmConfig {
     /// Virtio block devices, in the order the guest sees them (vda, vdb, ...).
     #[serde(default)]
     pub disk: Vec<DiskConfig>,
+    /// Empty virtio-blk devices after the `disk` entries, named `slot0`, `slot1`, ... in the
+    /// control API, where an image is attached to one later (`PUT /vm/disks/slotN`, see
+    /// microvm/API.md). They boot with capacity 0 and an empty serial, and never offer
+    /// VIRTIO_BLK_F_RO (features are fixed at boot): a read-only attachment refuses writes in
+    /// the device instead (the guest sees an I/O error).
+    #[serde(default)]
+    pub disk_slots: u32,
     /// Virtio network devices.
     #[serde(default)]
     pub net: Vec<NetConfig>,
@@ -143,6 +159,9 @@ pub struct VmConfig {
     /// How virtio interrupts reach the guest: `line` (default) or `irqfd`.
     #[serde(default)]
     pub irq_delivery: IrqDelivery,
+    /// Virtio-fs devices (`[[fs]]` tables), each served by a vhost-user backend.
+    #[serde(default)]
+    pub fs: Vec<FsConfig>,
 }
 
 fn default_kernel() -> PathBuf {
@@ -169,9 +188,11 @@ impl Default for VmConfig {
             console: Console::default(),
             api_sock: None,
             disk: Vec::new(),
+            disk_slots: 0,
             net: Vec::new(),
             vsock: None,
             irq_delivery: IrqDelivery::default(),
+            fs: Vec::new(),
         }
     }
 }
@@ -207,12 +228,16 @@ impl VmConfig {
                 ));
             }
         }
+        self.validate_device_count()?;
         let mut ids = std::collections::HashSet::new();
         for d in &self.disk {
             d.validate()?;
             if let Some(id) = &d.id {
                 if !ids.insert(id.clone()) {
                     return Err(ConfigError::invalid("disk.id", id, "used by two disks"));
+                }
+                if let Some(n) = id.strip_prefix("slot").and_then(|n| n.parse::<u32>().ok()).filter(|&n| n < self.disk_slots && *id == slot_name(n)) {
+                    return Err(ConfigError::invalid("disk.id", id, format!("is the API name of disk slot {n} (disk_slots = {})", self.disk_slots)));
                 }
             }
         }
@@ -222,12 +247,52 @@ impl VmConfig {
         if let Some(v) = &self.vsock {
             v.validate()?;
         }
+        let mut tags = std::collections::HashSet::new();
+        for f in &self.fs {
+            f.validate()?;
+            if !tags.insert(f.tag.as_str()) {
+                return Err(ConfigError::invalid("fs.tag", &f.tag, "used by two fs devices"));
+            }
+        }
         if let Some(a) = &self.api_sock {
             if a.as_os_str().len() >= 108 {
                 return Err(ConfigError::invalid("api_sock", a.display(), "unix socket paths are limited to 107 bytes"));
             }
         }
         Ok(format)
+    }
+}
+
+impl VmConfig {
+    /// Virtio devices this configuration asks for: disks, disk slots, net devices and vsock.
+    pub fn virtio_device_count(&self) -> usize {
+        self.disk.len()
+            .saturating_add(self.disk_slots as usize)
+            .saturating_add(self.net.len())
+            .saturating_add(usize::from(self.vsock.is_some()))
+            .saturating_add(self.fs.len())
+    }
+
+    /// Checks that the virtio devices fit the VM's interrupt lines ([`MAX_VIRTIO_DEVICES`]).
+    fn validate_device_count(&self) -> Result<()> {
+        let total = self.virtio_device_count();
+        if total <= MAX_VIRTIO_DEVICES {
+            return Ok(());
+        }
+        let others = total.saturating_sub(self.disk_slots as usize);
+        let what = format!(
+            "{} disks, {} disk slots, {} net, {} vsock and {} fs devices make {total} virtio devices; a VM has interrupt lines (GSI 5-23) for {MAX_VIRTIO_DEVICES}",
+            self.disk.len(),
+            self.disk_slots,
+            self.net.len(),
+            usize::from(self.vsock.is_some()),
+            self.fs.len(),
+        );
+        if self.disk_slots > 0 {
+            let room = MAX_VIRTIO_DEVICES.saturating_sub(others);
+            return Err(ConfigError::invalid("disk_slots", self.disk_slots, format!("{what}, so at most {room} slots fit")));
+        }
+        Err(ConfigError::invalid("disk", self.disk.len(), what))
     }
 }
 

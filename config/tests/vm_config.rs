@@ -104,3 +104,51 @@ fn toml_file_parses_with_devices() {
     let e = format!("{:?}", VmConfig::from_toml_file(&f).unwrap_err());
     assert!(e.contains("bad.toml") && e.contains("vcpus"), "{e}");
 }
+
+#[test]
+fn disk_slots_fit_the_interrupt_lines() {
+    let dir = Dir::new("disk_slots_fit_the_interrupt_lines");
+    let k = dir.file("k3", &elf());
+    let f = dir.file("slots.toml", format!("kernel = {k:?}\ndisk_slots = 4\n[[disk]]\npath = \"/\"\n").as_bytes());
+    let c = VmConfig::from_toml_file(&f).unwrap();
+    assert_eq!(c.disk_slots, 4);
+    assert_eq!(VmConfig::default().disk_slots, 0, "no slots unless asked");
+    c.validate().unwrap();
+    assert_eq!(c.virtio_device_count(), 5);
+
+    let vsock = Some(husk_config::VsockConfig { cid: 3, uds: "/tmp/v.sock".into() });
+    let fits = VmConfig { disk_slots: 17, vsock: vsock.clone(), ..c.clone() };
+    fits.validate().unwrap();
+    assert_eq!(fits.virtio_device_count(), husk_config::MAX_VIRTIO_DEVICES);
+    let e = VmConfig { disk_slots: 18, vsock, ..c.clone() }.validate().unwrap_err().to_string();
+    assert!(e.contains("disk_slots = \"18\"") && e.contains("20 virtio devices") && e.contains("19") && e.contains("at most 17 slots"), "{e}");
+    let e = VmConfig { disk_slots: u32::MAX, ..c.clone() }.validate().unwrap_err().to_string();
+    assert!(e.contains(&u32::MAX.to_string()) && e.contains("at most 18 slots"), "{e}");
+
+    // A boot disk may not take a slot's API name.
+    let mut clash = c.clone();
+    clash.disk[0].id = Some("slot3".into());
+    let e = clash.validate().unwrap_err().to_string();
+    assert!(e.contains("disk.id") && e.contains("slot3") && e.contains("disk slot 3"), "{e}");
+    clash.disk[0].id = Some("slot4".into());
+    clash.validate().unwrap();
+}
+
+#[test]
+fn toml_fs_tables_parse_and_tags_are_unique() {
+    let dir = Dir::new("toml_fs_tables_parse_and_tags_are_unique");
+    let k = dir.file("k", &elf());
+    let sock = dir.0.join("vfs.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let text = format!("kernel = {k:?}\n[[fs]]\ntag = \"shared\"\nsocket = {sock:?}\n[[fs]]\ntag = \"other\"\nsocket = {sock:?}\n");
+    let c = VmConfig::from_toml_file(&dir.file("fs.toml", text.as_bytes())).unwrap();
+    assert_eq!(c.fs.iter().map(|f| f.tag.as_str()).collect::<Vec<_>>(), ["shared", "other"]);
+    c.validate().unwrap();
+    let mut dup = c.clone();
+    dup.fs[1].tag = "shared".into();
+    let e = dup.validate().unwrap_err().to_string();
+    assert!(e.contains("fs.tag") && e.contains("shared") && e.contains("two fs devices"), "{e}");
+    let f = dir.file("badfs.toml", format!("kernel = {k:?}\n[[fs]]\ntag = \"x\"\nsocket = {sock:?}\ncache = \"auto\"\n").as_bytes());
+    let e = format!("{:?}", VmConfig::from_toml_file(&f).unwrap_err());
+    assert!(e.contains("cache"), "{e}");
+}

@@ -12,8 +12,9 @@ use crate::process::plan::ExecPlan;
 /// Parses `data` as an OCI spec and builds the container plans; errors are fine, panics not.
 pub fn spec(data: &[u8]) {
     let Ok(spec) = parse_json::<Spec>("spec", data) else { return };
-    let _ = crate::container::clone_flags(&spec);
-    let _ = RootPlan::from_spec(&spec, PathBuf::from("/nonexistent/husk-fuzz-root"), true);
+    let ns = crate::pod::namespace_plan(&spec, None).unwrap_or_default();
+    let allowed = [PathBuf::from("/nonexistent/husk-fuzz-root/pod")];
+    let _ = RootPlan::from_spec(&spec, PathBuf::from("/nonexistent/husk-fuzz-root"), &ns, &allowed);
     if let Some(p) = spec.process() {
         let _ = ExecPlan::from_oci(p);
     }

@@ -6,5 +6,6 @@ pub mod fuzz_api;
 pub mod init;
 pub mod logger;
 pub mod network;
+pub mod pod;
 pub mod process;
 pub mod server;

@@ -10,6 +10,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::{Bus, BusError};
 use crate::devices::virtio::block::worker::WorkerControl;
+use crate::devices::virtio::block::DiskHandle;
 use crate::devices::virtio::interrupt::Interrupt;
 use crate::devices::BusDevice;
 use crate::layout::*;
@@ -32,10 +33,10 @@ pub trait CounterSource: Send + Sync {
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
     /// No MMIO window left.
-    #[error("no free virtio-mmio window for device {0}")]
+    #[error("no free virtio-mmio window for device {0} (the {VIRTIO_MMIO_START:#x}-{VIRTIO_MMIO_END:#x} range is full)")]
     NoMmioSpace(String),
     /// No interrupt line left.
-    #[error("no free GSI for device {0}")]
+    #[error("no free GSI for device {0} (GSIs {FIRST_DEVICE_GSI}-{LAST_DEVICE_GSI} are all used)")]
     NoGsi(String),
     /// A bus refused the range.
     #[error("cannot place device {0} on the bus")]
@@ -72,6 +73,7 @@ pub struct DeviceManager {
     event_manager: Option<DeviceEventManager>,
     counters: Vec<(String, Arc<dyn CounterSource>)>,
     io_threads: Vec<WorkerControl>,
+    disks: Vec<Arc<DiskHandle>>,
     irq_delivery: IrqDelivery,
 }
 
@@ -94,6 +96,7 @@ impl DeviceManager {
             event_manager: None,
             counters: Vec::new(),
             io_threads: Vec::new(),
+            disks: Vec::new(),
             irq_delivery,
         }
     }
@@ -116,6 +119,16 @@ impl DeviceManager {
     /// The disk I/O threads.
     pub fn io_threads(&self) -> &[WorkerControl] {
         &self.io_threads
+    }
+
+    /// Remembers a disk or slot for the control API (`/vm/disks`).
+    pub fn register_disk(&mut self, disk: DiskHandle) {
+        self.disks.push(Arc::new(disk));
+    }
+
+    /// The disks and slots, in the order the guest sees them.
+    pub fn disks(&self) -> Vec<Arc<DiskHandle>> {
+        self.disks.clone()
     }
 
     /// Adds a subscriber to the event loop.

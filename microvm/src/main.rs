@@ -3,8 +3,9 @@
 //! ```text
 //! husk-vmm [--config FILE.toml] --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N]
 //!          [--memory 256M] [--console stdio|none|file:PATH] [--api-sock PATH]
-//!          [--disk path=PATH[,id=NAME][,ro]]... [--net tap=NAME[,mac=..][,netns=PATH]]...
-//!          [--vsock cid=N,uds=PATH] [--irq-delivery line|irqfd] [--no-seccomp]
+//!          [--disk path=PATH[,id=NAME][,ro]]... [--disk-slots N] [--net tap=NAME[,mac=..][,netns=PATH]]...
+//!          [--vsock cid=N,uds=PATH] [--fs tag=TAG,socket=PATH]... [--irq-delivery line|irqfd]
+//!          [--no-seccomp]
 //! ```
 //! Flags override the TOML file. Exit status: 0 powered off, 1 rebooted, 2 VMM error,
 //! 3 guest panicked or triple-faulted (see `husk_microvm::exit`); one line on stderr says why.
@@ -14,7 +15,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use husk_config::{Console, DiskConfig, IrqDelivery, MemSize, NetConfig, VmConfig, VsockConfig};
+use husk_config::{Console, DiskConfig, FsConfig, IrqDelivery, MemSize, NetConfig, VmConfig, VsockConfig};
 use husk_microvm::exit::EXIT_VMM_ERROR;
 
 /// Runs one husk microVM.
@@ -48,12 +49,22 @@ struct Args {
     /// Virtio block device (repeatable): path=PATH[,id=NAME][,ro].
     #[arg(long)]
     disk: Vec<String>,
+    /// Empty virtio-blk slots after the --disk devices (default 0), named slot0, slot1, ... in
+    /// the control API: PUT /vm/disks/slotN attaches an image while the guest runs, DELETE
+    /// detaches it (microvm/API.md). They boot with capacity 0 and never offer the read-only
+    /// feature; a read-only attachment fails the guest's writes with an I/O error.
+    #[arg(long, value_name = "N")]
+    disk_slots: Option<u32>,
     /// Virtio net device (repeatable): tap=NAME[,mac=AA:BB:CC:DD:EE:FF][,netns=PATH].
     #[arg(long)]
     net: Vec<String>,
     /// Virtio vsock device: cid=N,uds=PATH.
     #[arg(long)]
     vsock: Option<String>,
+    /// Virtio-fs device served by a vhost-user backend such as virtiofsd (repeatable):
+    /// tag=TAG,socket=PATH. The guest mounts it with `mount -t virtiofs TAG DIR`.
+    #[arg(long)]
+    fs: Vec<String>,
     /// How virtio interrupts reach the guest: line (KVM_IRQ_LINE, default) or irqfd.
     #[arg(long)]
     irq_delivery: Option<String>,
@@ -91,11 +102,17 @@ fn config_from(args: &Args) -> anyhow::Result<VmConfig> {
     if !args.disk.is_empty() {
         c.disk = args.disk.iter().map(|d| DiskConfig::parse_flag(d)).collect::<Result<_, _>>()?;
     }
+    if let Some(n) = args.disk_slots {
+        c.disk_slots = n;
+    }
     if !args.net.is_empty() {
         c.net = args.net.iter().map(|n| NetConfig::parse_flag(n)).collect::<Result<_, _>>()?;
     }
     if let Some(v) = &args.vsock {
         c.vsock = Some(VsockConfig::parse_flag(v)?);
+    }
+    if !args.fs.is_empty() {
+        c.fs = args.fs.iter().map(|f| FsConfig::parse_flag(f)).collect::<Result<_, _>>()?;
     }
     if let Some(d) = &args.irq_delivery {
         c.irq_delivery = IrqDelivery::parse(d)?;

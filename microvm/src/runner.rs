@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::api::{ApiServer, VmInfo};
+use crate::api::{ApiDevices, ApiServer, VmInfo};
 use crate::bus::Bus;
 use crate::exit::{ExitReason, VmExit};
 use crate::seccomp::{self, ThreadKind};
@@ -59,7 +59,10 @@ pub fn run(mut vm: Vm, use_seccomp: bool) -> Result<ExitReason, crate::Error> {
     let vcpus = Arc::new(vcpus);
 
     let _api = match &vm.config.api_sock {
-        Some(path) => Some(ApiServer::start(path, info, vcpus.clone(), exit.clone(), vm.devices.counter_sources(), filters.as_ref().map(|f| f.get(ThreadKind::Api)))?),
+        Some(path) => {
+            let devices = ApiDevices { counters: vm.devices.counter_sources(), disks: vm.devices.disks() };
+            Some(ApiServer::start(path, info, vcpus.clone(), exit.clone(), devices, filters.as_ref().map(|f| f.get(ThreadKind::Api)))?)
+        }
         None => None,
     };
     if let Some(f) = filters.as_ref().map(|f| f.get(ThreadKind::Main)) {

@@ -7,7 +7,9 @@
 //! - The device event loop: epoll, file and socket I/O for block, net and vsock backends.
 //! - Disk I/O threads (one per disk): epoll on their queue, vectored file I/O, sync,
 //!   KVM_IRQ_LINE (the only ioctl) for the disk's interrupt.
-//! - The API thread: accepting and serving unix-socket connections, signalling vCPU threads.
+//! - The API thread: accepting and serving unix-socket connections, signalling vCPU threads,
+//!   opening the images attached to disk slots, and KVM_IRQ_LINE (the only ioctl) for the
+//!   config-change interrupt of a slot.
 //! - The main thread, once everything runs: waiting for the exit, removing the API socket.
 
 use std::collections::BTreeMap;
@@ -131,6 +133,8 @@ const EVENT_LOOP: &[i64] = &[
 ];
 
 const API: &[i64] = &[
+    libc::SYS_openat,
+    libc::SYS_lseek,
     libc::SYS_accept4,
     libc::SYS_recvfrom,
     libc::SYS_sendto,
@@ -178,7 +182,8 @@ pub fn filters() -> Result<Filters, SeccompError> {
         // A vCPU raises a config-change interrupt when a device fails to activate.
         vcpu: build("vcpu", &[COMMON], Some(&[KVM_RUN, KVM_IRQ_LINE]))?,
         event_loop: build("event loop", &[COMMON, EVENT_LOOP], None)?,
-        api: build("api", &[COMMON, API], None)?,
+        // The API thread raises a slot's config-change interrupt after an attach or detach.
+        api: build("api", &[COMMON, API], Some(&[KVM_IRQ_LINE]))?,
         block_io: build("disk I/O", &[COMMON, BLOCK_IO], Some(&[KVM_IRQ_LINE]))?,
         main: build("main", &[COMMON, MAIN], None)?,
     })
@@ -245,7 +250,7 @@ mod tests {
 
     #[test]
     fn threads_that_raise_interrupts_may_set_irq_lines_only() {
-        for kind in [ThreadKind::Vcpu, ThreadKind::BlockIo] {
+        for kind in [ThreadKind::Vcpu, ThreadKind::BlockIo, ThreadKind::Api] {
             let st = ioctl_under(kind, KVM_IRQ_LINE);
             assert!(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 7, "{kind:?}: KVM_IRQ_LINE refused, status {st:#x}");
             let st = ioctl_under(kind, libc::FIONREAD);

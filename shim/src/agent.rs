@@ -33,7 +33,7 @@ pub fn agent_err(op: &'static str) -> impl FnOnce(ttrpc::Error) -> ShimError {
 pub fn connect(vm: &Vm, port: u32, timeout: Duration) -> Result<AgentClient> {
     let deadline = Instant::now() + timeout;
     let exit = vm.exit_watch();
-    let uds = vm.plan().vsock_uds.clone();
+    let uds = vm.plan().vsock_uds();
     let mut last = String::from("not tried");
     loop {
         if let Some(st) = exit.get() {

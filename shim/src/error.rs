@@ -78,6 +78,24 @@ pub enum ShimError {
         #[source]
         source: ttrpc::Error,
     },
+    /// A request to the VMM's control API failed.
+    #[error("husk-vmm could not {op}")]
+    Vmm {
+        /// What was asked.
+        op: &'static str,
+        /// The API client's error (carries the VMM's answer).
+        #[source]
+        source: husk_config::api::ClientError,
+    },
+    /// The pod's shared file system (virtiofsd, the shared directory) failed.
+    #[error("cannot {op}")]
+    SharedFs {
+        /// What was attempted.
+        op: &'static str,
+        /// Cause.
+        #[source]
+        source: crate::sharedfs::SharedFsError,
+    },
     /// Building the container's root filesystem image failed.
     #[error(transparent)]
     Rootfs(#[from] crate::rootfs::RootfsError),
@@ -107,6 +125,7 @@ impl ShimError {
             ShimError::NotImplemented(_) => Code::UNIMPLEMENTED,
             ShimError::Agent { source: ttrpc::Error::RpcStatus(s), .. } => s.code(),
             ShimError::Rootfs(e) if e.is_bad_input() => Code::INVALID_ARGUMENT,
+            ShimError::SharedFs { source, .. } if source.is_bad_input() => Code::INVALID_ARGUMENT,
             _ => Code::UNKNOWN,
         }
     }

@@ -1,11 +1,15 @@
-//! containerd-shim-husk-v2 (runtime `io.containerd.husk.v2`): runs each container in its own
-//! husk microVM, and the `husk` user CLI.
+//! containerd-shim-husk-v2 (runtime `io.containerd.husk.v2`): runs each pod (or each `ctr run`
+//! container) in its own husk microVM, and the `husk` user CLI.
 //!
-//! * [`lifecycle`]: the `start` / `delete` / serve actions containerd runs the binary with.
-//! * [`task`]: the containerd Task API (create, start, exec, kill, wait, delete, ...).
+//! * [`lifecycle`]: the `start` / `delete` / serve actions containerd runs the binary with;
+//!   `start` groups the containers of a pod onto one shim.
+//! * [`task`]: the containerd Task API (create, start, exec, kill, wait, delete, ...), which
+//!   only translates requests onto the objects below.
+//! * [`sandbox`]: the pod's VM (husk-vmm, agent, disk slots, cgroup, state);
+//!   [`container`]: a container in it and its processes.
 //! * [`vm`]: spawning `husk-vmm` and the hybrid vsock to the guest; [`agent`]: the agent client.
 //! * [`io`]: containerd's stdio FIFOs bridged to the agent's streams.
-//! * [`rootfs`], [`state`], [`options`]: rootfs image, per-VM state directory, configuration.
+//! * [`rootfs`], [`state`], [`options`]: rootfs images, per-sandbox state, configuration.
 //! * [`cli`]: `husk check`, `husk ps`, `husk logs`.
 
 // Errors travel only on cold paths (a failed RPC or action); their size does not matter.
@@ -13,11 +17,14 @@
 
 pub mod agent;
 pub mod cli;
+pub mod container;
 pub mod error;
 pub mod io;
 pub mod lifecycle;
 pub mod options;
 pub mod rootfs;
+pub mod sandbox;
+pub mod sharedfs;
 pub mod state;
 pub mod task;
 pub mod vm;

@@ -12,12 +12,17 @@ use crate::error::{Result, ShimError};
 /// Type name CRI uses for the options of runtimes other than runc.
 pub const RUNTIME_OPTIONS_TYPE: &str = "runtimeoptions.v1.Options";
 
-/// `ConfigPath` from the runtime options, if the options are CRI's generic runtime options.
+/// `ConfigPath` from the runtime options: containerd's CRI plugin passes a runtime handler's
+/// `options` as CRI's generic `runtimeoptions.v1.Options` (`TypeUrl`, `ConfigPath`). Options of
+/// another type (e.g. runc's) or with other fields are refused by name rather than ignored.
 pub fn config_path_from_options(any: Option<&Any>) -> Result<Option<PathBuf>> {
     let Some(any) = any else { return Ok(None) };
+    if any.type_url.is_empty() && any.value.is_empty() {
+        return Ok(None);
+    }
     let name = any.type_url.rsplit('/').next().unwrap_or_default();
     if name != RUNTIME_OPTIONS_TYPE {
-        return Ok(None);
+        return Err(ShimError::invalid("runtime options", format!("options of type {:?} are not husk's: the husk runtime takes {RUNTIME_OPTIONS_TYPE} (ConfigPath)", any.type_url)));
     }
     let bad = |e: containerd_shim_protos::protobuf::Error| ShimError::invalid("runtime options", format!("{RUNTIME_OPTIONS_TYPE}: {e}"));
     let mut input = CodedInputStream::from_bytes(&any.value);
@@ -25,8 +30,12 @@ pub fn config_path_from_options(any: Option<&Any>) -> Result<Option<PathBuf>> {
     while let Some(tag) = input.read_raw_tag_or_eof().map_err(bad)? {
         match tag {
             // field 2 (config_path), wire type 2 (length-delimited)
+            // field 1 (type_url): the type the options claim, informative only
+            0x0a => {
+                input.read_string().map_err(bad)?;
+            }
             0x12 => path = Some(PathBuf::from(input.read_string().map_err(bad)?)),
-            _ => input.skip_field(containerd_shim_protos::protobuf::rt::WireType::new(tag & 7).ok_or_else(|| ShimError::invalid("runtime options", format!("bad wire type in tag {tag}")))?).map_err(bad)?,
+            _ => return Err(ShimError::invalid("runtime options", format!("{RUNTIME_OPTIONS_TYPE} has no field {} (husk knows TypeUrl and ConfigPath)", tag >> 3))),
         }
     }
     Ok(path.filter(|p| !p.as_os_str().is_empty()))
@@ -52,7 +61,13 @@ mod tests {
         let any = Any { type_url: RUNTIME_OPTIONS_TYPE.into(), value, ..Default::default() };
         assert_eq!(config_path_from_options(Some(&any)).unwrap(), Some(PathBuf::from("/etc/h.toml")));
         let other = Any { type_url: "containerd.runc.v1.Options".into(), value: vec![1, 2, 3], ..Default::default() };
-        assert_eq!(config_path_from_options(Some(&other)).unwrap(), None);
+        let e = crate::error::chain(&config_path_from_options(Some(&other)).unwrap_err());
+        assert!(e.contains("containerd.runc.v1.Options"), "{e}");
+        // field 3 (varint) is nothing husk knows
+        let unknown = Any { type_url: RUNTIME_OPTIONS_TYPE.into(), value: vec![0x18, 1], ..Default::default() };
+        let e = crate::error::chain(&config_path_from_options(Some(&unknown)).unwrap_err());
+        assert!(e.contains("no field 3"), "{e}");
+        assert_eq!(config_path_from_options(Some(&Any::default())).unwrap(), None);
         let broken = Any { type_url: RUNTIME_OPTIONS_TYPE.into(), value: vec![0x12, 50, b'a'], ..Default::default() };
         assert!(config_path_from_options(Some(&broken)).is_err());
     }

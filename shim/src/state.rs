@@ -1,6 +1,7 @@
-//! Per-VM state on the host: `<state_dir>/<id>/` holds the VMM's sockets, the console log, the
-//! VMM's own log, an uncached rootfs image and `state.json` (read by `husk ps` and by the
-//! `delete` action after a shim died).
+//! Per-sandbox state on the host: `<state_dir>/<namespace>/<sandbox-id>/` holds the VMM's
+//! sockets, its configuration, the console log, the VMM's own log, uncached rootfs images
+//! (`rootfs.img` of the sandbox container, `containers/<id>/rootfs.img` of the others) and
+//! `state.json` (read by `husk ps` and by the `delete` action after a shim died).
 
 use std::path::{Path, PathBuf};
 
@@ -14,22 +15,40 @@ pub const BUNDLE_POINTER: &str = "husk-state-dir";
 /// What `state.json` records.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StateInfo {
-    /// Container (and VM) id.
+    /// Sandbox id: the pod's sandbox container, or a `ctr run` container that is its own pod.
     pub id: String,
     /// containerd namespace.
     pub namespace: String,
-    /// The OCI bundle.
+    /// The OCI bundle of the sandbox container.
     pub bundle: PathBuf,
     /// Pid of the shim serving it.
     pub shim_pid: u32,
     /// Pid of husk-vmm (0 before it started).
     pub vmm_pid: u32,
-    /// The rootfs image, and whether it lives in the shared cache (then it is kept).
-    pub image: Option<PathBuf>,
-    /// Whether `image` is a cached image.
-    pub image_cached: bool,
+    /// vCPUs and MiB of the VM.
+    pub vcpus: u32,
+    /// Guest memory in MiB.
+    pub memory_mib: u64,
     /// Seconds since the Unix epoch when the VM was created.
     pub created_unix: u64,
+    /// The containers in the VM, the sandbox container first.
+    #[serde(default)]
+    pub containers: Vec<ContainerInfo>,
+}
+
+/// One container of a sandbox, as `state.json` records it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ContainerInfo {
+    /// Container id.
+    pub id: String,
+    /// Its OCI bundle.
+    pub bundle: PathBuf,
+    /// The disk slot its root filesystem is attached to ("" for the sandbox's boot disk).
+    pub slot: String,
+    /// The rootfs image, and whether it lives in the shared cache (then it is kept).
+    pub image: PathBuf,
+    /// Whether `image` is a cached image.
+    pub image_cached: bool,
 }
 
 /// The state directory of one VM.
@@ -39,11 +58,27 @@ pub struct StateDir {
 }
 
 impl StateDir {
-    /// Creates `<root>/<id>/` (mode 0700). An id that is not a plain name is rejected.
-    pub fn create(root: &Path, id: &str) -> Result<StateDir> {
+    /// The directory of sandbox `id` of containerd namespace `namespace` under `root`.
+    pub fn path_of(root: &Path, namespace: &str, id: &str) -> Result<PathBuf> {
         validate_id(id)?;
-        std::fs::create_dir_all(root).map_err(|e| ShimError::io("create state root", root, e))?;
-        let dir = root.join(id);
+        validate_namespace(namespace)?;
+        Ok(root.join(namespace).join(dir_name(id)))
+    }
+
+    /// Creates `<root>/<namespace>/<id>/` (mode 0700). Names that are not plain are rejected,
+    /// and so is a directory whose sockets would not fit a unix socket path.
+    pub fn create(root: &Path, namespace: &str, id: &str) -> Result<StateDir> {
+        let dir = Self::path_of(root, namespace, id)?;
+        // The longest socket in it.
+        let longest = dir.join("vsock.sock");
+        if longest.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(ShimError::invalid(
+                "state directory",
+                format!("{}: its sockets would be longer than the {MAX_SOCKET_PATH} bytes of a unix socket path; set a shorter shim.state_dir", dir.display()),
+            ));
+        }
+        let parent = dir.parent().unwrap_or(root);
+        std::fs::create_dir_all(parent).map_err(|e| ShimError::io("create state root", parent, e))?;
         match std::fs::create_dir(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -81,9 +116,17 @@ impl StateDir {
     pub fn vmm_log(&self) -> PathBuf {
         self.dir.join("vmm.log")
     }
-    /// Where an uncached rootfs image is written.
+    /// Where an uncached rootfs image of the sandbox container is written.
     pub fn rootfs_image(&self) -> PathBuf {
         self.dir.join("rootfs.img")
+    }
+    /// The directory of another container of the sandbox (its uncached rootfs image).
+    pub fn container_dir(&self, id: &str) -> PathBuf {
+        self.dir.join("containers").join(id)
+    }
+    /// husk-vmm's configuration file.
+    pub fn vm_config(&self) -> PathBuf {
+        self.dir.join("vm.toml")
     }
     fn info_path(&self) -> PathBuf {
         self.dir.join("state.json")
@@ -105,14 +148,47 @@ impl StateDir {
         serde_json::from_slice(&text).map_err(|e| ShimError::io("parse", &path, e.into()))
     }
 
-    /// Removes the directory and everything in it (an uncached image included). Missing is fine.
+    /// Removes the directory and everything in it (an uncached image included), and the
+    /// namespace directory above it once that is empty. Missing is fine.
     pub fn remove(&self) -> Result<()> {
         match std::fs::remove_dir_all(&self.dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(ShimError::io("remove state directory", &self.dir, e)),
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(ShimError::io("remove state directory", &self.dir, e)),
         }
+        if let Some(ns) = self.dir.parent() {
+            // Fails while another sandbox of the namespace is there: fine.
+            let _ = std::fs::remove_dir(ns);
+        }
+        Ok(())
     }
+}
+
+/// Longest path of a unix socket (sun_path less the terminating NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// Longest sandbox directory name: the VMM's sockets live in the directory, and CRI's 64-hex
+/// sandbox ids would leave little room for `state_dir` in a unix socket path.
+const MAX_DIR_NAME: usize = 28;
+
+/// The directory name of sandbox `id`: the id itself, or for a long id its first 19
+/// characters and a hash of the whole (`state.json` keeps the full id).
+pub fn dir_name(id: &str) -> String {
+    if id.len() <= MAX_DIR_NAME {
+        return id.to_string();
+    }
+    // FNV-1a: stable across builds and Rust versions, which std's hasher does not promise.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in id.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{}-{:08x}", &id[..MAX_DIR_NAME - 9], h as u32)
+}
+
+/// containerd namespaces become path components: the same rules as ids.
+pub fn validate_namespace(ns: &str) -> Result<()> {
+    validate_id(ns).map_err(|_| ShimError::invalid("containerd namespace", format!("{ns:?}: use 1-128 of [A-Za-z0-9_.-], not starting with '.'")))
 }
 
 /// Ids become path components: allow what containerd allows and nothing that escapes.
@@ -128,17 +204,20 @@ pub fn validate_id(id: &str) -> Result<()> {
     }
 }
 
-/// Lists the state directories under `root` with their `state.json` (unreadable ones as errors).
+/// Lists the sandbox directories under `root` (`<namespace>/<id>`) with their `state.json`
+/// (unreadable ones as errors).
 pub fn list(root: &Path) -> Result<Vec<(StateDir, Result<StateInfo>)>> {
-    let rd = match std::fs::read_dir(root) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(ShimError::io("read state root", root, e)),
+    let dirs = |p: &Path| -> Result<Vec<PathBuf>> {
+        match std::fs::read_dir(p) {
+            Ok(rd) => Ok(rd.flatten().filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false)).map(|e| e.path()).collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(ShimError::io("read state directory", p, e)),
+        }
     };
     let mut out = Vec::new();
-    for entry in rd.flatten() {
-        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-            let sd = StateDir::open(entry.path());
+    for ns in dirs(root)? {
+        for dir in dirs(&ns)? {
+            let sd = StateDir::open(dir);
             let info = sd.read_info();
             out.push((sd, info));
         }
@@ -155,17 +234,20 @@ mod tests {
     #[test]
     fn create_write_read_list_remove() {
         let root = tempfile::tempdir().unwrap();
-        let sd = StateDir::create(root.path(), "c1").unwrap();
+        let sd = StateDir::create(root.path(), "default", "c1").unwrap();
         let info = StateInfo { id: "c1".into(), vmm_pid: 42, ..Default::default() };
         sd.write_info(&info).unwrap();
         assert_eq!(sd.read_info().unwrap(), info);
-        let e = StateDir::create(root.path(), "c1").unwrap_err();
+        let e = StateDir::create(root.path(), "default", "c1").unwrap_err();
         assert!(e.to_string().contains("already exists"), "{e}");
+        // The same id in another containerd namespace is another sandbox.
+        let other = StateDir::create(root.path(), "k8s.io", "c1").unwrap();
         let l = list(root.path()).unwrap();
-        assert_eq!(l.len(), 1);
+        assert_eq!(l.len(), 2);
         assert_eq!(l[0].1.as_ref().unwrap().vmm_pid, 42);
         sd.remove().unwrap();
-        assert!(!root.path().join("c1").exists());
+        assert!(!root.path().join("default/c1").exists());
+        assert!(other.path().exists());
         sd.remove().unwrap();
     }
 
@@ -175,5 +257,28 @@ mod tests {
             assert!(validate_id(bad).is_err(), "{bad}");
         }
         validate_id("abc-1_2.3").unwrap();
+        assert!(StateDir::create(Path::new("/tmp"), "../x", "c").is_err());
+    }
+
+    #[test]
+    fn long_ids_get_short_distinct_directories() {
+        let a = format!("{}1", "f".repeat(63));
+        let b = format!("{}2", "f".repeat(63));
+        assert_eq!(dir_name("short-id"), "short-id");
+        assert_eq!(dir_name(&a).len(), MAX_DIR_NAME);
+        assert_ne!(dir_name(&a), dir_name(&b));
+        assert_eq!(dir_name(&a), dir_name(&a.clone()));
+        let root = tempfile::tempdir().unwrap();
+        let sd = StateDir::create(root.path(), "k8s.io", &a).unwrap();
+        assert_eq!(sd.path(), StateDir::path_of(root.path(), "k8s.io", &a).unwrap());
+    }
+
+    #[test]
+    fn a_state_dir_too_long_for_its_sockets_is_refused_by_name() {
+        let root = tempfile::tempdir().unwrap();
+        let long = root.path().join("x".repeat(70));
+        let e = StateDir::create(&long, "k8s.io", &"a".repeat(64)).unwrap_err().to_string();
+        assert!(e.contains("shorter shim.state_dir"), "{e}");
+        assert!(!long.exists());
     }
 }

@@ -20,15 +20,18 @@ use containerd_shim_protos::shim_sync::TaskClient;
 use ttrpc::context;
 
 fn main() {
-    if std::env::var_os("HUSK_FAKE_VMM").is_some() {
+    if fake_agent::is_fake_vmm() {
         fake_agent::run_fake_vmm();
         return;
     }
-    let tests: [(&str, fn()); 4] = [
+    let tests: [(&str, fn()); 7] = [
         ("large_output_arrives_before_the_exit", large_output_arrives_before_the_exit),
         ("stdin_is_forwarded_to_eof", stdin_is_forwarded_to_eof),
         ("exec_and_kill", exec_and_kill),
         ("vmm_crash_is_an_error_exit_not_a_hang", vmm_crash_is_an_error_exit_not_a_hang),
+        ("a_pod_shares_one_vm_and_its_containers_use_disk_slots", a_pod_shares_one_vm_and_its_containers_use_disk_slots),
+        ("a_container_of_an_unknown_pod_is_refused", a_container_of_an_unknown_pod_is_refused),
+        ("a_guest_that_never_reports_a_sigkill_loses_its_vm", a_guest_that_never_reports_a_sigkill_loses_its_vm),
     ];
     let mut failed = 0;
     for (name, t) in tests {
@@ -36,7 +39,7 @@ fn main() {
         println!("test {name} ... {}", if r.is_ok() { "ok" } else { "FAILED" });
         failed += usize::from(r.is_err());
     }
-    println!("test result: {} passed; {failed} failed", 4 - failed);
+    println!("test result: {} passed; {failed} failed", tests.len() - failed);
     std::process::exit(i32::from(failed > 0));
 }
 
@@ -88,7 +91,6 @@ fn setup(id: &str, args: &[&str]) -> Env {
         .arg(format!("unix://{}", sock.display()))
         .current_dir(&bundle)
         .env("HUSK_CONFIG", d.join("husk.toml"))
-        .env("HUSK_FAKE_VMM", "1")
         .env_remove("TTRPC_ADDRESS")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -138,12 +140,12 @@ fn wait(env: &Env, id: &str, exec: &str) -> u32 {
 
 /// Delete and Shutdown; the state directory, the fake VMM and the shim must be gone.
 fn finish(mut env: Env, id: &str) -> u32 {
-    let vmm_pid = std::fs::read_to_string(env.dir.path().join(format!("state/{id}/state.json")))
+    let vmm_pid = std::fs::read_to_string(env.dir.path().join(format!("state/test/{id}/state.json")))
         .ok()
         .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
         .and_then(|v| v["vmm_pid"].as_u64());
     let d = env.client.delete(ctx(), &DeleteRequest { id: id.into(), ..Default::default() }).unwrap();
-    assert!(!env.dir.path().join("state").join(id).exists(), "state directory left");
+    assert!(!env.dir.path().join("state/test").join(id).exists(), "state directory left");
     if let Some(pid) = vmm_pid {
         let gone = !Path::new(&format!("/proc/{pid}")).exists()
             || std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z ")).unwrap_or(true);
@@ -241,4 +243,133 @@ fn vmm_crash_is_an_error_exit_not_a_hang() {
     assert_eq!(wait(&env, "crash", ""), 255);
     assert!(t.elapsed() < Duration::from_secs(20), "exit took {:?}", t.elapsed());
     assert_eq!(finish(env, "crash"), 255);
+}
+
+/// A second bundle for container `id` of pod `pod` (CRI's annotations and namespace paths).
+fn member_bundle(env: &Env, id: &str, pod: &str, args: &[&str]) -> PathBuf {
+    let bundle = env.dir.path().join(format!("bundle-{id}"));
+    std::fs::create_dir_all(bundle.join("rootfs/bin")).unwrap();
+    std::fs::write(bundle.join("rootfs/bin/app"), id).unwrap();
+    let spec = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {"args": args, "cwd": "/", "user": {"uid": 0, "gid": 0}, "env": ["PATH=/bin"]},
+        "root": {"path": "rootfs"},
+        "annotations": {"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": pod},
+        "linux": {"namespaces": [{"type": "mount"}, {"type": "pid"}, {"type": "network", "path": "/proc/1/ns/net"}, {"type": "ipc", "path": "/proc/1/ns/ipc"}]},
+    });
+    std::fs::write(bundle.join("config.json"), spec.to_string()).unwrap();
+    bundle
+}
+
+fn create_in(env: &Env, id: &str, bundle: &Path, stdout: &Path, stderr: &Path) -> ttrpc::Result<u32> {
+    let req = CreateTaskRequest {
+        id: id.into(),
+        bundle: bundle.display().to_string(),
+        stdout: stdout.display().to_string(),
+        stderr: stderr.display().to_string(),
+        ..Default::default()
+    };
+    env.client.create(ctx(), &req).map(|r| r.pid)
+}
+
+fn shim_alive_after_shutdown(env: &mut Env) -> bool {
+    env.client.shutdown(ctx(), &ShutdownRequest { id: "pod".into(), ..Default::default() }).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    env.shim.try_wait().unwrap().is_none()
+}
+
+fn a_pod_shares_one_vm_and_its_containers_use_disk_slots() {
+    let mut env = setup("pod", &["sleep"]);
+    let spec_path = env.dir.path().join("bundle/config.json");
+    let mut spec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&spec_path).unwrap()).unwrap();
+    spec["annotations"] = serde_json::json!({"io.kubernetes.cri.container-type": "sandbox", "io.kubernetes.cri.sandbox-id": "pod"});
+    std::fs::write(&spec_path, spec.to_string()).unwrap();
+    let (o, e) = (fifo(env.dir.path(), "o"), fifo(env.dir.path(), "e"));
+    let (_ro, _re) = (reader(o.clone()), reader(e.clone()));
+    assert_eq!(create(&env, "pod", None, &o, &e), 1);
+    env.client.start(ctx(), &StartRequest { id: "pod".into(), ..Default::default() }).unwrap();
+    let state = env.dir.path().join("state/test/pod");
+    let api_log = state.join("api.log");
+
+    // Two containers join: each gets its own disk slot, with a serial unique in the VM.
+    let mut pids = Vec::new();
+    for (i, id) in ["app1", "app2"].iter().enumerate() {
+        let b = member_bundle(&env, id, "pod", &["out", "4", &i.to_string()]);
+        let (mo, me) = (fifo(env.dir.path(), &format!("{id}.o")), fifo(env.dir.path(), &format!("{id}.e")));
+        let (rmo, _rme) = (reader(mo.clone()), reader(me.clone()));
+        pids.push(create_in(&env, id, &b, &mo, &me).unwrap());
+        env.client.start(ctx(), &StartRequest { id: id.to_string(), ..Default::default() }).unwrap();
+        assert_eq!(wait(&env, id, ""), i as u32);
+        assert_eq!(rmo.join().unwrap(), fake_agent::pattern(4));
+    }
+    assert_ne!(pids[0], pids[1]);
+    assert_eq!(std::fs::read_to_string(&api_log).unwrap(), "PUT slot0 s0g1\nPUT slot1 s1g2\n");
+    let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(state.join("state.json")).unwrap()).unwrap();
+    let ids: Vec<&str> = info["containers"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["pod", "app1", "app2"]);
+    let vmm_pid = info["vmm_pid"].as_u64().unwrap();
+
+    // A container of another pod's namespace (TARGET mode) is refused by name.
+    let b = member_bundle(&env, "bad", "pod", &["out", "1", "0"]);
+    let mut bad: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(b.join("config.json")).unwrap()).unwrap();
+    bad["linux"]["namespaces"][1] = serde_json::json!({"type": "pid", "path": format!("/proc/{}/ns/pid", pids[0])});
+    std::fs::write(b.join("config.json"), bad.to_string()).unwrap();
+    match create_in(&env, "bad", &b, &o, &e) {
+        Err(ttrpc::Error::RpcStatus(s)) => assert!(s.message().contains("TARGET") && s.message().contains("app1"), "{}", s.message()),
+        other => panic!("{other:?}"),
+    }
+    assert!(!state.join("containers/bad").exists());
+
+    // Deleting a member frees its slot; the shim stays for the pod; the next one reuses it.
+    env.client.delete(ctx(), &DeleteRequest { id: "app1".into(), ..Default::default() }).unwrap();
+    assert!(!state.join("containers/app1").exists());
+    assert!(shim_alive_after_shutdown(&mut env), "the shim exited while its pod still runs");
+    let b = member_bundle(&env, "app3", "pod", &["out", "1", "0"]);
+    create_in(&env, "app3", &b, &o, &e).unwrap();
+    let log = std::fs::read_to_string(&api_log).unwrap();
+    assert!(log.ends_with("DELETE slot0 \nPUT slot0 s0g3\n"), "{log}");
+
+    // Deleting the sandbox container ends the VM and every container still in it.
+    env.client.kill(ctx(), &KillRequest { id: "pod".into(), signal: 9, ..Default::default() }).unwrap();
+    assert_eq!(wait(&env, "pod", ""), 137);
+    env.client.delete(ctx(), &DeleteRequest { id: "pod".into(), ..Default::default() }).unwrap();
+    assert_eq!(wait(&env, "app3", ""), 137, "a container left in the pod ends with it");
+    assert!(!state.exists(), "state directory left");
+    assert!(shim_alive_after_shutdown(&mut env), "the shim exited before containerd deleted every container");
+    for id in ["app2", "app3"] {
+        env.client.delete(ctx(), &DeleteRequest { id: id.into(), ..Default::default() }).unwrap();
+    }
+    assert!(!b.join("husk-state-dir").exists());
+    let gone = !Path::new(&format!("/proc/{vmm_pid}")).exists()
+        || std::fs::read_to_string(format!("/proc/{vmm_pid}/stat")).map(|s| s.contains(") Z ")).unwrap_or(true);
+    assert!(gone, "fake VMM {vmm_pid} still running");
+    assert!(!shim_alive_after_shutdown(&mut env), "the shim did not exit once its pod was gone");
+}
+
+fn a_container_of_an_unknown_pod_is_refused() {
+    let env = setup("lone", &["sleep"]);
+    let b = member_bundle(&env, "orphan", "nopod", &["out", "1", "0"]);
+    let (o, e) = (env.dir.path().join("o"), env.dir.path().join("e"));
+    match create_in(&env, "orphan", &b, &o, &e) {
+        Err(ttrpc::Error::RpcStatus(s)) => {
+            assert_eq!(s.code(), ttrpc::Code::NOT_FOUND);
+            assert!(s.message().contains("nopod"), "{}", s.message());
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!env.dir.path().join("state/test/nopod").exists());
+    assert!(!b.join("husk-state-dir").exists());
+}
+
+fn a_guest_that_never_reports_a_sigkill_loses_its_vm() {
+    let env = setup("hang", &["hang"]);
+    let (o, e) = (fifo(env.dir.path(), "o"), fifo(env.dir.path(), "e"));
+    let (_ro, _re) = (reader(o.clone()), reader(e.clone()));
+    create(&env, "hang", None, &o, &e);
+    env.client.start(ctx(), &StartRequest { id: "hang".into(), ..Default::default() }).unwrap();
+    let t = Instant::now();
+    env.client.kill(ctx(), &KillRequest { id: "hang".into(), signal: 9, ..Default::default() }).unwrap();
+    assert_eq!(wait(&env, "hang", ""), 137);
+    assert!(t.elapsed() < Duration::from_secs(15), "the task took {:?} to end", t.elapsed());
+    assert_eq!(finish(env, "hang"), 137);
 }

@@ -27,7 +27,7 @@ echo "ctr run --rm true: runc ${runc_ms} ms, husk ${husk_ms} ms (median of $runs
 timeout -k 10 "$T" ctr -a "$CTR_ADDR" run -d --runtime "$RUNTIME" "$IMAGE" bench-idle sleep 100000 >/dev/null
 sleep 2
 shim_pid=$(cat "$E2E_WORK"/ctrd/state/io.containerd.runtime.v2.task/default/bench-idle/shim.pid)
-vmm_pid=$(sed -n 's/.*"vmm_pid": *\([0-9]*\).*/\1/p' "$E2E_WORK/run-husk/bench-idle/state.json")
+vmm_pid=$(sed -n 's/.*"vmm_pid": *\([0-9]*\).*/\1/p' "$E2E_WORK/run-husk/default/bench-idle/state.json")
 rss() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 echo "idle container: shim RSS $(rss "$shim_pid") KiB, husk-vmm RSS $(rss "$vmm_pid") KiB (guest RAM touched included)"
 ctr_ task kill -s SIGKILL bench-idle

@@ -5,7 +5,8 @@
 # HUSK_VMM (default $HUSK_BIN_DIR/husk-vmm), HUSK_KERNEL (build/kernel/vmlinux),
 # HUSK_INITRAMFS (build/initramfs.cpio.gz). HUSK_BOOT_TIMEOUT: seconds for the agent to answer.
 # Every test calls e2e_setup first; e2e_teardown runs on exit and kills only what this run
-# started (by pid: containerd, shims from their bundles' shim.pid, VMMs from husk state).
+# started (containerd, and every process whose command line names this run's directory:
+# shims, VMMs), found in /proc.
 set -euo pipefail
 E2E_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 HUSK_BIN_DIR=${HUSK_BIN_DIR:-$E2E_REPO/target/release}
@@ -55,11 +56,18 @@ e2e_setup() {
   ctr_ images import "$E2E_WORK/busybox.tar" >/dev/null
 }
 
-# Pids of shims and VMMs this run started.
+# Pids of live processes (not zombies) other than containerd whose command line names this
+# run's directory: shims (-address), husk-vmm (--config), virtiofsd. Read from /proc, not from
+# husk's own state files, which the cleanup under test removes.
 e2e_pids() {
-  local f
-  for f in "$E2E_WORK"/ctrd/state/io.containerd.runtime.v2.task/*/*/shim.pid; do [ -f "$f" ] && cat "$f" && echo; done
-  for f in "$E2E_WORK"/run-husk/*/state.json; do [ -f "$f" ] && sed -n 's/.*"vmm_pid": *\([0-9]*\).*/\1/p' "$f"; done
+  local d pid
+  for d in /proc/[0-9]*; do
+    pid=${d#/proc/}
+    [ "$pid" = "${CTRD_PID:-}" ] || [ "$pid" = $$ ] || [ "$pid" = "${BASHPID:-}" ] && continue
+    grep -qs ') Z ' "$d/stat" && continue
+    tr '\0' ' ' <"$d/cmdline" 2>/dev/null | grep -q -- "$E2E_WORK" && echo "$pid"
+  done
+  return 0
 }
 
 e2e_teardown() {
@@ -67,7 +75,7 @@ e2e_teardown() {
   set +e
   if [ "$rc" != 0 ] && [ -n "${E2E_WORK:-}" ]; then
     echo "--- containerd log (tail)"; tail -40 "$E2E_WORK/ctrd/containerd.log" 2>/dev/null
-    for f in "$E2E_WORK"/run-husk/*/console.log "$E2E_WORK"/run-husk/*/vmm.log; do
+    for f in "$E2E_WORK"/run-husk/*/*/console.log "$E2E_WORK"/run-husk/*/*/vmm.log; do
       [ -f "$f" ] && { echo "--- $f (tail)"; tail -20 "$f"; }
     done
   fi >&2
@@ -81,17 +89,20 @@ e2e_teardown() {
   exit "$rc"
 }
 
-# Fails if anything of a deleted container is left: husk state dirs, VMM or shim processes
-# of this run, shim sockets of this containerd, mounts of container rootfs.
+# Fails if anything of a deleted container is left, counted from the system: processes of
+# this run (shims, VMMs) in /proc, mounts below this run's directory in /proc/self/mounts, loop
+# devices backed by its files in /sys/block; then husk's state dir and containerd's bundles.
 leak_check() {
-  local left
+  local left p
+  for p in $(e2e_pids); do
+    fail "process $p ($(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null)) still running"
+  done
+  left=$(awk -v d="$E2E_WORK/" 'index($2, d) == 1 {print $2}' /proc/self/mounts)
+  [ -z "$left" ] || fail "mounts left: $left"
+  left=$(grep -ls -- "$E2E_WORK" /sys/block/loop*/loop/backing_file 2>/dev/null || true)
+  [ -z "$left" ] || fail "loop devices left: $left"
   left=$(ls -A "$E2E_WORK/run-husk" 2>/dev/null || true)
   [ -z "$left" ] || fail "husk state left behind: $left"
-  for p in $(e2e_pids); do
-    [ -d "/proc/$p" ] && ! grep -q ') Z ' "/proc/$p/stat" 2>/dev/null && fail "process $p ($(tr '\0' ' ' <"/proc/$p/cmdline")) still running"
-  done
-  left=$(grep -c "$E2E_WORK/ctrd/state/io.containerd.runtime.v2.task" /proc/self/mounts || true)
-  [ "$left" = 0 ] || fail "$left container rootfs mounts left"
   local n
   n=$(ls "$E2E_WORK/ctrd/state/io.containerd.runtime.v2.task/default" 2>/dev/null | wc -l)
   [ "$n" = 0 ] || fail "containerd still has $n task bundles"

@@ -27,7 +27,7 @@ assert_eq 1 "$rc" "check with a missing kernel"
 assert_contains "$out" "/nonexistent/vmlinux" "check names the kernel"
 log "husk check: ok"
 
-assert_eq "ID" "$(husk ps | awk 'NR==1{print $1}')" "ps header"
+assert_eq "POD" "$(husk ps | awk 'NR==1{print $1}')" "ps header"
 rc=0; husk logs nope 2>/dev/null || rc=$?
 [ "$rc" != 0 ] || fail "husk logs of an unknown VM succeeded"
 
@@ -35,7 +35,9 @@ if grep -qwE 'vmx|svm' /proc/cpuinfo; then
   timeout 600 ctr -a "$CTR_ADDR" run -d --runtime "$RUNTIME" "$IMAGE" cli-1 sleep 100000 >/dev/null
   line=$(husk ps | grep '^cli-1 ')
   assert_contains "$line" "running" "husk ps"
-  [ -s "$E2E_WORK/run-husk/cli-1/console.log" ] && { husk logs cli-1 | head -3 >&2; }
+  # The pod's containers are listed below it: here the one container, on the boot disk.
+  assert_contains "$(husk ps | grep -A1 '^cli-1 ' | tail -1)" "boot disk" "husk ps lists the container"
+  [ -s "$E2E_WORK/run-husk/default/cli-1/console.log" ] && { husk logs cli-1 | head -3 >&2; }
   husk logs cli-1 >/dev/null
   ctr_ task kill -s SIGKILL cli-1
   timeout 120 sh -c "until ctr -a '$CTR_ADDR' task ls | grep cli-1 | grep -q STOPPED; do sleep 0.5; done"

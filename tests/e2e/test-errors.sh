@@ -46,10 +46,10 @@ sed -i "s|^boot_timeout_secs = .*|boot_timeout_secs = 600|" "$E2E_WORK/husk.toml
 timeout 300 ctr -a "$CTR_ADDR" run --rm --runtime "$RUNTIME" "$IMAGE" e-shimdies true >"$E2E_WORK/shimdies.out" 2>&1 &
 ctr_pid=$!
 for _ in $(seq 1 300); do
-  ls "$E2E_WORK"/run-husk/e-shimdies/state.json >/dev/null 2>&1 && grep -q '"vmm_pid": [1-9]' "$E2E_WORK"/run-husk/e-shimdies/state.json && break
+  ls "$E2E_WORK"/run-husk/default/e-shimdies/state.json >/dev/null 2>&1 && grep -q '"vmm_pid": [1-9]' "$E2E_WORK"/run-husk/default/e-shimdies/state.json && break
   sleep 0.1
 done
-vmm_pid=$(sed -n 's/.*"vmm_pid": *\([0-9]*\).*/\1/p' "$E2E_WORK/run-husk/e-shimdies/state.json")
+vmm_pid=$(sed -n 's/.*"vmm_pid": *\([0-9]*\).*/\1/p' "$E2E_WORK/run-husk/default/e-shimdies/state.json")
 shim_pid=$(cat "$E2E_WORK"/ctrd/state/io.containerd.runtime.v2.task/default/e-shimdies/shim.pid)
 log "killing shim $shim_pid (VMM $vmm_pid)"
 kill -KILL "$shim_pid"

@@ -18,6 +18,8 @@ PKGS=(
   curl
   # rust crates that build C
   pkg-config protobuf-compiler
+  # virtiofsd's build (seccomp filter, capability dropping)
+  libseccomp-dev libcap-ng-dev
 )
 
 missing=()
@@ -48,6 +50,21 @@ if [ ! -f "$outer/.done" ]; then
   depmod -b "$outer/root" "$kver"
   echo "$kver" >"$outer/version"
   touch "$outer/.done"
+fi
+
+# virtiofsd, the virtio-fs backend (one per pod sandbox), from crates.io at a pinned version.
+# Built once into the cache, installed where the shim looks for it
+# (husk-shim's sharedfs::DEFAULT_VIRTIOFSD); rebuilt only when the version changes.
+VIRTIOFSD_VERSION=1.14.0
+VIRTIOFSD=${HUSK_VIRTIOFSD:-/usr/local/libexec/husk/virtiofsd}
+if [ "$("$VIRTIOFSD" --version 2>/dev/null)" != "virtiofsd $VIRTIOFSD_VERSION" ]; then
+  vroot="$CACHE/virtiofsd-$VIRTIOFSD_VERSION"
+  if [ ! -x "$vroot/bin/virtiofsd" ]; then
+    echo "deps: building virtiofsd $VIRTIOFSD_VERSION (cargo install, a few minutes)"
+    nice cargo install --locked --quiet --root "$vroot" virtiofsd --version "$VIRTIOFSD_VERSION"
+  fi
+  install -D -m 755 "$vroot/bin/virtiofsd" "$VIRTIOFSD"
+  echo "deps: installed $("$VIRTIOFSD" --version) at $VIRTIOFSD"
 fi
 
 # The agent is linked statically against musl.

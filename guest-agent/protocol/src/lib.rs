@@ -42,3 +42,16 @@ pub const DEFAULT_READ_CHUNK: u32 = 64 << 10;
 /// Directory under which the agent mounts a container's extra disks:
 /// `<DISKS_DIR>/<container_id>/<disk name>`.
 pub const DISKS_DIR: &str = "/run/husk/disks";
+
+/// The pod's directory in the guest: the agent's state of the pod (its /dev/shm tmpfs, the
+/// host's shared files). Bind-mount sources of a spec must lie below it or below the
+/// container's disk directory ([`DISKS_DIR`]).
+pub const POD_DIR: &str = "/run/husk/pod";
+
+/// The pod's /dev/shm: a tmpfs the agent mounts when the pod's sandbox container is created.
+/// The shim points a spec's bind mount of the host's sandbox shm (containerd's CRI plugin
+/// gives one to every container of a pod) here.
+pub const POD_SHM_DIR: &str = "/run/husk/pod/shm";
+
+/// Where the pod's shared host files appear in the guest (virtio-fs).
+pub const POD_SHARED_DIR: &str = "/run/husk/pod/shared";

@@ -12,11 +12,12 @@ use std::time::Duration;
 
 use husk_protocol::agent::CreateContainerRequest;
 use nix::sched::CloneFlags;
-use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use oci_spec::runtime::Spec;
 
 use crate::error::{check_id, AgentError, Result};
 use crate::process::plan::ExecPlan;
 use crate::process::reaper::Reaper;
+use crate::pod::{namespace_plan, Pod};
 use crate::process::{spawn, Placement, Process};
 use cgroup::Cgroup;
 use mounts::RootPlan;
@@ -51,41 +52,6 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> R
         .map_err(|e| AgentError::InvalidArgument(format!("{what} is not valid JSON: {e}")))
 }
 
-/// Namespaces to create for `spec` (a new mount namespace is required).
-pub fn clone_flags(spec: &Spec) -> Result<CloneFlags> {
-    let mut flags = CloneFlags::empty();
-    let mut has_mount = false;
-    for ns in spec.linux().as_ref().and_then(|l| l.namespaces().as_ref()).into_iter().flatten() {
-        // A namespace given by path names a host namespace, which means nothing inside the VM:
-        // the container shares the guest's namespace of that type.
-        if ns.path().is_some() {
-            continue;
-        }
-        flags |= match ns.typ() {
-            LinuxNamespaceType::Mount => {
-                has_mount = true;
-                CloneFlags::CLONE_NEWNS
-            }
-            LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
-            LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
-            LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
-            LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
-            LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
-            other => {
-                return Err(AgentError::InvalidArgument(format!(
-                    "namespace type {other:?} is not supported"
-                )))
-            }
-        };
-    }
-    if !has_mount {
-        return Err(AgentError::InvalidArgument(
-            "linux.namespaces must contain a new mount namespace".into(),
-        ));
-    }
-    Ok(flags)
-}
-
 /// Undo list for a failing create.
 struct Partial {
     mounts: Mounts,
@@ -107,7 +73,9 @@ impl Partial {
 
 impl Container {
     /// Creates a container; its init process waits for `start`.
-    pub fn create(paths: &Paths, reaper: &Reaper, req: &CreateContainerRequest) -> Result<Container> {
+    /// `pod` is the pod the container joins (None: it is the pod's sandbox container, or a
+    /// container outside any pod; see [`crate::pod::namespace_plan`]).
+    pub fn create(paths: &Paths, reaper: &Reaper, req: &CreateContainerRequest, pod: Option<&Pod>) -> Result<Container> {
         let id = req.container_id.as_str();
         check_id("container id", id)?;
         let spec: Spec = parse_json("oci_spec_json", &req.oci_spec_json)?;
@@ -115,7 +83,7 @@ impl Container {
             return Err(AgentError::InvalidArgument("the OCI spec has no process".into()));
         };
         let plan = ExecPlan::from_oci(process)?;
-        let flags = clone_flags(&spec)?;
+        let ns = namespace_plan(&spec, pod)?;
         let Some(rootfs) = req.rootfs.as_ref() else {
             return Err(AgentError::InvalidArgument("rootfs is missing".into()));
         };
@@ -138,9 +106,10 @@ impl Container {
                 cg.apply(res)?;
             }
             let procs = cg.procs_fd()?;
-            let root_plan =
-                RootPlan::from_spec(&spec, root, flags.contains(CloneFlags::CLONE_NEWUTS))?;
-            let placement = Placement::Create { flags, root: &root_plan };
+            let allowed = [paths.run_dir.join("pod"), disks_dir.clone()];
+            let mut root_plan = RootPlan::from_spec(&spec, root, &ns, &allowed)?;
+            root_plan.open_bind_sources(&allowed)?;
+            let placement = Placement::Create { ns, root: &root_plan };
             spawn(reaper, "", &plan, req.stdin, Some(procs), placement)
         })();
         match result {

@@ -1,18 +1,21 @@
 //! The container's root: OCI mounts parsed before the fork (`RootPlan::from_spec`), and applied
 //! in the child's new mount namespace (`setup_root`), ending with pivot_root.
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::CloneFlags;
 use oci_spec::runtime::Spec;
 
 use crate::error::{AgentError, Result};
+use crate::pod::NsPlan;
 use crate::process::child::{ChildError, ChildResult};
 
 const MAX_MOUNTS: usize = 1024;
 const MAX_SYMLINKS: usize = 40;
 
 /// One mount of the spec, parsed.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct MountPlan {
     /// Absolute destination inside the container.
     pub destination: String,
@@ -28,6 +31,35 @@ pub struct MountPlan {
     pub bind: bool,
     /// Propagation flags applied after mounting.
     pub propagation: MsFlags,
+    /// A bind source resolved and checked before the fork by [`RootPlan::open_bind_sources`].
+    pub checked_source: Option<BindSource>,
+}
+
+/// A bind source that was checked to lie below what the host shared with the pod. The child
+/// (in its new mount namespace, a copy of the agent's) opens `path` again and mounts it only
+/// if it is still the same inode, through /proc/self/fd: a path changed after the check cannot
+/// redirect the mount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindSource {
+    /// The resolved path.
+    pub path: PathBuf,
+    /// Device and inode seen at the check.
+    pub dev_ino: (u64, u64),
+    /// A file, not a directory (the mount point is made to match).
+    pub is_file: bool,
+}
+
+impl BindSource {
+    /// Opens the source again (O_PATH) and checks that it is the inode that was checked.
+    fn reopen(&self) -> nix::Result<OwnedFd> {
+        use nix::fcntl::OFlag;
+        let fd = nix::fcntl::open(&self.path, OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())?;
+        let st = nix::sys::stat::fstat(&fd)?;
+        if (st.st_dev, st.st_ino) != self.dev_ino {
+            return Err(nix::Error::ESTALE);
+        }
+        Ok(fd)
+    }
 }
 
 /// Everything the child needs to build the container's root.
@@ -45,8 +77,40 @@ pub struct RootPlan {
     pub readonly_paths: Vec<String>,
     /// root.readonly.
     pub readonly_root: bool,
-    /// linux.sysctl.
+    /// linux.sysctl, checked to be namespaced keys of namespaces the container has.
     pub sysctl: Vec<(String, String)>,
+}
+
+/// Checks that sysctl `key` belongs to a namespace the container does not share with the agent
+/// (`own`: its new namespaces and the pod's), as runc does: anything else would change the whole
+/// VM.
+pub fn check_sysctl(key: &str, own: CloneFlags) -> Result<()> {
+    if key.is_empty() || key.len() > 256 || key.contains('/') || key.contains("..") || key.contains('\0') {
+        return Err(AgentError::InvalidArgument(format!("sysctl key {key:?} is not valid")));
+    }
+    let ipc = key.starts_with("kernel.shm") || key.starts_with("kernel.msg") || key == "kernel.sem" || key.starts_with("fs.mqueue.");
+    let (needs, name) = if ipc {
+        (CloneFlags::CLONE_NEWIPC, "IPC")
+    } else if key.starts_with("net.") {
+        (CloneFlags::CLONE_NEWNET, "network")
+    } else if key == "kernel.hostname" || key == "kernel.domainname" {
+        (CloneFlags::CLONE_NEWUTS, "UTS")
+    } else {
+        return Err(AgentError::InvalidArgument(format!(
+            "sysctl {key:?} is not in a separate kernel namespace: it would change the whole VM"
+        )));
+    };
+    if !own.contains(needs) {
+        return Err(AgentError::InvalidArgument(format!(
+            "sysctl {key:?} needs the container to have its own or the pod's {name} namespace"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `p` lies strictly below one of `roots` (component-wise; `p` has no `..`).
+fn below_any(p: &Path, roots: &[PathBuf]) -> bool {
+    roots.iter().any(|r| p != r.as_path() && p.starts_with(r))
 }
 
 fn parse_options(options: &[String]) -> (MsFlags, MsFlags, bool, bool, String) {
@@ -125,7 +189,8 @@ fn check_container_path(what: &str, p: &str) -> Result<()> {
 
 impl RootPlan {
     /// Parses the mount-related parts of `spec` for a rootfs mounted at `rootfs`.
-    pub fn from_spec(spec: &Spec, rootfs: PathBuf, new_uts: bool) -> Result<RootPlan> {
+    /// `ns` are the container's namespaces; bind sources must lie below one of `allowed`.
+    pub fn from_spec(spec: &Spec, rootfs: PathBuf, ns: &NsPlan, allowed: &[PathBuf]) -> Result<RootPlan> {
         let spec_mounts = spec.mounts().as_deref().unwrap_or_default();
         if spec_mounts.len() > MAX_MOUNTS {
             return Err(AgentError::InvalidArgument(format!(
@@ -146,10 +211,13 @@ impl RootPlan {
                 .as_ref()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| fstype.clone());
-            if bind && !source.starts_with('/') {
-                return Err(AgentError::InvalidArgument(format!(
-                    "bind mount source {source:?} for {destination} is not an absolute path"
-                )));
+            if bind {
+                check_container_path(&format!("bind mount source for {destination}"), &source)?;
+                if !below_any(Path::new(&source), allowed) {
+                    return Err(AgentError::InvalidArgument(format!(
+                        "bind mount source {source:?} for {destination} is not a file the host shared with the pod"
+                    )));
+                }
             }
             if !bind && fstype.is_empty() {
                 return Err(AgentError::InvalidArgument(format!(
@@ -157,7 +225,7 @@ impl RootPlan {
                 )));
             }
             let flags = if rec { flags | MsFlags::MS_REC } else { flags };
-            mounts.push(MountPlan { destination, fstype, source, flags, data, bind, propagation });
+            mounts.push(MountPlan { destination, fstype, source, flags, data, bind, propagation, checked_source: None });
         }
         let linux = spec.linux().as_ref();
         let paths = |v: Option<&Vec<String>>, what: &str| -> Result<Vec<String>> {
@@ -174,9 +242,7 @@ impl RootPlan {
             .collect();
         sysctl.sort();
         for (k, _) in &sysctl {
-            if k.is_empty() || k.contains('/') || k.contains("..") {
-                return Err(AgentError::InvalidArgument(format!("sysctl key {k:?} is not valid")));
-            }
+            check_sysctl(k, ns.own())?;
         }
         let hostname = spec.hostname().clone().filter(|h| !h.is_empty());
         if let Some(h) = &hostname {
@@ -187,12 +253,38 @@ impl RootPlan {
         Ok(RootPlan {
             rootfs,
             mounts,
-            hostname: if new_uts { hostname } else { None },
+            hostname: if ns.new.contains(CloneFlags::CLONE_NEWUTS) { hostname } else { None },
             masked: paths(linux.and_then(|l| l.masked_paths().as_ref()), "masked path")?,
             readonly_paths: paths(linux.and_then(|l| l.readonly_paths().as_ref()), "readonly path")?,
             readonly_root: spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false),
             sysctl,
         })
+    }
+}
+
+impl RootPlan {
+    /// Opens every bind source (O_PATH) after resolving it, and checks that what was opened
+    /// still lies below one of `allowed`: a symlink in a shared directory cannot point a mount
+    /// at the agent's files, and the path cannot be swapped between the check and the mount.
+    pub fn open_bind_sources(&mut self, allowed: &[PathBuf]) -> Result<()> {
+        let roots: Vec<PathBuf> = allowed.iter().filter_map(|r| std::fs::canonicalize(r).ok()).collect();
+        for m in self.mounts.iter_mut().filter(|m| m.bind) {
+            let bad = |why: String| AgentError::InvalidArgument(format!("bind mount source {} for {}: {why}", m.source, m.destination));
+            let real = std::fs::canonicalize(&m.source).map_err(|e| bad(format!("{e}")))?;
+            if !below_any(&real, &roots) {
+                return Err(bad(format!("resolves to {}, outside what the host shared with the pod", real.display())));
+            }
+            let fd = nix::fcntl::open(&real, nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
+                .map_err(|e| bad(format!("opening {}: {}", real.display(), e.desc())))?;
+            let opened = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_err(|e| bad(format!("{e}")))?;
+            if opened != real {
+                return Err(bad(format!("changed while it was opened ({} became {})", real.display(), opened.display())));
+            }
+            let st = nix::sys::stat::fstat(&fd).map_err(|e| bad(e.desc().to_string()))?;
+            let is_file = st.st_mode & libc::S_IFMT != libc::S_IFDIR;
+            m.checked_source = Some(BindSource { path: real, dev_ino: (st.st_dev, st.st_ino), is_file });
+        }
+        Ok(())
     }
 }
 
@@ -257,19 +349,22 @@ fn errno(e: &std::io::Error) -> nix::Error {
 
 fn apply_mount(root: &Path, m: &MountPlan) -> ChildResult<()> {
     let target = resolve_in_root(root, &m.destination);
-    let source_is_file = m.bind && Path::new(&m.source).is_file();
-    make_target(&target, source_is_file)?;
     let what = format!("mounting {} ({}) on {}", m.source, m.fstype, m.destination);
     let data = (!m.data.is_empty()).then_some(m.data.as_str());
     if m.bind {
-        if !Path::new(&m.source).exists() {
+        let Some(checked) = &m.checked_source else {
             return Err(ChildError::invalid(format!(
-                "bind mount source {} for {} does not exist",
+                "bind mount source {} for {} was not checked before the container was created",
                 m.source, m.destination
             )));
-        }
+        };
+        make_target(&target, checked.is_file)?;
+        let fd = checked.reopen().map_err(|e| {
+            ChildError::sys(format!("bind mount source {} for {} changed after it was checked", m.source, m.destination), e)
+        })?;
+        let source = format!("/proc/self/fd/{}", fd.as_raw_fd());
         let rec = m.flags & MsFlags::MS_REC;
-        mount(Some(m.source.as_str()), &target, None::<&str>, MsFlags::MS_BIND | rec, None::<&str>)
+        mount(Some(source.as_str()), &target, None::<&str>, MsFlags::MS_BIND | rec, None::<&str>)
             .map_err(sys(what.clone()))?;
         let extra = m.flags - MsFlags::MS_REC;
         if !extra.is_empty() {
@@ -278,6 +373,7 @@ fn apply_mount(root: &Path, m: &MountPlan) -> ChildResult<()> {
                 .map_err(sys(format!("{what} (remount with {extra:?})")))?;
         }
     } else {
+        make_target(&target, false)?;
         let r = mount(Some(m.source.as_str()), &target, Some(m.fstype.as_str()), m.flags, data);
         match (r, m.fstype.as_str()) {
             (Ok(()), _) => {}
@@ -324,11 +420,6 @@ pub fn setup_root(plan: &RootPlan) -> ChildResult<()> {
     for m in &plan.mounts {
         apply_mount(&plan.rootfs, m)?;
     }
-    for (k, v) in &plan.sysctl {
-        let path = format!("/proc/sys/{}", k.replace('.', "/"));
-        std::fs::write(&path, v)
-            .map_err(|e| ChildError { invalid: true, errno: Some(errno(&e)), msg: format!("sysctl {k}={v}") })?;
-    }
     if let Some(h) = &plan.hostname {
         nix::unistd::sethostname(h).map_err(sys(format!("setting hostname {h:?}")))?;
     }
@@ -347,6 +438,12 @@ pub fn setup_root(plan: &RootPlan) -> ChildResult<()> {
         Err(e) => return Err(ChildError::sys(format!("pivot_root into {}", plan.rootfs.display()), e)),
     }
     nix::unistd::chdir("/").map_err(sys("chdir /".into()))?;
+    // As runc: sysctls through the container's own /proc, before /proc/sys turns read-only.
+    for (k, v) in &plan.sysctl {
+        let path = format!("/proc/sys/{}", k.replace('.', "/"));
+        std::fs::write(&path, v)
+            .map_err(|e| ChildError { invalid: true, errno: Some(errno(&e)), msg: format!("sysctl {k}={v} (through the container's /proc)") })?;
+    }
     for p in &plan.masked {
         let path = Path::new(p);
         let r = if path.is_dir() {
@@ -409,11 +506,67 @@ mod tests {
         let spec: Spec = serde_json::from_str(
             r#"{"ociVersion":"1.0.2","mounts":[{"destination":"/x/../../y","type":"tmpfs"}]}"#,
         ).unwrap();
-        let err = RootPlan::from_spec(&spec, "/r".into(), true).unwrap_err();
+        let ns = NsPlan { new: CloneFlags::CLONE_NEWNS, ..Default::default() };
+        let allowed = [PathBuf::from("/run/husk/pod")];
+        let err = RootPlan::from_spec(&spec, "/r".into(), &ns, &allowed).unwrap_err();
         assert!(err.to_string().contains("/x/../../y"), "{err}");
         let spec: Spec = serde_json::from_str(
             r#"{"ociVersion":"1.0.2","mounts":[{"destination":"/d","type":"bind","source":"rel"}]}"#,
         ).unwrap();
-        assert!(RootPlan::from_spec(&spec, "/r".into(), true).is_err());
+        assert!(RootPlan::from_spec(&spec, "/r".into(), &ns, &allowed).is_err());
+        // The agent's own files are never a bind source.
+        for src in ["/", "/run/husk/pod", "/run/husk/containers/c/rootfs", "/run/husk/pod/../agent"] {
+            let spec: Spec = serde_json::from_str(&format!(
+                r#"{{"ociVersion":"1.0.2","mounts":[{{"destination":"/d","type":"bind","source":"{src}"}}]}}"#
+            )).unwrap();
+            let err = RootPlan::from_spec(&spec, "/r".into(), &ns, &allowed).unwrap_err().to_string();
+            assert!(err.contains(src), "{src}: {err}");
+        }
+        let spec: Spec = serde_json::from_str(
+            r#"{"ociVersion":"1.0.2","mounts":[{"destination":"/dev/shm","type":"bind","source":"/run/husk/pod/shm"}]}"#,
+        ).unwrap();
+        assert!(RootPlan::from_spec(&spec, "/r".into(), &ns, &allowed).is_ok());
+    }
+
+    #[test]
+    fn only_namespaced_sysctls_of_own_namespaces_pass() {
+        let own = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWIPC;
+        for k in ["net.ipv4.ip_forward", "kernel.shmmax", "kernel.msgmax", "kernel.sem", "fs.mqueue.msg_max"] {
+            check_sysctl(k, own).unwrap();
+        }
+        let e = check_sysctl("kernel.hostname", own).unwrap_err().to_string();
+        assert!(e.contains("UTS"), "{e}");
+        let e = check_sysctl("vm.overcommit_memory", own).unwrap_err().to_string();
+        assert!(e.contains("not in a separate kernel namespace"), "{e}");
+        let e = check_sysctl("net.core.somaxconn", CloneFlags::CLONE_NEWNS).unwrap_err().to_string();
+        assert!(e.contains("network namespace"), "{e}");
+        assert!(check_sysctl("net/../x", own).is_err());
+    }
+
+    #[test]
+    fn bind_sources_that_resolve_outside_are_refused() {
+        let base = std::env::temp_dir().join(format!("husk-bindsrc-{}", std::process::id()));
+        let pod = base.join("pod");
+        std::fs::create_dir_all(pod.join("shared")).unwrap();
+        std::fs::write(base.join("secret"), b"agent").unwrap();
+        std::fs::write(pod.join("shared/hosts"), b"127.0.0.1 localhost").unwrap();
+        std::os::unix::fs::symlink(base.join("secret"), pod.join("shared/evil")).unwrap();
+        let mk = |src: &Path| -> RootPlan {
+            let spec: Spec = serde_json::from_str(&format!(
+                r#"{{"ociVersion":"1.0.2","mounts":[{{"destination":"/etc/hosts","type":"bind","source":"{}"}}]}}"#,
+                src.display()
+            )).unwrap();
+            let ns = NsPlan { new: CloneFlags::CLONE_NEWNS, ..Default::default() };
+            RootPlan::from_spec(&spec, "/r".into(), &ns, std::slice::from_ref(&pod)).unwrap()
+        };
+        let mut good = mk(&pod.join("shared/hosts"));
+        good.open_bind_sources(std::slice::from_ref(&pod)).unwrap();
+        assert!(good.mounts[0].checked_source.as_ref().is_some_and(|c| c.is_file && c.reopen().is_ok()));
+        let mut evil = mk(&pod.join("shared/evil"));
+        let e = evil.open_bind_sources(std::slice::from_ref(&pod)).unwrap_err().to_string();
+        assert!(e.contains("outside what the host shared"), "{e}");
+        let mut missing = mk(&pod.join("shared/nope"));
+        assert!(missing.open_bind_sources(std::slice::from_ref(&pod)).is_err());
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }

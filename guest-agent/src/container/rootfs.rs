@@ -1,6 +1,8 @@
 //! Mounting a container's root filesystem and extra disks in the agent's mount namespace:
 //! disks are found by their virtio-blk serial; read-only roots get an overlay with a tmpfs upper.
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use husk_protocol::agent::{Disk, Rootfs};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -9,9 +11,30 @@ use crate::error::{AgentError, Result};
 
 const FSTYPES: [&str; 2] = ["ext4", "erofs"];
 
-/// Mount points made for a container, unmounted in reverse order.
+/// How long a disk attached to the running VM may take to show its size.
+const DISK_SIZE_WAIT: Duration = Duration::from_secs(10);
+
+mod ioctl {
+    #![allow(missing_docs)]
+    // BLKFLSBUF = _IO(0x12, 97), linux/fs.h.
+    nix::ioctl_none!(blk_flush_buffers, 0x12, 97);
+}
+use ioctl::blk_flush_buffers;
+
+/// Drops the cached blocks of block device `dev` (BLKFLSBUF): a disk slot of the VM can carry
+/// another image later, and the guest must not serve the old one's blocks from its cache.
+pub fn flush_buffers(dev: &Path) -> Result<()> {
+    let f = std::fs::File::open(dev).map_err(|e| AgentError::io(format!("opening {}", dev.display()), e))?;
+    // SAFETY: BLKFLSBUF takes no argument; the fd is a block device open for the whole call.
+    unsafe { blk_flush_buffers(f.as_raw_fd()) }
+        .map(drop)
+        .map_err(|e| AgentError::sys(format!("dropping the cached blocks of {}", dev.display()), e))
+}
+
+/// Mount points made for a container, unmounted in reverse order; block devices whose cached
+/// blocks are dropped once they are unmounted.
 #[derive(Debug, Default)]
-pub struct Mounts(Vec<PathBuf>);
+pub struct Mounts(Vec<PathBuf>, Vec<PathBuf>);
 
 impl Mounts {
     fn mount(
@@ -41,6 +64,11 @@ impl Mounts {
                 log::warn!("unmounting {}: {e}", p.display());
             }
         }
+        while let Some(dev) = self.1.pop() {
+            if let Err(e) = flush_buffers(&dev) {
+                log::warn!("{}", crate::error::chain(&e));
+            }
+        }
     }
 }
 
@@ -56,6 +84,28 @@ pub fn find_disk(serial: &str) -> Result<PathBuf> {
         }
     }
     Err(AgentError::InvalidArgument(format!("no virtio-blk disk with serial {serial:?}")))
+}
+
+/// Waits until block device `dev` (/dev/vdX) has a non-zero size: a disk the host attached to
+/// the running VM gets its capacity through a config-change interrupt the guest handles
+/// asynchronously.
+fn wait_for_size(dev: &Path) -> Result<()> {
+    let name = dev.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let size = Path::new("/sys/block").join(&name).join("size");
+    let deadline = Instant::now() + DISK_SIZE_WAIT;
+    loop {
+        let sectors: u64 = std::fs::read_to_string(&size).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+        if sectors > 0 {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(AgentError::InvalidArgument(format!(
+                "disk {} has no capacity after {DISK_SIZE_WAIT:?} (nothing attached to it?)",
+                dev.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Where a disk or directory comes from.
@@ -98,8 +148,11 @@ fn mount_source(mounts: &mut Mounts, s: &Source<'_>, target: &Path, ro: bool) ->
     let ro_flag = if ro { MsFlags::MS_RDONLY } else { MsFlags::empty() };
     if s.host_path.is_empty() {
         let dev = find_disk(s.serial)?;
-        let dev = dev.to_string_lossy();
-        mounts.mount(&dev, target, Some(s.fstype), ro_flag, None)
+        wait_for_size(&dev)?;
+        flush_buffers(&dev)?;
+        mounts.mount(&dev.to_string_lossy(), target, Some(s.fstype), ro_flag, None)?;
+        mounts.1.push(dev);
+        Ok(())
     } else {
         mounts.mount(s.host_path, target, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
         if ro {

@@ -55,11 +55,13 @@ pub type ChildResult<T> = std::result::Result<T, ChildError>;
 
 /// How the child gets its namespaces and root.
 pub enum Setup<'a> {
-    /// A new container: unshare these namespaces (the pid namespace was entered by the forking
-    /// thread already) and set up its root.
+    /// A new container: join the pod's namespaces, unshare new ones (the pid namespace was
+    /// entered by the forking thread already) and set up its root.
     Create {
         /// Namespaces to unshare.
         flags: CloneFlags,
+        /// The pod's namespaces to join first.
+        join: &'a [(OwnedFd, CloneFlags)],
         /// The root to build.
         root: &'a RootPlan,
     },
@@ -112,7 +114,11 @@ fn setup_and_exec(setup: Setup<'_>, fds: &ChildFds, plan: &ExecPlan) -> ChildRes
         Errno::result(r).map_err(|e| ChildError::sys("making the pty the controlling terminal", e))?;
     }
     match &setup {
-        Setup::Create { flags, root } => {
+        Setup::Create { flags, join, root } => {
+            for (fd, kind) in join.iter() {
+                setns(fd.as_fd(), *kind)
+                    .map_err(|e| ChildError::sys(format!("joining the pod's namespace {kind:?}"), e))?;
+            }
             nix::sched::unshare(*flags)
                 .map_err(|e| ChildError::sys(format!("creating namespaces {flags:?}"), e))?;
             setup_root(root)?

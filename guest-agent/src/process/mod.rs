@@ -15,6 +15,7 @@ use nix::unistd::Pid;
 
 use crate::container::mounts::RootPlan;
 use crate::error::{AgentError, Result};
+use crate::pod::NsPlan;
 use child::{ChildFds, Setup};
 use plan::ExecPlan;
 use reaper::Reaper;
@@ -200,10 +201,10 @@ fn make_stdio(plan: &ExecPlan, want_stdin: bool) -> Result<StdioPair> {
 
 /// How to place the new process.
 pub enum Placement<'a> {
-    /// New namespaces (clone flags) and a new root.
+    /// New namespaces, joined pod namespaces and a new root.
     Create {
-        /// Namespaces to create.
-        flags: CloneFlags,
+        /// Namespaces to create and to join.
+        ns: NsPlan,
         /// The root to build.
         root: &'a RootPlan,
     },
@@ -272,12 +273,15 @@ pub fn spawn(
     let proc = std::thread::scope(|s| {
         s.spawn(move || -> Result<Arc<Process>> {
             let setup = match &placement {
-                Placement::Create { flags, root } => {
-                    if flags.contains(CloneFlags::CLONE_NEWPID) {
+                Placement::Create { ns, root } => {
+                    if let Some(pid_ns) = &ns.join_pid {
+                        nix::sched::setns(pid_ns.as_fd(), CloneFlags::CLONE_NEWPID)
+                            .map_err(io("joining the pod's pid namespace"))?;
+                    } else if ns.new.contains(CloneFlags::CLONE_NEWPID) {
                         nix::sched::unshare(CloneFlags::CLONE_NEWPID)
                             .map_err(io("creating a pid namespace"))?;
                     }
-                    Setup::Create { flags: *flags - CloneFlags::CLONE_NEWPID, root }
+                    Setup::Create { flags: ns.new - CloneFlags::CLONE_NEWPID, join: &ns.join, root }
                 }
                 Placement::Join { pid_ns, namespaces } => {
                     if let Some(ns) = pid_ns {

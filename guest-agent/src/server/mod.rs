@@ -9,7 +9,8 @@ use nix::sys::signal::Signal;
 use ttrpc::TtrpcContext;
 
 use crate::container::oom::OomWatcher;
-use crate::container::{Container, Paths};
+use crate::container::{parse_json, Container, Paths};
+use crate::pod::Pod;
 use crate::error::{AgentError, Result};
 use crate::process::reaper::Reaper;
 use crate::process::Process;
@@ -19,6 +20,8 @@ struct Registry {
     containers: HashMap<String, Arc<Container>>,
     /// Ids being created (reserved).
     creating: HashSet<String>,
+    /// The VM's pod, once its sandbox container was created.
+    pod: Option<Arc<Pod>>,
 }
 
 /// The agent service.
@@ -84,14 +87,54 @@ impl AgentService {
                 return Err(AgentError::AlreadyExists(format!("container {id:?} already exists")));
             }
         }
-        let created = Container::create(&self.paths, &self.reaper, req);
+        let created = self.create_in_pod(req);
         let mut reg = self.registry();
         reg.creating.remove(&id);
-        let c = Arc::new(created?);
+        let (c, pod) = created?;
+        if let Some(pod) = pod {
+            reg.pod = Some(pod);
+        }
         self.oom.watch(&id, &c.cgroup);
         let pid = c.init.pid as u32;
         reg.containers.insert(id, c);
         Ok(pid)
+    }
+
+    /// Creates the container as its pod's sandbox (which then defines the pod, returned), as a
+    /// member of the pod, or outside any pod (no sandbox_id).
+    fn create_in_pod(&self, req: &CreateContainerRequest) -> Result<(Arc<Container>, Option<Arc<Pod>>)> {
+        let id = req.container_id.as_str();
+        let sandbox = req.sandbox_id.as_str();
+        if sandbox.is_empty() {
+            return Ok((Arc::new(Container::create(&self.paths, &self.reaper, req, None)?), None));
+        }
+        if sandbox == id {
+            if let Some(p) = &self.registry().pod {
+                return Err(AgentError::AlreadyExists(format!("this VM already runs pod sandbox {:?}", p.id)));
+            }
+            let mut pod = Pod::prepare(&self.paths.run_dir, id, &req.shared_fs_tag)?;
+            let c = Container::create(&self.paths, &self.reaper, req, None)?;
+            if let Err(e) = pod.adopt_namespaces(c.init.pid) {
+                c.destroy();
+                return Err(e);
+            }
+            log::info!("pod sandbox {id} created");
+            return Ok((Arc::new(c), Some(Arc::new(pod))));
+        }
+        crate::error::check_id("sandbox id", sandbox)?;
+        let pod = self.registry().pod.clone();
+        match pod {
+            Some(pod) if pod.id == sandbox => {
+                Ok((Arc::new(Container::create(&self.paths, &self.reaper, req, Some(&pod))?), None))
+            }
+            _ => Err(AgentError::NotFound(format!("pod sandbox {sandbox:?} not found in this VM"))),
+        }
+    }
+
+    fn update(&self, req: &UpdateContainerRequest) -> Result<()> {
+        let c = self.container(&req.container_id)?;
+        let res: oci_spec::runtime::LinuxResources = parse_json("resources_json", &req.resources_json)?;
+        c.cgroup.apply(&res)
     }
 
     fn signal(&self, req: &SignalProcessRequest) -> Result<()> {
@@ -129,9 +172,23 @@ impl AgentService {
 
     fn remove(&self, id: &str) -> Result<()> {
         let c = self.container(id)?;
+        {
+            let reg = self.registry();
+            let others = reg.containers.keys().filter(|k| k.as_str() != id).count();
+            if reg.pod.as_ref().is_some_and(|p| p.id == id) && others > 0 {
+                return Err(AgentError::FailedPrecondition(format!(
+                    "container {id} is the pod's sandbox; remove the pod's {others} other container(s) first"
+                )));
+            }
+        }
         c.remove()?;
         self.oom.unwatch(id);
-        self.registry().containers.remove(id);
+        let mut reg = self.registry();
+        reg.containers.remove(id);
+        if reg.pod.as_ref().is_some_and(|p| p.id == id) {
+            reg.pod = None;
+            log::info!("pod sandbox {id} released");
+        }
         Ok(())
     }
 
@@ -141,6 +198,7 @@ impl AgentService {
         for c in all {
             c.destroy();
         }
+        self.registry().pod = None;
     }
 }
 
@@ -259,6 +317,11 @@ impl Agent for AgentService {
         };
         let p = ok(self.process(&req.container_id, &req.exec_id))?;
         ok(p.resize(w, h))?;
+        Ok(Empty::new())
+    }
+
+    fn update_container(&self, _: &TtrpcContext, req: UpdateContainerRequest) -> ttrpc::Result<Empty> {
+        ok(self.update(&req))?;
         Ok(Empty::new())
     }
 

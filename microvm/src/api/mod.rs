@@ -2,12 +2,46 @@
 //! `curl --unix-socket SOCK http://localhost/vm` works. Documented in `microvm/API.md`.
 //!
 //! One thread (`vmm-api`) serves one connection at a time; every response closes the
-//! connection. Requests are bounded (8 KiB of headers, 64 KiB of body).
+//! connection. Requests are bounded (8 KiB of headers, 64 KiB of body). [`http`] reads a
+//! request, [`routes`] tells what it asks for (nothing of the VM is touched until then), the
+//! server executes it. The JSON bodies are the types of `husk_config::api`, which also has the
+//! client.
 
 mod http;
+mod routes;
 mod server;
 
-pub use server::{ApiServer, VmInfo};
+pub use routes::error_chain;
+pub use server::{ApiDevices, ApiServer, VmInfo};
+
+/// Entry point of the `api_request` fuzz target (and of the bounded pseudo-random test
+/// below): `data` as the bytes a client sends, read by the request parser in pieces whose
+/// sizes the input also picks, then routed (path, method, attach body).
+#[doc(hidden)]
+pub fn fuzz_request(data: &[u8]) {
+    /// Hands out the input in pieces of 1 to 64 bytes (the first byte picks the pattern).
+    struct Pieces<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+    impl std::io::Read for Pieces<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.data.len().min(buf.len()).min(self.step);
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            self.step = self.step % 64 + 1;
+            Ok(n)
+        }
+    }
+    let step = usize::from(data.first().copied().unwrap_or(0) % 64) + 1;
+    let mut reader = Pieces { data: data.get(1..).unwrap_or_default(), step };
+    if let Ok(req) = http::read_request(&mut reader) {
+        assert!(req.body.len() <= http::MAX_BODY);
+        if let Err(r) = routes::route(&req) {
+            assert!((400..500).contains(&r.status) && !r.message.is_empty());
+        }
+    }
+}
 
 /// Starting the API failed.
 #[derive(Debug, thiserror::Error)]

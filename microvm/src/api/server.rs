@@ -6,12 +6,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use husk_config::api::{Counters, DiskInfo, ErrorBody, StateChange, VmDescription, VmState};
+use husk_config::VmConfig;
+use serde::Serialize;
+use serde_json::Value;
 
-use super::http::{read_request, write_response, HttpError, Request};
+use super::http::{read_request, write_response, HttpError};
+use super::routes::{error_chain, route, Route};
 use super::ApiError;
 use crate::device_manager::CounterSource;
 use crate::devices::legacy::i8042::I8042;
+use crate::devices::virtio::block::{DiskHandle, SlotError};
 use crate::exit::{ExitReason, VmExit};
 use crate::vcpu::Vcpus;
 use crate::vmm::Vm;
@@ -23,7 +28,7 @@ const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// graceful shutdown.
 #[derive(Clone)]
 pub struct VmInfo {
-    config: Value,
+    config: VmConfig,
     cmdline: String,
     i8042: Arc<I8042>,
 }
@@ -31,8 +36,17 @@ pub struct VmInfo {
 impl VmInfo {
     /// Captures the description of `vm`.
     pub fn new(vm: &Vm) -> Self {
-        VmInfo { config: serde_json::to_value(&vm.config).unwrap_or(Value::Null), cmdline: vm.cmdline.clone(), i8042: vm.i8042.clone() }
+        VmInfo { config: vm.config.clone(), cmdline: vm.cmdline.clone(), i8042: vm.i8042.clone() }
     }
+}
+
+/// What the API reaches of the devices: counters and disks.
+#[derive(Clone, Default)]
+pub struct ApiDevices {
+    /// Counter sources by device name.
+    pub counters: Vec<(String, Arc<dyn CounterSource>)>,
+    /// Disks and slots, in the order the guest sees them.
+    pub disks: Vec<Arc<DiskHandle>>,
 }
 
 struct State {
@@ -40,7 +54,7 @@ struct State {
     i8042: Arc<I8042>,
     vcpus: Arc<Vcpus>,
     exit: Arc<VmExit>,
-    counters: Vec<(String, Arc<dyn CounterSource>)>,
+    devices: ApiDevices,
 }
 
 /// The running API server; removes its socket when dropped.
@@ -62,7 +76,7 @@ impl ApiServer {
         info: VmInfo,
         vcpus: Arc<Vcpus>,
         exit: Arc<VmExit>,
-        counters: Vec<(String, Arc<dyn CounterSource>)>,
+        devices: ApiDevices,
         filter: Option<Arc<seccompiler::BpfProgram>>,
     ) -> Result<Self, ApiError> {
         if let Ok(md) = std::fs::symlink_metadata(path) {
@@ -71,7 +85,7 @@ impl ApiServer {
             }
         }
         let listener = UnixListener::bind(path).map_err(|e| ApiError::Bind(path.into(), e))?;
-        let state = State { i8042: info.i8042.clone(), info, vcpus, exit, counters };
+        let state = State { i8042: info.i8042.clone(), info, vcpus, exit, devices };
         std::thread::Builder::new()
             .name("vmm-api".into())
             .spawn(move || {
@@ -96,9 +110,12 @@ impl ApiServer {
 fn serve(state: &State, mut s: UnixStream) {
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
     let (status, body, after) = match read_request(&mut s) {
-        Ok(req) => handle(state, &req),
+        Ok(req) => match route(&req) {
+            Ok(r) => handle(state, r),
+            Err(refusal) => (refusal.status, error(refusal.message), None),
+        },
         Err(HttpError::TooLarge) => (413, error("request too large"), None),
-        Err(HttpError::Bad(m)) => (400, error(&m), None),
+        Err(HttpError::Bad(m)) => (400, error(m), None),
         Err(HttpError::Io(_)) => return,
     };
     if let Err(e) = write_response(&mut s, status, &body.to_string()) {
@@ -110,52 +127,97 @@ fn serve(state: &State, mut s: UnixStream) {
     }
 }
 
-fn error(msg: &str) -> Value {
-    json!({ "error": msg })
+/// A JSON body; these types always serialize.
+fn json<T: Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
-fn run_state(state: &State) -> &'static str {
+fn error(msg: impl Into<String>) -> Value {
+    json(&ErrorBody { error: msg.into() })
+}
+
+fn state_change(state: VmState) -> Value {
+    json(&StateChange { state, sent: None })
+}
+
+fn run_state(state: &State) -> VmState {
     if state.vcpus.is_paused() {
-        "paused"
+        VmState::Paused
     } else {
-        "running"
+        VmState::Running
     }
 }
 
-fn handle(state: &State, req: &Request) -> (u16, Value, Option<ExitReason>) {
-    let write = matches!(req.method.as_str(), "PUT" | "POST");
-    match (req.path.as_str(), req.method.as_str()) {
-        ("/vm", "GET") => (200, json!({ "state": run_state(state), "config": state.info.config, "cmdline": state.info.cmdline }), None),
-        ("/vm/counters", "GET") => {
-            let mut m = serde_json::Map::new();
-            for (name, src) in &state.counters {
-                let c: serde_json::Map<String, Value> = src.counters().into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
-                m.insert(name.clone(), Value::Object(c));
-            }
-            (200, Value::Object(m), None)
+/// The status of a refused attach or detach: 409 for the slot's state (boot disk, occupied,
+/// empty), 400 for the request (bad id or path, unusable image), 500 for the VMM.
+fn slot_status(e: &SlotError) -> u16 {
+    match e {
+        SlotError::BootDisk { .. } | SlotError::Occupied { .. } | SlotError::Empty { .. } => 409,
+        SlotError::Request { .. } | SlotError::Image { .. } | SlotError::TooSmall { .. } => 400,
+        SlotError::Worker { .. } => 500,
+    }
+}
+
+fn disk_answer(r: Result<DiskInfo, SlotError>) -> (u16, Value, Option<ExitReason>) {
+    match r {
+        Ok(info) => (200, json(&info), None),
+        Err(e) => (slot_status(&e), error(error_chain(&e)), None),
+    }
+}
+
+fn handle(state: &State, route: Route) -> (u16, Value, Option<ExitReason>) {
+    let find = |name: &str| state.devices.disks.iter().find(|d| d.name() == name).cloned();
+    let no_disk = |name: &str| (404, error(format!("no disk or slot named {name:?} (GET /vm/disks lists them)")), None);
+    match route {
+        Route::Describe => {
+            let d = VmDescription { state: run_state(state), config: state.info.config.clone(), cmdline: state.info.cmdline.clone() };
+            (200, json(&d), None)
         }
-        ("/vm/pause", _) if write => {
+        Route::Counters => {
+            let c: Counters = state
+                .devices
+                .counters
+                .iter()
+                .map(|(name, src)| (name.clone(), src.counters().into_iter().map(|(k, v)| (k.to_string(), v)).collect()))
+                .collect();
+            (200, json(&c), None)
+        }
+        Route::Pause => {
             if state.vcpus.pause(PAUSE_TIMEOUT) {
-                (200, json!({ "state": "paused" }), None)
+                (200, state_change(VmState::Paused), None)
             } else {
                 (500, error("vCPUs did not stop within 5 s"), None)
             }
         }
-        ("/vm/resume", _) if write => {
+        Route::Resume => {
             state.vcpus.resume();
-            (200, json!({ "state": "running" }), None)
+            (200, state_change(VmState::Running), None)
         }
-        ("/vm/shutdown", _) if write => {
+        Route::Shutdown => {
             if state.vcpus.is_paused() {
                 (409, error("the VM is paused; resume it first"), None)
             } else if state.i8042.ctrl_alt_del() {
-                (200, json!({ "state": "shutting-down", "sent": "ctrl-alt-del" }), None)
+                (200, json(&StateChange { state: VmState::ShuttingDown, sent: Some("ctrl-alt-del".into()) }), None)
             } else {
                 (409, error("the guest has disabled its keyboard; it cannot be asked to shut down"), None)
             }
         }
-        ("/vm/kill", _) if write => (200, json!({ "state": "stopped" }), Some(ExitReason::Killed)),
-        ("/vm" | "/vm/counters", _) | ("/vm/pause" | "/vm/resume" | "/vm/shutdown" | "/vm/kill", _) => (405, error(&format!("{} not allowed on {}", req.method, req.path)), None),
-        _ => (404, error(&format!("no such resource {}", req.path)), None),
+        Route::Kill => (200, state_change(VmState::Stopped), Some(ExitReason::Killed)),
+        Route::Disks => {
+            let all: Vec<DiskInfo> = state.devices.disks.iter().map(|d| d.info()).collect();
+            (200, json(&all), None)
+        }
+        Route::Disk(name) => match find(&name) {
+            Some(d) => (200, json(&d.info()), None),
+            None => no_disk(&name),
+        },
+        Route::Attach(name, req) => match find(&name) {
+            Some(d) => disk_answer(d.attach(&req)),
+            None => no_disk(&name),
+        },
+        Route::Detach(name) => match find(&name) {
+            Some(d) => disk_answer(d.detach()),
+            None => no_disk(&name),
+        },
     }
 }

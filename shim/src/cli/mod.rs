@@ -13,21 +13,28 @@ use crate::state;
 /// Usage text.
 pub const USAGE: &str = "usage: husk [--config FILE] <command>\n\
 commands:\n  check        tell whether this host can run husk containers (exit 1 if not)\n  \
-ps           list husk VMs (from the state directory)\n  logs <id>    print the guest console log of a VM\n";
+ps           list husk VMs (pods) and their containers (from the state directory)\n  \
+logs <id>    print the guest console log of a pod's VM (by sandbox id)\n";
 
-/// `husk ps`: one line per VM under the state directory.
+/// `husk ps`: one line per VM (pod) under the state directory, then one indented line per
+/// container in it.
 pub fn ps(state_root: &Path, out: &mut dyn Write) -> Result<()> {
     let w = |e| ShimError::io("write", "stdout", e);
-    writeln!(out, "{:<24} {:<12} {:>8} {:<8} BUNDLE", "ID", "NAMESPACE", "VMM-PID", "STATUS").map_err(w)?;
+    writeln!(out, "{:<24} {:<12} {:>8} {:<8} {:>5} {:>7} CONTAINERS", "POD", "NAMESPACE", "VMM-PID", "STATUS", "VCPUS", "MEMORY").map_err(w)?;
     for (sd, info) in state::list(state_root)? {
         let name = sd.path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         match info {
             Ok(i) => {
+                let name = &i.id;
                 let alive = i.vmm_pid > 0 && Path::new(&format!("/proc/{}", i.vmm_pid)).exists();
                 let status = if i.vmm_pid == 0 { "creating" } else if alive { "running" } else { "dead" };
-                writeln!(out, "{:<24} {:<12} {:>8} {:<8} {}", name, i.namespace, i.vmm_pid, status, i.bundle.display()).map_err(w)?;
+                writeln!(out, "{:<24} {:<12} {:>8} {:<8} {:>5} {:>6}M {}", name, i.namespace, i.vmm_pid, status, i.vcpus, i.memory_mib, i.containers.len()).map_err(w)?;
+                for c in &i.containers {
+                    let disk = if c.slot.is_empty() { "boot disk".to_string() } else { c.slot.clone() };
+                    writeln!(out, "  {:<22} {:<10} {}", c.id, disk, c.bundle.display()).map_err(w)?;
+                }
             }
-            Err(_) => writeln!(out, "{name:<24} {:<12} {:>8} {:<8} -", "?", "-", "unknown").map_err(w)?,
+            Err(_) => writeln!(out, "{name:<24} {:<12} {:>8} {:<8}", "?", "-", "unknown").map_err(w)?,
         }
     }
     Ok(())
@@ -36,7 +43,12 @@ pub fn ps(state_root: &Path, out: &mut dyn Write) -> Result<()> {
 /// `husk logs <id>`: copies the VM's console log to `out`.
 pub fn logs(state_root: &Path, id: &str, out: &mut dyn Write) -> Result<()> {
     state::validate_id(id)?;
-    let path: PathBuf = state::StateDir::open(state_root.join(id)).console_log();
+    let name = state::dir_name(id);
+    let found = state::list(state_root)?.into_iter().find(|(sd, info)| info.as_ref().map(|i| i.id == id).unwrap_or_else(|_| sd.path().file_name().is_some_and(|n| n.to_string_lossy() == name)));
+    let path: PathBuf = match found {
+        Some((sd, _)) => sd.console_log(),
+        None => return Err(ShimError::NotFound { kind: "husk VM (pod)", id: id.into() }),
+    };
     let mut f = std::fs::File::open(&path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => ShimError::NotFound { kind: "husk VM (no console log)", id: format!("{id} ({})", path.display()) },
         _ => ShimError::io("open", &path, e),
@@ -49,19 +61,25 @@ pub fn logs(state_root: &Path, id: &str, out: &mut dyn Write) -> Result<()> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::state::{StateDir, StateInfo};
+    use crate::state::{ContainerInfo, StateDir, StateInfo};
 
     #[test]
     fn ps_lists_vms_and_logs_prints_the_console() {
         let root = tempfile::tempdir().unwrap();
-        let sd = StateDir::create(root.path(), "web").unwrap();
-        sd.write_info(&StateInfo { id: "web".into(), namespace: "default".into(), vmm_pid: std::process::id(), ..Default::default() }).unwrap();
+        let sd = StateDir::create(root.path(), "default", "web").unwrap();
+        let containers = vec![
+            ContainerInfo { id: "web".into(), bundle: "/b/web".into(), ..Default::default() },
+            ContainerInfo { id: "sidecar".into(), bundle: "/b/sidecar".into(), slot: "slot0".into(), ..Default::default() },
+        ];
+        sd.write_info(&StateInfo { id: "web".into(), namespace: "default".into(), vmm_pid: std::process::id(), vcpus: 2, memory_mib: 384, containers, ..Default::default() }).unwrap();
         std::fs::write(sd.console_log(), "Linux version 6.1\nhusk-agent ready\n").unwrap();
         let mut out = Vec::new();
         ps(root.path(), &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.lines().nth(1).unwrap().starts_with("web "), "{text}");
-        assert!(text.contains("running"), "{text}");
+        assert!(text.contains("running") && text.contains("384M"), "{text}");
+        assert!(text.lines().nth(2).unwrap().contains("web") && text.lines().nth(2).unwrap().contains("boot disk"), "{text}");
+        assert!(text.lines().nth(3).unwrap().contains("sidecar") && text.contains("slot0"), "{text}");
         let mut out = Vec::new();
         logs(root.path(), "web", &mut out).unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), "Linux version 6.1\nhusk-agent ready\n");

@@ -14,7 +14,7 @@ use nix::unistd::Pid;
 
 use super::{io_err, socket_path, LifecycleError};
 use crate::state::{StateDir, BUNDLE_POINTER};
-use crate::task::now;
+use crate::container::now;
 
 /// Exit status reported for a task whose shim died: killed (128 + SIGKILL).
 const KILLED: u32 = 128 + 9;
@@ -26,7 +26,7 @@ pub fn run(flags: &Flags) -> Result<(), LifecycleError> {
     } else {
         PathBuf::from(&flags.bundle)
     };
-    cleanup(&bundle, &flags.id);
+    cleanup(&bundle, &flags.namespace, &flags.id);
     let address_file = bundle.join("address");
     if let Ok(addr) = std::fs::read_to_string(&address_file) {
         let _ = std::fs::remove_file(socket_path(addr.trim()));
@@ -38,27 +38,32 @@ pub fn run(flags: &Flags) -> Result<(), LifecycleError> {
     out.flush().map_err(io_err("flush", "stdout"))
 }
 
-/// Removes what a dead shim left for container `id` of `bundle`. Never fails: every step is
+/// Removes what a dead shim left for container `id` of `bundle` in containerd namespace
+/// `namespace`: the sandbox the bundle points at (its VMM, which died with the shim unless
+/// something kept it, and its state), or the sandbox named `id`. Never fails: every step is
 /// attempted and problems are reported on stderr (containerd logs it).
-pub fn cleanup(bundle: &Path, id: &str) {
+pub fn cleanup(bundle: &Path, namespace: &str, id: &str) {
     let mut dirs = Vec::new();
     if let Ok(p) = std::fs::read_to_string(bundle.join(BUNDLE_POINTER)) {
         dirs.push(PathBuf::from(p.trim()));
     }
-    if crate::state::validate_id(id).is_ok() {
-        if let Ok((_, cfg)) = crate::options::load_config(None) {
-            dirs.push(cfg.shim.state_dir.join(id));
+    if let Ok((_, cfg)) = crate::options::load_config(None) {
+        if let Ok(d) = StateDir::path_of(&cfg.shim.state_dir, namespace, id) {
+            dirs.push(d);
         }
     }
     dirs.dedup();
+    let mut left_alone = false;
     for dir in dirs {
         if !dir.is_dir() {
             continue;
         }
         let sd = StateDir::open(dir.clone());
         if let Ok(info) = sd.read_info() {
-            if info.id != id && !id.is_empty() {
-                eprintln!("state directory {dir:?} belongs to {:?}, not {id:?}: left alone", info.id);
+            let ours = info.id == id || info.containers.iter().any(|c| c.id == id);
+            if !ours || info.namespace != namespace {
+                eprintln!("state directory {dir:?} belongs to sandbox {:?} of namespace {:?}, not to {id:?} of {namespace:?}: left alone", info.id, info.namespace);
+                left_alone = true;
                 continue;
             }
             kill_vmm(info.vmm_pid, &dir);
@@ -67,7 +72,9 @@ pub fn cleanup(bundle: &Path, id: &str) {
             eprintln!("{}", crate::error::chain(&e));
         }
     }
-    let _ = std::fs::remove_file(bundle.join(BUNDLE_POINTER));
+    if !left_alone {
+        let _ = std::fs::remove_file(bundle.join(BUNDLE_POINTER));
+    }
 }
 
 /// SIGKILLs `pid` if it still is the VMM of `state_dir` (its command line names the state
@@ -117,14 +124,18 @@ mod tests {
         use std::os::unix::process::CommandExt;
         let root = tempfile::tempdir().unwrap();
         let bundle = tempfile::tempdir().unwrap();
-        let sd = StateDir::create(root.path(), "c9").unwrap();
+        let sd = StateDir::create(root.path(), "ns1", "c9").unwrap();
         // A stand-in VMM whose command line names the state directory.
         let mut child = std::process::Command::new("sleep").arg0(sd.path()).arg("100").spawn().unwrap();
         wait_exec(child.id());
-        sd.write_info(&StateInfo { id: "c9".into(), vmm_pid: child.id(), ..Default::default() }).unwrap();
+        sd.write_info(&StateInfo { id: "c9".into(), namespace: "ns1".into(), vmm_pid: child.id(), ..Default::default() }).unwrap();
         std::fs::write(bundle.path().join(BUNDLE_POINTER), sd.path().as_os_str().as_encoded_bytes()).unwrap();
         std::fs::write(sd.rootfs_image(), b"img").unwrap();
-        cleanup(bundle.path(), "c9");
+        // Another namespace's container of the same id is not this one.
+        cleanup(bundle.path(), "other", "c9");
+        assert!(sd.path().exists());
+        assert!(child.try_wait().unwrap().is_none());
+        cleanup(bundle.path(), "ns1", "c9");
         let st = child.wait().unwrap();
         assert_eq!(std::os::unix::process::ExitStatusExt::signal(&st), Some(9));
         assert!(!sd.path().exists());
@@ -135,7 +146,7 @@ mod tests {
     fn a_pid_that_is_not_the_vmm_is_left_alone() {
         let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
         wait_exec(child.id());
-        kill_vmm(child.id(), Path::new("/run/husk/definitely-not-this"));
+        kill_vmm(child.id(), Path::new("/run/husk/ns/definitely-not-this"));
         assert!(child.try_wait().unwrap().is_none());
         kill_vmm(child.id(), Path::new("30"));
         let st = child.wait().unwrap();

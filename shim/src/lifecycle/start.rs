@@ -15,17 +15,26 @@ pub fn run(flags: &Flags) -> Result<(), LifecycleError> {
     if flags.id.is_empty() {
         return Err(LifecycleError::MissingFlag("id"));
     }
-    // One shim (and VM) per container: the grouping key is the container id.
-    let address = containerd_shim::socket_address(&flags.address, &flags.namespace, &flags.id);
+    // One shim (and VM) per pod: the containers of a CRI pod carry their sandbox's id (as for
+    // runc's shim); any other container is its own group.
+    let cwd = std::env::current_dir().map_err(io_err("get", "working directory"))?;
+    let group = grouping_id(&cwd, &flags.id);
+    let address = containerd_shim::socket_address(&flags.address, &flags.namespace, &group);
     if UnixStream::connect(socket_path(&address)).is_err() {
         spawn_server(flags, &address)?;
     }
-    let cwd = std::env::current_dir().map_err(io_err("get", "working directory"))?;
     std::fs::write(cwd.join("address"), &address).map_err(io_err("write", cwd.join("address").display()))?;
     let mut out = std::io::stdout().lock();
     out.write_all(address.as_bytes()).map_err(io_err("write", "stdout"))?;
     out.flush().map_err(io_err("flush", "stdout"))?;
     Ok(())
+}
+
+/// The shim group of the container whose bundle is `bundle`: its pod's sandbox id, or its own
+/// id. A bundle without a readable spec groups by id (Create then reports the spec's problem).
+fn grouping_id(bundle: &std::path::Path, id: &str) -> String {
+    let spec = oci_spec::runtime::Spec::load(bundle.join("config.json")).ok();
+    spec.as_ref().and_then(crate::sandbox::spec::sandbox_of).filter(|s| crate::state::validate_id(s).is_ok()).unwrap_or_else(|| id.to_string())
 }
 
 fn spawn_server(flags: &Flags, address: &str) -> Result<(), LifecycleError> {

@@ -1,5 +1,6 @@
 //! `impl Task for Service`: the containerd Task API calls.
 
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,50 +14,57 @@ use containerd_shim_protos::topics::*;
 use containerd_shim_protos::types::task::ProcessInfo;
 use husk_protocol::agent;
 
-use super::container::Container;
-use super::process::Process;
 use super::{stats, Service};
 use crate::agent::{agent_err, short};
+use crate::container::{load_spec, now, Container, Process, KILLED_EXIT_STATUS};
 use crate::error::{Result, ShimError};
 use crate::io::StdioPaths;
+use crate::sandbox::spec::sandbox_of;
+use crate::sandbox::Sandbox;
 
-/// How long a Delete of a created-but-never-started container waits for its init to die.
+/// How long a SIGKILL'd init (or a never-started one at Delete) may take to be reported dead
+/// before the VM is killed from the host.
 const KILL_WAIT: Duration = Duration::from_secs(10);
+/// How long the agent may take to acknowledge a SIGKILL.
+const KILL_ANSWER: Duration = Duration::from_secs(5);
 /// How long after CloseIO the stdin FIFO may stay open before the guest's stdin is closed anyway.
 const CLOSE_IO_GRACE: Duration = Duration::from_secs(30);
 
 impl Service {
-    fn container(&self) -> Result<Arc<Container>> {
-        self.inner.container.lock().unwrap_or_else(|p| p.into_inner()).clone().ok_or_else(|| ShimError::NotFound { kind: "container", id: String::new() })
-    }
-
     fn container_for(&self, id: &str) -> Result<Arc<Container>> {
-        match self.container() {
-            Ok(c) if c.id == id || id.is_empty() => Ok(c),
-            _ => Err(ShimError::NotFound { kind: "container", id: id.into() }),
+        let reg = self.inner.registry();
+        if id.is_empty() && reg.containers.len() == 1 {
+            if let Some(c) = reg.containers.values().next() {
+                return Ok(c.clone());
+            }
         }
+        reg.containers.get(id).cloned().ok_or_else(|| ShimError::NotFound { kind: "container", id: id.into() })
     }
 
     fn do_create(&self, req: api::CreateTaskRequest) -> Result<api::CreateTaskResponse> {
         if !req.checkpoint.is_empty() || !req.parent_checkpoint.is_empty() {
             return Err(ShimError::NotImplemented("restoring from a checkpoint"));
         }
+        crate::state::validate_id(&req.id)?;
         {
-            let slot = self.inner.container.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(c) = slot.as_ref() {
-                return Err(ShimError::AlreadyExists { kind: "container", id: c.id.clone() });
+            let mut reg = self.inner.registry();
+            if reg.containers.contains_key(&req.id) || !reg.creating.insert(req.id.clone()) {
+                return Err(ShimError::AlreadyExists { kind: "container", id: req.id.clone() });
             }
         }
-        let c = Container::create(&self.inner, &req)?;
+        let created = self.create_container(&req);
+        let mut reg = self.inner.registry();
+        reg.creating.remove(&req.id);
+        let (c, new_sandbox) = created?;
         let pid = c.init.state().pid;
-        {
-            let mut slot = self.inner.container.lock().unwrap_or_else(|p| p.into_inner());
-            if slot.is_some() {
-                c.destroy();
-                return Err(ShimError::AlreadyExists { kind: "container", id: req.id });
-            }
-            *slot = Some(c);
+        if let Some(sb) = new_sandbox {
+            reg.sandbox = Some(sb.clone());
+            super::watch_vm(&self.inner, &sb);
+            crate::container::watch_oom(&sb, &self.inner.events);
         }
+        reg.containers.insert(req.id.clone(), c.clone());
+        drop(reg);
+        c.watch_process(&self.inner.events, &c.init);
         let ev = TaskCreate {
             container_id: req.id.clone(),
             bundle: req.bundle.clone(),
@@ -70,15 +78,39 @@ impl Service {
         Ok(api::CreateTaskResponse { pid, ..Default::default() })
     }
 
+    /// Creates the container as a new sandbox (its own, or a pod's sandbox container), or in
+    /// the running sandbox its spec names (`io.kubernetes.cri.sandbox-id`).
+    fn create_container(&self, req: &api::CreateTaskRequest) -> Result<(Arc<Container>, Option<Arc<Sandbox>>)> {
+        let spec = load_spec(Path::new(&req.bundle))?;
+        let sandbox_id = sandbox_of(&spec).unwrap_or_else(|| req.id.clone());
+        let (current, others) = {
+            let reg = self.inner.registry();
+            let others: Vec<(u32, String)> = reg.containers.values().filter(|c| !c.is_sandbox).map(|c| (c.init.state().pid, c.id.clone())).collect();
+            (reg.sandbox.clone(), others)
+        };
+        if sandbox_id == req.id {
+            if let Some(sb) = current {
+                return Err(ShimError::AlreadyExists { kind: "sandbox in this shim (it serves one pod)", id: sb.id.clone() });
+            }
+            let (sb, c) = Container::create_sandbox(&self.inner.namespace, req, &spec)?;
+            return Ok((Arc::new(c), Some(sb)));
+        }
+        match current {
+            Some(sb) if sb.id == sandbox_id => Ok((Arc::new(Container::create_member(&sb, req, &spec, &others)?), None)),
+            _ => Err(ShimError::NotFound { kind: "running pod sandbox (create the pod's sandbox container first)", id: sandbox_id }),
+        }
+    }
+
     fn do_start(&self, req: api::StartRequest) -> Result<api::StartResponse> {
         let c = self.container_for(&req.id)?;
         let p = c.process(&req.exec_id)?;
         if p.state().status != Status::CREATED {
             return Err(ShimError::FailedPrecondition(format!("process {:?} of {} was already started", req.exec_id, c.id)));
         }
+        let agent = &c.sandbox.agent;
         let pid = if req.exec_id.is_empty() {
             let r = agent::StartContainerRequest { container_id: c.id.clone(), ..Default::default() };
-            let pid = c.agent.start_container(short(), &r).map_err(agent_err("StartContainer"))?.pid;
+            let pid = agent.start_container(short(), &r).map_err(agent_err("StartContainer"))?.pid;
             p.set_running(pid);
             self.inner.events.send(TASK_START_EVENT_TOPIC, Box::new(TaskStart { container_id: c.id.clone(), pid, ..Default::default() }));
             pid
@@ -90,9 +122,9 @@ impl Service {
                 stdin: !p.stdio.stdin.is_empty(),
                 ..Default::default()
             };
-            let pid = c.agent.exec_process(short(), &r).map_err(agent_err("ExecProcess"))?.pid;
+            let pid = agent.exec_process(short(), &r).map_err(agent_err("ExecProcess"))?.pid;
             p.set_running(pid);
-            c.watch_process(&self.inner, &p);
+            c.watch_process(&self.inner.events, &p);
             let ev = TaskExecStarted { container_id: c.id.clone(), exec_id: req.exec_id.clone(), pid, ..Default::default() };
             self.inner.events.send(TASK_EXEC_STARTED_EVENT_TOPIC, Box::new(ev));
             pid
@@ -117,23 +149,46 @@ impl Service {
             Status::CREATED => {
                 // Never started: kill the waiting init (as runc delete does) and wait for it.
                 let r = agent::SignalProcessRequest { container_id: c.id.clone(), signal: libc::SIGKILL as u32, all: true, ..Default::default() };
-                if let Err(e) = c.agent.signal_process(short(), &r) {
+                if let Err(e) = c.sandbox.agent.signal_process(short(), &r) {
                     log::warn!("killing created init of {}: {e}", c.id);
                 }
                 let deadline = Instant::now() + KILL_WAIT;
-                while !c.init.exited() && Instant::now() < deadline && c.vm.exit_watch().get().is_none() {
+                while !c.init.exited() && Instant::now() < deadline && c.sandbox.running() {
                     std::thread::sleep(Duration::from_millis(50));
                 }
             }
             _ => return Err(ShimError::FailedPrecondition(format!("container {} is still running; kill it first", c.id))),
         }
-        c.destroy();
+        if c.is_sandbox {
+            self.end_sandbox(&c);
+        } else {
+            c.remove();
+        }
+        self.inner.registry().containers.remove(&c.id);
         let st = c.init.state();
-        let exited_at = st.exited_at.clone().unwrap_or_else(super::now);
-        *self.inner.container.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let exited_at = st.exited_at.clone().unwrap_or_else(now);
         let ev = TaskDelete { container_id: c.id.clone(), pid: st.pid, exit_status: st.exit_status, exited_at: Some(exited_at.clone()).into(), id: c.id.clone(), ..Default::default() };
         self.inner.events.send(TASK_DELETE_EVENT_TOPIC, Box::new(ev));
         Ok(api::DeleteResponse { pid: st.pid, exit_status: st.exit_status, exited_at: Some(exited_at).into(), ..Default::default() })
+    }
+
+    /// The sandbox container goes: so does the VM, with every container still in it (their
+    /// processes are reported killed; they stay known until containerd deletes them).
+    fn end_sandbox(&self, c: &Arc<Container>) {
+        let sb = c.sandbox.clone();
+        let others: Vec<Arc<Container>> = self.inner.registry().containers.values().filter(|o| o.id != c.id && Arc::ptr_eq(&o.sandbox, &sb)).cloned().collect();
+        sb.destroy();
+        for o in &others {
+            log::warn!("container {} ends with its pod's sandbox {}", o.id, sb.id);
+            for p in o.processes() {
+                o.report_exit(&self.inner.events, &p, KILLED_EXIT_STATUS, now());
+            }
+        }
+        let _ = std::fs::remove_file(c.bundle.join(crate::state::BUNDLE_POINTER));
+        let mut reg = self.inner.registry();
+        if reg.sandbox.as_ref().is_some_and(|s| Arc::ptr_eq(s, &sb)) {
+            reg.sandbox = None;
+        }
     }
 
     fn do_exec(&self, req: api::ExecProcessRequest) -> Result<()> {
@@ -185,24 +240,54 @@ impl Service {
         if p.exited() && !req.all {
             return Err(ShimError::NotFound { kind: "process (already finished)", id: if req.exec_id.is_empty() { c.id.clone() } else { req.exec_id } });
         }
-        if c.vm.exit_watch().get().is_some() {
+        if !c.sandbox.running() {
             return Err(ShimError::FailedPrecondition(format!("the VM of {} is not running", c.id)));
         }
-        let r = agent::SignalProcessRequest { container_id: c.id.clone(), exec_id: req.exec_id, signal: req.signal, all: req.all, ..Default::default() };
-        c.agent.signal_process(short(), &r).map_err(agent_err("SignalProcess"))?;
-        Ok(())
+        let kill = req.signal == libc::SIGKILL as u32;
+        let r = agent::SignalProcessRequest { container_id: c.id.clone(), exec_id: req.exec_id.clone(), signal: req.signal, all: req.all, ..Default::default() };
+        let ctx = if kill { ttrpc::context::with_timeout(KILL_ANSWER.as_nanos() as i64) } else { short() };
+        let sent = c.sandbox.agent.signal_process(ctx, &r).map_err(agent_err("SignalProcess"));
+        if kill && (req.exec_id.is_empty() || req.all) {
+            // A guest that does not kill (or report) within a bound cannot keep the task
+            // alive: the VM is killed from the host, which ends every process of the pod.
+            self.kill_watchdog(&c, sent.is_err());
+        }
+        sent.map(drop)
+    }
+
+    /// After a SIGKILL of a container's init: unless its exit is reported within
+    /// [`KILL_WAIT`] (or at once, when the agent did not even acknowledge), kills the VM.
+    fn kill_watchdog(&self, container: &Arc<Container>, now_: bool) {
+        let c = container.clone();
+        let wait = if now_ { Duration::ZERO } else { KILL_WAIT };
+        let spawned = std::thread::Builder::new().name("kill-watch".into()).spawn(move || {
+            let deadline = Instant::now() + wait;
+            while Instant::now() < deadline && !c.init.exited() && c.sandbox.running() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if !c.init.exited() && c.sandbox.running() {
+                log::error!("{}: the guest did not end the process within {wait:?} of SIGKILL; killing the VM of pod {}", c.id, c.sandbox.id);
+                // The shim ends the VM: every process of the pod is reported killed (137).
+                c.sandbox.stopping.store(true, Ordering::SeqCst);
+                c.sandbox.kill_vm();
+            }
+        });
+        if let Err(e) = spawned {
+            log::error!("cannot start the kill watch of {}: {e}", container.id);
+        }
     }
 
     fn do_pause(&self, id: &str, pause: bool) -> Result<()> {
         let c = self.container_for(id)?;
+        let agent = &c.sandbox.agent;
         if pause {
             let r = agent::PauseContainerRequest { container_id: c.id.clone(), ..Default::default() };
-            c.agent.pause_container(short(), &r).map_err(agent_err("PauseContainer"))?;
+            agent.pause_container(short(), &r).map_err(agent_err("PauseContainer"))?;
             c.paused.store(true, Ordering::SeqCst);
             self.inner.events.send(TASK_PAUSED_EVENT_TOPIC, Box::new(TaskPaused { container_id: c.id.clone(), ..Default::default() }));
         } else {
             let r = agent::ResumeContainerRequest { container_id: c.id.clone(), ..Default::default() };
-            c.agent.resume_container(short(), &r).map_err(agent_err("ResumeContainer"))?;
+            agent.resume_container(short(), &r).map_err(agent_err("ResumeContainer"))?;
             c.paused.store(false, Ordering::SeqCst);
             self.inner.events.send(TASK_RESUMED_EVENT_TOPIC, Box::new(TaskResumed { container_id: c.id.clone(), ..Default::default() }));
         }
@@ -212,7 +297,7 @@ impl Service {
     fn do_pids(&self, req: api::PidsRequest) -> Result<api::PidsResponse> {
         let c = self.container_for(&req.id)?;
         let r = agent::ListProcessesRequest { container_id: c.id.clone(), ..Default::default() };
-        let list = c.agent.list_processes(short(), &r).map_err(agent_err("ListProcesses"))?;
+        let list = c.sandbox.agent.list_processes(short(), &r).map_err(agent_err("ListProcesses"))?;
         let processes = list.processes.iter().map(|p| ProcessInfo { pid: p.pid, ..Default::default() }).collect();
         Ok(api::PidsResponse { processes, ..Default::default() })
     }
@@ -227,7 +312,7 @@ impl Service {
         // FIFO; the stdin pump forwards what is still in the FIFO and closes the guest's stdin
         // at EOF. Only if the FIFO stays open (a client that keeps it) is stdin closed here,
         // after a grace period. The request never waits.
-        let (agent, cid, eid) = (c.agent.clone(), c.id.clone(), req.exec_id.clone());
+        let (agent, cid, eid) = (c.sandbox.agent.clone(), c.id.clone(), req.exec_id.clone());
         let spawned = std::thread::Builder::new().name("close-io".into()).spawn(move || {
             let deadline = Instant::now() + CLOSE_IO_GRACE;
             while let Some(pumps) = p.pumps() {
@@ -243,7 +328,7 @@ impl Service {
         });
         if let Err(e) = spawned {
             log::warn!("CloseIO {}/{}: cannot start the closer: {e}; closing now", c.id, req.exec_id);
-            crate::io::close_stdin(&c.agent, &c.id, &req.exec_id);
+            crate::io::close_stdin(&c.sandbox.agent, &c.id, &req.exec_id);
         }
         Ok(())
     }
@@ -252,16 +337,28 @@ impl Service {
         let c = self.container_for(&req.id)?;
         c.process(&req.exec_id)?;
         let r = agent::ResizeTtyRequest { container_id: c.id.clone(), exec_id: req.exec_id, width: req.width, height: req.height, ..Default::default() };
-        c.agent.resize_tty(short(), &r).map_err(agent_err("ResizeTty"))?;
+        c.sandbox.agent.resize_tty(short(), &r).map_err(agent_err("ResizeTty"))?;
         Ok(())
     }
 
     fn do_stats(&self, req: api::StatsRequest) -> Result<api::StatsResponse> {
         let c = self.container_for(&req.id)?;
         let r = agent::StatsRequest { container_id: c.id.clone(), ..Default::default() };
-        let s = c.agent.stats(short(), &r).map_err(agent_err("Stats"))?;
+        let s = c.sandbox.agent.stats(short(), &r).map_err(agent_err("Stats"))?;
         let any = stats::to_any(&s).map_err(|e| ShimError::invalid("stats", e.to_string()))?;
         Ok(api::StatsResponse { stats: Some(any).into(), ..Default::default() })
+    }
+
+    fn do_update(&self, req: api::UpdateTaskRequest) -> Result<()> {
+        let c = self.container_for(&req.id)?;
+        let Some(res) = req.resources.as_ref() else {
+            return Err(ShimError::invalid("update", "no resources given"));
+        };
+        // containerd sends the OCI LinuxResources as JSON; check it before the guest sees it.
+        serde_json::from_slice::<oci_spec::runtime::LinuxResources>(&res.value).map_err(|e| ShimError::invalid("resources of the update", e.to_string()))?;
+        let r = agent::UpdateContainerRequest { container_id: c.id.clone(), resources_json: res.value.clone(), ..Default::default() };
+        c.sandbox.agent.update_container(short(), &r).map_err(agent_err("UpdateContainer"))?;
+        Ok(())
     }
 }
 
@@ -317,7 +414,8 @@ impl Task for Service {
         ok(self.do_stats(req))
     }
     fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
-        ok(self.container_for(&req.id).and(Err(ShimError::NotImplemented("updating the resources of a running container"))))
+        log::info!("Update {}", req.id);
+        ok(self.do_update(req).map(|_| api::Empty::new()))
     }
     fn checkpoint(&self, _ctx: &TtrpcContext, _req: api::CheckpointTaskRequest) -> TtrpcResult<api::Empty> {
         ok(Err(ShimError::NotImplemented("checkpoint")))
@@ -327,7 +425,10 @@ impl Task for Service {
         Ok(api::ConnectResponse { shim_pid: std::process::id(), task_pid, version: env!("CARGO_PKG_VERSION").into(), ..Default::default() })
     }
     fn shutdown(&self, _ctx: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
-        let has = self.inner.container.lock().unwrap_or_else(|p| p.into_inner()).is_some();
+        let has = {
+            let reg = self.inner.registry();
+            !reg.containers.is_empty() || reg.sandbox.is_some() || !reg.creating.is_empty()
+        };
         if !has {
             log::info!("Shutdown: no container left, exiting");
             self.inner.exit.signal();

@@ -31,6 +31,15 @@ pub enum VmError {
         #[source]
         source: std::io::Error,
     },
+    /// The pod's host cgroup cannot be joined.
+    #[error("cannot place husk-vmm in cgroup {path:?}")]
+    Cgroup {
+        /// The cgroup.procs file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// Spawning the VMM failed.
     #[error("cannot start {vmm:?}")]
     Spawn {

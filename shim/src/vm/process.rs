@@ -1,81 +1,49 @@
-//! Spawning `husk-vmm` (CLI fixed in CONTRACTS.md), watching it exit, stopping it.
+//! Spawning `husk-vmm` with its typed VM configuration, watching it exit, stopping it.
 
 use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use husk_config::{Console, VmConfig};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::VmError;
 
-/// Everything needed to start one VM.
+/// Everything needed to start one VM: the VM configuration husk-vmm reads (`--config`), and
+/// where the shim keeps the VMM's files.
 #[derive(Debug, Clone)]
 pub struct VmPlan {
     /// The husk-vmm binary.
     pub vmm: PathBuf,
-    /// Guest kernel.
-    pub kernel: PathBuf,
-    /// Initramfs with the agent.
-    pub initrd: PathBuf,
-    /// Full kernel command line.
-    pub cmdline: String,
-    /// vCPUs.
-    pub vcpus: u32,
-    /// Guest RAM in MiB.
-    pub memory_mib: u64,
-    /// Guest console log file.
-    pub console_log: PathBuf,
-    /// VMM control API socket.
-    pub api_sock: PathBuf,
-    /// Hybrid vsock socket.
-    pub vsock_uds: PathBuf,
-    /// Guest CID.
-    pub cid: u32,
-    /// Disks in order: (path, id, read-only).
-    pub disks: Vec<(PathBuf, String, bool)>,
+    /// The VM, as husk-vmm's TOML configuration (the one typed plan between shim and VMM).
+    pub config: VmConfig,
+    /// Where the configuration is written for husk-vmm.
+    pub config_file: PathBuf,
     /// Where the VMM's own stdout/stderr go.
     pub vmm_log: PathBuf,
     /// Working directory of the VMM.
     pub work_dir: PathBuf,
+    /// `cgroup.procs` files the VMM joins before it runs (the pod's host cgroup).
+    pub cgroup_procs: Vec<PathBuf>,
 }
 
 impl VmPlan {
     /// The husk-vmm arguments for this plan.
     pub fn args(&self) -> Vec<String> {
-        let mut a = vec![
-            "--kernel".into(),
-            self.kernel.display().to_string(),
-            "--initrd".into(),
-            self.initrd.display().to_string(),
-            "--cmdline".into(),
-            self.cmdline.clone(),
-            "--vcpus".into(),
-            self.vcpus.to_string(),
-            "--memory".into(),
-            format!("{}M", self.memory_mib),
-            "--console".into(),
-            format!("file:{}", self.console_log.display()),
-            "--api-sock".into(),
-            self.api_sock.display().to_string(),
-        ];
-        for (path, id, ro) in &self.disks {
-            a.push("--disk".into());
-            a.push(format!("path={},id={}{}", path.display(), id, if *ro { ",ro" } else { "" }));
-        }
-        a.push("--vsock".into());
-        a.push(format!("cid={},uds={}", self.cid, self.vsock_uds.display()));
-        a
+        vec!["--config".into(), self.config_file.display().to_string()]
     }
 
     /// Checks that the binaries and boot files exist, naming the missing one.
     pub fn check_files(&self) -> Result<(), VmError> {
+        let initrd = self.config.initrd.clone().unwrap_or_default();
         let checks = [
-            ("guest kernel", &self.kernel, "vm.kernel"),
-            ("initramfs", &self.initrd, "vm.initramfs"),
+            ("guest kernel", &self.config.kernel, "vm.kernel"),
+            ("initramfs", &initrd, "vm.initramfs"),
             ("husk-vmm", &self.vmm, "shim.vmm"),
         ];
         for (what, path, field) in checks {
@@ -84,6 +52,25 @@ impl VmPlan {
             }
         }
         Ok(())
+    }
+
+    /// The guest console log, if the console goes to a file.
+    pub fn console_log(&self) -> Option<&Path> {
+        match &self.config.console {
+            Console::File(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The hybrid vsock socket.
+    pub fn vsock_uds(&self) -> PathBuf {
+        self.config.vsock.as_ref().map(|v| v.uds.clone()).unwrap_or_default()
+    }
+
+    fn write_config(&self) -> Result<(), VmError> {
+        let spawn_err = |source| VmError::Spawn { vmm: self.vmm.clone(), source };
+        let text = toml::to_string(&self.config).map_err(|e| spawn_err(std::io::Error::other(e)))?;
+        std::fs::write(&self.config_file, text).map_err(spawn_err)
     }
 }
 
@@ -141,21 +128,42 @@ impl Vm {
     /// parent-death signal (SIGKILL) fires exactly when the shim process goes away.
     pub fn spawn(plan: VmPlan) -> Result<Vm, VmError> {
         plan.check_files()?;
-        let log = File::create(&plan.vmm_log).map_err(|source| VmError::Spawn { vmm: plan.vmm.clone(), source })?;
-        let log2 = log.try_clone().map_err(|source| VmError::Spawn { vmm: plan.vmm.clone(), source })?;
+        plan.write_config()?;
+        let spawn_err = |source| VmError::Spawn { vmm: plan.vmm.clone(), source };
+        let log = File::create(&plan.vmm_log).map_err(spawn_err)?;
+        let log2 = log.try_clone().map_err(spawn_err)?;
+        // Opened here (O_CLOEXEC, so the VMM does not keep them); the child writes "0" to each
+        // before exec, so the VMM and every thread it starts live in the pod's cgroup.
+        let procs: Vec<OwnedFd> = plan
+            .cgroup_procs
+            .iter()
+            .map(|p| std::fs::OpenOptions::new().write(true).open(p).map(OwnedFd::from).map_err(|source| VmError::Cgroup { path: p.clone(), source }))
+            .collect::<Result<_, _>>()?;
+        let raw: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
         let mut cmd = Command::new(&plan.vmm);
         cmd.args(plan.args())
             .current_dir(&plan.work_dir)
+            .env_clear()
+            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
             .process_group(0);
-        // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
-        // which is async-signal-safe; it touches no memory of the parent.
+        if let Ok(level) = std::env::var("HUSK_LOG") {
+            cmd.env("HUSK_LOG", level);
+        }
+        // SAFETY: the closure runs in the forked child before exec and only calls prctl(2) and
+        // write(2) on descriptors opened before the fork, which are async-signal-safe; it
+        // touches no memory of the parent beyond reading `raw`.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                for fd in &raw {
+                    if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });
@@ -183,6 +191,7 @@ impl Vm {
             .recv()
             .map_err(|_| VmError::Spawn { vmm: vmm.clone(), source: std::io::Error::other("spawner thread died") })?
             .map_err(|source| VmError::Spawn { vmm, source })?;
+        drop(procs);
         log::info!("started husk-vmm pid {pid}: {:?}", plan.args());
         Ok(Vm { pid, exit, plan })
     }
@@ -218,7 +227,7 @@ impl Vm {
         if !own.is_empty() {
             return own;
         }
-        let console = last_lines(&self.plan.console_log, 3);
+        let console = self.plan.console_log().map(|p| last_lines(p, 3)).unwrap_or_default();
         if console.is_empty() {
             "no output".into()
         } else {
@@ -248,39 +257,39 @@ mod tests {
     fn plan(dir: &Path, vmm: &str) -> VmPlan {
         std::fs::write(dir.join("k"), b"k").unwrap();
         std::fs::write(dir.join("i"), b"i").unwrap();
-        VmPlan {
-            vmm: vmm.into(),
+        let config = VmConfig {
             kernel: dir.join("k"),
-            initrd: dir.join("i"),
+            initrd: Some(dir.join("i")),
             cmdline: "console=ttyS0 quiet".into(),
-            vcpus: 1,
-            memory_mib: 128,
-            console_log: dir.join("console.log"),
-            api_sock: dir.join("api.sock"),
-            vsock_uds: dir.join("vsock.sock"),
-            cid: 3,
-            disks: vec![(dir.join("r.img"), "rootfs".into(), true)],
-            vmm_log: dir.join("vmm.log"),
-            work_dir: dir.into(),
-        }
+            memory: husk_config::MemSize(128 << 20),
+            console: Console::File(dir.join("console.log")),
+            api_sock: Some(dir.join("api.sock")),
+            disk: vec![husk_config::DiskConfig { path: dir.join("r.img"), id: Some("rootfs".into()), read_only: true }],
+            vsock: Some(husk_config::VsockConfig { cid: 3, uds: dir.join("vsock.sock") }),
+            ..Default::default()
+        };
+        VmPlan { vmm: vmm.into(), config, config_file: dir.join("vm.toml"), vmm_log: dir.join("vmm.log"), work_dir: dir.into(), cgroup_procs: Vec::new() }
     }
 
     #[test]
-    fn args_follow_the_contract() {
+    fn the_vmm_gets_its_configuration_as_a_file_it_can_parse() {
         let d = tempfile::tempdir().unwrap();
-        let p = plan(d.path(), "/bin/true");
-        let a = p.args().join(" ");
-        assert!(a.contains("--memory 128M"), "{a}");
-        assert!(a.contains(&format!("--disk path={}/r.img,id=rootfs,ro", d.path().display())), "{a}");
-        assert!(a.contains(&format!("--vsock cid=3,uds={}/vsock.sock", d.path().display())), "{a}");
-        assert!(a.contains(&format!("--console file:{}/console.log", d.path().display())), "{a}");
+        let script = d.path().join("fake-vmm");
+        std::fs::write(&script, "#!/bin/sh\n[ \"$1\" = --config ] && cat \"$2\" >&2\n").unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let p = plan(d.path(), script.to_str().unwrap());
+        let vm = Vm::spawn(p.clone()).unwrap();
+        vm.exit_watch().wait(Some(Duration::from_secs(10))).unwrap();
+        let written = VmConfig::from_toml_file(&p.config_file).unwrap();
+        assert_eq!(written, p.config);
+        assert!(std::fs::read_to_string(d.path().join("vmm.log")).unwrap().contains("vsock"));
     }
 
     #[test]
     fn missing_kernel_is_named() {
         let d = tempfile::tempdir().unwrap();
         let mut p = plan(d.path(), "/bin/true");
-        p.kernel = "/nonexistent/vmlinux".into();
+        p.config.kernel = "/nonexistent/vmlinux".into();
         let e = Vm::spawn(p).unwrap_err().to_string();
         assert!(e.contains("guest kernel") && e.contains("/nonexistent/vmlinux") && e.contains("vm.kernel"), "{e}");
     }

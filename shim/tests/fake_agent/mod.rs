@@ -2,8 +2,9 @@
 //!
 //! Processes are scripted by their args: `out N CODE` writes N pattern bytes to stdout and
 //! `err-line\n` to stderr, then exits with CODE; `cat` copies stdin to stdout until stdin is
-//! closed; `sleep` runs until signalled (exit 128+signal); `crash` makes the VMM exit (status
-//! 3) shortly after the start, as a guest crash would.
+//! closed; `sleep` runs until signalled (exit 128+signal); `hang` acknowledges signals and
+//! never exits; `crash` makes the VMM exit (status 3) shortly after the start, as a guest crash
+//! would.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -94,10 +95,16 @@ impl Agent for Fake {
     }
     fn create_container(&self, _: &TtrpcContext, r: CreateContainerRequest) -> ttrpc::Result<CreateContainerResponse> {
         let spec: serde_json::Value = serde_json::from_slice(&r.oci_spec_json).map_err(|e| status(ttrpc::Code::INVALID_ARGUMENT, &e.to_string()))?;
-        assert_eq!(r.rootfs.disk_serial, "rootfs");
+        // The sandbox container's root is the boot disk; another container's is a slot.
+        let sandbox = r.sandbox_id == r.container_id;
+        if sandbox != (r.rootfs.disk_serial == "rootfs") {
+            return Err(status(ttrpc::Code::INVALID_ARGUMENT, &format!("container {} of sandbox {} has root disk {}", r.container_id, r.sandbox_id, r.rootfs.disk_serial)));
+        }
         let args = spec["process"]["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect();
-        self.procs.lock().unwrap().insert(key(&r.container_id, ""), Proc { args, pid: 1, ..Default::default() });
-        Ok(CreateContainerResponse { pid: 1, ..Default::default() })
+        let mut ps = self.procs.lock().unwrap();
+        let pid = if sandbox { 1 } else { 100 + ps.len() as u32 };
+        ps.insert(key(&r.container_id, ""), Proc { args, pid, ..Default::default() });
+        Ok(CreateContainerResponse { pid, ..Default::default() })
     }
     fn start_container(&self, _: &TtrpcContext, r: StartContainerRequest) -> ttrpc::Result<StartContainerResponse> {
         Ok(StartContainerResponse { pid: self.start(&key(&r.container_id, ""))?, ..Default::default() })
@@ -112,7 +119,8 @@ impl Agent for Fake {
     fn signal_process(&self, _: &TtrpcContext, r: SignalProcessRequest) -> ttrpc::Result<Empty> {
         let mut ps = self.procs.lock().unwrap();
         let p = ps.get_mut(&key(&r.container_id, &r.exec_id)).ok_or_else(|| status(ttrpc::Code::NOT_FOUND, "no process"))?;
-        if p.exit.is_none() {
+        // `hang`: a guest that acknowledges the signal and never reports the exit.
+        if p.exit.is_none() && p.args.first().map(String::as_str) != Some("hang") {
             p.exit = Some(128 + r.signal);
         }
         self.cond.notify_all();
@@ -169,10 +177,54 @@ impl Agent for Fake {
 }
 
 /// Entry point of the fake VMM: `--vsock cid=N,uds=PATH` is all it uses.
+/// Whether this process was started as the VMM (`husk-vmm --config FILE`).
+pub fn is_fake_vmm() -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    args.len() == 3 && args[1] == "--config"
+}
+
+/// A minimal control API: disk slot attach/detach, each request appended to `<sock>.log`.
+fn serve_api(sock: std::path::PathBuf) {
+    let listener = UnixListener::bind(&sock).unwrap();
+    let log = sock.with_extension("log");
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        let mut r = BufReader::new(conn.try_clone().unwrap());
+        let mut head = String::new();
+        let mut len = 0usize;
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+            if head.is_empty() {
+                head = line.trim().to_string();
+            }
+        }
+        let mut body = vec![0u8; len];
+        std::io::Read::read_exact(&mut r, &mut body).unwrap();
+        let mut words = head.split_whitespace();
+        let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+        let slot = path.rsplit('/').next().unwrap_or("");
+        let req: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+        std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap().write_all(format!("{method} {slot} {}\n", req["id"].as_str().unwrap_or("")).as_bytes()).unwrap();
+        let attached = method == "PUT";
+        let info = serde_json::json!({"slot": slot, "kind": "slot", "attached": attached, "id": req["id"].as_str().unwrap_or(""),
+            "path": req["path"], "read_only": req["read_only"].as_bool().unwrap_or(false), "sectors": if attached { 8 } else { 0 }}).to_string();
+        let _ = (&conn).write_all(format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{info}", info.len()).as_bytes());
+    }
+}
+
 pub fn run_fake_vmm() {
     let args: Vec<String> = std::env::args().collect();
-    let vsock = args.iter().position(|a| a == "--vsock").map(|i| args[i + 1].clone()).expect("--vsock");
-    let uds = vsock.split(',').find_map(|kv| kv.strip_prefix("uds=")).expect("uds=").to_string();
+    let config = husk_config::VmConfig::from_toml_file(std::path::Path::new(&args[2])).expect("--config FILE");
+    let uds = config.vsock.as_ref().expect("vsock").uds.display().to_string();
+    if let Some(api) = config.api_sock.clone() {
+        std::thread::spawn(move || serve_api(api));
+    }
     let agent_path = format!("{uds}.agent");
     let agent_listener = UnixListener::bind(&agent_path).unwrap();
     let service = create_agent(Arc::new(Fake::default()));

@@ -18,6 +18,8 @@ use vm_memory::{Bytes, GuestAddress};
 use super::active::Active;
 use super::block::metrics::BlockMetrics;
 use super::block::worker::{process_queue, Disk};
+use super::fs::failover;
+use super::fs::metrics::FsMetrics;
 use super::mmio::MmioTransport;
 use super::net::device::FrameIo;
 use super::net::{Net, NetConfig};
@@ -61,14 +63,16 @@ pub fn block_requests(data: &[u8]) {
     let (Some(mem), Some(irq)) = (memory(data), interrupt()) else { return };
     let Ok(mut file) = tempfile("blk") else { return };
     let _ = file.write_all(&[0u8; 65536]);
-    let mut disk = Disk {
+    let disk = Disk {
         file,
         sectors: 128,
         read_only: data.first().is_some_and(|b| b & 1 == 1),
         id: *b"fuzz-disk\0\0\0\0\0\0\0\0\0\0\0",
     };
     let mut active = Active::new(mem, irq, vec![queue()]);
-    process_queue(&mut active, &mut disk, &BlockMetrics::default());
+    // The second input byte picks an empty slot: every request but GET_ID fails there.
+    let backing = (data.get(1).is_none_or(|b| b & 1 == 0)).then_some(&disk);
+    process_queue(&mut active, backing, &BlockMetrics::default());
 }
 
 /// Vsock packets from hostile guest memory (transmit, then receive processing). Returns the
@@ -153,6 +157,20 @@ pub fn net_frames(data: &[u8]) {
         dev.process_tx();
         dev.process_rx();
     }
+}
+
+/// Requests from hostile guest memory on both queues of a virtio-fs device whose backend is
+/// gone: the only virtio-fs path where husk-vmm itself reads the queues. The used index the
+/// device resumes from lives in guest memory too. Returns the requests answered.
+pub fn fs_failover(data: &[u8]) -> u64 {
+    let (Some(mem), Some(irq)) = (memory(data), interrupt()) else { return 0 };
+    let mut active = Active::new(mem, irq, vec![queue(), queue()]);
+    failover::take_over(&mut active);
+    let metrics = FsMetrics::default();
+    for q in 0..2 {
+        failover::answer_with_errors(&mut active, q, &metrics);
+    }
+    metrics.failed_requests.get()
 }
 
 /// A sequence of MMIO register accesses (6 bytes each: offset u16, value u32) against a
@@ -296,6 +314,7 @@ mod tests {
             block_requests(&data);
             vsock_packets(&data);
             net_frames(&data);
+            fs_failover(&data);
             let regs: Vec<u8> = (0..600).map(|_| rng.next() as u8).collect();
             mmio_registers(&regs);
         }

@@ -9,7 +9,7 @@
 //! guest->host over vsock than the irqfd.
 
 use std::io;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use kvm_ioctls::VmFd;
@@ -25,6 +25,9 @@ pub const INT_CONFIG: u32 = 2;
 #[derive(Debug)]
 pub struct Interrupt {
     status: AtomicU32,
+    /// The device stopped working until the driver resets it (a vhost-user backend died);
+    /// the transport reports it as DEVICE_NEEDS_RESET in the device status.
+    needs_reset: AtomicBool,
     evt: EventFd,
     /// Set once the device is wired with `KVM_IRQ_LINE`.
     line: OnceLock<Line>,
@@ -47,6 +50,7 @@ impl Interrupt {
     pub fn new() -> io::Result<Self> {
         Ok(Self {
             status: AtomicU32::new(0),
+            needs_reset: AtomicBool::new(false),
             evt: EventFd::new(libc::EFD_NONBLOCK)?,
             line: OnceLock::new(),
         })
@@ -74,9 +78,22 @@ impl Interrupt {
         self.status.fetch_and(!bits, Ordering::SeqCst);
     }
 
-    /// Clears all bits (device reset).
+    /// Clears all bits and the needs-reset state (device reset).
     pub fn clear(&self) {
         self.status.store(0, Ordering::SeqCst);
+        self.needs_reset.store(false, Ordering::SeqCst);
+    }
+
+    /// Marks the device as needing a reset and tells the driver with a configuration-change
+    /// interrupt (virtio 1.x, 2.1.2: DEVICE_NEEDS_RESET).
+    pub fn signal_needs_reset(&self) -> io::Result<()> {
+        self.needs_reset.store(true, Ordering::SeqCst);
+        self.signal_config_change()
+    }
+
+    /// Whether the device needs a reset (until the driver resets it).
+    pub fn needs_reset(&self) -> bool {
+        self.needs_reset.load(Ordering::SeqCst)
     }
 
     /// Raises the interrupt for used buffers.
@@ -129,6 +146,20 @@ mod tests {
         irq.use_irq_line(bare, 5);
         assert!(irq.signal_used_queue().is_err());
         assert_eq!(irq.status(), INT_VRING);
+    }
+
+    #[test]
+    fn needs_reset_raises_a_config_interrupt_and_lasts_until_cleared() {
+        let irq = Interrupt::new().unwrap();
+        assert!(!irq.needs_reset());
+        irq.signal_needs_reset().unwrap();
+        assert!(irq.needs_reset());
+        assert_eq!(irq.status(), INT_CONFIG);
+        assert_eq!(irq.event().read().unwrap(), 1);
+        irq.ack(INT_CONFIG);
+        assert!(irq.needs_reset(), "acknowledging the interrupt does not end it");
+        irq.clear();
+        assert!(!irq.needs_reset());
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod chain;
 pub mod counter;
 #[doc(hidden)]
 pub mod fuzz_api;
+pub mod fs;
 pub mod interrupt;
 pub mod iov;
 pub mod mmio;
@@ -42,6 +43,8 @@ pub const TYPE_NET: u32 = 1;
 pub const TYPE_BLOCK: u32 = 2;
 /// Virtio device type: socket device.
 pub const TYPE_VSOCK: u32 = 19;
+/// Virtio device type: file system device (virtio-fs).
+pub const TYPE_FS: u32 = 26;
 
 /// Feature bit: the device follows virtio 1.x (mandatory here, legacy is not offered).
 pub const VIRTIO_F_VERSION_1: u32 = 32;

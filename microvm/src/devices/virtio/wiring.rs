@@ -4,7 +4,8 @@ use std::sync::{Arc, Mutex};
 
 use event_manager::MutEventSubscriber;
 
-use super::block::{Block, BlockConfig, BlockError};
+use super::block::{Block, BlockConfig, BlockError, DiskHandle};
+use super::fs::{Fs, FsConfig, FsError};
 use super::mmio::{MmioTransport, TransportError};
 use super::net::{Net, NetConfig, NetError};
 use super::vsock::{Vsock, VsockConfig, VsockError};
@@ -26,6 +27,15 @@ pub enum WiringError {
         #[source]
         source: BlockError,
     },
+    /// A disk slot could not be set up.
+    #[error("disk slot {name}")]
+    Slot {
+        /// The slot's name.
+        name: String,
+        /// The cause.
+        #[source]
+        source: BlockError,
+    },
     /// A network device could not be set up.
     #[error("--net tap={tap}")]
     Net {
@@ -38,6 +48,15 @@ pub enum WiringError {
     /// The vsock device could not be set up.
     #[error("--vsock")]
     Vsock(#[source] VsockError),
+    /// A virtio-fs device could not be set up.
+    #[error("--fs tag={tag}")]
+    Fs {
+        /// Tag.
+        tag: String,
+        /// The cause.
+        #[source]
+        source: FsError,
+    },
     /// The transport could not be built.
     #[error("virtio-mmio transport of {name}")]
     Transport {
@@ -70,15 +89,23 @@ impl CounterSource for super::net::metrics::NetMetrics {
     }
 }
 
+impl CounterSource for super::fs::metrics::FsMetrics {
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        self.pairs()
+    }
+}
+
 impl CounterSource for super::vsock::metrics::VsockMetrics {
     fn counters(&self) -> Vec<(&'static str, u64)> {
         self.pairs()
     }
 }
 
-/// Builds every `--disk`, `--net` and `--vsock` device of `vm.config` and attaches it, in
-/// that order (disks in the order given, so they appear as vda, vdb, ... in the guest).
-/// Counters are registered as `block.<id>`, `net.<tap>` and `vsock`.
+/// Builds every `--disk`, `--disk-slots`, `--net`, `--vsock` and `--fs` device of `vm.config`
+/// and attaches it, in that order (disks in the order given, then the empty slots, so they
+/// appear as vda, vdb, ... in the guest). Counters are registered as `block.<id>` (slots:
+/// `block.slotN`), `net.<tap>`, `vsock` and `fs.<tag>`; every disk and slot gets a
+/// [`DiskHandle`] for the control API.
 pub fn attach_all(vm: &mut Vm) -> Result<(), WiringError> {
     let disks = vm.config.disk.clone();
     for (index, d) in disks.iter().enumerate() {
@@ -86,18 +113,19 @@ pub fn attach_all(vm: &mut Vm) -> Result<(), WiringError> {
         let cfg = BlockConfig {
             path: d.path.clone(),
             read_only: d.read_only,
-            id: id.clone(),
+            id,
         };
         let dev = Block::new(cfg).map_err(|source| WiringError::Block {
             index,
             path: d.path.display().to_string(),
             source,
         })?;
-        let counters = dev.counters().clone();
-        let io_thread = dev.io_thread();
-        attach(vm, &format!("virtio-blk-{id}"), dev)?;
-        vm.devices.register_io_thread(io_thread);
-        vm.devices.register_counters(format!("block.{id}"), counters);
+        attach_disk(vm, dev)?;
+    }
+    for n in 0..vm.config.disk_slots {
+        let name = husk_config::slot_name(n);
+        let dev = Block::new_slot(name.clone()).map_err(|source| WiringError::Slot { name, source })?;
+        attach_disk(vm, dev)?;
     }
     let nets = vm.config.net.clone();
     for n in &nets {
@@ -124,10 +152,32 @@ pub fn attach_all(vm: &mut Vm) -> Result<(), WiringError> {
         attach(vm, "virtio-vsock", dev)?;
         vm.devices.register_counters("vsock", counters);
     }
+    let shares = vm.config.fs.clone();
+    for f in &shares {
+        let cfg = FsConfig { tag: f.tag.clone(), socket: f.socket.clone() };
+        let dev = Fs::new(cfg).map_err(|source| WiringError::Fs { tag: f.tag.clone(), source })?;
+        let counters = dev.counters().clone();
+        attach(vm, &format!("virtio-fs-{}", f.tag), dev)?;
+        vm.devices.register_counters(format!("fs.{}", f.tag), counters);
+    }
     Ok(())
 }
 
-fn attach<D>(vm: &mut Vm, name: &str, dev: D) -> Result<(), WiringError>
+/// Attaches a disk or slot: its I/O thread (for seccomp), counters and API handle.
+fn attach_disk(vm: &mut Vm, dev: Block) -> Result<(), WiringError> {
+    let name = dev.name().to_string();
+    let counters = dev.counters().clone();
+    let io_thread = dev.io_thread();
+    let (dev, transport) = attach(vm, &format!("virtio-blk-{name}"), dev)?;
+    vm.devices.register_io_thread(io_thread);
+    vm.devices.register_counters(format!("block.{name}"), counters);
+    vm.devices.register_disk(DiskHandle::new(dev, transport));
+    Ok(())
+}
+
+/// Puts `dev` behind a virtio-mmio transport and attaches it; returns both for callers that
+/// act on them at run time.
+fn attach<D>(vm: &mut Vm, name: &str, dev: D) -> Result<(Arc<Mutex<D>>, Arc<MmioTransport>), WiringError>
 where
     D: VirtioDevice + MutEventSubscriber + Send + 'static,
 {
@@ -146,11 +196,11 @@ where
             transport.clone(),
             transport.interrupt(),
             transport.queue_events(),
-            dev,
+            dev.clone(),
         )
         .map_err(|source| WiringError::Attach {
             name: name.to_string(),
             source,
         })?;
-    Ok(())
+    Ok((dev, transport))
 }

@@ -1,16 +1,20 @@
 //! The block device: config space, features, activation (starts the worker), reset.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::FileTypeExt;
+use std::path::Path;
 use std::sync::Arc;
 
+use husk_config::api::DiskInfo;
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::metrics::BlockMetrics;
 use super::worker::{Disk, Worker, WorkerControl};
 use super::{
-    BlockConfig, BlockError, ID_BYTES, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX, VIRTIO_BLK_F_FLUSH,
-    VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
+    Attachment, BlockConfig, BlockError, DiskKind, ID_BYTES, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX,
+    VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
 };
 use crate::devices::virtio::active::Active;
 use crate::devices::virtio::{
@@ -20,64 +24,86 @@ use crate::devices::virtio::{
 use crate::guest_warn;
 use crate::memory::GuestMemoryMmap;
 
-/// A virtio-blk disk backed by a raw image file.
+/// A virtio-blk disk: a boot disk backed by a raw image file, or a slot that images are
+/// attached to at run time.
 #[derive(Debug)]
 pub struct Block {
-    cfg: BlockConfig,
-    sectors: u64,
+    name: String,
+    kind: DiskKind,
+    attachment: Option<Attachment>,
     pub(super) queue_evts: Vec<EventFd>,
     pub(super) worker: Worker,
     activated: bool,
     pub(super) metrics: Arc<BlockMetrics>,
 }
 
+/// Opens a disk image (read-only if `read_only`); returns the file and its size in sectors
+/// (a trailing partial sector is not part of the disk). Block devices are measured by
+/// seeking to their end, since their metadata says 0.
+pub(super) fn open_image(path: &Path, read_only: bool) -> Result<(File, u64), BlockError> {
+    let open_err = |source| BlockError::Open { path: path.to_path_buf(), source };
+    let mut file = OpenOptions::new().read(true).write(!read_only).open(path).map_err(open_err)?;
+    let ft = file.metadata().map_err(open_err)?.file_type();
+    if !ft.is_file() && !ft.is_block_device() {
+        return Err(BlockError::NotAnImage { path: path.to_path_buf() });
+    }
+    let len = file.seek(SeekFrom::End(0)).map_err(open_err)?;
+    Ok((file, len / SECTOR_SIZE))
+}
+
+/// The serial as GET_ID returns it, NUL-padded. The caller has checked the length.
+pub(super) fn serial(id: &str) -> [u8; ID_BYTES] {
+    let mut out = [0u8; ID_BYTES];
+    let n = id.len().min(ID_BYTES);
+    out[..n].copy_from_slice(&id.as_bytes()[..n]);
+    out
+}
+
 impl Block {
-    /// Opens the image (read-only if `cfg.read_only`).
+    /// A boot disk: opens the image (read-only if `cfg.read_only`). Its API name is its id.
     pub fn new(cfg: BlockConfig) -> Result<Self, BlockError> {
         if cfg.id.len() > ID_BYTES {
             return Err(BlockError::IdTooLong { id: cfg.id.clone() });
         }
-        let open_err = |source| BlockError::Open {
-            path: cfg.path.clone(),
-            source,
-        };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!cfg.read_only)
-            .open(&cfg.path)
-            .map_err(open_err)?;
-        let len = file.metadata().map_err(open_err)?.len();
-        let mut id = [0u8; ID_BYTES];
-        id[..cfg.id.len()].copy_from_slice(cfg.id.as_bytes());
-        let evt = EventFd::new(libc::EFD_NONBLOCK)
-            .map_err(|e| BlockError::EventFd(cfg.path.clone(), e))?;
-        let sectors = len / SECTOR_SIZE;
-        let metrics = Arc::new(BlockMetrics::default());
-        let disk = Disk {
-            file,
-            sectors,
-            read_only: cfg.read_only,
-            id,
-        };
-        let name = format!("blk-{}", if cfg.id.is_empty() { "disk" } else { &cfg.id });
-        let worker_evt = evt
-            .try_clone()
-            .map_err(|e| BlockError::EventFd(cfg.path.clone(), e))?;
-        let worker = Worker::spawn(name, disk, metrics.clone(), worker_evt)
-            .map_err(|e| BlockError::Worker(cfg.path.clone(), e))?;
-        Ok(Self {
-            sectors,
-            cfg,
-            queue_evts: vec![evt],
-            worker,
-            activated: false,
-            metrics,
-        })
+        let (file, sectors) = open_image(&cfg.path, cfg.read_only)?;
+        let disk = Disk { file, sectors, read_only: cfg.read_only, id: serial(&cfg.id) };
+        let attachment = Attachment { path: cfg.path, id: cfg.id.clone(), read_only: cfg.read_only, sectors };
+        Self::start(cfg.id, DiskKind::Boot, Some(disk), Some(attachment))
     }
 
-    /// The disk's configuration.
-    pub fn config(&self) -> &BlockConfig {
-        &self.cfg
+    /// An empty slot named `name` in the API (`slot0`...): capacity 0, empty serial.
+    pub fn new_slot(name: String) -> Result<Self, BlockError> {
+        Self::start(name, DiskKind::Slot, None, None)
+    }
+
+    fn start(name: String, kind: DiskKind, disk: Option<Disk>, attachment: Option<Attachment>) -> Result<Self, BlockError> {
+        let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| BlockError::EventFd(name.clone(), e))?;
+        let metrics = Arc::new(BlockMetrics::default());
+        let worker_evt = evt.try_clone().map_err(|e| BlockError::EventFd(name.clone(), e))?;
+        let thread = format!("blk-{}", if name.is_empty() { "disk" } else { &name });
+        let worker = Worker::spawn(thread, disk, metrics.clone(), worker_evt).map_err(|e| BlockError::Worker(name.clone(), e))?;
+        Ok(Self { name, kind, attachment, queue_evts: vec![evt], worker, activated: false, metrics })
+    }
+
+    /// Its name in the API and counters: the id of a boot disk, `slotN` for a slot.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Boot disk or slot.
+    pub fn kind(&self) -> DiskKind {
+        self.kind
+    }
+
+    /// What backs the disk now (none: an empty slot).
+    pub fn attachment(&self) -> Option<&Attachment> {
+        self.attachment.as_ref()
+    }
+
+    /// Records a new attachment for the config space and the API. The worker must already
+    /// serve the matching backing ([`WorkerControl::swap`]); [`super::DiskHandle`] does both.
+    pub(super) fn set_attachment(&mut self, attachment: Option<Attachment>) {
+        self.attachment = attachment;
     }
 
     /// The disk's counters.
@@ -90,9 +116,23 @@ impl Block {
         self.worker.control()
     }
 
-    /// Capacity in 512-byte sectors.
+    /// Capacity in 512-byte sectors (0 for an empty slot).
     pub fn sectors(&self) -> u64 {
-        self.sectors
+        self.attachment.as_ref().map_or(0, |a| a.sectors)
+    }
+
+    /// The disk as the API describes it.
+    pub fn info(&self) -> DiskInfo {
+        let a = self.attachment.as_ref();
+        DiskInfo {
+            slot: self.name.clone(),
+            kind: self.kind,
+            attached: a.is_some(),
+            id: a.map(|a| a.id.clone()).unwrap_or_default(),
+            path: a.map(|a| a.path.clone()),
+            read_only: a.is_some_and(|a| a.read_only),
+            sectors: self.sectors(),
+        }
     }
 }
 
@@ -110,9 +150,10 @@ impl VirtioDevice for Block {
     }
 
     fn avail_features(&self) -> u64 {
-        let mut f =
-            COMMON_FEATURES | feature(VIRTIO_BLK_F_FLUSH) | feature(VIRTIO_BLK_F_SEG_MAX);
-        if self.cfg.read_only {
+        let mut f = COMMON_FEATURES | feature(VIRTIO_BLK_F_FLUSH) | feature(VIRTIO_BLK_F_SEG_MAX);
+        // Only a boot disk: a slot's read-only attachments come and go after the driver has
+        // read the features, so the device refuses their writes itself.
+        if self.kind == DiskKind::Boot && self.attachment.as_ref().is_some_and(|a| a.read_only) {
             f |= feature(VIRTIO_BLK_F_RO);
         }
         f
@@ -123,7 +164,7 @@ impl VirtioDevice for Block {
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         // struct virtio_blk_config up to seg_max: capacity, size_max (0: no limit), seg_max.
         let mut cfg = [0u8; 16];
-        cfg[..8].copy_from_slice(&self.sectors.to_le_bytes());
+        cfg[..8].copy_from_slice(&self.sectors().to_le_bytes());
         cfg[12..].copy_from_slice(&SEG_MAX.to_le_bytes());
         read_config_bytes(&cfg, offset, data);
     }
@@ -132,12 +173,7 @@ impl VirtioDevice for Block {
         guest_warn!("virtio-blk: ignoring {}-byte config write at {offset:#x}", data.len());
     }
 
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        interrupt: Arc<Interrupt>,
-        queues: Vec<Queue>,
-    ) -> Result<(), ActivateError> {
+    fn activate(&mut self, mem: GuestMemoryMmap, interrupt: Arc<Interrupt>, queues: Vec<Queue>) -> Result<(), ActivateError> {
         ActivateError::check(self.activated, &queues, 1)?;
         self.worker.activate(Active::new(mem, interrupt, queues));
         self.activated = true;
@@ -155,7 +191,7 @@ impl VirtioDevice for Block {
 
     fn metrics(&self) -> serde_json::Value {
         let mut v = self.metrics.to_json();
-        v["id"] = serde_json::Value::String(self.cfg.id.clone());
+        v["id"] = serde_json::Value::String(self.name.clone());
         v
     }
 }

@@ -21,6 +21,12 @@ pub struct BlockMetrics {
     pub errors: Counter,
     /// Queue notifications received before the device was activated.
     pub early_notifications: Counter,
+    /// Images attached to this slot through the API.
+    pub attaches: Counter,
+    /// Images detached from this slot through the API.
+    pub detaches: Counter,
+    /// Attach and detach requests refused or failed (occupied, empty, unusable image...).
+    pub hotplug_errors: Counter,
 }
 
 impl BlockMetrics {
@@ -35,6 +41,9 @@ impl BlockMetrics {
             ("write_bytes", self.write_bytes.get()),
             ("errors", self.errors.get()),
             ("early_notifications", self.early_notifications.get()),
+            ("attaches", self.attaches.get()),
+            ("detaches", self.detaches.get()),
+            ("hotplug_errors", self.hotplug_errors.get()),
         ]
     }
 

@@ -2,19 +2,31 @@
 //!
 //! Requests are served on one worker thread per disk, never on the event loop: the event
 //! handler only forwards queue notifications to the worker.
+//!
+//! A disk is a boot disk (its image given in the configuration, fixed) or a slot (booted
+//! empty; images are attached and detached through the control API, see [`slot`]). A slot
+//! never offers VIRTIO_BLK_F_RO, since features are fixed when the driver binds: a read-only
+//! attachment refuses writes in the device (VIRTIO_BLK_S_IOERR) instead.
 
 pub mod device;
 mod event_handler;
 pub mod metrics;
 pub mod request;
+pub mod slot;
 pub mod worker;
 
+#[cfg(test)]
+mod slot_tests;
 #[cfg(test)]
 mod tests;
 
 pub use device::Block;
+pub use husk_config::api::DiskKind;
+pub use slot::{DiskHandle, SlotError};
 
 use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
 
 /// Sector size in bytes.
 pub const SECTOR_SIZE: u64 = 512;
@@ -61,17 +73,37 @@ pub struct BlockConfig {
     pub id: String,
 }
 
+/// What backs a disk, as plain data: the device's whole attachment state, which a snapshot
+/// of a paused VM can save and a restore can attach again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// The image.
+    pub path: PathBuf,
+    /// Serial (`GET_ID`).
+    pub id: String,
+    /// Writes fail with IOERR.
+    pub read_only: bool,
+    /// Capacity in 512-byte sectors (the image's size, rounded down).
+    pub sectors: u64,
+}
+
 /// Errors of the block device.
 #[derive(Debug, thiserror::Error)]
 pub enum BlockError {
     /// The image could not be opened.
-    #[error("cannot open disk image {path}")]
+    #[error("cannot open disk image {}", path.display())]
     Open {
         /// Image path.
         path: PathBuf,
         /// The cause.
         #[source]
         source: std::io::Error,
+    },
+    /// The image is neither a regular file nor a block device.
+    #[error("disk image {} is not a regular file or block device", path.display())]
+    NotAnImage {
+        /// Image path.
+        path: PathBuf,
     },
     /// The serial is too long.
     #[error("disk id {id:?} is longer than {ID_BYTES} bytes")]
@@ -81,8 +113,8 @@ pub enum BlockError {
     },
     /// An EventFd could not be created.
     #[error("cannot create an EventFd for disk {0}")]
-    EventFd(PathBuf, #[source] std::io::Error),
+    EventFd(String, #[source] std::io::Error),
     /// The worker thread could not be started.
     #[error("cannot start the I/O thread of disk {0}")]
-    Worker(PathBuf, #[source] std::io::Error),
+    Worker(String, #[source] std::io::Error),
 }

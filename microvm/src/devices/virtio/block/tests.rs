@@ -99,7 +99,7 @@ impl<'a> Rig<'a> {
 fn read_write_flush_get_id() {
     let mem = guest_mem();
     let img = Img::new(64);
-    let mut d = disk(&img, false);
+    let d = disk(&img, false);
     let mut rig = Rig::new(&mem);
 
     let st_read = rig.submit(VIRTIO_BLK_T_IN, 2, 1024, true);
@@ -107,7 +107,7 @@ fn read_write_flush_get_id() {
     let st_write = rig.submit(VIRTIO_BLK_T_OUT, 10, 512, false);
     let st_flush = rig.submit(VIRTIO_BLK_T_FLUSH, 0, 0, false);
     let st_id = rig.submit(VIRTIO_BLK_T_GET_ID, 0, 20, true);
-    process_queue(&mut rig.active, &mut d, &rig.m);
+    process_queue(&mut rig.active, Some(&d), &rig.m);
 
     let used = rig.q.used();
     assert_eq!(used.len(), 4);
@@ -130,12 +130,12 @@ fn read_only_disk_refuses_writes_and_file_is_untouched() {
     let mem = guest_mem();
     let img = Img::new(8);
     let before = img.bytes();
-    let mut d = disk(&img, true);
+    let d = disk(&img, true);
     let mut rig = Rig::new(&mem);
     put(&mem, DATA, &[0x55; 512]);
     let st = rig.submit(VIRTIO_BLK_T_OUT, 0, 512, false);
     let st_r = rig.submit(VIRTIO_BLK_T_IN, 0, 512, true);
-    process_queue(&mut rig.active, &mut d, &rig.m);
+    process_queue(&mut rig.active, Some(&d), &rig.m);
     assert_eq!(get(&mem, st, 1)[0], VIRTIO_BLK_S_IOERR);
     assert_eq!(get(&mem, st_r, 1)[0], VIRTIO_BLK_S_OK);
     assert_eq!(img.bytes(), before);
@@ -146,13 +146,13 @@ fn read_only_disk_refuses_writes_and_file_is_untouched() {
 fn out_of_range_unaligned_and_unknown_requests_fail() {
     let mem = guest_mem();
     let img = Img::new(8);
-    let mut d = disk(&img, false);
+    let d = disk(&img, false);
     let mut rig = Rig::new(&mem);
     let past_end = rig.submit(VIRTIO_BLK_T_IN, 7, 1024, true);
     let overflow = rig.submit(VIRTIO_BLK_T_OUT, u64::MAX, 512, false);
     let unaligned = rig.submit(VIRTIO_BLK_T_IN, 0, 100, true);
     let unknown = rig.submit(77, 0, 0, false);
-    process_queue(&mut rig.active, &mut d, &rig.m);
+    process_queue(&mut rig.active, Some(&d), &rig.m);
     assert_eq!(get(&mem, past_end, 1)[0], VIRTIO_BLK_S_IOERR);
     assert_eq!(get(&mem, overflow, 1)[0], VIRTIO_BLK_S_IOERR);
     assert_eq!(get(&mem, unaligned, 1)[0], VIRTIO_BLK_S_IOERR);
@@ -165,7 +165,7 @@ fn hostile_chains_are_returned_without_touching_the_disk() {
     let mem = guest_mem();
     let img = Img::new(8);
     let before = img.bytes();
-    let mut d = disk(&img, false);
+    let d = disk(&img, false);
     let mut rig = Rig::new(&mem);
     let h = header(&mem, 0, VIRTIO_BLK_T_OUT, 0);
     // Data buffer outside guest memory.
@@ -180,7 +180,7 @@ fn hostile_chains_are_returned_without_touching_the_disk() {
     rig.q.add_raw(20, &[(h, 16, F_NEXT, 21), (DATA, 512, F_NEXT, 20)]);
     // Next index past the table.
     rig.q.add_raw(30, &[(h, 16, F_NEXT, 9999)]);
-    process_queue(&mut rig.active, &mut d, &rig.m);
+    process_queue(&mut rig.active, Some(&d), &rig.m);
     let used = rig.q.used();
     assert_eq!(used.len(), 6, "every chain completed: {used:?}");
     assert!(used.iter().all(|&(_, len)| len == 0));
@@ -193,10 +193,10 @@ fn hostile_chains_are_returned_without_touching_the_disk() {
 fn avail_index_beyond_queue_size_marks_device_broken() {
     let mem = guest_mem();
     let img = Img::new(8);
-    let mut d = disk(&img, false);
+    let d = disk(&img, false);
     let mut rig = Rig::new(&mem);
     rig.q.vq.avail().idx().store(1000);
-    process_queue(&mut rig.active, &mut d, &rig.m);
+    process_queue(&mut rig.active, Some(&d), &rig.m);
     assert!(rig.active.broken);
     assert!(rig.q.used().is_empty());
 }

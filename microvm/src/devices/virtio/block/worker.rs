@@ -23,7 +23,8 @@ use crate::devices::virtio::chain::MAX_CHAIN_DESCS;
 use crate::guest_warn;
 use crate::memory::GuestMemoryMmap;
 
-/// The backing image of a disk.
+/// The backing image of a disk, as its I/O thread uses it. A slot without an image has none:
+/// reads, writes and flushes then fail with IOERR and GET_ID returns an empty serial.
 #[derive(Debug)]
 pub struct Disk {
     /// The image file.
@@ -36,8 +37,15 @@ pub struct Disk {
     pub id: [u8; ID_BYTES],
 }
 
-/// Executes one request; returns the status and the bytes written into guest buffers.
-pub fn execute(mem: &GuestMemoryMmap, disk: &mut Disk, req: &Request, m: &BlockMetrics) -> (u8, u32) {
+/// Executes one request against `disk` (none: an empty slot); returns the status and the
+/// bytes written into guest buffers.
+pub fn execute(mem: &GuestMemoryMmap, disk: Option<&Disk>, req: &Request, m: &BlockMetrics) -> (u8, u32) {
+    if req.type_ == VIRTIO_BLK_T_GET_ID {
+        return get_id(mem, disk.map_or(&[0u8; ID_BYTES], |d| &d.id), req);
+    }
+    let Some(disk) = disk else {
+        return fail(m, "request to an empty slot", req);
+    };
     let in_range = || {
         req.data_len.is_multiple_of(SECTOR_SIZE)
             && req
@@ -72,23 +80,25 @@ pub fn execute(mem: &GuestMemoryMmap, disk: &mut Disk, req: &Request, m: &BlockM
             m.flushes.inc();
             (VIRTIO_BLK_S_OK, 0)
         }
-        VIRTIO_BLK_T_GET_ID => {
-            let mut done = 0usize;
-            for &(addr, n) in &req.data {
-                let n = n.min(ID_BYTES - done);
-                if n == 0 || mem.write_slice(&disk.id[done..done + n], addr).is_err() {
-                    break;
-                }
-                done += n;
-            }
-            (VIRTIO_BLK_S_OK, done as u32)
-        }
         other => {
             guest_warn!("virtio-blk: unsupported request type {other}");
             m.errors.inc();
             (VIRTIO_BLK_S_UNSUPP, 0)
         }
     }
+}
+
+/// GET_ID: the serial, NUL-padded, into the request's buffers (at most 20 bytes).
+fn get_id(mem: &GuestMemoryMmap, id: &[u8; ID_BYTES], req: &Request) -> (u8, u32) {
+    let mut done = 0usize;
+    for &(addr, n) in &req.data {
+        let n = n.min(ID_BYTES - done);
+        if n == 0 || mem.write_slice(&id[done..done + n], addr).is_err() {
+            break;
+        }
+        done += n;
+    }
+    (VIRTIO_BLK_S_OK, done as u32)
 }
 
 fn fail(m: &BlockMetrics, what: &str, req: &Request) -> (u8, u32) {
@@ -101,16 +111,26 @@ fn fail(m: &BlockMetrics, what: &str, req: &Request) -> (u8, u32) {
     (VIRTIO_BLK_S_IOERR, 0)
 }
 
-fn transfer(mem: &GuestMemoryMmap, disk: &mut Disk, req: &Request, write: bool) -> Result<(), ()> {
+fn transfer(mem: &GuestMemoryMmap, disk: &Disk, req: &Request, write: bool) -> Result<(), ()> {
     let dir = if write { Dir::FromGuest } else { Dir::ToGuest };
     iov::transfer(mem, &disk.file, req.sector * SECTOR_SIZE, &req.data, dir).map_err(|_| ())
 }
 
-/// Serves every available request of the queue.
-pub fn process_queue(active: &mut Active, disk: &mut Disk, m: &BlockMetrics) {
+/// Most requests served in one go before the worker looks at its control channel again, so
+/// an attach or detach waits for at most this many requests, however busy the guest keeps
+/// the queue.
+pub const BATCH: usize = 64;
+
+/// Serves the available requests of the queue, at most [`BATCH`] of them, each entirely
+/// against `disk`. Returns true if it stopped at the limit with requests left (the caller
+/// calls again without waiting for a notification: none may come for those).
+pub fn process_queue(active: &mut Active, disk: Option<&Disk>, m: &BlockMetrics) -> bool {
     let mut used = false;
+    let mut served = 0usize;
+    let mut more = false;
     while let Ok(Some((head, chain))) = active.pop(0, MAX_CHAIN_DESCS) {
         used = true;
+        served += 1;
         m.requests.inc();
         let parsed = chain
             .map_err(|e| e.to_string())
@@ -130,10 +150,15 @@ pub fn process_queue(active: &mut Active, disk: &mut Disk, m: &BlockMetrics) {
             }
         };
         active.add_used(0, head, len);
+        if served >= BATCH {
+            more = active.has_available(0);
+            break;
+        }
     }
     if used {
         active.notify(0);
     }
+    more
 }
 
 /// Messages to a worker.
@@ -145,6 +170,9 @@ pub enum Msg {
     Reset(Sender<()>),
     /// Install this seccomp filter on the worker thread and report the outcome.
     Seccomp(Arc<BpfProgram>, Sender<Result<(), seccompiler::Error>>),
+    /// Serve requests from this backing from now on (none: an empty slot), dropping the old
+    /// one, and acknowledge. Taken between requests, never during one.
+    Swap(Option<Disk>, Sender<()>),
     /// End the thread.
     Stop,
 }
@@ -179,6 +207,15 @@ impl WorkerControl {
         self.send(Msg::Seccomp(filter, ack_tx))?;
         ack_rx.recv().map_err(|_| WorkerError::Gone)?.map_err(WorkerError::Seccomp)
     }
+
+    /// Makes the worker serve `disk` (none: no backing) from its next request on and close
+    /// the file it had; returns once it has. Requests it was serving complete against the
+    /// old backing first (at most [`BATCH`] of them).
+    pub fn swap(&self, disk: Option<Disk>) -> Result<(), WorkerError> {
+        let (ack_tx, ack_rx) = std::sync::mpsc::channel();
+        self.send(Msg::Swap(disk, ack_tx))?;
+        ack_rx.recv().map_err(|_| WorkerError::Gone)
+    }
 }
 
 /// The I/O thread of one disk. It waits on the queue's notification EventFd itself (no hop
@@ -196,10 +233,11 @@ const WAKE: u64 = 0;
 const QUEUE: u64 = 1;
 
 impl Worker {
-    /// Starts the worker for `disk`, serving notifications on `queue_evt`.
+    /// Starts the worker for `disk` (none: an empty slot), serving notifications on
+    /// `queue_evt`.
     pub fn spawn(
         name: String,
-        disk: Disk,
+        disk: Option<Disk>,
         m: Arc<BlockMetrics>,
         queue_evt: EventFd,
     ) -> std::io::Result<Self> {
@@ -246,9 +284,10 @@ impl Drop for Worker {
     }
 }
 
-/// The worker's loop.
+/// The worker's loop. Control messages are taken only between calls of [`process_queue`], so
+/// each request is served entirely against one backing.
 fn serve(
-    mut disk: Disk,
+    mut disk: Option<Disk>,
     m: &BlockMetrics,
     epoll: &Epoll,
     wake: &EventFd,
@@ -257,8 +296,10 @@ fn serve(
 ) {
     let mut active: Option<Box<Active>> = None;
     let mut events = [EpollEvent::default(); 2];
+    // Requests left over when the last call stopped at BATCH.
+    let mut backlog = false;
     loop {
-        let n = match epoll.wait(-1, &mut events) {
+        let n = match epoll.wait(if backlog { 0 } else { -1 }, &mut events) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
@@ -267,6 +308,7 @@ fn serve(
             }
         };
         let mut kicked = false;
+        let mut more = std::mem::take(&mut backlog);
         for ev in &events[..n] {
             if ev.data() == QUEUE {
                 let _ = queue_evt.read();
@@ -277,11 +319,17 @@ fn serve(
             loop {
                 match rx.try_recv() {
                     Ok(Msg::Activate(a)) => {
+                        // Requests may already be waiting.
                         active = Some(a);
-                        kicked = true;
+                        more = true;
                     }
                     Ok(Msg::Reset(ack)) => {
                         active = None;
+                        more = false;
+                        let _ = ack.send(());
+                    }
+                    Ok(Msg::Swap(new, ack)) => {
+                        disk = new;
                         let _ = ack.send(());
                     }
                     Ok(Msg::Seccomp(filter, ack)) => {
@@ -292,15 +340,16 @@ fn serve(
                 }
             }
         }
-        if !kicked {
+        if !kicked && !more {
             continue;
         }
         match active.as_mut() {
-            Some(a) => process_queue(a, &mut disk, m),
-            None => {
+            Some(a) => backlog = process_queue(a, disk.as_ref(), m),
+            None if kicked => {
                 m.early_notifications.inc();
                 guest_warn!("virtio-blk: queue notified before the device is active");
             }
+            None => {}
         }
     }
 }

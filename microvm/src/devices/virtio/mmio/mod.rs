@@ -139,9 +139,25 @@ impl MmioTransport {
         self.device_type
     }
 
+    /// Changes the device's configuration at run time and tells the driver: `change` runs
+    /// with the register lock held and ConfigGeneration moves with it, so a driver reading the
+    /// config space across the change (several register reads, each taking only the device
+    /// lock) reads the generation again and sees that it moved; then the config-change
+    /// interrupt is raised. Returns what `change` returned and whether raising the interrupt
+    /// failed.
+    pub fn change_config<R>(&self, change: impl FnOnce() -> R) -> (R, std::io::Result<()>) {
+        let out = {
+            let mut regs = self.regs();
+            let out = change();
+            regs.config_generation = regs.config_generation.wrapping_add(1);
+            out
+        };
+        (out, self.interrupt.signal_config_change())
+    }
+
     /// The current device status register (for tests and diagnostics).
     pub fn status(&self) -> u32 {
-        self.regs().status
+        self.read_reg(0x070)
     }
 
     fn regs(&self) -> MutexGuard<'_, Registers> {
@@ -169,7 +185,8 @@ impl MmioTransport {
             0x034 => q.map_or(0, |q| u32::from(q.max_size())),
             0x044 => q.map_or(0, |q| u32::from(q.ready())),
             0x060 => self.interrupt.status(),
-            0x070 => regs.status,
+            // DEVICE_NEEDS_RESET may also come from the device side, asynchronously.
+            0x070 => regs.status | if self.interrupt.needs_reset() { STATUS_DEVICE_NEEDS_RESET } else { 0 },
             0x0fc => regs.config_generation,
             _ => {
                 guest_warn!("virtio-mmio: read of unknown register {offset:#x}");

@@ -1,0 +1,313 @@
+//! The virtio-fs device: config space, activation and reset (on the vCPU side), and the
+//! backend's life on the event-loop side (handshake, interrupts, failure).
+
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use event_manager::{EventOps, EventSet, Events};
+use virtio_queue::Queue;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::backend::Backend;
+use super::failover;
+use super::metrics::FsMetrics;
+use super::{
+    FsConfig, FsError, CONFIG_SPACE_SIZE, NUM_QUEUES, NUM_REQUEST_QUEUES, QUEUE_SIZE, TAG_LEN,
+};
+use crate::devices::virtio::active::Active;
+use crate::devices::virtio::ratelimit::LogLimiter;
+use crate::devices::virtio::{read_config_bytes, ActivateError, Interrupt, VirtioDevice, TYPE_FS};
+use crate::guest_warn;
+use crate::memory::GuestMemoryMmap;
+
+/// Where the device is in its life with the driver and the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Not activated (or reset).
+    Idle,
+    /// Activated by the driver; the handshake waits for the event loop.
+    Starting,
+    /// The backend serves the queues.
+    Running,
+    /// The backend is gone; husk-vmm answers the queues with errors until reset.
+    Failed,
+}
+
+/// A virtio-fs device whose requests a vhost-user backend serves.
+#[derive(Debug)]
+pub struct Fs {
+    pub(super) cfg: FsConfig,
+    config_space: [u8; CONFIG_SPACE_SIZE],
+    /// Queue notifications (the ioeventfds): the backend's kick EventFds.
+    pub(super) queue_evts: Vec<EventFd>,
+    /// The backend's call EventFds: husk-vmm turns them into the interrupt.
+    pub(super) call_evts: Vec<EventFd>,
+    /// Signalled by activate and reset: the event loop has backend work to do.
+    pub(super) control_evt: EventFd,
+    pub(super) backend: Option<Backend>,
+    avail_features: u64,
+    acked_features: u64,
+    pub(super) active: Option<Active>,
+    pub(super) phase: Phase,
+    /// A reset came while the backend had the rings: stop them before anything else.
+    pub(super) stop_pending: bool,
+    /// The backend socket is registered on the event loop.
+    pub(super) backend_registered: bool,
+    /// The queue notifications are registered on the event loop (while the backend is gone).
+    pub(super) kicks_registered: bool,
+    pub(super) metrics: Arc<FsMetrics>,
+}
+
+/// One line per second at most about backend failures, whatever their cause.
+static BACKEND_LOG: LogLimiter = LogLimiter::new();
+
+impl Fs {
+    /// Checks the tag and connects to the backend (see [`Backend::connect`]).
+    pub fn new(cfg: FsConfig) -> Result<Self, FsError> {
+        if cfg.tag.is_empty() || cfg.tag.len() > TAG_LEN {
+            return Err(FsError::Tag(cfg.tag));
+        }
+        let mut config_space = [0u8; CONFIG_SPACE_SIZE];
+        config_space[..cfg.tag.len()].copy_from_slice(cfg.tag.as_bytes());
+        config_space[TAG_LEN..].copy_from_slice(&NUM_REQUEST_QUEUES.to_le_bytes());
+        let evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(FsError::EventFd);
+        let queue_evts = (0..NUM_QUEUES)
+            .map(|_| evt())
+            .collect::<Result<Vec<_>, _>>()?;
+        let call_evts = (0..NUM_QUEUES)
+            .map(|_| evt())
+            .collect::<Result<Vec<_>, _>>()?;
+        let control_evt = evt()?;
+        let backend = Backend::connect(&cfg.socket)?;
+        let metrics = Arc::new(FsMetrics::default());
+        metrics.connected.store(true, Ordering::Relaxed);
+        Ok(Self {
+            cfg,
+            config_space,
+            queue_evts,
+            call_evts,
+            control_evt,
+            avail_features: backend.device_features(),
+            backend: Some(backend),
+            acked_features: 0,
+            active: None,
+            phase: Phase::Idle,
+            stop_pending: false,
+            backend_registered: false,
+            kicks_registered: false,
+            metrics,
+        })
+    }
+
+    /// The device's counters.
+    pub fn counters(&self) -> &Arc<FsMetrics> {
+        &self.metrics
+    }
+
+    /// Where the device is now.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// The backend work activate and reset left for the event loop: stop the rings of a
+    /// reset activation, start the backend for a new one, or stop answering the queues.
+    pub(super) fn on_control(&mut self, ops: &mut EventOps) {
+        if std::mem::take(&mut self.stop_pending) {
+            if let Some(b) = self.backend.as_mut() {
+                if let Err(e) = b.stop(NUM_QUEUES) {
+                    self.backend_lost(&format!("failed while the device was reset: {e}"), ops);
+                }
+            }
+        }
+        match self.phase {
+            Phase::Starting => self.start_backend(ops),
+            Phase::Idle => self.unregister_kicks(ops),
+            Phase::Running | Phase::Failed => {}
+        }
+    }
+
+    fn start_backend(&mut self, ops: &mut EventOps) {
+        let Some(active) = self.active.as_ref() else {
+            return;
+        };
+        let result = match self.backend.as_mut() {
+            Some(b) => b.start(
+                &active.mem,
+                &active.queues,
+                self.acked_features,
+                &self.call_evts,
+                &self.queue_evts,
+            ),
+            None => {
+                self.backend_lost(
+                    "is gone (it hung up before the driver activated the device)",
+                    ops,
+                );
+                return;
+            }
+        };
+        match result {
+            Ok(()) => {
+                self.phase = Phase::Running;
+                self.metrics.activations.inc();
+            }
+            Err(e) => self.backend_lost(&format!("refused the activation: {e}"), ops),
+        }
+    }
+
+    /// The backend hung up or failed: drop the connection (a backend that is still alive
+    /// then stops), and if the driver is using the device, take the queues over and ask for
+    /// a reset.
+    pub(super) fn backend_lost(&mut self, why: &str, ops: &mut EventOps) {
+        if let Some(b) = self.backend.take() {
+            if self.backend_registered {
+                let _ = ops.remove(Events::new_raw(b.as_raw_fd(), EventSet::empty()));
+                self.backend_registered = false;
+            }
+            self.metrics.connected.store(false, Ordering::Relaxed);
+        }
+        self.metrics.backend_failures.inc();
+        if let Some(dropped) = BACKEND_LOG.allow() {
+            let (tag, socket) = (&self.cfg.tag, self.cfg.socket.display());
+            let also = if dropped > 0 {
+                format!(" ({dropped} similar messages suppressed)")
+            } else {
+                String::new()
+            };
+            log::error!("virtio-fs {tag}: the vhost-user backend at {socket} {why}; guest requests fail with EIO until the driver resets the device{also}");
+        }
+        if !matches!(self.phase, Phase::Starting | Phase::Running) {
+            return;
+        }
+        self.phase = Phase::Failed;
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        failover::take_over(active);
+        if let Err(e) = active.interrupt.signal_needs_reset() {
+            log::error!(
+                "virtio-fs {}: cannot raise the config interrupt: {e}",
+                self.cfg.tag
+            );
+        }
+        self.register_kicks(ops);
+        for q in 0..NUM_QUEUES {
+            self.answer_with_errors(q);
+        }
+    }
+
+    /// While the backend is gone: answers queue `q`'s requests with errors; comes back
+    /// through the event loop if the guest keeps it busy.
+    pub(super) fn answer_with_errors(&mut self, q: usize) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        if failover::answer_with_errors(active, q, &self.metrics) {
+            if let Err(e) = self.queue_evts[q].write(1) {
+                log::error!("virtio-fs {}: cannot re-arm queue {q}: {e}", self.cfg.tag);
+            }
+        }
+    }
+
+    fn register_kicks(&mut self, ops: &mut EventOps) {
+        if self.kicks_registered {
+            return;
+        }
+        for evt in &self.queue_evts {
+            if let Err(e) = ops.add(Events::new(evt, EventSet::IN)) {
+                log::error!(
+                    "virtio-fs {}: cannot register a queue notification: {e}",
+                    self.cfg.tag
+                );
+            }
+        }
+        self.kicks_registered = true;
+    }
+
+    fn unregister_kicks(&mut self, ops: &mut EventOps) {
+        if !std::mem::take(&mut self.kicks_registered) {
+            return;
+        }
+        for evt in &self.queue_evts {
+            let _ = ops.remove(Events::new(evt, EventSet::IN));
+        }
+    }
+}
+
+impl VirtioDevice for Fs {
+    fn device_type(&self) -> u32 {
+        TYPE_FS
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE; NUM_QUEUES]
+    }
+
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+
+    fn avail_features(&self) -> u64 {
+        self.avail_features
+    }
+
+    fn set_acked_features(&mut self, features: u64) {
+        self.acked_features = features;
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config_space, offset, data);
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        guest_warn!(
+            "virtio-fs: ignoring {}-byte config write at {offset:#x}",
+            data.len()
+        );
+    }
+
+    /// Takes the queues; the handshake with the backend happens on the event loop (a vCPU
+    /// thread may not use sockets). Until it is done the backend does not read the queues, so
+    /// requests the driver queues meanwhile just wait.
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<Interrupt>,
+        queues: Vec<Queue>,
+    ) -> Result<(), ActivateError> {
+        ActivateError::check(self.active.is_some(), &queues, NUM_QUEUES)?;
+        self.active = Some(Active::new(mem, interrupt, queues));
+        self.phase = Phase::Starting;
+        self.control_evt
+            .write(1)
+            .map_err(|source| ActivateError::Backend {
+                device: "virtio-fs",
+                source,
+            })
+    }
+
+    /// Drops the queues; if the backend was serving them, the event loop stops its rings
+    /// (`GET_VRING_BASE`) right after.
+    fn reset(&mut self) {
+        self.active = None;
+        if self.phase == Phase::Running {
+            self.stop_pending = true;
+        }
+        self.phase = Phase::Idle;
+        if let Err(e) = self.control_evt.write(1) {
+            log::error!(
+                "virtio-fs {}: cannot signal the reset to the event loop: {e}",
+                self.cfg.tag
+            );
+        }
+    }
+
+    fn is_activated(&self) -> bool {
+        self.active.is_some()
+    }
+
+    fn metrics(&self) -> serde_json::Value {
+        self.metrics.to_json()
+    }
+}

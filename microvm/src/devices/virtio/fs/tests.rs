@@ -1,0 +1,621 @@
+//! virtio-fs device tests: the MMIO transport driven as the guest's driver would, the device
+//! on a real event loop, and a real vhost-user backend (rust-vmm's vhost-user-backend, which
+//! virtiofsd is built on) that maps guest memory from the memfd and answers FUSE-shaped
+//! requests on the queues.
+
+#![allow(clippy::unwrap_used)]
+
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use event_manager::{EventManager, SubscriberOps};
+use vhost::vhost_user::{Listener, VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackendMut, VhostUserDaemon, VringRwLock, VringT};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryAtomic};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+
+use super::device::Phase;
+use super::*;
+use crate::devices::virtio::interrupt::{INT_CONFIG, INT_VRING};
+use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::test_utils::{assert_config_writes_ignored, get, put, TestQueue};
+use crate::devices::virtio::{
+    feature, VirtioDevice, STATUS_ACKNOWLEDGE, STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER,
+    STATUS_DRIVER_OK, STATUS_FEATURES_OK, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+    VIRTIO_RING_F_INDIRECT_DESC,
+};
+use crate::devices::BusDevice;
+use crate::memory::{create_guest_memory, GuestMemoryMmap};
+
+const TAG: &str = "hostshare";
+/// A request opcode the test backend takes from the queue but never answers.
+const STALL: u32 = 0xdead;
+/// What the test backend puts after its reply header.
+const PAYLOAD: &[u8; 8] = b"husk-ok\0";
+const QSIZE: u16 = 16;
+const RING_BASES: [u64; NUM_QUEUES] = [0x1_0000, 0x2_0000];
+const BUFS: u64 = 0x10_0000;
+
+// ---- the backend -------------------------------------------------------------------------
+
+/// Answers each request with a FUSE reply header (error 0, the request's unique) and
+/// [`PAYLOAD`], except [`STALL`] requests, which it takes and keeps.
+struct EchoFs {
+    mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
+    exit: (EventConsumer, EventNotifier),
+    /// Set to play dead: the worker stops touching the queues at once.
+    dead: Arc<AtomicBool>,
+    /// How many STALL requests it took.
+    stalled: Arc<AtomicU32>,
+}
+
+impl VhostUserBackendMut for EchoFs {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        NUM_QUEUES
+    }
+    fn max_queue_size(&self) -> usize {
+        usize::from(QUEUE_SIZE)
+    }
+    fn features(&self) -> u64 {
+        feature(VIRTIO_F_VERSION_1)
+            | feature(VIRTIO_RING_F_INDIRECT_DESC)
+            | feature(VIRTIO_RING_F_EVENT_IDX)
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+            // A feature the frontend does not pass on (VIRTIO_F_ACCESS_PLATFORM).
+            | (1 << 33)
+    }
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK
+    }
+    fn set_event_idx(&mut self, _enabled: bool) {}
+    fn update_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> std::io::Result<()> {
+        self.mem = Some(mem);
+        Ok(())
+    }
+    fn exit_event(&self, _thread: usize) -> Option<(EventConsumer, EventNotifier)> {
+        Some((self.exit.0.try_clone().ok()?, self.exit.1.try_clone().ok()?))
+    }
+    fn handle_event(
+        &mut self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[VringRwLock],
+        _thread: usize,
+    ) -> std::io::Result<()> {
+        if self.dead.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let (Some(vring), Some(mem)) = (vrings.get(usize::from(device_event)), self.mem.as_ref())
+        else {
+            return Ok(());
+        };
+        let mem = mem.memory();
+        let mut used = false;
+        loop {
+            let chain = vring
+                .get_mut()
+                .get_queue_mut()
+                .pop_descriptor_chain(mem.clone());
+            let Some(chain) = chain else { break };
+            let head = chain.head_index();
+            let (mut request, mut reply_at) = (None, None);
+            for d in chain {
+                if d.is_write_only() {
+                    reply_at.get_or_insert(d.addr());
+                } else if request.is_none() && d.len() >= 16 {
+                    let mut h = [0u8; 16];
+                    mem.read_slice(&mut h, d.addr()).unwrap();
+                    request = Some(h);
+                }
+            }
+            let Some(h) = request else {
+                vring.add_used(head, 0).unwrap();
+                used = true;
+                continue;
+            };
+            if u32::from_le_bytes(h[4..8].try_into().unwrap()) == STALL {
+                self.stalled.fetch_add(1, Ordering::SeqCst);
+                continue;
+            }
+            let mut reply = Vec::new();
+            reply.extend_from_slice(&((FUSE_OUT_HEADER_LEN + PAYLOAD.len()) as u32).to_le_bytes());
+            reply.extend_from_slice(&0i32.to_le_bytes());
+            reply.extend_from_slice(&h[8..16]);
+            reply.extend_from_slice(PAYLOAD);
+            let len = match reply_at {
+                Some(at) => {
+                    mem.write_slice(&reply, at).unwrap();
+                    reply.len() as u32
+                }
+                None => 0,
+            };
+            vring.add_used(head, len).unwrap();
+            used = true;
+        }
+        if used {
+            vring.signal_used_queue()?;
+        }
+        Ok(())
+    }
+}
+
+/// A running test backend listening on its own socket.
+struct TestBackend {
+    socket: PathBuf,
+    daemon: VhostUserDaemon<Arc<RwLock<EchoFs>>>,
+    dead: Arc<AtomicBool>,
+    stalled: Arc<AtomicU32>,
+    exit: EventNotifier,
+}
+
+fn tmp_dir() -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "husk-fs-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+impl TestBackend {
+    /// Listens, then accepts the frontend's connection on another thread: the caller
+    /// connects (`Fs::new`) and gets the backend back from [`Accepting::accepted`].
+    fn listen() -> Accepting {
+        let socket = tmp_dir().join("vfs.sock");
+        let mut listener = Listener::new(&socket, true).unwrap();
+        let dead = Arc::new(AtomicBool::new(false));
+        let stalled = Arc::new(AtomicU32::new(0));
+        let exit = new_event_consumer_and_notifier(EventFlag::NONBLOCK).unwrap();
+        let exit_notifier = exit.1.try_clone().unwrap();
+        let backend = EchoFs {
+            mem: None,
+            exit,
+            dead: dead.clone(),
+            stalled: stalled.clone(),
+        };
+        let mut daemon = VhostUserDaemon::new(
+            "echo-fs".into(),
+            Arc::new(RwLock::new(backend)),
+            GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+        )
+        .unwrap();
+        let s = socket.clone();
+        let thread = std::thread::spawn(move || {
+            daemon.start(&mut listener).unwrap();
+            TestBackend {
+                socket: s,
+                daemon,
+                dead,
+                stalled,
+                exit: exit_notifier,
+            }
+        });
+        Accepting { socket, thread }
+    }
+
+    /// Plays a backend process that dies: it stops touching the queues at once, its worker
+    /// thread ends and its socket is shut down.
+    fn die(&mut self) {
+        self.dead.store(true, Ordering::SeqCst);
+        let _ = self.exit.notify();
+        self.daemon.request_shutdown();
+    }
+}
+
+struct Accepting {
+    socket: PathBuf,
+    thread: std::thread::JoinHandle<TestBackend>,
+}
+
+impl Accepting {
+    fn accepted(self) -> TestBackend {
+        self.thread.join().unwrap()
+    }
+}
+
+impl Drop for TestBackend {
+    fn drop(&mut self) {
+        self.die();
+        if let Some(dir) = self.socket.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+// ---- the guest side ----------------------------------------------------------------------
+
+fn w(t: &MmioTransport, off: u64, v: u32) {
+    t.write(off, &v.to_le_bytes());
+}
+
+/// The device on an event loop, behind its transport, with a driver's queues in memfd
+/// guest memory.
+struct Rig {
+    backend: TestBackend,
+    dev: Arc<Mutex<Fs>>,
+    t: MmioTransport,
+    em: EventManager<Arc<Mutex<Fs>>>,
+    mem: GuestMemoryMmap,
+    next_buf: u64,
+}
+
+impl Rig {
+    fn new() -> Self {
+        let accepting = TestBackend::listen();
+        let dev = Fs::new(FsConfig {
+            tag: TAG.into(),
+            socket: accepting.socket.clone(),
+        })
+        .unwrap();
+        let backend = accepting.accepted();
+        let dev = Arc::new(Mutex::new(dev));
+        let mem = create_guest_memory(16 << 20).unwrap();
+        let t = MmioTransport::new(mem.clone(), dev.clone()).unwrap();
+        let mut em = EventManager::new().unwrap();
+        em.add_subscriber(dev.clone());
+        Self {
+            backend,
+            dev,
+            t,
+            em,
+            mem,
+            next_buf: BUFS,
+        }
+    }
+
+    /// Initialises the device as Linux's virtio_mmio + virtio_fs do, up to DRIVER_OK.
+    fn driver_init(&self, queues: &[Queue]) {
+        let t = &self.t;
+        w(t, 0x70, 0);
+        w(t, 0x70, STATUS_ACKNOWLEDGE);
+        w(t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        let features = feature(VIRTIO_F_VERSION_1) | feature(VIRTIO_RING_F_INDIRECT_DESC);
+        for sel in 0..2u32 {
+            w(t, 0x24, sel);
+            w(t, 0x20, (features >> (32 * sel)) as u32);
+        }
+        w(
+            t,
+            0x70,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
+        for (i, q) in queues.iter().enumerate() {
+            w(t, 0x30, i as u32);
+            w(t, 0x38, u32::from(q.size()));
+            for (lo, addr) in [
+                (0x80, q.desc_table()),
+                (0x90, q.avail_ring()),
+                (0xa0, q.used_ring()),
+            ] {
+                w(t, lo, addr as u32);
+                w(t, lo + 4, (addr >> 32) as u32);
+            }
+            w(t, 0x44, 1);
+        }
+        w(
+            t,
+            0x70,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+        );
+    }
+
+    /// Runs the event loop until `done` holds (at most 10 s).
+    fn run_until(&mut self, what: &str, mut done: impl FnMut(&Self) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done(self) {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            self.em.run_with_timeout(50).unwrap();
+        }
+    }
+
+    fn phase(&self) -> Phase {
+        self.dev.lock().unwrap().phase()
+    }
+
+    /// Queues a request (header with `opcode` and `unique`, then a 64-byte reply buffer) on
+    /// `tq`, notifies the queue, and returns where the reply goes.
+    fn request(&mut self, tq: &mut TestQueue<'_>, q: u32, opcode: u32, unique: u64) -> u64 {
+        let (hdr, reply) = (self.next_buf, self.next_buf + 0x100);
+        self.next_buf += 0x1000;
+        let mut h = [0u8; FUSE_IN_HEADER_LEN];
+        h[0..4].copy_from_slice(&(FUSE_IN_HEADER_LEN as u32).to_le_bytes());
+        h[4..8].copy_from_slice(&opcode.to_le_bytes());
+        h[8..16].copy_from_slice(&unique.to_le_bytes());
+        put(&self.mem, hdr, &h);
+        put(&self.mem, reply, &[0xee; 64]);
+        tq.add(&[(hdr, FUSE_IN_HEADER_LEN as u32, false), (reply, 64, true)]);
+        w(&self.t, 0x50, q);
+        reply
+    }
+
+    /// The reply header at `at`: (len, error, unique).
+    fn reply(&self, at: u64) -> (u32, i32, u64) {
+        let b = get(&self.mem, at, FUSE_OUT_HEADER_LEN);
+        (
+            u32::from_le_bytes(b[0..4].try_into().unwrap()),
+            i32::from_le_bytes(b[4..8].try_into().unwrap()),
+            u64::from_le_bytes(b[8..16].try_into().unwrap()),
+        )
+    }
+
+    fn counter(&self, name: &str) -> u64 {
+        self.dev.lock().unwrap().metrics()[name].as_u64().unwrap()
+    }
+}
+
+/// The driver's queues (fresh rings) in `mem`.
+fn queues(mem: &GuestMemoryMmap) -> Vec<TestQueue<'_>> {
+    RING_BASES
+        .iter()
+        .map(|&b| TestQueue::new(mem, b, QSIZE))
+        .collect()
+}
+
+// ---- the tests ---------------------------------------------------------------------------
+
+#[test]
+fn config_space_holds_the_tag_and_one_request_queue() {
+    let rig = Rig::new();
+    let mut dev = rig.dev.lock().unwrap();
+    assert_eq!(dev.device_type(), 26);
+    let mut cfg = [0xffu8; CONFIG_SPACE_SIZE];
+    dev.read_config(0, &mut cfg);
+    assert_eq!(&cfg[..TAG.len()], TAG.as_bytes());
+    assert!(
+        cfg[TAG.len()..TAG_LEN].iter().all(|&b| b == 0),
+        "tag padded with NULs"
+    );
+    assert_eq!(u32::from_le_bytes(cfg[TAG_LEN..].try_into().unwrap()), 1);
+    assert_config_writes_ignored(&mut *dev, CONFIG_SPACE_SIZE as u64);
+    // The backend's features, less what this frontend does not handle.
+    let f = dev.avail_features();
+    assert_eq!(
+        f,
+        feature(VIRTIO_F_VERSION_1)
+            | feature(VIRTIO_RING_F_INDIRECT_DESC)
+            | feature(VIRTIO_RING_F_EVENT_IDX)
+    );
+}
+
+#[test]
+fn the_backend_serves_the_queues_and_its_calls_become_interrupts() {
+    let mut rig = Rig::new();
+    let mem = rig.mem.clone();
+    let mut qs = queues(&mem);
+    rig.driver_init(&qs.iter().map(|q| q.queue()).collect::<Vec<_>>());
+    assert_eq!(
+        rig.phase(),
+        Phase::Starting,
+        "the handshake waits for the event loop"
+    );
+    rig.run_until("the backend runs", |r| r.phase() == Phase::Running);
+    assert_eq!(rig.t.status() & STATUS_DRIVER_OK, STATUS_DRIVER_OK);
+
+    let reply = rig.request(&mut qs[REQUEST_QUEUE], REQUEST_QUEUE as u32, 1, 0x1234_5678);
+    rig.run_until("the reply arrives", |r| {
+        r.t.interrupt().status() & INT_VRING != 0
+    });
+    assert_eq!(
+        qs[REQUEST_QUEUE].used(),
+        vec![(0, (FUSE_OUT_HEADER_LEN + PAYLOAD.len()) as u32)]
+    );
+    assert_eq!(
+        rig.reply(reply),
+        (24, 0, 0x1234_5678),
+        "the backend read the request and wrote the reply in guest memory"
+    );
+    assert_eq!(get(&rig.mem, reply + 16, 8), PAYLOAD);
+    assert_eq!(
+        rig.t.interrupt().event().read().unwrap(),
+        1,
+        "one interrupt"
+    );
+
+    // The high-priority queue is served too (a FORGET-like request without reply buffer).
+    let hdr = 0x30_0000;
+    put(&rig.mem, hdr, &[0u8; FUSE_IN_HEADER_LEN]);
+    qs[HIPRIO_QUEUE].add(&[(hdr, FUSE_IN_HEADER_LEN as u32, false)]);
+    w(&rig.t, 0x50, HIPRIO_QUEUE as u32);
+    rig.run_until("the hiprio request is used and signalled", |r| {
+        qs[HIPRIO_QUEUE].used_idx() == 1 && r.counter("interrupts") == 2
+    });
+    assert_eq!(
+        (
+            rig.counter("activations"),
+            rig.counter("connected"),
+            rig.counter("failed_requests")
+        ),
+        (1, 1, 0)
+    );
+}
+
+#[test]
+fn a_backend_that_dies_leaves_eio_and_device_needs_reset_not_a_hang() {
+    let mut rig = Rig::new();
+    let mem = rig.mem.clone();
+    let mut qs = queues(&mem);
+    rig.driver_init(&qs.iter().map(|q| q.queue()).collect::<Vec<_>>());
+    rig.run_until("the backend runs", |r| r.phase() == Phase::Running);
+    let answered = rig.request(&mut qs[REQUEST_QUEUE], REQUEST_QUEUE as u32, 1, 1);
+    rig.run_until("the first reply", |_| qs[REQUEST_QUEUE].used_idx() == 1);
+    let in_flight = rig.request(&mut qs[REQUEST_QUEUE], REQUEST_QUEUE as u32, STALL, 2);
+    rig.run_until("the backend takes the stalling request", |r| {
+        r.backend.stalled.load(Ordering::SeqCst) == 1
+    });
+    assert_eq!(qs[REQUEST_QUEUE].used_idx(), 1);
+
+    rig.backend.die();
+    rig.run_until("the device notices", |r| r.phase() == Phase::Failed);
+    assert_eq!(
+        rig.t.status() & STATUS_DEVICE_NEEDS_RESET,
+        STATUS_DEVICE_NEEDS_RESET
+    );
+    assert_eq!(
+        rig.t.interrupt().status() & INT_CONFIG,
+        INT_CONFIG,
+        "a config interrupt announces it"
+    );
+    // The request the backend died with is answered, with EIO and its own unique.
+    assert_eq!(qs[REQUEST_QUEUE].used_idx(), 2);
+    assert_eq!(rig.reply(in_flight), (16, -5, 2));
+    assert_eq!(
+        rig.reply(answered),
+        (24, 0, 1),
+        "earlier replies are left alone"
+    );
+    // New requests fail at once; so do FORGETs (no reply buffer) on the hiprio queue.
+    let later = rig.request(&mut qs[REQUEST_QUEUE], REQUEST_QUEUE as u32, 1, 3);
+    rig.run_until("the next request fails", |_| {
+        qs[REQUEST_QUEUE].used_idx() == 3
+    });
+    assert_eq!(rig.reply(later), (16, -5, 3));
+    qs[HIPRIO_QUEUE].add(&[(0x30_0000, FUSE_IN_HEADER_LEN as u32, false)]);
+    w(&rig.t, 0x50, HIPRIO_QUEUE as u32);
+    rig.run_until("the forget is used", |_| qs[HIPRIO_QUEUE].used_idx() == 1);
+    assert_eq!(qs[HIPRIO_QUEUE].used(), vec![(0, 0)]);
+    assert_eq!(
+        (
+            rig.counter("backend_failures"),
+            rig.counter("connected"),
+            rig.counter("failed_requests")
+        ),
+        (1, 0, 3)
+    );
+
+    // The driver resets the device: the reset state ends; activating it again fails the
+    // same way (the backend is gone for good) instead of hanging.
+    w(&rig.t, 0x70, 0);
+    assert_eq!(rig.t.status(), 0);
+    rig.run_until("the device is idle", |r| {
+        r.phase() == Phase::Idle && !r.dev.lock().unwrap().kicks_registered
+    });
+    let mut qs = queues(&mem);
+    rig.driver_init(&qs.iter().map(|q| q.queue()).collect::<Vec<_>>());
+    rig.run_until("the activation fails", |r| r.phase() == Phase::Failed);
+    assert_eq!(
+        rig.t.status() & STATUS_DEVICE_NEEDS_RESET,
+        STATUS_DEVICE_NEEDS_RESET
+    );
+    let again = rig.request(&mut qs[REQUEST_QUEUE], REQUEST_QUEUE as u32, 1, 4);
+    rig.run_until("the request fails", |_| qs[REQUEST_QUEUE].used_idx() == 1);
+    assert_eq!(rig.reply(again), (16, -5, 4));
+}
+
+#[test]
+fn a_reset_stops_the_backend_rings_and_a_new_activation_restarts_them() {
+    let mut rig = Rig::new();
+    let mem = rig.mem.clone();
+    let mut qs = queues(&mem);
+    rig.driver_init(&qs.iter().map(|q| q.queue()).collect::<Vec<_>>());
+    rig.run_until("the backend runs", |r| r.phase() == Phase::Running);
+    rig.request(&mut qs[REQUEST_QUEUE], REQUEST_QUEUE as u32, 1, 1);
+    rig.run_until("the first reply", |_| qs[REQUEST_QUEUE].used_idx() == 1);
+
+    w(&rig.t, 0x70, 0);
+    rig.run_until("the rings are stopped", |r| {
+        !r.dev.lock().unwrap().stop_pending
+    });
+    // A notification after the reset is not served: the backend stopped the ring.
+    qs[REQUEST_QUEUE].add(&[
+        (0x30_0000, FUSE_IN_HEADER_LEN as u32, false),
+        (0x30_1000, 64, true),
+    ]);
+    w(&rig.t, 0x50, REQUEST_QUEUE as u32);
+    for _ in 0..5 {
+        rig.em.run_with_timeout(20).unwrap();
+    }
+    assert_eq!(
+        qs[REQUEST_QUEUE].used_idx(),
+        1,
+        "a reset device's ring is left alone"
+    );
+
+    // The driver sets the device up again, with fresh rings.
+    let mut qs = queues(&mem);
+    rig.driver_init(&qs.iter().map(|q| q.queue()).collect::<Vec<_>>());
+    rig.run_until("the backend runs again", |r| r.phase() == Phase::Running);
+    let reply = rig.request(&mut qs[REQUEST_QUEUE], REQUEST_QUEUE as u32, 1, 7);
+    rig.run_until("the reply after the restart", |_| {
+        qs[REQUEST_QUEUE].used_idx() == 1
+    });
+    assert_eq!(rig.reply(reply), (24, 0, 7));
+    assert_eq!(rig.counter("activations"), 2);
+    assert_eq!(rig.counter("backend_failures"), 0);
+}
+
+#[test]
+fn setup_errors_name_the_socket_and_the_step() {
+    let dir = tmp_dir();
+    let missing = dir.join("nobody.sock");
+    let e = Fs::new(FsConfig {
+        tag: TAG.into(),
+        socket: missing.clone(),
+    })
+    .unwrap_err();
+    assert!(
+        matches!(e, FsError::Connect { .. }) && e.to_string().contains("nobody.sock"),
+        "{e}"
+    );
+
+    // Something that accepts and hangs up is no vhost-user backend.
+    let sock = dir.join("mute.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    let t = std::thread::spawn(move || drop(listener.accept().unwrap()));
+    let e = Fs::new(FsConfig {
+        tag: TAG.into(),
+        socket: sock.clone(),
+    })
+    .unwrap_err();
+    t.join().unwrap();
+    assert!(
+        e.to_string().contains("mute.sock") && e.to_string().contains("failed"),
+        "{e}"
+    );
+
+    for tag in [String::new(), "t".repeat(TAG_LEN + 1)] {
+        let e = Fs::new(FsConfig {
+            tag: tag.clone(),
+            socket: sock.clone(),
+        })
+        .unwrap_err();
+        assert!(matches!(e, FsError::Tag(ref t) if *t == tag), "{e}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_backend_gone_before_activation_fails_the_activation_not_the_vmm() {
+    let mut rig = Rig::new();
+    rig.backend.die();
+    rig.run_until("the hang-up is seen", |r| r.counter("connected") == 0);
+    assert_eq!(rig.phase(), Phase::Idle);
+    assert_eq!(
+        rig.t.status() & STATUS_DEVICE_NEEDS_RESET,
+        0,
+        "nothing to reset before the driver came"
+    );
+    let mem = rig.mem.clone();
+    let mut qs = queues(&mem);
+    rig.driver_init(&qs.iter().map(|q| q.queue()).collect::<Vec<_>>());
+    rig.run_until("the activation fails", |r| r.phase() == Phase::Failed);
+    assert_eq!(
+        rig.t.status() & STATUS_DEVICE_NEEDS_RESET,
+        STATUS_DEVICE_NEEDS_RESET
+    );
+    let reply = rig.request(&mut qs[REQUEST_QUEUE], REQUEST_QUEUE as u32, 1, 9);
+    rig.run_until("the request fails", |_| qs[REQUEST_QUEUE].used_idx() == 1);
+    assert_eq!(rig.reply(reply), (16, -5, 9));
+}

@@ -1,0 +1,392 @@
+//! The sandbox: one microVM per pod (a `ctr run` container is its own pod). It owns the VMM
+//! process, the agent connection, the disk slots through which further containers' root
+//! filesystems reach the running guest, the pod's host cgroup and the state directory.
+//! Containers ([`crate::container`]) are its children.
+
+pub mod cgroup;
+pub mod sizing;
+pub mod spec;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use husk_config::api::{AttachDisk, Client as VmmClient};
+use husk_config::{Console, DiskConfig, FsConfig, HuskConfig, VmConfig, VsockConfig};
+use husk_protocol::agent;
+use husk_protocol::agent_ttrpc::AgentClient;
+use husk_rootfs::BuiltImage;
+use oci_spec::runtime::Spec;
+
+use crate::error::{Result, ShimError};
+use crate::sharedfs::{SharedFs, VirtiofsdConfig};
+use crate::state::{ContainerInfo, StateDir, StateInfo};
+use crate::vm::{Vm, VmError, VmPlan};
+use cgroup::HostCgroup;
+use sizing::VmSize;
+
+/// How long the guest gets to power off before the VMM is killed.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The virtio-blk serial of the sandbox container's root disk (attached at boot).
+pub const ROOTFS_DISK_ID: &str = "rootfs";
+/// Guest CID.
+const GUEST_CID: u32 = 3;
+/// Timeout of one request to the VMM's control API.
+const VMM_API_TIMEOUT: Duration = Duration::from_secs(10);
+/// Where the cgroup hierarchy is mounted on the host.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// The virtio-fs tag of the pod's shared host files.
+pub const SHARED_FS_TAG: &str = "husk-pod";
+
+/// The kernel command line: husk's defaults, the agent port, then the configured extra.
+pub fn kernel_cmdline(cfg: &HuskConfig) -> String {
+    let mut c = format!("{} {}={}", husk_config::vm::DEFAULT_CMDLINE, husk_protocol::AGENT_PORT_CMDLINE_KEY, cfg.shim.agent_vsock_port);
+    if !cfg.vm.cmdline.trim().is_empty() {
+        c.push(' ');
+        c.push_str(cfg.vm.cmdline.trim());
+    }
+    c
+}
+
+/// What a new sandbox is made of.
+pub struct Boot<'a> {
+    /// containerd namespace.
+    pub namespace: &'a str,
+    /// The sandbox container's id.
+    pub id: &'a str,
+    /// Its bundle.
+    pub bundle: &'a Path,
+    /// Its spec (annotations size the VM; `linux.cgroupsPath` is the pod's cgroup).
+    pub spec: &'a Spec,
+    /// Its root filesystem image (the VM's boot disk).
+    pub rootfs: &'a BuiltImage,
+    /// Whether a virtiofsd serves the pod's shared host files.
+    pub share_host_files: bool,
+}
+
+/// A disk slot lent to a container for its root filesystem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotLease {
+    /// The slot's API name (`slot3`).
+    pub slot: String,
+    /// The serial the guest sees for this attachment (unique within the VM's life, so the
+    /// agent never mistakes an earlier image in the same slot for this one).
+    pub serial: String,
+}
+
+#[derive(Debug, Default)]
+struct Slots {
+    /// Container using each slot.
+    used: Vec<Option<String>>,
+    /// Attachments so far.
+    generation: u64,
+}
+
+/// One pod's VM and what belongs to it.
+pub struct Sandbox {
+    /// Sandbox id (the sandbox container's id).
+    pub id: String,
+    /// containerd namespace.
+    pub namespace: String,
+    /// The configuration the sandbox was created with.
+    pub cfg: HuskConfig,
+    /// The VMM.
+    pub vm: Vm,
+    /// Client of the agent in the guest.
+    pub agent: AgentClient,
+    /// Client of the VMM's control API.
+    pub vmm: VmmClient,
+    /// The state directory.
+    pub state: StateDir,
+    /// Set while the shim itself stops the VM (its exit is then expected).
+    pub stopping: AtomicBool,
+    cgroup: Option<HostCgroup>,
+    shared: Mutex<Option<SharedFs>>,
+    slots: Mutex<Slots>,
+    info: Mutex<StateInfo>,
+    init_pid: AtomicU32,
+}
+
+fn check_kvm() -> Result<()> {
+    const KVM_DEVICE: &str = "/dev/kvm";
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(KVM_DEVICE)
+        .map(drop)
+        .map_err(|source| VmError::KvmUnavailable { path: KVM_DEVICE.into(), source }.into())
+}
+
+impl Sandbox {
+    /// The VM plan of a sandbox: its size, the sandbox container's root disk, empty disk slots
+    /// for the pod's other containers, vsock to the agent, the console into the state dir.
+    pub fn plan(cfg: &HuskConfig, state: &StateDir, size: VmSize, rootfs: &BuiltImage, cgroup: Option<&HostCgroup>, shared: Option<&SharedFs>) -> VmPlan {
+        let fs = shared.and_then(SharedFs::socket).map(|socket| FsConfig { tag: SHARED_FS_TAG.into(), socket: socket.to_path_buf() });
+        let config = VmConfig {
+            kernel: cfg.vm.kernel.clone(),
+            initrd: Some(cfg.vm.initramfs.clone()),
+            cmdline: kernel_cmdline(cfg),
+            vcpus: size.vcpus,
+            memory: size.memory,
+            console: Console::File(state.console_log()),
+            api_sock: Some(state.api_sock()),
+            disk: vec![DiskConfig { path: rootfs.path.clone(), id: Some(ROOTFS_DISK_ID.into()), read_only: rootfs.read_only }],
+            disk_slots: cfg.vm.disk_slots,
+            vsock: Some(VsockConfig { cid: GUEST_CID, uds: state.vsock() }),
+            fs: fs.into_iter().collect(),
+            ..Default::default()
+        };
+        VmPlan {
+            vmm: cfg.shim.vmm.clone(),
+            config,
+            config_file: state.vm_config(),
+            vmm_log: state.vmm_log(),
+            work_dir: state.path().to_path_buf(),
+            cgroup_procs: cgroup.map(HostCgroup::procs_files).unwrap_or_default(),
+        }
+    }
+
+    /// Starts the pod's VM with the sandbox container's root filesystem `rootfs` and waits for
+    /// its agent. `spec` is the sandbox container's: its annotations size the VM, its
+    /// `linux.cgroupsPath` is the pod's cgroup. On failure nothing of it is left (the state
+    /// directory belongs to the caller). With `share_host_files`, a virtiofsd serves the pod's
+    /// shared directory to the guest.
+    pub fn boot(b: Boot<'_>, cfg: HuskConfig, state: StateDir) -> Result<Sandbox> {
+        let Boot { namespace, id, bundle, spec, rootfs, share_host_files } = b;
+        let annotations = spec.annotations().clone().unwrap_or_default();
+        let size = sizing::vm_size(&annotations, &cfg.vm)?;
+        check_kvm()?;
+        let cgroup = match spec.linux().as_ref().and_then(|l| l.cgroups_path().as_ref()) {
+            Some(p) => Some(HostCgroup::create(Path::new(CGROUP_ROOT), &p.to_string_lossy())?),
+            None => None,
+        };
+        let shared = if share_host_files {
+            let vcfg = VirtiofsdConfig { binary: cfg.shim.virtiofsd.clone(), ..Default::default() };
+            match SharedFs::start(state.path(), &vcfg) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    if let Some(cg) = &cgroup {
+                        cg.remove();
+                    }
+                    return Err(ShimError::SharedFs { op: "start the pod's shared file system", source: e });
+                }
+            }
+        } else {
+            None
+        };
+        let plan = Self::plan(&cfg, &state, size, rootfs, cgroup.as_ref(), shared.as_ref());
+        // Undoes what was started when a later step fails.
+        let mut shared = Some(shared);
+        let mut undo = |vm: Option<&Vm>| {
+            if let Some(vm) = vm {
+                if vm.kill(SHUTDOWN_TIMEOUT).is_none() {
+                    log::error!("husk-vmm pid {} did not die after SIGKILL", vm.pid());
+                }
+            }
+            if let Some(Some(fs)) = shared.take() {
+                if let Err(e) = fs.stop() {
+                    log::error!("stopping the shared file system after a failed start: {}", crate::error::chain(&e));
+                }
+            }
+            if let Some(cg) = &cgroup {
+                cg.remove();
+            }
+        };
+        let mut info = StateInfo {
+            id: id.into(),
+            namespace: namespace.into(),
+            bundle: bundle.to_path_buf(),
+            shim_pid: std::process::id(),
+            vmm_pid: 0,
+            vcpus: size.vcpus,
+            memory_mib: size.memory.mib(),
+            created_unix: crate::container::now().seconds.max(0) as u64,
+            containers: vec![ContainerInfo { id: id.into(), bundle: bundle.to_path_buf(), slot: String::new(), image: rootfs.path.clone(), image_cached: rootfs.cache_key.is_some() }],
+        };
+        let vm = match state.write_info(&info).and_then(|()| Vm::spawn(plan).map_err(ShimError::from)) {
+            Ok(vm) => vm,
+            Err(e) => {
+                undo(None);
+                return Err(e);
+            }
+        };
+        info.vmm_pid = vm.pid();
+        let connected = state.write_info(&info).and_then(|()| crate::agent::connect(&vm, cfg.shim.agent_vsock_port, Duration::from_secs(cfg.shim.boot_timeout_secs)));
+        let agent = match connected {
+            Ok(a) => a,
+            Err(e) => {
+                undo(Some(&vm));
+                return Err(e);
+            }
+        };
+        let shared = shared.take().flatten();
+        log::info!("sandbox {id}: husk-vmm pid {} with {} vCPUs, {} of memory, {} disk slots", vm.pid(), size.vcpus, size.memory, cfg.vm.disk_slots);
+        let slots = Slots { used: vec![None; cfg.vm.disk_slots as usize], generation: 0 };
+        Ok(Sandbox {
+            id: id.into(),
+            namespace: namespace.into(),
+            vmm: VmmClient::new(state.api_sock()).with_timeout(VMM_API_TIMEOUT),
+            cfg,
+            vm,
+            agent,
+            state,
+            stopping: AtomicBool::new(false),
+            cgroup,
+            shared: Mutex::new(shared),
+            slots: Mutex::new(slots),
+            info: Mutex::new(info),
+            init_pid: AtomicU32::new(0),
+        })
+    }
+
+    /// The virtio-fs tag the guest mounts the pod's shared files from ("" without them).
+    pub fn shared_fs_tag(&self) -> &'static str {
+        if self.shared.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+            SHARED_FS_TAG
+        } else {
+            ""
+        }
+    }
+
+    /// Shares the host path `source` with the guest; returns its path in the guest.
+    pub fn share(&self, source: &Path, read_only: bool) -> Result<(String, PathBuf)> {
+        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(fs) = shared.as_mut() else {
+            return Err(ShimError::invalid("mounts", format!("bind mount of host path {source:?}: pod {} shares no host files (its sandbox was created without them)", self.id)));
+        };
+        let name = fs.share(source, read_only).map_err(|e| ShimError::SharedFs { op: "share a host path", source: e })?;
+        let guest = Path::new(husk_protocol::POD_SHARED_DIR).join(&name);
+        Ok((name, guest))
+    }
+
+    /// Stops sharing `name` (its container is gone). Errors are logged.
+    pub fn unshare(&self, name: &str) {
+        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(fs) = shared.as_mut() {
+            if let Err(e) = fs.unshare(name) {
+                log::warn!("pod {}: {}", self.id, crate::error::chain(&e));
+            }
+        }
+    }
+
+    /// The guest pid of the sandbox container's init (what containerd writes into the
+    /// namespace paths of the pod's other containers); 0 before it exists.
+    pub fn init_pid(&self) -> u32 {
+        self.init_pid.load(Ordering::SeqCst)
+    }
+
+    /// Records the sandbox container's init pid.
+    pub fn set_init_pid(&self, pid: u32) {
+        self.init_pid.store(pid, Ordering::SeqCst);
+    }
+
+    /// Attaches `image` to a free disk slot of the running VM for container `cid`.
+    pub fn attach_rootfs(&self, cid: &str, image: &BuiltImage) -> Result<SlotLease> {
+        let (index, serial) = {
+            let mut s = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(index) = s.used.iter().position(Option::is_none) else {
+                return Err(ShimError::FailedPrecondition(format!(
+                    "pod {} has no free disk slot for container {cid}: all {} are in use ([vm] disk_slots)",
+                    self.id,
+                    s.used.len()
+                )));
+            };
+            s.used[index] = Some(cid.to_string());
+            s.generation += 1;
+            (index, format!("s{index}g{}", s.generation))
+        };
+        let slot = husk_config::vm::slot_name(index as u32);
+        let req = AttachDisk { path: image.path.clone(), id: serial.clone(), read_only: image.read_only };
+        if let Err(e) = self.vmm.attach_disk(&slot, &req) {
+            self.free_slot(index);
+            return Err(ShimError::Vmm { op: "attach a root disk", source: e });
+        }
+        log::info!("sandbox {}: {cid}'s root disk {:?} on {slot} as {serial}", self.id, image.path);
+        Ok(SlotLease { slot, serial })
+    }
+
+    /// Detaches a container's root disk (the guest has unmounted it) and frees the slot.
+    pub fn detach_rootfs(&self, lease: &SlotLease) -> Result<()> {
+        let index = lease.slot.strip_prefix("slot").and_then(|n| n.parse::<usize>().ok());
+        let r = self.vmm.detach_disk(&lease.slot).map(drop).map_err(|source| ShimError::Vmm { op: "detach a root disk", source });
+        // A slot the VMM could not detach stays taken: another image must not go there.
+        if r.is_ok() {
+            if let Some(i) = index {
+                self.free_slot(i);
+            }
+        }
+        r
+    }
+
+    fn free_slot(&self, index: usize) {
+        let mut s = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = s.used.get_mut(index) {
+            *slot = None;
+        }
+    }
+
+    /// Records a container of the sandbox in `state.json`.
+    pub fn record(&self, c: ContainerInfo) {
+        let mut info = self.info.lock().unwrap_or_else(|p| p.into_inner());
+        info.containers.retain(|x| x.id != c.id);
+        info.containers.push(c);
+        if let Err(e) = self.state.write_info(&info) {
+            log::warn!("{}", crate::error::chain(&e));
+        }
+    }
+
+    /// Forgets a container in `state.json`.
+    pub fn forget(&self, cid: &str) {
+        let mut info = self.info.lock().unwrap_or_else(|p| p.into_inner());
+        info.containers.retain(|x| x.id != cid);
+        if let Err(e) = self.state.write_info(&info) {
+            log::warn!("{}", crate::error::chain(&e));
+        }
+    }
+
+    /// The directory of a container of this sandbox (not the sandbox container).
+    pub fn container_dir(&self, cid: &str) -> PathBuf {
+        self.state.container_dir(cid)
+    }
+
+    /// Whether the VMM still runs.
+    pub fn running(&self) -> bool {
+        self.vm.exit_watch().get().is_none()
+    }
+
+    /// Kills the VMM at once (a guest that does not answer); waits until it is reaped.
+    pub fn kill_vm(&self) {
+        if self.vm.kill(SHUTDOWN_TIMEOUT).is_none() {
+            log::error!("husk-vmm pid {} did not die after SIGKILL", self.vm.pid());
+        }
+    }
+
+    /// Stops the VM (the agent powers it off; SIGKILL if it does not within the timeout) and
+    /// removes the host side: cgroup, state directory (uncached images included).
+    pub fn destroy(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        if self.running() {
+            let ctx = ttrpc::context::with_timeout(Duration::from_secs(5).as_nanos() as i64);
+            if let Err(e) = self.agent.shutdown(ctx, &agent::ShutdownRequest::new()) {
+                log::debug!("agent Shutdown of sandbox {}: {e}", self.id);
+            }
+            if self.vm.exit_watch().wait(Some(SHUTDOWN_TIMEOUT)).is_none() {
+                log::warn!("VM of sandbox {} did not power off within {SHUTDOWN_TIMEOUT:?}; killing husk-vmm", self.id);
+                self.kill_vm();
+            }
+        }
+        if let Some(fs) = self.shared.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            if let Err(e) = fs.stop() {
+                log::error!("pod {}: stopping the shared file system: {}", self.id, crate::error::chain(&e));
+            }
+        }
+        if let Some(cg) = &self.cgroup {
+            cg.remove();
+        }
+        if let Err(e) = self.state.remove() {
+            log::error!("{}", crate::error::chain(&e));
+        }
+        log::info!("sandbox {} destroyed", self.id);
+    }
+}
