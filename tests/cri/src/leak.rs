@@ -1,7 +1,8 @@
 //! The leak check after every pod of a handler is gone, counted from /proc, /proc/self/mounts
 //! and /sys: no husk-vmm or husk shim, no shim of this containerd, no process in a pod cgroup
-//! of this run, no new mount below containerd's or husk's dirs or in /run/netns, no new loop
-//! device, nothing in husk's state dir, no port left on the CNI bridge.
+//! of this run or naming containerd's or husk's dirs (virtiofsd), no new mount below those
+//! dirs or in /run/netns, no new loop device, nothing in husk's state dir, no port left on
+//! the CNI bridge.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -46,14 +47,22 @@ pub fn findings(opts: &Opts, baseline: &Baseline) -> Result<Vec<String>, ProcErr
     let mut out = Vec::new();
     let procs = procfs::processes()?;
     let sock = opts.socket.display().to_string();
-    for p in &procs {
+    let me = std::process::id();
+    for p in procs.iter().filter(|p| p.pid != me) {
         let husk = HUSK_PROCS.contains(&p.name()) && !baseline.pids.contains(&p.pid);
         let shim = p.name().starts_with("containerd-shim")
             && p.arg_after("-address") == Some(sock.as_str());
         let in_pod = procfs::cgroups(p.pid)
             .iter()
             .any(|c| c.contains(&format!("/pod{}-", opts.run)));
-        if husk || shim || in_pod {
+        // virtiofsd and anything else started for a pod names a path of ours.
+        let cmdline = p.cmdline();
+        let names_ours = opts
+            .watch
+            .iter()
+            .chain(opts.husk_state_dir.iter())
+            .any(|d| cmdline.contains(&*d.to_string_lossy()));
+        if husk || shim || in_pod || names_ours {
             out.push(format!(
                 "process {} ({}, state {}){}",
                 p.pid,

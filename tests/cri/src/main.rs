@@ -85,6 +85,9 @@ struct RunArgs {
     /// Seconds one case may take in all.
     #[arg(long, default_value_t = 900)]
     case_timeout: u64,
+    /// Seconds the whole run may take: cases that would start later fail as not run.
+    #[arg(long)]
+    budget: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -130,6 +133,7 @@ impl RunArgs {
             run: self.run.clone(),
             containerd_pidfile: self.containerd_pidfile.clone(),
             case_timeout: Duration::from_secs(self.case_timeout),
+            budget: self.budget.map(Duration::from_secs),
             wait: Duration::from_secs(self.wait),
             watch: self.watch.clone(),
             husk_state_dir: self.husk_state_dir.clone(),

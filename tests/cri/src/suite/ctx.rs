@@ -27,6 +27,9 @@ pub struct Opts {
     pub containerd_pidfile: Option<PathBuf>,
     /// How long a case may take in all.
     pub case_timeout: Duration,
+    /// How long the whole run may take; cases that would start later fail as not run (the
+    /// leak check still runs).
+    pub budget: Option<Duration>,
     /// How long a container may take to reach a state, an exec to see a result.
     pub wait: Duration,
     /// Directories below which no mount may be left (containerd's root and state).

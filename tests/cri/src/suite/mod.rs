@@ -81,6 +81,7 @@ pub struct Tally {
 /// Runs the cases matching `filter` (all if empty; `leak-check` always) for each handler.
 pub async fn run(cri: Cri, opts: Opts, handlers: &[String], filter: &[String]) -> Result<Tally> {
     let baseline = Baseline::take()?;
+    let suite_start = Instant::now();
     let mut tally = Tally::default();
     for handler in handlers {
         let ctx = Ctx::new(cri.clone(), opts.clone(), handler);
@@ -92,17 +93,22 @@ pub async fn run(cri: Cri, opts: Opts, handlers: &[String], filter: &[String]) -
                 continue;
             }
             let start = Instant::now();
-            let outcome = match tokio::time::timeout(
-                opts.case_timeout,
-                run_case(name, &ctx, &baseline),
-            )
-            .await
-            {
-                Ok(r) => r,
-                Err(_) => Err(anyhow::anyhow!(
-                    "the case did not finish within {} s",
-                    opts.case_timeout.as_secs()
-                )),
+            // Past the run's budget only the leak check runs; a case gets what is left of it.
+            let left = opts.budget.map(|b| b.saturating_sub(suite_start.elapsed()));
+            let limit = match left {
+                Some(l) if name != "leak-check" => opts.case_timeout.min(l),
+                _ => opts.case_timeout,
+            };
+            let outcome = if limit.is_zero() {
+                Err(anyhow::anyhow!("not run: the suite's time budget is spent"))
+            } else {
+                match tokio::time::timeout(limit, run_case(name, &ctx, &baseline)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(anyhow::anyhow!(
+                        "the case did not finish within {} s",
+                        limit.as_secs()
+                    )),
+                }
             };
             let cleanup = ctx.cleanup_case().await;
             let secs = start.elapsed().as_secs_f64();

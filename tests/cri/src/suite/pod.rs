@@ -248,6 +248,29 @@ pub async fn share_pid(ctx: &Ctx) -> Result<()> {
             "`ps` in container {name} does not show /pause as PID 1:\n{ps}"
         );
     }
+    // An orphan goes to the pod's PID 1, the pause process, which reaps it when it exits.
+    let orphan = ctx
+        .sh_out(&ca, "sleep 3 </dev/null >/dev/null 2>&1 & echo $!")
+        .await?;
+    let orphan = orphan.trim();
+    ensure!(
+        !orphan.is_empty() && orphan.bytes().all(|b| b.is_ascii_digit()),
+        "the orphan's pid is [{orphan}]"
+    );
+    let stat = format!("cat /proc/{orphan}/stat 2>/dev/null; true");
+    let parent = ctx.sh_out(&ca, &stat).await?;
+    let ppid = parent
+        .rsplit(')')
+        .next()
+        .and_then(|r| r.split_whitespace().nth(1));
+    ensure!(
+        parent.is_empty() || ppid == Some("1"),
+        "the orphan {orphan} was not reparented to PID 1: /proc/{orphan}/stat [{}]",
+        parent.trim()
+    );
+    ctx.sh_until(&ca, &stat, |o| o.trim().is_empty())
+        .await
+        .context("the orphan (sleep 3) was not reaped by the pause process (a zombie is left)")?;
     super::multi::one_shim_one_vm(ctx, &pod, &[&ca, &cb])?;
     Ok(())
 }
