@@ -54,7 +54,9 @@ cri_teardown() {
   local rc=$? d p f
   set +e
   if [ "$rc" != 0 ] && [ -n "${E2E_WORK:-}" ]; then
-    echo "--- containerd log, shims' output included (last 300 lines)"; tail -300 "$E2E_WORK/ctrd/containerd.log"
+    echo "--- containerd log, shims' output included: errors and warnings (last 150)"
+    grep -E 'level=(error|warning|fatal)' "$E2E_WORK/ctrd/containerd.log" | tail -150
+    echo "--- containerd log (last 80 lines)"; tail -80 "$E2E_WORK/ctrd/containerd.log"
     for f in "$E2E_WORK"/run-husk/*/*.log; do [ -f "$f" ] && { echo "--- $f (tail)"; tail -40 "$f"; }; done
   fi >&2
   if [ -n "${CTRD_LOOP:-}" ]; then

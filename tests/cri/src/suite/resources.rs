@@ -9,8 +9,8 @@ use super::Skip;
 
 /// A container that burns a fixed amount of CPU, then marks /tmp/busy-done and sleeps.
 const BUSY: &str =
-    "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done; touch /tmp/busy-done; exec sleep 100009";
-/// CPU the busy loop takes at the least (it takes about 1 s natively).
+    "i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done; touch /tmp/busy-done; exec sleep 100009";
+/// CPU the busy loop takes at the least (it takes about 0.3 s natively).
 const MIN_CPU_NS: u64 = 50_000_000;
 
 async fn busy_container(ctx: &Ctx, name: &str) -> Result<String> {
