@@ -333,14 +333,19 @@ impl Cri {
         })
     }
 
-    pub async fn list_containers(&self, filter: ContainerFilter) -> Result<Vec<Container>> {
+    /// The containers of a pod.
+    pub async fn list_containers(&self, pod_id: &str) -> Result<Vec<Container>> {
+        let filter = ContainerFilter {
+            pod_sandbox_id: pod_id.into(),
+            ..Default::default()
+        };
         let req = ListContainersRequest {
             filter: Some(filter),
         };
         Ok(self
             .call(
                 "ListContainers",
-                "",
+                pod_id,
                 self.timeout,
                 self.rt.clone().list_containers(req),
             )

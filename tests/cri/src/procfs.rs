@@ -229,9 +229,9 @@ mod tests {
 
     #[test]
     fn shims_match_address_and_id() {
-        let procs = vec![
+        let shim = |pid, sock| {
             p(
-                1,
+                pid,
                 0,
                 &[
                     "/bin/containerd-shim-runc-v2",
@@ -240,23 +240,11 @@ mod tests {
                     "-id",
                     "abc",
                     "-address",
-                    "/x/c.sock",
+                    sock,
                 ],
-            ),
-            p(
-                2,
-                0,
-                &[
-                    "/bin/containerd-shim-runc-v2",
-                    "-namespace",
-                    "k8s.io",
-                    "-id",
-                    "abc",
-                    "-address",
-                    "/y/c.sock",
-                ],
-            ),
-        ];
+            )
+        };
+        let procs = vec![shim(1, "/x/c.sock"), shim(2, "/y/c.sock")];
         assert_eq!(shims(&procs, "/x/c.sock", "abc").len(), 1);
         assert_eq!(shims(&procs, "/y/c.sock", "abc").len(), 1);
         assert!(shims(&procs, "/x/c.sock", "abd").is_empty());

@@ -4,6 +4,22 @@ use std::path::PathBuf;
 
 use k8s_cri::v1::*;
 
+/// The namespaces kubelet asks for: the pod's network and IPC, and the pod's PID namespace
+/// (shareProcessNamespace) or one per container.
+fn namespaces(share_pid: bool) -> NamespaceOption {
+    let pid = if share_pid {
+        NamespaceMode::Pod
+    } else {
+        NamespaceMode::Container
+    };
+    NamespaceOption {
+        network: NamespaceMode::Pod as i32,
+        pid: pid as i32,
+        ipc: NamespaceMode::Pod as i32,
+        ..Default::default()
+    }
+}
+
 /// A pod of one run: names, where its logs go, and the namespaces kubelet asks for.
 #[derive(Debug, Clone)]
 pub struct PodSpec {
@@ -26,11 +42,6 @@ impl PodSpec {
     }
 
     pub fn config(&self) -> PodSandboxConfig {
-        let pid = if self.share_pid {
-            NamespaceMode::Pod
-        } else {
-            NamespaceMode::Container
-        };
         PodSandboxConfig {
             metadata: Some(PodSandboxMetadata {
                 name: self.name.clone(),
@@ -49,12 +60,7 @@ impl PodSpec {
             linux: Some(LinuxPodSandboxConfig {
                 cgroup_parent: self.cgroup_parent(),
                 security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: Some(NamespaceOption {
-                        network: NamespaceMode::Pod as i32,
-                        pid: pid as i32,
-                        ipc: NamespaceMode::Pod as i32,
-                        ..Default::default()
-                    }),
+                    namespace_options: Some(namespaces(self.share_pid)),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -100,19 +106,9 @@ impl ContainerSpec {
     }
 
     pub fn config(&self) -> ContainerConfig {
-        let pid = if self.share_pid {
-            NamespaceMode::Pod
-        } else {
-            NamespaceMode::Container
-        };
         let mut sc = LinuxContainerSecurityContext {
             readonly_rootfs: self.readonly_rootfs,
-            namespace_options: Some(NamespaceOption {
-                network: NamespaceMode::Pod as i32,
-                pid: pid as i32,
-                ipc: NamespaceMode::Pod as i32,
-                ..Default::default()
-            }),
+            namespace_options: Some(namespaces(self.share_pid)),
             ..Default::default()
         };
         if let Some((uid, gid)) = self.user {

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use k8s_cri::v1::{ContainerFilter, ContainerState, ContainerStatus};
+use k8s_cri::v1::{ContainerState, ContainerStatus};
 
 use super::ctx::{state_name, Ctx};
 use crate::cri_log;
@@ -73,12 +73,7 @@ pub async fn lifecycle(ctx: &Ctx) -> Result<()> {
         st.started_at,
         st.created_at
     );
-    let running = cri
-        .list_containers(ContainerFilter {
-            pod_sandbox_id: pod.id.clone(),
-            ..Default::default()
-        })
-        .await?;
+    let running = cri.list_containers(&pod.id).await?;
     ensure!(
         running
             .iter()
@@ -122,12 +117,7 @@ pub async fn lifecycle(ctx: &Ctx) -> Result<()> {
     cri.remove_container(&c)
         .await
         .context("RemoveContainer again (must be idempotent)")?;
-    let left = cri
-        .list_containers(ContainerFilter {
-            pod_sandbox_id: pod.id.clone(),
-            ..Default::default()
-        })
-        .await?;
+    let left = cri.list_containers(&pod.id).await?;
     ensure!(
         !left.iter().any(|x| x.id == c),
         "ListContainers still lists the removed {c}"

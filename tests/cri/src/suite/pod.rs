@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use k8s_cri::v1::{ContainerFilter, ContainerState, DnsConfig, PodSandboxFilter, PodSandboxState};
+use k8s_cri::v1::{ContainerState, DnsConfig, PodSandboxFilter, PodSandboxState};
 
 use super::ctx::{describe, Ctx};
 use crate::procfs;
@@ -130,12 +130,7 @@ pub async fn lifecycle(ctx: &Ctx) -> Result<()> {
         Err(e) if e.code() == Some(tonic::Code::NotFound) => {}
         other => bail!("PodSandboxStatus after RemovePodSandbox: want NotFound, got {other:?}"),
     }
-    let left = cri
-        .list_containers(ContainerFilter {
-            pod_sandbox_id: pod.id.clone(),
-            ..Default::default()
-        })
-        .await?;
+    let left = cri.list_containers(&pod.id).await?;
     ensure!(
         left.is_empty(),
         "ListContainers after RemovePodSandbox still lists {left:?}"
