@@ -46,7 +46,11 @@ fn stats_pause_resume_and_process_list() {
     let mut resume = ResumeContainerRequest::new();
     resume.container_id = "p".into();
     a.client.resume_container(common::ctx(), &resume).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // Polled: on a loaded host the thawed loop may take a while to get the CPU.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while counter(&a) == frozen && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(counter(&a) > frozen, "the resumed container did not run");
 
     a.signal("p", "", libc::SIGKILL, true).unwrap();

@@ -71,9 +71,27 @@ fn exec_stdin_signals_and_kill() {
     let w = a.wait("c", "trap");
     assert_eq!((w.exit_status, w.signal), (7, 0));
 
-    // Duplicate exec id.
-    let (code, msg) = status(a.exec("c", "trap", &process(&["true"]), false));
+    // A running exec's id is taken; an exited one's is free again, and RemoveProcess forgets
+    // an exited exec (refused while it runs).
+    a.exec("c", "long", &process(&["sleep", "1000"]), false).unwrap();
+    let (code, msg) = status(a.exec("c", "long", &process(&["true"]), false));
     assert_eq!(code, ttrpc::Code::ALREADY_EXISTS, "{msg}");
+    let rm = |id: &str| {
+        let mut r = RemoveProcessRequest::new();
+        r.container_id = "c".into();
+        r.exec_id = id.into();
+        a.client.remove_process(common::ctx(), &r)
+    };
+    let (code, msg) = status(rm("long"));
+    assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION, "{msg}");
+    a.signal("c", "long", libc::SIGKILL, false).unwrap();
+    a.wait("c", "long");
+    rm("long").unwrap();
+    let (code, msg) = status(rm("long"));
+    assert_eq!(code, ttrpc::Code::NOT_FOUND, "{msg}");
+    a.exec("c", "trap", &process(&["sh", "-c", "echo again"]), false).unwrap();
+    assert_eq!(a.read_all("c", "trap", false), b"again\n");
+    assert_eq!(a.wait("c", "trap").exit_status, 0);
 
     // Remove while running is refused.
     let (code, _) = status(a.remove("c"));

@@ -162,13 +162,21 @@ impl Container {
             // A new process would freeze on joining the cgroup, before it could report.
             return Err(AgentError::FailedPrecondition(format!("container {} is paused", self.id)));
         }
-        // Reserve the id while spawning.
+        // An id whose process has exited is free again (as with runc, once containerd
+        // deleted that exec).
         {
-            let execs = self.execs.lock().unwrap_or_else(|e| e.into_inner());
-            if execs.contains_key(exec_id) {
-                return Err(AgentError::AlreadyExists(format!(
-                    "exec id {exec_id:?} already exists in container {}", self.id
-                )));
+            let mut execs = self.execs.lock().unwrap_or_else(|e| e.into_inner());
+            match execs.get(exec_id) {
+                Some(old) if old.exit_info().is_some() => {
+                    old.abandon();
+                    execs.remove(exec_id);
+                }
+                Some(_) => {
+                    return Err(AgentError::AlreadyExists(format!(
+                        "exec id {exec_id:?} already exists in container {}", self.id
+                    )))
+                }
+                None => {}
             }
         }
         let ns_dir = PathBuf::from(format!("/proc/{}/ns", self.init.pid));
@@ -195,6 +203,21 @@ impl Container {
         }
         execs.insert(exec_id.to_string(), p.clone());
         Ok(p)
+    }
+
+    /// Forgets the exited exec'd process `exec_id`.
+    pub fn remove_process(&self, exec_id: &str) -> Result<()> {
+        check_id("exec id", exec_id)?;
+        let mut execs = self.execs.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(p) = execs.get(exec_id) else {
+            return Err(AgentError::NotFound(format!("process {exec_id:?} not found in container {}", self.id)));
+        };
+        if p.exit_info().is_none() {
+            return Err(AgentError::FailedPrecondition(format!("process {exec_id:?} of container {} is still running", self.id)));
+        }
+        p.abandon();
+        execs.remove(exec_id);
+        Ok(())
     }
 
     /// Kills what is left, unmounts and removes the container's state.

@@ -272,6 +272,12 @@ impl Agent for AgentService {
         Ok(r)
     }
 
+    fn remove_process(&self, _: &TtrpcContext, req: RemoveProcessRequest) -> ttrpc::Result<Empty> {
+        let c = ok(self.container(&req.container_id))?;
+        ok(c.remove_process(&req.exec_id))?;
+        Ok(Empty::new())
+    }
+
     fn write_stdin(&self, _: &TtrpcContext, req: WriteStdinRequest) -> ttrpc::Result<WriteStdinResponse> {
         if req.data.len() > husk_protocol::MAX_STDIO_CHUNK as usize {
             return ok(Err(AgentError::InvalidArgument(format!(

@@ -30,8 +30,9 @@ fn mounts_under(dir: &Path) -> Vec<String> {
 
 /// The options of the mount at `target` in /proc/PID/mountinfo (`self` for ours).
 fn mount_options(pid: &str, target: &str) -> Option<String> {
+    // A process may be gone by the time its mount table is read: that is "not there".
     std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
-        .unwrap()
+        .ok()?
         .lines()
         .find_map(|l| {
             let f: Vec<&str> = l.split(' ').collect();
@@ -205,7 +206,13 @@ fn virtiofsd_sees_volumes_shared_after_it_started_read_only_included() {
         );
         std::thread::sleep(Duration::from_millis(20));
     };
-    let server_view = |name: &str| mount_options(&server.to_string(), &format!("/{name}"));
+    // Looked up again each time: a child seen while virtiofsd sets up its sandbox may be a
+    // short-lived helper rather than the server.
+    let server_view = |name: &str| {
+        pids_serving(&socket, parent)
+            .iter()
+            .find_map(|p| mount_options(&p.to_string(), &format!("/{name}")))
+    };
     let ro = fs.share(vols.path(), true).unwrap();
     let rw = fs.share(&vols.path().join("file"), false).unwrap();
     let wait_for = |name: &str, present: bool| {

@@ -141,6 +141,12 @@ impl Service {
                 return Err(ShimError::FailedPrecondition(format!("exec {:?} of {} is still running", req.exec_id, c.id)));
             }
             c.execs.lock().unwrap_or_else(|p| p.into_inner()).remove(&req.exec_id);
+            if c.sandbox.running() {
+                let r = agent::RemoveProcessRequest { container_id: c.id.clone(), exec_id: req.exec_id.clone(), ..Default::default() };
+                if let Err(e) = c.sandbox.agent.remove_process(short(), &r) {
+                    log::warn!("RemoveProcess {}/{}: {e}", c.id, req.exec_id);
+                }
+            }
             return Ok(api::DeleteResponse { pid: st.pid, exit_status: st.exit_status, exited_at: st.exited_at.into(), ..Default::default() });
         }
         let st = c.init.state();
