@@ -68,11 +68,12 @@ fn containers_of_a_pod_share_its_namespaces_and_shm() {
 
     // A member: same hostname, network and IPC settings, its writes to /dev/shm reach the pod;
     // its own PID namespace (it is PID 1 there).
-    let m = member(&a, &["sh", "-c", "hostname; cat /proc/sys/net/ipv4/ip_forward /proc/sys/kernel/shmmni; echo from-app >/dev/shm/x; echo pid=$$; ls /sys/class/net | grep -c ."], false);
+    let m = member(&a, &["sh", "-c", "hostname; cat /proc/sys/net/ipv4/ip_forward /proc/sys/kernel/shmmni; echo from-app >/dev/shm/x; echo pid=$$; ls /sys/class/net | grep -c .; cat /sys/class/net/lo/operstate /sys/class/net/lo/flags"], false);
     create(&a, "app", "pause", &m).unwrap();
     start(&a, "app");
     let out = output(&a, "app");
-    assert_eq!(out, "podhost\n1\n1234\npid=1\n1\n", "only lo in the pod's new network namespace");
+    // Only lo in the pod's new network namespace, and up (IFF_UP|IFF_LOOPBACK).
+    assert_eq!(out, "podhost\n1\n1234\npid=1\n1\nunknown\n0x9\n", "{out}");
     a.exec("pause", "see", &process(&["cat", "/dev/shm/x"]), false).unwrap();
     assert_eq!(a.read_all("pause", "see", false), b"from-app\n");
 

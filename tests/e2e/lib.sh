@@ -65,7 +65,7 @@ e2e_pids() {
     pid=${d#/proc/}
     [ "$pid" = "${CTRD_PID:-}" ] || [ "$pid" = $$ ] || [ "$pid" = "${BASHPID:-}" ] && continue
     grep -qs ') Z ' "$d/stat" && continue
-    tr '\0' ' ' <"$d/cmdline" 2>/dev/null | grep -q -- "$E2E_WORK" && echo "$pid"
+    tr '\0' ' ' 2>/dev/null <"$d/cmdline" | grep -q -- "$E2E_WORK" && echo "$pid"
   done
   return 0
 }
@@ -95,7 +95,7 @@ e2e_teardown() {
 leak_check() {
   local left p
   for p in $(e2e_pids); do
-    fail "process $p ($(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null)) still running"
+    fail "process $p ($(tr '\0' ' ' 2>/dev/null <"/proc/$p/cmdline")) still running"
   done
   left=$(awk -v d="$E2E_WORK/" 'index($2, d) == 1 {print $2}' /proc/self/mounts)
   [ -z "$left" ] || fail "mounts left: $left"

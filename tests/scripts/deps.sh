@@ -12,6 +12,8 @@ PKGS=(
   qemu-system-x86 busybox-static cpio kmod zstd
   # container runtime peers and image tools
   containerd runc e2fsprogs erofs-utils iproute2 util-linux procps
+  # container networking (CNI bridge/portmap plugins, iptables-legacy in the testbed)
+  containernetworking-plugins iptables
   # the tests talk to the VMM control API over its unix socket
   curl
   # rust crates that build C

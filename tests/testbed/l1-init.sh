@@ -1,53 +1,50 @@
 #!/bin/busybox sh
-# /init of the testbed's outer VM (L1): load the modules that give real KVM, mount the host's
-# root read-only over 9p, give it writable tmpfs places, then run the command in a chroot.
-# The control share (/ctl) carries the command in and the exit status out.
-/bin/busybox mkdir -p /proc /sys /dev /bin /sbin /usr/bin /usr/sbin /host /ctl
+# /init of the testbed's outer VM (L1), stage 1: load the modules (KVM, 9p, overlay, netfilter,
+# tc), build the new root and switch into it; l1-stage2.sh runs the command there.
+# The new root is an overlay: the host's / over 9p (read-only) as its lower layer, a tmpfs as
+# its upper one, so the host's files are at their paths, writes anywhere land in RAM and never
+# reach the host, and runc sees a real root (from the initramfs it can only chroot, and then
+# `runc exec` joins the initramfs instead of the container's root). On top of it, tmpfs on
+# /tmp, /run, /var/{tmp,lib,log,cache}, /mnt, /root/.cache (each at most TB_MEM_TMP), and the
+# control and results shares at their host paths.
+# The control share carries the command in (cmd.sh, env.sh) and the exit status out (rc).
+/bin/busybox mkdir -p /proc /sys /dev /bin /sbin /usr/bin /usr/sbin /ctl /lower /up /new
 /bin/busybox --install -s
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 stty -onlcr -F /dev/console 2>/dev/null
+ctl=/ctl
 say() { echo "testbed: $*" >/dev/console; }
-fail() { say "$*"; echo 125 >/ctl/rc 2>/dev/null; sync; poweroff -f; }
+fail() { say "$*"; echo 125 >$ctl/rc 2>/dev/null; sync; poweroff -f; }
 
 for m in $(cat /modules.order); do
   insmod "/modules/$m" 2>/tmp/insmod.err || say "insmod $m: $(cat /tmp/insmod.err)"
 done
 o9p="trans=virtio,version=9p2000.L,msize=262144"
 mount -t 9p -o "$o9p,rw,cache=none" ctl /ctl || fail "cannot mount the control share"
-mount -t 9p -o "$o9p,ro,cache=loose" hostroot /host || fail "cannot mount the host root"
 [ -c /dev/kvm ] || fail "no /dev/kvm in the outer VM (kvm_amd did not load: is svm exposed?)"
-
 . /ctl/env.sh   # TB_CTL, TB_OUT, TB_OUT_SHARE, TB_MEM_TMP
-h=/host
-mount -t devtmpfs dev $h/dev
-mkdir -p $h/dev/pts $h/dev/shm
-ln -sf /proc/self/fd $h/dev/fd
-ln -sf /proc/self/fd/0 $h/dev/stdin
-ln -sf /proc/self/fd/1 $h/dev/stdout
-ln -sf /proc/self/fd/2 $h/dev/stderr
-mount -t devpts -o newinstance,ptmxmode=0666 devpts $h/dev/pts
-mount -t tmpfs -o mode=1777 tmpfs $h/dev/shm
-mount -t proc proc $h/proc
-mount -t sysfs sys $h/sys
-mount -t cgroup2 cgroup2 $h/sys/fs/cgroup
+
+# The host's / must be exported with multidevs=remap (run does): without it the mount points
+# of different host file systems (/proc, /sys) share inode numbers and overlayfs merges them.
+mount -t 9p -o "$o9p,ro,cache=loose" hostroot /lower || fail "cannot mount the host root"
+mount -t tmpfs -o mode=0755,size=${TB_MEM_TMP} tmpfs /up && mkdir /up/u /up/w &&
+  mount -t overlay -o lowerdir=/lower,upperdir=/up/u,workdir=/up/w overlay /new ||
+  fail "cannot mount the overlay of the host root"
+n=/new
 for d in /tmp /run /var/tmp /var/lib /var/log /var/cache /mnt /root/.cache; do
-  [ -d "$h$d" ] && mount -t tmpfs -o mode=0755,size=${TB_MEM_TMP} tmpfs "$h$d"
+  mkdir -p "$n$d" && mount -t tmpfs -o mode=0755,size=${TB_MEM_TMP} tmpfs "$n$d" || fail "cannot mount a tmpfs on $d"
 done
-chmod 1777 $h/tmp $h/var/tmp
-mkdir -p "$h$TB_CTL" && mount --bind /ctl "$h$TB_CTL" || fail "cannot mount the control share in the chroot"
+chmod 1777 $n/tmp $n/var/tmp
+mkdir -p "$n$TB_CTL" && mount --move /ctl "$n$TB_CTL" || fail "cannot move the control share to $TB_CTL"
+ctl="$n$TB_CTL"
 if [ "$TB_OUT_SHARE" = 1 ]; then
-  mkdir -p /out "$h$TB_OUT" && mount -t 9p -o "$o9p,rw,cache=none" out /out && mount --bind /out "$h$TB_OUT" \
-    || fail "cannot mount the results share"
+  mkdir -p "$n$TB_OUT" && mount -t 9p -o "$o9p,rw,cache=none" out "$n$TB_OUT" || fail "cannot mount the results share"
 fi
-ip link set lo up
-hostname husk-testbed
-say "ready after $(cut -d' ' -f1 /proc/uptime) s of outer-VM uptime"
-# Heartbeat: the host side (run) takes a stale one as a stalled outer VM. The selftest
-# stands in for a stall that no kick can end by creating /ctl/no-heartbeat.
-(while :; do [ -e /ctl/no-heartbeat ] || cut -d' ' -f1 /proc/uptime >/ctl/heartbeat; sleep 10; done) </dev/null >/dev/null 2>&1 &
-chroot $h /bin/bash "$TB_CTL/cmd.sh" </dev/null >/dev/console 2>&1
-echo $? >/ctl/rc
-sync
-poweroff -f
+# Stage 2 and the busybox it runs with go where switch_root (which empties the initramfs)
+# leaves them: the new root's /run.
+s2=/run/husk-testbed
+mkdir -p "$n$s2" && cp /bin/busybox /stage2.sh "$n$s2/" || fail "cannot copy stage 2 to $s2"
+for d in /dev /proc /sys; do mount --move "$d" "$n$d" || fail "cannot move $d into the new root"; done
+exec switch_root "$n" "$s2/busybox" sh "$s2/stage2.sh" "$TB_CTL"

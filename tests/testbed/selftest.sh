@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Tests of the testbed itself, run on the host: the command's output and exit status come
 # through; two runs at once don't clash; a hanging command is killed at the timeout with a
-# clear message and no QEMU left behind; a frozen outer VM is detected.
+# clear message and no QEMU left behind; a frozen outer VM is detected; the outer VM's root is a
+# real one (runc's exec, /proc and /sys, the writable overlay) with netfilter and tc for CNI
+# (selftest-root.sh, in the second of the first two runs).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 run="$here/run"
@@ -19,20 +21,47 @@ check() {
   return 0
 }
 
-# Two at once: distinct exit statuses and outputs, a results dir written from inside.
-mkdir -p "$tmp/outA"
+# Two at once: distinct exit statuses and outputs, a results dir written from inside. The
+# second one also records what the outer VM's root looks like (checked further down).
+mkdir -p "$tmp/outA" "$tmp/outB"
+alt_before=$(readlink /etc/alternatives/iptables 2>/dev/null)
 "$run" --timeout 300 --out "$tmp/outA" -- bash -c 'echo marker-A; echo result >"$HUSK_TESTBED_OUT/r.txt"; [ -c /dev/kvm ] || exit 9; exit 3' >"$tmp/a.log" 2>&1 &
 pa=$!
-"$run" --timeout 300 -- bash -c 'echo marker-B; touch /tmp/w && test -w /run && exit 0' >"$tmp/b.log" 2>&1 &
+"$run" --timeout 900 --out "$tmp/outB" -- bash -c 'echo marker-B; touch /tmp/w && test -w /run && "$1" "$HUSK_TESTBED_OUT"' - "$here/selftest-root.sh" >"$tmp/b.log" 2>&1 &
 pb=$!
 wait $pa; ra=$?
 wait $pb; rb=$?
 check "exit status passes through (3)" '[ $ra = 3 ]'
-check "second concurrent run exits 0 with writable /tmp and /run" '[ $rb = 0 ]'
+check "second concurrent run exits 0 with writable /tmp and /run" '[ $rb = 0 ]' "$tmp/b.log"
 check "output streamed (A)" 'grep -q "^marker-A" "$tmp/a.log"'
 check "output streamed (B)" 'grep -q "^marker-B" "$tmp/b.log"'
 check "results dir written back" '[ "$(cat "$tmp/outA/r.txt" 2>/dev/null)" = result ]'
 grep -h "ready after" "$tmp/a.log" "$tmp/b.log" | sed 's/^/  /'
+
+# The outer VM's root (selftest-root.sh's findings in outB).
+o="$tmp/outB"
+check "runc: a process exec'd into a container sees the image's root, not the initramfs" \
+  'grep -qx -- "--- exit 0" "$o/exec-ls.txt" && grep -qx bin "$o/exec-ls.txt" && grep -qx etc "$o/exec-ls.txt" && grep -qx home "$o/exec-ls.txt" &&
+   ! grep -qxE "init|linuxrc|modules.order|modules|lower|up|new" "$o/exec-ls.txt"' "$o/exec-ls.txt"
+check "/proc is procfs and /sys is sysfs, each with its own content (not merged by the overlay)" \
+  'grep -qx "/proc proc" "$o/fstypes.txt" && grep -qx "/sys sysfs" "$o/fstypes.txt" &&
+   grep -q "/proc has /proc/self/status" "$o/fstypes.txt" && grep -q "/sys has /sys/class/net" "$o/fstypes.txt"' "$o/fstypes.txt"
+probe=$(sed -n 2p "$o/probe.txt" 2>/dev/null)
+check "a write to a host path succeeds in the outer VM and does not reach the host" \
+  '[ "$(head -n1 "$o/probe.txt")" = written ] && [ -n "$probe" ] && [ ! -e "$probe" ]' "$o/probe.txt"
+check "iptables -t nat -L works, through iptables-legacy" \
+  'grep -qx /usr/sbin/iptables-legacy "$o/iptables.txt" && grep -q "^Chain POSTROUTING" "$o/iptables.txt"' "$o/iptables.txt"
+check "the host's iptables alternative is untouched" '[ "$(readlink /etc/alternatives/iptables 2>/dev/null)" = "$alt_before" ]'
+check "CNI bridge (ipMasq) + portmap: ADD gives the pod an address, DNAT and MASQUERADE rules" \
+  'grep -qx "bridge ADD ok" "$o/cni.txt" && grep -qx "portmap ADD ok" "$o/cni.txt" && grep -q "inet 198\.51\.100\." "$o/cni.txt" &&
+   grep -qE -- "-j DNAT --to-destination 198\.51\.100\.[0-9]+:80" "$o/cni.txt" && grep -qE -- "^-A CNI-[0-9a-f]+ .*-j MASQUERADE" "$o/cni.txt"' "$o/cni.txt"
+check "CNI DEL removes the pod's chains" \
+  'grep -qx "portmap DEL ok" "$o/cni.txt" && grep -qx "bridge DEL ok" "$o/cni.txt" &&
+   sed -n "/^--- nat after DEL/,\$p" "$o/cni.txt" >"$tmp/nat-del.txt" && grep -qx -- "-N CNI-HOSTPORT-DNAT" "$tmp/nat-del.txt" &&
+   ! grep -qE "^-N CNI-(DN-)?[0-9a-f]+$" "$tmp/nat-del.txt"' "$o/cni.txt"
+check "tc: ingress qdisc + u32 mirred filter redirects a veth's packets to another veth" \
+  'grep -qE "^u32: tbd received [1-9][0-9]* packets" "$o/tc.txt"' "$o/tc.txt"
+check "tc: the same with a matchall filter" 'grep -qE "^matchall: tbd received [1-9][0-9]* packets" "$o/tc.txt"' "$o/tc.txt"
 
 # A hanging command is killed at the timeout.
 "$run" --timeout 25 -- sleep 1000 >"$tmp/t.log" 2>&1; rt=$?

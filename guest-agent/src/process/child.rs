@@ -121,6 +121,11 @@ fn setup_and_exec(setup: Setup<'_>, fds: &ChildFds, plan: &ExecPlan) -> ChildRes
             }
             nix::sched::unshare(*flags)
                 .map_err(|e| ChildError::sys(format!("creating namespaces {flags:?}"), e))?;
+            // As runc: a new network namespace gets its loopback interface up.
+            if flags.contains(CloneFlags::CLONE_NEWNET) {
+                crate::network::set_up("lo", true)
+                    .map_err(|e| ChildError::sys("bringing up lo in the new network namespace", e))?;
+            }
             setup_root(root)?
         }
         Setup::Join(namespaces) => {
