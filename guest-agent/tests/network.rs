@@ -100,6 +100,19 @@ fn interfaces_and_routes_go_to_the_pods_network_namespace() {
     assert!(table.contains("10.50.0.0/16 dev eth7"), "{table}");
     assert!(!in_agent_netns(&a, &["ip", "-o", "link"]).contains("v0"), "moved out of the agent's namespace");
 
+    // A device booted with a placeholder MAC gets the pod interface's.
+    in_agent_netns(&a, &["ip", "link", "add", "v2", "address", "02:00:00:00:aa:01", "type", "veth", "peer", "name", "v3"]);
+    let mut late = interface("02:00:00:00:aa:01", "eth8", 0, &[("10.9.10.7", 24)]);
+    late.interfaces[0].new_hw_addr = "0a:58:0a:09:0a:07".into();
+    a.client.update_interfaces(common::ctx(), &late).unwrap();
+    a.client.update_interfaces(common::ctx(), &late).unwrap();
+    let link = exec_out(&a, "pod", "m", "ip -o link show eth8");
+    assert!(link.contains("link/ether 0a:58:0a:09:0a:07"), "{link}");
+    late.interfaces[0].new_hw_addr = "01:00:5e:00:00:01".into();
+    let (code, msg) = status(a.client.update_interfaces(common::ctx(), &late));
+    assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT);
+    assert!(msg.contains("01:00:5e:00:00:01") && msg.contains("unicast"), "{msg}");
+
     // Another container of the pod joins that namespace.
     let mut m = spec(&["cat", "/sys/class/net/eth7/mtu"]);
     m["linux"]["namespaces"] = serde_json::json!([{"type": "mount"}, {"type": "network", "path": "/proc/1/ns/net"}]);

@@ -67,6 +67,11 @@ pub fn rename(rtnl: &mut Rtnl, index: u32, name: &str) -> io::Result<()> {
     set(rtnl, index, |m| m.attributes.push(LinkAttribute::IfName(name.into())))
 }
 
+/// Sets the hardware address.
+pub fn set_mac(rtnl: &mut Rtnl, index: u32, mac: [u8; 6]) -> io::Result<()> {
+    set(rtnl, index, |m| m.attributes.push(LinkAttribute::Address(mac.to_vec())))
+}
+
 /// Sets the MTU.
 pub fn set_mtu(rtnl: &mut Rtnl, index: u32, mtu: u32) -> io::Result<()> {
     set(rtnl, index, |m| m.attributes.push(LinkAttribute::Mtu(mtu)))

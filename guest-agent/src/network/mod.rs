@@ -70,6 +70,7 @@ struct Plan {
     mac: [u8; 6],
     shown: String,
     name: Option<String>,
+    new_mac: Option<[u8; 6]>,
     mtu: u32,
     addrs: Vec<(IpAddr, u8)>,
 }
@@ -81,7 +82,11 @@ fn plan(i: &Interface) -> Result<Plan> {
     }
     let addrs = i.addresses.iter().map(|a| parse_addr("address", &a.address, a.prefix_len)).collect::<Result<Vec<_>>>()?;
     let name = (!i.name.is_empty()).then(|| check_ifname(&i.name).map(|()| i.name.clone())).transpose()?;
-    Ok(Plan { mac, shown: i.hw_addr.clone(), name, mtu: i.mtu, addrs })
+    let new_mac = (!i.new_hw_addr.is_empty()).then(|| parse_mac(&i.new_hw_addr)).transpose()?;
+    if new_mac.is_some_and(|m| m[0] & 1 != 0 || m == [0; 6]) {
+        return Err(invalid(format!("new_hw_addr {:?} is not a unicast MAC address", i.new_hw_addr)));
+    }
+    Ok(Plan { mac, shown: i.hw_addr.clone(), name, new_mac, mtu: i.mtu, addrs })
 }
 
 /// Whether `ns` is the network namespace the agent's threads live in.
@@ -97,6 +102,10 @@ fn configure(pod: &mut Rtnl, p: &Plan, index: u32, current: &str) -> Result<()> 
         links::set_up(pod, index, false).map_err(kernel(format!("setting {name} down")))?;
         links::rename(pod, index, new).map_err(kernel(format!("renaming {name} to {new}")))?;
         name = new.to_string();
+    }
+    if let Some(mac) = p.new_mac {
+        let shown = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+        links::set_mac(pod, index, mac).map_err(kernel(format!("setting MAC {shown} on {name}")))?;
     }
     if p.mtu != 0 {
         links::set_mtu(pod, index, p.mtu).map_err(kernel(format!("setting MTU {} on {name}", p.mtu)))?;
@@ -122,12 +131,13 @@ pub fn update_interfaces(pod_net: BorrowedFd<'_>, ifs: &[Interface]) -> Result<(
     for p in &plans {
         if separate {
             let here = links::list(&mut own).map_err(kernel("listing the guest's interfaces".into()))?;
-            if let Some(l) = here.iter().find(|l| l.mac == p.mac) {
+            if let Some(l) = here.iter().find(|l| l.mac == p.mac || p.new_mac.is_some_and(|m| l.mac == m)) {
                 links::move_to(&mut own, l.index, pod_net.as_fd()).map_err(kernel(format!("moving {} ({}) into the pod's network namespace", l.name, p.shown)))?;
             }
         }
         let there = links::list(&mut pod).map_err(kernel("listing the pod's interfaces".into()))?;
-        let Some(l) = there.iter().find(|l| l.mac == p.mac) else {
+        // A retry finds the interface with its new MAC.
+        let Some(l) = there.iter().find(|l| l.mac == p.mac || p.new_mac.is_some_and(|m| l.mac == m)) else {
             return Err(invalid(format!("no network interface has MAC {}", p.shown)));
         };
         configure(&mut pod, p, l.index, &l.name)?;
