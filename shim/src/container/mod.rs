@@ -189,7 +189,7 @@ impl Container {
         let share = needs_host_files(spec, &req.id);
         // The pod's network: taps beside the interfaces CNI made in its namespace.
         let network = match crate::network::namespace_path(spec) {
-            Some(ns) => Some(PodNetwork::setup(&ns).map_err(|source| ShimError::Network { op: "set up the pod's network", source })?),
+            Some(ns) => Some(PodNetwork::setup(&ns, false).map_err(|source| ShimError::Network { op: "set up the pod's network", source })?),
             None => None,
         };
         let boot = Boot { namespace, id: &req.id, bundle: &bundle, spec, rootfs: &image, share_host_files: share, network };

@@ -14,10 +14,12 @@
 //! removes its tap (and the tap's qdisc). [`PodNetwork::teardown`] removes the rest: the
 //! ingress qdiscs on the pod's interfaces, only where they still redirect to husk's taps.
 
+mod guest;
 pub mod link;
 pub mod netns;
 pub mod rtnl;
 pub mod scan;
+mod setup;
 pub mod tap;
 pub mod tc;
 
@@ -29,14 +31,10 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use husk_config::{MacAddr, NetConfig};
-use husk_protocol::agent;
 use husk_protocol::agent_ttrpc::AgentClient;
 
 use rtnl::{Rtnl, RtnlError};
 use scan::Interface;
-
-/// Longest interface name (IFNAMSIZ - 1).
-const MAX_IFNAME: usize = 15;
 
 /// Errors setting up or tearing down a pod's network.
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +113,14 @@ pub enum NetworkError {
         #[source]
         source: std::io::Error,
     },
+    /// An interface appeared after the boot and no spare tap is left for it.
+    #[error("interface {name} appeared in network namespace {netns} after the VM booted, and the VM has no spare network device left for it (a VM whose namespace is configured after Create boots with one)")]
+    NoSpareTap {
+        /// The namespace.
+        netns: String,
+        /// The interface.
+        name: String,
+    },
     /// The agent refused the guest's network configuration.
     #[error("agent {op} failed")]
     Agent {
@@ -131,9 +137,21 @@ fn nl(op: impl Into<String>) -> impl FnOnce(RtnlError) -> NetworkError {
     move |source| NetworkError::Netlink { op, source }
 }
 
-/// The name of the tap of the `i`-th interface.
+/// The name of the `i`-th tap of a pod.
 pub fn tap_name(i: usize) -> String {
     format!("tap{i}_husk")
+}
+
+/// A tap the shim made, and the MAC the guest's device for it booted with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tap {
+    /// Its name.
+    pub name: String,
+    /// Its interface index.
+    pub index: u32,
+    /// The guest device's MAC at boot: the pod interface's, or a placeholder for a tap that
+    /// waits for an interface appearing after the boot.
+    pub guest_mac: [u8; 6],
 }
 
 /// One pod interface and the tap that carries it.
@@ -141,10 +159,8 @@ pub fn tap_name(i: usize) -> String {
 pub struct Endpoint {
     /// The interface CNI made, with its addresses and routes.
     pub iface: Interface,
-    /// The tap's name.
-    pub tap: String,
-    /// The tap's interface index.
-    pub tap_index: u32,
+    /// Its tap.
+    pub tap: Tap,
 }
 
 /// The taps' descriptors, for husk-vmm. Dropping them (after the VMM inherited them) leaves
@@ -158,78 +174,34 @@ pub struct PodNetwork {
     path: PathBuf,
     ns: File,
     endpoints: Vec<Endpoint>,
-}
-
-/// What `setup` made so far, undone on failure.
-#[derive(Default)]
-struct Made {
-    ingress: Vec<u32>,
-    taps: Vec<(u32, File)>,
-}
-
-impl Made {
-    fn undo(self, rtnl: &mut Rtnl) {
-        for index in self.ingress {
-            if let Err(e) = tc::del_ingress(rtnl, index) {
-                log::warn!("removing the ingress qdisc of interface {index} after a failed setup: {}", crate::error::chain(&e));
-            }
-        }
-        for (index, file) in self.taps {
-            drop(file);
-            // Gone with its last descriptor; deleting it explicitly covers a copy kept elsewhere.
-            match link::delete(rtnl, index) {
-                Err(e) if e.errno() != Some(libc::ENODEV) => log::warn!("removing tap {index} after a failed setup: {}", crate::error::chain(&e)),
-                _ => {}
-            }
-        }
-    }
-}
-
-fn setup_here(rtnl: &mut Rtnl, netns: &str, made: &mut Made) -> Result<Vec<Endpoint>, NetworkError> {
-    let ifaces = scan::interfaces(rtnl, netns)?;
-    let mut endpoints = Vec::new();
-    for (i, iface) in ifaces.into_iter().enumerate() {
-        let name = tap_name(i);
-        if scan::link_by_name(rtnl, &name)?.is_some() {
-            return Err(NetworkError::TapNameClash { netns: netns.into(), name });
-        }
-        let file = tap::create(&name)?;
-        let index = scan::link_by_name(rtnl, &name)?.map(|l| l.index).ok_or_else(|| NetworkError::Tap { name: name.clone(), source: std::io::Error::other("the new tap is not listed") })?;
-        made.taps.push((index, file));
-        link::prepare_tap(rtnl, index, iface.link.mtu).map_err(nl(format!("set up tap {name} (MTU {})", iface.link.mtu)))?;
-        tc::add_ingress(rtnl, iface.link.index).map_err(|e| match e.errno() {
-            Some(libc::EEXIST) => NetworkError::IngressExists { netns: netns.into(), name: iface.link.name.clone() },
-            _ => NetworkError::Netlink { op: format!("add an ingress qdisc to {}", iface.link.name), source: e },
-        })?;
-        made.ingress.push(iface.link.index);
-        tc::add_ingress(rtnl, index).map_err(nl(format!("add an ingress qdisc to tap {name}")))?;
-        tc::add_redirect(rtnl, iface.link.index, index).map_err(nl(format!("redirect {} to tap {name}", iface.link.name)))?;
-        tc::add_redirect(rtnl, index, iface.link.index).map_err(nl(format!("redirect tap {name} to {}", iface.link.name)))?;
-        log::info!("{netns}: {} ({}, {}) redirected to tap {name}", iface.link.name, iface.link.kind, scan::mac_string(&iface.link.mac));
-        endpoints.push(Endpoint { iface, tap: name, tap_index: index });
-    }
-    Ok(endpoints)
+    /// Taps without an interface yet (in a namespace that is configured after the boot).
+    spares: Vec<Tap>,
+    /// Whether interfaces may appear after the setup.
+    late: bool,
 }
 
 impl PodNetwork {
     /// Makes a tap for every interface of the network namespace at `path` and redirects
-    /// traffic between them. Returns the network and the taps' descriptors (in the order of
-    /// [`PodNetwork::endpoints`]). On error nothing it made is left.
-    pub fn setup(path: &Path) -> Result<(PodNetwork, TapFds), NetworkError> {
+    /// traffic between them; with `late` (a namespace that a client may configure only after
+    /// Create, as `ctr run --cni` does) and no interface yet, one spare tap that
+    /// [`PodNetwork::attach_late`] connects at Start. Returns the network and the taps'
+    /// descriptors (endpoints' first, then spares', the order of [`PodNetwork::net_configs`]).
+    /// On error nothing it made is left.
+    pub fn setup(path: &Path, late: bool) -> Result<(PodNetwork, TapFds), NetworkError> {
         let ns = netns::open(path)?;
         let shown = path.display().to_string();
-        let (endpoints, fds) = netns::run(&ns, path, || {
+        let (endpoints, spares, fds) = netns::run(&ns, path, || {
             let mut rtnl = Rtnl::open().map_err(nl(format!("open a netlink socket in {shown}")))?;
-            let mut made = Made::default();
-            match setup_here(&mut rtnl, &shown, &mut made) {
-                Ok(eps) => Ok((eps, made.taps.into_iter().map(|(_, f)| OwnedFd::from(f)).collect())),
+            let mut made = setup::Made::default();
+            match setup::setup_here(&mut rtnl, &shown, late, &mut made) {
+                Ok((eps, spares)) => Ok((eps, spares, made.into_fds())),
                 Err(e) => {
                     made.undo(&mut rtnl);
                     Err(e)
                 }
             }
         })?;
-        Ok((PodNetwork { path: path.to_path_buf(), ns, endpoints }, TapFds(fds)))
+        Ok((PodNetwork { path: path.to_path_buf(), ns, endpoints, spares, late }, TapFds(fds)))
     }
 
     /// The namespace's path.
@@ -242,10 +214,16 @@ impl PodNetwork {
         &self.endpoints
     }
 
+    /// The taps still waiting for an interface.
+    pub fn spares(&self) -> &[Tap] {
+        &self.spares
+    }
+
     /// husk-vmm's net devices: one per tap, passed as descriptor `fds[i]` (inherited at the
-    /// same number), with the pod interface's MAC.
+    /// same number), with the MAC the guest device boots with.
     pub fn net_configs(&self, fds: &TapFds) -> Vec<NetConfig> {
-        self.endpoints.iter().zip(&fds.0).map(|(e, fd)| NetConfig { tap: e.tap.clone(), mac: Some(MacAddr(e.iface.link.mac)), netns: None, fd: Some(fd.as_raw_fd()) }).collect()
+        let taps = self.endpoints.iter().map(|e| &e.tap).chain(&self.spares);
+        taps.zip(&fds.0).map(|(t, fd)| NetConfig { tap: t.name.clone(), mac: Some(MacAddr(t.guest_mac)), netns: None, fd: Some(fd.as_raw_fd()) }).collect()
     }
 
     /// Adds the taps to a VM plan: one net device each, inheriting its descriptor.
@@ -254,46 +232,25 @@ impl PodNetwork {
         plan.inherit_fds.extend(fds.0.iter().map(|f| f.as_raw_fd()));
     }
 
-    /// The guest's interfaces: found by MAC, named, sized and addressed as the pod's.
-    pub fn guest_interfaces(&self) -> Vec<agent::Interface> {
-        self.endpoints
-            .iter()
-            .map(|e| agent::Interface {
-                hw_addr: scan::mac_string(&e.iface.link.mac),
-                name: e.iface.link.name.chars().take(MAX_IFNAME).collect(),
-                mtu: e.iface.link.mtu,
-                addresses: e.iface.addrs.iter().map(|a| agent::IpAddress { address: a.ip.to_string(), prefix_len: a.prefix.into(), ..Default::default() }).collect(),
-                ..Default::default()
-            })
-            .collect()
-    }
-
-    /// The guest's routes: on-link routes of every interface first, then those via a gateway.
-    pub fn guest_routes(&self) -> Vec<agent::Route> {
-        let mut all: Vec<(&Endpoint, &scan::Route)> = self.endpoints.iter().flat_map(|e| e.iface.routes.iter().map(move |r| (e, r))).collect();
-        all.sort_by_key(|(_, r)| r.gateway.is_some());
-        all.into_iter()
-            .map(|(e, r)| agent::Route {
-                destination: if r.dst.prefix == 0 { "default".into() } else { format!("{}/{}", r.dst.ip, r.dst.prefix) },
-                gateway: r.gateway.map(|g| g.to_string()).unwrap_or_default(),
-                device: e.iface.link.name.clone(),
-                metric: r.metric,
-                ..Default::default()
-            })
-            .collect()
-    }
-
-    /// Gives the guest the pod's interfaces and routes (in the pod's network namespace there;
-    /// the sandbox container must exist).
-    pub fn configure_guest(&self, agent: &AgentClient, ctx: impl Fn() -> ttrpc::context::Context) -> Result<(), NetworkError> {
-        if self.endpoints.is_empty() {
-            return Ok(());
+    /// Connects the interfaces that appeared since the setup (CNI run by a client between
+    /// Create and Start) to spare taps; returns them (also added to the endpoints) for
+    /// [`configure_guest`]. Only for a network set up with `late`; more new interfaces than
+    /// spare taps is an error that connects none.
+    pub fn attach_late(&mut self) -> Result<Vec<Endpoint>, NetworkError> {
+        if !self.late {
+            return Ok(Vec::new());
         }
-        let ifs = agent::UpdateInterfacesRequest { interfaces: self.guest_interfaces(), ..Default::default() };
-        agent.update_interfaces(ctx(), &ifs).map_err(|source| NetworkError::Agent { op: "UpdateInterfaces", source })?;
-        let routes = agent::UpdateRoutesRequest { routes: self.guest_routes(), ..Default::default() };
-        agent.update_routes(ctx(), &routes).map_err(|source| NetworkError::Agent { op: "UpdateRoutes", source })?;
-        Ok(())
+        let shown = self.path.display().to_string();
+        let known: Vec<u32> = self.endpoints.iter().flat_map(|e| [e.iface.link.index, e.tap.index]).chain(self.spares.iter().map(|t| t.index)).collect();
+        let spares = self.spares.clone();
+        let new = netns::run(&self.ns, &self.path, || {
+            let mut rtnl = Rtnl::open().map_err(nl(format!("open a netlink socket in {shown}")))?;
+            let mut made = setup::Made::default();
+            setup::attach_here(&mut rtnl, &shown, &known, &spares, &mut made).inspect_err(|_| made.undo(&mut rtnl))
+        })?;
+        self.spares.drain(..new.len());
+        self.endpoints.extend(new.iter().cloned());
+        Ok(new)
     }
 
     /// Removes what [`PodNetwork::setup`] made and is still there: the pod interfaces' ingress
@@ -306,20 +263,12 @@ impl PodNetwork {
             let mut rtnl = Rtnl::open().map_err(nl(format!("open a netlink socket in {shown}")))?;
             let present = scan::links(&mut rtnl)?;
             for e in &self.endpoints {
-                let (iface, index) = (&e.iface.link.name, e.iface.link.index);
-                let tap_present = present.iter().any(|l| l.index == e.tap_index && l.name == e.tap);
-                if present.iter().any(|l| l.index == index) {
-                    let targets = tc::redirect_targets(&mut rtnl, index).map_err(nl(format!("list the filters of {iface}")))?;
-                    let ours = targets == [e.tap_index] || (!tap_present && targets == [0]);
-                    if ours {
-                        tc::del_ingress(&mut rtnl, index).map_err(nl(format!("remove the ingress qdisc of {iface}")))?;
-                    } else if !targets.is_empty() || tc::has_ingress(&mut rtnl, index).map_err(nl(format!("list the qdiscs of {iface}")))? {
-                        log::warn!("{shown}: the ingress qdisc of {iface} is not the one husk made (it redirects to {targets:?}, not to tap {}): left alone", e.tap);
-                    }
-                }
-                if tap_present {
-                    match link::delete(&mut rtnl, e.tap_index) {
-                        Err(err) if err.errno() != Some(libc::ENODEV) => return Err(NetworkError::Netlink { op: format!("delete tap {}", e.tap), source: err }),
+                setup::remove_redirect(&mut rtnl, &shown, &present, e)?;
+            }
+            for t in self.endpoints.iter().map(|e| &e.tap).chain(&self.spares) {
+                if present.iter().any(|l| l.index == t.index && l.name == t.name) {
+                    match link::delete(&mut rtnl, t.index) {
+                        Err(err) if err.errno() != Some(libc::ENODEV) => return Err(NetworkError::Netlink { op: format!("delete tap {}", t.name), source: err }),
                         _ => {}
                     }
                 }
@@ -327,6 +276,12 @@ impl PodNetwork {
             Ok(())
         })
     }
+}
+
+/// Gives the guest `endpoints` (interfaces, then routes) in the pod's network namespace
+/// there; the sandbox container must exist.
+pub fn configure_guest(agent: &AgentClient, ctx: impl Fn() -> ttrpc::context::Context, endpoints: &[Endpoint]) -> Result<(), NetworkError> {
+    guest::configure(agent, &ctx, endpoints)
 }
 
 /// The network namespace a spec names by path (`linux.namespaces[type=network].path`), such

@@ -181,14 +181,15 @@ fn supported(link: &Link) -> bool {
 /// Loopback and interfaces that are down (such as the tunl0/sit0 fallback devices every new
 /// namespace gets when their modules are loaded) are left out; an up interface of another
 /// kind, or without an address, is an error: the guest could not get what CNI made.
-/// `netns` names the namespace in errors.
-pub fn interfaces(rtnl: &mut Rtnl, netns: &str) -> Result<Vec<Interface>, NetworkError> {
+/// `netns` names the namespace in errors; interfaces whose index is in `skip` (those handed
+/// over already, and husk's taps) are left out.
+pub fn interfaces(rtnl: &mut Rtnl, netns: &str, skip: &[u32]) -> Result<Vec<Interface>, NetworkError> {
     let links = links(rtnl)?;
     let addrs = addrs(rtnl)?;
     let routes = routes(rtnl)?;
     let mut out = Vec::new();
     for link in links {
-        if link.link_type == LinkLayerType::Loopback || !link.up {
+        if link.link_type == LinkLayerType::Loopback || !link.up || skip.contains(&link.index) {
             continue;
         }
         if !supported(&link) {

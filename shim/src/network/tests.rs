@@ -30,15 +30,26 @@ struct Pair {
 
 impl Pair {
     fn new(tag: &str, n: u8) -> Pair {
+        let p = Pair::empty(tag);
+        p.plug("veth0", "eth0", n);
+        p
+    }
+
+    /// The two namespaces, not joined yet (before CNI ran).
+    fn empty(tag: &str) -> Pair {
         let base = format!("husk-t{}-{tag}", std::process::id());
         let p = Pair { node: format!("{base}-n"), pod: format!("{base}-p") };
         ip(&["netns", "add", &p.node]);
         ip(&["netns", "add", &p.pod]);
-        ip(&["-n", &p.node, "link", "add", "veth0", "type", "veth", "peer", "name", "eth0", "netns", &p.pod]);
-        ip(&["-n", &p.node, "addr", "add", &format!("10.99.{n}.1/24"), "dev", "veth0"]);
-        ip(&["-n", &p.node, "link", "set", "veth0", "up"]);
-        ip(&["-n", &p.pod, "link", "set", "eth0", "up"]);
         p
+    }
+
+    /// A veth from `node_end` in the node namespace to `pod_end` in the pod's, both up.
+    fn plug(&self, node_end: &str, pod_end: &str, n: u8) {
+        ip(&["-n", &self.node, "link", "add", node_end, "type", "veth", "peer", "name", pod_end, "netns", &self.pod]);
+        ip(&["-n", &self.node, "addr", "add", &format!("10.99.{n}.1/24"), "dev", node_end]);
+        ip(&["-n", &self.node, "link", "set", node_end, "up"]);
+        ip(&["-n", &self.pod, "link", "set", pod_end, "up"]);
     }
 
     /// What CNI does: an address, an MTU, a default route and one more.
@@ -107,17 +118,18 @@ fn the_pod_interface_reaches_the_tap_both_ways_and_teardown_removes_what_was_mad
     let pair = Pair::new("ok", 1);
     pair.configure(1);
     let mac = mac_of(&pair);
-    let (net, fds) = PodNetwork::setup(&pair.path()).unwrap();
+    let (net, fds) = PodNetwork::setup(&pair.path(), false).unwrap();
 
     // What the guest gets.
     let e = &net.endpoints()[0];
-    assert_eq!((net.endpoints().len(), e.tap.as_str(), e.iface.link.name.as_str(), e.iface.link.mtu, e.iface.link.kind.as_str()), (1, "tap0_husk", "eth0", 1400, "veth"));
-    let ifs = net.guest_interfaces();
-    assert_eq!(ifs[0].hw_addr, scan::mac_string(&mac));
+    assert_eq!((net.endpoints().len(), e.tap.name.as_str(), e.iface.link.name.as_str(), e.iface.link.mtu, e.iface.link.kind.as_str()), (1, "tap0_husk", "eth0", 1400, "veth"));
+    assert!(net.spares().is_empty());
+    let ifs = guest::interfaces(net.endpoints());
+    assert_eq!((ifs[0].hw_addr.as_str(), ifs[0].new_hw_addr.as_str()), (scan::mac_string(&mac).as_str(), ""));
     assert_eq!(ifs[0].mtu, 1400);
     let addrs: Vec<String> = ifs[0].addresses.iter().map(|a| format!("{}/{}", a.address, a.prefix_len)).collect();
     assert_eq!(addrs, ["10.99.1.2/24", "fd00:99:1::2/64"], "link-local addresses stay out");
-    let routes: Vec<String> = net.guest_routes().iter().map(|r| format!("{} {} {} {}", r.destination, r.gateway, r.device, r.metric)).collect();
+    let routes: Vec<String> = guest::routes(net.endpoints()).iter().map(|r| format!("{} {} {} {}", r.destination, r.gateway, r.device, r.metric)).collect();
     assert!(routes.contains(&"default 10.99.1.1 eth0 0".to_string()) && routes.contains(&"10.98.0.0/16 10.99.1.1 eth0 5".to_string()), "{routes:?}");
     assert!(!routes.iter().any(|r| r.starts_with("10.99.1.0/24") || r.starts_with("fe80")), "kernel routes stay out: {routes:?}");
     let cfgs = net.net_configs(&fds);
@@ -175,7 +187,7 @@ fn the_pod_interface_reaches_the_tap_both_ways_and_teardown_removes_what_was_mad
 fn a_tap_goes_with_its_last_descriptor_and_teardown_still_cleans_the_interface() {
     let pair = Pair::new("gone", 2);
     pair.configure(2);
-    let (net, fds) = PodNetwork::setup(&pair.path()).unwrap();
+    let (net, fds) = PodNetwork::setup(&pair.path(), false).unwrap();
     // The VMM died: the last descriptor closed.
     drop(fds);
     assert!(pair.pod_sh("ip link show tap0_husk").contains("does not exist"), "a VM that dies leaves no tap");
@@ -190,7 +202,7 @@ fn a_tap_goes_with_its_last_descriptor_and_teardown_still_cleans_the_interface()
 fn teardown_leaves_an_ingress_qdisc_husk_did_not_make() {
     let pair = Pair::new("other", 3);
     pair.configure(3);
-    let (net, fds) = PodNetwork::setup(&pair.path()).unwrap();
+    let (net, fds) = PodNetwork::setup(&pair.path(), false).unwrap();
     drop(fds);
     // Someone replaced husk's qdisc with their own.
     pair.pod_sh("tc qdisc del dev eth0 ingress");
@@ -201,37 +213,83 @@ fn teardown_leaves_an_ingress_qdisc_husk_did_not_make() {
 
 #[test]
 fn bad_namespaces_and_interfaces_are_named_and_leave_nothing() {
-    let e = PodNetwork::setup(std::path::Path::new("/var/run/netns/husk-no-such-ns")).unwrap_err().to_string();
+    let e = PodNetwork::setup(std::path::Path::new("/var/run/netns/husk-no-such-ns"), false).unwrap_err().to_string();
     assert!(e.contains("husk-no-such-ns"), "{e}");
-    let e = PodNetwork::setup(std::path::Path::new("/proc/self/status")).unwrap_err().to_string();
+    let e = PodNetwork::setup(std::path::Path::new("/proc/self/status"), false).unwrap_err().to_string();
     assert!(e.contains("is not a network namespace"), "{e}");
 
     // An interface without an address.
     let pair = Pair::new("noaddr", 4);
-    let e = PodNetwork::setup(&pair.path()).unwrap_err().to_string();
+    let e = PodNetwork::setup(&pair.path(), false).unwrap_err().to_string();
     assert!(e.contains("eth0") && e.contains("no IP address") && e.contains(&pair.pod), "{e}");
 
     // An up interface of a kind a tc redirect cannot carry; down ones are skipped.
     pair.configure(4);
     ip(&["-n", &pair.pod, "link", "add", "br9", "type", "bridge"]);
-    PodNetwork::setup(&pair.path()).map(|(n, _)| n.teardown().unwrap()).unwrap();
+    PodNetwork::setup(&pair.path(), false).map(|(n, _)| n.teardown().unwrap()).unwrap();
     ip(&["-n", &pair.pod, "addr", "add", "10.97.0.1/24", "dev", "br9"]);
     ip(&["-n", &pair.pod, "link", "set", "br9", "up"]);
-    let e = PodNetwork::setup(&pair.path()).unwrap_err().to_string();
+    let e = PodNetwork::setup(&pair.path(), false).unwrap_err().to_string();
     assert!(e.contains("br9") && e.contains("type bridge"), "{e}");
     ip(&["-n", &pair.pod, "link", "del", "br9"]);
 
     // A tap name that is taken.
     ip(&["-n", &pair.pod, "tuntap", "add", "dev", "tap0_husk", "mode", "tap"]);
-    let e = PodNetwork::setup(&pair.path()).unwrap_err().to_string();
+    let e = PodNetwork::setup(&pair.path(), false).unwrap_err().to_string();
     assert!(e.contains("tap0_husk") && e.contains("exists"), "{e}");
     assert!(!pair.pod_sh("tc qdisc show dev eth0").contains("ingress"));
     ip(&["-n", &pair.pod, "link", "del", "tap0_husk"]);
 
     // An ingress qdisc that is not husk's: refused, kept, and the new tap is gone again.
     pair.pod_sh("tc qdisc add dev eth0 handle ffff: ingress");
-    let e = PodNetwork::setup(&pair.path()).unwrap_err().to_string();
+    let e = PodNetwork::setup(&pair.path(), false).unwrap_err().to_string();
     assert!(e.contains("eth0") && e.contains("already has an ingress qdisc"), "{e}");
     assert!(pair.pod_sh("tc qdisc show dev eth0").contains("ingress"));
     assert!(pair.pod_sh("ip link show tap0_husk").contains("does not exist"), "{}", pair.pod_sh("ip link"));
+}
+
+#[test]
+fn an_interface_made_after_the_boot_gets_the_spare_tap() {
+    // ctr run --cni: the namespace is empty at Create; CNI fills it before Start.
+    let pair = Pair::empty("late");
+    let (mut net, fds) = PodNetwork::setup(&pair.path(), true).unwrap();
+    assert!(net.endpoints().is_empty());
+    let spare = net.spares()[0].clone();
+    assert_eq!((spare.name.as_str(), spare.guest_mac[0] & 3), ("tap0_husk", 2), "a locally administered unicast placeholder");
+    assert_eq!(net.net_configs(&fds)[0].mac, Some(MacAddr(spare.guest_mac)));
+    assert!(net.attach_late().unwrap().is_empty(), "nothing new yet");
+
+    pair.plug("veth0", "eth0", 5);
+    pair.configure(5);
+    let mac = mac_of(&pair);
+    let new = net.attach_late().unwrap();
+    assert_eq!((new.len(), new[0].tap.index, new[0].iface.link.name.as_str()), (1, spare.index, "eth0"));
+    assert!(net.spares().is_empty() && net.endpoints().len() == 1);
+    let ifs = guest::interfaces(&new);
+    assert_eq!((ifs[0].hw_addr.clone(), ifs[0].new_hw_addr.clone()), (scan::mac_string(&spare.guest_mac), scan::mac_string(&mac)), "found by the placeholder, given eth0's MAC");
+    assert!(pair.pod_sh("ip link show tap0_husk").contains("mtu 1400"), "the spare takes eth0's MTU");
+    assert!(pair.pod_sh("tc filter show dev eth0 ingress").contains("tap0_husk"));
+    assert!(net.attach_late().unwrap().is_empty(), "eth0 is not taken twice");
+
+    // More new interfaces than spares: refused by name, nothing connected.
+    pair.plug("veth1", "eth1", 6);
+    ip(&["-n", &pair.pod, "addr", "add", "10.99.6.2/24", "dev", "eth1"]);
+    let e = net.attach_late().unwrap_err().to_string();
+    assert!(e.contains("eth1") && e.contains("no spare network device"), "{e}");
+    assert!(!pair.pod_sh("tc qdisc show dev eth1").contains("ingress"));
+
+    net.teardown().unwrap();
+    drop(fds);
+    assert!(!pair.pod_sh("tc qdisc show dev eth0").contains("ingress"));
+    assert!(pair.pod_sh("ip link show tap0_husk").contains("does not exist"));
+}
+
+#[test]
+fn a_spare_tap_nobody_used_is_removed_too() {
+    let pair = Pair::empty("unused");
+    let (net, fds) = PodNetwork::setup(&pair.path(), true).unwrap();
+    assert!(pair.pod_sh("ip link show tap0_husk").contains("tap0_husk"));
+    net.teardown().unwrap();
+    assert!(pair.pod_sh("ip link show tap0_husk").contains("does not exist"), "deleted even while its descriptor is open");
+    drop(fds);
 }

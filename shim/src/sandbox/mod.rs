@@ -259,7 +259,7 @@ impl Sandbox {
     pub fn configure_network(&self) -> Result<()> {
         let network = self.network.lock().unwrap_or_else(|p| p.into_inner());
         match network.as_ref() {
-            Some(n) => n.configure_guest(&self.agent, crate::agent::short).map_err(|source| ShimError::Network { op: "configure the pod's network in the guest", source }),
+            Some(n) => crate::network::configure_guest(&self.agent, crate::agent::short, n.endpoints()).map_err(|source| ShimError::Network { op: "configure the pod's network in the guest", source }),
             None => Ok(()),
         }
     }
