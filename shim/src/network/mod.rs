@@ -15,6 +15,7 @@
 //! ingress qdiscs on the pod's interfaces, only where they still redirect to husk's taps.
 
 mod guest;
+pub mod holder;
 pub mod link;
 pub mod netns;
 pub mod rtnl;
@@ -120,6 +121,13 @@ pub enum NetworkError {
         netns: String,
         /// The interface.
         name: String,
+    },
+    /// The process holding a container's network namespace could not be started.
+    #[error("cannot start the process that holds the container's network namespace")]
+    Holder {
+        /// Cause.
+        #[source]
+        source: std::io::Error,
     },
     /// The agent refused the guest's network configuration.
     #[error("agent {op} failed")]

@@ -293,3 +293,26 @@ fn a_spare_tap_nobody_used_is_removed_too() {
     assert!(pair.pod_sh("ip link show tap0_husk").contains("does not exist"), "deleted even while its descriptor is open");
     drop(fds);
 }
+
+#[test]
+fn the_holder_lives_in_its_namespace_with_no_descriptor_and_dies_when_stopped() {
+    use holder::{HolderNs, NetnsHolder};
+    let ino = |p: &str| std::fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap();
+    let fresh = NetnsHolder::spawn(HolderNs::New).unwrap();
+    let pid = fresh.pid();
+    assert_ne!(ino(&format!("/proc/{pid}/ns/net")), ino("/proc/self/ns/net"), "a new namespace");
+    assert_eq!(std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count(), 0, "it keeps none of the shim's descriptors");
+    assert_eq!(std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap().trim(), "husk-netns");
+    // A second holder joins the first one's namespace.
+    let ns = fresh.open_netns().unwrap();
+    let joined = NetnsHolder::spawn(HolderNs::Join(&ns)).unwrap();
+    assert_eq!(ino(&format!("/proc/{}/ns/net", joined.pid())), ino(&format!("/proc/{pid}/ns/net")));
+    fresh.stop();
+    let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(st.is_empty(), "killed and reaped: {st}");
+    drop(joined);
+    // Joining something that is not a namespace fails with the kernel's answer.
+    let not_ns = std::fs::File::open("/proc/self/status").unwrap();
+    let e = NetnsHolder::spawn(HolderNs::Join(&not_ns)).unwrap_err();
+    assert!(crate::error::chain(&e).contains("Invalid argument"), "{}", crate::error::chain(&e));
+}
