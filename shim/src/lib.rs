@@ -9,7 +9,8 @@
 //!   [`container`]: a container in it and its processes.
 //! * [`vm`]: spawning `husk-vmm` and the hybrid vsock to the guest; [`agent`]: the agent client.
 //! * [`io`]: containerd's stdio FIFOs bridged to the agent's streams.
-//! * [`network`]: the pod's CNI interfaces carried to the guest through taps and tc redirects.
+//! * [`network`]: the pod's CNI interfaces carried to the guest through taps and tc redirects;
+//!   [`hooks`]: the spec's OCI hooks that run on the host.
 //! * [`rootfs`], [`state`], [`options`]: rootfs images, per-sandbox state, configuration.
 //! * [`cli`]: `husk check`, `husk ps`, `husk logs`.
 
@@ -20,6 +21,7 @@ pub mod agent;
 pub mod cli;
 pub mod container;
 pub mod error;
+pub mod hooks;
 pub mod io;
 pub mod lifecycle;
 pub mod network;
