@@ -105,6 +105,9 @@ pub enum ShimError {
         #[source]
         source: crate::network::NetworkError,
     },
+    /// An OCI hook of the spec failed.
+    #[error(transparent)]
+    Hook(#[from] crate::hooks::HookError),
     /// Building the container's root filesystem image failed.
     #[error(transparent)]
     Rootfs(#[from] crate::rootfs::RootfsError),

@@ -25,7 +25,7 @@ fn main() {
         fake_agent::run_fake_vmm();
         return;
     }
-    let tests: [(&str, fn()); 9] = [
+    let tests: [(&str, fn()); 12] = [
         ("large_output_arrives_before_the_exit", large_output_arrives_before_the_exit),
         ("stdin_is_forwarded_to_eof", stdin_is_forwarded_to_eof),
         ("exec_and_kill", exec_and_kill),
@@ -35,6 +35,9 @@ fn main() {
         ("a_guest_that_never_reports_a_sigkill_loses_its_vm", a_guest_that_never_reports_a_sigkill_loses_its_vm),
         ("the_pods_network_reaches_the_vm_and_nothing_is_left", fake_vm_net::the_pods_network_reaches_the_vm_and_nothing_is_left),
         ("a_network_the_vm_cannot_get_fails_create_and_leaves_nothing", fake_vm_net::a_network_the_vm_cannot_get_fails_create_and_leaves_nothing),
+        ("ctr_cni_configures_the_namespace_between_create_and_start", fake_vm_net::ctr_cni_configures_the_namespace_between_create_and_start),
+        ("a_nerdctl_style_hook_configures_the_namespace_during_create", fake_vm_net::a_nerdctl_style_hook_configures_the_namespace_during_create),
+        ("a_failing_hook_fails_create_and_leaves_nothing", fake_vm_net::a_failing_hook_fails_create_and_leaves_nothing),
     ];
     let mut failed = 0;
     for (name, t) in tests {

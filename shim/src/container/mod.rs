@@ -23,7 +23,6 @@ pub use process::{from_unix_nanos, now, Process, VM_DIED_EXIT_STATUS};
 use crate::agent::{agent_err, long, short};
 use crate::error::{Result, ShimError};
 use crate::io::{self, StdioPaths};
-use crate::network::PodNetwork;
 use crate::sandbox::spec::{check_namespaces, guest_spec, is_bind, is_pod_shm, Role, CONTAINER_TYPE};
 use crate::sandbox::{Boot, Sandbox, SlotLease, ROOTFS_DISK_ID};
 use crate::state::{ContainerInfo, StateDir, BUNDLE_POINTER};
@@ -187,11 +186,8 @@ impl Container {
         });
         let image = image_for(req, &bundle, spec, &state.rootfs_image(), &cfg.shim.image_cache_dir)?;
         let share = needs_host_files(spec, &req.id);
-        // The pod's network: taps beside the interfaces CNI made in its namespace.
-        let network = match crate::network::namespace_path(spec) {
-            Some(ns) => Some(PodNetwork::setup(&ns, false).map_err(|source| ShimError::Network { op: "set up the pod's network", source })?),
-            None => None,
-        };
+        // The host side: the network namespace's holder, the Create-time hooks, the taps.
+        let network = crate::network::prepare(spec, &req.id, &bundle)?;
         let boot = Boot { namespace, id: &req.id, bundle: &bundle, spec, rootfs: &image, share_host_files: share, network };
         let sandbox = Arc::new(Sandbox::boot(boot, cfg, state)?);
         let sb = sandbox.clone();
@@ -201,7 +197,10 @@ impl Container {
         sandbox.configure_network()?;
         sandbox.set_init_pid(pid);
         undo.disarm();
-        let c = Container::new(req, spec, sandbox.clone(), pid, Parts { is_sandbox: true, ..Default::default() });
+        // Until it starts, the container is its host process (what clients configure the
+        // network of, through /proc/<pid>/ns/net), if there is one.
+        let reported = sandbox.host_pid().unwrap_or(pid);
+        let c = Container::new(req, spec, sandbox.clone(), reported, Parts { is_sandbox: true, ..Default::default() });
         Ok((sandbox, c))
     }
 
@@ -226,6 +225,7 @@ impl Container {
         undo.push(move || {
             let _ = std::fs::remove_file(pointer);
         });
+        crate::hooks::run_at_create(spec, &req.id, &bundle, sandbox.host_pid().unwrap_or(std::process::id()))?;
         let image = image_for(req, &bundle, spec, &dir.join("rootfs.img"), &sandbox.cfg.shim.image_cache_dir)?;
         let lease = sandbox.attach_rootfs(&req.id, &image)?;
         let (sb, l) = (sandbox.clone(), lease.clone());
@@ -355,6 +355,7 @@ impl Container {
         }
         let _ = std::fs::remove_file(self.bundle.join(BUNDLE_POINTER));
         self.sandbox.forget(&self.id);
+        crate::hooks::run_poststop(&self.bundle, &self.id, self.sandbox.host_pid().unwrap_or(std::process::id()));
     }
 }
 

@@ -262,3 +262,20 @@ pub fn run_at_create(spec: &Spec, id: &str, bundle: &Path, pid: u32) -> Result<(
     }
     Ok(())
 }
+
+/// Runs the poststop hooks of the spec in `bundle` (logged; a bundle whose spec is gone has
+/// none left to run).
+pub fn run_poststop(bundle: &Path, id: &str, pid: u32) {
+    match Spec::load(bundle.join("config.json")) {
+        Ok(spec) => run_logged(&spec, Phase::Poststop, id, bundle, pid),
+        Err(e) => log::debug!("{id}: no spec for poststop hooks in {}: {e}", bundle.display()),
+    }
+}
+
+/// Runs the poststart hooks of the spec in `bundle` (logged).
+pub fn run_poststart(bundle: &Path, id: &str, pid: u32) {
+    match Spec::load(bundle.join("config.json")) {
+        Ok(spec) => run_logged(&spec, Phase::Poststart, id, bundle, pid),
+        Err(e) => log::warn!("{id}: cannot read the spec for poststart hooks in {}: {e}", bundle.display()),
+    }
+}

@@ -16,6 +16,7 @@
 
 mod guest;
 pub mod holder;
+mod host;
 pub mod link;
 pub mod netns;
 pub mod rtnl;
@@ -34,6 +35,8 @@ use std::path::{Path, PathBuf};
 use husk_config::{MacAddr, NetConfig};
 use husk_protocol::agent_ttrpc::AgentClient;
 
+pub use host::prepare;
+use holder::NetnsHolder;
 use rtnl::{Rtnl, RtnlError};
 use scan::Interface;
 
@@ -186,6 +189,8 @@ pub struct PodNetwork {
     spares: Vec<Tap>,
     /// Whether interfaces may appear after the setup.
     late: bool,
+    /// The host process standing for the container in the namespace, if the shim made one.
+    holder: Option<NetnsHolder>,
 }
 
 impl PodNetwork {
@@ -209,7 +214,7 @@ impl PodNetwork {
                 }
             }
         })?;
-        Ok((PodNetwork { path: path.to_path_buf(), ns, endpoints, spares, late }, TapFds(fds)))
+        Ok((PodNetwork { path: path.to_path_buf(), ns, endpoints, spares, late, holder: None }, TapFds(fds)))
     }
 
     /// The namespace's path.
@@ -220,6 +225,11 @@ impl PodNetwork {
     /// The interfaces and their taps.
     pub fn endpoints(&self) -> &[Endpoint] {
         &self.endpoints
+    }
+
+    /// The pid of the host process standing for the container in the namespace, if any.
+    pub fn host_pid(&self) -> Option<u32> {
+        self.holder.as_ref().map(NetnsHolder::pid)
     }
 
     /// The taps still waiting for an interface.
@@ -263,9 +273,17 @@ impl PodNetwork {
 
     /// Removes what [`PodNetwork::setup`] made and is still there: the pod interfaces' ingress
     /// qdiscs where they still redirect to husk's tap (or, once the tap is gone with its VMM,
-    /// to no interface: the kernel forgets a vanished target), and the taps. Interfaces that
-    /// are gone leave nothing to remove.
+    /// to no interface: the kernel forgets a vanished target), and the taps; then stops the
+    /// namespace holder. Interfaces that are gone leave nothing to remove.
     pub fn teardown(&self) -> Result<(), NetworkError> {
+        let removed = self.remove_taps();
+        if let Some(h) = &self.holder {
+            h.stop();
+        }
+        removed
+    }
+
+    fn remove_taps(&self) -> Result<(), NetworkError> {
         let shown = self.path.display().to_string();
         netns::run(&self.ns, &self.path, || {
             let mut rtnl = Rtnl::open().map_err(nl(format!("open a netlink socket in {shown}")))?;
@@ -292,11 +310,11 @@ pub fn configure_guest(agent: &AgentClient, ctx: impl Fn() -> ttrpc::context::Co
     guest::configure(agent, &ctx, endpoints)
 }
 
-/// The network namespace a spec names by path (`linux.namespaces[type=network].path`), such
-/// as CNI's /var/run/netns/cni-… from containerd's CRI plugin or `ctr run --cni`.
-pub fn namespace_path(spec: &oci_spec::runtime::Spec) -> Option<PathBuf> {
+/// The spec's network namespace: `None` without one (the host's), `Some(None)` for a new one,
+/// `Some(Some(path))` for one given by path.
+pub fn namespace_of(spec: &oci_spec::runtime::Spec) -> Option<Option<PathBuf>> {
     let namespaces = spec.linux().as_ref()?.namespaces().as_ref()?;
-    namespaces.iter().find(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)?.path().clone()
+    namespaces.iter().find(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network).map(|n| n.path().clone())
 }
 
 /// Tears down `network` after a failed start (errors are logged: the start's own error is

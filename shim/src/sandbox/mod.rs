@@ -264,6 +264,21 @@ impl Sandbox {
         }
     }
 
+    /// Connects the interfaces that appeared in the pod's namespace since Create (`ctr run
+    /// --cni` runs CNI between Create and Start) and gives them to the guest.
+    pub fn attach_late_network(&self) -> Result<()> {
+        let mut network = self.network.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(n) = network.as_mut() else { return Ok(()) };
+        let op = "connect the pod's network at start";
+        let new = n.attach_late().map_err(|source| ShimError::Network { op, source })?;
+        crate::network::configure_guest(&self.agent, crate::agent::short, &new).map_err(|source| ShimError::Network { op, source })
+    }
+
+    /// The host process standing for the pod in its network namespace, if the shim made one.
+    pub fn host_pid(&self) -> Option<u32> {
+        self.network.lock().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(PodNetwork::host_pid)
+    }
+
     /// The virtio-fs tag the guest mounts the pod's shared files from ("" without them).
     pub fn shared_fs_tag(&self) -> &'static str {
         if self.shared.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
@@ -405,6 +420,8 @@ impl Sandbox {
                 log::error!("pod {}: stopping the shared file system: {}", self.id, crate::error::chain(&e));
             }
         }
+        let bundle = self.info.lock().unwrap_or_else(|p| p.into_inner()).bundle.clone();
+        crate::hooks::run_poststop(&bundle, &self.id, self.host_pid().unwrap_or(std::process::id()));
         if let Some(n) = self.network.lock().unwrap_or_else(|p| p.into_inner()).take() {
             if let Err(e) = n.teardown() {
                 log::error!("pod {}: removing its taps and tc filters: {}", self.id, crate::error::chain(&e));

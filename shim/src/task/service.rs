@@ -109,9 +109,13 @@ impl Service {
         }
         let agent = &c.sandbox.agent;
         let pid = if req.exec_id.is_empty() {
+            if c.is_sandbox {
+                c.sandbox.attach_late_network()?;
+            }
             let r = agent::StartContainerRequest { container_id: c.id.clone(), ..Default::default() };
             let pid = agent.start_container(short(), &r).map_err(agent_err("StartContainer"))?.pid;
             p.set_running(pid);
+            crate::hooks::run_poststart(&c.bundle, &c.id, c.sandbox.host_pid().unwrap_or(std::process::id()));
             self.inner.events.send(TASK_START_EVENT_TOPIC, Box::new(TaskStart { container_id: c.id.clone(), pid, ..Default::default() }));
             pid
         } else {

@@ -117,6 +117,7 @@ impl Agent for Fake {
         Ok(CreateContainerResponse { pid, ..Default::default() })
     }
     fn start_container(&self, _: &TtrpcContext, r: StartContainerRequest) -> ttrpc::Result<StartContainerResponse> {
+        self.note_net(format!("start {}", r.container_id));
         Ok(StartContainerResponse { pid: self.start(&key(&r.container_id, ""))?, ..Default::default() })
     }
     fn exec_process(&self, _: &TtrpcContext, r: ExecProcessRequest) -> ttrpc::Result<ExecProcessResponse> {
@@ -177,7 +178,8 @@ impl Agent for Fake {
     fn update_interfaces(&self, _: &TtrpcContext, r: UpdateInterfacesRequest) -> ttrpc::Result<Empty> {
         for i in &r.interfaces {
             let addrs: Vec<String> = i.addresses.iter().map(|a| format!("{}/{}", a.address, a.prefix_len)).collect();
-            self.note_net(format!("iface {} {} {} {}", i.hw_addr, i.name, i.mtu, addrs.join(",")));
+            let new_mac = if i.new_hw_addr.is_empty() { String::new() } else { format!(" mac->{}", i.new_hw_addr) };
+            self.note_net(format!("iface {}{new_mac} {} {} {}", i.hw_addr, i.name, i.mtu, addrs.join(",")));
         }
         Ok(Empty::new())
     }
