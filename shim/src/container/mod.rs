@@ -171,6 +171,7 @@ impl Container {
         let (cfg_path, cfg) = options::load_config(explicit)?;
         log::info!("creating sandbox {} with configuration {cfg_path:?}", req.id);
         check_namespaces(spec, Role::Sandbox)?;
+        io::check(&stdio_of(req, spec)).map_err(|e| ShimError::invalid("stdio", crate::error::chain(&e)))?;
         let state = StateDir::create(&cfg.shim.state_dir, namespace, &req.id)?;
         let mut undo = Rollback::default();
         let sd = state.clone();
@@ -210,6 +211,7 @@ impl Container {
         let bundle = PathBuf::from(&req.bundle);
         let role = Role::Member { sandbox_id: &sandbox.id, sandbox_pid: sandbox.init_pid(), others };
         check_namespaces(spec, role)?;
+        io::check(&stdio_of(req, spec)).map_err(|e| ShimError::invalid("stdio", crate::error::chain(&e)))?;
         if !sandbox.running() {
             return Err(ShimError::FailedPrecondition(format!("the VM of pod {} is not running", sandbox.id)));
         }
@@ -273,7 +275,7 @@ impl Container {
     /// Starts the stdio pumps of `p` and a thread that reports its exit once stdout and stderr
     /// drained.
     pub fn watch_process(self: &Arc<Self>, events: &Arc<Events>, p: &Arc<Process>) {
-        let pumps = io::start(&self.sandbox.agent, &self.id, &p.exec_id, &p.stdio);
+        let pumps = io::start(&self.sandbox.agent, &self.sandbox.namespace, &self.id, &p.exec_id, &p.stdio);
         p.set_pumps(pumps.clone());
         let (c, events, proc_) = (self.clone(), events.clone(), p.clone());
         let spawned = std::thread::Builder::new().name("wait".into()).spawn(move || {

@@ -1,9 +1,13 @@
-//! Bridges containerd's stdio FIFOs to the agent's stdio streams of one guest process.
+//! Bridges containerd's stdio to the agent's stdio streams of one guest process.
 //!
 //! Each stream gets a thread: stdout and stderr long-poll `ReadStdout`/`ReadStderr` and write
-//! to containerd's FIFO until EOF (they always drain, even without a FIFO, so the guest process
-//! never blocks on a full buffer); stdin reads containerd's FIFO and calls `WriteStdin`, then
-//! `CloseStdin` at EOF.
+//! to containerd's FIFO, or to the log file or logging binary of a log URI ([`log`]), until
+//! EOF (they always drain, even without a sink, so the guest process never blocks on a full
+//! buffer); stdin reads containerd's FIFO and calls `WriteStdin`, then `CloseStdin` at EOF.
+
+pub mod log;
+#[cfg(test)]
+mod tests;
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -50,23 +54,54 @@ pub struct Pumps {
     stdin_done: Arc<Mutex<bool>>,
 }
 
-/// Starts the pumps of process (`cid`, `eid`).
-pub fn start(agent: &AgentClient, cid: &str, eid: &str, paths: &StdioPaths) -> Pumps {
+/// Checks the stdout/stderr containerd passed (a known scheme; a log file that can be
+/// created, a logging binary that exists), before the container is made.
+pub fn check(paths: &StdioPaths) -> Result<(), log::LogError> {
+    log::Target::parse(&paths.stdout, &paths.stderr)?.check(&paths.stdout)
+}
+
+/// The sinks of a process's output; a failure is logged and the output discarded.
+fn outputs(paths: &StdioPaths, namespace: &str, cid: &str) -> log::Outputs {
+    let opened = log::Target::parse(&paths.stdout, &paths.stderr).and_then(|t| log::open(&t, &paths.stdout, namespace, cid));
+    opened.unwrap_or_else(|e| {
+        ::log::error!("{cid}: {}; discarding its output", crate::error::chain(&e));
+        log::Outputs { stdout: log::Sink::None, stderr: log::Sink::None, logger: None }
+    })
+}
+
+/// Starts the pumps of process (`cid`, `eid`) of containerd namespace `namespace`.
+pub fn start(agent: &AgentClient, namespace: &str, cid: &str, eid: &str, paths: &StdioPaths) -> Pumps {
     let running = Arc::new(Running::default());
     let stdin_done = Arc::new(Mutex::new(paths.stdin.is_empty()));
-    for (stream, path) in [(Stream::Stdout, &paths.stdout), (Stream::Stderr, &paths.stderr)] {
+    let log::Outputs { stdout, stderr, logger } = outputs(paths, namespace, cid);
+    for (stream, sink) in [(Stream::Stdout, stdout), (Stream::Stderr, stderr)] {
         *running.count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-        let (agent, cid, eid, path, counter) = (agent.clone(), cid.to_string(), eid.to_string(), path.clone(), running.clone());
+        let (agent, cid, eid, counter) = (agent.clone(), cid.to_string(), eid.to_string(), running.clone());
         let spawned = std::thread::Builder::new().name(format!("io-{stream:?}")).spawn(move || {
-            pump_out(&agent, &cid, &eid, stream, &path);
+            pump_out(&agent, &cid, &eid, stream, sink);
             let mut n = counter.count.lock().unwrap_or_else(|p| p.into_inner());
             *n = n.saturating_sub(1);
             counter.cond.notify_all();
         });
         if let Err(e) = spawned {
-            log::error!("cannot start {stream:?} pump: {e}");
+            ::log::error!("cannot start {stream:?} pump: {e}");
             let mut n = running.count.lock().unwrap_or_else(|p| p.into_inner());
             *n = n.saturating_sub(1);
+        }
+    }
+    if let Some(logger) = logger {
+        // Once both streams ended (their pipes closed), the logging binary is waited for.
+        let counter = running.clone();
+        let spawned = std::thread::Builder::new().name("io-logger".into()).spawn(move || {
+            let mut n = counter.count.lock().unwrap_or_else(|p| p.into_inner());
+            while *n > 0 {
+                n = counter.cond.wait(n).unwrap_or_else(|p| p.into_inner());
+            }
+            drop(n);
+            logger.finish();
+        });
+        if let Err(e) = spawned {
+            ::log::error!("cannot start the logging binary's reaper: {e}");
         }
     }
     if !paths.stdin.is_empty() {
@@ -75,7 +110,7 @@ pub fn start(agent: &AgentClient, cid: &str, eid: &str, paths: &StdioPaths) -> P
             pump_in(&agent, &cid, &eid, &path);
             *done.lock().unwrap_or_else(|p| p.into_inner()) = true;
         }) {
-            log::error!("cannot start stdin pump: {e}");
+            ::log::error!("cannot start stdin pump: {e}");
         }
     }
     Pumps { running, stdin_done }
@@ -102,14 +137,18 @@ impl Pumps {
     }
 }
 
-fn pump_out(agent: &AgentClient, cid: &str, eid: &str, stream: Stream, path: &str) {
-    let mut sink: Option<File> = None;
-    if !path.is_empty() {
-        match OpenOptions::new().write(true).open(path) {
-            Ok(f) => sink = Some(f),
-            Err(e) => log::warn!("cannot open {stream:?} FIFO {path:?} of {cid}/{eid}: {e}; discarding output"),
-        }
-    }
+fn pump_out(agent: &AgentClient, cid: &str, eid: &str, stream: Stream, sink: log::Sink) {
+    let (path, mut sink): (String, Option<File>) = match sink {
+        log::Sink::None => (String::new(), None),
+        log::Sink::Writer(f) => ("the log".into(), Some(f)),
+        log::Sink::Fifo(p) => match OpenOptions::new().write(true).open(&p) {
+            Ok(f) => (p.display().to_string(), Some(f)),
+            Err(e) => {
+                ::log::warn!("cannot open {stream:?} FIFO {p:?} of {cid}/{eid}: {e}; discarding output");
+                (String::new(), None)
+            }
+        },
+    };
     let req = agent::ReadStreamRequest { container_id: cid.into(), exec_id: eid.into(), max_bytes: 0, ..Default::default() };
     loop {
         let res = match stream {
@@ -121,13 +160,13 @@ fn pump_out(agent: &AgentClient, cid: &str, eid: &str, stream: Stream, path: &st
             Ok(r) => {
                 if let Some(f) = sink.as_mut() {
                     if let Err(e) = f.write_all(&r.data) {
-                        log::warn!("writing {stream:?} of {cid}/{eid} to {path:?}: {e}; discarding the rest");
+                        ::log::warn!("writing {stream:?} of {cid}/{eid} to {path}: {e}; discarding the rest");
                         sink = None;
                     }
                 }
             }
             Err(e) => {
-                log::debug!("{stream:?} of {cid}/{eid} ended: {e}");
+                ::log::debug!("{stream:?} of {cid}/{eid} ended: {e}");
                 break;
             }
         }
@@ -144,18 +183,18 @@ fn pump_in(agent: &AgentClient, cid: &str, eid: &str, path: &PathBuf) {
                     Ok(n) => n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(e) => {
-                        log::warn!("reading stdin FIFO {path:?} of {cid}/{eid}: {e}");
+                        ::log::warn!("reading stdin FIFO {path:?} of {cid}/{eid}: {e}");
                         break;
                     }
                 };
                 let req = agent::WriteStdinRequest { container_id: cid.into(), exec_id: eid.into(), data: buf[..n].to_vec(), ..Default::default() };
                 if let Err(e) = agent.write_stdin(long(), &req) {
-                    log::debug!("stdin of {cid}/{eid} closed by the guest: {e}");
+                    ::log::debug!("stdin of {cid}/{eid} closed by the guest: {e}");
                     return;
                 }
             }
         }
-        Err(e) => log::warn!("cannot open stdin FIFO {path:?} of {cid}/{eid}: {e}"),
+        Err(e) => ::log::warn!("cannot open stdin FIFO {path:?} of {cid}/{eid}: {e}"),
     }
     close_stdin(agent, cid, eid);
 }
@@ -164,6 +203,6 @@ fn pump_in(agent: &AgentClient, cid: &str, eid: &str, path: &PathBuf) {
 pub fn close_stdin(agent: &AgentClient, cid: &str, eid: &str) {
     let req = agent::CloseStdinRequest { container_id: cid.into(), exec_id: eid.into(), ..Default::default() };
     if let Err(e) = agent.close_stdin(short(), &req) {
-        log::debug!("CloseStdin {cid}/{eid}: {e}");
+        ::log::debug!("CloseStdin {cid}/{eid}: {e}");
     }
 }
