@@ -7,8 +7,9 @@
 #   containerd_start_cri DIR SANDBOX_IMAGE HUSK_CONFIG [PATH_PREFIX]
 # the CRI plugin with the runtime handlers `runc` (io.containerd.runc.v2) and `husk`
 # (io.containerd.husk.v2, runtime options ConfigPath = HUSK_CONFIG), cgroupfs, SANDBOX_IMAGE as
-# the pod sandbox image, CNI from /usr/lib/cni with a private bridge network (host-local IPAM;
-# containerd adds the loopback network itself). containerd runs under a restart loop, as under
+# the pod sandbox image, CNI from /usr/lib/cni with a private bridge network (the node is its
+# gateway; host-local IPAM; portmap for the pods' port mappings; containerd adds the loopback
+# network itself). containerd runs under a restart loop, as under
 # systemd's Restart=always: a test may kill it (pid in DIR/containerd.pid) and it comes back.
 # Sets CTR_ADDR (also the CRI socket), CTRD_BRIDGE, CTRD_SUBNET; containerd_stop ends it all.
 
@@ -59,8 +60,9 @@ containerd_start_cri() {
   CTRD_SUBNET=10.$((200 + $$ % 50)).$((($$ / 50) % 256)).0/24
   cat >"$dir/net.d/10-husk-cri.conflist" <<JSON
 {"cniVersion": "1.0.0", "name": "husk-cri", "plugins": [
-  {"type": "bridge", "bridge": "$CTRD_BRIDGE", "isGateway": false, "ipMasq": false, "hairpinMode": true,
-   "ipam": {"type": "host-local", "dataDir": "$dir/cni-ipam", "ranges": [[{"subnet": "$CTRD_SUBNET"}]]}}]}
+  {"type": "bridge", "bridge": "$CTRD_BRIDGE", "isGateway": true, "ipMasq": false, "hairpinMode": true,
+   "ipam": {"type": "host-local", "dataDir": "$dir/cni-ipam", "ranges": [[{"subnet": "$CTRD_SUBNET"}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+  {"type": "portmap", "capabilities": {"portMappings": true}}]}
 JSON
   {
     _ctrd_toml "$dir"

@@ -2,7 +2,7 @@
 //! and /sys: no husk-vmm or husk shim, no shim of this containerd, no process in a pod cgroup
 //! of this run or naming containerd's or husk's dirs (virtiofsd), no new mount below those
 //! dirs or in /run/netns, no new loop device, nothing in husk's state dir, no port left on
-//! the CNI bridge.
+//! the CNI bridge, no port mapping rule (the portmap plugin's per-pod DNAT chains) left.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -99,6 +99,12 @@ pub fn findings(opts: &Opts, baseline: &Baseline) -> Result<Vec<String>, ProcErr
     if let Some(dir) = &opts.husk_state_dir {
         for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
             out.push(format!("husk state {}", e.path().display()));
+        }
+    }
+    // The portmap plugin's per-pod DNAT chains (CNI-DN-<hash>) go with their pods.
+    if let Ok(nat) = std::process::Command::new("iptables-save").args(["-t", "nat"]).output() {
+        for line in String::from_utf8_lossy(&nat.stdout).lines().filter(|l| l.starts_with("-A CNI-DN-")) {
+            out.push(format!("port mapping rule left: {line}"));
         }
     }
     if let Some(br) = &opts.bridge {

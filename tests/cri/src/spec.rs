@@ -33,6 +33,8 @@ pub struct PodSpec {
     pub dns: Option<DnsConfig>,
     /// One PID namespace for the whole pod (shareProcessNamespace).
     pub share_pid: bool,
+    /// The pod's port mappings (hostPort of its containers' ports).
+    pub port_mappings: Vec<PortMapping>,
 }
 
 impl PodSpec {
@@ -52,6 +54,7 @@ impl PodSpec {
             hostname: self.hostname.clone(),
             log_directory: self.log_dir.display().to_string(),
             dns_config: self.dns.clone(),
+            port_mappings: self.port_mappings.clone(),
             labels: [
                 ("io.kubernetes.pod.name".to_string(), self.name.clone()),
                 ("husk-cri/run".to_string(), self.namespace.clone()),

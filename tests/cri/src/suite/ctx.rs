@@ -101,6 +101,7 @@ impl Ctx {
             uid,
             dns: None,
             share_pid: false,
+            port_mappings: Vec::new(),
         }
     }
 

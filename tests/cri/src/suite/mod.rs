@@ -5,6 +5,7 @@ mod container;
 pub mod ctx;
 mod exec;
 mod multi;
+mod network;
 pub mod pod;
 mod resources;
 mod restart;
@@ -33,6 +34,7 @@ pub const CASES: &[&str] = &[
     "logs",
     "hostname-dns",
     "pod-ip",
+    "pod-network",
     "multi-container",
     "share-pid",
     "run-as-user",
@@ -51,6 +53,7 @@ async fn run_case(name: &str, ctx: &Ctx, baseline: &Baseline) -> Result<()> {
         "pod-lifecycle" => pod::lifecycle(ctx).await,
         "hostname-dns" => pod::hostname_dns(ctx).await,
         "pod-ip" => pod::pod_ip(ctx).await,
+        "pod-network" => network::pod_network(ctx).await,
         "share-pid" => pod::share_pid(ctx).await,
         "container-lifecycle" => container::lifecycle(ctx).await,
         "exit-codes" => container::exit_codes(ctx).await,

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Network benchmark, husk against runc (veth only) in the same run, both through `ctr run
+# --cni` on one CNI bridge: TCP throughput node→pod, pod→node and pod→pod, TCP connect +
+# request latency to busybox httpd in the container, and the CPU husk-vmm spends per GiB moved
+# (node↔pod). Printed as husk/runc ratios (throughput: higher is better; latency: lower).
+# Needs hardware KVM (run by `make bench` in the testbed). NET_BENCH_MIB sizes each transfer.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+net_setup
+MIB=${NET_BENCH_MIB:-64}
+REQS=${NET_BENCH_REQS:-50}
+T=${HUSK_E2E_TIMEOUT:-900}
+PY=$NET_LIB_DIR/bench.py
+
+# A container of runtime RT serving: httpd on 80, a sink on 5001 (node→pod and pod→pod), the
+# pod→node sender started by exec. run_ctr RT ID
+run_ctr() {
+  timeout "$T" ctr -a "$CTR_ADDR" run --cni --rm --runtime "$1" "$IMAGE" "$2" sh -c \
+    "mkdir -p /www && echo ok >/www/index.html && httpd -p 80 -h /www && while true; do nc -l -p 5001 >/dev/null; done" \
+    >"$E2E_WORK/$2.out" 2>&1 &
+  echo $! >"$E2E_WORK/$2.ctr"
+}
+
+cpu_ticks() { # PID: utime + stime of a process, in clock ticks
+  awk '{print $14 + $15}' "/proc/$1/stat"
+}
+
+vmm_of() { # CTR: the husk-vmm of a husk container (its state.json)
+  python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["vmm_pid"])' "$(ls "$E2E_WORK"/run-husk/*/"$1"/state.json)"
+}
+
+mbps() { python3 -c "import sys; print(f'{$1 / 1048576 / $2:.1f}')"; }
+
+for rt in runc husk; do
+  runtime=$RUNTIME
+  [ "$rt" = runc ] && runtime=io.containerd.runc.v2
+  run_ctr "$runtime" "$rt-a"
+  run_ctr "$runtime" "$rt-b"
+  net_wait_running "$rt-a"
+  net_wait_running "$rt-b"
+  a=$(net_ip "$rt-a")
+  b=$(net_ip "$rt-b")
+  # The servers are up once httpd answers.
+  for _ in $(seq 120); do python3 "$PY" latency "$a" 80 1 >/dev/null 2>&1 && python3 "$PY" latency "$b" 80 1 >/dev/null 2>&1 && break; sleep 1; done
+  ticks0=0
+  [ "$rt" = husk ] && ticks0=$(cpu_ticks "$(vmm_of "$rt-a")")
+
+  # node → pod
+  s=$(python3 "$PY" send "$a" 5001 "$MIB")
+  eval "${rt}_n2p=\$(mbps $((MIB << 20)) $s)"
+  # pod → node: the pod sends MIB MiB to a receiver on the bridge's address.
+  python3 "$PY" recv "$NET_GW" 5002 600 >"$E2E_WORK/recv.out" &
+  rp=$!
+  sleep 0.5
+  ctr_ task exec --exec-id "p2n$RANDOM" "$rt-a" sh -c "dd if=/dev/zero bs=65536 count=$((MIB * 16)) 2>/dev/null | nc $NET_GW 5002"
+  wait "$rp"
+  read -r bytes secs <"$E2E_WORK/recv.out"
+  eval "${rt}_p2n=\$(mbps $bytes $secs)"
+  if [ "$rt" = husk ]; then
+    ticks1=$(cpu_ticks "$(vmm_of "$rt-a")")
+    husk_cpu=$(python3 -c "print(f'{($ticks1 - $ticks0) / $(getconf CLK_TCK) / ($MIB * 2 / 1024):.2f}')")
+  fi
+  # pod → pod: a sends to b, timed in a by busybox time (10 ms resolution).
+  out=$(ctr_ task exec --exec-id "p2p$RANDOM" "$rt-a" sh -c "time sh -c 'dd if=/dev/zero bs=65536 count=$((MIB * 16)) 2>/dev/null | nc $b 5001' 2>&1")
+  secs=$(sed -n 's/^real[[:space:]]*\([0-9]*\)m \([0-9.]*\)s.*/\1 \2/p' <<<"$out" | awk '{print $1 * 60 + $2}')
+  [ -n "$secs" ] && [ "$secs" != 0 ] || fail "no timing from time in $rt-a: $out"
+  eval "${rt}_p2p=\$(mbps $((MIB << 20)) $secs)"
+  # latency
+  read -r med p90 < <(python3 "$PY" latency "$a" 80 "$REQS")
+  eval "${rt}_lat=$med ${rt}_p90=$p90"
+  for c in "$rt-a" "$rt-b"; do ctr_ task kill -s KILL "$c"; done
+  for c in "$rt-a" "$rt-b"; do wait "$(cat "$E2E_WORK/$c.ctr")" || true; done
+done
+
+ratio() { python3 -c "print(f'{$1 / $2:.2f}')"; }
+echo "net bench (${MIB} MiB per transfer, ${REQS} requests; testbed figures: compare ratios, not absolutes)"
+printf '  %-22s %10s %10s %8s\n' "" husk runc husk/runc
+printf '  %-22s %10s %10s %8s\n' "node→pod MiB/s" "$husk_n2p" "$runc_n2p" "$(ratio "$husk_n2p" "$runc_n2p")"
+printf '  %-22s %10s %10s %8s\n' "pod→node MiB/s" "$husk_p2n" "$runc_p2n" "$(ratio "$husk_p2n" "$runc_p2n")"
+printf '  %-22s %10s %10s %8s\n' "pod→pod MiB/s" "$husk_p2p" "$runc_p2p" "$(ratio "$husk_p2p" "$runc_p2p")"
+printf '  %-22s %10s %10s %8s\n' "HTTP latency ms (med)" "$husk_lat" "$runc_lat" "$(ratio "$husk_lat" "$runc_lat")"
+printf '  %-22s %10s %10s %8s\n' "HTTP latency ms (p90)" "$husk_p90" "$runc_p90" "$(ratio "$husk_p90" "$runc_p90")"
+echo "  husk-vmm CPU per GiB moved node↔pod: $husk_cpu s"
+net_leak_check
