@@ -42,6 +42,7 @@ def main():
     max_queries = int(sys.argv[5]) if len(sys.argv) > 5 else 1000
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind((addr, 53))
+    print(f"dns: listening on {addr}:53", flush=True)
     deadline = time.monotonic() + lifetime
     served = 0
     while served < max_queries and time.monotonic() < deadline:

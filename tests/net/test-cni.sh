@@ -27,7 +27,7 @@ serve web --mount "type=bind,src=$E2E_WORK/resolv.conf,dst=/etc/resolv.conf,opti
 net_wait_running web
 ip=$(net_ip web)
 [ -n "$ip" ] || fail "web has no IPv4 address on eth0: $(ctr_ task exec --exec-id a0 web ip addr)"
-owner=$(head -n1 "$NET_IPAM/$NET_NAME/$ip" 2>/dev/null || true)
+owner=$(head -n1 "$NET_IPAM/$NET_NAME/$ip" 2>/dev/null | tr -d '\r' || true)
 assert_eq "default-web" "$owner" "host-local's reservation of $ip"
 log "web has $ip, the address CNI assigned"
 mac_in=$(ctr_ task exec --exec-id m0 web cat /sys/class/net/eth0/address)
@@ -46,7 +46,8 @@ log "ping, TCP and ARP from the host: ok"
 # 3. DNS: a resolver on the bridge's address answers the container.
 python3 "$NET_LIB_DIR/dns.py" "$NET_GW" "$NAME" "$NAME_IP" 300 100 >"$E2E_WORK/dns.out" 2>&1 &
 dns=$!
-sleep 1
+for _ in $(seq 120); do grep -q listening "$E2E_WORK/dns.out" && break; sleep 0.5; done
+grep -q listening "$E2E_WORK/dns.out" || fail "the resolver did not start: $(cat "$E2E_WORK/dns.out")"
 out=$(ctr_ task exec --exec-id d0 web nslookup "$NAME" 2>&1 || true)
 kill "$dns" 2>/dev/null || true
 assert_contains "$out" "$NAME_IP" "nslookup $NAME through /etc/resolv.conf ($NET_GW)"
