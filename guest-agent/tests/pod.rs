@@ -87,6 +87,14 @@ fn containers_of_a_pod_share_its_namespaces_and_shm() {
     a.remove("writer").unwrap();
     assert_eq!(std::fs::read_to_string(a.dir.join("run/pod/emptydir/cache/f")).unwrap(), "kept\n");
 
+    // CRI's (v1-style) cgroup mount is the guest's cgroup2, read-only.
+    let mut m = member(&a, &["sh", "-c", "test -f /sys/fs/cgroup/cgroup.procs && echo cgroup2; touch /sys/fs/cgroup/x 2>/dev/null || echo ro"], false);
+    m["mounts"].as_array_mut().unwrap().push(json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}));
+    create(&a, "cg", "pause", &m).unwrap();
+    start(&a, "cg");
+    assert_eq!(output(&a, "cg"), "cgroup2\nro\n");
+    a.remove("cg").unwrap();
+
     // shareProcessNamespace: the sandbox's process is PID 1 of the member too.
     let m = member(&a, &["sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '; echo; echo pid=$$"], true);
     create(&a, "peer", "pause", &m).unwrap();
