@@ -324,6 +324,20 @@ fn a_pod_shares_one_vm_and_its_containers_use_disk_slots() {
     env.client.delete(ctx(), &DeleteRequest { id: "app1".into(), ..Default::default() }).unwrap();
     assert!(!state.join("containers/app1").exists());
     assert!(shim_alive_after_shutdown(&mut env), "the shim exited while its pod still runs");
+    // containerd runs the binary's `delete` for app1 when its connection closes: the pod's
+    // shim still answers on the shared socket, so that must leave everything alone.
+    let sock = env.dir.path().join("shim.sock");
+    let app1 = env.dir.path().join("bundle-app1");
+    std::fs::write(app1.join("address"), format!("unix://{}", sock.display())).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_containerd-shim-husk-v2"))
+        .args(["-namespace", "test", "-id", "app1", "-address", "/nonexistent", "delete"])
+        .current_dir(&app1)
+        .env("HUSK_CONFIG", env.dir.path().join("husk.toml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(sock.exists(), "the delete action removed the pod shim's socket");
+    assert!(state.join("state.json").exists(), "the delete action removed the running pod's state");
     let b = member_bundle(&env, "app3", "pod", &["out", "1", "0"]);
     create_in(&env, "app3", &b, &o, &e).unwrap();
     let log = std::fs::read_to_string(&api_log).unwrap();

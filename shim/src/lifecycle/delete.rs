@@ -3,6 +3,7 @@
 //! and the shim socket, and reports the task as killed (137, as runc's shim does).
 
 use std::io::Write;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -26,10 +27,19 @@ pub fn run(flags: &Flags) -> Result<(), LifecycleError> {
     } else {
         PathBuf::from(&flags.bundle)
     };
-    cleanup(&bundle, &flags.namespace, &flags.id);
-    let address_file = bundle.join("address");
-    if let Ok(addr) = std::fs::read_to_string(&address_file) {
-        let _ = std::fs::remove_file(socket_path(addr.trim()));
+    // containerd also runs `delete` when its connection for one container of a pod closes,
+    // while the pod's shim still serves the others on the same socket: then the shim is alive
+    // and owns its state, and nothing here may touch it (removing the socket would orphan it;
+    // the next container of the pod would get a new shim without the pod).
+    let address = std::fs::read_to_string(bundle.join("address")).ok();
+    let alive = address.as_deref().is_some_and(|a| UnixStream::connect(socket_path(a.trim())).is_ok());
+    if alive {
+        eprintln!("the shim serving {} still answers: it keeps its state", flags.id);
+    } else {
+        cleanup(&bundle, &flags.namespace, &flags.id);
+        if let Some(addr) = address {
+            let _ = std::fs::remove_file(socket_path(addr.trim()));
+        }
     }
     let resp = DeleteResponse { pid: 0, exit_status: KILLED, exited_at: Some(now()).into(), ..Default::default() };
     let bytes = resp.write_to_bytes().map_err(|e| LifecycleError::Io { op: "encode", what: "DeleteResponse".into(), source: std::io::Error::other(e) })?;
