@@ -32,7 +32,7 @@ pub fn run(flags: &Flags) -> Result<(), LifecycleError> {
     // and owns its state, and nothing here may touch it (removing the socket would orphan it;
     // the next container of the pod would get a new shim without the pod).
     let address = std::fs::read_to_string(bundle.join("address")).ok();
-    let alive = address.as_deref().is_some_and(|a| UnixStream::connect(socket_path(a.trim())).is_ok());
+    let alive = address.as_deref().is_some_and(|a| shim_answers(a.trim(), &flags.id));
     if alive {
         eprintln!("the shim serving {} still answers: it keeps its state", flags.id);
     } else {
@@ -46,6 +46,16 @@ pub fn run(flags: &Flags) -> Result<(), LifecycleError> {
     let mut out = std::io::stdout().lock();
     out.write_all(&bytes).map_err(io_err("write", "stdout"))?;
     out.flush().map_err(io_err("flush", "stdout"))
+}
+
+/// Whether a shim serves `address` and answers a Task API call in time (a socket whose
+/// server is exiting still accepts connections into its backlog: that is not an answer).
+fn shim_answers(address: &str, id: &str) -> bool {
+    let Ok(stream) = UnixStream::connect(socket_path(address)) else { return false };
+    let Ok(client) = ttrpc::Client::new(std::os::fd::IntoRawFd::into_raw_fd(stream)) else { return false };
+    let client = containerd_shim_protos::shim_sync::TaskClient::new(client);
+    let req = containerd_shim_protos::api::ConnectRequest { id: id.into(), ..Default::default() };
+    client.connect(ttrpc::context::with_timeout(Duration::from_secs(2).as_nanos() as i64), &req).is_ok()
 }
 
 /// Removes what a dead shim left for container `id` of `bundle` in containerd namespace
