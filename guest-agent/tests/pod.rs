@@ -77,6 +77,24 @@ fn containers_of_a_pod_share_its_namespaces_and_shm() {
     a.exec("pause", "see", &process(&["cat", "/dev/shm/x"]), false).unwrap();
     assert_eq!(a.read_all("pause", "see", false), b"from-app\n");
 
+    // An emptyDir: made on first use, shared by the pod's containers.
+    let mut m = member(&a, &["sh", "-c", "echo kept >/cache/f"], false);
+    let empty = a.dir.join("run/pod/emptydir/cache").display().to_string();
+    m["mounts"].as_array_mut().unwrap().push(json!({"destination": "/cache", "type": "bind", "source": empty, "options": ["rbind"]}));
+    create(&a, "writer", "pause", &m).unwrap();
+    start(&a, "writer");
+    output(&a, "writer");
+    a.remove("writer").unwrap();
+    assert_eq!(std::fs::read_to_string(a.dir.join("run/pod/emptydir/cache/f")).unwrap(), "kept\n");
+
+    // CRI's (v1-style) cgroup mount is the guest's cgroup2, read-only.
+    let mut m = member(&a, &["sh", "-c", "test -f /sys/fs/cgroup/cgroup.procs && echo cgroup2; touch /sys/fs/cgroup/x 2>/dev/null || echo ro"], false);
+    m["mounts"].as_array_mut().unwrap().push(json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}));
+    create(&a, "cg", "pause", &m).unwrap();
+    start(&a, "cg");
+    assert_eq!(output(&a, "cg"), "cgroup2\nro\n");
+    a.remove("cg").unwrap();
+
     // shareProcessNamespace: the sandbox's process is PID 1 of the member too.
     let m = member(&a, &["sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '; echo; echo pid=$$"], true);
     create(&a, "peer", "pause", &m).unwrap();
@@ -106,7 +124,7 @@ fn containers_of_a_pod_share_its_namespaces_and_shm() {
     a.remove("app").unwrap();
     a.remove("peer").unwrap();
     a.remove("pause").unwrap();
-    assert!(!a.dir.join("run/pod").exists(), "pod directory left");
+    assert!(!a.dir.join("run/pod").exists(), "pod directory left (emptyDir included)");
     assert!(a.agent_mounts().is_empty(), "mounts left: {:?}", a.agent_mounts());
     // A new pod can follow.
     create(&a, "next", "next", &spec(&["true"])).unwrap();

@@ -227,6 +227,25 @@ fn exec_and_kill() {
     assert_eq!(wait(&env, "ex", "x1"), 7);
     assert_eq!(rxo.join().unwrap(), fake_agent::pattern(10));
     env.client.delete(ctx(), &DeleteRequest { id: "ex".into(), exec_id: "x1".into(), ..Default::default() }).unwrap();
+    // An exec that fails to start: its output FIFOs reach EOF at once (containerd's readers
+    // would otherwise wait for a writer that never comes).
+    let (mo, me) = (fifo(env.dir.path(), "mo"), fifo(env.dir.path(), "me"));
+    let (rmo, rme) = (reader(mo.clone()), reader(me.clone()));
+    let spec = serde_json::json!({"args": ["missing"], "cwd": "/", "user": {"uid": 0, "gid": 0}});
+    let req = ExecProcessRequest {
+        id: "ex".into(),
+        exec_id: "x2".into(),
+        stdout: mo.display().to_string(),
+        stderr: me.display().to_string(),
+        spec: Some(Any { type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(), value: spec.to_string().into_bytes(), ..Default::default() }).into(),
+        ..Default::default()
+    };
+    env.client.exec(ctx(), &req).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(env.client.start(ctx(), &StartRequest { id: "ex".into(), exec_id: "x2".into(), ..Default::default() }).is_err());
+    let t = Instant::now();
+    assert_eq!((rmo.join().unwrap(), rme.join().unwrap()), (Vec::new(), Vec::new()));
+    assert!(t.elapsed() < Duration::from_secs(5), "the outputs of a failed exec stayed open {:?}", t.elapsed());
     // Deleting the running init is refused; kill it, then delete.
     assert!(env.client.delete(ctx(), &DeleteRequest { id: "ex".into(), ..Default::default() }).is_err());
     env.client.kill(ctx(), &KillRequest { id: "ex".into(), signal: 9, ..Default::default() }).unwrap();
@@ -330,6 +349,20 @@ fn a_pod_shares_one_vm_and_its_containers_use_disk_slots() {
     env.client.delete(ctx(), &DeleteRequest { id: "app1".into(), ..Default::default() }).unwrap();
     assert!(!state.join("containers/app1").exists());
     assert!(shim_alive_after_shutdown(&mut env), "the shim exited while its pod still runs");
+    // containerd runs the binary's `delete` for app1 when its connection closes: the pod's
+    // shim still answers on the shared socket, so that must leave everything alone.
+    let sock = env.dir.path().join("shim.sock");
+    let app1 = env.dir.path().join("bundle-app1");
+    std::fs::write(app1.join("address"), format!("unix://{}", sock.display())).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_containerd-shim-husk-v2"))
+        .args(["-namespace", "test", "-id", "app1", "-address", "/nonexistent", "delete"])
+        .current_dir(&app1)
+        .env("HUSK_CONFIG", env.dir.path().join("husk.toml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(sock.exists(), "the delete action removed the pod shim's socket");
+    assert!(state.join("state.json").exists(), "the delete action removed the running pod's state");
     let b = member_bundle(&env, "app3", "pod", &["out", "1", "0"]);
     create_in(&env, "app3", &b, &o, &e).unwrap();
     let log = std::fs::read_to_string(&api_log).unwrap();

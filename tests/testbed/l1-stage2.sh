@@ -27,6 +27,9 @@ for t in iptables ip6tables; do
   done
 done
 $bb ip link set lo up
+# Shared memory (husk-vmm's memfd guest RAM) may use transparent huge pages when asked:
+# README's recommended host setting (Debian's default, never, boots guests slower).
+echo advise >/sys/kernel/mm/transparent_hugepage/shmem_enabled 2>/dev/null || true
 $bb hostname husk-testbed
 say "ready after $($bb cut -d' ' -f1 /proc/uptime) s of outer-VM uptime"
 # Heartbeat: the host side (run) takes a stale one as a stalled outer VM. The selftest

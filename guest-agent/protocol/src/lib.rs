@@ -55,3 +55,7 @@ pub const POD_SHM_DIR: &str = "/run/husk/pod/shm";
 
 /// Where the pod's shared host files appear in the guest (virtio-fs).
 pub const POD_SHARED_DIR: &str = "/run/husk/pod/shared";
+
+/// Kubernetes emptyDir volumes of the pod: `<POD_EMPTY_DIR>/<name>`, directories in guest
+/// memory the agent creates on first use, shared by the pod's containers.
+pub const POD_EMPTY_DIR: &str = "/run/husk/pod/emptydir";

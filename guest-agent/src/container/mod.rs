@@ -52,6 +52,23 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> R
         .map_err(|e| AgentError::InvalidArgument(format!("{what} is not valid JSON: {e}")))
 }
 
+/// Creates the pod's emptyDir volumes the spec binds (`<run_dir>/pod/emptydir/<name>`, in guest
+/// memory) on first use, world-writable as kubelet makes them.
+fn make_empty_dirs(run_dir: &std::path::Path, plan: &RootPlan) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let base = run_dir.join("pod").join("emptydir");
+    for m in plan.mounts.iter().filter(|m| m.bind) {
+        let p = std::path::Path::new(&m.source);
+        if p.parent() != Some(base.as_path()) || p.exists() {
+            continue;
+        }
+        std::fs::create_dir_all(p).map_err(|e| AgentError::io(format!("creating emptyDir {}", p.display()), e))?;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777))
+            .map_err(|e| AgentError::io(format!("chmod emptyDir {}", p.display()), e))?;
+    }
+    Ok(())
+}
+
 /// Undo list for a failing create.
 struct Partial {
     mounts: Mounts,
@@ -108,6 +125,7 @@ impl Container {
             let procs = cg.procs_fd()?;
             let allowed = [paths.run_dir.join("pod"), disks_dir.clone()];
             let mut root_plan = RootPlan::from_spec(&spec, root, &ns, &allowed)?;
+            make_empty_dirs(&paths.run_dir, &root_plan)?;
             root_plan.open_bind_sources(&allowed)?;
             let placement = Placement::Create { ns, root: &root_plan };
             spawn(reaper, "", &plan, req.stdin, Some(procs), placement)

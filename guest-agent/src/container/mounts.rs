@@ -374,13 +374,28 @@ fn apply_mount(root: &Path, m: &MountPlan) -> ChildResult<()> {
         }
     } else {
         make_target(&target, false)?;
-        let r = mount(Some(m.source.as_str()), &target, Some(m.fstype.as_str()), m.flags, data);
-        match (r, m.fstype.as_str()) {
+        // The guest has only the unified hierarchy: a (v1-style) "cgroup" mount is cgroup2,
+        // as runc does on a cgroup v2 host.
+        let fstype = if m.fstype == "cgroup" { "cgroup2" } else { m.fstype.as_str() };
+        let data = if fstype == "cgroup2" { None } else { data };
+        let r = mount(Some(m.source.as_str()), &target, Some(fstype), m.flags, data);
+        match (r, fstype) {
             (Ok(()), _) => {}
             // Without a new network namespace sysfs cannot be mounted: bind the guest's.
             (Err(nix::Error::EPERM), "sysfs") => {
                 mount(Some("/sys"), &target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
                     .map_err(sys(what.clone()))?;
+            }
+            // No cgroup namespace of its own (or a busy superblock): bind the hierarchy, as
+            // runc falls back to, keeping the mount's read-only flag.
+            (Err(nix::Error::EPERM | nix::Error::EBUSY), "cgroup2") => {
+                mount(Some("/sys/fs/cgroup"), &target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+                    .map_err(sys(what.clone()))?;
+                let ro = m.flags & (MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC);
+                if !ro.is_empty() {
+                    mount(None::<&str>, &target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | ro, None::<&str>)
+                        .map_err(sys(format!("{what} (remount with {ro:?})")))?;
+                }
             }
             (Err(e), _) => return Err(ChildError::sys(what, e)),
         }

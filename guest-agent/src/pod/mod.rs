@@ -123,8 +123,15 @@ impl Pod {
             }
             self.shm_mounted = false;
         }
+        // The pod's emptyDir volumes live in guest memory, with no mount inside.
+        let empty = self.dir.join("emptydir");
+        if let Err(e) = std::fs::remove_dir_all(&empty) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                log::warn!("removing {}: {e}", empty.display());
+            }
+        }
         // Never recursively: a mount point whose unmount failed would take the host's shared
-        // files with it. The directory holds only the two mount points.
+        // files with it. The directory holds only the two mount points now.
         for d in [shared, shm, self.dir.clone()] {
             if let Err(e) = std::fs::remove_dir(&d) {
                 if e.kind() != std::io::ErrorKind::NotFound {

@@ -206,3 +206,19 @@ pub fn close_stdin(agent: &AgentClient, cid: &str, eid: &str) {
         ::log::debug!("CloseStdin {cid}/{eid}: {e}");
     }
 }
+
+/// Opens and closes the output FIFOs of a process that never started (its start failed), so
+/// that containerd's readers see EOF instead of waiting for a writer that never comes (an
+/// ExecSync of a missing binary hung 60 s that way). A FIFO without a reader is left alone.
+pub fn release_outputs(paths: &StdioPaths) {
+    use std::os::unix::fs::OpenOptionsExt;
+    for path in [&paths.stdout, &paths.stderr] {
+        if path.is_empty() {
+            continue;
+        }
+        match OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(path) {
+            Ok(f) => drop(f),
+            Err(e) => log::debug!("releasing output FIFO {path:?}: {e}"),
+        }
+    }
+}

@@ -3,6 +3,7 @@
 //! and the shim socket, and reports the task as killed (137, as runc's shim does).
 
 use std::io::Write;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -26,16 +27,35 @@ pub fn run(flags: &Flags) -> Result<(), LifecycleError> {
     } else {
         PathBuf::from(&flags.bundle)
     };
-    cleanup(&bundle, &flags.namespace, &flags.id);
-    let address_file = bundle.join("address");
-    if let Ok(addr) = std::fs::read_to_string(&address_file) {
-        let _ = std::fs::remove_file(socket_path(addr.trim()));
+    // containerd also runs `delete` when its connection for one container of a pod closes,
+    // while the pod's shim still serves the others on the same socket: then the shim is alive
+    // and owns its state, and nothing here may touch it (removing the socket would orphan it;
+    // the next container of the pod would get a new shim without the pod).
+    let address = std::fs::read_to_string(bundle.join("address")).ok();
+    let alive = address.as_deref().is_some_and(|a| shim_answers(a.trim(), &flags.id));
+    if alive {
+        eprintln!("the shim serving {} still answers: it keeps its state", flags.id);
+    } else {
+        cleanup(&bundle, &flags.namespace, &flags.id);
+        if let Some(addr) = address {
+            let _ = std::fs::remove_file(socket_path(addr.trim()));
+        }
     }
     let resp = DeleteResponse { pid: 0, exit_status: KILLED, exited_at: Some(now()).into(), ..Default::default() };
     let bytes = resp.write_to_bytes().map_err(|e| LifecycleError::Io { op: "encode", what: "DeleteResponse".into(), source: std::io::Error::other(e) })?;
     let mut out = std::io::stdout().lock();
     out.write_all(&bytes).map_err(io_err("write", "stdout"))?;
     out.flush().map_err(io_err("flush", "stdout"))
+}
+
+/// Whether a shim serves `address` and answers a Task API call in time (a socket whose
+/// server is exiting still accepts connections into its backlog: that is not an answer).
+fn shim_answers(address: &str, id: &str) -> bool {
+    let Ok(stream) = UnixStream::connect(socket_path(address)) else { return false };
+    let Ok(client) = ttrpc::Client::new(std::os::fd::IntoRawFd::into_raw_fd(stream)) else { return false };
+    let client = containerd_shim_protos::shim_sync::TaskClient::new(client);
+    let req = containerd_shim_protos::api::ConnectRequest { id: id.into(), ..Default::default() };
+    client.connect(ttrpc::context::with_timeout(Duration::from_secs(2).as_nanos() as i64), &req).is_ok()
 }
 
 /// Removes what a dead shim left for container `id` of `bundle` in containerd namespace

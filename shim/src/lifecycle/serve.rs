@@ -14,6 +14,9 @@ use ttrpc::MethodHandler;
 use super::{io_err, socket_path, LifecycleError};
 use crate::task::Service;
 
+/// How long the ttrpc server may take to stop once the shim has nothing left to serve.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// containerd-shim-protos serves `containerd.task.v3.Task` (containerd 2.x); containerd 1.6
 /// and 1.7 call `containerd.task.v2.Task`, whose messages are identical. Serve both names.
 fn with_v2_aliases(methods: HashMap<String, Box<dyn MethodHandler + Send + Sync>>, service: Arc<Service>) -> HashMap<String, Box<dyn MethodHandler + Send + Sync>> {
@@ -82,8 +85,19 @@ pub fn run(flags: &Flags) -> Result<(), LifecycleError> {
     log::info!("husk shim for {} serving on {}", flags.id, path.display());
     exit.wait();
     log::info!("husk shim for {} exiting", flags.id);
-    server.shutdown();
+    // The socket goes first: a `start` for a new container must not find an exiting server.
     let _ = std::fs::remove_file(&path);
+    // ttrpc's shutdown waits for every connection's handlers; one blocked in a call must not
+    // keep the process (and its cgroup, its log FIFO) alive: nothing is left to serve.
+    let spawned = std::thread::Builder::new().name("exit-watch".into()).spawn(|| {
+        std::thread::sleep(SHUTDOWN_GRACE);
+        log::warn!("the ttrpc server did not stop within {SHUTDOWN_GRACE:?}; exiting anyway");
+        std::process::exit(0);
+    });
+    if spawned.is_err() {
+        std::process::exit(0);
+    }
+    server.shutdown();
     Ok(())
 }
 

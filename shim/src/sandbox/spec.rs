@@ -78,15 +78,59 @@ pub fn is_pod_shm(m: &Mount, sandbox_id: &str) -> bool {
     m.destination() == Path::new("/dev/shm") && src.file_name().is_some_and(|n| n == "shm") && src.parent().and_then(Path::file_name).is_some_and(|n| n == sandbox_id)
 }
 
-/// The spec for the guest: each bind mount gets the guest path of its source, from
-/// `share(mount)` unless it is the pod's shm. `share` refuses what it cannot share.
+/// Files below /proc a container may bind over, as runc allows (lxcfs-style views).
+const PROC_BINDABLE: [&str; 10] = [
+    "/proc/cpuinfo",
+    "/proc/diskstats",
+    "/proc/meminfo",
+    "/proc/stat",
+    "/proc/swaps",
+    "/proc/uptime",
+    "/proc/loadavg",
+    "/proc/slabinfo",
+    "/proc/net/dev",
+    "/proc/sys/kernel/ns_last_pid",
+];
+
+/// Refuses a bind mount over a path the container may not shadow: its root, and /proc (but
+/// for the files runc allows).
+fn check_destination(m: &Mount) -> Result<()> {
+    let dst = m.destination();
+    let norm: std::path::PathBuf = dst.components().collect();
+    let bad = norm == Path::new("/") || (norm.starts_with("/proc") && !PROC_BINDABLE.iter().any(|p| norm == Path::new(p)));
+    if bad {
+        return Err(ShimError::invalid("mounts", format!("bind mount on {}: the container may not shadow that path", dst.display())));
+    }
+    Ok(())
+}
+
+/// The name of a Kubernetes emptyDir volume whose host directory is `src`
+/// (`…/volumes/kubernetes.io~empty-dir/<name>`), if it is one.
+pub fn empty_dir_name(src: &Path) -> Option<String> {
+    let name = src.file_name()?.to_str()?;
+    let kind = src.parent()?.file_name()?;
+    (kind == "kubernetes.io~empty-dir" && crate::state::validate_id(name).is_ok()).then(|| name.to_string())
+}
+
+/// The spec for the guest: each bind mount gets the guest path of its source: the pod's shm
+/// tmpfs, a guest-local directory for a Kubernetes emptyDir (the pod's containers share it;
+/// it lives in guest memory, never on the host), or what `share(mount)` made of a host path.
+/// `share` refuses what it cannot share.
 pub fn guest_spec(spec: &Spec, sandbox_id: &str, share: &mut dyn FnMut(&Mount) -> Result<String>) -> Result<Spec> {
     let mut out = spec.clone();
     let mut mounts = Vec::new();
     for m in spec.mounts().iter().flatten() {
         let mut m = m.clone();
         if is_bind(&m) {
-            let guest = if is_pod_shm(&m, sandbox_id) { husk_protocol::POD_SHM_DIR.to_string() } else { share(&m)? };
+            check_destination(&m)?;
+            let empty_dir = m.source().as_deref().and_then(empty_dir_name);
+            let guest = if is_pod_shm(&m, sandbox_id) {
+                husk_protocol::POD_SHM_DIR.to_string()
+            } else if let Some(name) = empty_dir {
+                format!("{}/{name}", husk_protocol::POD_EMPTY_DIR)
+            } else {
+                share(&m)?
+            };
             m.set_source(Some(guest.into()));
         }
         mounts.push(m);
@@ -144,5 +188,29 @@ mod tests {
         assert_eq!(seen.len(), 1);
         // Another pod's shm is not this pod's.
         assert!(guest_spec(&s, "pod2", &mut |_| Err(ShimError::invalid("bind", "refused"))).is_err());
+    }
+
+    #[test]
+    fn empty_dirs_stay_in_the_guest_and_some_paths_cannot_be_shadowed() {
+        let s = spec(
+            r#"{"ociVersion":"1.0.2","mounts":[
+            {"destination":"/cache","type":"bind","source":"/var/lib/kubelet/pods/u1/volumes/kubernetes.io~empty-dir/cache","options":["rbind"]},
+            {"destination":"/proc/meminfo","type":"bind","source":"/var/lib/lxcfs/proc/meminfo","options":["rbind"]}]}"#,
+        );
+        let mut shared = 0;
+        let g = guest_spec(&s, "p", &mut |_| {
+            shared += 1;
+            Ok("/run/husk/pod/shared/0".into())
+        })
+        .unwrap();
+        let m = g.mounts().as_ref().unwrap();
+        assert_eq!(m[0].source().as_deref(), Some(Path::new("/run/husk/pod/emptydir/cache")));
+        assert_eq!(shared, 1, "only the lxcfs file is a host share");
+        for dst in ["/", "/proc", "/proc/self", "/proc/../proc/sys"] {
+            let bad = spec(&format!(r#"{{"ociVersion":"1.0.2","mounts":[{{"destination":"{dst}","type":"bind","source":"/x","options":["rbind"]}}]}}"#));
+            let e = guest_spec(&bad, "p", &mut |_| Ok("/g".into())).unwrap_err().to_string();
+            assert!(e.contains("may not shadow"), "{dst}: {e}");
+        }
+        assert_eq!(empty_dir_name(Path::new("/v/kubernetes.io~empty-dir/../x")), None);
     }
 }

@@ -126,7 +126,13 @@ impl Service {
                 stdin: !p.stdio.stdin.is_empty(),
                 ..Default::default()
             };
-            let pid = agent.exec_process(short(), &r).map_err(agent_err("ExecProcess"))?.pid;
+            let pid = match agent.exec_process(short(), &r) {
+                Ok(r) => r.pid,
+                Err(e) => {
+                    crate::io::release_outputs(&p.stdio);
+                    return Err(agent_err("ExecProcess")(e));
+                }
+            };
             p.set_running(pid);
             c.watch_process(&self.inner.events, &p);
             let ev = TaskExecStarted { container_id: c.id.clone(), exec_id: req.exec_id.clone(), pid, ..Default::default() };

@@ -3,7 +3,7 @@
 //! Processes are scripted by their args: `out N CODE` writes N pattern bytes to stdout and
 //! `err-line\n` to stderr, then exits with CODE; `cat` copies stdin to stdout until stdin is
 //! closed; `sleep` runs until signalled (exit 128+signal); `hang` acknowledges signals and
-//! never exits; `crash` makes the VMM exit (status 3) shortly after the start, as a guest crash
+//! never exits; an exec of `missing` fails to start; `crash` makes the VMM exit (status 3) shortly after the start, as a guest crash
 //! would.
 
 use std::collections::HashMap;
@@ -122,7 +122,10 @@ impl Agent for Fake {
     }
     fn exec_process(&self, _: &TtrpcContext, r: ExecProcessRequest) -> ttrpc::Result<ExecProcessResponse> {
         let p: serde_json::Value = serde_json::from_slice(&r.process_json).unwrap();
-        let args = p["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect();
+        let args: Vec<String> = p["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect();
+        if args.first().map(String::as_str) == Some("missing") {
+            return Err(status(ttrpc::Code::INVALID_ARGUMENT, "executable \"missing\" not found"));
+        }
         let k = key(&r.container_id, &r.exec_id);
         self.procs.lock().unwrap().insert(k.clone(), Proc { args, pid: 20, ..Default::default() });
         Ok(ExecProcessResponse { pid: self.start(&k)?, ..Default::default() })

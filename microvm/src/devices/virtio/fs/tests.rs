@@ -312,6 +312,11 @@ impl Rig {
         );
     }
 
+    /// Initialises the device with the rings of `qs`.
+    fn activate(&self, qs: &[TestQueue<'_>]) {
+        self.driver_init(&qs.iter().map(|q| q.queue()).collect::<Vec<_>>());
+    }
+
     /// Runs the event loop until `done` holds (at most 10 s).
     fn run_until(&mut self, what: &str, mut done: impl FnMut(&Self) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -356,6 +361,22 @@ impl Rig {
     }
 }
 
+/// With the backend gone: activating the device again fails at once, with
+/// DEVICE_NEEDS_RESET, and a request gets EIO (with its unique) instead of hanging.
+fn assert_activation_fails_with_eio(rig: &mut Rig, unique: u64) {
+    let mem = rig.mem.clone();
+    let mut qs = queues(&mem);
+    rig.activate(&qs);
+    rig.run_until("the activation fails", |r| r.phase() == Phase::Failed);
+    assert_eq!(
+        rig.t.status() & STATUS_DEVICE_NEEDS_RESET,
+        STATUS_DEVICE_NEEDS_RESET
+    );
+    let reply = rig.request(&mut qs[REQUEST_QUEUE], REQUEST_QUEUE as u32, 1, unique);
+    rig.run_until("the request fails", |_| qs[REQUEST_QUEUE].used_idx() == 1);
+    assert_eq!(rig.reply(reply), (16, -5, unique));
+}
+
 /// The driver's queues (fresh rings) in `mem`.
 fn queues(mem: &GuestMemoryMmap) -> Vec<TestQueue<'_>> {
     RING_BASES
@@ -395,7 +416,7 @@ fn the_backend_serves_the_queues_and_its_calls_become_interrupts() {
     let mut rig = Rig::new();
     let mem = rig.mem.clone();
     let mut qs = queues(&mem);
-    rig.driver_init(&qs.iter().map(|q| q.queue()).collect::<Vec<_>>());
+    rig.activate(&qs);
     assert_eq!(
         rig.phase(),
         Phase::Starting,
@@ -447,7 +468,7 @@ fn a_backend_that_dies_leaves_eio_and_device_needs_reset_not_a_hang() {
     let mut rig = Rig::new();
     let mem = rig.mem.clone();
     let mut qs = queues(&mem);
-    rig.driver_init(&qs.iter().map(|q| q.queue()).collect::<Vec<_>>());
+    rig.activate(&qs);
     rig.run_until("the backend runs", |r| r.phase() == Phase::Running);
     let answered = rig.request(&mut qs[REQUEST_QUEUE], REQUEST_QUEUE as u32, 1, 1);
     rig.run_until("the first reply", |_| qs[REQUEST_QUEUE].used_idx() == 1);
@@ -502,16 +523,7 @@ fn a_backend_that_dies_leaves_eio_and_device_needs_reset_not_a_hang() {
     rig.run_until("the device is idle", |r| {
         r.phase() == Phase::Idle && !r.dev.lock().unwrap().kicks_registered
     });
-    let mut qs = queues(&mem);
-    rig.driver_init(&qs.iter().map(|q| q.queue()).collect::<Vec<_>>());
-    rig.run_until("the activation fails", |r| r.phase() == Phase::Failed);
-    assert_eq!(
-        rig.t.status() & STATUS_DEVICE_NEEDS_RESET,
-        STATUS_DEVICE_NEEDS_RESET
-    );
-    let again = rig.request(&mut qs[REQUEST_QUEUE], REQUEST_QUEUE as u32, 1, 4);
-    rig.run_until("the request fails", |_| qs[REQUEST_QUEUE].used_idx() == 1);
-    assert_eq!(rig.reply(again), (16, -5, 4));
+    assert_activation_fails_with_eio(&mut rig, 4);
 }
 
 #[test]
@@ -519,7 +531,7 @@ fn a_reset_stops_the_backend_rings_and_a_new_activation_restarts_them() {
     let mut rig = Rig::new();
     let mem = rig.mem.clone();
     let mut qs = queues(&mem);
-    rig.driver_init(&qs.iter().map(|q| q.queue()).collect::<Vec<_>>());
+    rig.activate(&qs);
     rig.run_until("the backend runs", |r| r.phase() == Phase::Running);
     rig.request(&mut qs[REQUEST_QUEUE], REQUEST_QUEUE as u32, 1, 1);
     rig.run_until("the first reply", |_| qs[REQUEST_QUEUE].used_idx() == 1);
@@ -545,7 +557,7 @@ fn a_reset_stops_the_backend_rings_and_a_new_activation_restarts_them() {
 
     // The driver sets the device up again, with fresh rings.
     let mut qs = queues(&mem);
-    rig.driver_init(&qs.iter().map(|q| q.queue()).collect::<Vec<_>>());
+    rig.activate(&qs);
     rig.run_until("the backend runs again", |r| r.phase() == Phase::Running);
     let reply = rig.request(&mut qs[REQUEST_QUEUE], REQUEST_QUEUE as u32, 1, 7);
     rig.run_until("the reply after the restart", |_| {
@@ -607,15 +619,5 @@ fn a_backend_gone_before_activation_fails_the_activation_not_the_vmm() {
         0,
         "nothing to reset before the driver came"
     );
-    let mem = rig.mem.clone();
-    let mut qs = queues(&mem);
-    rig.driver_init(&qs.iter().map(|q| q.queue()).collect::<Vec<_>>());
-    rig.run_until("the activation fails", |r| r.phase() == Phase::Failed);
-    assert_eq!(
-        rig.t.status() & STATUS_DEVICE_NEEDS_RESET,
-        STATUS_DEVICE_NEEDS_RESET
-    );
-    let reply = rig.request(&mut qs[REQUEST_QUEUE], REQUEST_QUEUE as u32, 1, 9);
-    rig.run_until("the request fails", |_| qs[REQUEST_QUEUE].used_idx() == 1);
-    assert_eq!(rig.reply(reply), (16, -5, 9));
+    assert_activation_fails_with_eio(&mut rig, 9);
 }

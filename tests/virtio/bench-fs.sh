@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# virtio-fs against virtio-blk, and virtiofsd's cache and xattr settings against each other,
+# in one guest (husk-vmm, 1 vCPU, 256 MiB): one virtio-blk disk (ext4 image, the peer) and
+# one virtio-fs device per virtiofsd setting, each virtiofsd sandboxed as the shim runs it
+# (--sandbox namespace, --seccomp kill, --thread-pool-size 0) on its own host directory:
+#   auto          --cache auto              (metadata 1 s, data revalidated on open)
+#   auto+xattr    --cache auto --xattr
+#   metadata      --cache metadata          (no data cache)
+#   never         --cache never             (nothing cached)
+#   always        --cache always            (never revalidated: host changes can stay unseen)
+# On each, the guest measures (BENCH_FS_REPS rounds, default 3, targets in rotating order):
+#   write  BENCH_FS_MB (default 16) MiB sequentially, 1 MiB blocks, fsync    -> MiB/s
+#   read   the file after dropping the guest's caches (cold), then again (warm) -> MiB/s
+#   create BENCH_FS_FILES (default 300) small files, one shell, no forks     -> files/s
+#   stat   all of them (`ls -l`), caches dropped first (cold), then warm     -> files/s
+#   unlink all of them (`rm -r`)                                            -> files/s
+# and prints the median of each figure per target with its ratio to virtio-blk's (>1: faster
+# than the disk), then each virtiofsd's RSS (parent + sandboxed server) after the work.
+# Everything runs in one VM at once, so every figure shares the same emulation overheads.
+# Run: tests/virtio/build.sh && tests/testbed/run --timeout 3600 -- tests/virtio/bench-fs.sh
+set -uo pipefail
+. "$(dirname "$0")/lib.sh"
+VIRTIOFSD=${HUSK_VIRTIOFSD:-/usr/local/libexec/husk/virtiofsd}
+MB=${BENCH_FS_MB:-16}
+FILES=${BENCH_FS_FILES:-300}
+REPS=${BENCH_FS_REPS:-3}
+for v in MB FILES REPS; do
+  [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || { echo "bench-fs: BENCH_FS_$v must be a positive integer, got '${!v}'"; exit 2; }
+done
+[ -x "$VIRTIOFSD" ] || { echo "bench-fs: no virtiofsd at $VIRTIOFSD (make deps)"; exit 1; }
+[ -x "$VSOCK_TOOL" ] || { echo "bench-fs: no vsock tool at $VSOCK_TOOL (tests/virtio/build.sh)"; exit 1; }
+# name:virtiofsd flags (the tag is the name)
+SETTINGS=("auto:--cache=auto" "auto+xattr:--cache=auto --xattr" "metadata:--cache=metadata" "never:--cache=never" "always:--cache=always")
+vfs_pids=()
+cleanup_bench() {
+  for p in "${vfs_pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
+  cleanup_vmm
+}
+trap cleanup_bench EXIT
+
+truncate -s $((MB * 2 + 64 + FILES / 8))M "$work/blk.img"
+mkfs.ext4 -q -F "$work/blk.img" || { echo "bench-fs: mkfs.ext4 failed"; exit 1; }
+fs_args=() targets="blk"
+for s in "${SETTINGS[@]}"; do
+  name=${s%%:*} flags=${s#*:}
+  mkdir -p "$work/share-$name"
+  # shellcheck disable=SC2086 # flags are words
+  "$VIRTIOFSD" --socket-path "$work/$name.sock" --shared-dir "$work/share-$name" --sandbox namespace \
+    --seccomp kill --thread-pool-size 0 --log-level warn $flags 2>>"$work/virtiofsd.err" &
+  vfs_pids+=($!)
+  for ((i = 0; i < 100; i++)); do [ -S "$work/$name.sock" ] && break; sleep 0.1; done
+  [ -S "$work/$name.sock" ] || { echo "bench-fs: virtiofsd $name did not start: $(tail -3 "$work/virtiofsd.err")"; exit 1; }
+  fs_args+=(--fs "tag=$name,socket=$work/$name.sock")
+  targets="$targets $name"
+done
+
+mkinit_x benchfs "mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+now() { vsock-tool now; }
+mkdir -p /mnt/blk && mount -t ext4 /dev/vda /mnt/blk || echo HUSK-FSB-ERROR mount blk
+for t in $targets; do [ \$t = blk ] && continue; mkdir -p /mnt/\$t && mount -t virtiofs \$t /mnt/\$t || echo HUSK-FSB-ERROR mount \$t; done
+drop() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+one() {
+  d=/mnt/\$1
+  t0=\$(now); dd if=/dev/zero of=\$d/big bs=1048576 count=$MB conv=fsync 2>/dev/null || echo HUSK-FSB-ERROR write \$1
+  t1=\$(now); drop; t2=\$(now); dd if=\$d/big of=/dev/null bs=1048576 2>/dev/null
+  t3=\$(now); dd if=\$d/big of=/dev/null bs=1048576 2>/dev/null
+  t4=\$(now); mkdir \$d/small; i=0; while [ \$i -lt $FILES ]; do echo \$i >\$d/small/f\$i; i=\$((i + 1)); done; sync
+  t5=\$(now); drop; t6=\$(now); [ \$(ls -l \$d/small | wc -l) = \$(($FILES + 1)) ] || echo HUSK-FSB-ERROR stat \$1
+  t7=\$(now); ls -l \$d/small >/dev/null
+  t8=\$(now); rm -r \$d/small; sync
+  t9=\$(now); rm \$d/big
+  echo \"HUSK-FSB \$1 \$2 \$t0 \$t1 \$t2 \$t3 \$t4 \$t5 \$t6 \$t7 \$t8 \$t9\"
+}
+r=1; while [ \$r -le $REPS ]; do
+  set -- $targets; k=\$r; while [ \$k -gt 1 ]; do x=\$1; shift; set -- \"\$@\" \$x; k=\$((k - 1)); done
+  for t in \"\$@\"; do one \$t \$r; done
+  r=\$((r + 1))
+done
+echo HUSK-FSB-DONE
+vsock-tool wait 5099
+poweroff -f" "$VSOCK_TOOL:/bin/vsock-tool"
+
+start_vm benchfs "$work/benchfs.cpio.gz" --disk "path=$work/blk.img,id=blk" "${fs_args[@]}" --vsock "cid=3,uds=$work/v.sock"
+for ((i = 0; i < 36000; i++)); do
+  grep -aq '^HUSK-FSB-DONE' "$work/benchfs.out" 2>/dev/null && break
+  kill -0 "$vmm_pid" 2>/dev/null || break
+  sleep 0.1
+done
+# virtiofsd's memory after the work: the process started plus its sandboxed server.
+rss_lines=()
+for idx in "${!SETTINGS[@]}"; do
+  name=${SETTINGS[$idx]%%:*} p=${vfs_pids[$idx]} kb=0
+  for q in $p $(pgrep -P "$p"); do kb=$((kb + $(awk '/^VmRSS/ {print $2}' "/proc/$q/status" 2>/dev/null || echo 0))); done
+  rss_lines+=("$name $kb")
+done
+timeout -k 5 60 python3 "$vdir/vsock_host.py" poke "$work/v.sock" 5099 >/dev/null 2>&1
+wait_vm 120
+tr -d '\r' <"$work/benchfs.out" | grep -a '^HUSK-FSB' >"$work/fsb.txt"
+if grep -q 'HUSK-FSB-ERROR' "$work/fsb.txt" || ! grep -q '^HUSK-FSB-DONE' "$work/fsb.txt"; then
+  echo "bench-fs: the guest's run failed (exit $rc):"; grep -a 'HUSK-FSB-ERROR' "$work/fsb.txt"; tail -15 "$work/benchfs.out"; tail -5 "$work/benchfs.err"
+  exit 1
+fi
+printf '%s\n' "${rss_lines[@]}" >"$work/rss.txt"
+python3 - "$work/fsb.txt" "$work/rss.txt" "$MB" "$FILES" "$REPS" <<'PY'
+import statistics, sys
+fsb, rss, mb, files, reps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+figs = {}  # target -> figure -> [values]
+order = []
+for line in open(fsb):
+    f = line.split()
+    if f[0] != "HUSK-FSB":
+        continue
+    t, ts = f[1], [float(x) for x in f[3:13]]
+    if t not in order:
+        order.append(t)
+    d = lambda a, b: max(ts[b] - ts[a], 1e-6)
+    v = figs.setdefault(t, {})
+    for name, val in (("write MiB/s", mb / d(0, 1)), ("read cold MiB/s", mb / d(2, 3)), ("read warm MiB/s", mb / d(3, 4)),
+                      ("create files/s", files / d(4, 5)), ("stat cold files/s", files / d(6, 7)),
+                      ("stat warm files/s", files / d(7, 8)), ("unlink files/s", files / d(8, 9))):
+        v.setdefault(name, []).append(val)
+names = list(figs["blk"].keys())
+med = {t: {n: statistics.median(figs[t][n]) for n in names} for t in order}
+print(f"bench-fs: {mb} MiB file, {files} small files, {reps} round(s); median per figure, (ratio to virtio-blk)")
+print("%-18s" % "figure" + "".join("%20s" % t for t in order))
+for n in names:
+    row = "%-18s" % n
+    for t in order:
+        m = med[t][n]
+        row += "%20s" % (f"{m:.1f}" if t == "blk" else f"{m:.1f} ({m / med['blk'][n]:.2f}x)")
+    print(row)
+print("spread of the rounds (min-max):")
+for n in names:
+    print("%-18s" % n + "".join("%20s" % f"{min(figs[t][n]):.0f}-{max(figs[t][n]):.0f}" for t in order))
+print("virtiofsd RSS after the work (parent + sandboxed server): " + ", ".join(f"{l.split()[0]} {int(l.split()[1]) / 1024:.1f} MiB" for l in open(rss) if l.strip()))
+PY
