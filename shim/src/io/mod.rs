@@ -218,7 +218,7 @@ pub fn release_outputs(paths: &StdioPaths) {
         }
         match OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(path) {
             Ok(f) => drop(f),
-            Err(e) => log::debug!("releasing output FIFO {path:?}: {e}"),
+            Err(e) => ::log::debug!("releasing output FIFO {path:?}: {e}"),
         }
     }
 }
