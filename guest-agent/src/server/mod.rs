@@ -1,4 +1,6 @@
 //! The ttrpc service: maps each RPC of `husk.agent.v1.Agent` onto containers and processes.
+pub mod peer;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
