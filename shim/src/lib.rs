@@ -10,7 +10,8 @@
 //! * [`vm`]: spawning `husk-vmm` and the hybrid vsock to the guest; [`agent`]: the agent client.
 //! * [`io`]: containerd's stdio FIFOs bridged to the agent's streams.
 //! * [`rootfs`], [`state`], [`options`]: rootfs images, per-sandbox state, configuration.
-//! * [`cli`]: `husk check`, `husk ps`, `husk logs`.
+//! * [`cli`]: `husk check`, `husk ps`, `husk logs`; [`guest_text`]: guest text made safe for a
+//!   terminal.
 
 // Errors travel only on cold paths (a failed RPC or action); their size does not matter.
 #![allow(clippy::result_large_err)]
@@ -19,6 +20,7 @@ pub mod agent;
 pub mod cli;
 pub mod container;
 pub mod error;
+pub mod guest_text;
 pub mod io;
 pub mod lifecycle;
 pub mod options;
