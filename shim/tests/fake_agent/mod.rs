@@ -4,7 +4,8 @@
 //! `err-line\n` to stderr, then exits with CODE; `cat` copies stdin to stdout until stdin is
 //! closed; `sleep` runs until signalled (exit 128+signal); `hang` acknowledges signals and
 //! never exits; `crash` makes the VMM exit (status 3) shortly after the start, as a guest crash
-//! would.
+//! would; `oom-flood` runs until signalled and, while it runs, GetOomEvent answers at once,
+//! forever, naming its container (a hostile agent flooding the shim).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -161,7 +162,13 @@ impl Agent for Fake {
     }
     fn get_oom_event(&self, _: &TtrpcContext, _: GetOomEventRequest) -> ttrpc::Result<OomEvent> {
         loop {
-            std::thread::sleep(Duration::from_secs(3600));
+            let flooding = self.procs.lock().unwrap().iter().find_map(|(k, p)| {
+                (p.args.first().map(String::as_str) == Some("oom-flood") && p.exit.is_none()).then(|| k.split('/').next().unwrap_or("").to_string())
+            });
+            if let Some(container_id) = flooding {
+                return Ok(OomEvent { container_id, ..Default::default() });
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
     fn remove_container(&self, _: &TtrpcContext, _: RemoveContainerRequest) -> ttrpc::Result<Empty> {
