@@ -4,6 +4,8 @@
 //!
 //! - vCPU threads: KVM_RUN and KVM_IRQ_LINE (the only ioctls), I/O to the console and
 //!   eventfds, locks, memory allocation.
+//! - Every thread may trim a bounded log file (the console, stderr: `crate::bounded_log`),
+//!   hence positioned reads and writes, lseek and ftruncate in the common list.
 //! - The device event loop: epoll, file and socket I/O for block, net and vsock backends.
 //! - Disk I/O threads (one per disk): epoll on their queue, vectored file I/O, sync,
 //!   KVM_IRQ_LINE (the only ioctl) for the disk's interrupt.
@@ -95,6 +97,10 @@ const COMMON: &[i64] = &[
     libc::SYS_fstat,
     libc::SYS_newfstatat,
     libc::SYS_fcntl,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_lseek,
+    libc::SYS_ftruncate,
 ];
 
 const EVENT_LOOP: &[i64] = &[
@@ -193,11 +199,53 @@ pub fn filters() -> Result<Filters, SeccompError> {
 mod tests {
     use super::*;
 
+    /// Runs `call` in a child under the filter of `kind`; true if the call came back (the
+    /// child exits 7), false if the filter killed it (SIGSYS).
+    fn allowed_under(kind: ThreadKind, call: fn()) -> bool {
+        let f = filters().unwrap().get(kind);
+        // SAFETY: fork in a test; the child only installs the prepared filter, makes the
+        // call and exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            if seccompiler::apply_filter(&f).is_err() {
+                // SAFETY: exiting the child.
+                unsafe { libc::_exit(9) };
+            }
+            call();
+            // SAFETY: exiting the child.
+            unsafe { libc::_exit(7) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        if libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS {
+            return false;
+        }
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 7, "{kind:?}: child status {status:#x}");
+        true
+    }
+
+    const KINDS: [ThreadKind; 5] = [ThreadKind::Vcpu, ThreadKind::EventLoop, ThreadKind::Api, ThreadKind::BlockIo, ThreadKind::Main];
+
     #[test]
     fn filters_compile() {
         let f = filters().unwrap();
         assert!(!f.get(ThreadKind::Vcpu).is_empty());
         assert!(f.get(ThreadKind::EventLoop).len() > f.get(ThreadKind::Api).len());
+    }
+
+    #[test]
+    fn every_thread_may_trim_a_bounded_log() {
+        for kind in KINDS {
+            // SAFETY: positioned I/O, lseek and ftruncate on fd -1 fail with EBADF and touch
+            // no memory.
+            assert!(allowed_under(kind, || unsafe {
+                libc::pread(-1, std::ptr::null_mut(), 0, 0);
+                libc::pwrite(-1, std::ptr::null(), 0, 0);
+                libc::lseek(-1, 0, libc::SEEK_END);
+                libc::ftruncate(-1, 0);
+            }), "{kind:?}: trimming a bounded log would be killed");
+        }
     }
 
     #[test]

@@ -130,7 +130,9 @@ impl Vm {
         plan.check_files()?;
         plan.write_config()?;
         let spawn_err = |source| VmError::Spawn { vmm: plan.vmm.clone(), source };
-        let log = File::create(&plan.vmm_log).map_err(spawn_err)?;
+        // Readable too: husk-vmm keeps a stderr that is a regular file within its
+        // log_max_bytes by moving the newest part to the start (microvm bounded_log).
+        let log = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&plan.vmm_log).map_err(spawn_err)?;
         let log2 = log.try_clone().map_err(spawn_err)?;
         // Opened here (O_CLOEXEC, so the VMM does not keep them); the child writes "0" to each
         // before exec, so the VMM and every thread it starts live in the pod's cgroup.

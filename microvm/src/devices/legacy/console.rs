@@ -1,10 +1,10 @@
 //! Where serial output goes, and the watcher that recognises the guest kernel's power-off and
 //! panic lines in it (see [`crate::exit`]).
 
-use std::fs::File;
 use std::io::{self, Write};
 use std::sync::Arc;
 
+use crate::bounded_log::BoundedLog;
 use crate::exit::{ExitReason, VmExit};
 
 /// Longest console line the watcher keeps; longer lines are cut (the markers are at the start).
@@ -15,8 +15,8 @@ const MAX_LINE: usize = 256;
 pub enum ConsoleOut {
     /// husk-vmm's standard output.
     Stdout(io::Stdout),
-    /// A file opened for appending.
-    File(File),
+    /// A file, kept within its size bound (the guest writes as much as it likes).
+    File(BoundedLog),
     /// Dropped.
     Sink,
 }
@@ -87,6 +87,27 @@ mod tests {
             w.write_all(&[b]).unwrap();
         }
         exit
+    }
+
+    #[test]
+    fn fifty_mib_of_console_output_leave_at_most_the_bound_in_the_file() {
+        let path = std::env::temp_dir().join(format!("husk-console-flood-{}.log", std::process::id()));
+        let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+        let max = 64 << 10;
+        let exit = Arc::new(VmExit::default());
+        let mut w = ConsoleWriter::new(ConsoleOut::File(BoundedLog::new(f, max).unwrap()), exit.clone());
+        let line = [b"x".repeat(1023), b"\n".to_vec()].concat();
+        let chunk: Vec<u8> = line.iter().cycle().take(4096).copied().collect();
+        for _ in 0..(50 << 20) / chunk.len() {
+            w.write_all(&chunk).unwrap();
+        }
+        w.write_all(b"the last line\n").unwrap();
+        let size = std::fs::metadata(&path).unwrap().len();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert!(size <= max, "{size} bytes on the host for a bound of {max}");
+        assert!(text.ends_with("x\nthe last line\n") && text.starts_with("[husk: "), "{}", &text[..80]);
+        assert!(!exit.is_stopping());
     }
 
     #[test]
