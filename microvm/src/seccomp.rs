@@ -2,8 +2,9 @@
 //! before its loop (`--no-seccomp` turns them off for debugging). A call outside the list
 //! kills the process (SIGSYS).
 //!
-//! - vCPU threads: KVM_RUN and KVM_IRQ_LINE (the only ioctls), I/O to the console and
-//!   eventfds, locks, memory allocation.
+//! - vCPU threads: KVM_RUN, KVM_IRQ_LINE, and KVM_GET_MP_STATE and KVM_GET_REGS (a halt
+//!   probe reads the vCPU's own state) as the only ioctls, I/O to the console and eventfds,
+//!   locks, memory allocation.
 //! - Every thread may trim a bounded log file (the console, stderr: `crate::bounded_log`),
 //!   hence positioned reads and writes, lseek and ftruncate in the common list.
 //! - The device event loop: epoll, file and socket I/O for block, net and vsock backends.
@@ -65,6 +66,10 @@ impl Filters {
 const KVM_RUN: u64 = 0xae80;
 /// KVM_IRQ_LINE = _IOW(0xAE, 0x61, struct kvm_irq_level), 8 bytes.
 const KVM_IRQ_LINE: u64 = 0x4008_ae61;
+/// KVM_GET_MP_STATE = _IOR(0xAE, 0x98, struct kvm_mp_state), 4 bytes.
+const KVM_GET_MP_STATE: u64 = 0x8004_ae98;
+/// KVM_GET_REGS = _IOR(0xAE, 0x81, struct kvm_regs), 144 bytes.
+const KVM_GET_REGS: u64 = 0x8090_ae81;
 
 /// Syscalls every thread needs: memory, locks, signals, exit, logging.
 const COMMON: &[i64] = &[
@@ -186,7 +191,7 @@ fn build(name: &'static str, allow: &[&[i64]], ioctls: Option<&[u64]>) -> Result
 pub fn filters() -> Result<Filters, SeccompError> {
     Ok(Filters {
         // A vCPU raises a config-change interrupt when a device fails to activate.
-        vcpu: build("vcpu", &[COMMON], Some(&[KVM_RUN, KVM_IRQ_LINE]))?,
+        vcpu: build("vcpu", &[COMMON], Some(&[KVM_RUN, KVM_IRQ_LINE, KVM_GET_MP_STATE, KVM_GET_REGS]))?,
         event_loop: build("event loop", &[COMMON, EVENT_LOOP], None)?,
         // The API thread raises a slot's config-change interrupt after an attach or detach.
         api: build("api", &[COMMON, API], Some(&[KVM_IRQ_LINE]))?,
@@ -304,7 +309,13 @@ mod tests {
             let st = ioctl_under(kind, libc::FIONREAD);
             assert!(libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGSYS, "{kind:?}: FIONREAD allowed, status {st:#x}");
         }
-        let st = ioctl_under(ThreadKind::Vcpu, KVM_RUN);
-        assert!(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 7, "vcpu: KVM_RUN refused, status {st:#x}");
+        for (name, req) in [("KVM_RUN", KVM_RUN), ("KVM_GET_MP_STATE", KVM_GET_MP_STATE), ("KVM_GET_REGS", KVM_GET_REGS)] {
+            let st = ioctl_under(ThreadKind::Vcpu, req);
+            assert!(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 7, "vcpu: {name} refused, status {st:#x}");
+        }
+        for kind in [ThreadKind::BlockIo, ThreadKind::Api] {
+            let st = ioctl_under(kind, KVM_GET_REGS);
+            assert!(libc::WIFSIGNALED(st), "{kind:?}: KVM_GET_REGS allowed, status {st:#x}");
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! What a guest makes husk-vmm write, on the local /dev/kvm with hand-built guests: it cannot
 //! fill the host (the console file, and husk-vmm's own stderr when that is a file, keep within
-//! `--log-max-bytes`).
+//! `--log-max-bytes`), and console text alone does not end the VM (a power-off line counts
+//! only when the vCPUs really halted).
 
 #![allow(clippy::unwrap_used)]
 
@@ -57,6 +58,34 @@ fn a_console_flood_leaves_at_most_the_bound_on_the_host() {
     assert!(dropped >= u64::from(FLOOD) - MAX, "only {dropped} bytes dropped");
 }
 
+/// Runs `code` and tells whether husk-vmm is still running `secs` later (then kills it).
+fn still_running_after(name: &str, code: Code, secs: u64) -> (bool, String) {
+    let s = Scratch::new(name);
+    let k = s.file("vmlinux", &elf(&code.0));
+    let child = vmm().arg("--kernel").arg(&k).args(["--memory", "32M"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let pid = child.id() as i32;
+    let mut vm = Vmm(Some(child));
+    let alive = !wait_for(secs, || vm.0.as_mut().unwrap().try_wait().unwrap().is_some());
+    // SAFETY: killing our own child.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let out = vm.wait();
+    (alive, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn a_power_off_line_from_a_guest_that_goes_on_does_not_end_the_vm() {
+    let line = "[    1.000000] reboot: System halted\n";
+    // Halted with interrupts enabled (an idle kernel), and spinning with them disabled.
+    let idle = Code(Code::default().serial(line).0.into_iter().chain([0xfb, 0xf4, 0xeb, 0xfd]).collect());
+    let spin = Code(Code::default().serial(line).0.into_iter().chain([0xeb, 0xfe]).collect());
+    let t = std::thread::spawn(move || still_running_after("forged-spin", spin, 14));
+    let (alive, err) = still_running_after("forged-idle", idle, 14);
+    assert!(alive, "an idle guest that printed the line was taken as powered off: {err}");
+    assert!(err.contains("did not halt"), "no warning about the forged line: {err}");
+    let (alive, err) = t.join().unwrap();
+    assert!(alive, "a running guest that printed the line was taken as powered off: {err}");
+}
+
 #[test]
 fn log_lines_a_guest_causes_leave_a_stderr_file_within_the_bound() {
     // mov dx, 0x3f0 (no device); mov ecx, 100000; l: out dx, al; dec ecx; jnz l
@@ -85,4 +114,15 @@ fn log_lines_a_guest_causes_leave_a_stderr_file_within_the_bound() {
     assert!(text.len() <= (16 << 10) + 100, "{} bytes", text.len());
     assert!(text.starts_with("[husk: ") && text.contains("out 0x3f0 unhandled"), "{}", &text[..200]);
     assert!(text.ends_with("husk-vmm: guest rebooted\n"), "{}", &text[text.len() - 100..]);
+}
+
+#[test]
+fn a_power_off_line_then_the_halt_ends_the_vm_with_status_0_on_two_vcpus() {
+    // vCPU 1 is never started (as with `nosmp`): it cannot run, so it counts as stopped.
+    let s = Scratch::new("poweroff-2");
+    let k = s.file("vmlinux", &elf(&Code::default().serial("[    1.000000] reboot: System halted\n").halt().0));
+    let o = run(&k, &["--vcpus", "2"]);
+    let (_, err) = texts(&o);
+    assert_eq!(o.status.code(), Some(0), "stderr: {err}");
+    assert!(err.contains("guest powered off"), "stderr: {err}");
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What the guest writes cannot fill the host:
+# What the guest writes cannot fill the host or end the VM by itself:
 # - console flood: a guest writing FLOOD_KIB (default 256) KiB to its serial console with
 #   `--console file:` and `--log-max-bytes 16K` leaves at most 16K on the host, ending in the
 #   guest's last line, under the note of what was dropped. (Every byte the guest writes to
@@ -7,6 +7,9 @@
 #   the host through the same console writer, microvm devices/legacy/console.rs tests; the
 #   bound on husk-vmm's own stderr is microvm/tests/console.rs: a Linux guest has no port
 #   I/O for a process to make husk-vmm log, the kernel has no iopl/ioperm.)
+# - forged power-off and panic lines: /init prints "reboot: System halted" and a kernel panic
+#   with its end line, then keeps running; the VM must go on (the lines alone used to end
+#   it), and a real `poweroff -f` afterwards still ends it with exit 0.
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 flood_kib=${FLOOD_KIB:-256}
@@ -33,4 +36,20 @@ else
   head -c 300 "$work/flood.log"; echo; tail -c 300 "$work/flood.log"; echo
 fi
 
+# 2. Forged power-off and panic lines.
+# The sleep outlasts husk-vmm's 10 s check of the vCPUs after the line.
+mkinit forged 'echo "reboot: System halted" >/dev/console
+echo "Kernel panic - not syncing: forged by /init"
+echo "---[ end Kernel panic - not syncing: forged by /init ]---"
+sleep 12
+echo "HUSK-INIT still running"
+poweroff -f'
+boot forged "$KDIR/vmlinux" "$work/forged.cpio.gz" 2
+if [ "$rc" = 0 ] && grep -aq 'HUSK-INIT still running' "$work/forged.out" && grep -q 'guest powered off' "$work/forged.err"; then
+  ok "forged power-off and panic lines do not end the VM; the real power-off then does (exit 0)"
+else
+  bad "forged lines: exit $rc, stderr: $(cat "$work/forged.err")"; tail -5 "$work/forged.out"
+fi
+grep -q 'power-off line but the vCPUs did not halt' "$work/forged.err" \
+  && ok "husk-vmm logged the forged power-off line" || bad "no warning about the forged line: $(cat "$work/forged.err")"
 finish
