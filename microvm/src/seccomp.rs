@@ -230,65 +230,62 @@ mod tests {
         true
     }
 
-    /// Discards a syscall's result in the one-line closures below.
-    trait Ignore {
-        fn ignore(self);
-    }
-    impl<T> Ignore for T {
-        fn ignore(self) {}
-    }
-
     const KINDS: [ThreadKind; 5] = [ThreadKind::Vcpu, ThreadKind::EventLoop, ThreadKind::Api, ThreadKind::BlockIo, ThreadKind::Main];
+
+    // The calls the filters are tried with: on fd -1 or with null pointers, so the kernel
+    // answers an error (EBADF, EFAULT, ENOENT) without touching memory or running anything.
+    fn common_calls() {
+        // SAFETY: getpid, and a write of nothing to fd -1 (EBADF).
+        unsafe {
+            libc::getpid();
+            libc::write(-1, std::ptr::null(), 0);
+        }
+    }
+    fn getppid() {
+        // SAFETY: getppid takes no arguments.
+        unsafe { libc::getppid() };
+    }
+    fn execve_null() {
+        // SAFETY: execve of a NULL path fails with EFAULT if it is let through.
+        unsafe { libc::syscall(libc::SYS_execve, 0, 0, 0) };
+    }
+    fn epoll_wait_bad_fd() {
+        // SAFETY: epoll_wait on fd -1 with no events fails with EBADF.
+        unsafe { libc::epoll_wait(-1, std::ptr::null_mut(), 0, 0) };
+    }
+    fn unlink_missing() {
+        // SAFETY: unlink of a path that does not exist, from a valid C string.
+        unsafe { libc::unlink(c"/nonexistent/husk-seccomp-test".as_ptr()) };
+    }
+    fn log_trimming_calls() {
+        // SAFETY: positioned I/O, lseek and ftruncate on fd -1 fail with EBADF.
+        unsafe {
+            libc::pread(-1, std::ptr::null_mut(), 0, 0);
+            libc::pwrite(-1, std::ptr::null(), 0, 0);
+            libc::lseek(-1, 0, libc::SEEK_END);
+            libc::ftruncate(-1, 0);
+        }
+    }
 
     #[test]
     fn filters_compile() {
         // What each kind is for is allowed, what none needs is killed: the compiled programs
         // really encode the lists (not just some program of some length).
         for kind in KINDS {
-            assert!(
-                allowed_under(kind, || {
-                    // SAFETY: getpid, and a write of nothing to fd -1 (EBADF): no memory touched.
-                    unsafe {
-                        libc::getpid();
-                        libc::write(-1, std::ptr::null(), 0);
-                    }
-                }),
-                "{kind:?}: common calls refused"
-            );
-            // SAFETY: getppid takes no arguments.
-            assert!(!allowed_under(kind, || unsafe { libc::getppid() }.ignore()), "{kind:?}: getppid allowed");
-            // SAFETY: execve with NULL path fails (EFAULT) if it is let through; nothing runs.
-            assert!(!allowed_under(kind, || unsafe { libc::syscall(libc::SYS_execve, 0, 0, 0) }.ignore()), "{kind:?}: execve allowed");
+            assert!(allowed_under(kind, common_calls), "{kind:?}: common calls refused");
+            assert!(!allowed_under(kind, getppid), "{kind:?}: getppid allowed");
+            assert!(!allowed_under(kind, execve_null), "{kind:?}: execve allowed");
         }
-        // SAFETY: as above.
-        assert!(allowed_under(ThreadKind::EventLoop, || unsafe {
-            libc::epoll_wait(-1, std::ptr::null_mut(), 0, 0);
-        }));
-        // SAFETY: as above.
-        assert!(!allowed_under(ThreadKind::Vcpu, || unsafe {
-            libc::epoll_wait(-1, std::ptr::null_mut(), 0, 0);
-        }), "vcpu threads do not poll");
-        // SAFETY: as above.
-        assert!(allowed_under(ThreadKind::Main, || unsafe {
-            libc::unlink(c"/nonexistent/husk-seccomp-test".as_ptr());
-        }));
-        // SAFETY: as above.
-        assert!(!allowed_under(ThreadKind::Vcpu, || unsafe {
-            libc::unlink(c"/nonexistent/husk-seccomp-test".as_ptr());
-        }));
+        assert!(allowed_under(ThreadKind::EventLoop, epoll_wait_bad_fd), "the event loop polls");
+        assert!(!allowed_under(ThreadKind::Vcpu, epoll_wait_bad_fd), "vcpu threads do not poll");
+        assert!(allowed_under(ThreadKind::Main, unlink_missing), "the main thread removes the API socket");
+        assert!(!allowed_under(ThreadKind::Vcpu, unlink_missing), "vcpu threads do not unlink");
     }
 
     #[test]
     fn every_thread_may_trim_a_bounded_log() {
         for kind in KINDS {
-            // SAFETY: positioned I/O, lseek and ftruncate on fd -1 fail with EBADF and touch
-            // no memory.
-            assert!(allowed_under(kind, || unsafe {
-                libc::pread(-1, std::ptr::null_mut(), 0, 0);
-                libc::pwrite(-1, std::ptr::null(), 0, 0);
-                libc::lseek(-1, 0, libc::SEEK_END);
-                libc::ftruncate(-1, 0);
-            }), "{kind:?}: trimming a bounded log would be killed");
+            assert!(allowed_under(kind, log_trimming_calls), "{kind:?}: trimming a bounded log would be killed");
         }
     }
 
