@@ -3,7 +3,7 @@
 #   make build      release binaries (husk-vmm, husk-rootfs, containerd-shim-husk-v2, husk)
 #   make kernel     guest kernel build/kernel/{vmlinux,bzImage} (cached by config hash)
 #   make initramfs  build/initramfs.cpio.gz with the static husk-agent as /init
-#   make test       everything: deps, builds, unit tests, testbed self-test, in-guest tests
+#   make test       everything: deps, builds, clippy, rustfmt check, unit tests, testbed self-test, in-guest tests
 #   make fuzz       every cargo-fuzz target for FUZZ_SECONDS (10) each
 #   make bench      benchmarks against peers (QEMU microvm, runc), in the testbed
 #   make install    binaries, kernel, initramfs and /etc/husk/config.toml (PREFIX, SYSCONFDIR, DESTDIR)
@@ -20,7 +20,7 @@ AGENT := target/$(MUSL)/release/husk-agent
 TESTBED := tests/testbed/run
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: deps build agent kernel initramfs test unit lint testbed-selftest testbed-prep testbed-tests host-tests bench install demo fuzz clean
+.PHONY: deps build agent kernel initramfs test unit lint fmt-check testbed-selftest testbed-prep testbed-tests host-tests bench install demo fuzz clean
 
 deps:
 	@tests/scripts/deps.sh
@@ -44,6 +44,10 @@ unit:
 lint:
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
+# rustfmt.toml holds the project's style (long lines).
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
 testbed-selftest:
 	tests/testbed/selftest.sh
 
@@ -61,7 +65,7 @@ host-tests: kernel
 	python3 tests/virtio/test_ratio.py
 	tests/rootfs/guest-mount.sh
 
-test: deps kernel build initramfs unit host-tests fuzz testbed-selftest testbed-tests
+test: deps kernel build initramfs lint fmt-check unit host-tests fuzz testbed-selftest testbed-tests
 
 bench: testbed-prep
 	tests/bench.sh --where host

@@ -27,6 +27,10 @@ pub const DEFAULT_INITRAMFS: &str = "/usr/local/share/husk/initramfs";
 /// PIT, keyboard, cascade and serial ports). The virtio-mmio window range
 /// (0xd000_0000-0xfec0_0000, 4 KiB each) holds far more, so the lines are the limit.
 pub const MAX_VIRTIO_DEVICES: usize = 19;
+/// Default of [`VmConfig::log_max_bytes`].
+pub const DEFAULT_LOG_MAX: MemSize = MemSize(1 << 20);
+/// Smallest [`VmConfig::log_max_bytes`] (the drop notice and a useful tail must fit).
+pub const MIN_LOG_MAX: MemSize = MemSize(16 << 10);
 /// API name of disk slot `n` (`slot0`, `slot1`, ...; see [`VmConfig::disk_slots`]).
 pub fn slot_name(n: u32) -> String {
     format!("slot{n}")
@@ -137,6 +141,12 @@ pub struct VmConfig {
     /// Serial console: `stdio`, `none` or `file:PATH`.
     #[serde(default)]
     pub console: Console,
+    /// Most bytes husk-vmm keeps in each log file it writes: the console file
+    /// (`console = "file:..."`) and its own stderr when that is a regular file. A log about to
+    /// grow past this drops its older part and keeps the newest half, under a line saying how
+    /// much was dropped. At least 16K; default 1M.
+    #[serde(default = "default_log_max")]
+    pub log_max_bytes: MemSize,
     /// Unix socket of the control API (see microvm/API.md); none disables the API.
     #[serde(default)]
     pub api_sock: Option<PathBuf>,
@@ -176,6 +186,9 @@ fn default_vcpus() -> u32 {
 fn default_memory() -> MemSize {
     MemSize(256 << 20)
 }
+fn default_log_max() -> MemSize {
+    DEFAULT_LOG_MAX
+}
 
 impl Default for VmConfig {
     fn default() -> Self {
@@ -186,6 +199,7 @@ impl Default for VmConfig {
             vcpus: default_vcpus(),
             memory: default_memory(),
             console: Console::default(),
+            log_max_bytes: DEFAULT_LOG_MAX,
             api_sock: None,
             disk: Vec::new(),
             disk_slots: 0,
@@ -212,6 +226,9 @@ impl VmConfig {
     pub fn validate(&self) -> Result<KernelFormat> {
         validate_vcpus(self.vcpus)?;
         validate_memory(self.memory)?;
+        if self.log_max_bytes < MIN_LOG_MAX {
+            return Err(ConfigError::invalid("log_max_bytes", self.log_max_bytes, format!("must be at least {MIN_LOG_MAX}")));
+        }
         if self.cmdline.contains('\0') || self.cmdline.len() > 4000 {
             return Err(ConfigError::invalid("cmdline", &self.cmdline, "must be at most 4000 bytes without NUL"));
         }

@@ -74,6 +74,9 @@ fn bad_values_name_field_and_value() {
     let big = dir.file("big.cpio", &vec![0u8; 9 << 20]);
     let e = VmConfig { memory: MemSize(16 << 20), initrd: Some(big), ..base.clone() }.validate().unwrap_err().to_string();
     assert!(e.contains("initrd") && e.contains("big.cpio") && e.contains("16M"), "{e}");
+    let e = VmConfig { log_max_bytes: MemSize(1024), ..base.clone() }.validate().unwrap_err().to_string();
+    assert!(e.contains("log_max_bytes") && e.contains("\"1K\"") && e.contains("16K"), "{e}");
+    assert_eq!(base.log_max_bytes, MemSize(1 << 20), "default");
     assert!(Console::parse("tty").unwrap_err().to_string().contains("\"tty\""));
     assert_eq!(Console::parse("file:/tmp/x").unwrap(), Console::File("/tmp/x".into()));
 }

@@ -163,6 +163,10 @@ fn run(started: Instant) -> anyhow::Result<()> {
         .bind(&listen)
         .with_context(|| format!("listening on {listen}"))?
         .register_service(husk_protocol::agent_ttrpc::create_agent(service.clone()));
+    if listen.starts_with("vsock://") {
+        // Only the host may call the agent (a unix socket in host tests has no such peer).
+        server = server.set_accept_hook(server::peer::HostOnly);
+    }
     server.start().with_context(|| format!("serving on {listen}"))?;
     log::info!(
         "husk-agent {} ready on {listen} after {} us",

@@ -144,6 +144,60 @@ fn agent_in_a_microvm() {
     let oom = c.get_oom_event(ctx(), &GetOomEventRequest::new()).unwrap();
     assert_eq!(oom.container_id, "g2");
 
+    vsock_is_closed_to_containers(&c, &req);
+
     // Shutdown powers the VM off (the script checks husk-vmm's exit status).
     c.shutdown(ctx(), &ShutdownRequest::new()).unwrap();
+}
+
+/// Runs `spec` as container `id` to its end and returns its stdout.
+fn run_container(c: &AgentClient, req: &CreateContainerRequest, id: &str, spec: &serde_json::Value) -> String {
+    let mut req = req.clone();
+    req.container_id = id.into();
+    req.oci_spec_json = serde_json::to_vec(spec).unwrap();
+    c.create_container(ctx(), &req).unwrap();
+    let mut start = StartContainerRequest::new();
+    start.container_id = id.into();
+    c.start_container(ctx(), &start).unwrap();
+    let out = String::from_utf8(read_all(c, id, "")).unwrap();
+    assert_eq!(wait(c, id, "").exit_status, 0, "container {id}: {out}");
+    let mut rm = RemoveContainerRequest::new();
+    rm.container_id = id.into();
+    c.remove_container(ctx(), &rm).unwrap();
+    out
+}
+
+/// A container process tries to reach the agent over vsock (CIDs 1, 2, 3 and the guest's own,
+/// port 1024) with the test's vsock-tool, which prints "connected" or "error <errno>".
+/// Without a grant its socket() fails with EAFNOSUPPORT (97); with the `io.husk.vsock`
+/// annotation it gets a socket but no connection reaches anything (no loopback in the guest
+/// kernel; host-bound connections end at husk-vmm, where nothing listens on port 1024 for the
+/// guest). The host side keeps working throughout.
+fn vsock_is_closed_to_containers(c: &AgentClient, req: &CreateContainerRequest) {
+    let guest_cid: u32 = std::env::var("HUSK_GUEST_CID").expect("HUSK_GUEST_CID").parse().unwrap();
+    let cids = [1, 2, 3, guest_cid];
+    let probe = format!(
+        "for cid in {}; do vsock-tool connect $cid 1024; done",
+        cids.map(|c| c.to_string()).join(" ")
+    );
+    let spec = json!({
+        "ociVersion": "1.0.2",
+        "process": process(&["sh", "-c", &probe]),
+        "root": {"path": "rootfs"},
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}]}
+    });
+    let out = run_container(c, req, "vsock-denied", &spec);
+    assert_eq!(out, "error 97\n".repeat(cids.len()), "a container without a vsock grant: {out}");
+
+    let mut allowed = spec.clone();
+    allowed["annotations"] = json!({"io.husk.vsock": "allow"});
+    let out = run_container(c, req, "vsock-allowed", &allowed);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), cids.len(), "{out}");
+    for (cid, line) in cids.iter().zip(&lines) {
+        assert!(line.starts_with("error ") && *line != "error 97", "CID {cid} with vsock granted: {line}");
+    }
+    // The host still reaches the agent.
+    c.check(ctx(), &CheckRequest::new()).unwrap();
 }

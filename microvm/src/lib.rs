@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod arch;
+pub mod bounded_log;
 pub mod bus;
 pub mod device_manager;
 pub mod devices;

@@ -5,17 +5,19 @@
 //!          [--memory 256M] [--console stdio|none|file:PATH] [--api-sock PATH]
 //!          [--disk path=PATH[,id=NAME][,ro]]... [--disk-slots N] [--net tap=NAME[,mac=..][,netns=PATH|,fd=N]]...
 //!          [--vsock cid=N,uds=PATH] [--fs tag=TAG,socket=PATH]... [--irq-delivery line|irqfd]
-//!          [--no-seccomp]
+//!          [--log-max-bytes SIZE] [--no-seccomp]
 //! ```
 //! Flags override the TOML file. Exit status: 0 powered off, 1 rebooted, 2 VMM error,
 //! 3 guest panicked or triple-faulted (see `husk_microvm::exit`); one line on stderr says why.
 
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
 use husk_config::{Console, DiskConfig, FsConfig, IrqDelivery, MemSize, NetConfig, VmConfig, VsockConfig};
+use husk_microvm::bounded_log::BoundedLog;
 use husk_microvm::exit::EXIT_VMM_ERROR;
 
 /// Runs one husk microVM.
@@ -68,6 +70,10 @@ struct Args {
     /// How virtio interrupts reach the guest: line (KVM_IRQ_LINE, default) or irqfd.
     #[arg(long)]
     irq_delivery: Option<String>,
+    /// Most bytes kept in the console file and in stderr when that is a file (default 1M,
+    /// at least 16K); older output is dropped first.
+    #[arg(long, value_name = "SIZE")]
+    log_max_bytes: Option<String>,
     /// Do not install seccomp filters (debugging only).
     #[arg(long)]
     no_seccomp: bool,
@@ -117,14 +123,16 @@ fn config_from(args: &Args) -> anyhow::Result<VmConfig> {
     if let Some(d) = &args.irq_delivery {
         c.irq_delivery = IrqDelivery::parse(d)?;
     }
+    if let Some(m) = &args.log_max_bytes {
+        c.log_max_bytes = MemSize::parse("log_max_bytes", m)?;
+    }
     Ok(c)
 }
 
 /// Builds and runs the VM. `created` receives the unix socket paths this process will bind
 /// (API, vsock), for removal at exit. A path that already exists is left out: binding it fails,
 /// and it belongs to someone else (another VMM), so it must not be deleted.
-fn run(args: Args, created: &mut Vec<PathBuf>) -> anyhow::Result<husk_microvm::exit::ExitReason> {
-    let config = config_from(&args)?;
+fn run(args: Args, config: VmConfig, created: &mut Vec<PathBuf>) -> anyhow::Result<husk_microvm::exit::ExitReason> {
     let format = config.validate()?;
     let ours = config.api_sock.iter().chain(config.vsock.as_ref().map(|v| &v.uds));
     created.extend(ours.filter(|p| std::fs::symlink_metadata(p).is_err()).cloned());
@@ -135,9 +143,27 @@ fn run(args: Args, created: &mut Vec<PathBuf>) -> anyhow::Result<husk_microvm::e
     Ok(husk_microvm::runner::run(vm, !args.no_seccomp)?)
 }
 
+/// Logs go to stderr (level from `HUSK_LOG`, default warn). When stderr is a regular file
+/// (the shim's vmm.log) they go through a [`BoundedLog`] over it, so a guest that makes the
+/// VMM log (rate-limited, but for as long as it runs) cannot fill the host's disk.
+fn init_logging(max_bytes: u64) {
+    let mut builder = env_logger::Builder::from_env(env_logger::Env::default().filter_or("HUSK_LOG", "warn"));
+    let stderr_file = std::io::stderr().as_fd().try_clone_to_owned().map(std::fs::File::from);
+    if let Ok(f) = stderr_file {
+        if f.metadata().is_ok_and(|m| m.file_type().is_file()) {
+            match BoundedLog::shared(f, max_bytes) {
+                Ok(log) => {
+                    builder.target(env_logger::Target::Pipe(Box::new(log)));
+                }
+                Err(e) => eprintln!("husk-vmm: stderr is a file that cannot be bounded ({e}); logging to it unbounded"),
+            }
+        }
+    }
+    builder.init();
+}
+
 fn main() -> ExitCode {
     husk_microvm::mark_start();
-    env_logger::Builder::from_env(env_logger::Env::default().filter_or("HUSK_LOG", "warn")).init();
     let args = match Args::try_parse() {
         Ok(a) => a,
         Err(e) if e.use_stderr() => {
@@ -150,8 +176,17 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
+    let config = match config_from(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("husk-vmm: {}", chain.join(": "));
+            return ExitCode::from(EXIT_VMM_ERROR as u8);
+        }
+    };
+    init_logging(config.log_max_bytes.bytes());
     let mut created = Vec::new();
-    let status = match run(args, &mut created) {
+    let status = match run(args, config, &mut created) {
         Ok(reason) => {
             eprintln!("husk-vmm: {reason}");
             reason.status()

@@ -1,10 +1,12 @@
 //! Running a built VM: event-loop thread, API thread, vCPU threads; waits for the exit.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::api::{ApiDevices, ApiServer, VmInfo};
 use crate::bus::Bus;
-use crate::exit::{ExitReason, VmExit};
+use crate::exit::{Event, ExitReason, VmExit, HALT_CHECK_WINDOW};
+use crate::guest_warn;
 use crate::seccomp::{self, ThreadKind};
 use crate::vcpu::Vcpus;
 use crate::vmm::Vm;
@@ -68,8 +70,49 @@ pub fn run(mut vm: Vm, use_seccomp: bool) -> Result<ExitReason, crate::Error> {
     if let Some(f) = filters.as_ref().map(|f| f.get(ThreadKind::Main)) {
         seccompiler::apply_filter(&f).map_err(crate::Error::MainSeccomp)?;
     }
-    let reason = exit.wait();
-    Ok(reason)
+    Ok(wait_for_exit(&exit, &vcpus))
+}
+
+/// Waits for the VM's exit. A power-off line on the console is checked against the vCPUs:
+/// the VM powered off only if they halted the way the kernel halts them.
+fn wait_for_exit(exit: &VmExit, vcpus: &Vcpus) -> ExitReason {
+    loop {
+        match exit.wait_event(None, true) {
+            Event::Exit(reason) => return reason,
+            Event::Timeout => {}
+            Event::HaltClaim => {
+                // Lines printed while this check runs are covered by it.
+                exit.take_halt_claim();
+                if vcpus_halted(exit, vcpus) {
+                    exit.request(ExitReason::PoweredOff);
+                } else if !exit.is_stopping() {
+                    guest_warn!(
+                        "the console showed a power-off line but the vCPUs did not halt within {HALT_CHECK_WINDOW:?}: ignored (printed by a guest process?)"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Probes the vCPUs for the kernel's halt, with growing pauses in between, until they all
+/// halted (true), [`HALT_CHECK_WINDOW`] passed or the VM stops for another reason (false).
+fn vcpus_halted(exit: &VmExit, vcpus: &Vcpus) -> bool {
+    let deadline = Instant::now() + HALT_CHECK_WINDOW;
+    let mut gap = Duration::from_millis(5);
+    loop {
+        if vcpus.probe_halted(Duration::from_secs(1)) == Some(true) {
+            return true;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        if let Event::Exit(_) = exit.wait_event(Some(gap.min(deadline - now)), false) {
+            return false;
+        }
+        gap = (gap * 2).min(Duration::from_secs(1));
+    }
 }
 
 /// Resident set size of this process and of the mappings starting at `guest_ram` (host

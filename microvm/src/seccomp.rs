@@ -2,8 +2,11 @@
 //! before its loop (`--no-seccomp` turns them off for debugging). A call outside the list
 //! kills the process (SIGSYS).
 //!
-//! - vCPU threads: KVM_RUN and KVM_IRQ_LINE (the only ioctls), I/O to the console and
-//!   eventfds, locks, memory allocation.
+//! - vCPU threads: KVM_RUN, KVM_IRQ_LINE, and KVM_GET_MP_STATE and KVM_GET_REGS (a halt
+//!   probe reads the vCPU's own state) as the only ioctls, I/O to the console and eventfds,
+//!   locks, memory allocation.
+//! - Every thread may trim a bounded log file (the console, stderr: `crate::bounded_log`),
+//!   hence positioned reads and writes, lseek and ftruncate in the common list.
 //! - The device event loop: epoll, file and socket I/O for block, net and vsock backends.
 //! - Disk I/O threads (one per disk): epoll on their queue, vectored file I/O, sync,
 //!   KVM_IRQ_LINE (the only ioctl) for the disk's interrupt.
@@ -63,6 +66,10 @@ impl Filters {
 const KVM_RUN: u64 = 0xae80;
 /// KVM_IRQ_LINE = _IOW(0xAE, 0x61, struct kvm_irq_level), 8 bytes.
 const KVM_IRQ_LINE: u64 = 0x4008_ae61;
+/// KVM_GET_MP_STATE = _IOR(0xAE, 0x98, struct kvm_mp_state), 4 bytes.
+const KVM_GET_MP_STATE: u64 = 0x8004_ae98;
+/// KVM_GET_REGS = _IOR(0xAE, 0x81, struct kvm_regs), 144 bytes.
+const KVM_GET_REGS: u64 = 0x8090_ae81;
 
 /// Syscalls every thread needs: memory, locks, signals, exit, logging.
 const COMMON: &[i64] = &[
@@ -95,6 +102,10 @@ const COMMON: &[i64] = &[
     libc::SYS_fstat,
     libc::SYS_newfstatat,
     libc::SYS_fcntl,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_lseek,
+    libc::SYS_ftruncate,
 ];
 
 const EVENT_LOOP: &[i64] = &[
@@ -180,7 +191,7 @@ fn build(name: &'static str, allow: &[&[i64]], ioctls: Option<&[u64]>) -> Result
 pub fn filters() -> Result<Filters, SeccompError> {
     Ok(Filters {
         // A vCPU raises a config-change interrupt when a device fails to activate.
-        vcpu: build("vcpu", &[COMMON], Some(&[KVM_RUN, KVM_IRQ_LINE]))?,
+        vcpu: build("vcpu", &[COMMON], Some(&[KVM_RUN, KVM_IRQ_LINE, KVM_GET_MP_STATE, KVM_GET_REGS]))?,
         event_loop: build("event loop", &[COMMON, EVENT_LOOP], None)?,
         // The API thread raises a slot's config-change interrupt after an attach or detach.
         api: build("api", &[COMMON, API], Some(&[KVM_IRQ_LINE]))?,
@@ -193,11 +204,89 @@ pub fn filters() -> Result<Filters, SeccompError> {
 mod tests {
     use super::*;
 
+    /// Runs `call` in a child under the filter of `kind`; true if the call came back (the
+    /// child exits 7), false if the filter killed it (SIGSYS).
+    fn allowed_under(kind: ThreadKind, call: fn()) -> bool {
+        let f = filters().unwrap().get(kind);
+        // SAFETY: fork in a test; the child only installs the prepared filter, makes the
+        // call and exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            if seccompiler::apply_filter(&f).is_err() {
+                // SAFETY: exiting the child.
+                unsafe { libc::_exit(9) };
+            }
+            call();
+            // SAFETY: exiting the child.
+            unsafe { libc::_exit(7) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        if libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS {
+            return false;
+        }
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 7, "{kind:?}: child status {status:#x}");
+        true
+    }
+
+    const KINDS: [ThreadKind; 5] = [ThreadKind::Vcpu, ThreadKind::EventLoop, ThreadKind::Api, ThreadKind::BlockIo, ThreadKind::Main];
+
+    // The calls the filters are tried with: on fd -1 or with null pointers, so the kernel
+    // answers an error (EBADF, EFAULT, ENOENT) without touching memory or running anything.
+    fn common_calls() {
+        // SAFETY: getpid, and a write of nothing to fd -1 (EBADF).
+        unsafe {
+            libc::getpid();
+            libc::write(-1, std::ptr::null(), 0);
+        }
+    }
+    fn getppid() {
+        // SAFETY: getppid takes no arguments.
+        unsafe { libc::getppid() };
+    }
+    fn execve_null() {
+        // SAFETY: execve of a NULL path fails with EFAULT if it is let through.
+        unsafe { libc::syscall(libc::SYS_execve, 0, 0, 0) };
+    }
+    fn epoll_wait_bad_fd() {
+        // SAFETY: epoll_wait on fd -1 with no events fails with EBADF.
+        unsafe { libc::epoll_wait(-1, std::ptr::null_mut(), 0, 0) };
+    }
+    fn unlink_missing() {
+        // SAFETY: unlink of a path that does not exist, from a valid C string.
+        unsafe { libc::unlink(c"/nonexistent/husk-seccomp-test".as_ptr()) };
+    }
+    fn log_trimming_calls() {
+        // SAFETY: positioned I/O, lseek and ftruncate on fd -1 fail with EBADF.
+        unsafe {
+            libc::pread(-1, std::ptr::null_mut(), 0, 0);
+            libc::pwrite(-1, std::ptr::null(), 0, 0);
+            libc::lseek(-1, 0, libc::SEEK_END);
+            libc::ftruncate(-1, 0);
+        }
+    }
+
     #[test]
     fn filters_compile() {
-        let f = filters().unwrap();
-        assert!(!f.get(ThreadKind::Vcpu).is_empty());
-        assert!(f.get(ThreadKind::EventLoop).len() > f.get(ThreadKind::Api).len());
+        // What each kind is for is allowed, what none needs is killed: the compiled programs
+        // really encode the lists (not just some program of some length).
+        for kind in KINDS {
+            assert!(allowed_under(kind, common_calls), "{kind:?}: common calls refused");
+            assert!(!allowed_under(kind, getppid), "{kind:?}: getppid allowed");
+            assert!(!allowed_under(kind, execve_null), "{kind:?}: execve allowed");
+        }
+        assert!(allowed_under(ThreadKind::EventLoop, epoll_wait_bad_fd), "the event loop polls");
+        assert!(!allowed_under(ThreadKind::Vcpu, epoll_wait_bad_fd), "vcpu threads do not poll");
+        assert!(allowed_under(ThreadKind::Main, unlink_missing), "the main thread removes the API socket");
+        assert!(!allowed_under(ThreadKind::Vcpu, unlink_missing), "vcpu threads do not unlink");
+    }
+
+    #[test]
+    fn every_thread_may_trim_a_bounded_log() {
+        for kind in KINDS {
+            assert!(allowed_under(kind, log_trimming_calls), "{kind:?}: trimming a bounded log would be killed");
+        }
     }
 
     #[test]
@@ -256,7 +345,13 @@ mod tests {
             let st = ioctl_under(kind, libc::FIONREAD);
             assert!(libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGSYS, "{kind:?}: FIONREAD allowed, status {st:#x}");
         }
-        let st = ioctl_under(ThreadKind::Vcpu, KVM_RUN);
-        assert!(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 7, "vcpu: KVM_RUN refused, status {st:#x}");
+        for (name, req) in [("KVM_RUN", KVM_RUN), ("KVM_GET_MP_STATE", KVM_GET_MP_STATE), ("KVM_GET_REGS", KVM_GET_REGS)] {
+            let st = ioctl_under(ThreadKind::Vcpu, req);
+            assert!(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 7, "vcpu: {name} refused, status {st:#x}");
+        }
+        for kind in [ThreadKind::BlockIo, ThreadKind::Api] {
+            let st = ioctl_under(kind, KVM_GET_REGS);
+            assert!(libc::WIFSIGNALED(st), "{kind:?}: KVM_GET_REGS allowed, status {st:#x}");
+        }
     }
 }

@@ -6,6 +6,10 @@
 //! return EINTR; a signal that lands just before KVM_RUN is entered is lost, so the controller
 //! signals again every few milliseconds until all vCPUs are parked. Parked vCPUs wait on a
 //! condition variable until resumed.
+//!
+//! Probing for the halt (a power-off line on the console, see [`crate::exit`]): a pause in
+//! which each vCPU thread, before it parks, reads its own vCPU's state (KVM_GET_MP_STATE and
+//! KVM_GET_REGS) and answers whether it is halted with interrupts disabled.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -32,18 +36,31 @@ pub enum VcpuError {
     Spawn(u8, #[source] std::io::Error),
 }
 
+/// RFLAGS.IF.
+const RFLAGS_IF: u64 = 1 << 9;
+
 /// Shared run control of all vCPUs.
 #[derive(Default)]
 pub struct RunControl {
     pause: AtomicBool,
     parked: Mutex<usize>,
     cond: Condvar,
+    /// The current pause is a halt probe: vCPUs answer before parking.
+    probe: AtomicBool,
+    /// Answers of the current probe: (answered, halted with interrupts off).
+    answers: Mutex<(usize, usize)>,
 }
 
 impl RunControl {
     /// True while a pause is requested.
     pub fn pause_requested(&self) -> bool {
         self.pause.load(Ordering::SeqCst)
+    }
+
+    fn answer(&self, halted: bool) {
+        let mut a = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+        a.0 += 1;
+        a.1 += usize::from(halted);
     }
 
     fn park(&self) {
@@ -62,6 +79,8 @@ impl RunControl {
 pub struct Vcpus {
     threads: Vec<JoinHandle<()>>,
     control: Arc<RunControl>,
+    /// Serialises pause, resume and probes (the API thread and the main thread use them).
+    ctl: Mutex<()>,
 }
 
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
@@ -89,7 +108,7 @@ impl Vcpus {
                 .map_err(|e| VcpuError::Spawn(id, e))?;
             threads.push(t);
         }
-        Ok(Vcpus { threads, control })
+        Ok(Vcpus { threads, control, ctl: Mutex::new(()) })
     }
 
     fn kick_all(&self) {
@@ -102,6 +121,11 @@ impl Vcpus {
 
     /// Stops every vCPU; returns once all are parked (or `timeout` passed: false).
     pub fn pause(&self, timeout: Duration) -> bool {
+        let _ctl = self.ctl.lock().unwrap_or_else(|e| e.into_inner());
+        self.pause_locked(timeout)
+    }
+
+    fn pause_locked(&self, timeout: Duration) -> bool {
         self.control.pause.store(true, Ordering::SeqCst);
         let deadline = std::time::Instant::now() + timeout;
         let live = self.threads.iter().filter(|t| !t.is_finished()).count();
@@ -121,6 +145,11 @@ impl Vcpus {
 
     /// Lets parked vCPUs run again.
     pub fn resume(&self) {
+        let _ctl = self.ctl.lock().unwrap_or_else(|e| e.into_inner());
+        self.resume_locked();
+    }
+
+    fn resume_locked(&self) {
         self.control.pause.store(false, Ordering::SeqCst);
         let _guard = self.control.parked.lock().unwrap_or_else(|e| e.into_inner());
         self.control.cond.notify_all();
@@ -129,6 +158,40 @@ impl Vcpus {
     /// True while paused.
     pub fn is_paused(&self) -> bool {
         self.control.pause_requested()
+    }
+
+    /// Whether every vCPU is halted with interrupts disabled, as the guest kernel leaves them
+    /// when it halts for power-off: pauses the VM briefly, and leaves it paused only when they
+    /// all are (the VM is then ending). None when that cannot be told now (the VM is paused
+    /// through the API, or a vCPU did not park within `timeout`).
+    pub fn probe_halted(&self, timeout: Duration) -> Option<bool> {
+        let _ctl = self.ctl.lock().unwrap_or_else(|e| e.into_inner());
+        if self.control.pause_requested() {
+            return None;
+        }
+        *self.control.answers.lock().unwrap_or_else(|e| e.into_inner()) = (0, 0);
+        // Before the pause flag: a vCPU that sees the pause sees the probe.
+        self.control.probe.store(true, Ordering::SeqCst);
+        let parked = self.pause_locked(timeout);
+        self.control.probe.store(false, Ordering::SeqCst);
+        let (answered, halted) = *self.control.answers.lock().unwrap_or_else(|e| e.into_inner());
+        let all = parked && answered == self.threads.len() && halted == answered;
+        if !all {
+            self.resume_locked();
+        }
+        parked.then_some(all)
+    }
+}
+
+/// Whether this vCPU is stopped for good: halted (HLT) with RFLAGS.IF clear, or an
+/// application processor the guest never started (waiting for INIT/SIPI, e.g. with `nosmp`).
+/// Only guest kernel code can get a vCPU there (`hlt` is privileged, `cli` needs I/O
+/// privilege, the guest kernel has no iopl/ioperm for processes).
+fn halted_with_irqs_off(fd: &VcpuFd) -> bool {
+    match fd.get_mp_state().map(|s| s.mp_state) {
+        Ok(kvm_bindings::KVM_MP_STATE_HALTED) => fd.get_regs().is_ok_and(|r| r.rflags & RFLAGS_IF == 0),
+        Ok(kvm_bindings::KVM_MP_STATE_UNINITIALIZED | kvm_bindings::KVM_MP_STATE_INIT_RECEIVED) => true,
+        _ => false,
     }
 }
 
@@ -139,6 +202,9 @@ fn run_loop(id: u8, mut fd: VcpuFd, io: &Bus, mmio: &Bus, exit: &VmExit, control
             return;
         }
         if control.pause_requested() {
+            if control.probe.load(Ordering::SeqCst) {
+                control.answer(halted_with_irqs_off(&fd));
+            }
             control.park();
             continue;
         }

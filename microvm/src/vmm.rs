@@ -11,6 +11,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::{cpuid, mptable, regs};
 use crate::device_manager::{DeviceError, DeviceManager};
+use crate::bounded_log::BoundedLog;
 use crate::devices::legacy::console::{ConsoleOut, ConsoleWriter};
 use crate::devices::legacy::i8042::I8042;
 use crate::devices::legacy::serial::SerialDevice;
@@ -129,7 +130,11 @@ impl Vm {
         let out = match &config.console {
             Console::Stdio => ConsoleOut::Stdout(std::io::stdout()),
             Console::None => ConsoleOut::Sink,
-            Console::File(p) => ConsoleOut::File(OpenOptions::new().create(true).append(true).open(p).map_err(|e| VmmError::ConsoleFile(p.clone(), e))?),
+            Console::File(p) => {
+                // Read and write (not append): trimming the log moves its tail to the start.
+                let f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(p).map_err(|e| VmmError::ConsoleFile(p.clone(), e))?;
+                ConsoleOut::File(BoundedLog::new(f, config.log_max_bytes.bytes()).map_err(|e| VmmError::ConsoleFile(p.clone(), e))?)
+            }
         };
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmmError::EventFd("serial", e))?;
         vm.register_irqfd(&serial_irq, SERIAL_GSI).map_err(|e| VmmError::VmIoctl("IRQFD (serial)", e))?;

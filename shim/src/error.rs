@@ -143,13 +143,15 @@ impl ShimError {
     }
 }
 
-/// The error and all its sources, joined with ": " (what containerd shows the user).
+/// The error and all its sources, joined with ": " (what containerd shows the user). Parts
+/// can come from the guest (the agent's messages, console lines): control characters are
+/// escaped and an agent's message is cut after [`crate::guest_text::MAX_MESSAGE`] bytes.
 pub fn chain(err: &dyn std::error::Error) -> String {
     let mut msg = err.to_string();
     let mut cur = err.source();
     while let Some(s) = cur {
         let text = match s.downcast_ref::<ttrpc::Error>() {
-            Some(ttrpc::Error::RpcStatus(st)) => st.message().to_string(),
+            Some(ttrpc::Error::RpcStatus(st)) => crate::guest_text::message(st.message()),
             _ => s.to_string(),
         };
         if !msg.ends_with(&text) {
@@ -158,7 +160,7 @@ pub fn chain(err: &dyn std::error::Error) -> String {
         }
         cur = s.source();
     }
-    msg
+    crate::guest_text::escape_controls(msg.as_bytes(), false)
 }
 
 impl From<ShimError> for ttrpc::Error {
@@ -186,5 +188,17 @@ mod tests {
         };
         assert_eq!(agent.code(), Code::NOT_FOUND);
         assert_eq!(chain(&agent), "agent WaitProcess failed: no such process e9");
+    }
+
+    #[test]
+    fn guest_text_in_errors_is_escaped_and_bounded() {
+        let hostile = format!("container \x1b]0;owned\x07\x1b[2Jgone\r\n{}", "y".repeat(100_000));
+        let agent = ShimError::Agent { op: "CreateContainer", source: ttrpc::Error::RpcStatus(ttrpc::get_status(Code::INTERNAL, hostile)) };
+        let msg = chain(&agent);
+        assert!(msg.starts_with("agent CreateContainer failed: container \\x1b]0;owned\\x07\\x1b[2Jgone\\x0d\\x0ayyy"), "{}", &msg[..80]);
+        assert!(!msg.bytes().any(|b| b < 0x20 || b == 0x7f), "control bytes left");
+        assert!(msg.len() < 2200 && msg.ends_with("more bytes)"), "{} bytes", msg.len());
+        let vm = ShimError::Vm(crate::vm::VmError::ExitedDuringBoot { status: "exit status: 3".into(), reason: "\x1b[31mred".into() });
+        assert_eq!(chain(&vm), "husk-vmm exited during boot with exit status: 3: \\x1b[31mred");
     }
 }

@@ -12,7 +12,8 @@
 //! * [`network`]: the pod's CNI interfaces carried to the guest through taps and tc redirects;
 //!   [`hooks`]: the spec's OCI hooks that run on the host.
 //! * [`rootfs`], [`state`], [`options`]: rootfs images, per-sandbox state, configuration.
-//! * [`cli`]: `husk check`, `husk ps`, `husk logs`.
+//! * [`cli`]: `husk check`, `husk ps`, `husk logs`; [`guest_text`]: guest text made safe for a
+//!   terminal.
 
 // Errors travel only on cold paths (a failed RPC or action); their size does not matter.
 #![allow(clippy::result_large_err)]
@@ -22,6 +23,7 @@ pub mod cli;
 pub mod container;
 pub mod error;
 pub mod hooks;
+pub mod guest_text;
 pub mod io;
 pub mod lifecycle;
 pub mod network;

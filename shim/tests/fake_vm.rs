@@ -6,6 +6,7 @@
 
 mod fake_agent;
 mod fake_vm_net;
+mod fake_containerd;
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -25,7 +26,7 @@ fn main() {
         fake_agent::run_fake_vmm();
         return;
     }
-    let tests: [(&str, fn()); 12] = [
+    let tests: [(&str, fn()); 14] = [
         ("large_output_arrives_before_the_exit", large_output_arrives_before_the_exit),
         ("stdin_is_forwarded_to_eof", stdin_is_forwarded_to_eof),
         ("exec_and_kill", exec_and_kill),
@@ -38,6 +39,8 @@ fn main() {
         ("ctr_cni_configures_the_namespace_between_create_and_start", fake_vm_net::ctr_cni_configures_the_namespace_between_create_and_start),
         ("a_nerdctl_style_hook_configures_the_namespace_during_create", fake_vm_net::a_nerdctl_style_hook_configures_the_namespace_during_create),
         ("a_failing_hook_fails_create_and_leaves_nothing", fake_vm_net::a_failing_hook_fails_create_and_leaves_nothing),
+        ("an_oom_flood_from_the_guest_is_bounded", an_oom_flood_from_the_guest_is_bounded),
+        ("a_task_exit_reaches_a_restarted_containerd", a_task_exit_reaches_a_restarted_containerd),
     ];
     let mut failed = 0;
     for (name, t) in tests {
@@ -67,7 +70,11 @@ fn ctx() -> context::Context {
 }
 
 fn setup(id: &str, args: &[&str]) -> Env {
-    let dir = tempfile::tempdir().unwrap();
+    setup_with(id, args, tempfile::tempdir().unwrap(), None)
+}
+
+/// `setup` in `dir`, publishing events to `events` (containerd's TTRPC_ADDRESS) if given.
+fn setup_with(id: &str, args: &[&str], dir: tempfile::TempDir, events: Option<String>) -> Env {
     let d = dir.path();
     let bundle = d.join("bundle");
     std::fs::create_dir_all(bundle.join("rootfs/bin")).unwrap();
@@ -92,16 +99,18 @@ fn setup(id: &str, args: &[&str]) -> Env {
     )
     .unwrap();
     let sock = d.join("shim.sock");
-    let shim = Command::new(env!("CARGO_BIN_EXE_containerd-shim-husk-v2"))
-        .args(["-namespace", "test", "-id", id, "-address", "/nonexistent", "-socket"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_containerd-shim-husk-v2"));
+    cmd.args(["-namespace", "test", "-id", id, "-address", "/nonexistent", "-socket"])
         .arg(format!("unix://{}", sock.display()))
         .current_dir(&bundle)
         .env("HUSK_CONFIG", d.join("husk.toml"))
         .env_remove("TTRPC_ADDRESS")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::null());
+    if let Some(addr) = events {
+        cmd.env("TTRPC_ADDRESS", addr);
+    }
+    let shim = cmd.spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let client = loop {
         if let Ok(c) = ttrpc::Client::connect(&format!("unix://{}", sock.display())) {
@@ -411,4 +420,47 @@ fn a_guest_that_never_reports_a_sigkill_loses_its_vm() {
     assert_eq!(wait(&env, "hang", ""), 137);
     assert!(t.elapsed() < Duration::from_secs(15), "the task took {:?} to end", t.elapsed());
     assert_eq!(finish(env, "hang"), 137);
+}
+
+/// An agent answering GetOomEvent at once, forever: containerd gets at most
+/// OOM_POLL_MIN's rate of OOM events, not a flood.
+fn an_oom_flood_from_the_guest_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let containerd = fake_containerd::FakeContainerd::start(&dir.path().join("containerd.sock"));
+    let env = setup_with("flood", &["oom-flood"], dir, Some(containerd.address()));
+    let (o, e) = (fifo(env.dir.path(), "o"), fifo(env.dir.path(), "e"));
+    let (_ro, _re) = (reader(o.clone()), reader(e.clone()));
+    create(&env, "flood", None, &o, &e);
+    env.client.start(ctx(), &StartRequest { id: "flood".into(), ..Default::default() }).unwrap();
+    assert!(containerd.wait_for("/tasks/oom", "flood", Duration::from_secs(10)), "no OOM event at all");
+    let first = containerd.count("/tasks/oom", "flood");
+    std::thread::sleep(Duration::from_secs(3));
+    let n = containerd.count("/tasks/oom", "flood") - first;
+    // 10 a second at most (plus scheduling slack); the unbounded watch sent thousands.
+    assert!((5..=40).contains(&n), "{n} OOM events in 3 s");
+    env.client.kill(ctx(), &KillRequest { id: "flood".into(), signal: 9, ..Default::default() }).unwrap();
+    assert_eq!(wait(&env, "flood", ""), 137);
+    assert_eq!(finish(env, "flood"), 137);
+}
+
+/// containerd goes away while a container runs and exits, then comes back at the same
+/// address: it still gets the TaskExit.
+fn a_task_exit_reaches_a_restarted_containerd() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut containerd = fake_containerd::FakeContainerd::start(&dir.path().join("containerd.sock"));
+    let env = setup_with("restart", &["sleep"], dir, Some(containerd.address()));
+    let (o, e) = (fifo(env.dir.path(), "o"), fifo(env.dir.path(), "e"));
+    let (_ro, _re) = (reader(o.clone()), reader(e.clone()));
+    create(&env, "restart", None, &o, &e);
+    env.client.start(ctx(), &StartRequest { id: "restart".into(), ..Default::default() }).unwrap();
+    assert!(containerd.wait_for("/tasks/start", "", Duration::from_secs(10)), "TaskStart not published");
+    containerd.stop();
+    env.client.kill(ctx(), &KillRequest { id: "restart".into(), signal: 9, ..Default::default() }).unwrap();
+    assert_eq!(wait(&env, "restart", ""), 137);
+    // The shim tries to publish the exit while containerd is away.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(containerd.count("/tasks/exit", "restart"), 0);
+    containerd.restart();
+    assert!(containerd.wait_for("/tasks/exit", "restart", Duration::from_secs(20)), "the TaskExit never reached the restarted containerd");
+    assert_eq!(finish(env, "restart"), 137);
 }

@@ -109,10 +109,7 @@ fn spec_without_process_is_rejected() {
 
 #[test]
 fn unsupported_mount_type_is_named() {
-    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
-        eprintln!("skipped: /dev/kvm not usable (the KVM check comes first)");
-        return;
-    }
+    // The rootfs is checked before anything needs /dev/kvm: this holds on any host.
     let s = start_shim("nfs");
     std::fs::write(bundle(&s).join("config.json"), VALID_SPEC).unwrap();
     let m = Mount { type_: "nfs".into(), source: "server:/export".into(), options: vec!["ro".into()], ..Default::default() };

@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # husk-agent as PID 1 of a husk-vmm microVM: the test client (guest-agent/tests/guest.rs)
 # creates containers from a read-only ext4 disk found by serial, checks output, cgroup limits,
-# exec, an OOM kill event, then asks the agent to shut down; husk-vmm must exit 0 (powered off).
-# Needs tests/agent/build.sh first (outside the testbed).
+# exec, an OOM kill event, that a container process cannot reach the agent over vsock (CIDs 1,
+# 2, 3 and the guest's, with and without a vsock grant), then asks the agent to shut down;
+# husk-vmm must exit 0 (powered off). Needs tests/agent/build.sh first (outside the testbed).
 set -uo pipefail
 . "$(dirname "$0")/../vmm/lib.sh"
 t=${CARGO_TARGET_DIR:-$repo/target}
 initrd=$t/agent-test/initramfs.cpio.gz
 client=$(cat "$t/agent-test/guest-test.path" 2>/dev/null)
-[ -f "$initrd" ] && [ -x "$client" ] || { echo "run tests/agent/build.sh first"; exit 1; }
+vsock_tool=$t/vsock-tool/x86_64-unknown-linux-musl/release/husk-vsock-tool
+[ -f "$initrd" ] && [ -x "$client" ] && [ -x "$vsock_tool" ] || { echo "run tests/agent/build.sh first"; exit 1; }
+# Not 3: the probe from a container tries CID 3 and the guest's own CID apart.
+guest_cid=7
 vmm_pid=""
 trap '[ -n "$vmm_pid" ] && kill -KILL "$vmm_pid" 2>/dev/null; rm -rf "$work"' EXIT
 
@@ -17,17 +21,18 @@ root=$work/rootfs
 mkdir -p "$root"/{bin,proc,dev,tmp,etc}
 cp /bin/busybox "$root/bin/busybox"
 for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -s busybox "$root/bin/$a"; done
+cp "$vsock_tool" "$root/bin/vsock-tool"
 mkfs.ext4 -q -F -d "$root" "$work/rootfs.img" 32M || { bad "mkfs.ext4"; finish; exit 1; }
 
 uds=$work/v.sock
 "$VMM" --kernel "$KDIR/vmlinux" --initrd "$initrd" --vcpus 1 --memory 256M \
-  --cmdline "$CMDLINE" --disk "path=$work/rootfs.img,id=rootfs,ro" --vsock "cid=3,uds=$uds" \
+  --cmdline "$CMDLINE" --disk "path=$work/rootfs.img,id=rootfs,ro" --vsock "cid=$guest_cid,uds=$uds" \
   >"$work/console.out" 2>"$work/vmm.err" &
 vmm_pid=$!
 for _ in $(seq 300); do [ -S "$uds" ] && break; sleep 0.1; done
 
-if HUSK_AGENT_UDS=$uds timeout 600 "$client" --ignored --nocapture --test-threads=1; then
-  ok "agent API in the guest: containers, limits, exec, OOM event, shutdown"
+if HUSK_AGENT_UDS=$uds HUSK_GUEST_CID=$guest_cid timeout 600 "$client" --ignored --nocapture --test-threads=1; then
+  ok "agent API in the guest: containers, limits, exec, OOM event, no vsock from containers, shutdown"
 else
   bad "in-guest client failed"
 fi

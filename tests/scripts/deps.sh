@@ -71,4 +71,10 @@ fi
 if command -v rustup >/dev/null && ! rustup target list --installed | grep -q x86_64-unknown-linux-musl; then
   rustup target add x86_64-unknown-linux-musl
 fi
+# `make test` runs clippy and rustfmt.
+for c in clippy rustfmt; do
+  if command -v rustup >/dev/null && ! rustup component list --installed | grep -q "^$c"; then
+    rustup component add "$c"
+  fi
+done
 echo "deps: ok ($(cat "$outer/version"))"

@@ -57,5 +57,6 @@ else bad "guest->host TCP: '$tx', want reply '$want'; sink: $(tail -2 "$work/sin
 if [ "$send_rc" = 0 ]; then ok "host->guest TCP $BYTES bytes, CRC matches ($(cat "$work/send.log"))"
 else bad "host->guest TCP: $(cat "$work/send.log"); guest: '$(line HUSK-RX)'"; fi
 if [ "$rc" = 0 ]; then ok "guest powered off, exit 0"; else bad "vmm exit $rc: $(tail -5 "$work/net.err")"; tail -20 "$work/net.out"; fi
-ip netns exec "$ns" ip link show "$tap" >/dev/null 2>&1 && ok "pre-created tap still there (not ours to delete)"
+if ip netns exec "$ns" ip link show "$tap" >/dev/null 2>&1; then ok "pre-created tap still there (not ours to delete)"
+else bad "husk-vmm deleted the pre-created tap $tap in netns $ns"; fi
 finish

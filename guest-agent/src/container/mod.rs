@@ -3,6 +3,7 @@ pub mod cgroup;
 pub mod mounts;
 pub mod oom;
 pub mod rootfs;
+pub mod vsock;
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -42,6 +43,8 @@ pub struct Container {
     pub execs: Mutex<HashMap<String, Arc<Process>>>,
     /// Its cgroup.
     pub cgroup: Cgroup,
+    /// Its spec grants it vsock ([`vsock::allowed`]); its processes then run without the guard.
+    pub vsock_allowed: bool,
     mounts: Mutex<Mounts>,
     dirs: Vec<PathBuf>,
 }
@@ -99,7 +102,11 @@ impl Container {
         let Some(process) = spec.process().as_ref() else {
             return Err(AgentError::InvalidArgument("the OCI spec has no process".into()));
         };
-        let plan = ExecPlan::from_oci(process)?;
+        let mut plan = ExecPlan::from_oci(process)?;
+        let vsock_allowed = vsock::allowed(&spec)?;
+        if vsock_allowed {
+            plan.vsock_guard = None;
+        }
         let ns = namespace_plan(&spec, pod)?;
         let Some(rootfs) = req.rootfs.as_ref() else {
             return Err(AgentError::InvalidArgument("rootfs is missing".into()));
@@ -142,6 +149,7 @@ impl Container {
                     init,
                     execs: Mutex::new(HashMap::new()),
                     cgroup,
+                    vsock_allowed,
                     mounts: Mutex::new(mounts),
                     dirs,
                 })
@@ -172,7 +180,10 @@ impl Container {
     pub fn exec(&self, reaper: &Reaper, exec_id: &str, process_json: &[u8], stdin: bool) -> Result<Arc<Process>> {
         check_id("exec id", exec_id)?;
         let process: oci_spec::runtime::Process = parse_json("process_json", process_json)?;
-        let plan = ExecPlan::from_oci(&process)?;
+        let mut plan = ExecPlan::from_oci(&process)?;
+        if self.vsock_allowed {
+            plan.vsock_guard = None;
+        }
         if self.init.exit_info().is_some() {
             return Err(AgentError::FailedPrecondition(format!("container {} is not running", self.id)));
         }

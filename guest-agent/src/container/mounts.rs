@@ -289,8 +289,9 @@ impl RootPlan {
 }
 
 /// Resolves `path` inside `root` following symlinks as if `root` were `/`, so that a symlink
-/// in the image cannot point a mount outside the container's root.
-pub fn resolve_in_root(root: &Path, path: &str) -> PathBuf {
+/// in the image cannot point a mount outside the container's root. More than 40 links on the
+/// way (a loop, or a chain) fail with ELOOP, as the kernel's own path walk does.
+pub fn resolve_in_root(root: &Path, path: &str) -> ChildResult<PathBuf> {
     let mut resolved = PathBuf::from("/");
     let mut pending: Vec<String> =
         path.split('/').filter(|c| !c.is_empty()).rev().map(str::to_string).collect();
@@ -307,7 +308,17 @@ pub fn resolve_in_root(root: &Path, path: &str) -> PathBuf {
         let candidate = resolved.join(&c);
         let host = root.join(candidate.strip_prefix("/").unwrap_or(&candidate));
         match std::fs::read_link(&host) {
-            Ok(target) if links < MAX_SYMLINKS => {
+            Ok(_) if links >= MAX_SYMLINKS => {
+                return Err(ChildError {
+                    invalid: true,
+                    errno: Some(nix::Error::ELOOP),
+                    msg: format!(
+                        "resolving {path:?} in the container's root: more than {MAX_SYMLINKS} symbolic links (at {})",
+                        candidate.display()
+                    ),
+                });
+            }
+            Ok(target) => {
                 links += 1;
                 let t = target.to_string_lossy();
                 if t.starts_with('/') {
@@ -315,10 +326,10 @@ pub fn resolve_in_root(root: &Path, path: &str) -> PathBuf {
                 }
                 pending.extend(t.split('/').filter(|c| !c.is_empty()).rev().map(str::to_string));
             }
-            _ => resolved = candidate,
+            Err(_) => resolved = candidate,
         }
     }
-    root.join(resolved.strip_prefix("/").unwrap_or(&resolved))
+    Ok(root.join(resolved.strip_prefix("/").unwrap_or(&resolved)))
 }
 
 fn sys(what: String) -> impl FnOnce(nix::Error) -> ChildError {
@@ -348,7 +359,7 @@ fn errno(e: &std::io::Error) -> nix::Error {
 }
 
 fn apply_mount(root: &Path, m: &MountPlan) -> ChildResult<()> {
-    let target = resolve_in_root(root, &m.destination);
+    let target = resolve_in_root(root, &m.destination)?;
     let what = format!("mounting {} ({}) on {}", m.source, m.fstype, m.destination);
     let data = (!m.data.is_empty()).then_some(m.data.as_str());
     if m.bind {
@@ -510,9 +521,30 @@ mod tests {
         std::fs::create_dir_all(root.join("a")).unwrap();
         std::os::unix::fs::symlink("/../../etc", root.join("a/evil")).unwrap();
         std::os::unix::fs::symlink("../a", root.join("a/self")).unwrap();
-        assert_eq!(resolve_in_root(&root, "/a/evil/passwd"), root.join("etc/passwd"));
-        assert_eq!(resolve_in_root(&root, "/a/self/x"), root.join("a/x"));
-        assert_eq!(resolve_in_root(&root, "/../../x"), root.join("x"));
+        assert_eq!(resolve_in_root(&root, "/a/evil/passwd").unwrap(), root.join("etc/passwd"));
+        assert_eq!(resolve_in_root(&root, "/a/self/x").unwrap(), root.join("a/x"));
+        assert_eq!(resolve_in_root(&root, "/../../x").unwrap(), root.join("x"));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn symlink_loops_fail_with_eloop_naming_the_path() {
+        let root = std::env::temp_dir().join(format!("husk-eloop-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("d")).unwrap();
+        // A loop, and a chain of exactly 40 links (the most the kernel follows) that still works.
+        std::os::unix::fs::symlink("loop2", root.join("d/loop1")).unwrap();
+        std::os::unix::fs::symlink("loop1", root.join("d/loop2")).unwrap();
+        for i in 0..40 {
+            std::os::unix::fs::symlink(format!("c{}", i + 1), root.join(format!("d/c{i}"))).unwrap();
+        }
+        std::fs::create_dir(root.join("d/c40")).unwrap();
+        assert_eq!(resolve_in_root(&root, "/d/c0/x").unwrap(), root.join("d/c40/x"));
+        let err = resolve_in_root(&root, "/d/loop1/x").unwrap_err();
+        assert_eq!(err.errno, Some(nix::Error::ELOOP));
+        assert!(err.invalid);
+        assert!(err.msg.contains("\"/d/loop1/x\"") && err.msg.contains("more than 40"), "{}", err.msg);
+        std::os::unix::fs::symlink("c0", root.join("d/c41")).unwrap();
+        assert_eq!(resolve_in_root(&root, "/d/c41").unwrap_err().errno, Some(nix::Error::ELOOP), "41 links");
         std::fs::remove_dir_all(&root).unwrap();
     }
 

@@ -164,10 +164,15 @@ fn mount_source(mounts: &mut Mounts, s: &Source<'_>, target: &Path, ro: bool) ->
     }
 }
 
+/// Checks a CreateContainer rootfs (before anything is mounted).
+pub fn check_rootfs(r: &Rootfs) -> Result<()> {
+    check_source("rootfs", &Source { serial: &r.disk_serial, fstype: &r.fstype, host_path: &r.host_path })
+}
+
 /// Mounts the rootfs under `dir`; returns the root path. Read-only roots get an overlay.
 pub fn mount_rootfs(mounts: &mut Mounts, dir: &Path, r: &Rootfs) -> Result<PathBuf> {
     let s = Source { serial: &r.disk_serial, fstype: &r.fstype, host_path: &r.host_path };
-    check_source("rootfs", &s)?;
+    check_rootfs(r)?;
     let root = dir.join("rootfs");
     if !r.read_only {
         mount_source(mounts, &s, &root, false)?;
@@ -205,16 +210,30 @@ fn check_disk_name(name: &str) -> Result<()> {
     }
 }
 
-/// Mounts extra disks at `<disks_dir>/<name>`.
-pub fn mount_disks(mounts: &mut Mounts, disks_dir: &Path, disks: &[Disk]) -> Result<()> {
+/// Most extra disks of one container.
+const MAX_DISKS: usize = 64;
+
+/// Checks every extra disk of a CreateContainer request (before any is mounted).
+pub fn check_disks(disks: &[Disk]) -> Result<()> {
+    if disks.len() > MAX_DISKS {
+        return Err(AgentError::InvalidArgument(format!("{} disks, more than {MAX_DISKS}", disks.len())));
+    }
     let mut seen = std::collections::HashSet::new();
     for d in disks {
         check_disk_name(&d.name)?;
         if !seen.insert(d.name.as_str()) {
             return Err(AgentError::InvalidArgument(format!("disk name {:?} given twice", d.name)));
         }
+        check_source(&format!("disk {:?}", d.name), &Source { serial: &d.disk_serial, fstype: &d.fstype, host_path: &d.host_path })?;
+    }
+    Ok(())
+}
+
+/// Mounts extra disks at `<disks_dir>/<name>` (all are checked first).
+pub fn mount_disks(mounts: &mut Mounts, disks_dir: &Path, disks: &[Disk]) -> Result<()> {
+    check_disks(disks)?;
+    for d in disks {
         let s = Source { serial: &d.disk_serial, fstype: &d.fstype, host_path: &d.host_path };
-        check_source(&format!("disk {:?}", d.name), &s)?;
         mount_source(mounts, &s, &disks_dir.join(&d.name), d.read_only)?;
     }
     Ok(())

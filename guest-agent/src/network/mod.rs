@@ -89,6 +89,23 @@ fn plan(i: &Interface) -> Result<Plan> {
     Ok(Plan { mac, shown: i.hw_addr.clone(), name, new_mac, mtu: i.mtu, addrs })
 }
 
+/// Checks every interface of an UpdateInterfaces request without touching any (the fuzz
+/// target's entry; `update_interfaces` checks the same way before it changes anything).
+pub fn plan_interfaces(ifs: &[Interface]) -> Result<()> {
+    if ifs.len() > MAX_ITEMS {
+        return Err(invalid(format!("{} interfaces, more than {MAX_ITEMS}", ifs.len())));
+    }
+    ifs.iter().try_for_each(|i| plan(i).map(drop))
+}
+
+/// Checks every route of an UpdateRoutes request without adding any.
+pub fn plan_routes(routes: &[Route]) -> Result<()> {
+    if routes.len() > MAX_ITEMS {
+        return Err(invalid(format!("{} routes, more than {MAX_ITEMS}", routes.len())));
+    }
+    routes.iter().try_for_each(|r| route_plan(r).map(drop))
+}
+
 /// Whether `ns` is the network namespace the agent's threads live in.
 fn is_own_namespace(ns: BorrowedFd<'_>) -> Result<bool> {
     let own = std::fs::metadata("/proc/thread-self/ns/net").map_err(kernel("reading the agent's network namespace".into()))?;
@@ -206,4 +223,73 @@ fn set_up_named(rtnl: &mut Rtnl, name: &str, up: bool) -> std::io::Result<()> {
 pub fn set_up(name: &str, up: bool) -> nix::Result<()> {
     let mut rtnl = Rtnl::open().map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
     set_up_named(&mut rtnl, name, up).map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use husk_protocol::agent::IpAddress;
+
+    fn iface(mac: &str, name: &str, addrs: &[(&str, u32)]) -> Interface {
+        let mut i = Interface::new();
+        i.hw_addr = mac.into();
+        i.name = name.into();
+        i.addresses = addrs
+            .iter()
+            .map(|(a, p)| {
+                let mut x = IpAddress::new();
+                x.address = a.to_string();
+                x.prefix_len = *p;
+                x
+            })
+            .collect();
+        i
+    }
+
+    #[test]
+    fn interfaces_are_checked_before_anything_is_touched() {
+        let p = plan(&iface("02:AA:bb:cc:dd:ee", "eth0", &[("10.0.0.2", 24), ("fd00::2", 64)])).unwrap();
+        assert_eq!((p.mac, p.name.as_deref(), p.addrs.len()), ([2, 0xaa, 0xbb, 0xcc, 0xdd, 0xee], Some("eth0"), 2));
+        for (bad, needle) in [
+            (iface("02:aa:bb:cc:dd", "", &[]), "MAC"),
+            (iface("02:aa:bb:cc:dd:ee:ff", "", &[]), "MAC"),
+            (iface("02:aa:bb:cc:dd:zz", "", &[]), "MAC"),
+            (iface("02:aa:bb:cc:dd:ee", "a/b", &[]), "a/b"),
+            (iface("02:aa:bb:cc:dd:ee", "", &[("10.0.0.2", 33)]), "prefix"),
+        ] {
+            let err = plan(&bad).err().unwrap();
+            assert!(err.to_string().contains(needle), "{err}");
+        }
+        let mut multicast = iface("02:aa:bb:cc:dd:ee", "", &[]);
+        multicast.new_hw_addr = "01:00:5e:00:00:01".into();
+        assert!(plan(&multicast).err().unwrap().to_string().contains("unicast"));
+        let many = iface("02:aa:bb:cc:dd:ee", "", &vec![("10.0.0.2", 24); MAX_ITEMS + 1]);
+        assert!(plan(&many).is_err());
+    }
+
+    #[test]
+    fn routes_are_checked_before_any_is_added() {
+        let route = |d: &str, g: &str, dev: &str| {
+            let mut r = Route::new();
+            r.destination = d.into();
+            r.gateway = g.into();
+            r.device = dev.into();
+            r
+        };
+        let r = route("default", "10.0.0.1", "");
+        let (p, dev) = route_plan(&r).unwrap();
+        assert_eq!((p.dst.to_string().as_str(), p.prefix, dev), ("0.0.0.0", 0, ""));
+        let r6 = route("default", "fd00::1", "");
+        assert!(route_plan(&r6).unwrap().0.dst.is_ipv6());
+        for (bad, needle) in [
+            (route("10.1.0.0", "10.0.0.1", ""), "CIDR"),
+            (route("10.1.0.0/16", "", ""), "neither gateway nor device"),
+            (route("10.1.0.0/16", "fd00::1", ""), "another IP family"),
+            (route("10.1.0.0/40", "10.0.0.1", ""), "prefix"),
+        ] {
+            let err = route_plan(&bad).err().unwrap();
+            assert!(err.to_string().contains(needle), "{err}");
+        }
+    }
 }

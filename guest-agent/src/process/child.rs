@@ -135,6 +135,11 @@ fn setup_and_exec(setup: Setup<'_>, fds: &ChildFds, plan: &ExecPlan) -> ChildRes
             }
         }
     }
+    // Before the credentials change: installing a filter without no_new_privs needs
+    // CAP_SYS_ADMIN, which the process may be about to give up.
+    if let Some(guard) = plan.vsock_guard {
+        guard.install()?;
+    }
     if let Some(adj) = plan.oom_score_adj {
         std::fs::write("/proc/self/oom_score_adj", adj.to_string())
             .map_err(|e| ChildError::sys(format!("setting oom_score_adj {adj}"), io_errno(&e)))?;

@@ -6,6 +6,7 @@ use std::ffi::CString;
 use nix::sys::resource::Resource;
 use oci_spec::runtime::{LinuxCapabilities, PosixRlimit, Process};
 
+use crate::container::vsock::{self, VsockGuard};
 use crate::error::{AgentError, Result};
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -61,6 +62,9 @@ pub struct ExecPlan {
     pub terminal: bool,
     /// (width, height) of the pty.
     pub console_size: Option<(u16, u16)>,
+    /// The filter that keeps the process off vsock; every plan starts with it, and a
+    /// container whose spec grants vsock clears it (see [`crate::container::vsock`]).
+    pub vsock_guard: Option<&'static VsockGuard>,
 }
 
 fn cstring(what: &str, s: &str) -> Result<CString> {
@@ -184,6 +188,7 @@ impl ExecPlan {
             oom_score_adj: p.oom_score_adj(),
             terminal: p.terminal().unwrap_or(false),
             console_size,
+            vsock_guard: Some(vsock::guard()?),
         })
     }
 }

@@ -1,4 +1,7 @@
 //! The ttrpc service: maps each RPC of `husk.agent.v1.Agent` onto containers and processes.
+pub mod checks;
+pub mod peer;
+
 use std::collections::{HashMap, HashSet};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -6,7 +9,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use husk_protocol::agent::*;
 use husk_protocol::agent_ttrpc::Agent;
-use nix::sys::signal::Signal;
 use ttrpc::TtrpcContext;
 
 use crate::container::oom::OomWatcher;
@@ -150,10 +152,7 @@ impl AgentService {
     }
 
     fn signal(&self, req: &SignalProcessRequest) -> Result<()> {
-        let sig = i32::try_from(req.signal)
-            .ok()
-            .and_then(|s| Signal::try_from(s).ok())
-            .ok_or_else(|| AgentError::InvalidArgument(format!("signal {} is not valid", req.signal)))?;
+        let sig = checks::signal(req.signal)?;
         let c = self.container(&req.container_id)?;
         if req.all {
             c.cgroup.signal_all(sig)
@@ -163,19 +162,10 @@ impl AgentService {
     }
 
     fn read(&self, req: &ReadStreamRequest, stderr: bool) -> Result<ReadStreamResponse> {
-        let max = match req.max_bytes {
-            0 => husk_protocol::DEFAULT_READ_CHUNK,
-            n if n <= husk_protocol::MAX_STDIO_CHUNK => n,
-            n => {
-                return Err(AgentError::InvalidArgument(format!(
-                    "max_bytes {n} is larger than {}",
-                    husk_protocol::MAX_STDIO_CHUNK
-                )))
-            }
-        };
+        let max = checks::read_limit(req.max_bytes)?;
         let p = self.process(&req.container_id, &req.exec_id)?;
         let stream = if stderr { &p.stderr } else { &p.stdout };
-        let (data, eof) = stream.read(max as usize);
+        let (data, eof) = stream.read(max);
         let mut resp = ReadStreamResponse::new();
         resp.data = data;
         resp.eof = eof;
@@ -291,13 +281,7 @@ impl Agent for AgentService {
     }
 
     fn write_stdin(&self, _: &TtrpcContext, req: WriteStdinRequest) -> ttrpc::Result<WriteStdinResponse> {
-        if req.data.len() > husk_protocol::MAX_STDIO_CHUNK as usize {
-            return ok(Err(AgentError::InvalidArgument(format!(
-                "stdin chunk of {} bytes is larger than {}",
-                req.data.len(),
-                husk_protocol::MAX_STDIO_CHUNK
-            ))));
-        }
+        ok(checks::stdin_chunk(req.data.len()))?;
         let p = ok(self.process(&req.container_id, &req.exec_id))?;
         match p.stdin.write_all(&req.data) {
             None => ok(Err(AgentError::FailedPrecondition(format!("stdin of process {} is closed", p.pid)))),
@@ -325,14 +309,7 @@ impl Agent for AgentService {
     }
 
     fn resize_tty(&self, _: &TtrpcContext, req: ResizeTtyRequest) -> ttrpc::Result<Empty> {
-        let (w, h) = match (u16::try_from(req.width), u16::try_from(req.height)) {
-            (Ok(w), Ok(h)) => (w, h),
-            _ => {
-                return ok(Err(AgentError::InvalidArgument(format!(
-                    "terminal size {}x{} is too large", req.width, req.height
-                ))))
-            }
-        };
+        let (w, h) = ok(checks::tty_size(req.width, req.height))?;
         let p = ok(self.process(&req.container_id, &req.exec_id))?;
         ok(p.resize(w, h))?;
         Ok(Empty::new())
@@ -405,9 +382,7 @@ impl Agent for AgentService {
 
     fn set_hostname(&self, _: &TtrpcContext, req: SetHostnameRequest) -> ttrpc::Result<Empty> {
         let h = req.hostname.as_str();
-        if h.is_empty() || h.len() > 64 || h.contains('\0') {
-            return ok(Err(AgentError::InvalidArgument(format!("hostname {h:?} is not valid"))));
-        }
+        ok(checks::hostname(h))?;
         ok(nix::unistd::sethostname(h).map_err(|e| AgentError::sys(format!("setting hostname {h:?}"), e)))?;
         Ok(Empty::new())
     }

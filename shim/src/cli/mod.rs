@@ -14,7 +14,7 @@ use crate::state;
 pub const USAGE: &str = "usage: husk [--config FILE] <command>\n\
 commands:\n  check        tell whether this host can run husk containers (exit 1 if not)\n  \
 ps           list husk VMs (pods) and their containers (from the state directory)\n  \
-logs <id>    print the guest console log of a pod's VM (by sandbox id)\n";
+logs <id>    print the guest console log of a pod's VM (by sandbox id; control characters\n               escaped as \\xNN)\n";
 
 /// `husk ps`: one line per VM (pod) under the state directory, then one indented line per
 /// container in it.
@@ -49,11 +49,13 @@ pub fn logs(state_root: &Path, id: &str, out: &mut dyn Write) -> Result<()> {
         Some((sd, _)) => sd.console_log(),
         None => return Err(ShimError::NotFound { kind: "husk VM (pod)", id: id.into() }),
     };
-    let mut f = std::fs::File::open(&path).map_err(|e| match e.kind() {
+    // The file is bounded by husk-vmm (log_max_bytes): read it whole.
+    let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => ShimError::NotFound { kind: "husk VM (no console log)", id: format!("{id} ({})", path.display()) },
-        _ => ShimError::io("open", &path, e),
+        _ => ShimError::io("read", &path, e),
     })?;
-    std::io::copy(&mut f, out).map_err(|e| ShimError::io("copy", &path, e))?;
+    // The guest wrote it: no terminal control sequences reach the reader's terminal.
+    out.write_all(crate::guest_text::escape_controls(&bytes, true).as_bytes()).map_err(|e| ShimError::io("write", "stdout", e))?;
     Ok(())
 }
 
@@ -83,6 +85,11 @@ mod tests {
         let mut out = Vec::new();
         logs(root.path(), "web", &mut out).unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), "Linux version 6.1\nhusk-agent ready\n");
+        // What a guest writes to its console cannot drive the reader's terminal.
+        std::fs::write(sd.console_log(), b"boot\r\n\x1b]2;title\x07\x1b[H\x1b[2Jfake prompt$ \x9b\xff\n").unwrap();
+        let mut out = Vec::new();
+        logs(root.path(), "web", &mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "boot\n\\x1b]2;title\\x07\\x1b[H\\x1b[2Jfake prompt$ \\x9b\\xff\n");
         let e = logs(root.path(), "nope", &mut Vec::new()).unwrap_err().to_string();
         assert!(e.contains("nope"), "{e}");
     }

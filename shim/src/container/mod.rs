@@ -361,20 +361,30 @@ impl Container {
     }
 }
 
-/// Publishes an OOM event for every OOM kill the agent reports, until the VM goes away.
+/// Shortest time between two OOM polls of one sandbox: a guest reports at most 10 OOM kills a
+/// second (an agent answering at once, forever, must not turn into an event flood).
+pub const OOM_POLL_MIN: Duration = Duration::from_millis(100);
+
+/// Publishes an OOM event for every OOM kill the agent reports, until the VM goes away. Ids
+/// that cannot be container ids are dropped (the agent's answer is the guest's word).
 pub fn watch_oom(sandbox: &Arc<Sandbox>, events: &Arc<Events>) {
     let (sb, events) = (sandbox.clone(), events.clone());
     let spawned = std::thread::Builder::new().name("oom-watch".into()).spawn(move || loop {
+        let asked = std::time::Instant::now();
         match sb.agent.get_oom_event(long(), &agent::GetOomEventRequest::new()) {
-            Ok(ev) => {
-                log::warn!("OOM kill in container {}", ev.container_id);
-                events.send(TASK_OOM_EVENT_TOPIC, Box::new(TaskOOM { container_id: ev.container_id, ..Default::default() }));
-            }
+            Ok(ev) => match crate::state::validate_id(&ev.container_id) {
+                Ok(()) => {
+                    log::warn!("OOM kill in container {}", ev.container_id);
+                    events.send(TASK_OOM_EVENT_TOPIC, Box::new(TaskOOM { container_id: ev.container_id, ..Default::default() }));
+                }
+                Err(e) => log::warn!("sandbox {}: the agent reported an OOM kill with {}", sb.id, crate::error::chain(&e)),
+            },
             Err(e) => {
                 log::debug!("OOM watch of sandbox {} ended: {e}", sb.id);
                 return;
             }
         }
+        std::thread::sleep(OOM_POLL_MIN.saturating_sub(asked.elapsed()));
     });
     if let Err(e) = spawned {
         log::error!("cannot start the OOM watch of sandbox {}: {e}", sandbox.id);

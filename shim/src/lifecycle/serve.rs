@@ -6,13 +6,15 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::Arc;
 
-use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{ExitSignal, Flags};
 use containerd_shim_protos::shim_sync::create_task;
 use ttrpc::MethodHandler;
 
 use super::{io_err, socket_path, LifecycleError};
-use crate::task::Service;
+use crate::task::{Containerd, Publish, Service};
+
+/// How long an exiting shim waits for containerd to take its last events.
+const EXIT_FLUSH: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long the ttrpc server may take to stop once the shim has nothing left to serve.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
@@ -63,14 +65,9 @@ pub fn run(flags: &Flags) -> Result<(), LifecycleError> {
         signal_started();
         return Ok(());
     };
-    let publisher = match std::env::var("TTRPC_ADDRESS") {
-        Ok(addr) if !addr.is_empty() => match RemotePublisher::new(&addr) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                log::error!("cannot connect to containerd at {addr} for events: {e}");
-                None
-            }
-        },
+    // Connected on the first event and again whenever containerd went away (restarted).
+    let publisher: Option<Box<dyn Publish>> = match std::env::var("TTRPC_ADDRESS") {
+        Ok(addr) if !addr.is_empty() => Some(Box::new(Containerd::new(&addr))),
         _ => {
             log::warn!("TTRPC_ADDRESS is not set: task events are not published");
             None
@@ -78,12 +75,15 @@ pub fn run(flags: &Flags) -> Result<(), LifecycleError> {
     };
     let exit = Arc::new(ExitSignal::default());
     let service = Arc::new(Service::new(&flags.namespace, publisher, exit.clone()));
-    let methods = with_v2_aliases(create_task(service.clone()), service);
+    let methods = with_v2_aliases(create_task(service.clone()), service.clone());
     let mut server = ttrpc::Server::new().add_listener(listener.into_raw_fd())?.register_service(methods);
     server.start()?;
     signal_started();
     log::info!("husk shim for {} serving on {}", flags.id, path.display());
     exit.wait();
+    if !service.flush_events(EXIT_FLUSH) {
+        log::error!("exiting with {} event(s) containerd did not take", service.pending_events());
+    }
     log::info!("husk shim for {} exiting", flags.id);
     // The socket goes first: a `start` for a new container must not find an exiting server.
     let _ = std::fs::remove_file(&path);

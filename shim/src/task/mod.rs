@@ -9,10 +9,9 @@ mod stats;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::ExitSignal;
 
-pub use events::Events;
+pub use events::{Containerd, Events, Publish};
 
 use crate::container::{Container, VM_DIED_EXIT_STATUS};
 use crate::sandbox::Sandbox;
@@ -54,7 +53,7 @@ impl Inner {
 
 impl Service {
     /// A service publishing to `publisher` (none in tests).
-    pub fn new(namespace: &str, publisher: Option<RemotePublisher>, exit: Arc<ExitSignal>) -> Service {
+    pub fn new(namespace: &str, publisher: Option<Box<dyn Publish>>, exit: Arc<ExitSignal>) -> Service {
         Service {
             inner: Arc::new(Inner {
                 namespace: namespace.into(),
@@ -63,6 +62,18 @@ impl Service {
                 registry: Mutex::new(Registry::default()),
             }),
         }
+    }
+}
+
+impl Service {
+    /// Waits up to `timeout` for the queued events to reach containerd.
+    pub fn flush_events(&self, timeout: std::time::Duration) -> bool {
+        self.inner.events.flush(timeout)
+    }
+
+    /// Events not yet published.
+    pub fn pending_events(&self) -> usize {
+        self.inner.events.len()
     }
 }
 

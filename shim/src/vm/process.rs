@@ -134,7 +134,9 @@ impl Vm {
         plan.check_files()?;
         plan.write_config()?;
         let spawn_err = |source| VmError::Spawn { vmm: plan.vmm.clone(), source };
-        let log = File::create(&plan.vmm_log).map_err(spawn_err)?;
+        // Readable too: husk-vmm keeps a stderr that is a regular file within its
+        // log_max_bytes by moving the newest part to the start (microvm bounded_log).
+        let log = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&plan.vmm_log).map_err(spawn_err)?;
         let log2 = log.try_clone().map_err(spawn_err)?;
         // Opened here (O_CLOEXEC, so the VMM does not keep them); the child writes "0" to each
         // before exec, so the VMM and every thread it starts live in the pod's cgroup.
@@ -248,7 +250,8 @@ impl Vm {
     }
 }
 
-/// The last `n` non-empty lines of a file (at most 4 KiB read), joined with " | ".
+/// The last `n` non-empty lines of a file (at most 4 KiB read), joined with " | ", with
+/// control characters escaped (the console is the guest's; these go into error messages).
 pub fn last_lines(path: &Path, n: usize) -> String {
     use std::io::{Read, Seek, SeekFrom};
     let Ok(mut f) = File::open(path) else { return String::new() };
@@ -256,8 +259,12 @@ pub fn last_lines(path: &Path, n: usize) -> String {
     let _ = f.seek(SeekFrom::Start(len.saturating_sub(4096)));
     let mut buf = Vec::new();
     let _ = f.take(4096).read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf);
-    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let lines: Vec<String> = buf
+        .split(|&b| b == b'\n')
+        .map(|l| l.trim_ascii())
+        .filter(|l| !l.is_empty())
+        .map(|l| crate::guest_text::escape_controls(l, false))
+        .collect();
     lines[lines.len().saturating_sub(n)..].join(" | ")
 }
 
@@ -315,6 +322,14 @@ mod tests {
         let written = VmConfig::from_toml_file(&p.config_file).unwrap();
         assert_eq!(written, p.config);
         assert!(std::fs::read_to_string(d.path().join("vmm.log")).unwrap().contains("vsock"));
+    }
+
+    #[test]
+    fn exit_reasons_from_the_console_are_escaped() {
+        let d = tempfile::tempdir().unwrap();
+        let p = plan(d.path(), "/bin/true");
+        std::fs::write(d.path().join("console.log"), b"a\r\n\x1b[2J\x1b]0;x\x07panic\r\n").unwrap();
+        assert_eq!(last_lines(p.console_log().unwrap(), 3), "a | \\x1b[2J\\x1b]0;x\\x07panic");
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! Processes are scripted by their args: `out N CODE` writes N pattern bytes to stdout and
 //! `err-line\n` to stderr, then exits with CODE; `cat` copies stdin to stdout until stdin is
 //! closed; `sleep` runs until signalled (exit 128+signal); `hang` acknowledges signals and
-//! never exits; an exec of `missing` fails to start; `crash` makes the VMM exit (status 3) shortly after the start, as a guest crash
-//! would.
+//! never exits; an exec of `missing` fails to start; `crash` makes the VMM exit (status 3) shortly
+//! after the start, as a guest crash would; `oom-flood` runs until signalled and, while it runs,
+//! GetOomEvent answers at once, forever, naming its container (a hostile agent flooding the shim).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -175,7 +176,13 @@ impl Agent for Fake {
     }
     fn get_oom_event(&self, _: &TtrpcContext, _: GetOomEventRequest) -> ttrpc::Result<OomEvent> {
         loop {
-            std::thread::sleep(Duration::from_secs(3600));
+            let flooding = self.procs.lock().unwrap().iter().find_map(|(k, p)| {
+                (p.args.first().map(String::as_str) == Some("oom-flood") && p.exit.is_none()).then(|| k.split('/').next().unwrap_or("").to_string())
+            });
+            if let Some(container_id) = flooding {
+                return Ok(OomEvent { container_id, ..Default::default() });
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
     fn update_interfaces(&self, _: &TtrpcContext, r: UpdateInterfacesRequest) -> ttrpc::Result<Empty> {
