@@ -7,7 +7,8 @@
 //!   only translates requests onto the objects below.
 //! * [`sandbox`]: the pod's VM (husk-vmm, agent, disk slots, cgroup, state);
 //!   [`container`]: a container in it and its processes.
-//! * [`vm`]: spawning `husk-vmm` and the hybrid vsock to the guest; [`agent`]: the agent client.
+//! * [`vm`]: spawning `husk-vmm` and the hybrid vsock to the guest; [`jail`]: its confinement;
+//!   [`agent`]: the agent client.
 //! * [`io`]: containerd's stdio FIFOs bridged to the agent's streams.
 //! * [`rootfs`], [`state`], [`options`]: rootfs images, per-sandbox state, configuration.
 //! * [`cli`]: `husk check`, `husk ps`, `husk logs`.
@@ -20,6 +21,7 @@ pub mod cli;
 pub mod container;
 pub mod error;
 pub mod io;
+pub mod jail;
 pub mod lifecycle;
 pub mod options;
 pub mod rootfs;
