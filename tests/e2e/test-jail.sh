@@ -76,7 +76,7 @@ assert_eq "4096 4096" "$(awk '/^Max open files/ {print $4, $5}' "/proc/$vmm/limi
 assert_eq "18 18" "$(awk '/^Max processes/ {print $3, $4}' "/proc/$vmm/limits")" "RLIMIT_NPROC"
 assert_eq "0 0" "$(awk '/^Max core file size/ {print $5, $6}' "/proc/$vmm/limits")" "RLIMIT_CORE"
 # The pod's cgroup (the sandbox spec's cgroupsPath) holds the VMM.
-cg=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["linux"].get("cgroupsPath", ""))' "$E2E_WORK/ctrd/state/io.containerd.runtime.v2.task/default/p1/config.json")
+cg=$(grep -o '"cgroupsPath": *"[^"]*"' "$E2E_WORK/ctrd/state/io.containerd.runtime.v2.task/default/p1/config.json" | sed 's/.*"\([^"]*\)"$/\1/' || true)
 if [ -n "$cg" ]; then grep -q -- "$cg" "/proc/$vmm/cgroup" || fail "husk-vmm is not in the pod's cgroup $cg: $(cat "/proc/$vmm/cgroup")"; fi
 log "uid, root, namespaces, capabilities, limits, cgroup: ok"
 
@@ -91,8 +91,9 @@ timeout "$T" ctr -a "$CTR_ADDR" run -d --runtime "$RUNTIME" --annotation "$CT=co
   --with-ns "network:/proc/$(task_pid p1)/ns/net" "$IMAGE" app sleep 100001 >/dev/null
 assert_eq "from-app" "$(ctr_ task exec --exec-id a1 app echo from-app)" "exec in the joined container"
 disks=$(curl -sf --unix-socket "$jail/run/api.sock" http://localhost/vm/disks)
-slot=$(python3 -c 'import json,sys; d=[x for x in json.loads(sys.argv[1]) if x["kind"]=="slot" and x["attached"]]; print(len(d), d[0]["path"] if d else "")' "$disks")
-[[ "$slot" == "1 /"* ]] || fail "one slot attached, named by its host path: $disks"
+slot=$(grep -o '{[^}]*"kind":"slot"[^}]*"attached":true[^}]*}' <<<"$disks" || true)
+[ "$(grep -c . <<<"$slot")" = 1 ] || fail "one slot attached: $disks"
+assert_contains "$slot" '"path":"/' "the attached image is named by its host path"
 log "disk slot through a descriptor: ok ($slot)"
 
 # 4. A host directory reaches a container over virtio-fs (the VMM got virtiofsd's connection).
