@@ -339,6 +339,28 @@ mod tests {
     }
 
     #[test]
+    fn inherited_descriptors_arrive_at_the_numbers_the_plan_gives_and_leave_the_shim() {
+        let d = tempfile::tempdir().unwrap();
+        let script = d.path().join("fake-vmm");
+        std::fs::write(&script, "#!/bin/sh\nreadlink /proc/$$/fd/3 /proc/$$/fd/4 >&2\n").unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let mut p = plan(d.path(), script.to_str().unwrap());
+        let passwd = std::fs::File::open("/etc/passwd").unwrap();
+        let (r, w) = nix::unistd::pipe().unwrap();
+        assert_eq!(p.inherit(passwd.into(), "a file"), 3);
+        assert_eq!(p.inherit(w, "a pipe"), 4);
+        let vm = Vm::spawn(p).unwrap();
+        vm.exit_watch().wait(Some(Duration::from_secs(10))).unwrap();
+        let log = std::fs::read_to_string(d.path().join("vmm.log")).unwrap();
+        assert!(log.starts_with("/etc/passwd\npipe:["), "{log}");
+        // The shim's copy of the pipe's write end is closed: with the VMM gone, the reader sees
+        // EOF, not "would block".
+        let flags = nix::fcntl::fcntl(&r, nix::fcntl::FcntlArg::F_GETFL).unwrap();
+        nix::fcntl::fcntl(&r, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK)).unwrap();
+        assert_eq!(nix::unistd::read(&r, &mut [0u8; 8]), Ok(0), "the shim kept a copy of an inherited descriptor");
+    }
+
+    #[test]
     fn missing_kernel_is_named() {
         let d = tempfile::tempdir().unwrap();
         let mut p = plan(d.path(), "/bin/true");
