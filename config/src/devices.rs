@@ -69,7 +69,7 @@ pub struct VsockConfig {
 }
 
 /// A virtio-fs device served by a vhost-user backend such as virtiofsd.
-/// `--fs tag=TAG,socket=PATH`. The guest mounts it with `mount -t virtiofs TAG DIR`.
+/// `--fs tag=TAG,socket=PATH[,fd=N]`. The guest mounts it with `mount -t virtiofs TAG DIR`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FsConfig {
@@ -77,8 +77,12 @@ pub struct FsConfig {
     /// spaces or commas, unique among the VM's fs devices.
     pub tag: String,
     /// The vhost-user socket the backend (virtiofsd `--socket-path`) listens on; it must exist
-    /// when husk-vmm starts.
+    /// when husk-vmm starts. With `fd`, only the name of the backend in messages.
     pub socket: PathBuf,
+    /// A connection to the backend the parent opened, inherited as this descriptor number (3
+    /// or more): husk-vmm then connects to nothing (a jailed VMM cannot reach `socket`).
+    #[serde(default)]
+    pub fd: Option<i32>,
 }
 
 fn default_cid() -> u32 {
@@ -256,22 +260,31 @@ impl FsConfig {
     pub fn parse_flag(s: &str) -> Result<Self> {
         let mut tag = None;
         let mut socket = None;
+        let mut fd = None;
         for (k, v) in pairs("--fs", s)? {
             match (k, v) {
                 ("tag", t) => tag = Some(t.to_string()),
                 ("socket", p) if !p.is_empty() => socket = Some(PathBuf::from(p)),
-                _ => return Err(ConfigError::invalid("--fs", s, format!("unknown or empty key `{k}` (expected tag=TAG,socket=PATH)"))),
+                ("fd", n) => fd = Some(n.parse().map_err(|_| ConfigError::invalid("fs.fd", n, "not a descriptor number"))?),
+                _ => return Err(ConfigError::invalid("--fs", s, format!("unknown or empty key `{k}` (expected tag=TAG,socket=PATH[,fd=N])"))),
             }
         }
         let tag = tag.ok_or_else(|| ConfigError::invalid("--fs", s, "tag=TAG is required"))?;
         let socket = socket.ok_or_else(|| ConfigError::invalid("--fs", s, "socket=PATH is required"))?;
-        Ok(FsConfig { tag, socket })
+        Ok(FsConfig { tag, socket, fd })
     }
 
-    /// Checks the tag and that the socket exists and is a unix socket.
+    /// Checks the tag, and that the socket exists and is a unix socket (without `fd`) or that
+    /// the inherited descriptor is not stdio (with it).
     pub fn validate(&self) -> Result<()> {
         if self.tag.is_empty() || self.tag.len() > MAX_FS_TAG_LEN || !self.tag.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
             return Err(ConfigError::invalid("fs.tag", &self.tag, format!("must be 1 to {MAX_FS_TAG_LEN} printable ASCII characters without spaces or commas")));
+        }
+        if let Some(fd) = self.fd {
+            if fd < 3 {
+                return Err(ConfigError::invalid("fs.fd", fd, "must be 3 or more (0-2 are stdio)"));
+            }
+            return Ok(());
         }
         if self.socket.as_os_str().len() > MAX_SOCKET_PATH_LEN {
             return Err(ConfigError::invalid("fs.socket", self.socket.display(), format!("unix socket paths are limited to {MAX_SOCKET_PATH_LEN} bytes")));
@@ -334,7 +347,9 @@ mod tests {
     #[test]
     fn fs_flag() {
         let f = FsConfig::parse_flag("tag=share,socket=/run/vfs.sock").unwrap();
-        assert_eq!(f, FsConfig { tag: "share".into(), socket: "/run/vfs.sock".into() });
+        assert_eq!(f, FsConfig { tag: "share".into(), socket: "/run/vfs.sock".into(), fd: None });
+        assert_eq!(FsConfig::parse_flag("tag=s,socket=/x,fd=5").unwrap().fd, Some(5));
+        assert!(FsConfig::parse_flag("tag=s,socket=/x,fd=five").unwrap_err().to_string().contains("fs.fd"));
         assert!(FsConfig::parse_flag("socket=/a").unwrap_err().to_string().contains("tag=TAG"));
         assert!(FsConfig::parse_flag("tag=a").unwrap_err().to_string().contains("socket=PATH"));
         assert!(FsConfig::parse_flag("tag=a,socket=/a,cache=auto").unwrap_err().to_string().contains("cache"));
@@ -343,7 +358,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let sock = dir.join("vfs.sock");
         let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
-        let ok = FsConfig { tag: "a".repeat(MAX_FS_TAG_LEN), socket: sock.clone() };
+        let ok = FsConfig { tag: "a".repeat(MAX_FS_TAG_LEN), socket: sock.clone(), fd: None };
         ok.validate().unwrap();
         let e = FsConfig { tag: "a".repeat(MAX_FS_TAG_LEN + 1), ..ok.clone() }.validate().unwrap_err().to_string();
         assert!(e.contains("fs.tag") && e.contains("1 to 36"), "{e}");
@@ -356,8 +371,12 @@ mod tests {
         std::fs::write(&file, b"").unwrap();
         let e = FsConfig { socket: file, ..ok.clone() }.validate().unwrap_err().to_string();
         assert!(e.contains("not a unix socket"), "{e}");
-        let e = FsConfig { socket: PathBuf::from(format!("/{}", "s".repeat(107))), ..ok }.validate().unwrap_err().to_string();
+        let e = FsConfig { socket: PathBuf::from(format!("/{}", "s".repeat(107))), ..ok.clone() }.validate().unwrap_err().to_string();
         assert!(e.contains("107 bytes"), "{e}");
+        // An inherited connection: the socket is only a name (a jailed VMM cannot see it).
+        FsConfig { socket: dir.join("missing.sock"), fd: Some(3), ..ok.clone() }.validate().unwrap();
+        let e = FsConfig { fd: Some(1), ..ok }.validate().unwrap_err().to_string();
+        assert!(e.contains("fs.fd") && e.contains("stdio"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -18,6 +18,12 @@
 //! agent_vsock_port = 1024
 //! boot_timeout_secs = 30
 //! virtiofsd = "/usr/local/libexec/husk/virtiofsd"
+//!
+//! [jail]
+//! enabled = true          # husk-vmm runs confined (own uid, chroot, namespaces, rlimits)
+//! uid_first = 1879048192  # each sandbox's husk-vmm gets one uid (and the same gid) of
+//! uid_count = 65536       #   uid_first .. uid_first + uid_count - 1
+//! max_open_files = 4096   # RLIMIT_NOFILE of husk-vmm
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -47,6 +53,37 @@ pub struct HuskConfig {
     /// The shim itself.
     #[serde(default)]
     pub shim: ShimConfig,
+    /// How husk-vmm is confined.
+    #[serde(default)]
+    pub jail: JailConfig,
+}
+
+/// First uid (and gid) of the default range: just above the range systemd-nspawn allocates
+/// container uids from (524288-1879048191, systemd's UIDS-GIDS.md) and far below 2^31, so no
+/// login, system, dynamic or container user of a usual host owns one of them.
+pub const DEFAULT_JAIL_UID_FIRST: u32 = 0x7000_0000;
+/// Uids in the default range: concurrent sandboxes per host.
+pub const DEFAULT_JAIL_UID_COUNT: u32 = 65536;
+
+/// `[jail]`: the confinement of husk-vmm, built by the shim when it starts the VMM (like
+/// Firecracker's jailer, without a setuid helper): one uid of the range per sandbox (its gid
+/// is the same number), a chroot holding only the VMM's files, new mount, PID and IPC
+/// namespaces, rlimits, no new privileges. The shim must run as root (containerd runs it so).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JailConfig {
+    /// Confine husk-vmm (turn off only to debug the VMM with host tools).
+    #[serde(default = "d_true")]
+    pub enabled: bool,
+    /// First uid of the range; each running sandbox holds one, and uses the same number as gid.
+    #[serde(default = "d_uid_first")]
+    pub uid_first: u32,
+    /// Uids in the range: at most this many sandboxes run at once.
+    #[serde(default = "d_uid_count")]
+    pub uid_count: u32,
+    /// RLIMIT_NOFILE of husk-vmm (vsock connections, disks and eventfds use descriptors).
+    #[serde(default = "d_max_open_files")]
+    pub max_open_files: u64,
 }
 
 /// `[vm]`: what each sandbox VM gets unless the container asks otherwise.
@@ -143,6 +180,24 @@ fn d_port() -> u32 {
 fn d_timeout() -> u64 {
     30
 }
+fn d_true() -> bool {
+    true
+}
+fn d_uid_first() -> u32 {
+    DEFAULT_JAIL_UID_FIRST
+}
+fn d_uid_count() -> u32 {
+    DEFAULT_JAIL_UID_COUNT
+}
+fn d_max_open_files() -> u64 {
+    4096
+}
+
+impl Default for JailConfig {
+    fn default() -> Self {
+        JailConfig { enabled: true, uid_first: d_uid_first(), uid_count: d_uid_count(), max_open_files: d_max_open_files() }
+    }
+}
 
 impl Default for VmDefaults {
     fn default() -> Self {
@@ -216,12 +271,47 @@ impl HuskConfig {
         if self.shim.boot_timeout_secs == 0 || self.shim.boot_timeout_secs > 3600 {
             return Err(ConfigError::invalid("shim.boot_timeout_secs", self.shim.boot_timeout_secs, "must be 1 to 3600"));
         }
+        self.jail.validate()?;
         for (field, p) in [("shim.state_dir", &self.shim.state_dir), ("shim.image_cache_dir", &self.shim.image_cache_dir), ("shim.vmm", &self.shim.vmm), ("shim.virtiofsd", &self.shim.virtiofsd)] {
             if !p.is_absolute() {
                 return Err(ConfigError::invalid(field, p.display(), "must be an absolute path"));
             }
         }
         Ok(())
+    }
+}
+
+/// Fewest descriptors husk-vmm starts with (its eventfds, epoll, KVM, disks, sockets).
+const MIN_OPEN_FILES: u64 = 64;
+/// Most descriptors `max_open_files` may grant (the kernel's default `fs.nr_open`).
+const MAX_OPEN_FILES: u64 = 1 << 20;
+
+impl JailConfig {
+    /// Checks the uid range (never root, never past the last valid uid) and the rlimit.
+    pub fn validate(&self) -> Result<()> {
+        if self.uid_first == 0 {
+            return Err(ConfigError::invalid("jail.uid_first", self.uid_first, "must not be 0: husk-vmm never runs as root when jailed"));
+        }
+        if self.uid_count == 0 {
+            return Err(ConfigError::invalid("jail.uid_count", self.uid_count, "must be at least 1"));
+        }
+        // (uid_t)-1 means "unchanged" to setresuid and chown: the range must end before it.
+        if u64::from(self.uid_first) + u64::from(self.uid_count) > u64::from(u32::MAX) {
+            return Err(ConfigError::invalid(
+                "jail.uid_count",
+                self.uid_count,
+                format!("jail.uid_first = {} plus this passes the last uid {}", self.uid_first, u32::MAX - 1),
+            ));
+        }
+        if !(MIN_OPEN_FILES..=MAX_OPEN_FILES).contains(&self.max_open_files) {
+            return Err(ConfigError::invalid("jail.max_open_files", self.max_open_files, format!("must be {MIN_OPEN_FILES} to {MAX_OPEN_FILES}")));
+        }
+        Ok(())
+    }
+
+    /// The uid range, as `first..end`.
+    pub fn uids(&self) -> std::ops::Range<u32> {
+        self.uid_first..self.uid_first.saturating_add(self.uid_count)
     }
 }
 
@@ -257,6 +347,28 @@ mod tests {
         assert!(e.contains("shim.state_dir") && e.contains("rel"), "{e}");
         let e = HuskConfig::from_toml_str("[vm]\nbogus = 1\n", Path::new("t.toml"));
         assert!(format!("{:?}", e.unwrap_err()).contains("bogus"));
+    }
+
+    #[test]
+    fn jail_section_defaults_and_bad_ranges() {
+        let c = HuskConfig::from_toml_str("", Path::new("t")).unwrap();
+        assert!(c.jail.enabled);
+        assert_eq!(c.jail.uids(), 0x7000_0000..0x7001_0000);
+        let c = HuskConfig::from_toml_str("[jail]\nuid_first = 5000\nuid_count = 2\nmax_open_files = 128\n", Path::new("t")).unwrap();
+        assert_eq!((c.jail.uids(), c.jail.max_open_files), (5000..5002, 128));
+        for (text, field, value) in [
+            ("[jail]\nuid_first = 0\n", "jail.uid_first", "0"),
+            ("[jail]\nuid_count = 0\n", "jail.uid_count", "0"),
+            ("[jail]\nuid_first = 4294967290\nuid_count = 6\n", "jail.uid_count", "6"),
+            ("[jail]\nmax_open_files = 3\n", "jail.max_open_files", "3"),
+        ] {
+            let e = HuskConfig::from_toml_str(text, Path::new("t")).unwrap_err().to_string();
+            assert!(e.contains(field) && e.contains(value), "{text}: {e}");
+        }
+        // The last valid uid may be used; (uid_t)-1 may not.
+        HuskConfig::from_toml_str("[jail]\nuid_first = 4294967290\nuid_count = 5\n", Path::new("t")).unwrap();
+        let e = HuskConfig::from_toml_str("[jail]\nuid = 7\n", Path::new("t")).unwrap_err();
+        assert!(format!("{e:?}").contains("uid"), "{e:?}");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //!   [`NetConfig`], [`VsockConfig`] and [`FsConfig`].
 //! - [`api`]: the bodies of husk-vmm's control API and a blocking client for it.
 //! - [`HuskConfig`]: `/etc/husk/config.toml` (or `$HUSK_CONFIG`), read by the shim: `[vm]`
-//!   defaults and `[shim]` settings.
+//!   defaults, `[shim]` settings and the `[jail]` of husk-vmm.
 //!
 //! Every error names the field and the offending value ([`ConfigError`]).
 
@@ -21,6 +21,6 @@ pub mod vm;
 
 pub use devices::{DiskConfig, FsConfig, MacAddr, NetConfig, VsockConfig};
 pub use error::{ConfigError, Result};
-pub use husk::{HuskConfig, ShimConfig, VmDefaults};
+pub use husk::{HuskConfig, JailConfig, ShimConfig, VmDefaults};
 pub use size::MemSize;
 pub use vm::{kernel_format, slot_name, Console, IrqDelivery, KernelFormat, VmConfig, MAX_VIRTIO_DEVICES};

@@ -271,11 +271,14 @@ impl VmConfig {
         if let Some(v) = &self.vsock {
             v.validate()?;
         }
-        let mut tags = std::collections::HashSet::new();
+        let (mut tags, mut fs_fds) = (std::collections::HashSet::new(), std::collections::HashSet::new());
         for f in &self.fs {
             f.validate()?;
             if !tags.insert(f.tag.as_str()) {
                 return Err(ConfigError::invalid("fs.tag", &f.tag, "used by two fs devices"));
+            }
+            if let Some(fd) = f.fd.filter(|fd| !fs_fds.insert(*fd)) {
+                return Err(ConfigError::invalid("fs.fd", fd, "used by two devices"));
             }
         }
         if let Some(a) = &self.api_sock {

@@ -12,6 +12,7 @@ use crate::bus::{Bus, BusError};
 use crate::devices::virtio::block::worker::WorkerControl;
 use crate::devices::virtio::block::DiskHandle;
 use crate::devices::virtio::interrupt::Interrupt;
+use crate::devices::virtio::vsock::connector::Connector;
 use crate::devices::BusDevice;
 use crate::layout::*;
 
@@ -73,6 +74,7 @@ pub struct DeviceManager {
     event_manager: Option<DeviceEventManager>,
     counters: Vec<(String, Arc<dyn CounterSource>)>,
     io_threads: Vec<WorkerControl>,
+    connectors: Vec<Connector>,
     disks: Vec<Arc<DiskHandle>>,
     irq_delivery: IrqDelivery,
 }
@@ -96,6 +98,7 @@ impl DeviceManager {
             event_manager: None,
             counters: Vec::new(),
             io_threads: Vec::new(),
+            connectors: Vec::new(),
             disks: Vec::new(),
             irq_delivery,
         }
@@ -119,6 +122,16 @@ impl DeviceManager {
     /// The disk I/O threads.
     pub fn io_threads(&self) -> &[WorkerControl] {
         &self.io_threads
+    }
+
+    /// Remembers a vsock device's connector thread, whose seccomp filter the runner installs.
+    pub fn register_vsock_connector(&mut self, connector: Connector) {
+        self.connectors.push(connector);
+    }
+
+    /// The vsock connector threads.
+    pub fn vsock_connectors(&self) -> &[Connector] {
+        &self.connectors
     }
 
     /// Remembers a disk or slot for the control API (`/vm/disks`).

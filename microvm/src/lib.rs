@@ -57,6 +57,9 @@ pub enum Error {
     /// A disk I/O thread could not be confined.
     #[error("cannot confine a disk I/O thread")]
     IoThread(#[source] devices::virtio::block::worker::WorkerError),
+    /// The vsock connector thread could not be confined.
+    #[error("cannot confine the vsock connector thread")]
+    VsockConnector(#[source] devices::virtio::vsock::connector::ConnectorError),
     /// The main thread's seccomp filter could not be installed.
     #[error("cannot install the main thread's seccomp filter")]
     MainSeccomp(#[source] seccompiler::Error),

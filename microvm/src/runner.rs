@@ -43,6 +43,11 @@ pub fn run(mut vm: Vm, use_seccomp: bool) -> Result<ExitReason, crate::Error> {
             t.install_filter(f.clone()).map_err(crate::Error::IoThread)?;
         }
     }
+    if let Some(f) = filters.as_ref().map(|f| f.get(ThreadKind::VsockConnect)) {
+        for c in vm.devices.vsock_connectors() {
+            c.install_filter(f.clone()).map_err(crate::Error::VsockConnector)?;
+        }
+    }
 
     let io_bus: Arc<Bus> = Arc::new(std::mem::take(&mut vm.devices.io_bus));
     let mmio_bus: Arc<Bus> = Arc::new(std::mem::take(&mut vm.devices.mmio_bus));

@@ -7,7 +7,8 @@
 //!   only translates requests onto the objects below.
 //! * [`sandbox`]: the pod's VM (husk-vmm, agent, disk slots, cgroup, state);
 //!   [`container`]: a container in it and its processes.
-//! * [`vm`]: spawning `husk-vmm` and the hybrid vsock to the guest; [`agent`]: the agent client.
+//! * [`vm`]: spawning `husk-vmm` and the hybrid vsock to the guest; [`jail`]: its confinement;
+//!   [`agent`]: the agent client.
 //! * [`io`]: containerd's stdio FIFOs bridged to the agent's streams.
 //! * [`network`]: the pod's CNI interfaces carried to the guest through taps and tc redirects;
 //!   [`hooks`]: the spec's OCI hooks that run on the host.
@@ -25,6 +26,7 @@ pub mod error;
 pub mod hooks;
 pub mod guest_text;
 pub mod io;
+pub mod jail;
 pub mod lifecycle;
 pub mod network;
 pub mod options;

@@ -70,7 +70,7 @@ impl StateDir {
     pub fn create(root: &Path, namespace: &str, id: &str) -> Result<StateDir> {
         let dir = Self::path_of(root, namespace, id)?;
         // The longest socket in it.
-        let longest = dir.join("vsock.sock");
+        let longest = StateDir { dir: dir.clone() }.vsock();
         if longest.as_os_str().len() > MAX_SOCKET_PATH {
             return Err(ShimError::invalid(
                 "state directory",
@@ -88,7 +88,13 @@ impl StateDir {
         }
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .map_err(|e| ShimError::io("chmod state directory", &dir, e))?;
-        Ok(StateDir { dir })
+        let sd = StateDir { dir };
+        let vmm_dir = sd.vmm_dir();
+        if let Err(e) = std::fs::create_dir_all(&vmm_dir) {
+            let _ = std::fs::remove_dir_all(&sd.dir);
+            return Err(ShimError::io("create the VMM's directory", &vmm_dir, e));
+        }
+        Ok(sd)
     }
 
     /// An existing state directory (for cleanup).
@@ -100,17 +106,25 @@ impl StateDir {
     pub fn path(&self) -> &Path {
         &self.dir
     }
+    /// The root of husk-vmm's jail ([`crate::jail`]).
+    pub fn jail_root(&self) -> PathBuf {
+        self.dir.join("jail")
+    }
+    /// The only directory husk-vmm writes: its sockets and the console log.
+    pub fn vmm_dir(&self) -> PathBuf {
+        self.jail_root().join(crate::jail::RUN_DIR)
+    }
     /// VMM control API socket.
     pub fn api_sock(&self) -> PathBuf {
-        self.dir.join("api.sock")
+        self.vmm_dir().join("api.sock")
     }
     /// Hybrid vsock socket.
     pub fn vsock(&self) -> PathBuf {
-        self.dir.join("vsock.sock")
+        self.vmm_dir().join("vsock.sock")
     }
     /// Guest console log.
     pub fn console_log(&self) -> PathBuf {
-        self.dir.join("console.log")
+        self.vmm_dir().join("console.log")
     }
     /// The VMM's own stdout/stderr.
     pub fn vmm_log(&self) -> PathBuf {
@@ -124,9 +138,9 @@ impl StateDir {
     pub fn container_dir(&self, id: &str) -> PathBuf {
         self.dir.join("containers").join(id)
     }
-    /// husk-vmm's configuration file.
+    /// husk-vmm's configuration file (in its jail, which it reads it from).
     pub fn vm_config(&self) -> PathBuf {
-        self.dir.join("vm.toml")
+        self.jail_root().join("vm.toml")
     }
     fn info_path(&self) -> PathBuf {
         self.dir.join("state.json")

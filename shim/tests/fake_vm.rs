@@ -323,7 +323,7 @@ fn a_pod_shares_one_vm_and_its_containers_use_disk_slots() {
     assert_eq!(create(&env, "pod", None, &o, &e), 1);
     env.client.start(ctx(), &StartRequest { id: "pod".into(), ..Default::default() }).unwrap();
     let state = env.dir.path().join("state/test/pod");
-    let api_log = state.join("api.log");
+    let api_log = state.join("jail/run/api.log");
 
     // Two containers join: each gets its own disk slot, with a serial unique in the VM.
     let mut pids = Vec::new();

@@ -5,7 +5,7 @@
 for d in "${TMPDIR:-/tmp}"/husk-e2e.*; do
   [ -d "$d" ] || continue
   echo "--- $d/ctrd/containerd.log (tail)"; tail -n 60 "$d/ctrd/containerd.log" 2>/dev/null
-  for f in "$d"/run-husk/*/*/console.log "$d"/run-husk/*/*/vmm.log; do
+  for f in "$d"/run-husk/*/*/jail/run/console.log "$d"/run-husk/*/*/vmm.log; do
     [ -f "$f" ] && { echo "--- $f (tail)"; tail -n 30 "$f"; }
   done
 done

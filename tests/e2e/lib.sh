@@ -75,7 +75,7 @@ e2e_teardown() {
   set +e
   if [ "$rc" != 0 ] && [ -n "${E2E_WORK:-}" ]; then
     echo "--- containerd log (tail)"; tail -40 "$E2E_WORK/ctrd/containerd.log" 2>/dev/null
-    for f in "$E2E_WORK"/run-husk/*/*/console.log "$E2E_WORK"/run-husk/*/*/vmm.log; do
+    for f in "$E2E_WORK"/run-husk/*/*/jail/run/console.log "$E2E_WORK"/run-husk/*/*/vmm.log; do
       [ -f "$f" ] && { echo "--- $f (tail)"; tail -20 "$f"; }
     done
   fi >&2
@@ -89,14 +89,31 @@ e2e_teardown() {
   exit "$rc"
 }
 
+# The uid range of jailed VMMs ([jail] of husk's configuration; the defaults here).
+JAIL_UID_FIRST=${JAIL_UID_FIRST:-1879048192}
+JAIL_UID_COUNT=${JAIL_UID_COUNT:-65536}
+# "pid:uid" of every process running as a uid of the jail range, from /proc.
+jail_uid_processes() {
+  local d u
+  for d in /proc/[0-9]*; do
+    u=$(awk '/^Uid:/ {print $2; exit}' "$d/status" 2>/dev/null) || continue
+    [ -n "$u" ] || continue
+    if [ "$u" -ge "$JAIL_UID_FIRST" ] && [ "$u" -lt $((JAIL_UID_FIRST + JAIL_UID_COUNT)) ]; then echo "${d#/proc/}:$u"; fi
+  done
+  return 0
+}
+
 # Fails if anything of a deleted container is left, counted from the system: processes of
-# this run (shims, VMMs) in /proc, mounts below this run's directory in /proc/self/mounts, loop
-# devices backed by its files in /sys/block; then husk's state dir and containerd's bundles.
+# this run (shims, VMMs) in /proc and processes running as a jail uid, mounts below this run's
+# directory in /proc/self/mounts, loop devices backed by its files in /sys/block; then husk's
+# state dir (the jail's uid locks included) and containerd's bundles.
 leak_check() {
   local left p
   for p in $(e2e_pids); do
     fail "process $p ($(tr '\0' ' ' 2>/dev/null <"/proc/$p/cmdline")) still running"
   done
+  left=$(jail_uid_processes)
+  [ -z "$left" ] || fail "processes still run as jail uids (pid:uid): $left"
   left=$(awk -v d="$E2E_WORK/" 'index($2, d) == 1 {print $2}' /proc/self/mounts)
   [ -z "$left" ] || fail "mounts left: $left"
   left=$(grep -ls -- "$E2E_WORK" /sys/block/loop*/loop/backing_file 2>/dev/null || true)

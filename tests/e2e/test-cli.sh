@@ -37,7 +37,7 @@ if grep -qwE 'vmx|svm' /proc/cpuinfo; then
   assert_contains "$line" "running" "husk ps"
   # The pod's containers are listed below it: here the one container, on the boot disk.
   assert_contains "$(husk ps | grep -A1 '^cli-1 ' | tail -1)" "boot disk" "husk ps lists the container"
-  [ -s "$E2E_WORK/run-husk/default/cli-1/console.log" ] && { husk logs cli-1 | head -3 >&2; }
+  [ -s "$E2E_WORK/run-husk/default/cli-1/jail/run/console.log" ] && { husk logs cli-1 | head -3 >&2; }
   husk logs cli-1 >/dev/null
   ctr_ task kill -s SIGKILL cli-1
   timeout 120 sh -c "until ctr -a '$CTR_ADDR' task ls | grep cli-1 | grep -q STOPPED; do sleep 0.5; done"

@@ -1,12 +1,14 @@
-//! A blocking client of the husk-vmm control API: HTTP/1.1 over a `UnixStream` with the
-//! standard library only, one request per connection, every write and read of one request
-//! bounded by one timeout.
+//! A blocking client of the husk-vmm control API: HTTP/1.1 over a `UnixStream`, one request
+//! per connection, every write and read of one request bounded by one timeout; an attach can
+//! carry the image as a descriptor (SCM_RIGHTS, through nix's `sendmsg`: std cannot send
+//! ancillary data on stable).
 //!
 //! Written by hand because the protocol is the small subset microvm/API.md fixes (bodies with
 //! `Content-Length`, `Connection: close`, JSON): HTTP client crates are built around TCP and,
 //! most of them, an async runtime the shim's callers would not otherwise need here.
 
 use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -186,6 +188,16 @@ impl Client {
         self.json("PUT", &path, Some(&body))
     }
 
+    /// `PUT /vm/disks/<slot>` with the image open in this process: `image` travels with the
+    /// request (SCM_RIGHTS), so husk-vmm opens nothing (`req.path` only names the image). A
+    /// read-write attachment needs `image` open for reading and writing.
+    pub fn attach_disk_fd(&self, slot: &str, req: &AttachDisk, image: BorrowedFd<'_>) -> Result<DiskInfo, ClientError> {
+        let path = named(slot)?;
+        let body = serde_json::to_vec(req).map_err(|source| ClientError::Encode { method: "PUT", path: path.clone(), source })?;
+        let (status, answer) = self.exchange_with("PUT", &path, Some(&body), Some(image))?;
+        decode("PUT", &path, status, &answer)
+    }
+
     /// `DELETE /vm/disks/<slot>`: detaches the slot's image (the guest must have stopped
     /// using it: later requests fail with an I/O error).
     pub fn detach_disk(&self, slot: &str) -> Result<DiskInfo, ClientError> {
@@ -195,18 +207,16 @@ impl Client {
     /// Sends one request and decodes a 2xx answer's JSON body as `T`.
     fn json<T: DeserializeOwned>(&self, method: &'static str, path: &str, body: Option<&[u8]>) -> Result<T, ClientError> {
         let (status, answer) = self.exchange(method, path, body)?;
-        if !(200..300).contains(&status) {
-            let message = match serde_json::from_slice::<ErrorBody>(&answer) {
-                Ok(e) => e.error,
-                Err(_) => String::from_utf8_lossy(&answer).trim().to_string(),
-            };
-            return Err(ClientError::Api { method, path: path.to_string(), status, message });
-        }
-        serde_json::from_slice(&answer).map_err(|source| ClientError::Decode { method, path: path.to_string(), source })
+        decode(method, path, status, &answer)
     }
 
     /// Sends one request; returns the status and body of the answer.
     pub fn exchange(&self, method: &'static str, path: &str, body: Option<&[u8]>) -> Result<(u16, Vec<u8>), ClientError> {
+        self.exchange_with(method, path, body, None)
+    }
+
+    /// Sends one request, with `fd` attached to its first bytes (SCM_RIGHTS) if given.
+    fn exchange_with(&self, method: &'static str, path: &str, body: Option<&[u8]>, fd: Option<BorrowedFd<'_>>) -> Result<(u16, Vec<u8>), ClientError> {
         let start = Instant::now();
         let io_err = |source: io::Error| {
             if matches!(source.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
@@ -225,7 +235,11 @@ impl Client {
         }
         req.extend_from_slice(b"\r\n");
         req.extend_from_slice(body.unwrap_or_default());
-        s.write_all(&req).map_err(io_err)?;
+        let sent = match fd {
+            Some(fd) => send_with_fd(&s, &req, fd).map_err(io_err)?,
+            None => 0,
+        };
+        s.write_all(&req[sent..]).map_err(io_err)?;
 
         let mut buf = Vec::with_capacity(1024);
         let mut chunk = [0u8; 4096];
@@ -251,6 +265,32 @@ impl Client {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(io_err(e)),
             }
+        }
+    }
+}
+
+/// Decodes a 2xx answer's JSON body as `T`; any other status is the VMM's refusal.
+fn decode<T: DeserializeOwned>(method: &'static str, path: &str, status: u16, answer: &[u8]) -> Result<T, ClientError> {
+    if !(200..300).contains(&status) {
+        let message = match serde_json::from_slice::<ErrorBody>(answer) {
+            Ok(e) => e.error,
+            Err(_) => String::from_utf8_lossy(answer).trim().to_string(),
+        };
+        return Err(ClientError::Api { method, path: path.to_string(), status, message });
+    }
+    serde_json::from_slice(answer).map_err(|source| ClientError::Decode { method, path: path.to_string(), source })
+}
+
+/// Sends the first bytes of `data` with `fd` as SCM_RIGHTS; returns how many were sent (the
+/// rest goes as plain writes: the descriptor travels with the first segment only).
+fn send_with_fd(s: &UnixStream, data: &[u8], fd: BorrowedFd<'_>) -> io::Result<usize> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let fds = [fd.as_raw_fd()];
+    loop {
+        match sendmsg::<()>(s.as_raw_fd(), &[io::IoSlice::new(data)], &[ControlMessage::ScmRights(&fds)], MsgFlags::MSG_NOSIGNAL, None) {
+            Ok(n) => return Ok(n),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
 }

@@ -33,7 +33,10 @@ pub fn disk_path(name: &str) -> String {
 #[serde(deny_unknown_fields)]
 pub struct AttachDisk {
     /// Raw image file (or block device) on the host, an absolute path. husk-vmm opens it when
-    /// the request arrives (read-only if `read_only`).
+    /// the request arrives (read-only if `read_only`), unless the request carries the open
+    /// image as a descriptor ([`Client::attach_disk_fd`], SCM_RIGHTS): `path` then only names
+    /// it (in `GET /vm/disks` and in messages), and a jailed husk-vmm, which cannot open host
+    /// paths, gets its images this way.
     pub path: PathBuf,
     /// Serial the guest reads from `/sys/block/vdX/serial`: at most 20 printable ASCII
     /// characters without spaces; empty for none.

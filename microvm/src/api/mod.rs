@@ -2,11 +2,13 @@
 //! `curl --unix-socket SOCK http://localhost/vm` works. Documented in `microvm/API.md`.
 //!
 //! One thread (`vmm-api`) serves one connection at a time; every response closes the
-//! connection. Requests are bounded (8 KiB of headers, 64 KiB of body). [`http`] reads a
+//! connection. Requests are bounded (8 KiB of headers, 64 KiB of body, one descriptor passed
+//! with SCM_RIGHTS, which only an attach uses: [`fds`]). [`http`] reads a
 //! request, [`routes`] tells what it asks for (nothing of the VM is touched until then), the
 //! server executes it. The JSON bodies are the types of `husk_config::api`, which also has the
 //! client.
 
+mod fds;
 mod http;
 mod routes;
 mod server;

@@ -1,5 +1,6 @@
 //! The API thread and its request handlers.
 
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use husk_config::VmConfig;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::fds::{FdReader, MAX_FDS};
 use super::http::{read_request, write_response, HttpError};
 use super::routes::{error_chain, route, Route};
 use super::ApiError;
@@ -109,9 +111,13 @@ impl ApiServer {
 
 fn serve(state: &State, mut s: UnixStream) {
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    let (status, body, after) = match read_request(&mut s) {
+    let mut reader = FdReader::new(&s);
+    let read = read_request(&mut reader);
+    let (fds, too_many) = (reader.take_fds(), reader.too_many);
+    let (status, body, after) = match read {
+        Ok(_) if too_many => (400, error(format!("a request may carry at most {MAX_FDS} descriptor")), None),
         Ok(req) => match route(&req) {
-            Ok(r) => handle(state, r),
+            Ok(r) => handle(state, r, fds),
             Err(refusal) => (refusal.status, error(refusal.message), None),
         },
         Err(HttpError::TooLarge) => (413, error("request too large"), None),
@@ -165,9 +171,14 @@ fn disk_answer(r: Result<DiskInfo, SlotError>) -> (u16, Value, Option<ExitReason
     }
 }
 
-fn handle(state: &State, route: Route) -> (u16, Value, Option<ExitReason>) {
+/// Executes `route`; `fds` are the descriptors the request carried (only an attach takes
+/// one: its image).
+fn handle(state: &State, route: Route, mut fds: Vec<OwnedFd>) -> (u16, Value, Option<ExitReason>) {
     let find = |name: &str| state.devices.disks.iter().find(|d| d.name() == name).cloned();
     let no_disk = |name: &str| (404, error(format!("no disk or slot named {name:?} (GET /vm/disks lists them)")), None);
+    if !fds.is_empty() && !matches!(route, Route::Attach(..)) {
+        return (400, error("only an attach (PUT /vm/disks/<slot>) may carry a descriptor"), None);
+    }
     match route {
         Route::Describe => {
             let d = VmDescription { state: run_state(state), config: state.info.config.clone(), cmdline: state.info.cmdline.clone() };
@@ -212,7 +223,10 @@ fn handle(state: &State, route: Route) -> (u16, Value, Option<ExitReason>) {
             None => no_disk(&name),
         },
         Route::Attach(name, req) => match find(&name) {
-            Some(d) => disk_answer(d.attach(&req)),
+            Some(d) => disk_answer(match fds.pop() {
+                Some(image) => d.attach_fd(&req, image),
+                None => d.attach(&req),
+            }),
             None => no_disk(&name),
         },
         Route::Detach(name) => match find(&name) {

@@ -102,7 +102,13 @@ pub fn check(config_path: &Path) -> Vec<Check> {
     out.push(item("cgroups", cgroup_v2()));
     out.push(item("kernel", file(&cfg.vm.kernel, "vm.kernel")));
     out.push(item("initramfs", file(&cfg.vm.initramfs, "vm.initramfs")));
-    out.push(item("husk-vmm", vmm(&cfg.shim.vmm)));
+    let vmm_ok = vmm(&cfg.shim.vmm);
+    let jail = match &vmm_ok {
+        Ok(_) => crate::jail::probe::probe(&cfg),
+        Err(_) => Err("not tried: husk-vmm is missing".into()),
+    };
+    out.push(item("husk-vmm", vmm_ok));
+    out.push(item("jail", jail));
     out
 }
 
@@ -116,6 +122,33 @@ mod tests {
         assert!(cpu_virt("flags\t\t: fpu vme svm sse").unwrap().contains("AMD-V"));
         assert!(cpu_virt("flags\t\t: fpu vmx").unwrap().contains("VT-x"));
         assert!(cpu_virt("flags\t\t: fpu sse").unwrap_err().contains("neither vmx nor svm"));
+    }
+
+    fn config_with_vmm(d: &Path, vmm: &str, jail: &str) -> std::path::PathBuf {
+        let cfg = d.join("c.toml");
+        let text = format!("[shim]\nvmm = \"{vmm}\"\nstate_dir = \"{0}/state\"\n[jail]\n{jail}\n", d.display());
+        std::fs::write(&cfg, text).unwrap();
+        cfg
+    }
+
+    #[test]
+    fn the_jail_is_built_and_the_vmm_run_in_it() {
+        assert!(nix::unistd::geteuid().is_root(), "husk check builds a real jail: run as root");
+        let d = tempfile::tempdir().unwrap();
+        let get = |r: &[Check]| r.iter().find(|c| c.name == "jail").unwrap().clone();
+        // Not husk-vmm, but a real dynamic program: it ran in the jail (its loader and
+        // libraries were there) and printed its own version, which the check rejects.
+        let r = check(&config_with_vmm(d.path(), "/bin/echo", "uid_first = 1900000000\nuid_count = 4"));
+        let j = get(&r);
+        assert!(!j.ok && j.detail.contains("GNU coreutils") && j.detail.contains("--version"), "{j:?}");
+        assert!(!d.path().join("state").join(".jail-check").exists());
+        assert_eq!(std::fs::read_dir(d.path().join("state")).unwrap().count(), 0, "the probe leaves nothing in the state directory");
+        let r = check(&config_with_vmm(d.path(), "/bin/echo", "enabled = false"));
+        let j = get(&r);
+        assert!(j.ok && j.detail.contains("disabled"), "{j:?}");
+        let r = check(&config_with_vmm(d.path(), "/nonexistent/husk-vmm", ""));
+        let j = get(&r);
+        assert!(!j.ok && j.detail.contains("husk-vmm is missing"), "{j:?}");
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub mod tc;
 mod tests;
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use husk_config::{MacAddr, NetConfig};
@@ -237,17 +237,18 @@ impl PodNetwork {
         &self.spares
     }
 
-    /// husk-vmm's net devices: one per tap, passed as descriptor `fds[i]` (inherited at the
-    /// same number), with the MAC the guest device boots with.
-    pub fn net_configs(&self, fds: &TapFds) -> Vec<NetConfig> {
+    /// husk-vmm's net devices: one per tap, the i-th passed as descriptor number `fds[i]` of
+    /// the VMM, with the MAC the guest device boots with.
+    pub fn net_configs(&self, fds: &[RawFd]) -> Vec<NetConfig> {
         let taps = self.endpoints.iter().map(|e| &e.tap).chain(&self.spares);
-        taps.zip(&fds.0).map(|(t, fd)| NetConfig { tap: t.name.clone(), mac: Some(MacAddr(t.guest_mac)), netns: None, fd: Some(fd.as_raw_fd()) }).collect()
+        taps.zip(fds).map(|(t, fd)| NetConfig { tap: t.name.clone(), mac: Some(MacAddr(t.guest_mac)), netns: None, fd: Some(*fd) }).collect()
     }
 
-    /// Adds the taps to a VM plan: one net device each, inheriting its descriptor.
-    pub fn add_to(&self, plan: &mut crate::vm::VmPlan, fds: &TapFds) {
-        plan.config.net.extend(self.net_configs(fds));
-        plan.inherit_fds.extend(fds.0.iter().map(|f| f.as_raw_fd()));
+    /// Adds the taps to a VM plan: one net device each, the VMM inheriting its descriptor
+    /// (the shim's copy is closed once the VMM runs, so a VMM that dies takes the taps along).
+    pub fn add_to(&self, plan: &mut crate::vm::VmPlan, fds: TapFds) {
+        let numbers: Vec<RawFd> = fds.0.into_iter().map(|fd| plan.inherit(fd, "tap")).collect();
+        plan.config.net.extend(self.net_configs(&numbers));
     }
 
     /// Connects the interfaces that appeared since the setup (CNI run by a client between

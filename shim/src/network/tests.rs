@@ -132,8 +132,9 @@ fn the_pod_interface_reaches_the_tap_both_ways_and_teardown_removes_what_was_mad
     let routes: Vec<String> = guest::routes(net.endpoints()).iter().map(|r| format!("{} {} {} {}", r.destination, r.gateway, r.device, r.metric)).collect();
     assert!(routes.contains(&"default 10.99.1.1 eth0 0".to_string()) && routes.contains(&"10.98.0.0/16 10.99.1.1 eth0 5".to_string()), "{routes:?}");
     assert!(!routes.iter().any(|r| r.starts_with("10.99.1.0/24") || r.starts_with("fe80")), "kernel routes stay out: {routes:?}");
-    let cfgs = net.net_configs(&fds);
-    assert_eq!((cfgs[0].tap.as_str(), cfgs[0].mac, cfgs[0].fd), ("tap0_husk", Some(MacAddr(mac)), Some(std::os::fd::AsRawFd::as_raw_fd(&fds.0[0]))));
+    let raw: Vec<std::os::fd::RawFd> = fds.0.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
+    let cfgs = net.net_configs(&raw);
+    assert_eq!((cfgs[0].tap.as_str(), cfgs[0].mac, cfgs[0].fd), ("tap0_husk", Some(MacAddr(mac)), Some(raw[0])));
 
     // What was made: the tap (MTU of eth0, up) and a redirect each way.
     let link = pair.pod_sh("ip link show tap0_husk");
@@ -256,7 +257,7 @@ fn an_interface_made_after_the_boot_gets_the_spare_tap() {
     assert!(net.endpoints().is_empty());
     let spare = net.spares()[0].clone();
     assert_eq!((spare.name.as_str(), spare.guest_mac[0] & 3), ("tap0_husk", 2), "a locally administered unicast placeholder");
-    assert_eq!(net.net_configs(&fds)[0].mac, Some(MacAddr(spare.guest_mac)));
+    assert_eq!(net.net_configs(&[3])[0].mac, Some(MacAddr(spare.guest_mac)));
     assert!(net.attach_late().unwrap().is_empty(), "nothing new yet");
 
     pair.plug("veth0", "eth0", 5);

@@ -7,9 +7,10 @@ pub mod cgroup;
 pub mod sizing;
 pub mod spec;
 
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use husk_config::api::{AttachDisk, Client as VmmClient};
@@ -20,6 +21,7 @@ use husk_rootfs::BuiltImage;
 use oci_spec::runtime::Spec;
 
 use crate::error::{Result, ShimError};
+use crate::jail::Jail;
 use crate::network::{PodNetwork, TapFds};
 use crate::sharedfs::{SharedFs, VirtiofsdConfig};
 use crate::state::{ContainerInfo, StateDir, StateInfo};
@@ -124,9 +126,9 @@ fn check_kvm() -> Result<()> {
 
 impl Sandbox {
     /// The VM plan of a sandbox: its size, the sandbox container's root disk, empty disk slots
-    /// for the pod's other containers, vsock to the agent, the console into the state dir.
-    pub fn plan(cfg: &HuskConfig, state: &StateDir, size: VmSize, rootfs: &BuiltImage, cgroup: Option<&HostCgroup>, shared: Option<&SharedFs>) -> VmPlan {
-        let fs = shared.and_then(SharedFs::socket).map(|socket| FsConfig { tag: SHARED_FS_TAG.into(), socket: socket.to_path_buf() });
+    /// for the pod's other containers, vsock to the agent, the console into the state dir,
+    /// the connection to the pod's virtiofsd (inherited), the jail.
+    pub fn plan(cfg: &HuskConfig, state: &StateDir, size: VmSize, rootfs: &BuiltImage, cgroup: Option<&HostCgroup>, shared: Option<&SharedFs>, jail: Option<Arc<Jail>>) -> Result<VmPlan> {
         let config = VmConfig {
             kernel: cfg.vm.kernel.clone(),
             initrd: Some(cfg.vm.initramfs.clone()),
@@ -138,18 +140,25 @@ impl Sandbox {
             disk: vec![DiskConfig { path: rootfs.path.clone(), id: Some(ROOTFS_DISK_ID.into()), read_only: rootfs.read_only }],
             disk_slots: cfg.vm.disk_slots,
             vsock: Some(VsockConfig { cid: GUEST_CID, uds: state.vsock() }),
-            fs: fs.into_iter().collect(),
             ..Default::default()
         };
-        VmPlan {
+        let mut plan = VmPlan {
             vmm: cfg.shim.vmm.clone(),
             config,
             config_file: state.vm_config(),
             vmm_log: state.vmm_log(),
             work_dir: state.path().to_path_buf(),
             cgroup_procs: cgroup.map(HostCgroup::procs_files).unwrap_or_default(),
-            inherit_fds: Vec::new(),
+            fds: Vec::new(),
+            jail,
+        };
+        if let Some(socket) = shared.and_then(SharedFs::socket) {
+            // The VMM gets the connection: a jailed one cannot reach virtiofsd's socket.
+            let conn = crate::jail::connect_unix(socket).map_err(|e| ShimError::io("connect to virtiofsd at", socket, e))?;
+            let fd = plan.inherit(conn.into(), "virtio-fs connection");
+            plan.config.fs.push(FsConfig { tag: SHARED_FS_TAG.into(), socket: socket.to_path_buf(), fd: Some(fd) });
         }
+        Ok(plan)
     }
 
     /// Starts the pod's VM with the sandbox container's root filesystem `rootfs` and waits for
@@ -182,9 +191,14 @@ impl Sandbox {
         } else {
             None
         };
-        let mut plan = Self::plan(&cfg, &state, size, rootfs, cgroup.as_ref(), shared.as_ref());
-        if let (Some(n), Some(t)) = (&network, &taps) {
-            n.add_to(&mut plan, t);
+        let jail = match cfg.jail.enabled {
+            true => Jail::prepare(&cfg.jail, &crate::jail::uid_locks(&cfg.shim.state_dir), &state.jail_root(), &cfg.shim.vmm).map(|j| Some(Arc::new(j))).map_err(|e| ShimError::from(VmError::from(e))),
+            false => Ok(None),
+        };
+        let mut plan = jail.and_then(|jail| Self::plan(&cfg, &state, size, rootfs, cgroup.as_ref(), shared.as_ref(), jail));
+        if let (Ok(plan), Some(n), Some(t)) = (&mut plan, &network, taps) {
+            // The plan holds the taps now; the VMM inherits them and the shim's copies close.
+            n.add_to(plan, t);
         }
         // Undoes what was started when a later step fails.
         let mut shared = Some(shared);
@@ -215,10 +229,7 @@ impl Sandbox {
             created_unix: crate::container::now().seconds.max(0) as u64,
             containers: vec![ContainerInfo { id: id.into(), bundle: bundle.to_path_buf(), slot: String::new(), image: rootfs.path.clone(), image_cached: rootfs.cache_key.is_some() }],
         };
-        let spawned = state.write_info(&info).and_then(|()| Vm::spawn(plan).map_err(ShimError::from));
-        // The VMM holds the taps now: one that dies takes them along.
-        drop(taps);
-        let vm = match spawned {
+        let vm = match plan.and_then(|plan| state.write_info(&info).and_then(|()| Vm::spawn(plan).map_err(ShimError::from))) {
             Ok(vm) => vm,
             Err(e) => {
                 undo(None);
@@ -337,7 +348,16 @@ impl Sandbox {
         };
         let slot = husk_config::vm::slot_name(index as u32);
         let req = AttachDisk { path: image.path.clone(), id: serial.clone(), read_only: image.read_only };
-        if let Err(e) = self.vmm.attach_disk(&slot, &req) {
+        // Opened here and passed with the request: a jailed VMM cannot open host paths.
+        let opened = std::fs::OpenOptions::new().read(true).write(!image.read_only).open(&image.path);
+        let file = match opened {
+            Ok(f) => f,
+            Err(e) => {
+                self.free_slot(index);
+                return Err(ShimError::io("open the root disk image", &image.path, e));
+            }
+        };
+        if let Err(e) = self.vmm.attach_disk_fd(&slot, &req, file.as_fd()) {
             self.free_slot(index);
             return Err(ShimError::Vmm { op: "attach a root disk", source: e });
         }
@@ -429,6 +449,10 @@ impl Sandbox {
         }
         if let Some(cg) = &self.cgroup {
             cg.remove();
+        }
+        // The VMM is gone: its uid is free for another sandbox.
+        if let Some(j) = &self.vm.plan().jail {
+            j.release();
         }
         if let Err(e) = self.state.remove() {
             log::error!("{}", crate::error::chain(&e));

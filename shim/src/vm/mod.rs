@@ -6,7 +6,7 @@ mod vsock;
 
 use std::path::PathBuf;
 
-pub use process::{ExitWatch, Vm, VmPlan};
+pub use process::{ExitWatch, InheritedFd, Vm, VmPlan, FIRST_INHERITED_FD};
 pub use vsock::connect_hybrid_vsock;
 
 /// Errors starting, reaching or stopping a VM.
@@ -40,6 +40,9 @@ pub enum VmError {
         #[source]
         source: std::io::Error,
     },
+    /// The VMM's jail could not be built or entered.
+    #[error("cannot confine husk-vmm")]
+    Jail(#[from] crate::jail::JailError),
     /// Spawning the VMM failed.
     #[error("cannot start {vmm:?}")]
     Spawn {

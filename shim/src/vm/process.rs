@@ -1,10 +1,12 @@
-//! Spawning `husk-vmm` with its typed VM configuration, watching it exit, stopping it.
+//! Spawning `husk-vmm` with its typed VM configuration, in its jail ([`crate::jail`]) unless
+//! the configuration turns that off, watching it exit, stopping it.
 
+use std::ffi::OsString;
 use std::fs::File;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
+use std::os::fd::{OwnedFd, RawFd};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,31 +15,53 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::VmError;
+use crate::jail::{self, Jail, Launch};
 
-/// Everything needed to start one VM: the VM configuration husk-vmm reads (`--config`), and
-/// where the shim keeps the VMM's files.
-#[derive(Debug, Clone)]
+/// A descriptor husk-vmm inherits at a fixed number.
+#[derive(Debug)]
+pub struct InheritedFd {
+    /// The shim's copy, closed once the VMM runs.
+    pub fd: OwnedFd,
+    /// What it is, for messages.
+    pub what: String,
+}
+
+/// Everything needed to start one VM: the VM configuration husk-vmm reads (`--config`), the
+/// descriptors it inherits, its jail, and where the shim keeps the VMM's files.
+#[derive(Debug)]
 pub struct VmPlan {
     /// The husk-vmm binary.
     pub vmm: PathBuf,
-    /// The VM, as husk-vmm's TOML configuration (the one typed plan between shim and VMM).
+    /// The VM, as husk-vmm's TOML configuration (the one typed plan between shim and VMM),
+    /// with host paths; the jail translates them to what the VMM sees.
     pub config: VmConfig,
-    /// Where the configuration is written for husk-vmm.
+    /// Where the configuration is written for husk-vmm (inside the jail's root if jailed).
     pub config_file: PathBuf,
     /// Where the VMM's own stdout/stderr go.
     pub vmm_log: PathBuf,
-    /// Working directory of the VMM.
+    /// Working directory of an unjailed VMM.
     pub work_dir: PathBuf,
     /// `cgroup.procs` files the VMM joins before it runs (the pod's host cgroup).
     pub cgroup_procs: Vec<PathBuf>,
-    /// Descriptors the VMM inherits at the same numbers (the pod's taps, named by number in
-    /// `config.net`). They stay close-on-exec in the shim, so no other child gets them; the
-    /// caller keeps them open until [`Vm::spawn`] returns.
-    pub inherit_fds: Vec<RawFd>,
+    /// Descriptors the VMM inherits: the i-th at number 3 + i ([`VmPlan::inherit`]).
+    pub fds: Vec<InheritedFd>,
+    /// The jail (none: husk-vmm runs unconfined, as root).
+    pub jail: Option<Arc<Jail>>,
 }
 
+/// The first descriptor number husk-vmm inherits (0-2 are stdio).
+pub const FIRST_INHERITED_FD: RawFd = 3;
+
 impl VmPlan {
-    /// The husk-vmm arguments for this plan.
+    /// Hands `fd` to husk-vmm, which finds it at the returned number (3, 4, ... in the order
+    /// of the calls): name that number in the configuration (`NetConfig::fd`, `FsConfig::fd`).
+    /// The shim's copy is closed once the VMM runs.
+    pub fn inherit(&mut self, fd: OwnedFd, what: impl Into<String>) -> RawFd {
+        self.fds.push(InheritedFd { fd, what: what.into() });
+        FIRST_INHERITED_FD + self.fds.len() as RawFd - 1
+    }
+
+    /// The husk-vmm arguments for this plan, unjailed.
     pub fn args(&self) -> Vec<String> {
         vec!["--config".into(), self.config_file.display().to_string()]
     }
@@ -71,10 +95,32 @@ impl VmPlan {
         self.config.vsock.as_ref().map(|v| v.uds.clone()).unwrap_or_default()
     }
 
-    fn write_config(&self) -> Result<(), VmError> {
+    fn write_config(&self, config: &VmConfig) -> Result<(), VmError> {
         let spawn_err = |source| VmError::Spawn { vmm: self.vmm.clone(), source };
-        let text = toml::to_string(&self.config).map_err(|e| spawn_err(std::io::Error::other(e)))?;
+        let text = toml::to_string(config).map_err(|e| spawn_err(std::io::Error::other(e)))?;
         std::fs::write(&self.config_file, text).map_err(spawn_err)
+    }
+
+    /// What to execute, with which argv, and how confined: writes the configuration the VMM
+    /// reads (translated into the jail's paths when jailed).
+    fn launch_parts(&self) -> Result<(PathBuf, Vec<OsString>, Option<jail::Confinement>), VmError> {
+        let Some(jail) = &self.jail else {
+            self.write_config(&self.config)?;
+            let mut args = vec![self.vmm.clone().into_os_string()];
+            args.extend(self.args().into_iter().map(OsString::from));
+            return Ok((self.vmm.clone(), args, None));
+        };
+        let confined = jail.confine(&self.config)?;
+        let inside = jail.inside(&self.config_file).ok_or_else(|| jail::JailError::Unsupported {
+            what: format!("configuration file {}", self.config_file.display()),
+            reason: format!("it must be in the jail's root {}", jail.root().display()),
+        })?;
+        self.write_config(&confined.config)?;
+        // argv[0] is the VMM's path on the host (in the sandbox's state directory), so ps and
+        // the cleanup of a dead shim's sandbox recognise it.
+        let argv0 = jail::host_path(jail.root(), jail.program()).into_os_string();
+        let args = vec![argv0, "--config".into(), inside.into_os_string()];
+        Ok((jail.program().to_path_buf(), args, Some(jail.confinement(&confined.binds, confined.threads))))
     }
 }
 
@@ -128,85 +174,63 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Spawns the VMM. The child is spawned and reaped by one dedicated thread, so the VMM's
-    /// parent-death signal (SIGKILL) fires exactly when the shim process goes away.
-    pub fn spawn(plan: VmPlan) -> Result<Vm, VmError> {
+    /// Spawns the VMM (in its jail if the plan has one). The child is spawned and reaped by
+    /// one dedicated thread, so the VMM's parent-death signal (SIGKILL) fires exactly when
+    /// the shim process goes away. The inherited descriptors are closed in the shim once the
+    /// VMM has them.
+    pub fn spawn(mut plan: VmPlan) -> Result<Vm, VmError> {
         plan.check_files()?;
-        plan.write_config()?;
+        let fds: Vec<OwnedFd> = std::mem::take(&mut plan.fds).into_iter().map(|f| f.fd).collect();
+        let (program, args, confine) = plan.launch_parts()?;
         let spawn_err = |source| VmError::Spawn { vmm: plan.vmm.clone(), source };
         // Readable too: husk-vmm keeps a stderr that is a regular file within its
         // log_max_bytes by moving the newest part to the start (microvm bounded_log).
         let log = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&plan.vmm_log).map_err(spawn_err)?;
         let log2 = log.try_clone().map_err(spawn_err)?;
         // Opened here (O_CLOEXEC, so the VMM does not keep them); the child writes "0" to each
-        // before exec, so the VMM and every thread it starts live in the pod's cgroup.
-        let procs: Vec<OwnedFd> = plan
+        // before anything else, so the VMM and every thread it starts live in the pod's cgroup.
+        let cgroups: Vec<OwnedFd> = plan
             .cgroup_procs
             .iter()
             .map(|p| std::fs::OpenOptions::new().write(true).open(p).map(OwnedFd::from).map_err(|source| VmError::Cgroup { path: p.clone(), source }))
             .collect::<Result<_, _>>()?;
-        let raw: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
-        let inherit = plan.inherit_fds.clone();
-        let mut cmd = Command::new(&plan.vmm);
-        cmd.args(plan.args())
-            .current_dir(&plan.work_dir)
-            .env_clear()
-            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .process_group(0);
-        if let Ok(level) = std::env::var("HUSK_LOG") {
-            cmd.env("HUSK_LOG", level);
+        let mut env = vec![(OsString::from("PATH"), OsString::from("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"))];
+        if let Some(level) = std::env::var_os("HUSK_LOG") {
+            env.push(("HUSK_LOG".into(), level));
         }
-        // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
-        // write(2) and fcntl(2) on descriptors opened before the fork, which are
-        // async-signal-safe; it touches no memory of the parent beyond reading `raw` and
-        // `inherit`.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                for fd in &raw {
-                    if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                // Only this child: clearing close-on-exec after the fork.
-                for fd in &inherit {
-                    if libc::fcntl(*fd, libc::F_SETFD, 0) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
+        let launch = Launch {
+            program,
+            args,
+            env,
+            cwd: plan.work_dir.clone(),
+            stdio: [jail::dev_null().map_err(spawn_err)?, OwnedFd::from(log), OwnedFd::from(log2)],
+            fds,
+            cgroups,
+            confine,
+        };
         let exit = Arc::new(ExitWatch::default());
         let watch = exit.clone();
         let (tx, rx) = mpsc::channel();
-        let vmm = plan.vmm.clone();
         std::thread::Builder::new()
             .name("vmm-reaper".into())
-            .spawn(move || match cmd.spawn() {
-                Ok(mut child) => {
-                    let _ = tx.send(Ok(child.id()));
-                    match child.wait() {
+            .spawn(move || match jail::spawn(launch) {
+                Ok(pid) => {
+                    let _ = tx.send(Ok(pid));
+                    match wait_exit(pid) {
                         Ok(st) => watch.set(st),
-                        Err(e) => log::error!("waiting for husk-vmm failed: {e}"),
+                        Err(e) => log::error!("waiting for husk-vmm pid {pid} failed: {e}"),
                     }
                 }
                 Err(e) => {
                     let _ = tx.send(Err(e));
                 }
             })
-            .map_err(|source| VmError::Spawn { vmm: vmm.clone(), source })?;
-        let pid = rx
-            .recv()
-            .map_err(|_| VmError::Spawn { vmm: vmm.clone(), source: std::io::Error::other("spawner thread died") })?
-            .map_err(|source| VmError::Spawn { vmm, source })?;
-        drop(procs);
-        log::info!("started husk-vmm pid {pid}: {:?}", plan.args());
+            .map_err(spawn_err)?;
+        let pid = rx.recv().map_err(|_| spawn_err(std::io::Error::other("spawner thread died")))??;
+        match &plan.jail {
+            Some(j) => log::info!("started husk-vmm pid {pid} as uid {} jailed in {}", j.uid(), j.root().display()),
+            None => log::info!("started husk-vmm pid {pid} unjailed: {:?}", plan.args()),
+        }
         Ok(Vm { pid, exit, plan })
     }
 
@@ -250,6 +274,22 @@ impl Vm {
     }
 }
 
+/// Waits for `pid` (our child) to end; its exit status.
+fn wait_exit(pid: u32) -> std::io::Result<ExitStatus> {
+    let mut status = 0;
+    loop {
+        // SAFETY: waiting for our own child; `status` outlives the call.
+        let r = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
+        if r >= 0 {
+            return Ok(ExitStatus::from_raw(status));
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 /// The last `n` non-empty lines of a file (at most 4 KiB read), joined with " | ", with
 /// control characters escaped (the console is the guest's; these go into error messages).
 pub fn last_lines(path: &Path, n: usize) -> String {
@@ -287,27 +327,7 @@ mod tests {
             vsock: Some(husk_config::VsockConfig { cid: 3, uds: dir.join("vsock.sock") }),
             ..Default::default()
         };
-        VmPlan { vmm: vmm.into(), config, config_file: dir.join("vm.toml"), vmm_log: dir.join("vmm.log"), work_dir: dir.into(), cgroup_procs: Vec::new(), inherit_fds: Vec::new() }
-    }
-
-    #[test]
-    fn the_vmm_alone_inherits_the_descriptors_it_is_given() {
-        let d = tempfile::tempdir().unwrap();
-        let script = d.path().join("fake-vmm");
-        std::fs::write(&script, "#!/bin/sh\nls /proc/$$/fd >&2\n").unwrap();
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        // Both close-on-exec, as the shim keeps them.
-        let given = std::fs::File::open("/proc/self/status").unwrap();
-        let other = std::fs::File::open("/proc/self/status").unwrap();
-        let mut p = plan(d.path(), script.to_str().unwrap());
-        p.inherit_fds = vec![given.as_raw_fd()];
-        let vm = Vm::spawn(p).unwrap();
-        vm.exit_watch().wait(Some(Duration::from_secs(10))).unwrap();
-        let fds: Vec<String> = std::fs::read_to_string(d.path().join("vmm.log")).unwrap().lines().map(str::to_string).collect();
-        assert!(fds.contains(&given.as_raw_fd().to_string()), "{fds:?}");
-        assert!(!fds.contains(&other.as_raw_fd().to_string()), "{fds:?}");
-        let flags = nix::fcntl::fcntl(&given, nix::fcntl::FcntlArg::F_GETFD).unwrap();
-        assert_ne!(flags & libc::FD_CLOEXEC, 0, "still close-on-exec in the shim");
+        VmPlan { vmm: vmm.into(), config, config_file: dir.join("vm.toml"), vmm_log: dir.join("vmm.log"), work_dir: dir.into(), cgroup_procs: Vec::new(), fds: Vec::new(), jail: None }
     }
 
     #[test]
@@ -317,11 +337,34 @@ mod tests {
         std::fs::write(&script, "#!/bin/sh\n[ \"$1\" = --config ] && cat \"$2\" >&2\n").unwrap();
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         let p = plan(d.path(), script.to_str().unwrap());
-        let vm = Vm::spawn(p.clone()).unwrap();
+        let (config_file, config) = (p.config_file.clone(), p.config.clone());
+        let vm = Vm::spawn(p).unwrap();
         vm.exit_watch().wait(Some(Duration::from_secs(10))).unwrap();
-        let written = VmConfig::from_toml_file(&p.config_file).unwrap();
-        assert_eq!(written, p.config);
+        let written = VmConfig::from_toml_file(&config_file).unwrap();
+        assert_eq!(written, config);
         assert!(std::fs::read_to_string(d.path().join("vmm.log")).unwrap().contains("vsock"));
+    }
+
+    #[test]
+    fn inherited_descriptors_arrive_at_the_numbers_the_plan_gives_and_leave_the_shim() {
+        let d = tempfile::tempdir().unwrap();
+        let script = d.path().join("fake-vmm");
+        std::fs::write(&script, "#!/bin/sh\nreadlink /proc/$$/fd/3 /proc/$$/fd/4 >&2\n").unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let mut p = plan(d.path(), script.to_str().unwrap());
+        let passwd = std::fs::File::open("/etc/passwd").unwrap();
+        let (r, w) = nix::unistd::pipe().unwrap();
+        assert_eq!(p.inherit(passwd.into(), "a file"), 3);
+        assert_eq!(p.inherit(w, "a pipe"), 4);
+        let vm = Vm::spawn(p).unwrap();
+        vm.exit_watch().wait(Some(Duration::from_secs(10))).unwrap();
+        let log = std::fs::read_to_string(d.path().join("vmm.log")).unwrap();
+        assert!(log.starts_with("/etc/passwd\npipe:["), "{log}");
+        // The shim's copy of the pipe's write end is closed: with the VMM gone, the reader sees
+        // EOF, not "would block".
+        let flags = nix::fcntl::fcntl(&r, nix::fcntl::FcntlArg::F_GETFL).unwrap();
+        nix::fcntl::fcntl(&r, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK)).unwrap();
+        assert_eq!(nix::unistd::read(&r, &mut [0u8; 8]), Ok(0), "the shim kept a copy of an inherited descriptor");
     }
 
     #[test]
@@ -330,6 +373,24 @@ mod tests {
         let p = plan(d.path(), "/bin/true");
         std::fs::write(d.path().join("console.log"), b"a\r\n\x1b[2J\x1b]0;x\x07panic\r\n").unwrap();
         assert_eq!(last_lines(p.console_log().unwrap(), 3), "a | \\x1b[2J\\x1b]0;x\\x07panic");
+    }
+
+    #[test]
+    fn the_vmm_alone_inherits_the_descriptors_it_is_given() {
+        let d = tempfile::tempdir().unwrap();
+        let script = d.path().join("fake-vmm");
+        std::fs::write(&script, "#!/bin/sh\nls /proc/$$/fd >&2\n").unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        // Close-on-exec, as the shim keeps its descriptors: no other one reaches the VMM.
+        let other = std::fs::File::open("/proc/self/status").unwrap();
+        let mut p = plan(d.path(), script.to_str().unwrap());
+        let given = p.inherit(std::fs::File::open("/proc/self/status").unwrap().into(), "a file");
+        let vm = Vm::spawn(p).unwrap();
+        vm.exit_watch().wait(Some(Duration::from_secs(10))).unwrap();
+        let fds: Vec<String> = std::fs::read_to_string(d.path().join("vmm.log")).unwrap().lines().map(str::to_string).collect();
+        assert!(fds.contains(&given.to_string()), "{fds:?}");
+        let other = std::os::fd::AsRawFd::as_raw_fd(&other);
+        assert!(other == given || !fds.contains(&other.to_string()), "{fds:?}");
     }
 
     #[test]

@@ -85,7 +85,7 @@ fn cni_add_script(node: &str, host_end: &str, n: u8, pid: &str) -> String {
 }
 
 fn net_log(env: &Env, id: &str) -> String {
-    std::fs::read_to_string(env.dir.path().join(format!("state/test/{id}/vsock.sock.net"))).unwrap()
+    std::fs::read_to_string(env.dir.path().join(format!("state/test/{id}/jail/run/vsock.sock.net"))).unwrap()
 }
 
 /// eth0's MAC in the network namespace of process `pid` (over netlink: sysfs shows the
@@ -112,13 +112,13 @@ pub fn the_pods_network_reaches_the_vm_and_nothing_is_left() {
     let (o, e) = (fifo(env.dir.path(), "o"), fifo(env.dir.path(), "e"));
     let (_ro, _re) = (reader(o.clone()), reader(e.clone()));
     create(&env, "net", None, &o, &e);
-    let log = std::fs::read_to_string(env.dir.path().join("state/test/net/vsock.sock.net")).unwrap();
+    let log = std::fs::read_to_string(env.dir.path().join("state/test/net/jail/run/vsock.sock.net")).unwrap();
     let mac = ns.mac();
     let want = [format!("net tap0_husk fd open mac {mac} tap tap0_husk"), format!("iface {mac} eth0 1400 10.99.1.2/24"), "route default via \"10.99.1.1\" dev eth0".to_string()];
     assert_eq!(log.lines().collect::<Vec<_>>(), want, "the VMM got the tap, the agent the interface and its routes, in this order");
     assert!(in_ns(&ns.pod, "tc filter show dev eth0 ingress").contains("tap0_husk"));
     env.client.start(ctx(), &StartRequest { id: "net".into(), ..Default::default() }).unwrap();
-    let log = std::fs::read_to_string(env.dir.path().join("state/test/net/vsock.sock.net")).unwrap();
+    let log = std::fs::read_to_string(env.dir.path().join("state/test/net/jail/run/vsock.sock.net")).unwrap();
     assert!(log.ends_with("start net\n"), "nothing more at Start: {log}");
 
     // The VM dies: its tap goes with it at once; Delete removes the redirect on eth0.
@@ -188,7 +188,12 @@ pub fn ctr_cni_configures_the_namespace_between_create_and_start() {
     assert_eq!(wait(&env, "cni", ""), 137);
     finish(env, "cni");
     assert!(gone(pid), "the holder outlived the container");
-    assert!(in_ns(&nodes.node, "ip link show vethcni").contains("does not exist"), "the namespace (and the veth with it) is gone");
+    // The kernel dismantles a namespace (and the veth in it) asynchronously once its last user left.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !in_ns(&nodes.node, "ip link show vethcni").contains("does not exist") {
+        assert!(Instant::now() < deadline, "the namespace (and the veth with it) outlived the container");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// nerdctl: a createRuntime hook runs CNI in /proc/<state pid>/ns/net during Create; the

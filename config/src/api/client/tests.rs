@@ -85,6 +85,46 @@ fn attach_sends_the_typed_body_and_decodes_the_slot() {
 }
 
 #[test]
+fn an_attach_with_a_descriptor_carries_the_open_image() {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::fs::MetadataExt;
+    let sock = Sock::new();
+    let image = sock.0.with_file_name("image.raw");
+    std::fs::write(&image, vec![0u8; 4096]).unwrap();
+    let file = std::fs::File::open(&image).unwrap();
+    let l = UnixListener::bind(&sock.0).unwrap();
+    let info = r#"{"slot":"slot0","kind":"slot","attached":true,"id":"c","path":"/img/c.ext4","read_only":true,"sectors":8}"#;
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let msg = recvmsg::<()>(s.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC).unwrap();
+        let mut fds = Vec::new();
+        for c in msg.cmsgs().unwrap() {
+            if let ControlMessageOwned::ScmRights(v) = c {
+                // SAFETY: descriptors just received, owned by nobody else.
+                fds.extend(v.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+            }
+        }
+        let n = msg.bytes;
+        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+        s.write_all(&answer("200 OK", info)).unwrap();
+        (text, fds)
+    });
+    let req = AttachDisk { path: "/img/c.ext4".into(), id: "c".into(), read_only: true };
+    let got = Client::new(&sock.0).attach_disk_fd("slot0", &req, file.as_fd()).unwrap();
+    assert_eq!(got.sectors, 8);
+    let (text, fds) = server.join().unwrap();
+    assert!(text.starts_with("PUT /vm/disks/slot0 HTTP/1.1\r\n"), "{text}");
+    assert_eq!(fds.len(), 1, "one descriptor with the request's first bytes");
+    let passed = std::fs::File::from(fds.into_iter().next().unwrap()).metadata().unwrap();
+    let ours = std::fs::metadata(&image).unwrap();
+    assert_eq!((passed.dev(), passed.ino()), (ours.dev(), ours.ino()), "the descriptor is the image");
+}
+
+#[test]
 fn each_endpoint_uses_its_method_and_path() {
     let state = |s: &str| format!(r#"{{"state":"{s}"}}"#);
     type Check = Box<dyn Fn(&Client) -> bool>;

@@ -149,13 +149,14 @@ pub fn attach_all(vm: &mut Vm) -> Result<(), WiringError> {
             uds_path: v.uds.clone(),
         };
         let dev = Vsock::new(cfg).map_err(WiringError::Vsock)?;
+        vm.devices.register_vsock_connector(dev.connector());
         let counters = dev.counters().clone();
         attach(vm, "virtio-vsock", dev)?;
         vm.devices.register_counters("vsock", counters);
     }
     let shares = vm.config.fs.clone();
     for f in &shares {
-        let cfg = FsConfig { tag: f.tag.clone(), socket: f.socket.clone() };
+        let cfg = FsConfig { tag: f.tag.clone(), socket: f.socket.clone(), fd: f.fd };
         let dev = Fs::new(cfg).map_err(|source| WiringError::Fs { tag: f.tag.clone(), source })?;
         let counters = dev.counters().clone();
         attach(vm, &format!("virtio-fs-{}", f.tag), dev)?;

@@ -2,6 +2,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -46,6 +47,29 @@ pub(super) fn open_image(path: &Path, read_only: bool) -> Result<(File, u64), Bl
     let ft = file.metadata().map_err(open_err)?.file_type();
     if !ft.is_file() && !ft.is_block_device() {
         return Err(BlockError::NotAnImage { path: path.to_path_buf() });
+    }
+    let len = file.seek(SeekFrom::End(0)).map_err(open_err)?;
+    Ok((file, len / SECTOR_SIZE))
+}
+
+/// Takes over an image opened by the client (`path` only names it in messages): it must be a
+/// regular file or block device, open for reading, and for writing too unless `read_only`.
+/// Returns it with its size in sectors, as [`open_image`].
+pub(super) fn image_from_fd(fd: OwnedFd, path: &Path, read_only: bool) -> Result<(File, u64), BlockError> {
+    let open_err = |source| BlockError::Open { path: path.to_path_buf(), source };
+    let mut file = File::from(fd);
+    let ft = file.metadata().map_err(open_err)?.file_type();
+    if !ft.is_file() && !ft.is_block_device() {
+        return Err(BlockError::NotAnImage { path: path.to_path_buf() });
+    }
+    let mode = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GETFL).map_err(|e| open_err(e.into()))? & libc::O_ACCMODE;
+    let usable = match mode {
+        libc::O_RDWR => true,
+        libc::O_RDONLY => read_only,
+        _ => false,
+    };
+    if !usable {
+        return Err(BlockError::DescriptorMode { path: path.to_path_buf(), read_only });
     }
     let len = file.seek(SeekFrom::End(0)).map_err(open_err)?;
     Ok((file, len / SECTOR_SIZE))

@@ -105,6 +105,14 @@ pub enum BlockError {
         /// Image path.
         path: PathBuf,
     },
+    /// An image passed as a descriptor is not open the way the attachment needs.
+    #[error("the descriptor passed for disk image {} is not open for {}", path.display(), if *read_only { "reading" } else { "reading and writing (read_only is false)" })]
+    DescriptorMode {
+        /// What the request names the image.
+        path: PathBuf,
+        /// Whether the attachment was read-only.
+        read_only: bool,
+    },
     /// The serial is too long.
     #[error("disk id {id:?} is longer than {ID_BYTES} bytes")]
     IdTooLong {

@@ -1,7 +1,8 @@
 //! Attaching images to disk slots and detaching them while the guest runs.
 //!
 //! The control API holds one [`DiskHandle`] per disk. An attach runs on the API thread: it
-//! opens the image there (never on the event loop or a vCPU), hands it to the slot's I/O
+//! opens the image there (never on the event loop or a vCPU), or takes the descriptor the
+//! client passed with the request (a jailed VMM cannot open host paths), hands it to the slot's I/O
 //! thread, which switches between two requests (each request is served entirely against the
 //! old or the new backing), then records the new capacity and serial in the config space and
 //! raises the config-change interrupt. Linux's virtio_blk then re-reads the capacity
@@ -9,13 +10,14 @@
 //! `/sys/block/vdX/serial`. A detach goes the same way with no backing: later requests fail
 //! with IOERR, the capacity reads 0 and the serial is empty.
 
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use husk_config::api::{AttachDisk, DiskInfo};
 use husk_config::ConfigError;
 
-use super::device::{open_image, serial};
+use super::device::{image_from_fd, open_image, serial};
 use super::metrics::BlockMetrics;
 use super::worker::{Disk, WorkerControl, WorkerError};
 use super::{Attachment, Block, BlockError, DiskKind};
@@ -119,11 +121,19 @@ impl DiskHandle {
         lock(&self.device).attachment().cloned()
     }
 
-    /// Attaches the image `req` names to this empty slot. Counted in `attaches` or, when
-    /// refused, in `hotplug_errors`.
+    /// Attaches the image `req` names to this empty slot (opened here, on the API thread).
+    /// Counted in `attaches` or, when refused, in `hotplug_errors`.
     pub fn attach(&self, req: &AttachDisk) -> Result<DiskInfo, SlotError> {
-        let _op = lock(&self.ops);
-        let r = self.try_attach(req);
+        self.count_attach(self.try_attach(req, None))
+    }
+
+    /// Attaches `image`, opened by the client and passed with the request, to this empty
+    /// slot; `req.path` only names it. Counted like [`DiskHandle::attach`].
+    pub fn attach_fd(&self, req: &AttachDisk, image: OwnedFd) -> Result<DiskInfo, SlotError> {
+        self.count_attach(self.try_attach(req, Some(image)))
+    }
+
+    fn count_attach(&self, r: Result<DiskInfo, SlotError>) -> Result<DiskInfo, SlotError> {
         match r {
             Ok(_) => self.metrics.attaches.inc(),
             Err(_) => self.metrics.hotplug_errors.inc(),
@@ -150,13 +160,18 @@ impl DiskHandle {
         }
     }
 
-    fn try_attach(&self, req: &AttachDisk) -> Result<DiskInfo, SlotError> {
+    fn try_attach(&self, req: &AttachDisk, image: Option<OwnedFd>) -> Result<DiskInfo, SlotError> {
+        let _op = lock(&self.ops);
         let slot = self.slot()?.to_string();
         if let Some(a) = self.attachment() {
             return Err(SlotError::Occupied { slot, path: a.path });
         }
         req.validate().map_err(|source| SlotError::Request { slot: slot.clone(), source: Box::new(source) })?;
-        let (file, sectors) = open_image(&req.path, req.read_only).map_err(|source| SlotError::Image { slot: slot.clone(), source })?;
+        let opened = match image {
+            Some(fd) => image_from_fd(fd, &req.path, req.read_only),
+            None => open_image(&req.path, req.read_only),
+        };
+        let (file, sectors) = opened.map_err(|source| SlotError::Image { slot: slot.clone(), source })?;
         if sectors == 0 {
             return Err(SlotError::TooSmall { slot, path: req.path.clone() });
         }

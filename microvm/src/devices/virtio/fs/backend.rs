@@ -1,7 +1,7 @@
 //! The vhost-user session with the backend: connecting and negotiating at start-up, handing
 //! it guest memory and the queues on activation, stopping the queues on reset.
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
@@ -64,11 +64,31 @@ impl Backend {
     /// features, and with MQ the queue count. Every reply is awaited at most
     /// [`BACKEND_REPLY_TIMEOUT`].
     pub fn connect(socket: &Path) -> Result<Self, FsError> {
+        let stream = connect_retrying(socket).map_err(|source| FsError::Connect {
+            socket: socket.to_path_buf(),
+            source,
+        })?;
+        Self::negotiate(stream, socket)
+    }
+
+    /// Takes over a connection to the backend that the parent opened and passed as descriptor
+    /// `fd` (a jailed VMM cannot reach `socket`, which then only names the backend), and
+    /// negotiates as [`Backend::connect`] does. `fd` must be a connected unix stream socket;
+    /// it becomes close-on-exec.
+    pub fn inherit(fd: RawFd, socket: &Path) -> Result<Self, FsError> {
+        let stream = inherited_stream(fd).map_err(|source| FsError::Inherit {
+            fd,
+            socket: socket.to_path_buf(),
+            source,
+        })?;
+        Self::negotiate(stream, socket)
+    }
+
+    fn negotiate(stream: UnixStream, socket: &Path) -> Result<Self, FsError> {
         let connect_err = |source| FsError::Connect {
             socket: socket.to_path_buf(),
             source,
         };
-        let stream = connect_retrying(socket).map_err(connect_err)?;
         stream
             .set_read_timeout(Some(BACKEND_REPLY_TIMEOUT))
             .map_err(connect_err)?;
@@ -213,6 +233,29 @@ impl Backend {
         }
         Ok(())
     }
+}
+
+/// The inherited descriptor `fd` as a stream, once it is known to be a unix stream socket.
+fn inherited_stream(fd: RawFd) -> std::io::Result<UnixStream> {
+    use nix::sys::socket::{getsockname, getsockopt, sockopt, AddressFamily, SockType, SockaddrLike, SockaddrStorage};
+    let invalid = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, what.to_string());
+    if fd < 3 {
+        return Err(invalid("descriptors 0-2 are stdio"));
+    }
+    // SAFETY: `fd` is only borrowed for the checks below; it is taken over after them.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    // EBADF for a descriptor that was not inherited, ENOTSOCK for another kind of file.
+    if getsockopt(&borrowed, sockopt::SockType)? != SockType::Stream {
+        return Err(invalid("not a stream socket"));
+    }
+    if getsockname::<SockaddrStorage>(fd)?.family() != Some(AddressFamily::Unix) {
+        return Err(invalid("not a unix socket"));
+    }
+    // SAFETY: `fd` is an open unix stream socket that nothing else in this process owns: the
+    // configuration gives each inherited descriptor to one device only (VmConfig::validate).
+    let stream = unsafe { UnixStream::from_raw_fd(fd) };
+    nix::fcntl::fcntl(&stream, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))?;
+    Ok(stream)
 }
 
 /// Connects to `socket`, retrying for a moment while nothing listens there yet (a backend

@@ -63,7 +63,8 @@ pub struct Fs {
 static BACKEND_LOG: LogLimiter = LogLimiter::new();
 
 impl Fs {
-    /// Checks the tag and connects to the backend (see [`Backend::connect`]).
+    /// Checks the tag and connects to the backend, or takes over the inherited connection
+    /// (see [`Backend::connect`], [`Backend::inherit`]).
     pub fn new(cfg: FsConfig) -> Result<Self, FsError> {
         if cfg.tag.is_empty() || cfg.tag.len() > TAG_LEN {
             return Err(FsError::Tag(cfg.tag));
@@ -79,7 +80,10 @@ impl Fs {
             .map(|_| evt())
             .collect::<Result<Vec<_>, _>>()?;
         let control_evt = evt()?;
-        let backend = Backend::connect(&cfg.socket)?;
+        let backend = match cfg.fd {
+            Some(fd) => Backend::inherit(fd, &cfg.socket)?,
+            None => Backend::connect(&cfg.socket)?,
+        };
         let metrics = Arc::new(FsMetrics::default());
         metrics.connected.store(true, Ordering::Relaxed);
         Ok(Self {

@@ -2,8 +2,9 @@
 //! backend process (the upstream virtiofsd), which maps guest memory from the memfd regions
 //! and reads and writes the queues itself. husk-vmm only
 //!
-//! - connects to the backend's unix socket at start-up (`SET_OWNER`, features, protocol
-//!   features: [`backend::Backend::connect`]),
+//! - connects to the backend's unix socket at start-up, or takes over the connection the
+//!   parent passed as a descriptor (`SET_OWNER`, features, protocol features:
+//!   [`backend::Backend::connect`], [`backend::Backend::inherit`]),
 //! - on activation, hands it the memory table and each queue (size, addresses, base, the
 //!   queue's ioeventfd as kick, an EventFd of ours as call) and enables the queues; this runs
 //!   on the event-loop thread, since vCPU threads may not use sockets under their seccomp
@@ -59,6 +60,9 @@ pub struct FsConfig {
     pub tag: String,
     /// The vhost-user socket of the backend.
     pub socket: PathBuf,
+    /// A connection to the backend inherited from the parent as this descriptor; `socket`
+    /// then only names the backend.
+    pub fd: Option<std::os::fd::RawFd>,
 }
 
 /// Errors of setting up a virtio-fs device.
@@ -73,6 +77,17 @@ pub enum FsError {
         /// Socket path.
         socket: PathBuf,
         /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The inherited descriptor is not a connection to a backend.
+    #[error("descriptor {fd} given for the vhost-user backend at {socket} cannot be used")]
+    Inherit {
+        /// The descriptor number.
+        fd: std::os::fd::RawFd,
+        /// Socket path (the backend's name).
+        socket: PathBuf,
+        /// What is wrong with it.
         #[source]
         source: std::io::Error,
     },

@@ -258,6 +258,7 @@ impl Rig {
         let dev = Fs::new(FsConfig {
             tag: TAG.into(),
             socket: accepting.socket.clone(),
+            fd: None,
         })
         .unwrap();
         let backend = accepting.accepted();
@@ -575,6 +576,7 @@ fn setup_errors_name_the_socket_and_the_step() {
     let e = Fs::new(FsConfig {
         tag: TAG.into(),
         socket: missing.clone(),
+        fd: None,
     })
     .unwrap_err();
     assert!(
@@ -589,6 +591,7 @@ fn setup_errors_name_the_socket_and_the_step() {
     let e = Fs::new(FsConfig {
         tag: TAG.into(),
         socket: sock.clone(),
+        fd: None,
     })
     .unwrap_err();
     t.join().unwrap();
@@ -601,9 +604,46 @@ fn setup_errors_name_the_socket_and_the_step() {
         let e = Fs::new(FsConfig {
             tag: tag.clone(),
             socket: sock.clone(),
+            fd: None,
         })
         .unwrap_err();
         assert!(matches!(e, FsError::Tag(ref t) if *t == tag), "{e}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn an_inherited_connection_is_negotiated_and_a_bad_descriptor_is_named() {
+    use std::os::fd::IntoRawFd;
+    // The parent (the shim) connected; the device negotiates over that connection.
+    let accepting = TestBackend::listen();
+    let fd = std::os::unix::net::UnixStream::connect(&accepting.socket).unwrap().into_raw_fd();
+    let dev = Fs::new(FsConfig {
+        tag: TAG.into(),
+        socket: PathBuf::from("/not/reachable/from/a/jail.sock"),
+        fd: Some(fd),
+    })
+    .unwrap();
+    let _backend = accepting.accepted();
+    assert_ne!(VirtioDevice::avail_features(&dev), 0, "features came over the inherited connection");
+    // SAFETY: F_GETFD on a descriptor the device owns now.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC, "inherited descriptors become close-on-exec");
+
+    // A file, a datagram socket and a closed number are refused, naming the descriptor.
+    let dir = tmp_dir();
+    let file = std::fs::File::create(dir.join("f")).unwrap().into_raw_fd();
+    let (dgram, _peer) = std::os::unix::net::UnixDatagram::pair().unwrap();
+    let dgram = dgram.into_raw_fd();
+    for (bad, why) in [(file, "non-socket"), (dgram, "not a stream socket"), (9999, "Bad file descriptor")] {
+        let e = Fs::new(FsConfig { tag: TAG.into(), socket: "/vfs.sock".into(), fd: Some(bad) }).unwrap_err();
+        let chain = format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default());
+        assert!(matches!(e, FsError::Inherit { .. }) && chain.contains(&format!("descriptor {bad}")) && chain.contains(why), "{chain}");
+    }
+    // SAFETY: closing descriptors this test opened and still owns (refused ones were not taken).
+    unsafe {
+        libc::close(file);
+        libc::close(dgram);
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -8,6 +8,7 @@ use event_manager::EventSet;
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::connector::Connector;
 use super::metrics::VsockMetrics;
 use super::muxer::Muxer;
 use super::rx::RxNeed;
@@ -63,8 +64,8 @@ impl Vsock {
             bind_err(source)
         })?;
         let evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(VsockError::EventFd);
-        let made = (|| Ok::<_, VsockError>((vec![evt()?, evt()?, evt()?], evt()?)))();
-        let (queue_evts, activate_evt) = match made {
+        let made = (|| Ok::<_, VsockError>((vec![evt()?, evt()?, evt()?], evt()?, Connector::start(&cfg.uds_path).map_err(VsockError::Connector)?)))();
+        let (queue_evts, activate_evt, connector) = match made {
             Ok(v) => v,
             Err(e) => {
                 let _ = std::fs::remove_file(&cfg.uds_path);
@@ -72,7 +73,7 @@ impl Vsock {
             }
         };
         Ok(Self {
-            muxer: Muxer::new(cfg.guest_cid, cfg.uds_path.clone(), listener),
+            muxer: Muxer::new(cfg.guest_cid, connector, listener),
             cfg,
             queue_evts,
             activate_evt,
@@ -87,6 +88,12 @@ impl Vsock {
     /// The device's counters.
     pub fn counters(&self) -> &Arc<VsockMetrics> {
         &self.metrics
+    }
+
+    /// The thread that connects guest-initiated connections (its filter is installed by the
+    /// runner).
+    pub fn connector(&self) -> Connector {
+        self.muxer.connector().clone()
     }
 
     /// Handles the guest's transmit queue, then fills receive buffers with whatever is ready.

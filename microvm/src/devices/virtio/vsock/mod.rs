@@ -5,9 +5,12 @@
 //!   then the stream to guest port `<port>`.
 //! - Guest-initiated: a guest connection to host CID 2, port P is forwarded to the unix socket
 //!   `<uds>_<P>`; if nothing listens there, the guest gets a reset (ECONNRESET/ECONNREFUSED).
+//!   The socket is created and connected by the device's `vsock-connect` thread
+//!   ([`connector`]), not by the event loop.
 //! - Flow control is the virtio-vsock credit scheme in both directions.
 
 mod connection;
+pub mod connector;
 pub mod device;
 mod event_handler;
 pub mod metrics;
@@ -76,4 +79,7 @@ pub enum VsockError {
     /// An EventFd could not be created.
     #[error("cannot create an EventFd for the vsock device")]
     EventFd(#[source] std::io::Error),
+    /// The thread that connects guest requests could not be started.
+    #[error("cannot start the vsock connector thread")]
+    Connector(#[source] std::io::Error),
 }

@@ -1,16 +1,17 @@
 //! The unix-socket side of the vsock device: accepts host clients, connects guest requests
-//! to `<uds>_<port>`, and moves packets between guest and host sockets.
+//! to `<uds>_<port>` (through the [`Connector`] thread), and moves packets between guest and
+//! host sockets.
 //!
 //! It never touches epoll itself: it records which fds need (re)registration in
 //! `fd_ops`, and the event handler applies them. That keeps it testable without an event loop.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
 
 use event_manager::EventSet;
+use nix::sys::socket::{self, SockFlag};
 
 use super::connection::{ConnState, Connection, PushResult};
 use super::metrics::VsockMetrics;
@@ -20,7 +21,8 @@ use super::{
     CONN_BUF_ALLOC, HOST_CID, HOST_PORT_BASE, MAX_CONNECTIONS, MAX_CONNECT_LINE,
     MAX_CONTROL_BACKLOG,
 };
-use super::unix::{connect_nonblocking, parse_connect, raise_send_buffer};
+use super::connector::Connector;
+use super::unix::{parse_connect, raise_send_buffer};
 use crate::devices::virtio::chain::{self, Chain};
 use crate::devices::virtio::iov::{Dir, GuestIovecs};
 use crate::guest_warn;
@@ -51,7 +53,7 @@ struct Handshake {
 #[derive(Debug)]
 pub(super) struct Muxer {
     pub(super) guest_cid: u64,
-    uds_path: PathBuf,
+    connector: Connector,
     pub listener: UnixListener,
     handshakes: HashMap<RawFd, Handshake>,
     pub(super) conns: HashMap<Key, Connection>,
@@ -65,10 +67,10 @@ pub(super) struct Muxer {
 }
 
 impl Muxer {
-    pub fn new(guest_cid: u64, uds_path: PathBuf, listener: UnixListener) -> Self {
+    pub fn new(guest_cid: u64, connector: Connector, listener: UnixListener) -> Self {
         Self {
             guest_cid,
-            uds_path,
+            connector,
             listener,
             handshakes: HashMap::new(),
             conns: HashMap::new(),
@@ -78,6 +80,11 @@ impl Muxer {
             next_host_port: HOST_PORT_BASE,
             fd_ops: Vec::new(),
         }
+    }
+
+    /// The thread that opens guest-initiated connections.
+    pub(super) fn connector(&self) -> &Connector {
+        &self.connector
     }
 
     /// Number of live connections.
@@ -286,8 +293,7 @@ impl Muxer {
             self.rst(key);
             return;
         }
-        let path = format!("{}_{}", self.uds_path.display(), key.0);
-        let stream = match connect_nonblocking(&path) {
+        let stream = match self.connector.connect(key.0) {
             Ok(s) => s,
             Err(_) => {
                 m.conns_refused.inc();
@@ -305,17 +311,19 @@ impl Muxer {
     /// Accepts pending host clients.
     pub fn accept(&mut self) {
         loop {
-            match self.listener.accept() {
-                Ok((stream, _)) => {
-                    if stream.set_nonblocking(true).is_err() {
-                        continue;
-                    }
+            // Non-blocking from the start: the event loop may not use ioctl(FIONBIO).
+            let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+            match socket::accept4(self.listener.as_raw_fd(), flags).map(|fd| {
+                // SAFETY: accept4 just returned this descriptor; nothing else owns it.
+                UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) })
+            }) {
+                Ok(stream) => {
                     raise_send_buffer(&stream);
                     let fd = stream.as_raw_fd();
                     self.fd_ops.push(FdOp::Add(fd, EventSet::IN));
                     self.handshakes.insert(fd, Handshake { stream, line: Vec::new() });
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(nix::errno::Errno::EINTR) => continue,
                 Err(_) => return,
             }
         }

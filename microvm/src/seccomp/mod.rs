@@ -1,0 +1,256 @@
+//! Seccomp filters per thread kind, compiled with seccompiler and installed by each thread
+//! before its loop (`--no-seccomp` turns them off for debugging). A call outside the list
+//! kills the process (SIGSYS). `ioctl` is allowed by request number only, on every thread.
+//!
+//! - vCPU threads: KVM_RUN, KVM_IRQ_LINE, and KVM_GET_MP_STATE and KVM_GET_REGS (a halt
+//!   probe reads the vCPU's own state), I/O to the console and eventfds, locks, memory.
+//! - Every thread may trim a bounded log file (the console, stderr: `crate::bounded_log`),
+//!   hence positioned reads and writes, lseek and ftruncate in the common list.
+//! - The device event loop (`vmm-events`, the thread that handles what the guest puts in the
+//!   queues): epoll, reads and writes on descriptors it already has, accepting host clients of
+//!   vsock, the vhost-user messages of virtio-fs; ioctls KVM_IRQ_LINE and TUNSETOFFLOAD. It
+//!   cannot open a file, create or connect a socket, or remove a file: everything it serves
+//!   was opened before the filters went in (or by the shim, and inherited), and the host side
+//!   of guest-initiated vsock connections is connected by the vsock connector thread.
+//! - The vsock connector thread (`vsock-connect`): creates unix stream sockets and connects
+//!   them to `<uds>_<port>`; nothing else.
+//! - Disk I/O threads (one per disk): epoll on their queue, vectored file I/O, sync,
+//!   KVM_IRQ_LINE for the disk's interrupt.
+//! - The API thread: accepting and serving unix-socket connections (with the descriptors a
+//!   request carries, `recvmsg`), signalling vCPU threads, opening an image attached to a disk
+//!   slot by path (read-only or read-write, never creating or truncating), and KVM_IRQ_LINE
+//!   for the config-change interrupt of a slot.
+//! - The main thread, once everything runs: waiting for the exit, removing the API socket.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use seccompiler::{BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule, TargetArch};
+
+#[cfg(test)]
+mod bpf_eval;
+#[cfg(test)]
+mod tests;
+
+/// Building a filter failed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the seccomp filter for {0} threads")]
+pub struct SeccompError(&'static str, #[source] seccompiler::BackendError);
+
+/// Kinds of threads with their own filter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThreadKind {
+    /// `vcpu-N`.
+    Vcpu,
+    /// `vmm-events`.
+    EventLoop,
+    /// `vmm-api`.
+    Api,
+    /// `blk-<id>`, the I/O thread of one disk.
+    BlockIo,
+    /// `vsock-connect`, which connects guest-initiated vsock connections.
+    VsockConnect,
+    /// The main thread once the VM runs (waits for the exit, removes the API socket).
+    Main,
+}
+
+/// The compiled filters.
+pub struct Filters {
+    vcpu: Arc<BpfProgram>,
+    event_loop: Arc<BpfProgram>,
+    api: Arc<BpfProgram>,
+    block_io: Arc<BpfProgram>,
+    vsock_connect: Arc<BpfProgram>,
+    main: Arc<BpfProgram>,
+}
+
+impl Filters {
+    /// The filter of one thread kind.
+    pub fn get(&self, kind: ThreadKind) -> Arc<BpfProgram> {
+        match kind {
+            ThreadKind::Vcpu => self.vcpu.clone(),
+            ThreadKind::EventLoop => self.event_loop.clone(),
+            ThreadKind::Api => self.api.clone(),
+            ThreadKind::BlockIo => self.block_io.clone(),
+            ThreadKind::VsockConnect => self.vsock_connect.clone(),
+            ThreadKind::Main => self.main.clone(),
+        }
+    }
+}
+
+/// KVM_RUN = _IO(0xAE, 0x80).
+const KVM_RUN: u64 = 0xae80;
+/// KVM_IRQ_LINE = _IOW(0xAE, 0x61, struct kvm_irq_level), 8 bytes.
+const KVM_IRQ_LINE: u64 = 0x4008_ae61;
+/// KVM_GET_MP_STATE = _IOR(0xAE, 0x98, struct kvm_mp_state), 4 bytes.
+const KVM_GET_MP_STATE: u64 = 0x8004_ae98;
+/// KVM_GET_REGS = _IOR(0xAE, 0x81, struct kvm_regs), 144 bytes.
+const KVM_GET_REGS: u64 = 0x8090_ae81;
+/// TUNSETOFFLOAD = _IOW('T', 208, unsigned int): the net device sets the tap's offloads when
+/// the guest activates it (what the guest acked decides them).
+const TUNSETOFFLOAD: u64 = 0x4004_54d0;
+
+/// Syscalls every thread needs: memory, locks, signals, exit, logging.
+const COMMON: &[i64] = &[
+    libc::SYS_read,
+    libc::SYS_write,
+    libc::SYS_readv,
+    libc::SYS_writev,
+    libc::SYS_close,
+    libc::SYS_futex,
+    libc::SYS_mmap,
+    libc::SYS_munmap,
+    libc::SYS_mremap,
+    libc::SYS_madvise,
+    libc::SYS_brk,
+    libc::SYS_mprotect,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_sigaltstack,
+    libc::SYS_sched_yield,
+    libc::SYS_clock_gettime,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_nanosleep,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+    libc::SYS_getpid,
+    libc::SYS_gettid,
+    libc::SYS_tgkill,
+    libc::SYS_rseq,
+    libc::SYS_statx,
+    libc::SYS_fstat,
+    libc::SYS_newfstatat,
+    libc::SYS_fcntl,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_lseek,
+    libc::SYS_ftruncate,
+];
+
+/// The event loop: no openat, socket, connect, unlink or unlinkat (see the module doc).
+const EVENT_LOOP: &[i64] = &[
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_ctl,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_preadv,
+    libc::SYS_pwritev,
+    libc::SYS_preadv2,
+    libc::SYS_pwritev2,
+    libc::SYS_lseek,
+    libc::SYS_fsync,
+    libc::SYS_fdatasync,
+    libc::SYS_fallocate,
+    libc::SYS_accept4,
+    libc::SYS_shutdown,
+    libc::SYS_getsockopt,
+    libc::SYS_setsockopt,
+    libc::SYS_recvfrom,
+    libc::SYS_sendto,
+    libc::SYS_recvmsg,
+    libc::SYS_sendmsg,
+    libc::SYS_eventfd2,
+    libc::SYS_timerfd_create,
+    libc::SYS_timerfd_settime,
+    libc::SYS_timerfd_gettime,
+];
+
+const API: &[i64] = &[
+    libc::SYS_lseek,
+    libc::SYS_accept4,
+    libc::SYS_recvfrom,
+    libc::SYS_recvmsg,
+    libc::SYS_sendto,
+    libc::SYS_setsockopt,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+];
+
+const BLOCK_IO: &[i64] = &[
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_preadv,
+    libc::SYS_pwritev,
+    libc::SYS_fdatasync,
+    libc::SYS_fsync,
+];
+
+/// The connector: `socket` (unix streams only, a rule below) and these.
+const VSOCK_CONNECT: &[i64] = &[libc::SYS_connect, libc::SYS_setsockopt];
+
+const MAIN: &[i64] = &[libc::SYS_unlink, libc::SYS_unlinkat];
+
+/// The kernel's O_LARGEFILE, which musl passes on x86-64 (glibc's constant there is 0).
+const KERNEL_O_LARGEFILE: i32 = 0o100000;
+/// Open flags the API thread may pass besides the access mode: never O_CREAT, O_TRUNC,
+/// O_APPEND, O_PATH or O_TMPFILE.
+const OPEN_HARMLESS_FLAGS: u64 = (libc::O_CLOEXEC | KERNEL_O_LARGEFILE | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_NOFOLLOW) as u64;
+
+/// What one filter allows: whole syscalls, and syscalls allowed only with certain arguments
+/// (each a list of alternatives, each alternative a list of conditions that must all hold).
+struct Allow<'a> {
+    name: &'static str,
+    calls: &'a [&'a [i64]],
+    ioctls: &'a [u64],
+    conditional: Vec<(i64, Vec<Vec<Cond>>)>,
+}
+
+/// One argument condition: argument index, comparison, value (32-bit compare).
+type Cond = (u8, SeccompCmpOp, u64);
+
+fn build(a: Allow<'_>) -> Result<Arc<BpfProgram>, SeccompError> {
+    let err = |e| SeccompError(a.name, e);
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for list in a.calls {
+        for &nr in *list {
+            rules.insert(nr, Vec::new());
+        }
+    }
+    let mut conditional = a.conditional;
+    if !a.ioctls.is_empty() {
+        conditional.push((libc::SYS_ioctl, a.ioctls.iter().map(|&req| vec![(1, SeccompCmpOp::Eq, req)]).collect()));
+    }
+    for (nr, alternatives) in conditional {
+        let mut any_of = Vec::new();
+        for all_of in alternatives {
+            let conds = all_of
+                .into_iter()
+                .map(|(arg, op, v)| SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, v).map_err(err))
+                .collect::<Result<Vec<_>, _>>()?;
+            any_of.push(SeccompRule::new(conds).map_err(err)?);
+        }
+        rules.insert(nr, any_of);
+    }
+    let filter = SeccompFilter::new(rules, SeccompAction::KillProcess, SeccompAction::Allow, TargetArch::x86_64).map_err(err)?;
+    BpfProgram::try_from(filter).map(Arc::new).map_err(err)
+}
+
+/// Compiles all filters.
+pub fn filters() -> Result<Filters, SeccompError> {
+    let plain = |name, calls, ioctls| Allow { name, calls, ioctls, conditional: Vec::new() };
+    // An image attached by path is opened read-only or read-write, nothing else.
+    let open_image = |mode: i32| vec![(2, SeccompCmpOp::MaskedEq(!OPEN_HARMLESS_FLAGS & 0xffff_ffff), mode as u64)];
+    let api = Allow {
+        name: "api",
+        calls: &[COMMON, API],
+        // The config-change interrupt of a slot after an attach or detach.
+        ioctls: &[KVM_IRQ_LINE],
+        conditional: vec![(libc::SYS_openat, vec![open_image(libc::O_RDONLY), open_image(libc::O_RDWR)])],
+    };
+    let connect = Allow {
+        name: "vsock connector",
+        calls: &[COMMON, VSOCK_CONNECT],
+        ioctls: &[],
+        conditional: vec![(libc::SYS_socket, vec![vec![(0, SeccompCmpOp::Eq, libc::AF_UNIX as u64)]])],
+    };
+    Ok(Filters {
+        // A vCPU raises a config-change interrupt when a device fails to activate.
+        vcpu: build(plain("vcpu", &[COMMON], &[KVM_RUN, KVM_IRQ_LINE, KVM_GET_MP_STATE, KVM_GET_REGS]))?,
+        event_loop: build(plain("event loop", &[COMMON, EVENT_LOOP], &[KVM_IRQ_LINE, TUNSETOFFLOAD]))?,
+        api: build(api)?,
+        block_io: build(plain("disk I/O", &[COMMON, BLOCK_IO], &[KVM_IRQ_LINE]))?,
+        vsock_connect: build(connect)?,
+        main: build(plain("main", &[COMMON, MAIN], &[]))?,
+    })
+}
