@@ -101,6 +101,7 @@ impl Ctx {
             uid,
             dns: None,
             share_pid: false,
+            resources: None,
         }
     }
 
