@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# virtio-fs against virtio-blk, and virtiofsd's cache and xattr settings against each other,
-# in one guest (husk-vmm, 1 vCPU, 256 MiB): one virtio-blk disk (ext4 image, the peer) and
+# virtio-fs against the host and against virtio-blk, and virtiofsd's cache and xattr settings
+# against each other, in one run. The host runs the workload first, on a directory of the
+# same file system the shares and the disk image live on (the testbed's /tmp); then one guest
+# (husk-vmm, 1 vCPU, 256 MiB) runs it on one virtio-blk disk (ext4 image, the peer) and
 # one virtio-fs device per virtiofsd setting, each virtiofsd sandboxed as the shim runs it
 # (--sandbox namespace, --seccomp kill, --thread-pool-size 0) on its own host directory:
 #   auto          --cache auto              (metadata 1 s, data revalidated on open)
@@ -14,8 +16,12 @@
 #   create BENCH_FS_FILES (default 300) small files, one shell, no forks     -> files/s
 #   stat   all of them (`ls -l`), caches dropped first (cold), then warm     -> files/s
 #   unlink all of them (`rm -r`)                                            -> files/s
-# and prints the median of each figure per target with its ratio to virtio-blk's (>1: faster
-# than the disk), then each virtiofsd's RSS (parent + sandboxed server) after the work.
+# and prints the median of each figure per target with its ratios to the host's and to
+# virtio-blk's (>1: faster), then each virtiofsd's memory (parent + sandboxed server) after the
+# work: RSS and its own part (RssAnon + RssFile; the rest is guest RAM it maps to serve the
+# queues, the VM's memory), and finally issue 19's targets for the setting the shim runs
+# (auto): sequential read at least 0.7x the host's, metadata (create, stat, unlink) at least
+# 0.3x, virtiofsd under 10 MiB of its own memory.
 # Everything runs in one VM at once, so every figure shares the same emulation overheads.
 # Run: tests/virtio/build.sh && tests/testbed/run --timeout 3600 -- tests/virtio/bench-fs.sh
 set -uo pipefail
@@ -54,6 +60,24 @@ for s in "${SETTINGS[@]}"; do
   targets="$targets $name"
 done
 
+# The host's run: the guest's workload below in bash, on the same file system.
+now() { date +%s.%N; }
+drop() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+host_one() {
+  local d=$work/host i t0 t1 t2 t3 t4 t5 t6 t7 t8 t9
+  mkdir -p "$d"
+  t0=$(now); dd if=/dev/zero of="$d/big" bs=1048576 count="$MB" conv=fsync 2>/dev/null || echo "HUSK-FSB-ERROR write host"
+  t1=$(now); drop; t2=$(now); dd if="$d/big" of=/dev/null bs=1048576 2>/dev/null
+  t3=$(now); dd if="$d/big" of=/dev/null bs=1048576 2>/dev/null
+  t4=$(now); mkdir "$d/small"; for ((i = 0; i < FILES; i++)); do echo "$i" >"$d/small/f$i"; done; sync
+  t5=$(now); drop; t6=$(now); [ "$(ls -l "$d/small" | wc -l)" = $((FILES + 1)) ] || echo "HUSK-FSB-ERROR stat host"
+  t7=$(now); ls -l "$d/small" >/dev/null
+  t8=$(now); rm -r "$d/small"; sync
+  t9=$(now); rm "$d/big"
+  echo "HUSK-FSB host $1 $t0 $t1 $t2 $t3 $t4 $t5 $t6 $t7 $t8 $t9"
+}
+for ((r = 1; r <= REPS; r++)); do host_one "$r"; done >"$work/host.txt"
+
 mkinit_x benchfs "mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
@@ -91,13 +115,16 @@ done
 # virtiofsd's memory after the work: the process started plus its sandboxed server.
 rss_lines=()
 for idx in "${!SETTINGS[@]}"; do
-  name=${SETTINGS[$idx]%%:*} p=${vfs_pids[$idx]} kb=0
-  for q in $p $(pgrep -P "$p"); do kb=$((kb + $(awk '/^VmRSS/ {print $2}' "/proc/$q/status" 2>/dev/null || echo 0))); done
-  rss_lines+=("$name $kb")
+  name=${SETTINGS[$idx]%%:*} p=${vfs_pids[$idx]} kb=0 own=0
+  for q in $p $(pgrep -P "$p"); do
+    kb=$((kb + $(awk '/^VmRSS/ {print $2}' "/proc/$q/status" 2>/dev/null || echo 0)))
+    own=$((own + $(awk '/^Rss(Anon|File):/ {s += $2} END {print s + 0}' "/proc/$q/status" 2>/dev/null || echo 0)))
+  done
+  rss_lines+=("$name $kb $own")
 done
 timeout -k 5 60 python3 "$vdir/vsock_host.py" poke "$work/v.sock" 5099 >/dev/null 2>&1
 wait_vm 120
-tr -d '\r' <"$work/benchfs.out" | grep -a '^HUSK-FSB' >"$work/fsb.txt"
+{ cat "$work/host.txt"; tr -d '\r' <"$work/benchfs.out" | grep -a '^HUSK-FSB'; } >"$work/fsb.txt"
 if grep -q 'HUSK-FSB-ERROR' "$work/fsb.txt" || ! grep -q '^HUSK-FSB-DONE' "$work/fsb.txt"; then
   echo "bench-fs: the guest's run failed (exit $rc):"; grep -a 'HUSK-FSB-ERROR' "$work/fsb.txt"; tail -15 "$work/benchfs.out"; tail -5 "$work/benchfs.err"
   exit 1
@@ -123,16 +150,31 @@ for line in open(fsb):
         v.setdefault(name, []).append(val)
 names = list(figs["blk"].keys())
 med = {t: {n: statistics.median(figs[t][n]) for n in names} for t in order}
-print(f"bench-fs: {mb} MiB file, {files} small files, {reps} round(s); median per figure, (ratio to virtio-blk)")
-print("%-18s" % "figure" + "".join("%20s" % t for t in order))
+print(f"bench-fs: {mb} MiB file, {files} small files, {reps} round(s); median per figure, then its ratio to the host's and to virtio-blk's")
+cols = [t for t in order]
+print("%-18s" % "figure" + "".join("%12s" % t for t in cols))
 for n in names:
-    row = "%-18s" % n
-    for t in order:
-        m = med[t][n]
-        row += "%20s" % (f"{m:.1f}" if t == "blk" else f"{m:.1f} ({m / med['blk'][n]:.2f}x)")
-    print(row)
+    print("%-18s" % n + "".join("%12.1f" % med[t][n] for t in cols))
+for peer in ("host", "blk"):
+    print(f"ratio to {peer}:")
+    for n in names:
+        print("%-18s" % n + "".join("%12s" % ("" if t == peer else f"{med[t][n] / med[peer][n]:.2f}x") for t in cols))
 print("spread of the rounds (min-max):")
 for n in names:
-    print("%-18s" % n + "".join("%20s" % f"{min(figs[t][n]):.0f}-{max(figs[t][n]):.0f}" for t in order))
-print("virtiofsd RSS after the work (parent + sandboxed server): " + ", ".join(f"{l.split()[0]} {int(l.split()[1]) / 1024:.1f} MiB" for l in open(rss) if l.strip()))
+    print("%-18s" % n + "".join("%12s" % f"{min(figs[t][n]):.0f}-{max(figs[t][n]):.0f}" for t in cols))
+mem = {}
+for l in open(rss):
+    if l.strip():
+        name, kb, own = l.split()
+        mem[name] = (int(kb), int(own))
+print("virtiofsd memory after the work (parent + sandboxed server): " + ", ".join(f"{k} RSS {v[0] / 1024:.1f} MiB (own {v[1] / 1024:.1f})" for k, v in mem.items()))
+# Issue 19's targets, for the setting the shim runs.
+t = "auto"
+checks = [(f"{n} vs host", med[t][n] / med["host"][n], 0.7) for n in ("read cold MiB/s", "read warm MiB/s")]
+checks += [(f"{n} vs host", med[t][n] / med["host"][n], 0.3) for n in ("create files/s", "stat cold files/s", "stat warm files/s", "unlink files/s")]
+for what, v, want in checks:
+    print(f"target {t}: {what} {v:.2f}x, want >= {want}x: {'met' if v >= want else 'MISSED'}")
+if t in mem:
+    own = mem[t][1] / 1024
+    print(f"target {t}: virtiofsd own memory {own:.1f} MiB, want < 10 MiB: {'met' if own < 10 else 'MISSED'}")
 PY

@@ -5,17 +5,19 @@ use std::path::PathBuf;
 use k8s_cri::v1::*;
 
 /// The namespaces kubelet asks for: the pod's network and IPC, and the pod's PID namespace
-/// (shareProcessNamespace) or one per container.
-fn namespaces(share_pid: bool) -> NamespaceOption {
-    let pid = if share_pid {
-        NamespaceMode::Pod
-    } else {
-        NamespaceMode::Container
+/// (shareProcessNamespace), another container's (`target`: NamespaceMode TARGET, as for an
+/// ephemeral debug container) or one per container.
+fn namespaces(share_pid: bool, target: Option<&str>) -> NamespaceOption {
+    let pid = match (target, share_pid) {
+        (Some(_), _) => NamespaceMode::Target,
+        (None, true) => NamespaceMode::Pod,
+        (None, false) => NamespaceMode::Container,
     };
     NamespaceOption {
         network: NamespaceMode::Pod as i32,
         pid: pid as i32,
         ipc: NamespaceMode::Pod as i32,
+        target_id: target.unwrap_or_default().to_string(),
         ..Default::default()
     }
 }
@@ -35,6 +37,8 @@ pub struct PodSpec {
     pub share_pid: bool,
     /// The pod's port mappings (hostPort of its containers' ports).
     pub port_mappings: Vec<PortMapping>,
+    /// What kubelet sums from the containers' limits (LinuxPodSandboxConfig.resources).
+    pub resources: Option<LinuxContainerResources>,
 }
 
 impl PodSpec {
@@ -63,9 +67,10 @@ impl PodSpec {
             linux: Some(LinuxPodSandboxConfig {
                 cgroup_parent: self.cgroup_parent(),
                 security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: Some(namespaces(self.share_pid)),
+                    namespace_options: Some(namespaces(self.share_pid, None)),
                     ..Default::default()
                 }),
+                resources: self.resources.clone(),
                 ..Default::default()
             }),
             ..Default::default()
@@ -85,6 +90,10 @@ pub struct ContainerSpec {
     pub drop_caps: Vec<String>,
     pub memory_limit: Option<i64>,
     pub share_pid: bool,
+    /// Another container whose PID namespace this one joins (NamespaceMode TARGET).
+    pub pid_target: Option<String>,
+    /// Volumes as kubelet passes them (host path, container path, read-only).
+    pub mounts: Vec<Mount>,
 }
 
 impl ContainerSpec {
@@ -103,6 +112,18 @@ impl ContainerSpec {
         }
     }
 
+    /// Adds a volume: `host` at `container`, read-only if `readonly` (private propagation,
+    /// kubelet's default).
+    pub fn mount(&mut self, host: &std::path::Path, container: &str, readonly: bool) -> &mut Self {
+        self.mounts.push(Mount {
+            container_path: container.into(),
+            host_path: host.display().to_string(),
+            readonly,
+            ..Default::default()
+        });
+        self
+    }
+
     /// The log file, relative to the pod's log directory (kubelet: <name>/<attempt>.log).
     pub fn log_path(&self) -> String {
         format!("{}/0.log", self.name)
@@ -111,7 +132,7 @@ impl ContainerSpec {
     pub fn config(&self) -> ContainerConfig {
         let mut sc = LinuxContainerSecurityContext {
             readonly_rootfs: self.readonly_rootfs,
-            namespace_options: Some(namespaces(self.share_pid)),
+            namespace_options: Some(namespaces(self.share_pid, self.pid_target.as_deref())),
             ..Default::default()
         };
         if let Some((uid, gid)) = self.user {
@@ -139,6 +160,7 @@ impl ContainerSpec {
                 ..Default::default()
             }),
             command: self.command.clone(),
+            mounts: self.mounts.clone(),
             log_path: self.log_path(),
             labels: [(
                 "io.kubernetes.container.name".to_string(),

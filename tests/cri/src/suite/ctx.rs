@@ -102,6 +102,7 @@ impl Ctx {
             dns: None,
             share_pid: false,
             port_mappings: Vec::new(),
+            resources: None,
         }
     }
 

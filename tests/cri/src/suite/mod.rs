@@ -1,15 +1,18 @@
 //! The CRI suite: every case, what kubelet does, run once per runtime handler. Prints
 //! `PASS|FAIL|SKIP <handler> <case>` per case and a closing `N passed, N failed, N skipped`.
 
+mod bad_input;
 mod container;
 pub mod ctx;
 mod exec;
 mod multi;
 mod network;
+mod placement;
 pub mod pod;
 mod resources;
 mod restart;
 mod security;
+mod volumes;
 
 use std::time::Instant;
 
@@ -44,6 +47,9 @@ pub const CASES: &[&str] = &[
     "stats",
     "pod-stats",
     "update-resources",
+    "volumes",
+    "vm-placement",
+    "bad-input",
     "containerd-restart",
     "leak-check",
 ];
@@ -67,6 +73,9 @@ async fn run_case(name: &str, ctx: &Ctx, baseline: &Baseline) -> Result<()> {
         "stats" => resources::stats(ctx).await,
         "pod-stats" => resources::pod_stats(ctx).await,
         "update-resources" => resources::update_resources(ctx).await,
+        "volumes" => volumes::volumes(ctx).await,
+        "vm-placement" => placement::vm_placement(ctx).await,
+        "bad-input" => bad_input::bad_input(ctx).await,
         "containerd-restart" => restart::containerd_restart(ctx).await,
         "leak-check" => crate::leak::leak_check(ctx, baseline).await,
         other => anyhow::bail!("no case named {other}"),
