@@ -74,7 +74,7 @@ pub async fn vm_placement(ctx: &Ctx) -> Result<()> {
     let want = format!("{}/{}", pod.spec.cgroup_parent(), pod.id);
     let cgroups = procfs::cgroups(p.pid);
     ensure!(
-        !cgroups.is_empty() && cgroups.iter().any(|c| *c == want),
+        !cgroups.is_empty() && cgroups.contains(&want),
         "{} (pid {}) is in cgroups {cgroups:?}, want the sandbox's {want}",
         p.name(),
         p.pid

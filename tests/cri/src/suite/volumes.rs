@@ -313,10 +313,9 @@ pub async fn volumes(ctx: &Ctx) -> Result<()> {
     .await?;
 
     // Two containers of the pod write the same volume at once.
-    let (ra, rb) = tokio::join!(
-        ctx.exec(&a, &["sh", "-c", &writer("a", "b")], 240),
-        ctx.exec(&b, &["sh", "-c", &writer("b", "a")], 240)
-    );
+    let (wa, wb) = (writer("a", "b"), writer("b", "a"));
+    let (cmd_a, cmd_b) = (["sh", "-c", wa.as_str()], ["sh", "-c", wb.as_str()]);
+    let (ra, rb) = tokio::join!(ctx.exec(&a, &cmd_a, 240), ctx.exec(&b, &cmd_b, 240));
     for (w, r) in [("a", ra?), ("b", rb?)] {
         ensure!(
             r.exit_code == 0 && text(&r.stdout).trim() == format!("done-{w}"),
