@@ -189,6 +189,11 @@ fn confine_steps(c: &Confinement, steps: &mut Vec<Step>) -> Result<(), JailError
             flags |= libc::MS_NOEXEC;
         }
         steps.push(Step { op: mount(None, &target, None, flags, None)?, what: format!("remount {} {}", b.inside.display(), if b.writable { "read-write" } else { "read-only" }) });
+        // A writable image (a container's own, removed with it) becomes the VMM's: its uid
+        // must open it for writing. Never a device node: those stay the host's.
+        if b.writable && !b.device {
+            steps.push(Step { op: Op::Chown { path: cstring(&target)?, id: c.uid }, what: format!("give {} to uid {}", b.inside.display(), c.uid) });
+        }
     }
     let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | hardened | libc::MS_NOEXEC;
     steps.push(Step { op: mount(None, root, None, flags, None)?, what: format!("remount the jail {} read-only", root.display()) });

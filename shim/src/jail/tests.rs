@@ -308,3 +308,35 @@ fn an_unconfined_child_gets_its_descriptors_at_fixed_numbers_and_nothing_else() 
     let want = format!("/etc/passwd\n/etc/hostname\n{}\n", d.path().display());
     assert_eq!(text, want, "the given descriptors at 3 and 4 in order, nothing else of the shim's (checked {numbers:?})");
 }
+
+#[test]
+fn a_writable_image_is_the_vmms_to_write_and_a_read_only_one_stays_read_only() {
+    let d = tempfile::tempdir().unwrap();
+    let jail = jail_for(d.path(), 6, Path::new(BUSYBOX));
+    for f in ["vmlinux", "rw.img", "ro.img"] {
+        std::fs::write(d.path().join(f), b"x").unwrap();
+        std::fs::set_permissions(d.path().join(f), std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    }
+    let disk = |f: &str, read_only| DiskConfig { path: d.path().join(f), id: None, read_only };
+    let host = VmConfig { kernel: d.path().join("vmlinux"), disk: vec![disk("rw.img", false), disk("ro.img", true)], ..Default::default() };
+    let c = jail.confine(&host).unwrap();
+    let out = d.path().join("out");
+    let file = std::fs::File::create(&out).unwrap();
+    let launch = Launch {
+        program: jail.program().to_path_buf(),
+        args: vec!["busybox".into(), "sh".into(), "-c".into(), "echo w >> /disks/0 && echo rw-ok; echo w >> /disks/1 || echo ro-refused".into()],
+        env: vec![("PATH".into(), "/".into())],
+        cwd: "/".into(),
+        stdio: [dev_null().unwrap(), OwnedFd::from(file.try_clone().unwrap()), OwnedFd::from(file)],
+        fds: Vec::new(),
+        cgroups: Vec::new(),
+        confine: Some(jail.confinement(&c.binds, 16)),
+    };
+    let st = wait(spawn(launch).unwrap());
+    assert!(libc::WIFEXITED(st), "status {st:#x}");
+    let text = read(&out);
+    assert!(text.contains("rw-ok") && text.contains("ro-refused"), "{text}");
+    assert_eq!(std::fs::read(d.path().join("rw.img")).unwrap(), b"xw\n");
+    assert_eq!(std::fs::read(d.path().join("ro.img")).unwrap(), b"x");
+    assert_eq!(std::fs::metadata(d.path().join("ro.img")).unwrap().uid(), 0, "a read-only image keeps its owner");
+}
