@@ -180,11 +180,7 @@ impl DiskConfig {
             }
             validate_disk_serial("disk.id", id)?;
         }
-        std::fs::metadata(&self.path).map_err(|source| ConfigError::File {
-            field: "disk.path".into(),
-            path: self.path.clone(),
-            source,
-        })?;
+        std::fs::metadata(&self.path).map_err(|source| ConfigError::File { field: "disk.path".into(), path: self.path.clone(), source })?;
         Ok(())
     }
 }
@@ -278,7 +274,11 @@ impl FsConfig {
     /// the inherited descriptor is not stdio (with it).
     pub fn validate(&self) -> Result<()> {
         if self.tag.is_empty() || self.tag.len() > MAX_FS_TAG_LEN || !self.tag.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
-            return Err(ConfigError::invalid("fs.tag", &self.tag, format!("must be 1 to {MAX_FS_TAG_LEN} printable ASCII characters without spaces or commas")));
+            return Err(ConfigError::invalid(
+                "fs.tag",
+                &self.tag,
+                format!("must be 1 to {MAX_FS_TAG_LEN} printable ASCII characters without spaces or commas"),
+            ));
         }
         if let Some(fd) = self.fd {
             if fd < 3 {
@@ -293,7 +293,11 @@ impl FsConfig {
         {
             use std::os::unix::fs::FileTypeExt;
             if !md.file_type().is_socket() {
-                return Err(ConfigError::invalid("fs.socket", self.socket.display(), "not a unix socket (start the vhost-user backend, e.g. virtiofsd --socket-path, first)"));
+                return Err(ConfigError::invalid(
+                    "fs.socket",
+                    self.socket.display(),
+                    "not a unix socket (start the vhost-user backend, e.g. virtiofsd --socket-path, first)",
+                ));
             }
         }
         Ok(())

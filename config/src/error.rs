@@ -40,11 +40,7 @@ pub enum ConfigError {
 impl ConfigError {
     /// Shorthand for [`ConfigError::Invalid`].
     pub fn invalid(field: &str, value: impl ToString, reason: impl ToString) -> Self {
-        ConfigError::Invalid {
-            field: field.to_string(),
-            value: value.to_string(),
-            reason: reason.to_string(),
-        }
+        ConfigError::Invalid { field: field.to_string(), value: value.to_string(), reason: reason.to_string() }
     }
 }
 

@@ -272,7 +272,12 @@ impl HuskConfig {
             return Err(ConfigError::invalid("shim.boot_timeout_secs", self.shim.boot_timeout_secs, "must be 1 to 3600"));
         }
         self.jail.validate()?;
-        for (field, p) in [("shim.state_dir", &self.shim.state_dir), ("shim.image_cache_dir", &self.shim.image_cache_dir), ("shim.vmm", &self.shim.vmm), ("shim.virtiofsd", &self.shim.virtiofsd)] {
+        for (field, p) in [
+            ("shim.state_dir", &self.shim.state_dir),
+            ("shim.image_cache_dir", &self.shim.image_cache_dir),
+            ("shim.vmm", &self.shim.vmm),
+            ("shim.virtiofsd", &self.shim.virtiofsd),
+        ] {
             if !p.is_absolute() {
                 return Err(ConfigError::invalid(field, p.display(), "must be an absolute path"));
             }

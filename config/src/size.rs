@@ -28,12 +28,8 @@ impl MemSize {
             Some((i, 'G' | 'g')) => (&t[..i], 30),
             _ => (t, 20),
         };
-        let n: u64 = num
-            .parse()
-            .map_err(|_| ConfigError::invalid(field, s, "expected a size such as 256M, 1G or 65536K"))?;
-        n.checked_mul(1u64 << shift)
-            .map(MemSize)
-            .ok_or_else(|| ConfigError::invalid(field, s, "size overflows 64 bits"))
+        let n: u64 = num.parse().map_err(|_| ConfigError::invalid(field, s, "expected a size such as 256M, 1G or 65536K"))?;
+        n.checked_mul(1u64 << shift).map(MemSize).ok_or_else(|| ConfigError::invalid(field, s, "size overflows 64 bits"))
     }
 }
 
@@ -64,10 +60,7 @@ impl<'de> Deserialize<'de> for MemSize {
             Text(String),
         }
         match Raw::deserialize(d)? {
-            Raw::Mib(n) => n
-                .checked_mul(1 << 20)
-                .map(MemSize)
-                .ok_or_else(|| serde::de::Error::custom(format!("memory {n} MiB overflows"))),
+            Raw::Mib(n) => n.checked_mul(1 << 20).map(MemSize).ok_or_else(|| serde::de::Error::custom(format!("memory {n} MiB overflows"))),
             Raw::Text(s) => MemSize::parse("memory", &s).map_err(serde::de::Error::custom),
         }
     }

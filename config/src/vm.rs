@@ -214,11 +214,7 @@ impl Default for VmConfig {
 impl VmConfig {
     /// Parses a VM TOML file (fields absent from it take their defaults).
     pub fn from_toml_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::File {
-            field: "--config".into(),
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::File { field: "--config".into(), path: path.to_path_buf(), source })?;
         toml::from_str(&text).map_err(|source| ConfigError::Toml { path: path.to_path_buf(), source })
     }
 
@@ -293,7 +289,8 @@ impl VmConfig {
 impl VmConfig {
     /// Virtio devices this configuration asks for: disks, disk slots, net devices and vsock.
     pub fn virtio_device_count(&self) -> usize {
-        self.disk.len()
+        self.disk
+            .len()
             .saturating_add(self.disk_slots as usize)
             .saturating_add(self.net.len())
             .saturating_add(usize::from(self.vsock.is_some()))

@@ -78,16 +78,11 @@ impl From<AgentError> for ttrpc::Error {
 
 /// Checks a container or exec id: `[A-Za-z0-9_.-]`, 1..=128 chars, not starting with '.'.
 pub fn check_id(kind: &str, id: &str) -> Result<()> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && !id.starts_with('.')
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-');
+    let ok = !id.is_empty() && id.len() <= 128 && !id.starts_with('.') && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-');
     if ok {
         Ok(())
     } else {
-        Err(AgentError::InvalidArgument(format!(
-            "invalid {kind} {id:?}: must be 1..=128 chars of [A-Za-z0-9_.-], not starting with '.'"
-        )))
+        Err(AgentError::InvalidArgument(format!("invalid {kind} {id:?}: must be 1..=128 chars of [A-Za-z0-9_.-], not starting with '.'")))
     }
 }
 

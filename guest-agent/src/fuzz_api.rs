@@ -25,8 +25,7 @@ pub fn spec(data: &[u8]) {
         let _ = ExecPlan::from_oci(p);
     }
     for m in spec.mounts().iter().flatten() {
-        let _ = resolve_in_root(std::path::Path::new("/nonexistent/husk-fuzz-root"),
-                                &m.destination().to_string_lossy());
+        let _ = resolve_in_root(std::path::Path::new("/nonexistent/husk-fuzz-root"), &m.destination().to_string_lossy());
     }
 }
 

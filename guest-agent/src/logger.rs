@@ -12,11 +12,7 @@ impl Log for StderrLogger {
     fn enabled(&self, metadata: &Metadata) -> bool {
         // ttrpc's per-connection info lines would cost a VM exit per byte on the serial
         // console: only its warnings and errors, unless debugging.
-        let max = if metadata.target().starts_with("ttrpc") && log::max_level() < LevelFilter::Debug {
-            LevelFilter::Warn
-        } else {
-            log::max_level()
-        };
+        let max = if metadata.target().starts_with("ttrpc") && log::max_level() < LevelFilter::Debug { LevelFilter::Warn } else { log::max_level() };
         metadata.level() <= max
     }
 

@@ -36,8 +36,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--cgroup-root" => args.cgroup_root = Some(PathBuf::from(value("--cgroup-root")?)),
             "--log-level" => {
                 let v = value("--log-level")?;
-                args.log_level =
-                    Some(logger::parse_level(&v).with_context(|| format!("bad --log-level {v:?}"))?);
+                args.log_level = Some(logger::parse_level(&v).with_context(|| format!("bad --log-level {v:?}"))?);
             }
             // The kernel passes unknown cmdline words to init as arguments: ignore those.
             other if std::process::id() == 1 => log::debug!("ignoring argument {other:?}"),
@@ -124,10 +123,7 @@ fn run(started: Instant) -> anyhow::Result<()> {
         }
         cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     }
-    let level = args
-        .log_level
-        .or_else(|| init::cmdline_value(&cmdline, "husk.agent_log").and_then(logger::parse_level))
-        .unwrap_or(log::LevelFilter::Info);
+    let level = args.log_level.or_else(|| init::cmdline_value(&cmdline, "husk.agent_log").and_then(logger::parse_level)).unwrap_or(log::LevelFilter::Info);
     logger::init(level);
     ensure_std_fds();
     if guest {
@@ -168,11 +164,7 @@ fn run(started: Instant) -> anyhow::Result<()> {
         server = server.set_accept_hook(server::peer::HostOnly);
     }
     server.start().with_context(|| format!("serving on {listen}"))?;
-    log::info!(
-        "husk-agent {} ready on {listen} after {} us",
-        env!("CARGO_PKG_VERSION"),
-        started.elapsed().as_micros()
-    );
+    log::info!("husk-agent {} ready on {listen} after {} us", env!("CARGO_PKG_VERSION"), started.elapsed().as_micros());
     std::thread::Builder::new()
         .name("shutdown".into())
         .spawn(move || {

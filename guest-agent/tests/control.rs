@@ -8,10 +8,7 @@ use common::{process, spec, status, Agent};
 use husk_protocol::agent::*;
 
 fn counter(a: &Agent) -> u64 {
-    std::fs::read_to_string(a.rootfs().join("tmp/count"))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
+    std::fs::read_to_string(a.rootfs().join("tmp/count")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
 }
 
 #[test]
@@ -137,12 +134,7 @@ fn bad_requests_get_named_errors_and_leave_nothing_behind() {
 
     // Nothing of the failed creates is left.
     assert!(a.agent_mounts().is_empty(), "{:?}", a.agent_mounts());
-    let leftovers: Vec<_> = std::fs::read_dir(&a.cgroup_root)
-        .unwrap()
-        .flatten()
-        .filter(|e| e.path().is_dir())
-        .map(|e| e.file_name())
-        .collect();
+    let leftovers: Vec<_> = std::fs::read_dir(&a.cgroup_root).unwrap().flatten().filter(|e| e.path().is_dir()).map(|e| e.file_name()).collect();
     assert!(leftovers.is_empty(), "cgroups left: {leftovers:?}");
     let dirs = std::fs::read_dir(a.dir.join("run/containers")).map(|d| d.count()).unwrap_or(0);
     assert_eq!(dirs, 0);

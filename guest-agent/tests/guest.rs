@@ -102,10 +102,7 @@ fn agent_in_a_microvm() {
     let mut start = StartContainerRequest::new();
     start.container_id = "g1".into();
     c.start_container(ctx(), &start).unwrap();
-    assert_eq!(
-        String::from_utf8(read_all(&c, "g1", "")).unwrap(),
-        "hi from guestbox\n1048576\nwritable\n"
-    );
+    assert_eq!(String::from_utf8(read_all(&c, "g1", "")).unwrap(), "hi from guestbox\n1048576\nwritable\n");
     assert_eq!(wait(&c, "g1", "").exit_status, 0);
 
     // cgroup v2 limits are in place.
@@ -136,8 +133,7 @@ fn agent_in_a_microvm() {
     c.exec_process(ctx(), &exec).unwrap();
     assert_eq!(read_all(&c, "g2", "echo"), b"exec works\n");
     exec.exec_id = "hog".into();
-    exec.process_json =
-        serde_json::to_vec(&process(&["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"])).unwrap();
+    exec.process_json = serde_json::to_vec(&process(&["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"])).unwrap();
     c.exec_process(ctx(), &exec).unwrap();
     let hog = wait(&c, "g2", "hog");
     assert_eq!(hog.signal, 9, "the memory hog was not OOM-killed: {hog:?}");
@@ -176,10 +172,7 @@ fn run_container(c: &AgentClient, req: &CreateContainerRequest, id: &str, spec: 
 fn vsock_is_closed_to_containers(c: &AgentClient, req: &CreateContainerRequest) {
     let guest_cid: u32 = std::env::var("HUSK_GUEST_CID").expect("HUSK_GUEST_CID").parse().unwrap();
     let cids = [1, 2, 3, guest_cid];
-    let probe = format!(
-        "for cid in {}; do vsock-tool connect $cid 1024; done",
-        cids.map(|c| c.to_string()).join(" ")
-    );
+    let probe = format!("for cid in {}; do vsock-tool connect $cid 1024; done", cids.map(|c| c.to_string()).join(" "));
     let spec = json!({
         "ociVersion": "1.0.2",
         "process": process(&["sh", "-c", &probe]),

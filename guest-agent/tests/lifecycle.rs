@@ -12,11 +12,14 @@ fn init_runs_with_output_and_exit_status_then_is_removed() {
     let pid = a.create("c1", &s, false).unwrap();
     assert!(pid > 1);
     // Not started yet: nothing runs, so no output.
-    let list = a.client.list_processes(common::ctx(), &{
-        let mut r = ListProcessesRequest::new();
-        r.container_id = "c1".into();
-        r
-    }).unwrap();
+    let list = a
+        .client
+        .list_processes(common::ctx(), &{
+            let mut r = ListProcessesRequest::new();
+            r.container_id = "c1".into();
+            r
+        })
+        .unwrap();
     assert_eq!(list.processes.len(), 1);
     assert_eq!(list.processes[0].pid, pid);
     assert!(list.processes[0].agent_started);

@@ -89,7 +89,10 @@ fn containers_of_a_pod_share_its_namespaces_and_shm() {
 
     // CRI's (v1-style) cgroup mount is the guest's cgroup2, read-only.
     let mut m = member(&a, &["sh", "-c", "test -f /sys/fs/cgroup/cgroup.procs && echo cgroup2; touch /sys/fs/cgroup/x 2>/dev/null || echo ro"], false);
-    m["mounts"].as_array_mut().unwrap().push(json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}));
+    m["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}));
     create(&a, "cg", "pause", &m).unwrap();
     start(&a, "cg");
     assert_eq!(output(&a, "cg"), "cgroup2\nro\n");

@@ -64,8 +64,7 @@ pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
     let mut regions = Vec::new();
     let mut offset = 0u64;
     for (start, len) in layout::ram_regions(size) {
-        let ulen = usize::try_from(len)
-            .map_err(|_| err("size a region", io::ErrorKind::InvalidInput.into()))?;
+        let ulen = usize::try_from(len).map_err(|_| err("size a region", io::ErrorKind::InvalidInput.into()))?;
         let ptr = map_shared_aligned(&file, offset, ulen).map_err(|e| err("map the memfd", e))?;
         mapped.0.push((ptr, ulen));
         // SAFETY: `ptr..ptr+len` is a shared read-write mapping of the memfd at `offset`, made
@@ -78,38 +77,23 @@ pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
                 .with_file_offset(FileOffset::from_arc(file.clone(), offset))
                 .with_raw_mmap_pointer(ptr)
         };
-        let mapping = builder
-            .build()
-            .map_err(|e| err("describe a region", io::Error::other(e)))?;
-        let region = GuestRegionMmap::new(mapping, GuestAddress(start)).ok_or_else(|| {
-            err(
-                "place a region",
-                io::Error::other(format!("RAM region at {start:#x} overflows")),
-            )
-        })?;
+        let mapping = builder.build().map_err(|e| err("describe a region", io::Error::other(e)))?;
+        let region = GuestRegionMmap::new(mapping, GuestAddress(start))
+            .ok_or_else(|| err("place a region", io::Error::other(format!("RAM region at {start:#x} overflows"))))?;
         regions.push(region);
         offset += len;
     }
-    let mem = GuestMemoryMmap::from_regions(regions)
-        .map_err(|e| err("assemble the regions", io::Error::other(e)))?;
+    let mem = GuestMemoryMmap::from_regions(regions).map_err(|e| err("assemble the regions", io::Error::other(e)))?;
     mapped.0.clear();
     Ok(mem)
 }
 
 /// A memfd of `size` bytes, sealed so that it can neither grow nor shrink.
 fn create_memfd(size: u64) -> io::Result<File> {
-    let fd = memfd_create(
-        MEMFD_NAME,
-        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
-    )?;
+    let fd = memfd_create(MEMFD_NAME, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)?;
     let file = File::from(fd);
     file.set_len(size)?;
-    fcntl(
-        &file,
-        FcntlArg::F_ADD_SEALS(
-            SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL,
-        ),
-    )?;
+    fcntl(&file, FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL))?;
     Ok(file)
 }
 
@@ -130,23 +114,11 @@ impl Drop for Mappings {
 /// huge pages.
 fn map_shared_aligned(file: &File, offset: u64, len: usize) -> io::Result<*mut u8> {
     use std::os::fd::AsRawFd;
-    let total = len
-        .checked_add(HUGE_PAGE)
-        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
-    let off =
-        libc::off_t::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let total = len.checked_add(HUGE_PAGE).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let off = libc::off_t::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: a fresh inaccessible reservation at an address of the kernel's choosing; it
     // touches no existing memory.
-    let raw = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            total,
-            libc::PROT_NONE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
+    let raw = unsafe { libc::mmap(std::ptr::null_mut(), total, libc::PROT_NONE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE, -1, 0) };
     if raw == libc::MAP_FAILED {
         return Err(io::Error::last_os_error());
     }
@@ -203,18 +175,12 @@ mod tests {
     fn ram_is_huge_page_aligned_and_usable() {
         let mem = create_guest_memory(64 << 20).unwrap();
         for r in mem.iter() {
-            let host = r
-                .get_host_address(vm_memory::MemoryRegionAddress(0))
-                .unwrap();
+            let host = r.get_host_address(vm_memory::MemoryRegionAddress(0)).unwrap();
             assert_eq!(host as usize % HUGE_PAGE, 0);
         }
         assert_eq!(mem.iter().map(|r| r.len()).sum::<u64>(), 64 << 20);
-        mem.write_obj(0xdead_beef_u32, GuestAddress((64 << 20) - 4))
-            .unwrap();
-        assert_eq!(
-            mem.read_obj::<u32>(GuestAddress((64 << 20) - 4)).unwrap(),
-            0xdead_beef
-        );
+        mem.write_obj(0xdead_beef_u32, GuestAddress((64 << 20) - 4)).unwrap();
+        assert_eq!(mem.read_obj::<u32>(GuestAddress((64 << 20) - 4)).unwrap(), 0xdead_beef);
         assert!(mem.read_obj::<u32>(GuestAddress(64 << 20)).is_err());
     }
 
@@ -231,27 +197,15 @@ mod tests {
         let mut expected_offset = 0;
         for (i, r) in regions.iter().enumerate() {
             let fo = r.file_offset().expect("every region names its file");
-            assert_eq!(
-                fo.start(),
-                expected_offset,
-                "regions are consecutive parts of one file"
-            );
+            assert_eq!(fo.start(), expected_offset, "regions are consecutive parts of one file");
             expected_offset += r.len();
             let last = r.start_addr().0 + r.len() - 8;
-            mem.write_obj(0x1111_0000_u64 + i as u64, GuestAddress(last))
-                .unwrap();
+            mem.write_obj(0x1111_0000_u64 + i as u64, GuestAddress(last)).unwrap();
             let page = 4096usize;
             let file_off = fo.start() + r.len() - page as u64;
             // SAFETY: a fresh shared mapping of one page of the memfd, unmapped below.
             let p = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    page,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_SHARED,
-                    fo.file().as_raw_fd(),
-                    file_off as libc::off_t,
-                )
+                libc::mmap(std::ptr::null_mut(), page, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fo.file().as_raw_fd(), file_off as libc::off_t)
             };
             assert_ne!(p, libc::MAP_FAILED);
             // SAFETY: the last 8 bytes of the page mapped above.
@@ -273,13 +227,7 @@ mod tests {
         let r = mem.iter().next().unwrap();
         let file = r.file_offset().unwrap().file();
         assert_eq!(file.metadata().unwrap().len(), 16 << 20);
-        assert_eq!(
-            file.set_len(4096).unwrap_err().raw_os_error(),
-            Some(libc::EPERM)
-        );
-        assert_eq!(
-            file.set_len(32 << 20).unwrap_err().raw_os_error(),
-            Some(libc::EPERM)
-        );
+        assert_eq!(file.set_len(4096).unwrap_err().raw_os_error(), Some(libc::EPERM));
+        assert_eq!(file.set_len(32 << 20).unwrap_err().raw_os_error(), Some(libc::EPERM));
     }
 }

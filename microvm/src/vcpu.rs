@@ -87,7 +87,13 @@ extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc
 
 impl Vcpus {
     /// Starts one thread per vCPU. The buses are shared read-only.
-    pub fn start(vcpus: Vec<VcpuFd>, io_bus: Arc<Bus>, mmio_bus: Arc<Bus>, exit: Arc<VmExit>, seccomp: Option<Arc<seccompiler::BpfProgram>>) -> Result<Self, VcpuError> {
+    pub fn start(
+        vcpus: Vec<VcpuFd>,
+        io_bus: Arc<Bus>,
+        mmio_bus: Arc<Bus>,
+        exit: Arc<VmExit>,
+        seccomp: Option<Arc<seccompiler::BpfProgram>>,
+    ) -> Result<Self, VcpuError> {
         register_signal_handler(SIGRTMIN() + KICK_SIGNAL_OFFSET, kick_handler).map_err(VcpuError::Signal)?;
         let control = Arc::new(RunControl::default());
         let mut threads = Vec::with_capacity(vcpus.len());

@@ -10,8 +10,8 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::{cpuid, mptable, regs};
-use crate::device_manager::{DeviceError, DeviceManager};
 use crate::bounded_log::BoundedLog;
+use crate::device_manager::{DeviceError, DeviceManager};
 use crate::devices::legacy::console::{ConsoleOut, ConsoleWriter};
 use crate::devices::legacy::i8042::I8042;
 use crate::devices::legacy::serial::SerialDevice;
@@ -151,7 +151,20 @@ impl Vm {
         let i8042 = Arc::new(I8042::new(EventFdTrigger(kbd_irq), exit.clone()));
         devices.io_bus.insert(i8042.clone(), I8042_PORT, 5).map_err(|e| DeviceError::Bus("i8042".into(), e))?;
 
-        Ok(Vm { config, kvm, vm: Arc::new(vm), mem, devices, exit, serial, i8042, vcpus: Vec::new(), cmdline: String::new(), entry: kernel.entry, kernel: Some(kernel) })
+        Ok(Vm {
+            config,
+            kvm,
+            vm: Arc::new(vm),
+            mem,
+            devices,
+            exit,
+            serial,
+            i8042,
+            vcpus: Vec::new(),
+            cmdline: String::new(),
+            entry: kernel.entry,
+            kernel: Some(kernel),
+        })
     }
 
     /// Loads the initrd, writes the command line (with the device announcements), the zero

@@ -19,17 +19,19 @@ fn pause_stops_the_guest_and_resume_continues_then_kill() {
     let k = s.file("vmlinux", &elf(&Code::default().serial_loop(b'.', 50_000).0));
     let log = s.path("console.log");
     let sock = s.path("api.sock");
-    let child = Vmm(Some(vmm()
-        .arg("--kernel")
-        .arg(&k)
-        .args(["--memory", "32M", "--vcpus", "2"])
-        .arg("--console")
-        .arg(format!("file:{}", log.display()))
-        .arg("--api-sock")
-        .arg(&sock)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()));
+    let child = Vmm(Some(
+        vmm()
+            .arg("--kernel")
+            .arg(&k)
+            .args(["--memory", "32M", "--vcpus", "2"])
+            .arg("--console")
+            .arg(format!("file:{}", log.display()))
+            .arg("--api-sock")
+            .arg(&sock)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
     assert!(wait_for(90, || size(&log) > 10 && sock.exists()), "guest produced no output");
 
     let (st, body) = api(&sock, "GET", "/vm");
@@ -68,17 +70,19 @@ fn shutdown_types_ctrl_alt_del_on_the_keyboard() {
     let k = s.file("vmlinux", &elf(&Code::default().serial("waiting\n").wait_key().serial("got key\n").reset().halt().0));
     let log = s.path("console.log");
     let sock = s.path("api.sock");
-    let child = Vmm(Some(vmm()
-        .arg("--kernel")
-        .arg(&k)
-        .args(["--memory", "32M"])
-        .arg("--console")
-        .arg(format!("file:{}", log.display()))
-        .arg("--api-sock")
-        .arg(&sock)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()));
+    let child = Vmm(Some(
+        vmm()
+            .arg("--kernel")
+            .arg(&k)
+            .args(["--memory", "32M"])
+            .arg("--console")
+            .arg(format!("file:{}", log.display()))
+            .arg("--api-sock")
+            .arg(&sock)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
     assert!(wait_for(90, || std::fs::read_to_string(&log).unwrap_or_default().contains("waiting") && sock.exists()));
     std::thread::sleep(Duration::from_millis(100));
     assert!(!std::fs::read_to_string(&log).unwrap().contains("got key"));

@@ -20,7 +20,15 @@ fn a_slot_takes_an_image_passed_with_the_request() {
     let k = s.file("vmlinux", &elf(&Code::default().serial_loop(b'.', 50_000).0));
     let sock = s.path("api.sock");
     let child = Vmm(Some(
-        vmm().arg("--kernel").arg(&k).args(["--memory", "32M", "--disk-slots", "2", "--console", "none"]).arg("--api-sock").arg(&sock).stderr(Stdio::piped()).spawn().unwrap(),
+        vmm()
+            .arg("--kernel")
+            .arg(&k)
+            .args(["--memory", "32M", "--disk-slots", "2", "--console", "none"])
+            .arg("--api-sock")
+            .arg(&sock)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
     ));
     assert!(wait_for(90, || sock.exists()), "no API socket");
     let client = Client::new(&sock);

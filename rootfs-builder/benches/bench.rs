@@ -41,19 +41,12 @@ fn make_tree(root: &Path, total: u64) -> Result<(u64, u64)> {
     while written < total {
         let dir = root.join(format!("usr/lib/pkg{:04}", files / 40));
         fs::create_dir_all(&dir)?;
-        let size = if files % 25 == 24 {
-            1 << 20
-        } else {
-            1024 + rng.next() % (63 * 1024)
-        } as usize;
+        let size = if files % 25 == 24 { 1 << 20 } else { 1024 + rng.next() % (63 * 1024) } as usize;
         rng.fill(&mut buf[..size]);
         let name = dir.join(format!("file{files}.so"));
         fs::write(&name, &buf[..size])?;
         if files % 10 == 0 {
-            std::os::unix::fs::symlink(
-                format!("file{files}.so"),
-                dir.join(format!("link{files}")),
-            )?;
+            std::os::unix::fs::symlink(format!("file{files}.so"), dir.join(format!("link{files}")))?;
         }
         written += size as u64;
         files += 1;
@@ -78,10 +71,7 @@ struct Sample {
 fn timed(f: impl FnOnce() -> Result<u64>) -> Result<Sample> {
     let start = Instant::now();
     let bytes = f()?;
-    Ok(Sample {
-        secs: start.elapsed().as_secs_f64(),
-        bytes,
-    })
+    Ok(Sample { secs: start.elapsed().as_secs_f64(), bytes })
 }
 
 /// Runs a measurement three times and keeps the median time (bytes are the same each run).
@@ -133,11 +123,7 @@ fn bench_size(work: &Path, mib: u64) -> Result<()> {
     fs::create_dir_all(&upper)?;
     let (bytes, files) = make_tree(&tree, mib << 20)?;
     sync();
-    println!(
-        "tree of {:.1} MiB in {files} files ({})",
-        bytes as f64 / 1048576.0,
-        tree.display()
-    );
+    println!("tree of {:.1} MiB in {files} files ({})", bytes as f64 / 1048576.0, tree.display());
 
     // Peer 1: cp -a (a runtime that copies the rootfs for each container).
     let copy = dir.join("copy");
@@ -156,10 +142,7 @@ fn bench_size(work: &Path, mib: u64) -> Result<()> {
     let mk = median(|| {
         let s = timed(|| {
             fs::File::create(&plain)?.set_len(2 * bytes + (64 << 20))?;
-            cmd(Command::new("mkfs.ext4")
-                .args(["-q", "-F", "-d"])
-                .arg(&tree)
-                .arg(&plain))?;
+            cmd(Command::new("mkfs.ext4").args(["-q", "-F", "-d"]).arg(&tree).arg(&plain))?;
             sync();
             Ok(fs::metadata(&plain)?.blocks() * 512)
         });
@@ -167,28 +150,16 @@ fn bench_size(work: &Path, mib: u64) -> Result<()> {
         s
     })?;
 
-    let mount: MountSpec = format!(
-        "overlay:overlay:lowerdir={},upperdir={},workdir={}",
-        tree.display(),
-        upper.display(),
-        upper.display()
-    )
-    .parse()?;
+    let mount: MountSpec = format!("overlay:overlay:lowerdir={},upperdir={},workdir={}", tree.display(), upper.display(), upper.display()).parse()?;
     // The same content under two more (small) lowerdirs: built through the merged overlay view.
     let (l2, l3) = (dir.join("snapshots/3/fs"), dir.join("snapshots/4/fs"));
     fs::create_dir_all(l2.join("etc"))?;
     fs::create_dir_all(l3.join("etc"))?;
     fs::write(l2.join("etc/os-release"), "ID=bench\n")?;
     fs::write(l3.join("etc/hostname"), "bench\n")?;
-    let stacked: MountSpec = format!(
-        "overlay:overlay:lowerdir={}:{}:{},upperdir={},workdir={}",
-        l3.display(),
-        l2.display(),
-        tree.display(),
-        upper.display(),
-        upper.display()
-    )
-    .parse()?;
+    let stacked: MountSpec =
+        format!("overlay:overlay:lowerdir={}:{}:{},upperdir={},workdir={}", l3.display(), l2.display(), tree.display(), upper.display(), upper.display())
+            .parse()?;
     let cache = dir.join("cache");
     for fstype in [FsType::Ext4, FsType::Erofs] {
         let mut opts = ImageOptions::new(fstype, dir.join(format!("out.{fstype}")));
@@ -217,30 +188,10 @@ fn bench_size(work: &Path, mib: u64) -> Result<()> {
                 Ok(b.bytes_written)
             })
         })?;
-        report(
-            &format!("husk {fstype} cold (1 lowerdir)"),
-            &cold,
-            "cp -a",
-            &cp,
-        );
-        report(
-            &format!("husk {fstype} cold (1 lowerdir)"),
-            &cold,
-            "mkfs.ext4 -d",
-            &mk,
-        );
-        report(
-            &format!("husk {fstype} cold (3 lowerdirs)"),
-            &merged,
-            "cp -a",
-            &cp,
-        );
-        report(
-            &format!("husk {fstype} cached (2nd container)"),
-            &warm,
-            "cp -a",
-            &cp,
-        );
+        report(&format!("husk {fstype} cold (1 lowerdir)"), &cold, "cp -a", &cp);
+        report(&format!("husk {fstype} cold (1 lowerdir)"), &cold, "mkfs.ext4 -d", &mk);
+        report(&format!("husk {fstype} cold (3 lowerdirs)"), &merged, "cp -a", &cp);
+        report(&format!("husk {fstype} cached (2nd container)"), &warm, "cp -a", &cp);
     }
     fs::remove_dir_all(&dir)?;
     Ok(())

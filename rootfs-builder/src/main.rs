@@ -8,11 +8,7 @@ use clap::{Parser, Subcommand};
 use husk_rootfs::{FsType, ImageOptions, LayerSpec, MountSpec};
 
 #[derive(Parser)]
-#[command(
-    name = "husk-rootfs",
-    version,
-    about = "Builds the husk guest initramfs and container block images"
-)]
+#[command(name = "husk-rootfs", version, about = "Builds the husk guest initramfs and container block images")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -78,34 +74,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Initramfs { agent, add, output } => {
             let mut extra = Vec::new();
             for a in add {
-                let (src, dest) = a
-                    .rsplit_once(':')
-                    .with_context(|| format!("--add {a:?}: expected SRC:DEST"))?;
+                let (src, dest) = a.rsplit_once(':').with_context(|| format!("--add {a:?}: expected SRC:DEST"))?;
                 extra.push((PathBuf::from(src), dest.to_string()));
             }
-            let r = husk_rootfs::build_initramfs(
-                &husk_rootfs::InitramfsSpec { agent, extra },
-                &output,
-            )?;
-            println!(
-                "{} entries, {} bytes cpio, {} bytes written to {}",
-                r.entries,
-                r.cpio_bytes,
-                r.compressed_bytes,
-                output.display()
-            );
+            let r = husk_rootfs::build_initramfs(&husk_rootfs::InitramfsSpec { agent, extra }, &output)?;
+            println!("{} entries, {} bytes cpio, {} bytes written to {}", r.entries, r.cpio_bytes, r.compressed_bytes, output.display());
         }
-        Cmd::Image {
-            from_dir,
-            layer,
-            layer_media_type,
-            mount,
-            fstype,
-            cache,
-            cache_max_mib,
-            headroom_mib,
-            output,
-        } => {
+        Cmd::Image { from_dir, layer, layer_media_type, mount, fstype, cache, cache_max_mib, headroom_mib, output } => {
             let fstype: FsType = fstype.parse()?;
             let mut opts = ImageOptions::new(fstype, &output);
             opts.cache_dir = cache;
@@ -117,21 +92,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 husk_rootfs::image_from_mounts(&[m.parse::<MountSpec>()?], &opts)?
             } else if !layer.is_empty() {
                 if !layer_media_type.is_empty() && layer_media_type.len() != layer.len() {
-                    anyhow::bail!(
-                        "{} --layer-media-type values for {} --layer values",
-                        layer_media_type.len(),
-                        layer.len()
-                    );
+                    anyhow::bail!("{} --layer-media-type values for {} --layer values", layer_media_type.len(), layer.len());
                 }
-                let specs: Vec<LayerSpec> = layer
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, p)| LayerSpec {
-                        path: p,
-                        media_type: layer_media_type.get(i).cloned(),
-                        digest: None,
-                    })
-                    .collect();
+                let specs: Vec<LayerSpec> =
+                    layer.into_iter().enumerate().map(|(i, p)| LayerSpec { path: p, media_type: layer_media_type.get(i).cloned(), digest: None }).collect();
                 husk_rootfs::image_from_layers(&specs, &opts)?
             } else {
                 anyhow::bail!("give one of --from-dir, --layer or --mount");
@@ -141,17 +105,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     Ok(m) if m.is_dir() => {
                         anyhow::bail!("output {} is a directory", output.display())
                     }
-                    Ok(_) => std::fs::remove_file(&output)
-                        .with_context(|| format!("cannot replace {}", output.display()))?,
+                    Ok(_) => std::fs::remove_file(&output).with_context(|| format!("cannot replace {}", output.display()))?,
                     Err(_) => {}
                 }
-                std::os::unix::fs::symlink(&built.path, &output).with_context(|| {
-                    format!(
-                        "cannot link {} to {}",
-                        output.display(),
-                        built.path.display()
-                    )
-                })?;
+                std::os::unix::fs::symlink(&built.path, &output).with_context(|| format!("cannot link {} to {}", output.display(), built.path.display()))?;
             }
             println!(
                 "{} {} {} {} bytes_written={}",
@@ -164,12 +121,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Prune { cache, max_mib } => {
             let r = husk_rootfs::prune_cache(&cache, max_mib << 20)?;
-            println!(
-                "removed {} images, freed {} bytes, {} bytes remain",
-                r.removed.len(),
-                r.freed,
-                r.remaining
-            );
+            println!("removed {} images, freed {} bytes, {} bytes remain", r.removed.len(), r.freed, r.remaining);
         }
     }
     Ok(())

@@ -23,37 +23,17 @@ fn ext4_from_dir_has_the_tree_without_mounting() {
     assert_eq!(ext4_names(&out, "/"), ["bin", "empty", "etc"]);
     let etc = ext4_ls(&out, "/etc");
     assert!(etc.contains(&("null".into(), 0o020644, 0, 0)), "{etc:?}");
-    assert!(
-        etc.contains(&("owned".into(), 0o100640, 1234, 5678)),
-        "{etc:?}"
-    );
+    assert!(etc.contains(&("owned".into(), 0o100640, 1234, 5678)), "{etc:?}");
     assert_eq!(ext4_cat(&out, "/etc/hostname"), "husk\n");
     let bin = ext4_ls(&out, "/bin");
-    assert!(
-        bin.iter()
-            .any(|e| e.0 == "sh" && e.1 & 0o170000 == 0o120000),
-        "{bin:?}"
-    );
+    assert!(bin.iter().any(|e| e.0 == "sh" && e.1 & 0o170000 == 0o120000), "{bin:?}");
     // The hard link is one inode.
-    let inode = |p: &str| {
-        sh(
-            "debugfs",
-            &["-R", &format!("stat {p}"), out.to_str().unwrap()],
-        )
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .to_string()
-    };
+    let inode = |p: &str| sh("debugfs", &["-R", &format!("stat {p}"), out.to_str().unwrap()]).split_whitespace().nth(1).unwrap().to_string();
     assert_eq!(inode("/etc/hostname"), inode("/etc/hostname.link"));
     // Sized from the content plus headroom, but sparse: allocated far below the apparent size.
     let m = fs::metadata(&out).unwrap();
     assert!(m.len() >= 256 << 20, "headroom included: {}", m.len());
-    assert!(
-        m.blocks() * 512 < 16 << 20,
-        "sparse: {} bytes allocated",
-        m.blocks() * 512
-    );
+    assert!(m.blocks() * 512 < 16 << 20, "sparse: {} bytes allocated", m.blocks() * 512);
     assert_eq!(built.bytes_written, m.blocks() * 512);
 }
 
@@ -78,23 +58,10 @@ fn ext4_image_mounts_with_the_same_content() {
     let out = t.path().join("rootfs.ext4");
     image_from_dir(&src, &ImageOptions::new(FsType::Ext4, &out)).unwrap();
     let m = LoopMount::new(&out);
-    assert_eq!(
-        fs::read(m.path().join("bin/busybox")).unwrap(),
-        fs::read(STATIC_BIN).unwrap()
-    );
-    assert_eq!(
-        fs::read_link(m.path().join("bin/sh")).unwrap().to_str(),
-        Some("busybox")
-    );
+    assert_eq!(fs::read(m.path().join("bin/busybox")).unwrap(), fs::read(STATIC_BIN).unwrap());
+    assert_eq!(fs::read_link(m.path().join("bin/sh")).unwrap().to_str(), Some("busybox"));
     let owned = fs::metadata(m.path().join("etc/owned")).unwrap();
-    assert_eq!(
-        (
-            owned.uid(),
-            owned.gid(),
-            owned.permissions().mode() & 0o7777
-        ),
-        (1234, 5678, 0o640)
-    );
+    assert_eq!((owned.uid(), owned.gid(), owned.permissions().mode() & 0o7777), (1234, 5678, 0o640));
 }
 
 #[test]
@@ -107,22 +74,13 @@ fn erofs_from_dir_is_read_only_and_complete() {
     assert!(built.read_only);
     sh("fsck.erofs", &[out.to_str().unwrap()]);
     let m = LoopMount::new(&out);
-    assert_eq!(
-        fs::read_to_string(m.path().join("etc/hostname.link")).unwrap(),
-        "husk\n"
-    );
+    assert_eq!(fs::read_to_string(m.path().join("etc/hostname.link")).unwrap(), "husk\n");
     let a = fs::metadata(m.path().join("etc/hostname")).unwrap();
     let b = fs::metadata(m.path().join("etc/hostname.link")).unwrap();
     assert_eq!(a.ino(), b.ino(), "hard link kept");
     let null = fs::metadata(m.path().join("etc/null")).unwrap();
-    assert_eq!(
-        (null.mode() & 0o170000, null.rdev()),
-        (0o020000, libc::makedev(1, 3))
-    );
-    assert_eq!(
-        fs::read(m.path().join("bin/busybox")).unwrap(),
-        fs::read(STATIC_BIN).unwrap()
-    );
+    assert_eq!((null.mode() & 0o170000, null.rdev()), (0o020000, libc::makedev(1, 3)));
+    assert_eq!(fs::read(m.path().join("bin/busybox")).unwrap(), fs::read(STATIC_BIN).unwrap());
     // erofs holds just the content (busybox is ~2 MB).
     assert!(fs::metadata(&out).unwrap().len() < 3 << 20);
 }
@@ -148,11 +106,7 @@ fn many_small_files_fit_in_ext4() {
 fn missing_source_directory_is_named() {
     let t = tmp();
     let out = t.path().join("x.ext4");
-    let err = image_from_dir(
-        &t.path().join("nope"),
-        &ImageOptions::new(FsType::Ext4, &out),
-    )
-    .unwrap_err();
+    let err = image_from_dir(&t.path().join("nope"), &ImageOptions::new(FsType::Ext4, &out)).unwrap_err();
     assert!(matches!(err, ImageError::MissingDir { .. }));
     assert!(err.to_string().contains("nope"), "{err}");
     assert!(!out.exists());
@@ -180,9 +134,7 @@ fn missing_mkfs_tool_says_which_package() {
 struct SmallFs(tempfile::TempDir);
 impl Drop for SmallFs {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(self.0.path())
-            .status();
+        let _ = std::process::Command::new("umount").arg(self.0.path()).status();
     }
 }
 
@@ -192,35 +144,17 @@ fn full_disk_reports_the_mkfs_error_with_the_image_path() {
     let src = t.path().join("src");
     fs::create_dir(&src).unwrap();
     // Random data: incompressible, 3 MiB.
-    let data: Vec<u8> = (0..3u32 << 20)
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-        .collect();
+    let data: Vec<u8> = (0..3u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     fs::write(src.join("big"), &data).unwrap();
     let small = SmallFs(tmp());
-    sh(
-        "mount",
-        &[
-            "-t",
-            "tmpfs",
-            "-o",
-            "size=1m",
-            "tmpfs",
-            small.0.path().to_str().unwrap(),
-        ],
-    );
+    sh("mount", &["-t", "tmpfs", "-o", "size=1m", "tmpfs", small.0.path().to_str().unwrap()]);
     for fstype in [FsType::Ext4, FsType::Erofs] {
         let out = small.0.path().join(format!("rootfs.{fstype}"));
         let err = image_from_dir(&src, &ImageOptions::new(fstype, &out)).unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, ImageError::MkfsFailed { .. }), "{err:?}");
-        assert!(
-            msg.contains(small.0.path().to_str().unwrap()) && msg.contains("mkfs"),
-            "{msg}"
-        );
+        assert!(msg.contains(small.0.path().to_str().unwrap()) && msg.contains("mkfs"), "{msg}");
         assert!(!out.exists());
-        assert!(
-            leftovers(small.0.path(), ".husk-img-").is_empty(),
-            "temp image removed"
-        );
+        assert!(leftovers(small.0.path(), ".husk-img-").is_empty(), "temp image removed");
     }
 }

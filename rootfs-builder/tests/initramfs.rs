@@ -14,17 +14,12 @@ use husk_rootfs::{build_initramfs, InitramfsError, InitramfsSpec};
 
 fn unpack(path: &Path) -> Vec<NewcEntry> {
     let mut raw = Vec::new();
-    flate2::read::GzDecoder::new(fs::File::open(path).unwrap())
-        .read_to_end(&mut raw)
-        .unwrap();
+    flate2::read::GzDecoder::new(fs::File::open(path).unwrap()).read_to_end(&mut raw).unwrap();
     read_newc(&raw).unwrap()
 }
 
 fn spec() -> InitramfsSpec {
-    InitramfsSpec {
-        agent: STATIC_BIN.into(),
-        extra: Vec::new(),
-    }
+    InitramfsSpec { agent: STATIC_BIN.into(), extra: Vec::new() }
 }
 
 #[test]
@@ -35,12 +30,7 @@ fn agent_is_init_with_base_dirs_and_console() {
     let entries = unpack(&out);
     assert_eq!(report.entries, entries.len());
     assert_eq!(report.compressed_bytes, fs::metadata(&out).unwrap().len());
-    let get = |n: &str| {
-        entries
-            .iter()
-            .find(|e| e.name == n)
-            .unwrap_or_else(|| panic!("no {n} in {entries:?}"))
-    };
+    let get = |n: &str| entries.iter().find(|e| e.name == n).unwrap_or_else(|| panic!("no {n} in {entries:?}"));
     let init = get("init");
     assert_eq!(init.mode, 0o100755);
     assert_eq!(init.data, fs::read(STATIC_BIN).unwrap());
@@ -52,9 +42,7 @@ fn agent_is_init_with_base_dirs_and_console() {
         assert_eq!(get(d).mode & 0o170000, 0o040000, "{d} is a directory");
     }
     // Reproducibility inputs: root owner, zero mtimes, unique inode numbers, sorted names.
-    assert!(entries
-        .iter()
-        .all(|e| e.uid == 0 && e.gid == 0 && e.mtime == 0));
+    assert!(entries.iter().all(|e| e.uid == 0 && e.gid == 0 && e.mtime == 0));
     let mut inos: Vec<u32> = entries.iter().map(|e| e.ino).collect();
     inos.dedup();
     assert_eq!(inos.len(), entries.len());
@@ -68,10 +56,7 @@ fn agent_is_init_with_base_dirs_and_console() {
     assert_eq!(gz[3] & 0x08, 0, "no FNAME");
     assert_eq!(&gz[4..8], &[0, 0, 0, 0], "no mtime");
     // An independent reader agrees: GNU cpio lists the same entries.
-    let listed = sh(
-        "sh",
-        &["-c", &format!("zcat {} | cpio -t --quiet", out.display())],
-    );
+    let listed = sh("sh", &["-c", &format!("zcat {} | cpio -t --quiet", out.display())]);
     let listed: Vec<&str> = listed.lines().collect();
     assert_eq!(listed, names);
 }
@@ -104,27 +89,17 @@ fn extra_files_and_trees_keep_modes_and_symlinks() {
     let tree = t.path().join("tree");
     fs::create_dir_all(tree.join("bin")).unwrap();
     fs::write(tree.join("bin/tool"), "#!/bin/sh\n").unwrap();
-    fs::set_permissions(
-        tree.join("bin/tool"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o750),
-    )
-    .unwrap();
+    fs::set_permissions(tree.join("bin/tool"), std::os::unix::fs::PermissionsExt::from_mode(0o750)).unwrap();
     symlink("tool", tree.join("bin/alias")).unwrap();
     let single = t.path().join("single.conf");
     fs::write(&single, "k=v").unwrap();
     let mut s = spec();
     s.extra.push((tree.clone(), "/usr/local".into()));
-    s.extra
-        .push((single.clone(), "/etc/husk/agent.conf".into()));
+    s.extra.push((single.clone(), "/etc/husk/agent.conf".into()));
     let out = t.path().join("i.gz");
     build_initramfs(&s, &out).unwrap();
     let entries = unpack(&out);
-    let get = |n: &str| {
-        entries
-            .iter()
-            .find(|e| e.name == n)
-            .unwrap_or_else(|| panic!("no {n}"))
-    };
+    let get = |n: &str| entries.iter().find(|e| e.name == n).unwrap_or_else(|| panic!("no {n}"));
     assert_eq!(get("usr").mode, 0o040755, "parent created");
     assert_eq!(get("usr/local/bin/tool").mode, 0o100750);
     assert_eq!(get("usr/local/bin/alias").mode, 0o120777);
@@ -138,30 +113,18 @@ fn assert_refused(s: &InitramfsSpec, check: impl Fn(&InitramfsError, &str)) {
     let err = build_initramfs(s, &out).unwrap_err();
     check(&err, &err.to_string());
     assert!(!out.exists(), "no output after an error");
-    assert!(
-        leftovers(t.path(), ".initramfs-").is_empty(),
-        "no temp file left"
-    );
+    assert!(leftovers(t.path(), ".initramfs-").is_empty(), "no temp file left");
 }
 
 #[test]
 fn dynamic_agent_is_refused_naming_its_libraries() {
     // This test binary is dynamically linked against libc.
     let exe = std::env::current_exe().unwrap();
-    assert_refused(
-        &InitramfsSpec {
-            agent: exe.clone(),
-            extra: vec![],
-        },
-        |e, msg| {
-            assert!(matches!(e, InitramfsError::DynamicAgent { .. }), "{e:?}");
-            assert!(
-                msg.contains(&exe.display().to_string()) && msg.contains("libc.so"),
-                "{msg}"
-            );
-            assert!(msg.contains("statically"), "{msg}");
-        },
-    );
+    assert_refused(&InitramfsSpec { agent: exe.clone(), extra: vec![] }, |e, msg| {
+        assert!(matches!(e, InitramfsError::DynamicAgent { .. }), "{e:?}");
+        assert!(msg.contains(&exe.display().to_string()) && msg.contains("libc.so"), "{msg}");
+        assert!(msg.contains("statically"), "{msg}");
+    });
 }
 
 #[test]
@@ -169,26 +132,14 @@ fn non_elf_and_missing_agent_are_refused() {
     let t = tmp();
     let script = t.path().join("init.sh");
     fs::write(&script, "#!/bin/sh\necho hi\n").unwrap();
-    assert_refused(
-        &InitramfsSpec {
-            agent: script.clone(),
-            extra: vec![],
-        },
-        |e, msg| {
-            assert!(matches!(e, InitramfsError::NotElf { .. }), "{e:?}");
-            assert!(msg.contains("init.sh"), "{msg}");
-        },
-    );
-    assert_refused(
-        &InitramfsSpec {
-            agent: "/nonexistent/agent".into(),
-            extra: vec![],
-        },
-        |e, msg| {
-            assert!(matches!(e, InitramfsError::Read { .. }), "{e:?}");
-            assert!(msg.contains("/nonexistent/agent"), "{msg}");
-        },
-    );
+    assert_refused(&InitramfsSpec { agent: script.clone(), extra: vec![] }, |e, msg| {
+        assert!(matches!(e, InitramfsError::NotElf { .. }), "{e:?}");
+        assert!(msg.contains("init.sh"), "{msg}");
+    });
+    assert_refused(&InitramfsSpec { agent: "/nonexistent/agent".into(), extra: vec![] }, |e, msg| {
+        assert!(matches!(e, InitramfsError::Read { .. }), "{e:?}");
+        assert!(msg.contains("/nonexistent/agent"), "{msg}");
+    });
 }
 
 #[test]
@@ -206,16 +157,10 @@ fn object_files_and_foreign_machines_are_refused() {
         b[offset + 1] = 0;
         let path = t.path().join(name);
         fs::write(&path, b).unwrap();
-        assert_refused(
-            &InitramfsSpec {
-                agent: path.clone(),
-                extra: vec![],
-            },
-            |e, msg| {
-                assert!(matches!(e, InitramfsError::NotExecutable { .. }), "{e:?}");
-                assert!(msg.contains(name) && msg.contains(want), "{msg}");
-            },
-        );
+        assert_refused(&InitramfsSpec { agent: path.clone(), extra: vec![] }, |e, msg| {
+            assert!(matches!(e, InitramfsError::NotExecutable { .. }), "{e:?}");
+            assert!(msg.contains(name) && msg.contains(want), "{msg}");
+        });
     }
 }
 
@@ -224,29 +169,14 @@ fn bad_destinations_are_refused() {
     let t = tmp();
     let f = t.path().join("f");
     fs::write(&f, "x").unwrap();
-    for (dest, why) in [
-        ("etc/x", "absolute"),
-        ("/etc/../../x", ".."),
-        ("/", "`/`"),
-        ("/init", "already present"),
-        ("/dev/console", "already present"),
-    ] {
-        let s = InitramfsSpec {
-            agent: STATIC_BIN.into(),
-            extra: vec![(f.clone(), dest.into())],
-        };
+    for (dest, why) in [("etc/x", "absolute"), ("/etc/../../x", ".."), ("/", "`/`"), ("/init", "already present"), ("/dev/console", "already present")] {
+        let s = InitramfsSpec { agent: STATIC_BIN.into(), extra: vec![(f.clone(), dest.into())] };
         assert_refused(&s, |e, msg| {
-            assert!(
-                matches!(e, InitramfsError::BadDestination { .. }),
-                "{dest}: {e:?}"
-            );
+            assert!(matches!(e, InitramfsError::BadDestination { .. }), "{dest}: {e:?}");
             assert!(msg.contains(dest) && msg.contains(why), "{msg}");
         });
     }
-    let s = InitramfsSpec {
-        agent: STATIC_BIN.into(),
-        extra: vec![(t.path().join("missing"), "/x".into())],
-    };
+    let s = InitramfsSpec { agent: STATIC_BIN.into(), extra: vec![(t.path().join("missing"), "/x".into())] };
     assert_refused(&s, |e, msg| {
         assert!(matches!(e, InitramfsError::Read { .. }), "{e:?}");
         assert!(msg.contains("missing"), "{msg}");
@@ -258,15 +188,9 @@ fn sockets_cannot_be_added() {
     let t = tmp();
     let sock = t.path().join("s.sock");
     let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
-    let s = InitramfsSpec {
-        agent: STATIC_BIN.into(),
-        extra: vec![(sock.clone(), "/s".into())],
-    };
+    let s = InitramfsSpec { agent: STATIC_BIN.into(), extra: vec![(sock.clone(), "/s".into())] };
     assert_refused(&s, |e, msg| {
-        assert!(
-            matches!(e, InitramfsError::UnsupportedFileType { .. }),
-            "{e:?}"
-        );
+        assert!(matches!(e, InitramfsError::UnsupportedFileType { .. }), "{e:?}");
         assert!(msg.contains("s.sock"), "{msg}");
     });
 }

@@ -56,18 +56,12 @@ fn opts(t: &Path, fstype: FsType) -> ImageOptions {
 #[test]
 fn whiteouts_and_replacements_are_applied() {
     let t = tmp();
-    let layers = [
-        LayerSpec::new(base(t.path())),
-        LayerSpec::new(top(t.path())),
-    ];
+    let layers = [LayerSpec::new(base(t.path())), LayerSpec::new(top(t.path()))];
     let built = image_from_layers(&layers, &opts(t.path(), FsType::Ext4)).unwrap();
     assert!(built.read_only && !built.from_cache);
     let img = &built.path;
     sh("e2fsck", &["-fn", img.to_str().unwrap()]);
-    assert_eq!(
-        ext4_names(img, "/"),
-        ["dev-null", "etc", "keep", "link", "opt", "swap", "turn"]
-    );
+    assert_eq!(ext4_names(img, "/"), ["dev-null", "etc", "keep", "link", "opt", "swap", "turn"]);
     assert_eq!(ext4_names(img, "/etc"), ["b", "c"]);
     assert_eq!(ext4_cat(img, "/etc/b"), "b2");
     assert_eq!(ext4_names(img, "/opt"), ["early", "late"]);
@@ -75,31 +69,20 @@ fn whiteouts_and_replacements_are_applied() {
     assert_eq!(ext4_cat(img, "/swap"), "now a file");
     assert_eq!(ext4_cat(img, "/turn/f"), "now a dir");
     let root = ext4_ls(img, "/");
-    assert!(
-        root.contains(&("dev-null".into(), 0o020666, 0, 0)),
-        "{root:?}"
-    );
-    assert!(root
-        .iter()
-        .any(|e| e.0 == "link" && e.1 & 0o170000 == 0o120000));
+    assert!(root.contains(&("dev-null".into(), 0o020666, 0, 0)), "{root:?}");
+    assert!(root.iter().any(|e| e.0 == "link" && e.1 & 0o170000 == 0o120000));
     assert!(leftovers(t.path(), ".husk-").is_empty(), "staging removed");
 }
 
 #[test]
 fn erofs_from_layers_mounts_with_the_merged_content() {
     let t = tmp();
-    let layers = [
-        LayerSpec::new(base(t.path())),
-        LayerSpec::new(top(t.path())),
-    ];
+    let layers = [LayerSpec::new(base(t.path())), LayerSpec::new(top(t.path()))];
     let built = image_from_layers(&layers, &opts(t.path(), FsType::Erofs)).unwrap();
     let m = LoopMount::new(&built.path);
     assert!(!m.path().join("etc/a").exists());
     assert_eq!(fs::read_to_string(m.path().join("etc/c")).unwrap(), "c2");
-    assert_eq!(
-        fs::read_link(m.path().join("link")).unwrap().to_str(),
-        Some("etc/b")
-    );
+    assert_eq!(fs::read_link(m.path().join("link")).unwrap().to_str(), Some("etc/b"));
     assert!(!m.path().join("opt/x").exists() && !m.path().join("opt/sub").exists());
 }
 
@@ -107,27 +90,18 @@ fn erofs_from_layers_mounts_with_the_merged_content() {
 fn second_build_of_the_same_layers_is_a_cache_hit() {
     let t = tmp();
     let cache = t.path().join("cache");
-    let layers = [
-        LayerSpec::new(base(t.path())),
-        LayerSpec::new(top(t.path())),
-    ];
+    let layers = [LayerSpec::new(base(t.path())), LayerSpec::new(top(t.path()))];
     let mut o = opts(t.path(), FsType::Erofs);
     o.cache_dir = Some(cache.clone());
     let first = image_from_layers(&layers, &o).unwrap();
     assert!(!first.from_cache && first.bytes_written > 0);
     assert!(first.path.starts_with(&cache));
-    assert!(
-        !o.output.exists(),
-        "a cached image is not copied to the output"
-    );
+    assert!(!o.output.exists(), "a cached image is not copied to the output");
     let mtime = mtime_ns(&first.path);
     let second = image_from_layers(&layers, &o).unwrap();
     assert!(second.from_cache);
     assert_eq!(second.bytes_written, 0);
-    assert_eq!(
-        (&second.path, &second.cache_key),
-        (&first.path, &first.cache_key)
-    );
+    assert_eq!((&second.path, &second.cache_key), (&first.path, &first.cache_key));
     assert_eq!(mtime_ns(&second.path), mtime, "not rebuilt");
     assert!(leftovers(&cache, ".tmp-").is_empty() && leftovers(&cache, ".husk-").is_empty());
     // Other layers or another fstype: another key.
@@ -142,45 +116,25 @@ fn second_build_of_the_same_layers_is_a_cache_hit() {
     let blob = store.join("ab".repeat(32));
     fs::copy(&layers[0].path, &blob).unwrap();
     let by_path = image_from_layers(&[LayerSpec::new(&blob)], &o).unwrap();
-    let given = LayerSpec {
-        path: layers[0].path.clone(),
-        media_type: None,
-        digest: Some(format!("sha256:{}", "ab".repeat(32))),
-    };
-    assert!(
-        image_from_layers(&[given], &o).unwrap().from_cache,
-        "same digest, same key: {by_path:?}"
-    );
+    let given = LayerSpec { path: layers[0].path.clone(), media_type: None, digest: Some(format!("sha256:{}", "ab".repeat(32))) };
+    assert!(image_from_layers(&[given], &o).unwrap().from_cache, "same digest, same key: {by_path:?}");
 }
 
 #[test]
 fn concurrent_builders_build_once_and_agree() {
     let t = tmp();
     let cache = t.path().join("cache");
-    let layers = vec![
-        LayerSpec::new(base(t.path())),
-        LayerSpec::new(top(t.path())),
-    ];
+    let layers = vec![LayerSpec::new(base(t.path())), LayerSpec::new(top(t.path()))];
     let mut o = opts(t.path(), FsType::Ext4);
     o.cache_dir = Some(cache.clone());
     let results: Vec<_> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..4)
-            .map(|_| s.spawn(|| image_from_layers(&layers, &o).unwrap()))
-            .collect();
+        let hs: Vec<_> = (0..4).map(|_| s.spawn(|| image_from_layers(&layers, &o).unwrap())).collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    assert_eq!(
-        results.iter().filter(|r| !r.from_cache).count(),
-        1,
-        "{results:?}"
-    );
+    assert_eq!(results.iter().filter(|r| !r.from_cache).count(), 1, "{results:?}");
     assert!(results.iter().all(|r| r.path == results[0].path));
     sh("e2fsck", &["-fn", results[0].path.to_str().unwrap()]);
-    let images: Vec<_> = fs::read_dir(&cache)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .filter(|n| n.to_string_lossy().ends_with(".ext4"))
-        .collect();
+    let images: Vec<_> = fs::read_dir(&cache).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().ends_with(".ext4")).collect();
     assert_eq!(images.len(), 1);
 }
 
@@ -188,24 +142,15 @@ fn concurrent_builders_build_once_and_agree() {
 fn prune_removes_least_recently_used_images() {
     let t = tmp();
     let cache = t.path().join("cache");
-    let layers = [
-        LayerSpec::new(base(t.path())),
-        LayerSpec::new(top(t.path())),
-    ];
+    let layers = [LayerSpec::new(base(t.path())), LayerSpec::new(top(t.path()))];
     let mut o = opts(t.path(), FsType::Erofs);
     o.cache_dir = Some(cache.clone());
     let old = image_from_layers(&layers[..1], &o).unwrap();
     let new = image_from_layers(&layers, &o).unwrap();
     // Make `old` idle for an hour and `new` for two minutes.
     let ago = |s| std::time::SystemTime::now() - std::time::Duration::from_secs(s);
-    fs::File::open(&old.path)
-        .unwrap()
-        .set_times(fs::FileTimes::new().set_accessed(ago(3600)))
-        .unwrap();
-    fs::File::open(&new.path)
-        .unwrap()
-        .set_times(fs::FileTimes::new().set_accessed(ago(120)))
-        .unwrap();
+    fs::File::open(&old.path).unwrap().set_times(fs::FileTimes::new().set_accessed(ago(3600))).unwrap();
+    fs::File::open(&new.path).unwrap().set_times(fs::FileTimes::new().set_accessed(ago(120))).unwrap();
     let r = husk_rootfs::prune_cache(&cache, 1).unwrap();
     assert_eq!(r.removed, vec![old.path.clone(), new.path.clone()]);
     assert_eq!(r.remaining, 0);
@@ -215,10 +160,7 @@ fn prune_removes_least_recently_used_images() {
     let r = husk_rootfs::prune_cache(&cache, 0).unwrap();
     assert!(r.removed.is_empty() && fresh.path.exists());
     // With a size limit, a build prunes what has been idle.
-    fs::File::open(&fresh.path)
-        .unwrap()
-        .set_times(fs::FileTimes::new().set_accessed(ago(3600)))
-        .unwrap();
+    fs::File::open(&fresh.path).unwrap().set_times(fs::FileTimes::new().set_accessed(ago(3600))).unwrap();
     o.cache_max_bytes = Some(1);
     let other = image_from_layers(&layers[..1], &o).unwrap();
     assert!(!fresh.path.exists() && other.path.exists());
@@ -241,98 +183,36 @@ fn bad_layers_are_refused_with_clear_errors() {
     let junk = t.path().join("junk");
     fs::write(&junk, "this is not a tar").unwrap();
     let mt = "application/vnd.oci.image.layer.v1.tar+bzip2";
-    let typed = LayerSpec {
-        path: good.clone(),
-        media_type: Some(mt.into()),
-        digest: None,
-    };
-    expect_err(&[typed], t.path(), |e, m| {
-        assert!(
-            matches!(e, ImageError::UnsupportedMediaType { .. }) && m.contains(mt),
-            "{m}"
-        )
-    });
-    expect_err(&[LayerSpec::new(&zstd)], t.path(), |e, m| {
-        assert!(
-            matches!(e, ImageError::Layer { .. }) && m.contains("layer.zst"),
-            "{m}"
-        )
-    });
-    expect_err(&[LayerSpec::new(&junk)], t.path(), |e, m| {
-        assert!(
-            matches!(e, ImageError::UnknownLayerFormat { .. }) && m.contains("junk"),
-            "{m}"
-        )
-    });
-    expect_err(
-        &[LayerSpec::new(t.path().join("gone.tar"))],
-        t.path(),
-        |e, m| {
-            assert!(
-                matches!(e, ImageError::Io { .. }) && m.contains("gone.tar"),
-                "{m}"
-            )
-        },
-    );
-    expect_err(&[], t.path(), |e, _| {
-        assert!(matches!(e, ImageError::NoLayers))
-    });
-    let bad_digest = LayerSpec {
-        path: good.clone(),
-        media_type: None,
-        digest: Some("md5:abc".into()),
-    };
-    expect_err(&[bad_digest], t.path(), |e, m| {
-        assert!(
-            matches!(e, ImageError::BadDigest { .. }) && m.contains("md5:abc"),
-            "{m}"
-        )
-    });
+    let typed = LayerSpec { path: good.clone(), media_type: Some(mt.into()), digest: None };
+    expect_err(&[typed], t.path(), |e, m| assert!(matches!(e, ImageError::UnsupportedMediaType { .. }) && m.contains(mt), "{m}"));
+    expect_err(&[LayerSpec::new(&zstd)], t.path(), |e, m| assert!(matches!(e, ImageError::Layer { .. }) && m.contains("layer.zst"), "{m}"));
+    expect_err(&[LayerSpec::new(&junk)], t.path(), |e, m| assert!(matches!(e, ImageError::UnknownLayerFormat { .. }) && m.contains("junk"), "{m}"));
+    expect_err(&[LayerSpec::new(t.path().join("gone.tar"))], t.path(), |e, m| assert!(matches!(e, ImageError::Io { .. }) && m.contains("gone.tar"), "{m}"));
+    expect_err(&[], t.path(), |e, _| assert!(matches!(e, ImageError::NoLayers)));
+    let bad_digest = LayerSpec { path: good.clone(), media_type: None, digest: Some("md5:abc".into()) };
+    expect_err(&[bad_digest], t.path(), |e, m| assert!(matches!(e, ImageError::BadDigest { .. }) && m.contains("md5:abc"), "{m}"));
     // Truncated gzip: the unpack error names the layer.
     let gz = top(t.path());
     let bytes = fs::read(&gz).unwrap();
     let cut = t.path().join("cut.tar.gz");
     fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
-    expect_err(&[LayerSpec::new(&cut)], t.path(), |e, m| {
-        assert!(
-            matches!(e, ImageError::Layer { .. }) && m.contains("cut.tar.gz"),
-            "{m}"
-        )
-    });
+    expect_err(&[LayerSpec::new(&cut)], t.path(), |e, m| assert!(matches!(e, ImageError::Layer { .. }) && m.contains("cut.tar.gz"), "{m}"));
 }
 
 #[test]
 fn zstd_layers_of_several_frames_are_unpacked() {
     let t = tmp();
-    let tar = Layer::new()
-        .dir("etc/")
-        .file("etc/os-release", "ID=husk")
-        .file("etc/.wh.gone", "")
-        .bytes();
+    let tar = Layer::new().dir("etc/").file("etc/os-release", "ID=husk").file("etc/.wh.gone", "").bytes();
     // Two frames, as a concatenating compressor writes them.
     let (a, b) = tar.split_at(tar.len() / 2);
     let mut zst = ruzstd::encoding::compress_to_vec(a, ruzstd::encoding::CompressionLevel::Fastest);
-    zst.extend(ruzstd::encoding::compress_to_vec(
-        b,
-        ruzstd::encoding::CompressionLevel::Fastest,
-    ));
+    zst.extend(ruzstd::encoding::compress_to_vec(b, ruzstd::encoding::CompressionLevel::Fastest));
     let path = t.path().join("layer.tar.zst");
     fs::write(&path, zst).unwrap();
-    let lower = Layer::new()
-        .dir("etc/")
-        .file("etc/gone", "x")
-        .write_tar(&t.path().join("lower.tar"));
-    let typed = LayerSpec {
-        path: path.clone(),
-        media_type: Some("application/vnd.oci.image.layer.v1.tar+zstd".into()),
-        digest: None,
-    };
+    let lower = Layer::new().dir("etc/").file("etc/gone", "x").write_tar(&t.path().join("lower.tar"));
+    let typed = LayerSpec { path: path.clone(), media_type: Some("application/vnd.oci.image.layer.v1.tar+zstd".into()), digest: None };
     for top in [LayerSpec::new(&path), typed] {
-        let built = image_from_layers(
-            &[LayerSpec::new(&lower), top],
-            &opts(t.path(), FsType::Ext4),
-        )
-        .unwrap();
+        let built = image_from_layers(&[LayerSpec::new(&lower), top], &opts(t.path(), FsType::Ext4)).unwrap();
         assert_eq!(ext4_names(&built.path, "/etc"), ["os-release"]);
         assert_eq!(ext4_cat(&built.path, "/etc/os-release"), "ID=husk");
     }
@@ -341,12 +221,7 @@ fn zstd_layers_of_several_frames_are_unpacked() {
 #[test]
 fn absolute_symlinked_dirs_and_hard_links_resolve_inside_the_image() {
     let t = tmp();
-    let lower = Layer::new()
-        .dir("usr/")
-        .dir("usr/lib/")
-        .symlink("lib", "/usr/lib")
-        .file("usr/lib/a.so", "a")
-        .write_tar(&t.path().join("lower.tar"));
+    let lower = Layer::new().dir("usr/").dir("usr/lib/").symlink("lib", "/usr/lib").file("usr/lib/a.so", "a").write_tar(&t.path().join("lower.tar"));
     let mut b = tar::Builder::new(Vec::new());
     let mut h = tar::Header::new_ustar();
     h.set_entry_type(tar::EntryType::Regular);
@@ -363,41 +238,22 @@ fn absolute_symlinked_dirs_and_hard_links_resolve_inside_the_image() {
     l.set_gid(0);
     l.set_mtime(0);
     l.set_mode(0o755);
-    b.append_link(&mut l, "usr/b-hardlink.so", "lib/b.so")
-        .unwrap();
+    b.append_link(&mut l, "usr/b-hardlink.so", "lib/b.so").unwrap();
     let upper = t.path().join("upper.tar");
     fs::write(&upper, b.into_inner().unwrap()).unwrap();
-    let built = image_from_layers(
-        &[LayerSpec::new(&lower), LayerSpec::new(&upper)],
-        &opts(t.path(), FsType::Erofs),
-    )
-    .unwrap();
+    let built = image_from_layers(&[LayerSpec::new(&lower), LayerSpec::new(&upper)], &opts(t.path(), FsType::Erofs)).unwrap();
     let m = LoopMount::new(&built.path);
-    assert_eq!(
-        fs::read_to_string(m.path().join("usr/lib/b.so")).unwrap(),
-        "b"
-    );
+    assert_eq!(fs::read_to_string(m.path().join("usr/lib/b.so")).unwrap(), "b");
     use std::os::unix::fs::MetadataExt;
-    let (a, b) = (
-        fs::metadata(m.path().join("usr/lib/b.so")).unwrap(),
-        fs::metadata(m.path().join("usr/b-hardlink.so")).unwrap(),
-    );
+    let (a, b) = (fs::metadata(m.path().join("usr/lib/b.so")).unwrap(), fs::metadata(m.path().join("usr/b-hardlink.so")).unwrap());
     assert_eq!(a.ino(), b.ino());
-    assert_eq!(
-        fs::read_link(m.path().join("lib")).unwrap().to_str(),
-        Some("/usr/lib")
-    );
+    assert_eq!(fs::read_link(m.path().join("lib")).unwrap().to_str(), Some("/usr/lib"));
 }
 
 #[test]
 fn opaque_marker_after_nested_entries_and_non_utf8_names() {
     let t = tmp();
-    let lower = Layer::new()
-        .dir("opt/")
-        .dir("opt/sub/")
-        .file("opt/sub/old", "o")
-        .file("opt/lower", "l")
-        .write_tar(&t.path().join("lower.tar"));
+    let lower = Layer::new().dir("opt/").dir("opt/sub/").file("opt/sub/old", "o").file("opt/lower", "l").write_tar(&t.path().join("lower.tar"));
     let mut b = tar::Builder::new(Vec::new());
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(tar::EntryType::Regular);
@@ -408,45 +264,28 @@ fn opaque_marker_after_nested_entries_and_non_utf8_names() {
     h.set_size(1);
     // A file in a subdirectory, then the opaque marker of the parent: the subdirectory and
     // the new file are this layer's and stay; the lower content goes.
-    b.append_data(&mut h.clone(), "opt/sub/new", &b"n"[..])
-        .unwrap();
+    b.append_data(&mut h.clone(), "opt/sub/new", &b"n"[..]).unwrap();
     h.set_size(0);
-    b.append_data(&mut h.clone(), "opt/.wh..wh..opq", &[][..])
-        .unwrap();
+    b.append_data(&mut h.clone(), "opt/.wh..wh..opq", &[][..]).unwrap();
     // A name that is not UTF-8.
     h.set_size(1);
     let raw = std::ffi::OsStr::from_bytes(b"opt/caf\xe9");
     b.append_data(&mut h, Path::new(raw), &b"x"[..]).unwrap();
     let upper = t.path().join("upper.tar");
     fs::write(&upper, b.into_inner().unwrap()).unwrap();
-    let built = image_from_layers(
-        &[LayerSpec::new(&lower), LayerSpec::new(&upper)],
-        &opts(t.path(), FsType::Erofs),
-    )
-    .unwrap();
+    let built = image_from_layers(&[LayerSpec::new(&lower), LayerSpec::new(&upper)], &opts(t.path(), FsType::Erofs)).unwrap();
     let m = LoopMount::new(&built.path);
-    let mut names: Vec<_> = fs::read_dir(m.path().join("opt"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let mut names: Vec<_> = fs::read_dir(m.path().join("opt")).unwrap().map(|e| e.unwrap().file_name()).collect();
     names.sort();
-    assert_eq!(
-        names,
-        [std::ffi::OsStr::from_bytes(b"caf\xe9"), "sub".as_ref()]
-    );
-    let sub: Vec<_> = fs::read_dir(m.path().join("opt/sub"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    assert_eq!(names, [std::ffi::OsStr::from_bytes(b"caf\xe9"), "sub".as_ref()]);
+    let sub: Vec<_> = fs::read_dir(m.path().join("opt/sub")).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(sub, ["new"]);
 }
 
 #[test]
 fn full_disk_while_unpacking_names_the_layer_and_cleans_up() {
     let t = tmp();
-    let data: Vec<u8> = (0..3u32 << 20)
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-        .collect();
+    let data: Vec<u8> = (0..3u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     let mut b = tar::Builder::new(Vec::new());
     let mut h = tar::Header::new_ustar();
     h.set_entry_type(tar::EntryType::Regular);
@@ -459,17 +298,7 @@ fn full_disk_while_unpacking_names_the_layer_and_cleans_up() {
     let layer = t.path().join("big.tar");
     fs::write(&layer, b.into_inner().unwrap()).unwrap();
     let small = tmp();
-    sh(
-        "mount",
-        &[
-            "-t",
-            "tmpfs",
-            "-o",
-            "size=1m",
-            "tmpfs",
-            small.path().to_str().unwrap(),
-        ],
-    );
+    sh("mount", &["-t", "tmpfs", "-o", "size=1m", "tmpfs", small.path().to_str().unwrap()]);
     let mut o = opts(t.path(), FsType::Erofs);
     o.work_dir = Some(small.path().to_path_buf());
     let err = image_from_layers(&[LayerSpec::new(&layer)], &o).unwrap_err();
@@ -478,10 +307,7 @@ fn full_disk_while_unpacking_names_the_layer_and_cleans_up() {
     assert!(matches!(err, ImageError::Layer { .. }), "{err:?}");
     assert!(err.to_string().contains("big.tar"), "{err}");
     let chain = format!("{:?}", std::error::Error::source(&err));
-    assert!(
-        chain.contains("No space left") || chain.contains("StorageFull"),
-        "{chain}"
-    );
+    assert!(chain.contains("No space left") || chain.contains("StorageFull"), "{chain}");
     assert!(staged_left.is_empty(), "staging removed: {staged_left:?}");
     assert!(!o.output.exists());
 }
@@ -493,18 +319,11 @@ fn hostile_layers_cannot_write_outside_the_image() {
     fs::create_dir(&victim).unwrap();
     fs::write(victim.join("precious"), "keep").unwrap();
     // A symlink to a host directory, then a whiteout and a file through it.
-    let evil = Layer::new()
-        .symlink("esc", victim.to_str().unwrap())
-        .file("esc/.wh.precious", "")
-        .file("esc/.wh..wh..opq", "")
-        .write_tar(&t.path().join("evil.tar"));
+    let evil =
+        Layer::new().symlink("esc", victim.to_str().unwrap()).file("esc/.wh.precious", "").file("esc/.wh..wh..opq", "").write_tar(&t.path().join("evil.tar"));
     let o = opts(t.path(), FsType::Erofs);
     let r = image_from_layers(&[LayerSpec::new(&evil)], &o);
-    assert_eq!(
-        fs::read_to_string(victim.join("precious")).unwrap(),
-        "keep",
-        "{r:?}"
-    );
+    assert_eq!(fs::read_to_string(victim.join("precious")).unwrap(), "keep", "{r:?}");
     // Through absolute and `..` symlinks, paths resolve inside the image, as if it were `/`.
     let evil2 = Layer::new()
         .symlink("esc", victim.to_str().unwrap())
@@ -512,8 +331,7 @@ fn hostile_layers_cannot_write_outside_the_image() {
         .symlink("up", "../../../..")
         .file("up/uplanted", "y")
         .write_tar(&t.path().join("evil2.tar"));
-    let built =
-        image_from_layers(&[LayerSpec::new(&evil2)], &opts(t.path(), FsType::Ext4)).unwrap();
+    let built = image_from_layers(&[LayerSpec::new(&evil2)], &opts(t.path(), FsType::Ext4)).unwrap();
     assert!(!victim.join("planted").exists());
     let inside = format!("{}/planted", victim.display());
     assert_eq!(ext4_cat(&built.path, &inside), "x");
@@ -527,11 +345,9 @@ fn hostile_layers_cannot_write_outside_the_image() {
     l.set_uid(0);
     l.set_gid(0);
     l.set_mode(0o644);
-    b.append_link(&mut l, "passwd", "../../../../etc/passwd")
-        .unwrap();
+    b.append_link(&mut l, "passwd", "../../../../etc/passwd").unwrap();
     let evil3 = t.path().join("evil3.tar");
     fs::write(&evil3, b.into_inner().unwrap()).unwrap();
-    let err =
-        image_from_layers(&[LayerSpec::new(&evil3)], &opts(t.path(), FsType::Ext4)).unwrap_err();
+    let err = image_from_layers(&[LayerSpec::new(&evil3)], &opts(t.path(), FsType::Ext4)).unwrap_err();
     assert!(err.to_string().contains("evil3.tar"), "{err}");
 }

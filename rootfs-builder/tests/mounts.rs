@@ -17,22 +17,13 @@ fn snapshots(root: &Path) -> (String, String) {
     fs::create_dir_all(l2.join("etc")).unwrap();
     fs::write(l1.join("etc/gone"), "old").unwrap();
     fs::write(l1.join("etc/kept"), "k").unwrap();
-    sh(
-        "mknod",
-        &[l2.join("etc/gone").to_str().unwrap(), "c", "0", "0"],
-    );
+    sh("mknod", &[l2.join("etc/gone").to_str().unwrap(), "c", "0", "0"]);
     fs::write(l2.join("etc/new"), "n").unwrap();
     (l1.to_str().unwrap().into(), l2.to_str().unwrap().into())
 }
 
 fn overlay(lower: &str, upper: &Path, work: &Path) -> MountSpec {
-    format!(
-        "overlay:overlay:index=off,lowerdir={lower},upperdir={},workdir={}",
-        upper.display(),
-        work.display()
-    )
-    .parse()
-    .unwrap()
+    format!("overlay:overlay:index=off,lowerdir={lower},upperdir={},workdir={}", upper.display(), work.display()).parse().unwrap()
 }
 
 fn opts(t: &Path, fstype: FsType) -> ImageOptions {
@@ -42,15 +33,8 @@ fn opts(t: &Path, fstype: FsType) -> ImageOptions {
 }
 
 fn no_views_left(t: &Path) {
-    assert!(
-        mounts_containing(".husk-view-").is_empty(),
-        "no overlay left mounted"
-    );
-    assert!(
-        leftovers(t, ".husk-").is_empty(),
-        "no temp dirs left in {}",
-        t.display()
-    );
+    assert!(mounts_containing(".husk-view-").is_empty(), "no overlay left mounted");
+    assert!(leftovers(t, ".husk-").is_empty(), "no temp dirs left in {}", t.display());
 }
 
 #[test]
@@ -67,10 +51,7 @@ fn overlay_with_empty_upper_is_a_cached_read_only_image_of_the_lowers() {
     no_views_left(t.path());
     {
         let mnt = LoopMount::new(&first.path);
-        let mut names: Vec<_> = fs::read_dir(mnt.path().join("etc"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
+        let mut names: Vec<_> = fs::read_dir(mnt.path().join("etc")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         names.sort();
         assert_eq!(names, ["kept", "new"], "the whiteout hides etc/gone");
     }
@@ -94,11 +75,7 @@ fn single_lowerdir_is_built_directly() {
     let (l1, _) = snapshots(t.path());
     let upper = t.path().join("u");
     fs::create_dir_all(&upper).unwrap();
-    let built = image_from_mounts(
-        &[overlay(&l1, &upper, &upper)],
-        &opts(t.path(), FsType::Ext4),
-    )
-    .unwrap();
+    let built = image_from_mounts(&[overlay(&l1, &upper, &upper)], &opts(t.path(), FsType::Ext4)).unwrap();
     assert!(built.read_only);
     assert_eq!(ext4_names(&built.path, "/etc"), ["gone", "kept"]);
 }
@@ -119,12 +96,7 @@ fn non_empty_upperdir_is_kept_in_an_uncached_image() {
     assert_eq!(ext4_names(&built.path, "/etc"), ["kept", "new", "written"]);
     assert_eq!(ext4_cat(&built.path, "/etc/kept"), "changed");
     assert_eq!(ext4_cat(&built.path, "/etc/written"), "by the container");
-    assert!(
-        !t.path().join("cache").exists()
-            || leftovers(&t.path().join("cache"), "")
-                .iter()
-                .all(|n| !n.ends_with(".ext4"))
-    );
+    assert!(!t.path().join("cache").exists() || leftovers(&t.path().join("cache"), "").iter().all(|n| !n.ends_with(".ext4")));
     no_views_left(t.path());
 }
 
@@ -138,11 +110,7 @@ fn bind_mount_builds_its_source() {
     assert!(built.read_only && !built.from_cache);
     assert_eq!(ext4_cat(&built.path, "/etc/hostname"), "husk\n");
     let rw: MountSpec = format!("bind:{}:rbind,rw", src.display()).parse().unwrap();
-    assert!(
-        !image_from_mounts(&[rw], &opts(t.path(), FsType::Ext4))
-            .unwrap()
-            .read_only
-    );
+    assert!(!image_from_mounts(&[rw], &opts(t.path(), FsType::Ext4)).unwrap().read_only);
 }
 
 #[test]
@@ -157,9 +125,7 @@ fn failure_inside_the_merged_view_unmounts_it() {
     assert!(matches!(err, ImageError::ToolMissing { .. }), "{err:?}");
     no_views_left(t.path());
     assert!(leftovers(&t.path().join("cache"), ".tmp-").is_empty());
-    assert!(leftovers(&t.path().join("cache"), "")
-        .iter()
-        .all(|n| n.ends_with(".lock")));
+    assert!(leftovers(&t.path().join("cache"), "").iter().all(|n| n.ends_with(".lock")));
 }
 
 #[test]
@@ -169,42 +135,24 @@ fn bad_mounts_are_refused_naming_what_is_wrong() {
     let o = opts(t.path(), FsType::Ext4);
     let check = |mounts: &[MountSpec], want: &str| {
         let err = image_from_mounts(mounts, &o).unwrap_err();
-        assert!(
-            err.to_string().contains(want),
-            "{err} should mention {want}"
-        );
+        assert!(err.to_string().contains(want), "{err} should mention {want}");
         assert!(!o.output.exists());
         err
     };
-    assert!(matches!(
-        check(&[], "got 0"),
-        ImageError::MountCount { count: 0 }
-    ));
+    assert!(matches!(check(&[], "got 0"), ImageError::MountCount { count: 0 }));
     let m = overlay(&l1, t.path(), t.path());
     check(&[m.clone(), m], "got 2");
     let nfs: MountSpec = "nfs:server:/export:vers=4".parse().unwrap();
-    assert!(matches!(
-        check(&[nfs], "\"nfs\""),
-        ImageError::UnsupportedMountType { .. }
-    ));
+    assert!(matches!(check(&[nfs], "\"nfs\""), ImageError::UnsupportedMountType { .. }));
     let nolower: MountSpec = "overlay:overlay:upperdir=/u,workdir=/w".parse().unwrap();
     check(&[nolower], "without lowerdir");
     let missing = t.path().join("snapshots/99/fs");
     let m = overlay(&format!("{}:{l1}", missing.display()), t.path(), t.path());
-    assert!(matches!(
-        check(&[m], missing.to_str().unwrap()),
-        ImageError::MissingDir { .. }
-    ));
+    assert!(matches!(check(&[m], missing.to_str().unwrap()), ImageError::MissingDir { .. }));
     let rel = overlay("relative/fs", t.path(), t.path());
     check(&[rel], "absolute");
     let bind: MountSpec = "bind:/nonexistent/rootfs:rbind".parse().unwrap();
     check(&[bind], "/nonexistent/rootfs");
-    assert!(matches!(
-        "".parse::<MountSpec>(),
-        Err(ImageError::BadMount { .. })
-    ));
-    assert!(matches!(
-        "overlay".parse::<MountSpec>(),
-        Err(ImageError::BadMount { .. })
-    ));
+    assert!(matches!("".parse::<MountSpec>(), Err(ImageError::BadMount { .. })));
+    assert!(matches!("overlay".parse::<MountSpec>(), Err(ImageError::BadMount { .. })));
 }

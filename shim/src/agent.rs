@@ -57,8 +57,6 @@ fn try_once(uds: &std::path::Path, port: u32, step: Duration) -> Result<AgentCli
     let stream = connect_hybrid_vsock(uds, port, step)?;
     let client = ttrpc::Client::new(stream.into_raw_fd()).map_err(agent_err("connect"))?;
     let client = AgentClient::new(client);
-    client
-        .check(context::with_timeout(step.as_nanos() as i64), &agent::CheckRequest::new())
-        .map_err(agent_err("Check"))?;
+    client.check(context::with_timeout(step.as_nanos() as i64), &agent::CheckRequest::new()).map_err(agent_err("Check"))?;
     Ok(client)
 }

@@ -182,10 +182,7 @@ mod tests {
         assert_eq!(chain(&e), "open \"/x/y\": No such file or directory (os error 2)");
         assert_eq!(e.code(), Code::UNKNOWN);
         assert_eq!(ShimError::NotFound { kind: "exec", id: "e1".into() }.code(), Code::NOT_FOUND);
-        let agent = ShimError::Agent {
-            op: "WaitProcess",
-            source: ttrpc::Error::RpcStatus(ttrpc::get_status(Code::NOT_FOUND, "no such process e9")),
-        };
+        let agent = ShimError::Agent { op: "WaitProcess", source: ttrpc::Error::RpcStatus(ttrpc::get_status(Code::NOT_FOUND, "no such process e9")) };
         assert_eq!(agent.code(), Code::NOT_FOUND);
         assert_eq!(chain(&agent), "agent WaitProcess failed: no such process e9");
     }

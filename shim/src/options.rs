@@ -22,7 +22,10 @@ pub fn config_path_from_options(any: Option<&Any>) -> Result<Option<PathBuf>> {
     }
     let name = any.type_url.rsplit('/').next().unwrap_or_default();
     if name != RUNTIME_OPTIONS_TYPE {
-        return Err(ShimError::invalid("runtime options", format!("options of type {:?} are not husk's: the husk runtime takes {RUNTIME_OPTIONS_TYPE} (ConfigPath)", any.type_url)));
+        return Err(ShimError::invalid(
+            "runtime options",
+            format!("options of type {:?} are not husk's: the husk runtime takes {RUNTIME_OPTIONS_TYPE} (ConfigPath)", any.type_url),
+        ));
     }
     let bad = |e: containerd_shim_protos::protobuf::Error| ShimError::invalid("runtime options", format!("{RUNTIME_OPTIONS_TYPE}: {e}"));
     let mut input = CodedInputStream::from_bytes(&any.value);
@@ -35,7 +38,12 @@ pub fn config_path_from_options(any: Option<&Any>) -> Result<Option<PathBuf>> {
                 input.read_string().map_err(bad)?;
             }
             0x12 => path = Some(PathBuf::from(input.read_string().map_err(bad)?)),
-            _ => return Err(ShimError::invalid("runtime options", format!("{RUNTIME_OPTIONS_TYPE} has no field {} (husk knows TypeUrl and ConfigPath)", tag >> 3))),
+            _ => {
+                return Err(ShimError::invalid(
+                    "runtime options",
+                    format!("{RUNTIME_OPTIONS_TYPE} has no field {} (husk knows TypeUrl and ConfigPath)", tag >> 3),
+                ))
+            }
         }
     }
     Ok(path.filter(|p| !p.as_os_str().is_empty()))

@@ -49,10 +49,7 @@ impl RootfsError {
             RootfsError::Missing { .. } | RootfsError::OutsideBundle { .. } | RootfsError::HostRoot { .. } => true,
             RootfsError::Image { source, .. } => matches!(
                 source,
-                ImageError::MissingDir { .. }
-                    | ImageError::UnsupportedMountType { .. }
-                    | ImageError::BadMount { .. }
-                    | ImageError::MountCount { .. }
+                ImageError::MissingDir { .. } | ImageError::UnsupportedMountType { .. } | ImageError::BadMount { .. } | ImageError::MountCount { .. }
             ),
         }
     }
@@ -69,10 +66,7 @@ pub fn mount_specs(mounts: &[Mount], bundle: &Path, root_path: &Path) -> Result<
         }
         return Ok(vec![MountSpec { fstype: "bind".into(), source: dir, options: vec!["rbind".into()] }]);
     }
-    Ok(mounts
-        .iter()
-        .map(|m| MountSpec { fstype: m.type_.clone(), source: m.source.clone().into(), options: m.options.clone() })
-        .collect())
+    Ok(mounts.iter().map(|m| MountSpec { fstype: m.type_.clone(), source: m.source.clone().into(), options: m.options.clone() }).collect())
 }
 
 /// The directory a bundle without rootfs mounts names in `root.path`, resolved once (the image

@@ -86,8 +86,7 @@ impl StateDir {
             }
             Err(e) => return Err(ShimError::io("create state directory", &dir, e)),
         }
-        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .map_err(|e| ShimError::io("chmod state directory", &dir, e))?;
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(|e| ShimError::io("chmod state directory", &dir, e))?;
         let sd = StateDir { dir };
         let vmm_dir = sd.vmm_dir();
         if let Err(e) = std::fs::create_dir_all(&vmm_dir) {
@@ -207,10 +206,7 @@ pub fn validate_namespace(ns: &str) -> Result<()> {
 
 /// Ids become path components: allow what containerd allows and nothing that escapes.
 pub fn validate_id(id: &str) -> Result<()> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && !id.starts_with('.')
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    let ok = !id.is_empty() && id.len() <= 128 && !id.starts_with('.') && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
     if ok {
         Ok(())
     } else {

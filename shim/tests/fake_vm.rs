@@ -5,8 +5,8 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod fake_agent;
-mod fake_vm_net;
 mod fake_containerd;
+mod fake_vm_net;
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -162,8 +162,8 @@ fn finish(mut env: Env, id: &str) -> u32 {
     let d = env.client.delete(ctx(), &DeleteRequest { id: id.into(), ..Default::default() }).unwrap();
     assert!(!env.dir.path().join("state/test").join(id).exists(), "state directory left");
     if let Some(pid) = vmm_pid {
-        let gone = !Path::new(&format!("/proc/{pid}")).exists()
-            || std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z ")).unwrap_or(true);
+        let gone =
+            !Path::new(&format!("/proc/{pid}")).exists() || std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z ")).unwrap_or(true);
         assert!(gone, "fake VMM {pid} still running");
     }
     env.client.shutdown(ctx(), &ShutdownRequest { id: id.into(), ..Default::default() }).unwrap();
@@ -228,7 +228,12 @@ fn exec_and_kill() {
         exec_id: "x1".into(),
         stdout: xo.display().to_string(),
         stderr: xe.display().to_string(),
-        spec: Some(Any { type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(), value: spec.to_string().into_bytes(), ..Default::default() }).into(),
+        spec: Some(Any {
+            type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+            value: spec.to_string().into_bytes(),
+            ..Default::default()
+        })
+        .into(),
         ..Default::default()
     };
     env.client.exec(ctx(), &req).unwrap();
@@ -246,7 +251,12 @@ fn exec_and_kill() {
         exec_id: "x2".into(),
         stdout: mo.display().to_string(),
         stderr: me.display().to_string(),
-        spec: Some(Any { type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(), value: spec.to_string().into_bytes(), ..Default::default() }).into(),
+        spec: Some(Any {
+            type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+            value: spec.to_string().into_bytes(),
+            ..Default::default()
+        })
+        .into(),
         ..Default::default()
     };
     env.client.exec(ctx(), &req).unwrap();

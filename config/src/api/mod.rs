@@ -196,15 +196,8 @@ mod tests {
 
     #[test]
     fn wire_names() {
-        let info = DiskInfo {
-            slot: "slot0".into(),
-            kind: DiskKind::Slot,
-            attached: true,
-            id: "c1".into(),
-            path: Some("/a".into()),
-            read_only: false,
-            sectors: 8,
-        };
+        let info =
+            DiskInfo { slot: "slot0".into(), kind: DiskKind::Slot, attached: true, id: "c1".into(), path: Some("/a".into()), read_only: false, sectors: 8 };
         let v = serde_json::to_value(&info).unwrap();
         assert_eq!(v["kind"], "slot");
         assert_eq!(v["slot"], "slot0");

@@ -8,11 +8,7 @@ use husk_protocol::agent_ttrpc::{create_agent, Agent, AgentClient};
 struct Fake;
 
 impl Agent for Fake {
-    fn version(
-        &self,
-        _ctx: &ttrpc::TtrpcContext,
-        _req: VersionRequest,
-    ) -> ttrpc::Result<VersionResponse> {
+    fn version(&self, _ctx: &ttrpc::TtrpcContext, _req: VersionRequest) -> ttrpc::Result<VersionResponse> {
         let mut resp = VersionResponse::new();
         resp.agent_version = "test".into();
         resp.api_version = husk_protocol::API_VERSION;
@@ -26,10 +22,7 @@ fn client_reaches_server_and_unimplemented_calls_fail() {
     std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("agent.sock");
     let addr = format!("unix://{}", sock.display());
-    let mut server = ttrpc::Server::new()
-        .bind(&addr)
-        .unwrap()
-        .register_service(create_agent(Arc::new(Fake)));
+    let mut server = ttrpc::Server::new().bind(&addr).unwrap().register_service(create_agent(Arc::new(Fake)));
     server.start().unwrap();
 
     let client = AgentClient::new(ttrpc::Client::connect(&addr).unwrap());

@@ -20,11 +20,7 @@ fn read(path: &Path) -> Option<String> {
 
 /// "key value" lines → value of key.
 fn keyed(text: &str, key: &str) -> u64 {
-    text.lines()
-        .filter_map(|l| l.split_once(' '))
-        .find(|(k, _)| *k == key)
-        .and_then(|(_, v)| v.trim().parse().ok())
-        .unwrap_or(0)
+    text.lines().filter_map(|l| l.split_once(' ')).find(|(k, _)| *k == key).and_then(|(_, v)| v.trim().parse().ok()).unwrap_or(0)
 }
 
 fn max_value(text: Option<String>) -> u64 {
@@ -35,8 +31,7 @@ impl Cgroup {
     /// Creates `<root>/<id>`.
     pub fn create(root: &Path, id: &str) -> Result<Cgroup> {
         let path = root.join(id);
-        std::fs::create_dir(&path)
-            .map_err(|e| AgentError::io(format!("creating cgroup {}", path.display()), e))?;
+        std::fs::create_dir(&path).map_err(|e| AgentError::io(format!("creating cgroup {}", path.display()), e))?;
         Ok(Cgroup { path })
     }
 
@@ -44,9 +39,7 @@ impl Cgroup {
         let p = self.path.join(file);
         if !p.exists() {
             let controller = file.split('.').next().unwrap_or(file);
-            return Err(AgentError::InvalidArgument(format!(
-                "{what} {value} needs the {controller} cgroup controller, which this guest lacks"
-            )));
+            return Err(AgentError::InvalidArgument(format!("{what} {value} needs the {controller} cgroup controller, which this guest lacks")));
         }
         std::fs::write(&p, value).map_err(|e| AgentError::io(format!("setting {file}={value}"), e))
     }
@@ -96,18 +89,13 @@ impl Cgroup {
 
     /// Pids in the cgroup.
     pub fn pids(&self) -> Vec<i32> {
-        read(&self.path.join("cgroup.procs"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
+        read(&self.path.join("cgroup.procs")).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).collect()
     }
 
     /// Freezes or thaws, waiting (up to 5 s) for the kernel to report the state.
     pub fn freeze(&self, frozen: bool) -> Result<()> {
         let v = if frozen { "1" } else { "0" };
-        std::fs::write(self.path.join("cgroup.freeze"), v)
-            .map_err(|e| AgentError::io(format!("writing cgroup.freeze={v}"), e))?;
+        std::fs::write(self.path.join("cgroup.freeze"), v).map_err(|e| AgentError::io(format!("writing cgroup.freeze={v}"), e))?;
         let want = if frozen { 1 } else { 0 };
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
@@ -117,10 +105,7 @@ impl Cgroup {
             }
             std::thread::sleep(Duration::from_millis(2));
         }
-        Err(AgentError::io(
-            format!("cgroup {} did not reach frozen={want}", self.path.display()),
-            std::io::Error::from(std::io::ErrorKind::TimedOut),
-        ))
+        Err(AgentError::io(format!("cgroup {} did not reach frozen={want}", self.path.display()), std::io::Error::from(std::io::ErrorKind::TimedOut)))
     }
 
     /// Whether the cgroup is frozen (PauseContainer).
@@ -130,9 +115,7 @@ impl Cgroup {
 
     /// Sends `sig` to every process in the cgroup (SIGKILL through cgroup.kill).
     pub fn signal_all(&self, sig: nix::sys::signal::Signal) -> Result<()> {
-        if sig == nix::sys::signal::Signal::SIGKILL
-            && std::fs::write(self.path.join("cgroup.kill"), "1").is_ok()
-        {
+        if sig == nix::sys::signal::Signal::SIGKILL && std::fs::write(self.path.join("cgroup.kill"), "1").is_ok() {
             return Ok(());
         }
         for pid in self.pids() {
@@ -152,9 +135,7 @@ impl Cgroup {
             match std::fs::remove_dir(&self.path) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-                Err(e) if Instant::now() >= deadline => {
-                    return Err(AgentError::io(format!("removing cgroup {}", self.path.display()), e))
-                }
+                Err(e) if Instant::now() >= deadline => return Err(AgentError::io(format!("removing cgroup {}", self.path.display()), e)),
                 Err(_) => {
                     let _ = self.signal_all(nix::sys::signal::Signal::SIGKILL);
                     std::thread::sleep(Duration::from_millis(5));
@@ -251,17 +232,20 @@ mod tests {
 
     #[test]
     fn stats_are_read_from_cgroup_files() {
-        let (root, cg) = fake("stats", &[
-            ("cpu.stat", "usage_usec 100\nuser_usec 60\nsystem_usec 40\nnr_periods 5\nnr_throttled 2\nthrottled_usec 9\n"),
-            ("memory.current", "4096\n"),
-            ("memory.max", "max\n"),
-            ("memory.stat", "anon 1024\nfile 2048\n"),
-            ("memory.events", "low 0\nhigh 0\nmax 3\noom 2\noom_kill 1\n"),
-            ("pids.current", "7\n"),
-            ("pids.max", "64\n"),
-            ("io.stat", "254:0 rbytes=10 wbytes=20 rios=1 wios=2 dbytes=0 dios=0\n"),
-            ("cgroup.procs", ""),
-        ]);
+        let (root, cg) = fake(
+            "stats",
+            &[
+                ("cpu.stat", "usage_usec 100\nuser_usec 60\nsystem_usec 40\nnr_periods 5\nnr_throttled 2\nthrottled_usec 9\n"),
+                ("memory.current", "4096\n"),
+                ("memory.max", "max\n"),
+                ("memory.stat", "anon 1024\nfile 2048\n"),
+                ("memory.events", "low 0\nhigh 0\nmax 3\noom 2\noom_kill 1\n"),
+                ("pids.current", "7\n"),
+                ("pids.max", "64\n"),
+                ("io.stat", "254:0 rbytes=10 wbytes=20 rios=1 wios=2 dbytes=0 dios=0\n"),
+                ("cgroup.procs", ""),
+            ],
+        );
         let s = cg.stats();
         assert_eq!((s.cpu.usage_usec, s.cpu.user_usec, s.cpu.system_usec), (100, 60, 40));
         assert_eq!((s.cpu.nr_periods, s.cpu.nr_throttled, s.cpu.throttled_usec), (5, 2, 9));
@@ -278,9 +262,7 @@ mod tests {
     #[test]
     fn limits_are_written_and_missing_controllers_named() {
         let (root, cg) = fake("limits", &[("memory.max", "max"), ("cpu.max", "max 100000"), ("cpu.weight", "100")]);
-        let res: LinuxResources = serde_json::from_str(
-            r#"{"memory":{"limit":1048576},"cpu":{"quota":20000,"period":50000,"shares":1024}}"#,
-        ).unwrap();
+        let res: LinuxResources = serde_json::from_str(r#"{"memory":{"limit":1048576},"cpu":{"quota":20000,"period":50000,"shares":1024}}"#).unwrap();
         cg.apply(&res).unwrap();
         let read = |f: &str| std::fs::read_to_string(root.join("c").join(f)).unwrap();
         assert_eq!(read("memory.max"), "1048576");

@@ -16,9 +16,9 @@ use nix::sched::CloneFlags;
 use oci_spec::runtime::Spec;
 
 use crate::error::{check_id, AgentError, Result};
+use crate::pod::{namespace_plan, Pod};
 use crate::process::plan::ExecPlan;
 use crate::process::reaper::Reaper;
-use crate::pod::{namespace_plan, Pod};
 use crate::process::{spawn, Placement, Process};
 use cgroup::Cgroup;
 use mounts::RootPlan;
@@ -51,8 +51,7 @@ pub struct Container {
 
 /// Parses JSON from the host into `T`, naming `what` on error.
 pub fn parse_json<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| AgentError::InvalidArgument(format!("{what} is not valid JSON: {e}")))
+    serde_json::from_slice(bytes).map_err(|e| AgentError::InvalidArgument(format!("{what} is not valid JSON: {e}")))
 }
 
 /// Creates the pod's emptyDir volumes the spec binds (`<run_dir>/pod/emptydir/<name>`, in guest
@@ -66,8 +65,7 @@ fn make_empty_dirs(run_dir: &std::path::Path, plan: &RootPlan) -> Result<()> {
             continue;
         }
         std::fs::create_dir_all(p).map_err(|e| AgentError::io(format!("creating emptyDir {}", p.display()), e))?;
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777))
-            .map_err(|e| AgentError::io(format!("chmod emptyDir {}", p.display()), e))?;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777)).map_err(|e| AgentError::io(format!("chmod emptyDir {}", p.display()), e))?;
     }
     Ok(())
 }
@@ -119,8 +117,7 @@ impl Container {
         let mut partial = Partial { mounts: Mounts::default(), cgroup: None, dirs: Vec::new() };
         let result = (|| {
             for d in [&dir, &disks_dir] {
-                std::fs::create_dir_all(d)
-                    .map_err(|e| AgentError::io(format!("creating {}", d.display()), e))?;
+                std::fs::create_dir_all(d).map_err(|e| AgentError::io(format!("creating {}", d.display()), e))?;
                 partial.dirs.push(d.clone());
             }
             let root = rootfs::mount_rootfs(&mut partial.mounts, &dir, rootfs)?;
@@ -144,15 +141,7 @@ impl Container {
                     return Err(AgentError::FailedPrecondition("cgroup missing".into()));
                 };
                 log::info!("created container {id} (init pid {})", init.pid);
-                Ok(Container {
-                    id: id.to_string(),
-                    init,
-                    execs: Mutex::new(HashMap::new()),
-                    cgroup,
-                    vsock_allowed,
-                    mounts: Mutex::new(mounts),
-                    dirs,
-                })
+                Ok(Container { id: id.to_string(), init, execs: Mutex::new(HashMap::new()), cgroup, vsock_allowed, mounts: Mutex::new(mounts), dirs })
             }
             Err(e) => {
                 partial.undo();
@@ -171,9 +160,7 @@ impl Container {
             .unwrap_or_else(|e| e.into_inner())
             .get(exec_id)
             .cloned()
-            .ok_or_else(|| {
-                AgentError::NotFound(format!("process {exec_id:?} not found in container {}", self.id))
-            })
+            .ok_or_else(|| AgentError::NotFound(format!("process {exec_id:?} not found in container {}", self.id)))
     }
 
     /// Starts a process in the container's namespaces and cgroup.
@@ -200,25 +187,23 @@ impl Container {
                     old.abandon();
                     execs.remove(exec_id);
                 }
-                Some(_) => {
-                    return Err(AgentError::AlreadyExists(format!(
-                        "exec id {exec_id:?} already exists in container {}", self.id
-                    )))
-                }
+                Some(_) => return Err(AgentError::AlreadyExists(format!("exec id {exec_id:?} already exists in container {}", self.id))),
                 None => {}
             }
         }
         let ns_dir = PathBuf::from(format!("/proc/{}/ns", self.init.pid));
         let open = |name: &str| -> Result<OwnedFd> {
-            std::fs::File::open(ns_dir.join(name))
-                .map(OwnedFd::from)
-                .map_err(|e| AgentError::io(format!("opening {}/{name}", ns_dir.display()), e))
+            std::fs::File::open(ns_dir.join(name)).map(OwnedFd::from).map_err(|e| AgentError::io(format!("opening {}/{name}", ns_dir.display()), e))
         };
         let pid_ns = Some(open("pid")?);
         let mut namespaces = Vec::new();
-        for (name, flag) in [("ipc", CloneFlags::CLONE_NEWIPC), ("uts", CloneFlags::CLONE_NEWUTS),
-                             ("net", CloneFlags::CLONE_NEWNET), ("cgroup", CloneFlags::CLONE_NEWCGROUP),
-                             ("mnt", CloneFlags::CLONE_NEWNS)] {
+        for (name, flag) in [
+            ("ipc", CloneFlags::CLONE_NEWIPC),
+            ("uts", CloneFlags::CLONE_NEWUTS),
+            ("net", CloneFlags::CLONE_NEWNET),
+            ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+            ("mnt", CloneFlags::CLONE_NEWNS),
+        ] {
             namespaces.push((open(name)?, flag));
         }
         let procs = self.cgroup.procs_fd()?;
@@ -253,9 +238,7 @@ impl Container {
     /// Fails if the init process was started and still runs.
     pub fn remove(&self) -> Result<()> {
         if self.init.exit_info().is_none() && self.init.started() {
-            return Err(AgentError::FailedPrecondition(format!(
-                "container {} is running; kill its init process first", self.id
-            )));
+            return Err(AgentError::FailedPrecondition(format!("container {} is running; kill its init process first", self.id)));
         }
         self.destroy();
         Ok(())
@@ -265,8 +248,7 @@ impl Container {
     pub fn destroy(&self) {
         let _ = self.cgroup.signal_all(nix::sys::signal::Signal::SIGKILL);
         let _ = self.init.signal(nix::sys::signal::Signal::SIGKILL);
-        let mut procs: Vec<Arc<Process>> =
-            self.execs.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let mut procs: Vec<Arc<Process>> = self.execs.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
         procs.push(self.init.clone());
         for p in &procs {
             let _ = p.signal(nix::sys::signal::Signal::SIGKILL);

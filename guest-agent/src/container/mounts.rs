@@ -96,14 +96,10 @@ pub fn check_sysctl(key: &str, own: CloneFlags) -> Result<()> {
     } else if key == "kernel.hostname" || key == "kernel.domainname" {
         (CloneFlags::CLONE_NEWUTS, "UTS")
     } else {
-        return Err(AgentError::InvalidArgument(format!(
-            "sysctl {key:?} is not in a separate kernel namespace: it would change the whole VM"
-        )));
+        return Err(AgentError::InvalidArgument(format!("sysctl {key:?} is not in a separate kernel namespace: it would change the whole VM")));
     };
     if !own.contains(needs) {
-        return Err(AgentError::InvalidArgument(format!(
-            "sysctl {key:?} needs the container to have its own or the pod's {name} namespace"
-        )));
+        return Err(AgentError::InvalidArgument(format!("sysctl {key:?} needs the container to have its own or the pod's {name} namespace")));
     }
     Ok(())
 }
@@ -148,8 +144,7 @@ fn parse_options(options: &[String]) -> (MsFlags, MsFlags, bool, bool, String) {
                 rec = true;
                 continue;
             }
-            p @ ("private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave"
-            | "unbindable" | "runbindable") => {
+            p @ ("private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" | "unbindable" | "runbindable") => {
                 propagation = match p.trim_start_matches('r') {
                     "private" => MsFlags::MS_PRIVATE,
                     "shared" => MsFlags::MS_SHARED,
@@ -174,16 +169,11 @@ fn parse_options(options: &[String]) -> (MsFlags, MsFlags, bool, bool, String) {
 
 /// Checks an absolute in-container path: absolute, no "..", no NUL, bounded.
 fn check_container_path(what: &str, p: &str) -> Result<()> {
-    let ok = p.starts_with('/')
-        && p.len() <= 4096
-        && !p.contains('\0')
-        && !Path::new(p).components().any(|c| c == Component::ParentDir);
+    let ok = p.starts_with('/') && p.len() <= 4096 && !p.contains('\0') && !Path::new(p).components().any(|c| c == Component::ParentDir);
     if ok {
         Ok(())
     } else {
-        Err(AgentError::InvalidArgument(format!(
-            "{what} {p:?} must be an absolute path without \"..\""
-        )))
+        Err(AgentError::InvalidArgument(format!("{what} {p:?} must be an absolute path without \"..\"")))
     }
 }
 
@@ -193,24 +183,16 @@ impl RootPlan {
     pub fn from_spec(spec: &Spec, rootfs: PathBuf, ns: &NsPlan, allowed: &[PathBuf]) -> Result<RootPlan> {
         let spec_mounts = spec.mounts().as_deref().unwrap_or_default();
         if spec_mounts.len() > MAX_MOUNTS {
-            return Err(AgentError::InvalidArgument(format!(
-                "{} mounts, more than {MAX_MOUNTS}",
-                spec_mounts.len()
-            )));
+            return Err(AgentError::InvalidArgument(format!("{} mounts, more than {MAX_MOUNTS}", spec_mounts.len())));
         }
         let mut mounts = Vec::with_capacity(spec_mounts.len());
         for m in spec_mounts {
             let destination = m.destination().to_string_lossy().into_owned();
             check_container_path("mount destination", &destination)?;
-            let (flags, propagation, bind, rec, data) =
-                parse_options(m.options().as_deref().unwrap_or_default());
+            let (flags, propagation, bind, rec, data) = parse_options(m.options().as_deref().unwrap_or_default());
             let fstype = m.typ().clone().unwrap_or_default();
             let bind = bind || fstype == "bind";
-            let source = m
-                .source()
-                .as_ref()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| fstype.clone());
+            let source = m.source().as_ref().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| fstype.clone());
             if bind {
                 check_container_path(&format!("bind mount source for {destination}"), &source)?;
                 if !below_any(Path::new(&source), allowed) {
@@ -220,9 +202,7 @@ impl RootPlan {
                 }
             }
             if !bind && fstype.is_empty() {
-                return Err(AgentError::InvalidArgument(format!(
-                    "mount on {destination} has no type"
-                )));
+                return Err(AgentError::InvalidArgument(format!("mount on {destination} has no type")));
             }
             let flags = if rec { flags | MsFlags::MS_REC } else { flags };
             mounts.push(MountPlan { destination, fstype, source, flags, data, bind, propagation, checked_source: None });
@@ -235,11 +215,7 @@ impl RootPlan {
             }
             Ok(v)
         };
-        let mut sysctl: Vec<(String, String)> = linux
-            .and_then(|l| l.sysctl().clone())
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
+        let mut sysctl: Vec<(String, String)> = linux.and_then(|l| l.sysctl().clone()).unwrap_or_default().into_iter().collect();
         sysctl.sort();
         for (k, _) in &sysctl {
             check_sysctl(k, ns.own())?;
@@ -274,8 +250,12 @@ impl RootPlan {
             if !below_any(&real, &roots) {
                 return Err(bad(format!("resolves to {}, outside what the host shared with the pod", real.display())));
             }
-            let fd = nix::fcntl::open(&real, nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
-                .map_err(|e| bad(format!("opening {}: {}", real.display(), e.desc())))?;
+            let fd = nix::fcntl::open(
+                &real,
+                nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map_err(|e| bad(format!("opening {}: {}", real.display(), e.desc())))?;
             let opened = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_err(|e| bad(format!("{e}")))?;
             if opened != real {
                 return Err(bad(format!("changed while it was opened ({} became {})", real.display(), opened.display())));
@@ -293,8 +273,7 @@ impl RootPlan {
 /// way (a loop, or a chain) fail with ELOOP, as the kernel's own path walk does.
 pub fn resolve_in_root(root: &Path, path: &str) -> ChildResult<PathBuf> {
     let mut resolved = PathBuf::from("/");
-    let mut pending: Vec<String> =
-        path.split('/').filter(|c| !c.is_empty()).rev().map(str::to_string).collect();
+    let mut pending: Vec<String> = path.split('/').filter(|c| !c.is_empty()).rev().map(str::to_string).collect();
     let mut links = 0;
     while let Some(c) = pending.pop() {
         match c.as_str() {
@@ -312,10 +291,7 @@ pub fn resolve_in_root(root: &Path, path: &str) -> ChildResult<PathBuf> {
                 return Err(ChildError {
                     invalid: true,
                     errno: Some(nix::Error::ELOOP),
-                    msg: format!(
-                        "resolving {path:?} in the container's root: more than {MAX_SYMLINKS} symbolic links (at {})",
-                        candidate.display()
-                    ),
+                    msg: format!("resolving {path:?} in the container's root: more than {MAX_SYMLINKS} symbolic links (at {})", candidate.display()),
                 });
             }
             Ok(target) => {
@@ -342,15 +318,9 @@ fn make_target(target: &Path, source_is_file: bool) -> ChildResult<()> {
         return Ok(());
     }
     if let Some(parent) = target.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| {
-            ChildError::sys(format!("creating {}", parent.display()), errno(&e))
-        })?;
+        std::fs::create_dir_all(parent).map_err(|e| ChildError::sys(format!("creating {}", parent.display()), errno(&e)))?;
     }
-    let r = if source_is_file {
-        std::fs::File::create(target).map(drop)
-    } else {
-        std::fs::create_dir(target)
-    };
+    let r = if source_is_file { std::fs::File::create(target).map(drop) } else { std::fs::create_dir(target) };
     r.map_err(|e| ChildError::sys(format!("creating mount point {}", target.display()), errno(&e)))
 }
 
@@ -364,23 +334,17 @@ fn apply_mount(root: &Path, m: &MountPlan) -> ChildResult<()> {
     let data = (!m.data.is_empty()).then_some(m.data.as_str());
     if m.bind {
         let Some(checked) = &m.checked_source else {
-            return Err(ChildError::invalid(format!(
-                "bind mount source {} for {} was not checked before the container was created",
-                m.source, m.destination
-            )));
+            return Err(ChildError::invalid(format!("bind mount source {} for {} was not checked before the container was created", m.source, m.destination)));
         };
         make_target(&target, checked.is_file)?;
-        let fd = checked.reopen().map_err(|e| {
-            ChildError::sys(format!("bind mount source {} for {} changed after it was checked", m.source, m.destination), e)
-        })?;
+        let fd =
+            checked.reopen().map_err(|e| ChildError::sys(format!("bind mount source {} for {} changed after it was checked", m.source, m.destination), e))?;
         let source = format!("/proc/self/fd/{}", fd.as_raw_fd());
         let rec = m.flags & MsFlags::MS_REC;
-        mount(Some(source.as_str()), &target, None::<&str>, MsFlags::MS_BIND | rec, None::<&str>)
-            .map_err(sys(what.clone()))?;
+        mount(Some(source.as_str()), &target, None::<&str>, MsFlags::MS_BIND | rec, None::<&str>).map_err(sys(what.clone()))?;
         let extra = m.flags - MsFlags::MS_REC;
         if !extra.is_empty() {
-            mount(None::<&str>, &target, None::<&str>,
-                  MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra, None::<&str>)
+            mount(None::<&str>, &target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra, None::<&str>)
                 .map_err(sys(format!("{what} (remount with {extra:?})")))?;
         }
     } else {
@@ -394,14 +358,12 @@ fn apply_mount(root: &Path, m: &MountPlan) -> ChildResult<()> {
             (Ok(()), _) => {}
             // Without a new network namespace sysfs cannot be mounted: bind the guest's.
             (Err(nix::Error::EPERM), "sysfs") => {
-                mount(Some("/sys"), &target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-                    .map_err(sys(what.clone()))?;
+                mount(Some("/sys"), &target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).map_err(sys(what.clone()))?;
             }
             // No cgroup namespace of its own (or a busy superblock): bind the hierarchy, as
             // runc falls back to, keeping the mount's read-only flag.
             (Err(nix::Error::EPERM | nix::Error::EBUSY), "cgroup2") => {
-                mount(Some("/sys/fs/cgroup"), &target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-                    .map_err(sys(what.clone()))?;
+                mount(Some("/sys/fs/cgroup"), &target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).map_err(sys(what.clone()))?;
                 let ro = m.flags & (MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC);
                 if !ro.is_empty() {
                     mount(None::<&str>, &target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | ro, None::<&str>)
@@ -412,8 +374,7 @@ fn apply_mount(root: &Path, m: &MountPlan) -> ChildResult<()> {
         }
     }
     if !m.propagation.is_empty() {
-        mount(None::<&str>, &target, None::<&str>, m.propagation, None::<&str>)
-            .map_err(sys(format!("setting propagation of {}", m.destination)))?;
+        mount(None::<&str>, &target, None::<&str>, m.propagation, None::<&str>).map_err(sys(format!("setting propagation of {}", m.destination)))?;
     }
     if m.fstype == "tmpfs" && m.destination == "/dev" {
         populate_dev(&target)?;
@@ -427,12 +388,11 @@ fn populate_dev(dev: &Path) -> ChildResult<()> {
         let target = dev.join(name);
         make_target(&target, true)?;
         let source = format!("/dev/{name}");
-        mount(Some(source.as_str()), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .map_err(sys(format!("binding {source} into the container")))?;
+        mount(Some(source.as_str()), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(sys(format!("binding {source} into the container")))?;
     }
-    for (link, to) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
-                       ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
-                       ("ptmx", "pts/ptmx")] {
+    for (link, to) in
+        [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx")]
+    {
         let _ = std::os::unix::fs::symlink(to, dev.join(link));
     }
     Ok(())
@@ -441,8 +401,7 @@ fn populate_dev(dev: &Path) -> ChildResult<()> {
 /// Builds the root in the child's new mount namespace and pivots into it.
 pub fn setup_root(plan: &RootPlan) -> ChildResult<()> {
     let none = None::<&str>;
-    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
-        .map_err(sys("making / private".into()))?;
+    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none).map_err(sys("making / private".into()))?;
     for m in &plan.mounts {
         apply_mount(&plan.rootfs, m)?;
     }
@@ -457,8 +416,7 @@ pub fn setup_root(plan: &RootPlan) -> ChildResult<()> {
         // The agent's root is still the initramfs (rootfs), where pivot_root is refused:
         // move the container's root over / and chroot (runc's --no-pivot).
         Err(nix::Error::EINVAL) => {
-            mount(Some("."), "/", none, MsFlags::MS_MOVE, none)
-                .map_err(sys(format!("moving {} to /", plan.rootfs.display())))?;
+            mount(Some("."), "/", none, MsFlags::MS_MOVE, none).map_err(sys(format!("moving {} to /", plan.rootfs.display())))?;
             nix::unistd::chroot(".").map_err(sys("chroot into the container root".into()))?;
         }
         Err(e) => return Err(ChildError::sys(format!("pivot_root into {}", plan.rootfs.display()), e)),
@@ -467,8 +425,11 @@ pub fn setup_root(plan: &RootPlan) -> ChildResult<()> {
     // As runc: sysctls through the container's own /proc, before /proc/sys turns read-only.
     for (k, v) in &plan.sysctl {
         let path = format!("/proc/sys/{}", k.replace('.', "/"));
-        std::fs::write(&path, v)
-            .map_err(|e| ChildError { invalid: true, errno: Some(errno(&e)), msg: format!("sysctl {k}={v} (through the container's /proc)") })?;
+        std::fs::write(&path, v).map_err(|e| ChildError {
+            invalid: true,
+            errno: Some(errno(&e)),
+            msg: format!("sysctl {k}={v} (through the container's /proc)"),
+        })?;
     }
     for p in &plan.masked {
         let path = Path::new(p);
@@ -485,16 +446,18 @@ pub fn setup_root(plan: &RootPlan) -> ChildResult<()> {
         if !Path::new(p).exists() {
             continue;
         }
-        mount(Some(p.as_str()), p.as_str(), none, MsFlags::MS_BIND | MsFlags::MS_REC, none)
-            .map_err(sys(format!("binding readonly path {p}")))?;
-        mount(none, p.as_str(), none,
-              MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID
-              | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, none)
-            .map_err(sys(format!("making {p} read-only")))?;
+        mount(Some(p.as_str()), p.as_str(), none, MsFlags::MS_BIND | MsFlags::MS_REC, none).map_err(sys(format!("binding readonly path {p}")))?;
+        mount(
+            none,
+            p.as_str(),
+            none,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            none,
+        )
+        .map_err(sys(format!("making {p} read-only")))?;
     }
     if plan.readonly_root {
-        mount(none, "/", none, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, none)
-            .map_err(sys("making the root read-only".into()))?;
+        mount(none, "/", none, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, none).map_err(sys("making the root read-only".into()))?;
     }
     Ok(())
 }
@@ -506,8 +469,7 @@ mod tests {
 
     #[test]
     fn options_become_flags_and_data() {
-        let opts: Vec<String> = ["nosuid", "ro", "rbind", "mode=755", "rprivate", "size=1m"]
-            .iter().map(|s| s.to_string()).collect();
+        let opts: Vec<String> = ["nosuid", "ro", "rbind", "mode=755", "rprivate", "size=1m"].iter().map(|s| s.to_string()).collect();
         let (flags, prop, bind, rec, data) = parse_options(&opts);
         assert_eq!(flags, MsFlags::MS_NOSUID | MsFlags::MS_RDONLY);
         assert_eq!(prop, MsFlags::MS_PRIVATE | MsFlags::MS_REC);
@@ -550,28 +512,22 @@ mod tests {
 
     #[test]
     fn bad_mounts_are_rejected() {
-        let spec: Spec = serde_json::from_str(
-            r#"{"ociVersion":"1.0.2","mounts":[{"destination":"/x/../../y","type":"tmpfs"}]}"#,
-        ).unwrap();
+        let spec: Spec = serde_json::from_str(r#"{"ociVersion":"1.0.2","mounts":[{"destination":"/x/../../y","type":"tmpfs"}]}"#).unwrap();
         let ns = NsPlan { new: CloneFlags::CLONE_NEWNS, ..Default::default() };
         let allowed = [PathBuf::from("/run/husk/pod")];
         let err = RootPlan::from_spec(&spec, "/r".into(), &ns, &allowed).unwrap_err();
         assert!(err.to_string().contains("/x/../../y"), "{err}");
-        let spec: Spec = serde_json::from_str(
-            r#"{"ociVersion":"1.0.2","mounts":[{"destination":"/d","type":"bind","source":"rel"}]}"#,
-        ).unwrap();
+        let spec: Spec = serde_json::from_str(r#"{"ociVersion":"1.0.2","mounts":[{"destination":"/d","type":"bind","source":"rel"}]}"#).unwrap();
         assert!(RootPlan::from_spec(&spec, "/r".into(), &ns, &allowed).is_err());
         // The agent's own files are never a bind source.
         for src in ["/", "/run/husk/pod", "/run/husk/containers/c/rootfs", "/run/husk/pod/../agent"] {
-            let spec: Spec = serde_json::from_str(&format!(
-                r#"{{"ociVersion":"1.0.2","mounts":[{{"destination":"/d","type":"bind","source":"{src}"}}]}}"#
-            )).unwrap();
+            let spec: Spec =
+                serde_json::from_str(&format!(r#"{{"ociVersion":"1.0.2","mounts":[{{"destination":"/d","type":"bind","source":"{src}"}}]}}"#)).unwrap();
             let err = RootPlan::from_spec(&spec, "/r".into(), &ns, &allowed).unwrap_err().to_string();
             assert!(err.contains(src), "{src}: {err}");
         }
-        let spec: Spec = serde_json::from_str(
-            r#"{"ociVersion":"1.0.2","mounts":[{"destination":"/dev/shm","type":"bind","source":"/run/husk/pod/shm"}]}"#,
-        ).unwrap();
+        let spec: Spec =
+            serde_json::from_str(r#"{"ociVersion":"1.0.2","mounts":[{"destination":"/dev/shm","type":"bind","source":"/run/husk/pod/shm"}]}"#).unwrap();
         assert!(RootPlan::from_spec(&spec, "/r".into(), &ns, &allowed).is_ok());
     }
 
@@ -602,7 +558,8 @@ mod tests {
             let spec: Spec = serde_json::from_str(&format!(
                 r#"{{"ociVersion":"1.0.2","mounts":[{{"destination":"/etc/hosts","type":"bind","source":"{}"}}]}}"#,
                 src.display()
-            )).unwrap();
+            ))
+            .unwrap();
             let ns = NsPlan { new: CloneFlags::CLONE_NEWNS, ..Default::default() };
             RootPlan::from_spec(&spec, "/r".into(), &ns, std::slice::from_ref(&pod)).unwrap()
         };

@@ -37,10 +37,7 @@ impl OomWatcher {
         let w = Arc::new(OomWatcher { inotify, state: Mutex::default(), cond: Condvar::new() });
         if w.inotify.is_some() {
             let t = w.clone();
-            let spawned = std::thread::Builder::new()
-                .name("oom".into())
-                .stack_size(128 << 10)
-                .spawn(move || t.run());
+            let spawned = std::thread::Builder::new().name("oom".into()).stack_size(128 << 10).spawn(move || t.run());
             if let Err(e) = spawned {
                 log::warn!("starting the OOM watcher: {e}");
             }
@@ -67,8 +64,7 @@ impl OomWatcher {
     pub fn unwatch(&self, id: &str) {
         let Some(inotify) = &self.inotify else { return };
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let wds: Vec<WatchDescriptor> =
-            st.watches.iter().filter(|(_, v)| v.0 == id).map(|(k, _)| *k).collect();
+        let wds: Vec<WatchDescriptor> = st.watches.iter().filter(|(_, v)| v.0 == id).map(|(k, _)| *k).collect();
         for wd in wds {
             st.watches.remove(&wd);
             let _ = inotify.rm_watch(wd);
@@ -90,11 +86,7 @@ impl OomWatcher {
             for ev in events {
                 let Some((id, path, last)) = st.watches.get_mut(&ev.wd) else { continue };
                 let text = std::fs::read_to_string(&*path).unwrap_or_default();
-                let now = text
-                    .lines()
-                    .find_map(|l| l.strip_prefix("oom_kill "))
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .unwrap_or(*last);
+                let now = text.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(*last);
                 if now > *last {
                     *last = now;
                     let id = id.clone();

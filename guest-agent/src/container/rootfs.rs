@@ -26,9 +26,7 @@ use ioctl::blk_flush_buffers;
 pub fn flush_buffers(dev: &Path) -> Result<()> {
     let f = std::fs::File::open(dev).map_err(|e| AgentError::io(format!("opening {}", dev.display()), e))?;
     // SAFETY: BLKFLSBUF takes no argument; the fd is a block device open for the whole call.
-    unsafe { blk_flush_buffers(f.as_raw_fd()) }
-        .map(drop)
-        .map_err(|e| AgentError::sys(format!("dropping the cached blocks of {}", dev.display()), e))
+    unsafe { blk_flush_buffers(f.as_raw_fd()) }.map(drop).map_err(|e| AgentError::sys(format!("dropping the cached blocks of {}", dev.display()), e))
 }
 
 /// Mount points made for a container, unmounted in reverse order; block devices whose cached
@@ -37,22 +35,10 @@ pub fn flush_buffers(dev: &Path) -> Result<()> {
 pub struct Mounts(Vec<PathBuf>, Vec<PathBuf>);
 
 impl Mounts {
-    fn mount(
-        &mut self,
-        source: &str,
-        target: &Path,
-        fstype: Option<&str>,
-        flags: MsFlags,
-        data: Option<&str>,
-    ) -> Result<()> {
-        std::fs::create_dir_all(target)
-            .map_err(|e| AgentError::io(format!("creating {}", target.display()), e))?;
-        mount(Some(source), target, fstype, flags, data).map_err(|e| {
-            AgentError::sys(
-                format!("mounting {source} ({}) on {}", fstype.unwrap_or("bind"), target.display()),
-                e,
-            )
-        })?;
+    fn mount(&mut self, source: &str, target: &Path, fstype: Option<&str>, flags: MsFlags, data: Option<&str>) -> Result<()> {
+        std::fs::create_dir_all(target).map_err(|e| AgentError::io(format!("creating {}", target.display()), e))?;
+        mount(Some(source), target, fstype, flags, data)
+            .map_err(|e| AgentError::sys(format!("mounting {source} ({}) on {}", fstype.unwrap_or("bind"), target.display()), e))?;
         self.0.push(target.to_path_buf());
         Ok(())
     }
@@ -74,8 +60,7 @@ impl Mounts {
 
 /// The block device whose virtio-blk serial is `serial` (/sys/block/*/serial).
 pub fn find_disk(serial: &str) -> Result<PathBuf> {
-    let entries = std::fs::read_dir("/sys/block")
-        .map_err(|e| AgentError::io("listing /sys/block", e))?;
+    let entries = std::fs::read_dir("/sys/block").map_err(|e| AgentError::io("listing /sys/block", e))?;
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Ok(found) = std::fs::read_to_string(entry.path().join("serial")) else { continue };
@@ -99,10 +84,7 @@ fn wait_for_size(dev: &Path) -> Result<()> {
             return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err(AgentError::InvalidArgument(format!(
-                "disk {} has no capacity after {DISK_SIZE_WAIT:?} (nothing attached to it?)",
-                dev.display()
-            )));
+            return Err(AgentError::InvalidArgument(format!("disk {} has no capacity after {DISK_SIZE_WAIT:?} (nothing attached to it?)", dev.display())));
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -119,28 +101,20 @@ fn check_source(what: &str, s: &Source<'_>) -> Result<()> {
     match (s.serial.is_empty(), s.host_path.is_empty()) {
         (false, true) => {
             if s.serial.len() > 20 || s.serial.contains('/') {
-                return Err(AgentError::InvalidArgument(format!(
-                    "{what}: disk serial {:?} is not valid (at most 20 bytes, no '/')", s.serial
-                )));
+                return Err(AgentError::InvalidArgument(format!("{what}: disk serial {:?} is not valid (at most 20 bytes, no '/')", s.serial)));
             }
             if !FSTYPES.contains(&s.fstype) {
-                return Err(AgentError::InvalidArgument(format!(
-                    "{what}: fstype {:?} is not supported (ext4 or erofs)", s.fstype
-                )));
+                return Err(AgentError::InvalidArgument(format!("{what}: fstype {:?} is not supported (ext4 or erofs)", s.fstype)));
             }
             Ok(())
         }
         (true, false) => {
             if !s.host_path.starts_with('/') || !Path::new(s.host_path).is_dir() {
-                return Err(AgentError::InvalidArgument(format!(
-                    "{what}: host_path {:?} is not an existing absolute directory", s.host_path
-                )));
+                return Err(AgentError::InvalidArgument(format!("{what}: host_path {:?} is not an existing absolute directory", s.host_path)));
             }
             Ok(())
         }
-        _ => Err(AgentError::InvalidArgument(format!(
-            "{what}: exactly one of disk_serial and host_path must be set"
-        ))),
+        _ => Err(AgentError::InvalidArgument(format!("{what}: exactly one of disk_serial and host_path must be set"))),
     }
 }
 
@@ -156,8 +130,7 @@ fn mount_source(mounts: &mut Mounts, s: &Source<'_>, target: &Path, ro: bool) ->
     } else {
         mounts.mount(s.host_path, target, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
         if ro {
-            mount(None::<&str>, target, None::<&str>,
-                  MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None::<&str>)
+            mount(None::<&str>, target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None::<&str>)
                 .map_err(|e| AgentError::sys(format!("making {} read-only", target.display()), e))?;
         }
         Ok(())
@@ -183,15 +156,9 @@ pub fn mount_rootfs(mounts: &mut Mounts, dir: &Path, r: &Rootfs) -> Result<PathB
     let scratch = dir.join("scratch");
     mounts.mount("tmpfs", &scratch, Some("tmpfs"), MsFlags::MS_NOSUID, Some("mode=0755"))?;
     for d in ["upper", "work"] {
-        std::fs::create_dir(scratch.join(d))
-            .map_err(|e| AgentError::io(format!("creating overlay {d} dir"), e))?;
+        std::fs::create_dir(scratch.join(d)).map_err(|e| AgentError::io(format!("creating overlay {d} dir"), e))?;
     }
-    let data = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lower.display(),
-        scratch.join("upper").display(),
-        scratch.join("work").display()
-    );
+    let data = format!("lowerdir={},upperdir={},workdir={}", lower.display(), scratch.join("upper").display(), scratch.join("work").display());
     mounts.mount("overlay", &root, Some("overlay"), MsFlags::empty(), Some(&data))?;
     Ok(root)
 }

@@ -18,10 +18,7 @@
 use std::sync::OnceLock;
 
 use oci_spec::runtime::{LinuxSeccomp, LinuxSeccompAction, LinuxSeccompOperator, Spec};
-use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
-    TargetArch,
-};
+use seccompiler::{BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule, TargetArch};
 
 use crate::error::{AgentError, Result};
 use crate::process::child::{ChildError, ChildResult};
@@ -42,8 +39,7 @@ pub struct VsockGuard {
 
 fn compile(rules: Vec<(i64, Vec<SeccompRule>)>, errno: i32) -> std::result::Result<BpfProgram, seccompiler::BackendError> {
     let arch = if cfg!(target_arch = "aarch64") { TargetArch::aarch64 } else { TargetArch::x86_64 };
-    let filter =
-        SeccompFilter::new(rules.into_iter().collect(), SeccompAction::Allow, SeccompAction::Errno(errno as u32), arch)?;
+    let filter = SeccompFilter::new(rules.into_iter().collect(), SeccompAction::Allow, SeccompAction::Errno(errno as u32), arch)?;
     BpfProgram::try_from(filter)
 }
 
@@ -52,10 +48,7 @@ fn build() -> std::result::Result<VsockGuard, seccompiler::BackendError> {
         let cond = SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, AF_VSOCK)?;
         Ok(vec![SeccompRule::new(vec![cond])?])
     };
-    let sockets = compile(
-        vec![(libc::SYS_socket, family_is_vsock()?), (libc::SYS_socketpair, family_is_vsock()?)],
-        libc::EAFNOSUPPORT,
-    )?;
+    let sockets = compile(vec![(libc::SYS_socket, family_is_vsock()?), (libc::SYS_socketpair, family_is_vsock()?)], libc::EAFNOSUPPORT)?;
     // An empty rule list matches the syscall whatever its arguments.
     let io_uring = compile(vec![(libc::SYS_io_uring_setup, Vec::new())], libc::ENOSYS)?;
     Ok(VsockGuard { sockets, io_uring })
@@ -80,11 +73,8 @@ impl VsockGuard {
             // SAFETY: seccomp(SECCOMP_SET_MODE_FILTER) copies the program `fprog` points to
             // (alive for the whole call: `prog` is 'static) and keeps no reference to it.
             // seccompiler's sock_filter is #[repr(C)] with the kernel's layout.
-            let r = unsafe {
-                libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &fprog as *const libc::sock_fprog)
-            };
-            nix::errno::Errno::result(r)
-                .map_err(|e| ChildError::sys("installing the seccomp filter that keeps the container off vsock", e))?;
+            let r = unsafe { libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &fprog as *const libc::sock_fprog) };
+            nix::errno::Errno::result(r).map_err(|e| ChildError::sys("installing the seccomp filter that keeps the container off vsock", e))?;
         }
         Ok(())
     }
@@ -95,11 +85,7 @@ pub fn allowed(spec: &Spec) -> Result<bool> {
     match spec.annotations().as_ref().and_then(|a| a.get(ANNOTATION)).map(String::as_str) {
         Some("allow") => return Ok(true),
         Some("deny") => return Ok(false),
-        Some(other) => {
-            return Err(AgentError::InvalidArgument(format!(
-                "annotation {ANNOTATION} is {other:?}: it must be \"allow\" or \"deny\""
-            )))
-        }
+        Some(other) => return Err(AgentError::InvalidArgument(format!("annotation {ANNOTATION} is {other:?}: it must be \"allow\" or \"deny\""))),
         None => {}
     }
     Ok(spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()).is_some_and(profile_allows_vsock))
@@ -110,9 +96,7 @@ fn profile_allows_vsock(profile: &LinuxSeccomp) -> bool {
     profile.syscalls().iter().flatten().any(|rule| {
         rule.action() == LinuxSeccompAction::ScmpActAllow
             && rule.names().iter().any(|n| n == "socket")
-            && rule.args().iter().flatten().any(|a| {
-                a.index() == 0 && a.value() == AF_VSOCK && a.op() == LinuxSeccompOperator::ScmpCmpEq
-            })
+            && rule.args().iter().flatten().any(|a| a.index() == 0 && a.value() == AF_VSOCK && a.op() == LinuxSeccompOperator::ScmpCmpEq)
     })
 }
 
@@ -139,7 +123,8 @@ mod tests {
         assert!(!allowed(&spec(serde_json::json!({}))).unwrap(), "default");
         // A profile allowing every socket() does not name AF_VSOCK: still denied.
         assert!(!allowed(&spec(serde_json::json!({"linux": {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW",
-            "syscalls": [{"names": ["socket"], "action": "SCMP_ACT_ALLOW"}]}}}))).unwrap());
+            "syscalls": [{"names": ["socket"], "action": "SCMP_ACT_ALLOW"}]}}})))
+        .unwrap());
         assert!(allowed(&spec(vsock_rule("SCMP_CMP_EQ", 40, "SCMP_ACT_ALLOW"))).unwrap());
         assert!(!allowed(&spec(vsock_rule("SCMP_CMP_EQ", 40, "SCMP_ACT_ERRNO"))).unwrap(), "errno rule");
         assert!(!allowed(&spec(vsock_rule("SCMP_CMP_NE", 40, "SCMP_ACT_ALLOW"))).unwrap(), "NE");

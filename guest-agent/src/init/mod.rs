@@ -5,7 +5,6 @@ use std::path::Path;
 use nix::mount::{mount, MsFlags};
 use nix::sys::stat::Mode;
 
-
 /// Errors of PID 1 setup.
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
@@ -62,13 +61,7 @@ struct BaseMount {
     data: Option<&'static str>,
 }
 
-const fn base(
-    source: &'static str,
-    target: &'static str,
-    fstype: &'static str,
-    flags: MsFlags,
-    data: Option<&'static str>,
-) -> BaseMount {
+const fn base(source: &'static str, target: &'static str, fstype: &'static str, flags: MsFlags, data: Option<&'static str>) -> BaseMount {
     BaseMount { source, target, fstype, flags, data }
 }
 
@@ -76,9 +69,7 @@ const fn base(
 /// (used for every container) refuses to run while the caller's root is rootfs itself.
 pub fn leave_rootfs() -> Result<(), InitError> {
     let none = None::<&str>;
-    let err = |target: &'static str| {
-        move |source| InitError::Mount { fstype: "bind", target, source }
-    };
+    let err = |target: &'static str| move |source| InitError::Mount { fstype: "bind", target, source };
     match nix::unistd::mkdir("/.root", Mode::from_bits_truncate(0o700)) {
         Ok(()) | Err(nix::Error::EEXIST) => {}
         Err(source) => return Err(InitError::Mkdir { path: "/.root", source }),
@@ -98,8 +89,7 @@ pub fn mount_base() -> Result<(), InitError> {
         base("proc", "/proc", "proc", nodev, None),
         base("sysfs", "/sys", "sysfs", nodev, None),
         base("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755")),
-        base("devpts", "/dev/pts", "devpts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-             Some("newinstance,ptmxmode=0666,mode=0620,gid=5")),
+        base("devpts", "/dev/pts", "devpts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620,gid=5")),
         base("shm", "/dev/shm", "tmpfs", nodev, Some("mode=1777")),
         base("tmpfs", "/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755")),
         base("tmpfs", "/tmp", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777")),
@@ -113,9 +103,7 @@ pub fn mount_base() -> Result<(), InitError> {
         match mount(Some(m.source), m.target, Some(m.fstype), m.flags, m.data) {
             // Already mounted (e.g. devtmpfs by CONFIG_DEVTMPFS_MOUNT).
             Ok(()) | Err(nix::Error::EBUSY) => {}
-            Err(source) => {
-                return Err(InitError::Mount { fstype: m.fstype, target: m.target, source })
-            }
+            Err(source) => return Err(InitError::Mount { fstype: m.fstype, target: m.target, source }),
         }
         if m.target == "/dev" {
             attach_console();
@@ -124,8 +112,8 @@ pub fn mount_base() -> Result<(), InitError> {
     // /dev/ptmx must be the one of our devpts instance.
     let _ = std::fs::remove_file("/dev/ptmx");
     let _ = std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx");
-    for (src, dst) in [("/proc/self/fd", "/dev/fd"), ("/proc/self/fd/0", "/dev/stdin"),
-                       ("/proc/self/fd/1", "/dev/stdout"), ("/proc/self/fd/2", "/dev/stderr")] {
+    for (src, dst) in [("/proc/self/fd", "/dev/fd"), ("/proc/self/fd/0", "/dev/stdin"), ("/proc/self/fd/1", "/dev/stdout"), ("/proc/self/fd/2", "/dev/stderr")]
+    {
         let _ = std::os::unix::fs::symlink(src, dst);
     }
     enable_cgroup_controllers(Path::new("/sys/fs/cgroup"))
@@ -135,8 +123,7 @@ pub fn mount_base() -> Result<(), InitError> {
 /// no /dev/console node).
 fn attach_console() {
     use std::os::fd::AsRawFd;
-    let Ok(console) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/console")
-    else {
+    let Ok(console) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/console") else {
         return;
     };
     for fd in 0..3 {
@@ -147,16 +134,14 @@ fn attach_console() {
 
 /// Enables in `dir`'s subtree every controller `dir` has (cgroup.controllers).
 pub fn enable_cgroup_controllers(dir: &Path) -> Result<(), InitError> {
-    let available = std::fs::read_to_string(dir.join("cgroup.controllers")).map_err(|source| {
-        InitError::Cgroup { controllers: "(reading cgroup.controllers)".into(), source }
-    })?;
+    let available = std::fs::read_to_string(dir.join("cgroup.controllers"))
+        .map_err(|source| InitError::Cgroup { controllers: "(reading cgroup.controllers)".into(), source })?;
     let wanted: Vec<String> = available.split_whitespace().map(|c| format!("+{c}")).collect();
     if wanted.is_empty() {
         return Ok(());
     }
     let controllers = wanted.join(" ");
-    std::fs::write(dir.join("cgroup.subtree_control"), &controllers)
-        .map_err(|source| InitError::Cgroup { controllers, source })
+    std::fs::write(dir.join("cgroup.subtree_control"), &controllers).map_err(|source| InitError::Cgroup { controllers, source })
 }
 
 /// Brings up the loopback interface.
@@ -171,21 +156,16 @@ pub fn set_hostname(name: &str) -> Result<(), InitError> {
 
 /// Value of `key=value` on a kernel command line (the last one wins, like the kernel).
 pub fn cmdline_value<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
-    cmdline
-        .split_whitespace()
-        .rev()
-        .filter_map(|w| w.split_once('='))
-        .find(|(k, _)| *k == key)
-        .map(|(_, v)| v)
+    cmdline.split_whitespace().rev().filter_map(|w| w.split_once('=')).find(|(k, _)| *k == key).map(|(_, v)| v)
 }
 
 /// The vsock port from `husk.agent_port=N`, or the default.
 pub fn agent_port(cmdline: &str) -> Result<u32, InitError> {
     match cmdline_value(cmdline, husk_protocol::AGENT_PORT_CMDLINE_KEY) {
         None => Ok(husk_protocol::DEFAULT_AGENT_PORT),
-        Some(v) => v.parse::<u32>().ok().filter(|p| *p > 0 && *p != u32::MAX).ok_or(
-            InitError::Cmdline { key: husk_protocol::AGENT_PORT_CMDLINE_KEY, value: v.into() },
-        ),
+        Some(v) => {
+            v.parse::<u32>().ok().filter(|p| *p > 0 && *p != u32::MAX).ok_or(InitError::Cmdline { key: husk_protocol::AGENT_PORT_CMDLINE_KEY, value: v.into() })
+        }
     }
 }
 

@@ -149,7 +149,8 @@ pub fn update_interfaces(pod_net: BorrowedFd<'_>, ifs: &[Interface]) -> Result<(
         if separate {
             let here = links::list(&mut own).map_err(kernel("listing the guest's interfaces".into()))?;
             if let Some(l) = here.iter().find(|l| l.mac == p.mac || p.new_mac.is_some_and(|m| l.mac == m)) {
-                links::move_to(&mut own, l.index, pod_net.as_fd()).map_err(kernel(format!("moving {} ({}) into the pod's network namespace", l.name, p.shown)))?;
+                links::move_to(&mut own, l.index, pod_net.as_fd())
+                    .map_err(kernel(format!("moving {} ({}) into the pod's network namespace", l.name, p.shown)))?;
             }
         }
         let there = links::list(&mut pod).map_err(kernel("listing the pod's interfaces".into()))?;
@@ -198,7 +199,10 @@ pub fn update_routes(pod_net: BorrowedFd<'_>, routes: &[Route]) -> Result<()> {
     let there = links::list(&mut pod).map_err(kernel("listing the pod's interfaces".into()))?;
     for (mut r, dev) in plans {
         if !dev.is_empty() {
-            let l = there.iter().find(|l| l.name == dev).ok_or_else(|| invalid(format!("route to {}/{}: no interface {dev:?} in the pod's network namespace", r.dst, r.prefix)))?;
+            let l = there
+                .iter()
+                .find(|l| l.name == dev)
+                .ok_or_else(|| invalid(format!("route to {}/{}: no interface {dev:?} in the pod's network namespace", r.dst, r.prefix)))?;
             r.oif = Some(l.index);
         }
         let via = r.gateway.map(|g| format!(" via {g}")).unwrap_or_default();

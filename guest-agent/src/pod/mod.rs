@@ -51,14 +51,10 @@ impl Pod {
         }
         let dir = run_dir.join("pod");
         if dir.exists() {
-            return Err(AgentError::AlreadyExists(format!(
-                "{} exists: this VM already has a pod",
-                dir.display()
-            )));
+            return Err(AgentError::AlreadyExists(format!("{} exists: this VM already has a pod", dir.display())));
         }
         let shm = dir.join("shm");
-        std::fs::create_dir_all(&shm)
-            .map_err(|e| AgentError::io(format!("creating {}", shm.display()), e))?;
+        std::fs::create_dir_all(&shm).map_err(|e| AgentError::io(format!("creating {}", shm.display()), e))?;
         let mut pod = Pod { id: id.to_string(), dir, namespaces: Vec::new(), shm_mounted: false, shared_mounted: false };
         let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
         let data = format!("mode=1777,{SHM_SIZE}");
@@ -95,9 +91,11 @@ impl Pod {
 
     /// The pod's namespace of kind `flag` (a copy of its descriptor).
     pub fn namespace(&self, flag: CloneFlags) -> Result<OwnedFd> {
-        let (_, fd) = self.namespaces.iter().find(|(f, _)| *f == flag).ok_or_else(|| {
-            AgentError::FailedPrecondition(format!("the pod {} has no {flag:?} namespace", self.id))
-        })?;
+        let (_, fd) = self
+            .namespaces
+            .iter()
+            .find(|(f, _)| *f == flag)
+            .ok_or_else(|| AgentError::FailedPrecondition(format!("the pod {} has no {flag:?} namespace", self.id)))?;
         fd.try_clone().map_err(|e| AgentError::io(format!("duplicating the pod's {flag:?} namespace"), e))
     }
 

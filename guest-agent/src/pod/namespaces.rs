@@ -49,14 +49,8 @@ fn flag_of(typ: LinuxNamespaceType) -> Result<CloneFlags> {
         LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
         LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
         LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
-        LinuxNamespaceType::User => {
-            return Err(AgentError::InvalidArgument(
-                "user namespaces are not supported (the VM is the isolation boundary)".into(),
-            ))
-        }
-        other => {
-            return Err(AgentError::InvalidArgument(format!("namespace type {other:?} is not supported")))
-        }
+        LinuxNamespaceType::User => return Err(AgentError::InvalidArgument("user namespaces are not supported (the VM is the isolation boundary)".into())),
+        other => return Err(AgentError::InvalidArgument(format!("namespace type {other:?} is not supported"))),
     })
 }
 
@@ -74,9 +68,7 @@ pub fn namespace_plan(spec: &Spec, pod: Option<&Pod>) -> Result<NsPlan> {
         match (ns.path().is_some(), pod) {
             (true, Some(pod)) => {
                 if flag == CloneFlags::CLONE_NEWNS {
-                    return Err(AgentError::InvalidArgument(
-                        "a mount namespace given by path cannot be joined: every container has its own".into(),
-                    ));
+                    return Err(AgentError::InvalidArgument("a mount namespace given by path cannot be joined: every container has its own".into()));
                 }
                 let fd = pod.namespace(flag)?;
                 if flag == CloneFlags::CLONE_NEWPID {

@@ -116,22 +116,18 @@ fn setup_and_exec(setup: Setup<'_>, fds: &ChildFds, plan: &ExecPlan) -> ChildRes
     match &setup {
         Setup::Create { flags, join, root } => {
             for (fd, kind) in join.iter() {
-                setns(fd.as_fd(), *kind)
-                    .map_err(|e| ChildError::sys(format!("joining the pod's namespace {kind:?}"), e))?;
+                setns(fd.as_fd(), *kind).map_err(|e| ChildError::sys(format!("joining the pod's namespace {kind:?}"), e))?;
             }
-            nix::sched::unshare(*flags)
-                .map_err(|e| ChildError::sys(format!("creating namespaces {flags:?}"), e))?;
+            nix::sched::unshare(*flags).map_err(|e| ChildError::sys(format!("creating namespaces {flags:?}"), e))?;
             // As runc: a new network namespace gets its loopback interface up.
             if flags.contains(CloneFlags::CLONE_NEWNET) {
-                crate::network::set_up("lo", true)
-                    .map_err(|e| ChildError::sys("bringing up lo in the new network namespace", e))?;
+                crate::network::set_up("lo", true).map_err(|e| ChildError::sys("bringing up lo in the new network namespace", e))?;
             }
             setup_root(root)?
         }
         Setup::Join(namespaces) => {
             for (fd, kind) in namespaces.iter() {
-                setns(fd.as_fd(), *kind)
-                    .map_err(|e| ChildError::sys(format!("joining namespace {kind:?}"), e))?;
+                setns(fd.as_fd(), *kind).map_err(|e| ChildError::sys(format!("joining namespace {kind:?}"), e))?;
             }
         }
     }
@@ -141,8 +137,7 @@ fn setup_and_exec(setup: Setup<'_>, fds: &ChildFds, plan: &ExecPlan) -> ChildRes
         guard.install()?;
     }
     if let Some(adj) = plan.oom_score_adj {
-        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
-            .map_err(|e| ChildError::sys(format!("setting oom_score_adj {adj}"), io_errno(&e)))?;
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string()).map_err(|e| ChildError::sys(format!("setting oom_score_adj {adj}"), io_errno(&e)))?;
     }
     let (uid, gid) = match &plan.username {
         Some(name) => lookup_user(name)?,
@@ -161,9 +156,7 @@ fn setup_and_exec(setup: Setup<'_>, fds: &ChildFds, plan: &ExecPlan) -> ChildRes
         }
     }
     set_credentials(plan, uid, gid)?;
-    nix::unistd::chdir(plan.cwd.as_c_str()).map_err(|e| {
-        ChildError { invalid: true, errno: Some(e), msg: format!("cwd {:?}", plan.cwd) }
-    })?;
+    nix::unistd::chdir(plan.cwd.as_c_str()).map_err(|e| ChildError { invalid: true, errno: Some(e), msg: format!("cwd {:?}", plan.cwd) })?;
     let exe = resolve_executable(plan)?;
     if let Some(start) = &fds.start {
         write_fd(&fds.report, b"R").map_err(|e| ChildError::sys("reporting ready", e))?;
@@ -184,9 +177,7 @@ fn setup_and_exec(setup: Setup<'_>, fds: &ChildFds, plan: &ExecPlan) -> ChildRes
     let err = nix::unistd::execve(&exe, &plan.args, &env).unwrap_err();
     if fds.start.is_some() {
         // Nobody listens to the report pipe after 'R': tell the workload's stderr.
-        let _ = std::io::stderr().write_all(
-            format!("husk-agent: exec {:?}: {}\n", plan.program, err.desc()).as_bytes(),
-        );
+        let _ = std::io::stderr().write_all(format!("husk-agent: exec {:?}: {}\n", plan.program, err.desc()).as_bytes());
         // SAFETY: see `run`.
         unsafe { libc::_exit(127) }
     }
@@ -225,32 +216,22 @@ fn io_errno(e: &std::io::Error) -> Errno {
 fn set_credentials(plan: &ExecPlan, uid: u32, gid: u32) -> ChildResult<()> {
     use nix::sys::resource::setrlimit;
     for (res, soft, hard) in &plan.rlimits {
-        setrlimit(*res, *soft, *hard).map_err(|e| {
-            ChildError { invalid: true, errno: Some(e), msg: format!("rlimit {res:?} {soft}/{hard}") }
-        })?;
+        setrlimit(*res, *soft, *hard).map_err(|e| ChildError { invalid: true, errno: Some(e), msg: format!("rlimit {res:?} {soft}/{hard}") })?;
     }
     if let Some(c) = &plan.caps {
         for cap in caps::all() {
             if !c.bounding.contains(&cap) {
-                caps::drop(None, caps::CapSet::Bounding, cap).map_err(|e| {
-                    ChildError::invalid(format!("dropping {cap} from the bounding set: {e}"))
-                })?;
+                caps::drop(None, caps::CapSet::Bounding, cap).map_err(|e| ChildError::invalid(format!("dropping {cap} from the bounding set: {e}")))?;
             }
         }
         nix::sys::prctl::set_keepcaps(true).map_err(|e| ChildError::sys("PR_SET_KEEPCAPS", e))?;
     }
     let groups: Vec<Gid> = plan.groups.iter().map(|g| Gid::from_raw(*g)).collect();
-    nix::unistd::setgroups(&groups).map_err(|e| {
-        ChildError { invalid: true, errno: Some(e), msg: format!("additional gids {:?}", plan.groups) }
-    })?;
+    nix::unistd::setgroups(&groups).map_err(|e| ChildError { invalid: true, errno: Some(e), msg: format!("additional gids {:?}", plan.groups) })?;
     let g = Gid::from_raw(gid);
-    nix::unistd::setresgid(g, g, g).map_err(|e| {
-        ChildError { invalid: true, errno: Some(e), msg: format!("gid {gid}") }
-    })?;
+    nix::unistd::setresgid(g, g, g).map_err(|e| ChildError { invalid: true, errno: Some(e), msg: format!("gid {gid}") })?;
     let u = Uid::from_raw(uid);
-    nix::unistd::setresuid(u, u, u).map_err(|e| {
-        ChildError { invalid: true, errno: Some(e), msg: format!("uid {uid}") }
-    })?;
+    nix::unistd::setresuid(u, u, u).map_err(|e| ChildError { invalid: true, errno: Some(e), msg: format!("uid {uid}") })?;
     if let Some(c) = &plan.caps {
         for (set, which, name) in [
             // Effective before permitted: each capset needs effective ⊆ permitted.
@@ -259,9 +240,7 @@ fn set_credentials(plan: &ExecPlan, uid: u32, gid: u32) -> ChildResult<()> {
             (&c.permitted, caps::CapSet::Permitted, "permitted"),
             (&c.ambient, caps::CapSet::Ambient, "ambient"),
         ] {
-            caps::set(None, which, set).map_err(|e| {
-                ChildError::invalid(format!("setting {name} capabilities {set:?}: {e}"))
-            })?;
+            caps::set(None, which, set).map_err(|e| ChildError::invalid(format!("setting {name} capabilities {set:?}: {e}")))?;
         }
     }
     if plan.no_new_privs {
@@ -306,14 +285,11 @@ fn is_executable(path: &CString) -> bool {
 fn resolve_executable(plan: &ExecPlan) -> ChildResult<CString> {
     let program = &plan.program;
     if program.contains('/') {
-        let c = CString::new(program.as_str())
-            .map_err(|_| ChildError::invalid("program contains NUL"))?;
+        let c = CString::new(program.as_str()).map_err(|_| ChildError::invalid("program contains NUL"))?;
         if is_executable(&c) {
             return Ok(c);
         }
-        return Err(ChildError::invalid(format!(
-            "executable {program:?} not found or not executable in the container"
-        )));
+        return Err(ChildError::invalid(format!("executable {program:?} not found or not executable in the container")));
     }
     for dir in plan.path.split(':') {
         let dir = if dir.is_empty() { "." } else { dir };
@@ -323,10 +299,7 @@ fn resolve_executable(plan: &ExecPlan) -> ChildResult<CString> {
             }
         }
     }
-    Err(ChildError::invalid(format!(
-        "executable {program:?} not found in PATH {:?} in the container",
-        plan.path
-    )))
+    Err(ChildError::invalid(format!("executable {program:?} not found in PATH {:?} in the container", plan.path)))
 }
 
 /// Decodes a report. Ok(true): ready ('R'); Ok(false): nothing (exec succeeded).
@@ -335,22 +308,16 @@ pub fn decode_report(buf: &[u8]) -> crate::error::Result<bool> {
     match buf.first() {
         None => Ok(false),
         Some(b'R') => Ok(true),
-        Some(b'I') => {
-            Err(AgentError::InvalidArgument(String::from_utf8_lossy(&buf[1..]).into_owned()))
-        }
+        Some(b'I') => Err(AgentError::InvalidArgument(String::from_utf8_lossy(&buf[1..]).into_owned())),
         Some(b'E') if buf.len() >= 5 => {
             let mut n = [0u8; 4];
             n.copy_from_slice(&buf[1..5]);
             let errno = i32::from_le_bytes(n);
-            Err(AgentError::Internal {
-                what: String::from_utf8_lossy(&buf[5..]).into_owned(),
-                source: std::io::Error::from_raw_os_error(errno),
-            })
+            Err(AgentError::Internal { what: String::from_utf8_lossy(&buf[5..]).into_owned(), source: std::io::Error::from_raw_os_error(errno) })
         }
-        Some(_) => Err(AgentError::Internal {
-            what: "process setup sent a malformed report".into(),
-            source: std::io::Error::from(std::io::ErrorKind::InvalidData),
-        }),
+        Some(_) => {
+            Err(AgentError::Internal { what: "process setup sent a malformed report".into(), source: std::io::Error::from(std::io::ErrorKind::InvalidData) })
+        }
     }
 }
 

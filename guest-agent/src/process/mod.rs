@@ -126,9 +126,7 @@ impl Process {
     /// Resizes the terminal.
     pub fn resize(&self, width: u16, height: u16) -> Result<()> {
         let Some(master) = &self.tty else {
-            return Err(AgentError::FailedPrecondition(format!(
-                "process {} has no terminal", self.pid
-            )));
+            return Err(AgentError::FailedPrecondition(format!("process {} has no terminal", self.pid)));
         };
         set_winsize(master, width, height)
     }
@@ -146,9 +144,7 @@ fn set_winsize(fd: &impl AsFd, width: u16, height: u16) -> Result<()> {
     let ws = libc::winsize { ws_row: height, ws_col: width, ws_xpixel: 0, ws_ypixel: 0 };
     // SAFETY: TIOCSWINSZ reads a winsize that lives for the whole call.
     let r = unsafe { libc::ioctl(fd.as_fd().as_raw_fd(), libc::TIOCSWINSZ, &ws) };
-    nix::errno::Errno::result(r)
-        .map(drop)
-        .map_err(|e| AgentError::sys(format!("resizing terminal to {width}x{height}"), e))
+    nix::errno::Errno::result(r).map(drop).map_err(|e| AgentError::sys(format!("resizing terminal to {width}x{height}"), e))
 }
 
 /// Parent and child ends of a process's stdio.
@@ -169,8 +165,7 @@ fn make_stdio(plan: &ExecPlan, want_stdin: bool) -> Result<StdioPair> {
     if plan.terminal {
         let pty = nix::pty::openpty(None, None).map_err(io("opening a pty"))?;
         for fd in [&pty.master, &pty.slave] {
-            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
-                .map_err(io("setting FD_CLOEXEC on the pty"))?;
+            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC)).map_err(io("setting FD_CLOEXEC on the pty"))?;
         }
         if let Some((w, h)) = plan.console_size {
             set_winsize(&pty.master, w, h)?;
@@ -179,13 +174,7 @@ fn make_stdio(plan: &ExecPlan, want_stdin: bool) -> Result<StdioPair> {
         let child = [dup(&pty.slave)?, dup(&pty.slave)?, pty.slave];
         let stdout = dup(&pty.master)?;
         let master = Arc::new(pty.master);
-        return Ok(StdioPair {
-            child,
-            stdin: want_stdin.then(|| master.clone()),
-            stdout,
-            stderr: None,
-            master: Some(master),
-        });
+        return Ok(StdioPair { child, stdin: want_stdin.then(|| master.clone()), stdout, stderr: None, master: Some(master) });
     }
     let (stdin_child, stdin) = if want_stdin {
         let (r, w) = nix::unistd::pipe2(cloexec).map_err(io("creating the stdin pipe"))?;
@@ -236,24 +225,16 @@ pub fn spawn(
         (None, None)
     };
     let name = if exec_id.is_empty() { "init".to_string() } else { exec_id.to_string() };
-    let stdout = Stream::start(stdio.stdout, format!("out-{name}"))
-        .map_err(|e| AgentError::io("starting the stdout reader", e))?;
+    let stdout = Stream::start(stdio.stdout, format!("out-{name}")).map_err(|e| AgentError::io("starting the stdout reader", e))?;
     let stderr = match stdio.stderr {
-        Some(fd) => Stream::start(fd, format!("err-{name}"))
-            .map_err(|e| AgentError::io("starting the stderr reader", e))?,
+        Some(fd) => Stream::start(fd, format!("err-{name}")).map_err(|e| AgentError::io("starting the stderr reader", e))?,
         None => Stream::closed(),
     };
     let stdin = match stdio.stdin {
         Some(fd) => Stdin::new(fd, plan.terminal).map_err(|e| AgentError::io("stdin", e))?,
         None => Stdin::none(),
     };
-    let fds = ChildFds {
-        stdio: stdio.child,
-        tty: plan.terminal,
-        cgroup_procs,
-        report: report_w,
-        start: start_r,
-    };
+    let fds = ChildFds { stdio: stdio.child, tty: plan.terminal, cgroup_procs, report: report_w, start: start_r };
     let process = |pid: i32| {
         Arc::new(Process {
             pid,
@@ -275,18 +256,15 @@ pub fn spawn(
             let setup = match &placement {
                 Placement::Create { ns, root } => {
                     if let Some(pid_ns) = &ns.join_pid {
-                        nix::sched::setns(pid_ns.as_fd(), CloneFlags::CLONE_NEWPID)
-                            .map_err(io("joining the pod's pid namespace"))?;
+                        nix::sched::setns(pid_ns.as_fd(), CloneFlags::CLONE_NEWPID).map_err(io("joining the pod's pid namespace"))?;
                     } else if ns.new.contains(CloneFlags::CLONE_NEWPID) {
-                        nix::sched::unshare(CloneFlags::CLONE_NEWPID)
-                            .map_err(io("creating a pid namespace"))?;
+                        nix::sched::unshare(CloneFlags::CLONE_NEWPID).map_err(io("creating a pid namespace"))?;
                     }
                     Setup::Create { flags: ns.new - CloneFlags::CLONE_NEWPID, join: &ns.join, root }
                 }
                 Placement::Join { pid_ns, namespaces } => {
                     if let Some(ns) = pid_ns {
-                        nix::sched::setns(ns.as_fd(), CloneFlags::CLONE_NEWPID)
-                            .map_err(io("joining the container's pid namespace"))?;
+                        nix::sched::setns(ns.as_fd(), CloneFlags::CLONE_NEWPID).map_err(io("joining the container's pid namespace"))?;
                     }
                     Setup::Join(namespaces)
                 }

@@ -68,8 +68,7 @@ pub struct ExecPlan {
 }
 
 fn cstring(what: &str, s: &str) -> Result<CString> {
-    CString::new(s)
-        .map_err(|_| AgentError::InvalidArgument(format!("{what} {s:?} contains a NUL byte")))
+    CString::new(s).map_err(|_| AgentError::InvalidArgument(format!("{what} {s:?} contains a NUL byte")))
 }
 
 fn resource(r: &PosixRlimit) -> Result<Resource> {
@@ -91,23 +90,16 @@ fn resource(r: &PosixRlimit) -> Result<Resource> {
         "RLIMIT_NICE" => Resource::RLIMIT_NICE,
         "RLIMIT_RTPRIO" => Resource::RLIMIT_RTPRIO,
         "RLIMIT_RTTIME" => Resource::RLIMIT_RTTIME,
-        other => {
-            return Err(AgentError::InvalidArgument(format!("unsupported rlimit type {other}")))
-        }
+        other => return Err(AgentError::InvalidArgument(format!("unsupported rlimit type {other}"))),
     })
 }
 
-fn cap_set(
-    which: &str,
-    set: &Option<HashSet<oci_spec::runtime::Capability>>,
-) -> Result<HashSet<caps::Capability>> {
+fn cap_set(which: &str, set: &Option<HashSet<oci_spec::runtime::Capability>>) -> Result<HashSet<caps::Capability>> {
     let mut out = HashSet::new();
     for c in set.iter().flatten() {
         let name = c.to_string();
         let name = if name.starts_with("CAP_") { name } else { format!("CAP_{name}") };
-        let cap: caps::Capability = name.parse().map_err(|_| {
-            AgentError::InvalidArgument(format!("unknown capability {name} in {which} set"))
-        })?;
+        let cap: caps::Capability = name.parse().map_err(|_| AgentError::InvalidArgument(format!("unknown capability {name} in {which} set")))?;
         out.insert(cap);
     }
     Ok(out)
@@ -134,10 +126,7 @@ impl ExecPlan {
             return Err(AgentError::InvalidArgument("process.args[0] is empty".into()));
         }
         if args.len() > MAX_ARGS {
-            return Err(AgentError::InvalidArgument(format!(
-                "process.args has {} entries, more than {MAX_ARGS}",
-                args.len()
-            )));
+            return Err(AgentError::InvalidArgument(format!("process.args has {} entries, more than {MAX_ARGS}", args.len())));
         }
         let args = args.iter().map(|a| cstring("argument", a)).collect::<Result<Vec<_>>>()?;
         let env_strs = p.env().as_deref().unwrap_or_default();
@@ -145,9 +134,7 @@ impl ExecPlan {
         let mut env = Vec::with_capacity(env_strs.len());
         for e in env_strs {
             if !e.contains('=') {
-                return Err(AgentError::InvalidArgument(format!(
-                    "environment entry {e:?} has no '='"
-                )));
+                return Err(AgentError::InvalidArgument(format!("environment entry {e:?} has no '='")));
             }
             if let Some(v) = e.strip_prefix("PATH=") {
                 path = v.to_string();
@@ -156,21 +143,12 @@ impl ExecPlan {
         }
         let cwd = p.cwd().to_string_lossy().into_owned();
         if !cwd.starts_with('/') {
-            return Err(AgentError::InvalidArgument(format!(
-                "process.cwd {cwd:?} is not an absolute path"
-            )));
+            return Err(AgentError::InvalidArgument(format!("process.cwd {cwd:?} is not an absolute path")));
         }
         let user = p.user();
-        let rlimits = p
-            .rlimits()
-            .iter()
-            .flatten()
-            .map(|r| Ok((resource(r)?, r.soft(), r.hard())))
-            .collect::<Result<Vec<_>>>()?;
+        let rlimits = p.rlimits().iter().flatten().map(|r| Ok((resource(r)?, r.soft(), r.hard()))).collect::<Result<Vec<_>>>()?;
         let caps = p.capabilities().as_ref().map(caps_plan).transpose()?;
-        let console_size = p.console_size().map(|b| {
-            (b.width().min(u16::MAX as u64) as u16, b.height().min(u16::MAX as u64) as u16)
-        });
+        let console_size = p.console_size().map(|b| (b.width().min(u16::MAX as u64) as u16, b.height().min(u16::MAX as u64) as u16));
         Ok(ExecPlan {
             program: program.clone(),
             args,

@@ -38,9 +38,7 @@ impl Reaper {
         loop {
             match waitpid(None, Some(WaitPidFlag::__WALL)) {
                 Ok(WaitStatus::Exited(pid, code)) => self.exited(pid.as_raw(), ExitInfo::exited(code)),
-                Ok(WaitStatus::Signaled(pid, sig, _)) => {
-                    self.exited(pid.as_raw(), ExitInfo::signaled(sig as i32))
-                }
+                Ok(WaitStatus::Signaled(pid, sig, _)) => self.exited(pid.as_raw(), ExitInfo::signaled(sig as i32)),
                 Ok(_) | Err(nix::Error::EINTR) => {}
                 Err(nix::Error::ECHILD) => {
                     let table = self.lock();

@@ -49,18 +49,10 @@ impl Stream {
     /// Starts a reader thread on `fd` (made non-blocking) feeding a new stream.
     pub fn start(fd: OwnedFd, name: String) -> std::io::Result<Arc<Stream>> {
         set_nonblocking(&fd)?;
-        let wake = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
-            .map_err(std::io::Error::from)?;
-        let stream = Arc::new(Stream {
-            state: Mutex::new(StreamState::default()),
-            cond: Condvar::new(),
-            wake: Some(wake),
-        });
+        let wake = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK).map_err(std::io::Error::from)?;
+        let stream = Arc::new(Stream { state: Mutex::new(StreamState::default()), cond: Condvar::new(), wake: Some(wake) });
         let s = stream.clone();
-        std::thread::Builder::new()
-            .name(name)
-            .stack_size(READER_STACK)
-            .spawn(move || s.reader(fd))?;
+        std::thread::Builder::new().name(name).stack_size(READER_STACK).spawn(move || s.reader(fd))?;
         Ok(stream)
     }
 
@@ -120,10 +112,7 @@ impl Stream {
 
     fn wait_readable(&self, fd: &OwnedFd) {
         let Some(wake) = &self.wake else { return };
-        let mut fds = [
-            PollFd::new(fd.as_fd(), PollFlags::POLLIN),
-            PollFd::new(wake.as_fd(), PollFlags::POLLIN),
-        ];
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN), PollFd::new(wake.as_fd(), PollFlags::POLLIN)];
         let _ = poll(&mut fds, PollTimeout::NONE);
         if fds[1].revents().is_some_and(|r| r.contains(PollFlags::POLLIN)) {
             let _ = wake.read();
@@ -210,9 +199,7 @@ impl Stdin {
             return Ok(false);
         };
         if self.tty {
-            let veof = nix::sys::termios::tcgetattr(fd.as_fd())
-                .map(|t| t.control_chars[libc::VEOF])
-                .unwrap_or(4);
+            let veof = nix::sys::termios::tcgetattr(fd.as_fd()).map(|t| t.control_chars[libc::VEOF]).unwrap_or(4);
             write_all(&fd, &[veof])?;
         }
         Ok(true)

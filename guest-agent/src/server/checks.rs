@@ -7,10 +7,7 @@ use crate::error::{AgentError, Result};
 
 /// The signal of a SignalProcess request.
 pub fn signal(number: u32) -> Result<Signal> {
-    i32::try_from(number)
-        .ok()
-        .and_then(|s| Signal::try_from(s).ok())
-        .ok_or_else(|| AgentError::InvalidArgument(format!("signal {number} is not valid")))
+    i32::try_from(number).ok().and_then(|s| Signal::try_from(s).ok()).ok_or_else(|| AgentError::InvalidArgument(format!("signal {number} is not valid")))
 }
 
 /// How many bytes a ReadStdout/ReadStderr may return (0: the default chunk).

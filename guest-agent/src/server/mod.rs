@@ -13,8 +13,8 @@ use ttrpc::TtrpcContext;
 
 use crate::container::oom::OomWatcher;
 use crate::container::{parse_json, Container, Paths};
-use crate::pod::Pod;
 use crate::error::{AgentError, Result};
+use crate::pod::Pod;
 use crate::process::reaper::Reaper;
 use crate::process::Process;
 
@@ -47,14 +47,7 @@ fn ok<T>(r: Result<T>) -> ttrpc::Result<T> {
 impl AgentService {
     /// A service keeping state under `paths`; `on_shutdown` powers off (called after replying).
     pub fn new(paths: Paths, reaper: Arc<Reaper>, on_shutdown: Box<dyn Fn() + Send + Sync>) -> Self {
-        AgentService {
-            paths,
-            reaper,
-            oom: OomWatcher::start(),
-            registry: Mutex::default(),
-            shutting_down: AtomicBool::new(false),
-            on_shutdown,
-        }
+        AgentService { paths, reaper, oom: OomWatcher::start(), registry: Mutex::default(), shutting_down: AtomicBool::new(false), on_shutdown }
     }
 
     fn registry(&self) -> MutexGuard<'_, Registry> {
@@ -69,11 +62,7 @@ impl AgentService {
     }
 
     fn container(&self, id: &str) -> Result<Arc<Container>> {
-        self.registry()
-            .containers
-            .get(id)
-            .cloned()
-            .ok_or_else(|| AgentError::NotFound(format!("container {id:?} not found")))
+        self.registry().containers.get(id).cloned().ok_or_else(|| AgentError::NotFound(format!("container {id:?} not found")))
     }
 
     fn process(&self, id: &str, exec_id: &str) -> Result<Arc<Process>> {
@@ -130,9 +119,7 @@ impl AgentService {
         crate::error::check_id("sandbox id", sandbox)?;
         let pod = self.registry().pod.clone();
         match pod {
-            Some(pod) if pod.id == sandbox => {
-                Ok((Arc::new(Container::create(&self.paths, &self.reaper, req, Some(&pod))?), None))
-            }
+            Some(pod) if pod.id == sandbox => Ok((Arc::new(Container::create(&self.paths, &self.reaper, req, Some(&pod))?), None)),
             _ => Err(AgentError::NotFound(format!("pod sandbox {sandbox:?} not found in this VM"))),
         }
     }
@@ -141,7 +128,8 @@ impl AgentService {
     fn pod_network(&self) -> Result<std::os::fd::OwnedFd> {
         self.live()?;
         let pod = self.registry().pod.clone();
-        let pod = pod.ok_or_else(|| AgentError::FailedPrecondition("this VM has no pod yet: create its sandbox container before configuring the network".into()))?;
+        let pod =
+            pod.ok_or_else(|| AgentError::FailedPrecondition("this VM has no pod yet: create its sandbox container before configuring the network".into()))?;
         pod.namespace(nix::sched::CloneFlags::CLONE_NEWNET)
     }
 
@@ -178,9 +166,7 @@ impl AgentService {
             let reg = self.registry();
             let others = reg.containers.keys().filter(|k| k.as_str() != id).count();
             if reg.pod.as_ref().is_some_and(|p| p.id == id) && others > 0 {
-                return Err(AgentError::FailedPrecondition(format!(
-                    "container {id} is the pod's sandbox; remove the pod's {others} other container(s) first"
-                )));
+                return Err(AgentError::FailedPrecondition(format!("container {id} is the pod's sandbox; remove the pod's {others} other container(s) first")));
             }
         }
         c.remove()?;
@@ -205,9 +191,7 @@ impl AgentService {
 }
 
 fn uptime_ms() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
-        .map(|t| t.tv_sec() as u64 * 1000 + t.tv_nsec() as u64 / 1_000_000)
-        .unwrap_or(0)
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).map(|t| t.tv_sec() as u64 * 1000 + t.tv_nsec() as u64 / 1_000_000).unwrap_or(0)
 }
 
 impl Agent for AgentService {
@@ -235,14 +219,10 @@ impl Agent for AgentService {
     fn start_container(&self, _: &TtrpcContext, req: StartContainerRequest) -> ttrpc::Result<StartContainerResponse> {
         let c = ok(self.container(&req.container_id))?;
         if c.init.exit_info().is_some() {
-            return ok(Err(AgentError::FailedPrecondition(format!(
-                "container {} has exited", req.container_id
-            ))));
+            return ok(Err(AgentError::FailedPrecondition(format!("container {} has exited", req.container_id))));
         }
         if !ok(c.init.start())? {
-            return ok(Err(AgentError::FailedPrecondition(format!(
-                "container {} was already started", req.container_id
-            ))));
+            return ok(Err(AgentError::FailedPrecondition(format!("container {} was already started", req.container_id))));
         }
         let mut r = StartContainerResponse::new();
         r.pid = c.init.pid as u32;

@@ -74,10 +74,7 @@ mod tests {
 
     #[test]
     fn an_unconnected_socket_is_refused() {
-        let l = std::os::unix::net::UnixListener::bind(
-            std::env::temp_dir().join(format!("husk-peer-{}.sock", std::process::id())),
-        )
-        .unwrap();
+        let l = std::os::unix::net::UnixListener::bind(std::env::temp_dir().join(format!("husk-peer-{}.sock", std::process::id()))).unwrap();
         let err = check_peer(l.as_raw_fd()).unwrap_err();
         assert!(matches!(err, PeerError::PeerName(nix::Error::ENOTCONN)), "{err:?}");
         let _ = std::fs::remove_file(l.local_addr().unwrap().as_pathname().unwrap());

@@ -34,23 +34,15 @@ fn build_rootfs(root: &Path) {
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static is needed");
     // List applets with the host's copy: executing the fresh copy can race with other test
     // threads' forks holding its write fd (ETXTBSY).
-    let status = Command::new("/bin/busybox")
-        .args(["--list"])
-        .output()
-        .unwrap();
+    let status = Command::new("/bin/busybox").args(["--list"]).output().unwrap();
     for applet in String::from_utf8(status.stdout).unwrap().lines() {
         if applet != "busybox" {
             std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
         }
     }
-    std::fs::write(
-        root.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n",
-    )
-    .unwrap();
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n").unwrap();
     std::fs::write(root.join("etc/group"), "root:x:0:\nuser:x:1000:\n").unwrap();
-    std::fs::set_permissions(root.join("tmp"), std::os::unix::fs::PermissionsExt::from_mode(0o1777))
-        .unwrap();
+    std::fs::set_permissions(root.join("tmp"), std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
 }
 
 impl Agent {
@@ -76,9 +68,13 @@ impl Agent {
             .args(["--pid", "--mount", "--uts", "--ipc", "--net", "--kill-child", "--mount-proc", "--propagation", "private"])
             // A sysfs of the new network namespace (the agent finds NICs there), and the
             // cgroup2 hierarchy again below it.
-            .args(["sh", "-c", "mount -t sysfs sysfs /sys && mount -t tmpfs tmpfs /sys/fs/cgroup && \
+            .args([
+                "sh",
+                "-c",
+                "mount -t sysfs sysfs /sys && mount -t tmpfs tmpfs /sys/fs/cgroup && \
                     mkdir /sys/fs/cgroup/unified && mount -t cgroup2 cgroup2 /sys/fs/cgroup/unified && \
-                    exec \"$0\" \"$@\""])
+                    exec \"$0\" \"$@\"",
+            ])
             .arg(env!("CARGO_BIN_EXE_husk-agent"))
             .arg("--listen")
             .arg(format!("unix://{}", sock.display()))
@@ -219,11 +215,7 @@ impl Agent {
         let pid = self.agent_pid();
         let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
         let dir = self.dir.display().to_string();
-        mounts
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
-            .filter(|m| m.starts_with(&dir))
-            .collect()
+        mounts.lines().filter_map(|l| l.split_whitespace().nth(4).map(str::to_string)).filter(|m| m.starts_with(&dir)).collect()
     }
 
     /// Waits for the agent (its unshare wrapper) to exit.
@@ -240,11 +232,7 @@ impl Agent {
 
     /// Host pid of the agent (the child of unshare).
     pub fn agent_pid(&self) -> u32 {
-        let children = std::fs::read_to_string(format!(
-            "/proc/{0}/task/{0}/children",
-            self.child.id()
-        ))
-        .unwrap_or_default();
+        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.child.id())).unwrap_or_default();
         children.split_whitespace().next().and_then(|p| p.parse().ok()).unwrap_or(0)
     }
 }

@@ -51,10 +51,8 @@ pub fn read_request<S: Read>(s: &mut S) -> Result<Request, HttpError> {
                 let mut len = 0usize;
                 for h in req.headers.iter() {
                     if h.name.eq_ignore_ascii_case("content-length") {
-                        len = std::str::from_utf8(h.value)
-                            .ok()
-                            .and_then(|v| v.trim().parse().ok())
-                            .ok_or_else(|| HttpError::Bad("bad Content-Length".into()))?;
+                        len =
+                            std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse().ok()).ok_or_else(|| HttpError::Bad("bad Content-Length".into()))?;
                     } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
                         return Err(HttpError::Bad("chunked bodies are not supported; send Content-Length".into()));
                     }
@@ -102,11 +100,7 @@ pub fn write_response<S: Write>(s: &mut S, status: u16, body: &str) -> std::io::
     let head = if status == 204 {
         "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n".to_string()
     } else {
-        format!(
-            "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            reason(status),
-            body.len() + 1
-        )
+        format!("HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", reason(status), body.len() + 1)
     };
     s.write_all(head.as_bytes())?;
     if status != 204 {

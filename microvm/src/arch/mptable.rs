@@ -89,7 +89,7 @@ pub fn floating_pointer(table_addr: u32) -> [u8; 16] {
     f[4..8].copy_from_slice(&table_addr.to_le_bytes());
     f[8] = 1; // length in 16-byte units
     f[9] = 4; // spec revision 1.4
-    // f[11] feature1 = 0: a configuration table is present; f[12] bit 7 = 0: virtual wire.
+              // f[11] feature1 = 0: a configuration table is present; f[12] bit 7 = 0: virtual wire.
     f[10] = checksum(&f);
     f
 }

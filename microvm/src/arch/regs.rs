@@ -111,14 +111,7 @@ pub fn setup_sregs(mem: &GuestMemoryMmap, vcpu: &VcpuFd) -> Result<(), RegsError
 
 /// Sets the general registers: entry point, stack, and RSI pointing at the zero page.
 pub fn setup_regs(vcpu: &VcpuFd, entry: u64) -> Result<(), RegsError> {
-    let regs = kvm_regs {
-        rflags: 0x2,
-        rip: entry,
-        rsp: BOOT_STACK_POINTER,
-        rbp: BOOT_STACK_POINTER,
-        rsi: ZERO_PAGE_START,
-        ..Default::default()
-    };
+    let regs = kvm_regs { rflags: 0x2, rip: entry, rsp: BOOT_STACK_POINTER, rbp: BOOT_STACK_POINTER, rsi: ZERO_PAGE_START, ..Default::default() };
     vcpu.set_regs(&regs).map_err(|e| RegsError::Kvm("SET_REGS", e))
 }
 
@@ -132,16 +125,16 @@ pub fn setup_fpu(vcpu: &VcpuFd) -> Result<(), RegsError> {
 pub fn setup_msrs(vcpu: &VcpuFd) -> Result<(), RegsError> {
     let entry = |index: u32, data: u64| kvm_msr_entry { index, data, ..Default::default() };
     let entries = [
-        entry(0x174, 0),           // IA32_SYSENTER_CS
-        entry(0x175, 0),           // IA32_SYSENTER_ESP
-        entry(0x176, 0),           // IA32_SYSENTER_EIP
-        entry(0xc000_0081, 0),     // STAR
-        entry(0xc000_0082, 0),     // LSTAR
-        entry(0xc000_0083, 0),     // CSTAR
-        entry(0xc000_0102, 0),     // KERNEL_GS_BASE
-        entry(0xc000_0084, 0),     // SYSCALL_MASK
-        entry(0x10, 0),            // TSC
-        entry(0x1a0, 1),           // IA32_MISC_ENABLE: fast strings
+        entry(0x174, 0),             // IA32_SYSENTER_CS
+        entry(0x175, 0),             // IA32_SYSENTER_ESP
+        entry(0x176, 0),             // IA32_SYSENTER_EIP
+        entry(0xc000_0081, 0),       // STAR
+        entry(0xc000_0082, 0),       // LSTAR
+        entry(0xc000_0083, 0),       // CSTAR
+        entry(0xc000_0102, 0),       // KERNEL_GS_BASE
+        entry(0xc000_0084, 0),       // SYSCALL_MASK
+        entry(0x10, 0),              // TSC
+        entry(0x1a0, 1),             // IA32_MISC_ENABLE: fast strings
         entry(0x2ff, (1 << 11) | 6), // MTRR default type: enabled, write-back
     ];
     let msrs = Msrs::from_entries(&entries).map_err(|_| RegsError::Msrs { set: 0, wanted: entries.len() })?;

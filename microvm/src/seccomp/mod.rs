@@ -156,25 +156,10 @@ const EVENT_LOOP: &[i64] = &[
     libc::SYS_timerfd_gettime,
 ];
 
-const API: &[i64] = &[
-    libc::SYS_lseek,
-    libc::SYS_accept4,
-    libc::SYS_recvfrom,
-    libc::SYS_recvmsg,
-    libc::SYS_sendto,
-    libc::SYS_setsockopt,
-    libc::SYS_poll,
-    libc::SYS_ppoll,
-];
+const API: &[i64] =
+    &[libc::SYS_lseek, libc::SYS_accept4, libc::SYS_recvfrom, libc::SYS_recvmsg, libc::SYS_sendto, libc::SYS_setsockopt, libc::SYS_poll, libc::SYS_ppoll];
 
-const BLOCK_IO: &[i64] = &[
-    libc::SYS_epoll_wait,
-    libc::SYS_epoll_pwait,
-    libc::SYS_preadv,
-    libc::SYS_pwritev,
-    libc::SYS_fdatasync,
-    libc::SYS_fsync,
-];
+const BLOCK_IO: &[i64] = &[libc::SYS_epoll_wait, libc::SYS_epoll_pwait, libc::SYS_preadv, libc::SYS_pwritev, libc::SYS_fdatasync, libc::SYS_fsync];
 
 /// The connector: `socket` (unix streams only, a rule below) and these.
 const VSOCK_CONNECT: &[i64] = &[libc::SYS_connect, libc::SYS_setsockopt];

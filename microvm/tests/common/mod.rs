@@ -33,7 +33,7 @@ impl Code {
     pub fn serial_loop(mut self, c: u8, delay: u32) -> Self {
         self.0.extend_from_slice(&[0x66, 0xba, 0xf8, 0x03]); // mov dx, 0x3f8
         self.0.extend_from_slice(&[0xb0, c]); // mov al, c
-        // loop: out dx, al; mov ecx, delay; d: dec ecx; jnz d; jmp loop
+                                              // loop: out dx, al; mov ecx, delay; d: dec ecx; jnz d; jmp loop
         self.0.push(0xee);
         self.0.push(0xb9);
         self.0.extend_from_slice(&delay.to_le_bytes());

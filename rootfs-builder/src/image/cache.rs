@@ -39,26 +39,16 @@ fn entry_path(dir: &Path, key: &str, fstype: FsType) -> PathBuf {
 
 fn touch_atime(path: &Path) -> Result<(), ImageError> {
     let f = File::open(path).map_err(io_err("open cached image", path))?;
-    f.set_times(FileTimes::new().set_accessed(SystemTime::now()))
-        .map_err(io_err("update access time of", path))
+    f.set_times(FileTimes::new().set_accessed(SystemTime::now())).map_err(io_err("update access time of", path))
 }
 
 fn lock(dir: &Path, key: &str, arg: FlockArg) -> Result<Option<Flock<File>>, ImageError> {
     let path = dir.join(format!("{key}.lock"));
-    let f = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(io_err("create lock", &path))?;
+    let f = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err("create lock", &path))?;
     match Flock::lock(f, arg) {
         Ok(l) => Ok(Some(l)),
         Err((_, nix::Error::EWOULDBLOCK)) if arg == FlockArg::LockExclusiveNonblock => Ok(None),
-        Err((_, source)) => Err(ImageError::Sys {
-            op: "lock",
-            path,
-            source,
-        }),
+        Err((_, source)) => Err(ImageError::Sys { op: "lock", path, source }),
     }
 }
 
@@ -83,11 +73,7 @@ pub(crate) fn get_or_build(
     let path = entry_path(dir, key, fstype);
     let hit = |path: PathBuf| -> Result<CacheResult, ImageError> {
         touch_atime(&path)?;
-        Ok(CacheResult {
-            path,
-            from_cache: true,
-            bytes_written: 0,
-        })
+        Ok(CacheResult { path, from_cache: true, bytes_written: 0 })
     };
     if path.is_file() {
         return hit(path);
@@ -96,32 +82,18 @@ pub(crate) fn get_or_build(
     if path.is_file() {
         return hit(path);
     }
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".tmp-{key}-"))
-        .tempfile_in(dir)
-        .map_err(io_err("create a temporary image in", dir))?
-        .into_temp_path();
+    let tmp = tempfile::Builder::new().prefix(&format!(".tmp-{key}-")).tempfile_in(dir).map_err(io_err("create a temporary image in", dir))?.into_temp_path();
     let extra = build(&tmp)?;
     let bytes = allocated(&tmp)? + extra;
-    File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(io_err("sync", &tmp))?;
-    tmp.persist(&path).map_err(|e| ImageError::Io {
-        op: "rename into the cache",
-        path: path.clone(),
-        source: e.error,
-    })?;
+    File::open(&tmp).and_then(|f| f.sync_all()).map_err(io_err("sync", &tmp))?;
+    tmp.persist(&path).map_err(|e| ImageError::Io { op: "rename into the cache", path: path.clone(), source: e.error })?;
     if let Some(max) = max_bytes {
         // Our own entry is locked (and fresh): prune never takes it.
         if let Err(e) = prune_cache(dir, max) {
             log::warn!("cannot prune image cache {}: {e}", dir.display());
         }
     }
-    Ok(CacheResult {
-        path,
-        from_cache: false,
-        bytes_written: bytes,
-    })
+    Ok(CacheResult { path, from_cache: false, bytes_written: bytes })
 }
 
 /// What [`prune_cache`] did.
@@ -147,11 +119,7 @@ pub fn prune_cache(dir: &Path, max_bytes: u64) -> Result<PruneReport, ImageError
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
         let meta = entry.metadata().map_err(io_err("stat", &path))?;
-        let age = |t: std::io::Result<SystemTime>| {
-            t.ok()
-                .and_then(|t| now.duration_since(t).ok())
-                .unwrap_or_default()
-        };
+        let age = |t: std::io::Result<SystemTime>| t.ok().and_then(|t| now.duration_since(t).ok()).unwrap_or_default();
         if name.starts_with(".tmp-") {
             if age(meta.modified()) > STALE_TMP {
                 fs::remove_file(&path).map_err(io_err("remove", &path))?;
@@ -163,13 +131,7 @@ pub fn prune_cache(dir: &Path, max_bytes: u64) -> Result<PruneReport, ImageError
         };
         if ext == "ext4" || ext == "erofs" {
             use std::os::unix::fs::MetadataExt;
-            images.push((
-                meta.accessed().unwrap_or(now),
-                key.to_string(),
-                path,
-                meta.blocks() * 512,
-                age(meta.accessed()),
-            ));
+            images.push((meta.accessed().unwrap_or(now), key.to_string(), path, meta.blocks() * 512, age(meta.accessed())));
         }
     }
     let mut total: u64 = images.iter().map(|i| i.3).sum();

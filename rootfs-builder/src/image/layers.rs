@@ -36,11 +36,7 @@ pub struct LayerSpec {
 impl LayerSpec {
     /// A layer with media type and digest to be detected.
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        LayerSpec {
-            path: path.into(),
-            media_type: None,
-            digest: None,
-        }
+        LayerSpec { path: path.into(), media_type: None, digest: None }
     }
 }
 
@@ -61,24 +57,15 @@ fn compression(layer: &LayerSpec) -> Result<Compression, ImageError> {
             | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
             | "application/vnd.docker.image.rootfs.diff.tar.gzip"
             | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => Ok(Compression::Gzip),
-            "application/vnd.oci.image.layer.v1.tar+zstd"
-            | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => {
-                Ok(Compression::Zstd)
-            }
-            _ => Err(ImageError::UnsupportedMediaType {
-                path: layer.path.clone(),
-                media_type: mt.clone(),
-            }),
+            "application/vnd.oci.image.layer.v1.tar+zstd" | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => Ok(Compression::Zstd),
+            _ => Err(ImageError::UnsupportedMediaType { path: layer.path.clone(), media_type: mt.clone() }),
         };
     }
     let mut head = [0u8; 512];
     let mut f = File::open(&layer.path).map_err(io_err("open layer", &layer.path))?;
     let mut n = 0;
     while n < head.len() {
-        match f
-            .read(&mut head[n..])
-            .map_err(io_err("read layer", &layer.path))?
-        {
+        match f.read(&mut head[n..]).map_err(io_err("read layer", &layer.path))? {
             0 => break,
             k => n += k,
         }
@@ -90,17 +77,12 @@ fn compression(layer: &LayerSpec) -> Result<Compression, ImageError> {
     } else if n >= 4 && head[..4] == [0x28, 0xb5, 0x2f, 0xfd] {
         Ok(Compression::Zstd)
     } else {
-        Err(ImageError::UnknownLayerFormat {
-            path: layer.path.clone(),
-            magic: hex::encode(&head[..n.min(8)]),
-        })
+        Err(ImageError::UnknownLayerFormat { path: layer.path.clone(), magic: hex::encode(&head[..n.min(8)]) })
     }
 }
 
 fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// The layer's digest: given, from a content-store path, or computed.
@@ -108,22 +90,11 @@ fn digest(layer: &LayerSpec) -> Result<String, ImageError> {
     if let Some(d) = &layer.digest {
         return match d.strip_prefix("sha256:") {
             Some(h) if is_sha256_hex(h) => Ok(d.clone()),
-            _ => Err(ImageError::BadDigest {
-                path: layer.path.clone(),
-                digest: d.clone(),
-            }),
+            _ => Err(ImageError::BadDigest { path: layer.path.clone(), digest: d.clone() }),
         };
     }
-    let name = layer
-        .path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("");
-    let parent = layer
-        .path
-        .parent()
-        .and_then(|p| p.file_name())
-        .and_then(|n| n.to_str());
+    let name = layer.path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let parent = layer.path.parent().and_then(|p| p.file_name()).and_then(|n| n.to_str());
     if parent == Some("sha256") && is_sha256_hex(name) {
         return Ok(format!("sha256:{name}"));
     }
@@ -153,11 +124,7 @@ const MAX_SYMLINK_HOPS: u32 = 40;
 /// (an absolute target starts again at `root`, `..` stops at `root`), so nothing outside the
 /// image is ever named. Missing directories are created if `create`, else `None` is returned.
 fn resolve_dir(root: &Path, rel: &Path, create: bool) -> io::Result<Option<PathBuf>> {
-    let mut todo: Vec<std::ffi::OsString> = rel
-        .components()
-        .rev()
-        .map(|c| c.as_os_str().to_owned())
-        .collect();
+    let mut todo: Vec<std::ffi::OsString> = rel.components().rev().map(|c| c.as_os_str().to_owned()).collect();
     let mut cur = root.to_path_buf();
     let mut hops = 0;
     while let Some(c) = todo.pop() {
@@ -176,10 +143,7 @@ fn resolve_dir(root: &Path, rel: &Path, create: bool) -> io::Result<Option<PathB
             Ok(m) if m.file_type().is_symlink() => {
                 hops += 1;
                 if hops > MAX_SYMLINK_HOPS {
-                    return Err(io::Error::other(format!(
-                        "too many symlinks at {}",
-                        next.display()
-                    )));
+                    return Err(io::Error::other(format!("too many symlinks at {}", next.display())));
                 }
                 let target = fs::read_link(&next)?;
                 if target.is_absolute() {
@@ -188,12 +152,7 @@ fn resolve_dir(root: &Path, rel: &Path, create: bool) -> io::Result<Option<PathB
                 todo.extend(target.components().rev().map(|c| c.as_os_str().to_owned()));
             }
             Ok(_) if !create => return Ok(None),
-            Ok(_) => {
-                return Err(io::Error::other(format!(
-                    "{} is not a directory",
-                    next.display()
-                )))
-            }
+            Ok(_) => return Err(io::Error::other(format!("{} is not a directory", next.display()))),
             Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
                 fs::create_dir(&next)?;
                 cur = next;
@@ -207,16 +166,10 @@ fn resolve_dir(root: &Path, rel: &Path, create: bool) -> io::Result<Option<PathB
 
 /// Where a hard link entry's target is in `root`.
 fn link_source(root: &Path, link: &Path) -> io::Result<PathBuf> {
-    let missing = || {
-        io::Error::other(format!(
-            "hard link target {} not in the image",
-            link.display()
-        ))
-    };
+    let missing = || io::Error::other(format!("hard link target {} not in the image", link.display()));
     let rel = normalize(link).ok_or_else(missing)?;
     let name = rel.file_name().ok_or_else(missing)?;
-    let dir =
-        resolve_dir(root, rel.parent().unwrap_or(Path::new("")), false)?.ok_or_else(missing)?;
+    let dir = resolve_dir(root, rel.parent().unwrap_or(Path::new("")), false)?.ok_or_else(missing)?;
     let src = dir.join(name);
     match fs::symlink_metadata(&src) {
         Ok(m) if !m.is_dir() => Ok(src),
@@ -256,10 +209,7 @@ pub(crate) fn apply_layer(layer: &LayerSpec, root: &Path) -> Result<u64, ImageEr
     let reader: Box<dyn Read> = match comp {
         Compression::None => Box::new(BufReader::new(file)),
         Compression::Gzip => Box::new(GzDecoder::new(BufReader::new(file))),
-        Compression::Zstd => Box::new(Zstd {
-            dec: None,
-            src: Some(BufReader::new(file)),
-        }),
+        Compression::Zstd => Box::new(Zstd { dec: None, src: Some(BufReader::new(file)) }),
     };
     let mut archive = tar::Archive::new(reader);
     archive.set_preserve_permissions(true);
@@ -267,26 +217,15 @@ pub(crate) fn apply_layer(layer: &LayerSpec, root: &Path) -> Result<u64, ImageEr
     archive.set_preserve_mtime(true);
     archive.set_unpack_xattrs(true);
     archive.set_overwrite(true);
-    let lerr = |entry: &Path, source| ImageError::Layer {
-        path: layer.path.clone(),
-        entry: entry.display().to_string(),
-        source,
-    };
+    let lerr = |entry: &Path, source| ImageError::Layer { path: layer.path.clone(), entry: entry.display().to_string(), source };
     // Paths this layer created: its own whiteouts must not hide them.
     let mut ours: HashSet<PathBuf> = HashSet::new();
     let mut bytes = 0u64;
     for entry in archive.entries().map_err(|e| lerr(Path::new(""), e))? {
         let mut entry = entry.map_err(|e| lerr(Path::new(""), e))?;
-        let raw = entry
-            .path()
-            .map_err(|e| lerr(Path::new(""), e))?
-            .into_owned();
+        let raw = entry.path().map_err(|e| lerr(Path::new(""), e))?.into_owned();
         let kind = entry.header().entry_type();
-        if kind.is_pax_global_extensions()
-            || kind.is_pax_local_extensions()
-            || kind.is_gnu_longname()
-            || kind.is_gnu_longlink()
-        {
+        if kind.is_pax_global_extensions() || kind.is_pax_local_extensions() || kind.is_gnu_longname() || kind.is_gnu_longlink() {
             continue;
         }
         let Some(rel) = normalize(&raw) else {
@@ -321,9 +260,7 @@ pub(crate) fn apply_layer(layer: &LayerSpec, root: &Path) -> Result<u64, ImageEr
             }
             continue;
         }
-        let dir = resolve_dir(root, parent, true)
-            .map_err(|e| lerr(&raw, e))?
-            .unwrap_or_else(|| root.to_path_buf());
+        let dir = resolve_dir(root, parent, true).map_err(|e| lerr(&raw, e))?.unwrap_or_else(|| root.to_path_buf());
         let dst = dir.join(name);
         // A directory replaces a non-directory and vice versa; directories merge.
         match fs::symlink_metadata(&dst) {
@@ -337,20 +274,15 @@ pub(crate) fn apply_layer(layer: &LayerSpec, root: &Path) -> Result<u64, ImageEr
             make_node(&entry, &dst, kind).map_err(|e| lerr(&raw, e))?;
         } else if kind.is_hard_link() {
             let link = entry.link_name().map_err(|e| lerr(&raw, e))?;
-            let link =
-                link.ok_or_else(|| lerr(&raw, io::Error::other("hard link without target")))?;
+            let link = link.ok_or_else(|| lerr(&raw, io::Error::other("hard link without target")))?;
             let src = link_source(root, &link).map_err(|e| lerr(&raw, e))?;
             fs::hard_link(&src, &dst).map_err(|e| lerr(&raw, e))?;
         } else {
             entry.unpack(&dst).map_err(|e| lerr(&raw, e))?;
             if kind.is_symlink() {
                 let h = entry.header();
-                let (uid, gid) = (
-                    h.uid().map_err(|e| lerr(&raw, e))?,
-                    h.gid().map_err(|e| lerr(&raw, e))?,
-                );
-                std::os::unix::fs::lchown(&dst, u32::try_from(uid).ok(), u32::try_from(gid).ok())
-                    .map_err(|e| lerr(&raw, e))?;
+                let (uid, gid) = (h.uid().map_err(|e| lerr(&raw, e))?, h.gid().map_err(|e| lerr(&raw, e))?);
+                std::os::unix::fs::lchown(&dst, u32::try_from(uid).ok(), u32::try_from(gid).ok()).map_err(|e| lerr(&raw, e))?;
             }
             if kind.is_file() {
                 bytes += entry.size();
@@ -408,63 +340,34 @@ fn make_node<R: Read>(entry: &tar::Entry<R>, dst: &Path, kind: tar::EntryType) -
     let major = h.device_major()?.unwrap_or(0);
     let minor = h.device_minor()?.unwrap_or(0);
     let mode = h.mode()? & 0o7777;
-    mknod(
-        dst,
-        sflag,
-        Mode::from_bits_truncate(mode),
-        makedev(u64::from(major), u64::from(minor)),
-    )
-    .map_err(io::Error::from)?;
-    std::os::unix::fs::lchown(
-        dst,
-        u32::try_from(h.uid()?).ok(),
-        u32::try_from(h.gid()?).ok(),
-    )?;
+    mknod(dst, sflag, Mode::from_bits_truncate(mode), makedev(u64::from(major), u64::from(minor))).map_err(io::Error::from)?;
+    std::os::unix::fs::lchown(dst, u32::try_from(h.uid()?).ok(), u32::try_from(h.gid()?).ok())?;
     // mknod applies the umask; set the exact mode (after chown, which clears set-id bits).
     let c = std::ffi::CString::new(dst.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
-    nix::sys::stat::fchmodat(
-        nix::fcntl::AT_FDCWD,
-        c.as_c_str(),
-        Mode::from_bits_truncate(mode),
-        nix::sys::stat::FchmodatFlags::FollowSymlink,
-    )
-    .map_err(io::Error::from)?;
+    nix::sys::stat::fchmodat(nix::fcntl::AT_FDCWD, c.as_c_str(), Mode::from_bits_truncate(mode), nix::sys::stat::FchmodatFlags::FollowSymlink)
+        .map_err(io::Error::from)?;
     Ok(())
 }
 
 /// Unpacks `layers` (bottom first) into a staging directory under `work` and makes the image
 /// at `image`. Returns the bytes staged.
-fn build(
-    layers: &[LayerSpec],
-    work: &Path,
-    image: &Path,
-    opts: &ImageOptions,
-) -> Result<u64, ImageError> {
+fn build(layers: &[LayerSpec], work: &Path, image: &Path, opts: &ImageOptions) -> Result<u64, ImageError> {
     fs::create_dir_all(work).map_err(io_err("create work directory", work))?;
-    let stage = tempfile::Builder::new()
-        .prefix(".husk-layers-")
-        .tempdir_in(work)
-        .map_err(io_err("create staging directory in", work))?;
+    let stage = tempfile::Builder::new().prefix(".husk-layers-").tempdir_in(work).map_err(io_err("create staging directory in", work))?;
     let root = fs::canonicalize(stage.path()).map_err(io_err("resolve", stage.path()))?;
     // The image root is the layers' root, owned by root with mode 0755 unless a layer says so.
-    fs::set_permissions(&root, fs::Permissions::from_mode(0o755))
-        .map_err(io_err("chmod", &root))?;
+    fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).map_err(io_err("chmod", &root))?;
     let mut staged = 0;
     for layer in layers {
         staged += apply_layer(layer, &root)?;
     }
     mkfs::mkfs(&root, image, opts, false)?;
     let staged_blocks = mkfs::tree_usage(&root).map(|u| u.bytes).unwrap_or(staged);
-    stage
-        .close()
-        .map_err(io_err("remove staging directory", &root))?;
+    stage.close().map_err(io_err("remove staging directory", &root))?;
     Ok(staged_blocks)
 }
 
-pub(crate) fn image_from_layers(
-    layers: &[LayerSpec],
-    opts: &ImageOptions,
-) -> Result<BuiltImage, ImageError> {
+pub(crate) fn image_from_layers(layers: &[LayerSpec], opts: &ImageOptions) -> Result<BuiltImage, ImageError> {
     if layers.is_empty() {
         return Err(ImageError::NoLayers);
     }
@@ -473,20 +376,13 @@ pub(crate) fn image_from_layers(
     for l in layers {
         let meta = fs::metadata(&l.path).map_err(io_err("open layer", &l.path))?;
         if !meta.is_file() {
-            return Err(ImageError::Io {
-                op: "read layer",
-                path: l.path.clone(),
-                source: io::Error::other("not a regular file"),
-            });
+            return Err(ImageError::Io { op: "read layer", path: l.path.clone(), source: io::Error::other("not a regular file") });
         }
         compression(l)?;
         digests.push(digest(l)?);
     }
     let Some(cache_dir) = &opts.cache_dir else {
-        let work = opts
-            .work_dir
-            .clone()
-            .unwrap_or_else(|| mkfs::parent_dir(&opts.output));
+        let work = opts.work_dir.clone().unwrap_or_else(|| mkfs::parent_dir(&opts.output));
         let bytes = mkfs::persist_via_temp(opts, |tmp| {
             let staged = build(layers, &work, tmp, opts)?;
             Ok(mkfs::allocated(tmp)? + staged)
@@ -494,23 +390,10 @@ pub(crate) fn image_from_layers(
         return Ok(BuiltImage::uncached(opts, true, bytes));
     };
     let compressor = opts.erofs_compressor.clone().unwrap_or_default();
-    let mut parts: Vec<&[u8]> = vec![
-        b"layers",
-        opts.fstype.as_str().as_bytes(),
-        compressor.as_bytes(),
-    ];
+    let mut parts: Vec<&[u8]> = vec![b"layers", opts.fstype.as_str().as_bytes(), compressor.as_bytes()];
     parts.extend(digests.iter().map(|d| d.as_bytes()));
     let key = cache::key(&parts);
     let work = opts.work_dir.clone().unwrap_or_else(|| cache_dir.clone());
-    let r = cache::get_or_build(cache_dir, &key, opts.fstype, opts.cache_max_bytes, |tmp| {
-        build(layers, &work, tmp, opts)
-    })?;
-    Ok(BuiltImage {
-        path: r.path,
-        fstype: opts.fstype,
-        read_only: true,
-        from_cache: r.from_cache,
-        bytes_written: r.bytes_written,
-        cache_key: Some(key),
-    })
+    let r = cache::get_or_build(cache_dir, &key, opts.fstype, opts.cache_max_bytes, |tmp| build(layers, &work, tmp, opts))?;
+    Ok(BuiltImage { path: r.path, fstype: opts.fstype, read_only: true, from_cache: r.from_cache, bytes_written: r.bytes_written, cache_key: Some(key) })
 }

@@ -44,20 +44,12 @@ pub(crate) fn tree_usage(dir: &Path) -> Result<Usage, ImageError> {
     for entry in walkdir::WalkDir::new(dir).same_file_system(true) {
         let entry = entry.map_err(|e| {
             let path = e.path().unwrap_or(dir).to_path_buf();
-            ImageError::Io {
-                op: "walk",
-                path,
-                source: e
-                    .into_io_error()
-                    .unwrap_or_else(|| io::Error::other("filesystem loop")),
-            }
+            ImageError::Io { op: "walk", path, source: e.into_io_error().unwrap_or_else(|| io::Error::other("filesystem loop")) }
         })?;
         let meta = entry.metadata().map_err(|e| ImageError::Io {
             op: "stat",
             path: entry.path().to_path_buf(),
-            source: e
-                .into_io_error()
-                .unwrap_or_else(|| io::Error::other("stat failed")),
+            source: e.into_io_error().unwrap_or_else(|| io::Error::other("stat failed")),
         })?;
         if meta.nlink() > 1 && !meta.is_dir() && !seen.insert((meta.dev(), meta.ino())) {
             continue;
@@ -82,10 +74,7 @@ pub(crate) fn ext4_size(usage: Usage, inodes: u64, headroom: u64, journal: bool)
     // Bitmaps, group descriptors, extent blocks and allocation slack: ~6% of the data.
     let data = usage.bytes + usage.bytes / 16;
     let base = data + inodes * INODE_SIZE + 8 * MIB + headroom;
-    round_up(
-        base + if journal { journal_mib(base) * MIB } else { 0 },
-        MIB,
-    )
+    round_up(base + if journal { journal_mib(base) * MIB } else { 0 }, MIB)
 }
 
 /// Blocks allocated to `path`, in bytes (what a sparse file really costs).
@@ -93,30 +82,11 @@ pub(crate) fn allocated(path: &Path) -> Result<u64, ImageError> {
     Ok(fs::metadata(path).map_err(io_err("stat", path))?.blocks() * 512)
 }
 
-fn run(
-    tool: &Path,
-    package: &'static str,
-    args: Vec<std::ffi::OsString>,
-    image: &Path,
-    src: &Path,
-) -> Result<(), ImageError> {
-    let out = Command::new(tool)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => ImageError::ToolMissing {
-                tool: tool.to_path_buf(),
-                package,
-            },
-            _ => ImageError::Io {
-                op: "run",
-                path: tool.to_path_buf(),
-                source: e,
-            },
-        })?;
+fn run(tool: &Path, package: &'static str, args: Vec<std::ffi::OsString>, image: &Path, src: &Path) -> Result<(), ImageError> {
+    let out = Command::new(tool).args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).output().map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => ImageError::ToolMissing { tool: tool.to_path_buf(), package },
+        _ => ImageError::Io { op: "run", path: tool.to_path_buf(), source: e },
+    })?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         return Err(ImageError::MkfsFailed {
@@ -132,12 +102,7 @@ fn run(
 
 /// Makes the filesystem of `src` in the (new or empty) file `image`. `writable` asks for a
 /// journal and `opts.ext4_headroom` of free space on ext4.
-pub(crate) fn mkfs(
-    src: &Path,
-    image: &Path,
-    opts: &ImageOptions,
-    writable: bool,
-) -> Result<(), ImageError> {
+pub(crate) fn mkfs(src: &Path, image: &Path, opts: &ImageOptions, writable: bool) -> Result<(), ImageError> {
     match opts.fstype {
         FsType::Ext4 => {
             let usage = tree_usage(src)?;
@@ -147,31 +112,11 @@ pub(crate) fn mkfs(
             let size = ext4_size(usage, inodes, headroom, writable);
             // A fresh sparse file reads as zeros: mkfs need not write the inode tables and
             // journal (assume_storage_prezeroed), so unused space costs nothing on the host.
-            let file = fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(image)
-                .map_err(io_err("create", image))?;
+            let file = fs::OpenOptions::new().write(true).create(true).truncate(true).open(image).map_err(io_err("create", image))?;
             file.set_len(size).map_err(io_err("size", image))?;
             drop(file);
-            let mut args: Vec<std::ffi::OsString> = [
-                "-q",
-                "-F",
-                "-t",
-                "ext4",
-                "-b",
-                "4096",
-                "-I",
-                "256",
-                "-m",
-                "0",
-                "-E",
-                "nodiscard,assume_storage_prezeroed=1",
-            ]
-            .iter()
-            .map(Into::into)
-            .collect();
+            let mut args: Vec<std::ffi::OsString> =
+                ["-q", "-F", "-t", "ext4", "-b", "4096", "-I", "256", "-m", "0", "-E", "nodiscard,assume_storage_prezeroed=1"].iter().map(Into::into).collect();
             args.push("-N".into());
             args.push(inodes.to_string().into());
             if writable {
@@ -180,11 +125,7 @@ pub(crate) fn mkfs(
             } else {
                 args.extend(["-O".into(), "^has_journal".into()]);
             }
-            args.extend([
-                "-d".into(),
-                src.as_os_str().to_owned(),
-                image.as_os_str().to_owned(),
-            ]);
+            args.extend(["-d".into(), src.as_os_str().to_owned(), image.as_os_str().to_owned()]);
             run(&opts.tools.mkfs_ext4, "e2fsprogs", args, image, src)?;
             // mkfs.ext4 always adds lost+found; a container must see exactly its image's
             // content (runc shows no lost+found), so it goes unless the tree has one itself.
@@ -216,32 +157,17 @@ pub(crate) fn parent_dir(path: &Path) -> PathBuf {
 /// Runs `build` on a temporary file beside `opts.output` and renames it there, so a reader
 /// never sees a half-built image (the temporary file is removed on error). Returns what
 /// `build` returns.
-pub(crate) fn persist_via_temp(
-    opts: &ImageOptions,
-    build: impl FnOnce(&Path) -> Result<u64, ImageError>,
-) -> Result<u64, ImageError> {
+pub(crate) fn persist_via_temp(opts: &ImageOptions, build: impl FnOnce(&Path) -> Result<u64, ImageError>) -> Result<u64, ImageError> {
     let dir = parent_dir(&opts.output);
-    let tmp = tempfile::Builder::new()
-        .prefix(".husk-img-")
-        .tempfile_in(&dir)
-        .map_err(io_err("create a temporary image in", &dir))?
-        .into_temp_path();
+    let tmp = tempfile::Builder::new().prefix(".husk-img-").tempfile_in(&dir).map_err(io_err("create a temporary image in", &dir))?.into_temp_path();
     let bytes = build(&tmp)?;
-    tmp.persist(&opts.output).map_err(|e| ImageError::Io {
-        op: "rename the image to",
-        path: opts.output.clone(),
-        source: e.error,
-    })?;
+    tmp.persist(&opts.output).map_err(|e| ImageError::Io { op: "rename the image to", path: opts.output.clone(), source: e.error })?;
     Ok(bytes)
 }
 
 /// Builds the image of `src` at `opts.output` (through a temporary file).
 /// Returns the allocated bytes of the image.
-pub(crate) fn build_to_output(
-    src: &Path,
-    opts: &ImageOptions,
-    read_only: bool,
-) -> Result<u64, ImageError> {
+pub(crate) fn build_to_output(src: &Path, opts: &ImageOptions, read_only: bool) -> Result<u64, ImageError> {
     persist_via_temp(opts, |tmp| {
         mkfs(src, tmp, opts, !read_only && opts.fstype == FsType::Ext4)?;
         allocated(tmp)

@@ -39,9 +39,7 @@ impl std::str::FromStr for FsType {
         match s {
             "ext4" => Ok(FsType::Ext4),
             "erofs" => Ok(FsType::Erofs),
-            _ => Err(ImageError::UnknownFsType {
-                value: s.to_string(),
-            }),
+            _ => Err(ImageError::UnknownFsType { value: s.to_string() }),
         }
     }
 }
@@ -65,11 +63,7 @@ pub struct Tools {
 
 impl Default for Tools {
     fn default() -> Self {
-        Tools {
-            mkfs_ext4: "mkfs.ext4".into(),
-            mkfs_erofs: "mkfs.erofs".into(),
-            debugfs: "debugfs".into(),
-        }
+        Tools { mkfs_ext4: "mkfs.ext4".into(), mkfs_erofs: "mkfs.erofs".into(), debugfs: "debugfs".into() }
     }
 }
 
@@ -132,14 +126,7 @@ pub struct BuiltImage {
 impl BuiltImage {
     /// An image built at `opts.output` by this call, outside the cache.
     pub(crate) fn uncached(opts: &ImageOptions, read_only: bool, bytes_written: u64) -> Self {
-        BuiltImage {
-            path: opts.output.clone(),
-            fstype: opts.fstype,
-            read_only,
-            from_cache: false,
-            bytes_written,
-            cache_key: None,
-        }
+        BuiltImage { path: opts.output.clone(), fstype: opts.fstype, read_only, from_cache: false, bytes_written, cache_key: None }
     }
 }
 
@@ -205,9 +192,7 @@ pub enum ImageError {
         value: String,
     },
     /// A layer's media type is not one this builder can unpack.
-    #[error(
-        "layer {path}: unsupported media type {media_type:?} (supported: tar, tar+gzip, tar+zstd)"
-    )]
+    #[error("layer {path}: unsupported media type {media_type:?} (supported: tar, tar+gzip, tar+zstd)")]
     UnsupportedMediaType {
         /// The layer.
         path: PathBuf,
@@ -251,9 +236,7 @@ pub enum ImageError {
         count: usize,
     },
     /// Mount type other than overlay or bind.
-    #[error(
-        "unsupported rootfs mount type {fstype:?} (source {source_path}); expected overlay or bind"
-    )]
+    #[error("unsupported rootfs mount type {fstype:?} (source {source_path}); expected overlay or bind")]
     UnsupportedMountType {
         /// The type.
         fstype: String,
@@ -281,24 +264,14 @@ pub enum ImageError {
     },
 }
 
-pub(crate) fn io_err<'a>(
-    op: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(io::Error) -> ImageError + 'a {
-    move |source| ImageError::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
-    }
+pub(crate) fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ImageError + 'a {
+    move |source| ImageError::Io { op, path: path.to_path_buf(), source }
 }
 
 pub(crate) fn require_dir(what: &'static str, path: &Path) -> Result<(), ImageError> {
     match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => Ok(()),
-        _ => Err(ImageError::MissingDir {
-            what,
-            path: path.to_path_buf(),
-        }),
+        _ => Err(ImageError::MissingDir { what, path: path.to_path_buf() }),
     }
 }
 
@@ -312,10 +285,7 @@ pub fn image_from_dir(dir: &Path, opts: &ImageOptions) -> Result<BuiltImage, Ima
 
 /// Builds a read-only image of a stack of OCI layers (bottom first), applying whiteouts.
 /// Cached by the layers' digests when `opts.cache_dir` is set, else written to `opts.output`.
-pub fn image_from_layers(
-    layers: &[LayerSpec],
-    opts: &ImageOptions,
-) -> Result<BuiltImage, ImageError> {
+pub fn image_from_layers(layers: &[LayerSpec], opts: &ImageOptions) -> Result<BuiltImage, ImageError> {
     layers::image_from_layers(layers, opts)
 }
 
@@ -323,9 +293,6 @@ pub fn image_from_layers(
 /// `overlay` (lowerdir/upperdir/workdir) or `bind` (a directory). Overlay lowerdirs are
 /// read-only and cached; a non-empty upperdir is included by building from the merged view
 /// (then nothing is cached). A bind source is built uncached.
-pub fn image_from_mounts(
-    mounts: &[MountSpec],
-    opts: &ImageOptions,
-) -> Result<BuiltImage, ImageError> {
+pub fn image_from_mounts(mounts: &[MountSpec], opts: &ImageOptions) -> Result<BuiltImage, ImageError> {
     mounts::image_from_mounts(mounts, opts)
 }

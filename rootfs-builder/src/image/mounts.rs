@@ -4,9 +4,7 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::{
-    cache, io_err, mkfs, overlay, require_dir, BuiltImage, FsType, ImageError, ImageOptions,
-};
+use super::{cache, io_err, mkfs, overlay, require_dir, BuiltImage, FsType, ImageError, ImageOptions};
 
 /// One mount as containerd describes it (`containerd.types.Mount` without the target).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,55 +22,27 @@ impl std::str::FromStr for MountSpec {
 
     /// Parses `TYPE:SOURCE:OPTIONS` (options comma-separated; they may contain `:`).
     fn from_str(s: &str) -> Result<Self, ImageError> {
-        let bad = |reason| ImageError::BadMount {
-            spec: s.to_string(),
-            reason,
-        };
+        let bad = |reason| ImageError::BadMount { spec: s.to_string(), reason };
         let mut it = s.splitn(3, ':');
-        let fstype = it
-            .next()
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| bad("expected TYPE:SOURCE:OPTIONS"))?;
-        let source = it
-            .next()
-            .ok_or_else(|| bad("expected TYPE:SOURCE:OPTIONS"))?;
-        let options = it
-            .next()
-            .unwrap_or("")
-            .split(',')
-            .filter(|o| !o.is_empty())
-            .map(str::to_string)
-            .collect();
-        Ok(MountSpec {
-            fstype: fstype.to_string(),
-            source: source.into(),
-            options,
-        })
+        let fstype = it.next().filter(|t| !t.is_empty()).ok_or_else(|| bad("expected TYPE:SOURCE:OPTIONS"))?;
+        let source = it.next().ok_or_else(|| bad("expected TYPE:SOURCE:OPTIONS"))?;
+        let options = it.next().unwrap_or("").split(',').filter(|o| !o.is_empty()).map(str::to_string).collect();
+        Ok(MountSpec { fstype: fstype.to_string(), source: source.into(), options })
     }
 }
 
 impl MountSpec {
     fn option(&self, name: &str) -> Option<&str> {
-        self.options
-            .iter()
-            .find_map(|o| o.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+        self.options.iter().find_map(|o| o.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
     }
 
     fn display(&self) -> String {
-        format!(
-            "{}:{}:{}",
-            self.fstype,
-            self.source.display(),
-            self.options.join(",")
-        )
+        format!("{}:{}:{}", self.fstype, self.source.display(), self.options.join(","))
     }
 }
 
 fn is_empty_dir(dir: &Path) -> Result<bool, ImageError> {
-    Ok(fs::read_dir(dir)
-        .map_err(io_err("read", dir))?
-        .next()
-        .is_none())
+    Ok(fs::read_dir(dir).map_err(io_err("read", dir))?.next().is_none())
 }
 
 /// Cache identity of a committed snapshot directory: where it is and which inode it is, with
@@ -88,67 +58,37 @@ fn identity(dir: &Path) -> Result<Vec<u8>, ImageError> {
 }
 
 fn work_dir(opts: &ImageOptions) -> PathBuf {
-    opts.work_dir
-        .clone()
-        .unwrap_or_else(|| mkfs::parent_dir(&opts.output))
+    opts.work_dir.clone().unwrap_or_else(|| mkfs::parent_dir(&opts.output))
 }
 
 /// Makes the image of `layers` (topmost first) at `image`.
-fn mkfs_layers(
-    layers: &[PathBuf],
-    image: &Path,
-    opts: &ImageOptions,
-    writable: bool,
-) -> Result<(), ImageError> {
+fn mkfs_layers(layers: &[PathBuf], image: &Path, opts: &ImageOptions, writable: bool) -> Result<(), ImageError> {
     match layers {
         [single] => mkfs::mkfs(single, image, opts, writable),
-        _ => overlay::with_merged_view(layers, &work_dir(opts), |view| {
-            mkfs::mkfs(view, image, opts, writable)
-        }),
+        _ => overlay::with_merged_view(layers, &work_dir(opts), |view| mkfs::mkfs(view, image, opts, writable)),
     }
 }
 
 /// Builds `layers` into `opts.output` through a temporary file.
-fn build_uncached(
-    layers: &[PathBuf],
-    opts: &ImageOptions,
-    writable: bool,
-) -> Result<u64, ImageError> {
+fn build_uncached(layers: &[PathBuf], opts: &ImageOptions, writable: bool) -> Result<u64, ImageError> {
     let dir = mkfs::parent_dir(&opts.output);
-    let tmp = tempfile::Builder::new()
-        .prefix(".husk-img-")
-        .tempfile_in(&dir)
-        .map_err(io_err("create a temporary image in", &dir))?
-        .into_temp_path();
+    let tmp = tempfile::Builder::new().prefix(".husk-img-").tempfile_in(&dir).map_err(io_err("create a temporary image in", &dir))?.into_temp_path();
     mkfs_layers(layers, &tmp, opts, writable)?;
     let bytes = mkfs::allocated(&tmp)?;
-    tmp.persist(&opts.output).map_err(|e| ImageError::Io {
-        op: "rename the image to",
-        path: opts.output.clone(),
-        source: e.error,
-    })?;
+    tmp.persist(&opts.output).map_err(|e| ImageError::Io { op: "rename the image to", path: opts.output.clone(), source: e.error })?;
     Ok(bytes)
 }
 
 fn overlay_image(m: &MountSpec, opts: &ImageOptions) -> Result<BuiltImage, ImageError> {
     let spec = m.display();
-    let lower = m.option("lowerdir").ok_or(ImageError::BadMount {
-        spec: spec.clone(),
-        reason: "overlay without lowerdir",
-    })?;
+    let lower = m.option("lowerdir").ok_or(ImageError::BadMount { spec: spec.clone(), reason: "overlay without lowerdir" })?;
     if lower.contains('\\') {
-        return Err(ImageError::BadMount {
-            spec,
-            reason: "escaped characters in lowerdir are not supported",
-        });
+        return Err(ImageError::BadMount { spec, reason: "escaped characters in lowerdir are not supported" });
     }
     let lowers: Vec<PathBuf> = lower.split(':').map(PathBuf::from).collect();
     for l in &lowers {
         if !l.is_absolute() {
-            return Err(ImageError::BadMount {
-                spec,
-                reason: "lowerdir paths must be absolute",
-            });
+            return Err(ImageError::BadMount { spec, reason: "lowerdir paths must be absolute" });
         }
         require_dir("overlay lowerdir", l)?;
     }
@@ -170,38 +110,17 @@ fn overlay_image(m: &MountSpec, opts: &ImageOptions) -> Result<BuiltImage, Image
         return Ok(BuiltImage::uncached(opts, true, bytes));
     };
     let compressor = opts.erofs_compressor.clone().unwrap_or_default();
-    let ids = lowers
-        .iter()
-        .map(|l| identity(l))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut parts: Vec<&[u8]> = vec![
-        b"overlay-lowers",
-        opts.fstype.as_str().as_bytes(),
-        compressor.as_bytes(),
-    ];
+    let ids = lowers.iter().map(|l| identity(l)).collect::<Result<Vec<_>, _>>()?;
+    let mut parts: Vec<&[u8]> = vec![b"overlay-lowers", opts.fstype.as_str().as_bytes(), compressor.as_bytes()];
     parts.extend(ids.iter().map(Vec::as_slice));
     let key = cache::key(&parts);
-    let r = cache::get_or_build(cache_dir, &key, opts.fstype, opts.cache_max_bytes, |tmp| {
-        mkfs_layers(&lowers, tmp, opts, false).map(|()| 0)
-    })?;
-    Ok(BuiltImage {
-        path: r.path,
-        fstype: opts.fstype,
-        read_only: true,
-        from_cache: r.from_cache,
-        bytes_written: r.bytes_written,
-        cache_key: Some(key),
-    })
+    let r = cache::get_or_build(cache_dir, &key, opts.fstype, opts.cache_max_bytes, |tmp| mkfs_layers(&lowers, tmp, opts, false).map(|()| 0))?;
+    Ok(BuiltImage { path: r.path, fstype: opts.fstype, read_only: true, from_cache: r.from_cache, bytes_written: r.bytes_written, cache_key: Some(key) })
 }
 
-pub(crate) fn image_from_mounts(
-    mounts: &[MountSpec],
-    opts: &ImageOptions,
-) -> Result<BuiltImage, ImageError> {
+pub(crate) fn image_from_mounts(mounts: &[MountSpec], opts: &ImageOptions) -> Result<BuiltImage, ImageError> {
     let [m] = mounts else {
-        return Err(ImageError::MountCount {
-            count: mounts.len(),
-        });
+        return Err(ImageError::MountCount { count: mounts.len() });
     };
     match m.fstype.as_str() {
         "overlay" => overlay_image(m, opts),
@@ -211,9 +130,6 @@ pub(crate) fn image_from_mounts(
             let bytes = mkfs::build_to_output(&m.source, opts, ro)?;
             Ok(BuiltImage::uncached(opts, ro, bytes))
         }
-        other => Err(ImageError::UnsupportedMountType {
-            fstype: other.to_string(),
-            source_path: m.source.clone(),
-        }),
+        other => Err(ImageError::UnsupportedMountType { fstype: other.to_string(), source_path: m.source.clone() }),
     }
 }

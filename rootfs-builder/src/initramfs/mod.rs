@@ -16,17 +16,8 @@ use flate2::{Compression, GzBuilder};
 use newc::{NewcEntry, NewcWriter, S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG};
 
 /// Directories every initramfs has (mode), so PID 1 can mount on them.
-const BASE_DIRS: &[(&str, u32)] = &[
-    ("dev", 0o755),
-    ("etc", 0o755),
-    ("mnt", 0o755),
-    ("proc", 0o555),
-    ("root", 0o700),
-    ("run", 0o755),
-    ("sys", 0o555),
-    ("tmp", 0o1777),
-    ("var", 0o755),
-];
+const BASE_DIRS: &[(&str, u32)] =
+    &[("dev", 0o755), ("etc", 0o755), ("mnt", 0o755), ("proc", 0o555), ("root", 0o700), ("run", 0o755), ("sys", 0o555), ("tmp", 0o1777), ("var", 0o755)];
 
 /// Errors building an initramfs.
 #[derive(Debug, thiserror::Error)]
@@ -123,10 +114,7 @@ enum Node {
 
 /// Checks that `path` is an x86-64 ELF executable needing no dynamic loader or shared library.
 pub fn check_static(path: &Path, bytes: &[u8]) -> Result<(), InitramfsError> {
-    let elf = goblin::elf::Elf::parse(bytes).map_err(|source| InitramfsError::NotElf {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let elf = goblin::elf::Elf::parse(bytes).map_err(|source| InitramfsError::NotElf { path: path.to_path_buf(), source })?;
     use goblin::elf::header::{EM_X86_64, ET_DYN, ET_EXEC};
     let h = &elf.header;
     if h.e_machine != EM_X86_64 || !(h.e_type == ET_EXEC || h.e_type == ET_DYN) || h.e_entry == 0 {
@@ -152,11 +140,7 @@ pub fn check_static(path: &Path, bytes: &[u8]) -> Result<(), InitramfsError> {
 
 /// Turns `/a/b` into `a/b`, refusing relative paths, `..`, and the root itself.
 fn clean_dest(src: &Path, dest: &str) -> Result<String, InitramfsError> {
-    let bad = |reason| InitramfsError::BadDestination {
-        src: src.to_path_buf(),
-        dest: dest.to_string(),
-        reason,
-    };
+    let bad = |reason| InitramfsError::BadDestination { src: src.to_path_buf(), dest: dest.to_string(), reason };
     if !dest.starts_with('/') {
         return Err(bad("must be an absolute path"));
     }
@@ -178,158 +162,83 @@ fn add_parents(nodes: &mut BTreeMap<String, Node>, path: &str) {
     let mut end = 0;
     while let Some(i) = path[end..].find('/') {
         end += i;
-        nodes
-            .entry(path[..end].to_string())
-            .or_insert(Node::Dir(0o755));
+        nodes.entry(path[..end].to_string()).or_insert(Node::Dir(0o755));
         end += 1;
     }
 }
 
-fn insert(
-    nodes: &mut BTreeMap<String, Node>,
-    src: &Path,
-    dest: String,
-    node: Node,
-) -> Result<(), InitramfsError> {
+fn insert(nodes: &mut BTreeMap<String, Node>, src: &Path, dest: String, node: Node) -> Result<(), InitramfsError> {
     add_parents(nodes, &dest);
     let dir = matches!(node, Node::Dir(_));
     match nodes.get(&dest) {
         Some(Node::Dir(_)) if dir => {}
-        Some(_) => {
-            return Err(InitramfsError::BadDestination {
-                src: src.to_path_buf(),
-                dest: format!("/{dest}"),
-                reason: "already present in the initramfs",
-            })
-        }
+        Some(_) => return Err(InitramfsError::BadDestination { src: src.to_path_buf(), dest: format!("/{dest}"), reason: "already present in the initramfs" }),
         None => {}
     }
     nodes.insert(dest, node);
     Ok(())
 }
 
-fn add_tree(
-    nodes: &mut BTreeMap<String, Node>,
-    src: &Path,
-    dest: String,
-) -> Result<(), InitramfsError> {
-    let read = |path: &Path, source| InitramfsError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
+fn add_tree(nodes: &mut BTreeMap<String, Node>, src: &Path, dest: String) -> Result<(), InitramfsError> {
+    let read = |path: &Path, source| InitramfsError::Read { path: path.to_path_buf(), source };
     let meta = fs::symlink_metadata(src).map_err(|e| read(src, e))?;
     let perm = meta.mode() & 0o7777;
     let ft = meta.file_type();
     if ft.is_dir() {
         insert(nodes, src, dest.clone(), Node::Dir(perm))?;
-        let mut children: Vec<_> = fs::read_dir(src)
-            .map_err(|e| read(src, e))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| read(src, e))?;
+        let mut children: Vec<_> = fs::read_dir(src).map_err(|e| read(src, e))?.collect::<Result<_, _>>().map_err(|e| read(src, e))?;
         children.sort_by_key(|c| c.file_name());
         for child in children {
             let name = child.file_name();
-            let name = name
-                .to_str()
-                .ok_or_else(|| InitramfsError::BadDestination {
-                    src: child.path(),
-                    dest: format!("/{dest}/{}", name.to_string_lossy()),
-                    reason: "not UTF-8",
-                })?;
+            let name = name.to_str().ok_or_else(|| InitramfsError::BadDestination {
+                src: child.path(),
+                dest: format!("/{dest}/{}", name.to_string_lossy()),
+                reason: "not UTF-8",
+            })?;
             add_tree(nodes, &child.path(), format!("{dest}/{name}"))?;
         }
         Ok(())
     } else if ft.is_file() {
-        insert(
-            nodes,
-            src,
-            dest,
-            Node::File {
-                mode: perm,
-                src: src.to_path_buf(),
-            },
-        )
+        insert(nodes, src, dest, Node::File { mode: perm, src: src.to_path_buf() })
     } else if ft.is_symlink() {
         let target = fs::read_link(src).map_err(|e| read(src, e))?;
         insert(nodes, src, dest, Node::Symlink(target))
     } else {
-        Err(InitramfsError::UnsupportedFileType {
-            path: src.to_path_buf(),
-        })
+        Err(InitramfsError::UnsupportedFileType { path: src.to_path_buf() })
     }
 }
 
 /// Writes the uncompressed cpio archive of `spec` to `out`; returns (entries, bytes).
 pub fn write_cpio<W: Write>(spec: &InitramfsSpec, out: W) -> Result<(usize, W), InitramfsError> {
-    let agent = fs::read(&spec.agent).map_err(|source| InitramfsError::Read {
-        path: spec.agent.clone(),
-        source,
-    })?;
+    let agent = fs::read(&spec.agent).map_err(|source| InitramfsError::Read { path: spec.agent.clone(), source })?;
     check_static(&spec.agent, &agent)?;
 
     let mut nodes = BTreeMap::new();
     for (dir, mode) in BASE_DIRS {
         nodes.insert(dir.to_string(), Node::Dir(*mode));
     }
-    nodes.insert(
-        "dev/console".into(),
-        Node::CharDev {
-            mode: 0o600,
-            major: 5,
-            minor: 1,
-        },
-    );
-    nodes.insert(
-        "init".into(),
-        Node::File {
-            mode: 0o755,
-            src: spec.agent.clone(),
-        },
-    );
+    nodes.insert("dev/console".into(), Node::CharDev { mode: 0o600, major: 5, minor: 1 });
+    nodes.insert("init".into(), Node::File { mode: 0o755, src: spec.agent.clone() });
     for (src, dest) in &spec.extra {
         let dest = clean_dest(src, dest)?;
         add_tree(&mut nodes, src, dest)?;
     }
 
-    let werr = |source| InitramfsError::Write {
-        path: PathBuf::from("<cpio stream>"),
-        source,
-    };
+    let werr = |source| InitramfsError::Write { path: PathBuf::from("<cpio stream>"), source };
     let mut w = NewcWriter::new(out);
     let count = nodes.len();
     for (ino, (name, node)) in (1u32..).zip(nodes) {
         let (mode, nlink, rdev, data) = match node {
             Node::Dir(m) => (S_IFDIR | m, 2, (0, 0), Vec::new()),
-            Node::File { mode, src } if src == spec.agent => {
-                (S_IFREG | mode, 1, (0, 0), agent.clone())
-            }
+            Node::File { mode, src } if src == spec.agent => (S_IFREG | mode, 1, (0, 0), agent.clone()),
             Node::File { mode, src } => {
-                let data = fs::read(&src).map_err(|source| InitramfsError::Read {
-                    path: src.clone(),
-                    source,
-                })?;
+                let data = fs::read(&src).map_err(|source| InitramfsError::Read { path: src.clone(), source })?;
                 (S_IFREG | mode, 1, (0, 0), data)
             }
-            Node::Symlink(t) => (
-                S_IFLNK | 0o777,
-                1,
-                (0, 0),
-                t.into_os_string().into_encoded_bytes(),
-            ),
+            Node::Symlink(t) => (S_IFLNK | 0o777, 1, (0, 0), t.into_os_string().into_encoded_bytes()),
             Node::CharDev { mode, major, minor } => (S_IFCHR | mode, 1, (major, minor), Vec::new()),
         };
-        w.entry(&NewcEntry {
-            name,
-            ino,
-            mode,
-            uid: 0,
-            gid: 0,
-            nlink,
-            mtime: 0,
-            rdev,
-            data,
-        })
-        .map_err(werr)?;
+        w.entry(&NewcEntry { name, ino, mode, uid: 0, gid: 0, nlink, mtime: 0, rdev, data }).map_err(werr)?;
     }
     Ok((count, w.finish().map_err(werr)?))
 }
@@ -352,40 +261,23 @@ impl<W: Write> Write for Counting<W> {
 
 /// Builds the gzip-compressed initramfs of `spec` at `out` (written to a temporary file beside
 /// it and renamed, so `out` is never left half-written).
-pub fn build_initramfs(
-    spec: &InitramfsSpec,
-    out: &Path,
-) -> Result<InitramfsReport, InitramfsError> {
-    let werr = |source| InitramfsError::Write {
-        path: out.to_path_buf(),
-        source,
-    };
+pub fn build_initramfs(spec: &InitramfsSpec, out: &Path) -> Result<InitramfsReport, InitramfsError> {
+    let werr = |source| InitramfsError::Write { path: out.to_path_buf(), source };
     let dir = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let tmp = tempfile::Builder::new()
-        .prefix(".initramfs-")
-        .tempfile_in(dir)
-        .map_err(werr)?;
-    let gz = GzBuilder::new().mtime(0).write(
-        io::BufWriter::new(tmp.as_file().try_clone().map_err(werr)?),
-        Compression::default(),
-    );
+    let tmp = tempfile::Builder::new().prefix(".initramfs-").tempfile_in(dir).map_err(werr)?;
+    let gz = GzBuilder::new().mtime(0).write(io::BufWriter::new(tmp.as_file().try_clone().map_err(werr)?), Compression::default());
     let (entries, counting) = write_cpio(spec, Counting { inner: gz, n: 0 })?;
     let cpio_bytes = counting.n;
     let mut buf = counting.inner.finish().map_err(werr)?;
     buf.flush().map_err(werr)?;
     drop(buf);
     let file = tmp.as_file();
-    file.set_permissions(fs::Permissions::from_mode(0o644))
-        .map_err(werr)?;
+    file.set_permissions(fs::Permissions::from_mode(0o644)).map_err(werr)?;
     file.sync_all().map_err(werr)?;
     let compressed_bytes = file.metadata().map_err(werr)?.len();
     tmp.persist(out).map_err(|e| werr(e.error))?;
-    Ok(InitramfsReport {
-        entries,
-        cpio_bytes,
-        compressed_bytes,
-    })
+    Ok(InitramfsReport { entries, cpio_bytes, compressed_bytes })
 }

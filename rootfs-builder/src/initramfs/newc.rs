@@ -77,29 +77,12 @@ impl<W: Write> NewcWriter<W> {
 
     /// Writes one entry.
     pub fn entry(&mut self, e: &NewcEntry) -> io::Result<()> {
-        let too_big = |what: &str| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{what} of {} too large for newc", e.name),
-            )
-        };
+        let too_big = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("{what} of {} too large for newc", e.name));
         let size = u32::try_from(e.data.len()).map_err(|_| too_big("size"))?;
         let namesize = u32::try_from(e.name.len() + 1).map_err(|_| too_big("name"))?;
         let header = format!(
             "070701{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
-            e.ino,
-            e.mode,
-            e.uid,
-            e.gid,
-            e.nlink,
-            e.mtime,
-            size,
-            0,
-            0,
-            e.rdev.0,
-            e.rdev.1,
-            namesize,
-            0
+            e.ino, e.mode, e.uid, e.gid, e.nlink, e.mtime, size, 0, 0, e.rdev.0, e.rdev.1, namesize, 0
         );
         debug_assert_eq!(header.len(), HEADER_LEN);
         self.put(header.as_bytes())?;
@@ -112,17 +95,7 @@ impl<W: Write> NewcWriter<W> {
 
     /// Writes the trailer and returns the inner writer.
     pub fn finish(mut self) -> io::Result<W> {
-        self.entry(&NewcEntry {
-            name: TRAILER.to_string(),
-            ino: 0,
-            mode: 0,
-            uid: 0,
-            gid: 0,
-            nlink: 1,
-            mtime: 0,
-            rdev: (0, 0),
-            data: Vec::new(),
-        })?;
+        self.entry(&NewcEntry { name: TRAILER.to_string(), ino: 0, mode: 0, uid: 0, gid: 0, nlink: 1, mtime: 0, rdev: (0, 0), data: Vec::new() })?;
         Ok(self.out)
     }
 }
@@ -154,31 +127,22 @@ pub fn read_newc(data: &[u8]) -> Result<Vec<NewcEntry>, NewcReadError> {
     let mut off = 0usize;
     loop {
         let start = off;
-        let header = data
-            .get(off..off + HEADER_LEN)
-            .ok_or(NewcReadError::Truncated { offset: start })?;
+        let header = data.get(off..off + HEADER_LEN).ok_or(NewcReadError::Truncated { offset: start })?;
         if &header[..6] != MAGIC {
             return Err(NewcReadError::BadHeader { offset: start });
         }
         let mut fields = [0u32; 13];
         for (i, f) in fields.iter_mut().enumerate() {
-            let hex = std::str::from_utf8(&header[6 + i * 8..14 + i * 8])
-                .map_err(|_| NewcReadError::BadHeader { offset: start })?;
-            *f = u32::from_str_radix(hex, 16)
-                .map_err(|_| NewcReadError::BadHeader { offset: start })?;
+            let hex = std::str::from_utf8(&header[6 + i * 8..14 + i * 8]).map_err(|_| NewcReadError::BadHeader { offset: start })?;
+            *f = u32::from_str_radix(hex, 16).map_err(|_| NewcReadError::BadHeader { offset: start })?;
         }
         let namesize = fields[11] as usize;
         let filesize = fields[6] as usize;
         let name_end = off + HEADER_LEN + namesize;
-        let name_bytes = data
-            .get(off + HEADER_LEN..name_end)
-            .ok_or(NewcReadError::Truncated { offset: start })?;
-        let name = String::from_utf8_lossy(name_bytes.strip_suffix(&[0]).unwrap_or(name_bytes))
-            .into_owned();
+        let name_bytes = data.get(off + HEADER_LEN..name_end).ok_or(NewcReadError::Truncated { offset: start })?;
+        let name = String::from_utf8_lossy(name_bytes.strip_suffix(&[0]).unwrap_or(name_bytes)).into_owned();
         let data_start = align4(name_end);
-        let file = data
-            .get(data_start..data_start + filesize)
-            .ok_or(NewcReadError::Truncated { offset: start })?;
+        let file = data.get(data_start..data_start + filesize).ok_or(NewcReadError::Truncated { offset: start })?;
         off = align4(data_start + filesize);
         if name == TRAILER {
             return Ok(entries);
@@ -204,17 +168,7 @@ mod tests {
 
     #[test]
     fn round_trip_and_padding() {
-        let e = NewcEntry {
-            name: "init".into(),
-            ino: 1,
-            mode: S_IFREG | 0o755,
-            uid: 0,
-            gid: 0,
-            nlink: 1,
-            mtime: 0,
-            rdev: (0, 0),
-            data: b"abcde".to_vec(),
-        };
+        let e = NewcEntry { name: "init".into(), ino: 1, mode: S_IFREG | 0o755, uid: 0, gid: 0, nlink: 1, mtime: 0, rdev: (0, 0), data: b"abcde".to_vec() };
         let mut w = NewcWriter::new(Vec::new());
         w.entry(&e).unwrap();
         let out = w.finish().unwrap();
@@ -226,23 +180,12 @@ mod tests {
     #[test]
     fn truncated_and_garbage_are_errors() {
         let mut w = NewcWriter::new(Vec::new());
-        w.entry(&NewcEntry {
-            name: "x".into(),
-            ino: 1,
-            mode: S_IFREG,
-            uid: 0,
-            gid: 0,
-            nlink: 1,
-            mtime: 0,
-            rdev: (0, 0),
-            data: vec![1; 100],
-        })
-        .unwrap();
+        w.entry(&NewcEntry { name: "x".into(), ino: 1, mode: S_IFREG, uid: 0, gid: 0, nlink: 1, mtime: 0, rdev: (0, 0), data: vec![1; 100] }).unwrap();
         let out = w.finish().unwrap();
+        assert!(matches!(read_newc(&out[..150]), Err(NewcReadError::Truncated { .. })));
         assert!(matches!(
-            read_newc(&out[..150]),
-            Err(NewcReadError::Truncated { .. })
+            read_newc(b"garbage that is not a cpio header at all, padded out to more than 110 bytes ......................................"),
+            Err(NewcReadError::BadHeader { offset: 0 })
         ));
-        assert!(matches!(read_newc(b"garbage that is not a cpio header at all, padded out to more than 110 bytes ......................................"), Err(NewcReadError::BadHeader { offset: 0 })));
     }
 }

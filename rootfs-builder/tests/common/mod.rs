@@ -11,31 +11,20 @@ use std::process::Command;
 pub const STATIC_BIN: &str = "/bin/busybox";
 
 pub fn tmp() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("husk-rootfs-test-")
-        .tempdir()
-        .unwrap()
+    tempfile::Builder::new().prefix("husk-rootfs-test-").tempdir().unwrap()
 }
 
 /// Runs a command, panicking with its output if it fails; returns stdout.
 pub fn sh(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{cmd} {args:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Entries of directory `dir` in an ext4 image, read with debugfs (no mount):
 /// (name, mode, uid, gid).
 pub fn ext4_ls(img: &Path, dir: &str) -> Vec<(String, u32, u32, u32)> {
-    let out = sh(
-        "debugfs",
-        &["-R", &format!("ls -p {dir}"), img.to_str().unwrap()],
-    );
+    let out = sh("debugfs", &["-R", &format!("ls -p {dir}"), img.to_str().unwrap()]);
     let mut v: Vec<_> = out
         .lines()
         .filter_map(|l| {
@@ -43,12 +32,7 @@ pub fn ext4_ls(img: &Path, dir: &str) -> Vec<(String, u32, u32, u32)> {
             if f.len() < 6 || f[5] == "." || f[5] == ".." {
                 return None;
             }
-            Some((
-                f[5].to_string(),
-                u32::from_str_radix(f[2], 8).ok()?,
-                f[3].parse().ok()?,
-                f[4].parse().ok()?,
-            ))
+            Some((f[5].to_string(), u32::from_str_radix(f[2], 8).ok()?, f[3].parse().ok()?, f[4].parse().ok()?))
         })
         .collect();
     v.sort();
@@ -65,10 +49,7 @@ pub fn ext4_names(img: &Path, dir: &str) -> Vec<String> {
 }
 
 pub fn ext4_cat(img: &Path, file: &str) -> String {
-    sh(
-        "debugfs",
-        &["-R", &format!("cat {file}"), img.to_str().unwrap()],
-    )
+    sh("debugfs", &["-R", &format!("cat {file}"), img.to_str().unwrap()])
 }
 
 /// A loop mount of an image, unmounted on drop (also when a test fails).
@@ -79,15 +60,7 @@ pub struct LoopMount {
 impl LoopMount {
     pub fn new(img: &Path) -> Self {
         let dir = tmp();
-        sh(
-            "mount",
-            &[
-                "-o",
-                "loop,ro",
-                img.to_str().unwrap(),
-                dir.path().to_str().unwrap(),
-            ],
-        );
+        sh("mount", &["-o", "loop,ro", img.to_str().unwrap(), dir.path().to_str().unwrap()]);
         LoopMount { dir }
     }
     pub fn path(&self) -> &Path {
@@ -105,12 +78,7 @@ impl Drop for LoopMount {
 /// then detaching it lazily: a test never leaves a mount behind.
 pub fn unmount(dir: &Path) {
     for _ in 0..20 {
-        if Command::new("umount")
-            .arg(dir)
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-        {
+        if Command::new("umount").arg(dir).status().map(|s| s.success()).unwrap_or(false) {
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
@@ -127,17 +95,10 @@ pub fn sample_tree(root: &Path) {
     fs::hard_link(root.join("etc/hostname"), root.join("etc/hostname.link")).unwrap();
     fs::copy(STATIC_BIN, root.join("bin/busybox")).unwrap();
     symlink("busybox", root.join("bin/sh")).unwrap();
-    sh(
-        "mknod",
-        &[root.join("etc/null").to_str().unwrap(), "c", "1", "3"],
-    );
+    sh("mknod", &[root.join("etc/null").to_str().unwrap(), "c", "1", "3"]);
     fs::write(root.join("etc/owned"), "x").unwrap();
     std::os::unix::fs::chown(root.join("etc/owned"), Some(1234), Some(5678)).unwrap();
-    fs::set_permissions(
-        root.join("etc/owned"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o640),
-    )
-    .unwrap();
+    fs::set_permissions(root.join("etc/owned"), std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
 }
 
 /// A tar layer built with the tar crate: entries (path, content or None for a dir).
@@ -147,9 +108,7 @@ pub struct Layer {
 
 impl Layer {
     pub fn new() -> Self {
-        Layer {
-            b: tar::Builder::new(Vec::new()),
-        }
+        Layer { b: tar::Builder::new(Vec::new()) }
     }
     fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
         let mut h = tar::Header::new_ustar();
@@ -168,9 +127,7 @@ impl Layer {
     }
     pub fn file(mut self, path: &str, content: &str) -> Self {
         let mut h = Self::header(tar::EntryType::Regular, 0o644, content.len() as u64);
-        self.b
-            .append_data(&mut h, path, content.as_bytes())
-            .unwrap();
+        self.b.append_data(&mut h, path, content.as_bytes()).unwrap();
         self
     }
     pub fn symlink(mut self, path: &str, target: &str) -> Self {
@@ -202,21 +159,12 @@ impl Layer {
 
 /// Files in `dir` (non-recursive) whose name starts with `prefix`.
 pub fn leftovers(dir: &Path, prefix: &str) -> Vec<String> {
-    fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(prefix))
-        .collect()
+    fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with(prefix)).collect()
 }
 
 /// Mount points of this host containing `needle`.
 pub fn mounts_containing(needle: &str) -> Vec<String> {
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains(needle))
-        .map(str::to_string)
-        .collect()
+    fs::read_to_string("/proc/self/mountinfo").unwrap().lines().filter(|l| l.contains(needle)).map(str::to_string).collect()
 }
 
 pub fn mtime_ns(p: &Path) -> i128 {

@@ -74,9 +74,7 @@ fn vmm(configured: &Path) -> Result<String, String> {
     if executable(configured) {
         return Ok(format!("{} (shim.vmm)", configured.display()));
     }
-    let on_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join("husk-vmm")).find(|c| executable(c)))
-        .unwrap_or_default();
+    let on_path = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).map(|d| d.join("husk-vmm")).find(|c| executable(c))).unwrap_or_default();
     match on_path {
         Some(p) => Err(format!("{} is not executable; husk-vmm found at {} (set shim.vmm to it)", configured.display(), p.display())),
         None => Err(format!("husk-vmm not found at {} (shim.vmm) nor on PATH", configured.display())),
@@ -155,7 +153,8 @@ mod tests {
     fn missing_boot_files_and_vmm_are_named() {
         let d = tempfile::tempdir().unwrap();
         let cfg = d.path().join("c.toml");
-        std::fs::write(&cfg, format!("[vm]\nkernel = \"{0}/vmlinux\"\ninitramfs = \"{0}/initramfs\"\n[shim]\nvmm = \"{0}/husk-vmm\"\n", d.path().display())).unwrap();
+        std::fs::write(&cfg, format!("[vm]\nkernel = \"{0}/vmlinux\"\ninitramfs = \"{0}/initramfs\"\n[shim]\nvmm = \"{0}/husk-vmm\"\n", d.path().display()))
+            .unwrap();
         std::fs::write(d.path().join("initramfs"), b"x").unwrap();
         let r = check(&cfg);
         let get = |n: &str| r.iter().find(|c| c.name == n).unwrap().clone();

@@ -27,8 +27,15 @@ pub fn ps(state_root: &Path, out: &mut dyn Write) -> Result<()> {
             Ok(i) => {
                 let name = &i.id;
                 let alive = i.vmm_pid > 0 && Path::new(&format!("/proc/{}", i.vmm_pid)).exists();
-                let status = if i.vmm_pid == 0 { "creating" } else if alive { "running" } else { "dead" };
-                writeln!(out, "{:<24} {:<12} {:>8} {:<8} {:>5} {:>6}M {}", name, i.namespace, i.vmm_pid, status, i.vcpus, i.memory_mib, i.containers.len()).map_err(w)?;
+                let status = if i.vmm_pid == 0 {
+                    "creating"
+                } else if alive {
+                    "running"
+                } else {
+                    "dead"
+                };
+                writeln!(out, "{:<24} {:<12} {:>8} {:<8} {:>5} {:>6}M {}", name, i.namespace, i.vmm_pid, status, i.vcpus, i.memory_mib, i.containers.len())
+                    .map_err(w)?;
                 for c in &i.containers {
                     let disk = if c.slot.is_empty() { "boot disk".to_string() } else { c.slot.clone() };
                     writeln!(out, "  {:<22} {:<10} {}", c.id, disk, c.bundle.display()).map_err(w)?;
@@ -44,7 +51,9 @@ pub fn ps(state_root: &Path, out: &mut dyn Write) -> Result<()> {
 pub fn logs(state_root: &Path, id: &str, out: &mut dyn Write) -> Result<()> {
     state::validate_id(id)?;
     let name = state::dir_name(id);
-    let found = state::list(state_root)?.into_iter().find(|(sd, info)| info.as_ref().map(|i| i.id == id).unwrap_or_else(|_| sd.path().file_name().is_some_and(|n| n.to_string_lossy() == name)));
+    let found = state::list(state_root)?
+        .into_iter()
+        .find(|(sd, info)| info.as_ref().map(|i| i.id == id).unwrap_or_else(|_| sd.path().file_name().is_some_and(|n| n.to_string_lossy() == name)));
     let path: PathBuf = match found {
         Some((sd, _)) => sd.console_log(),
         None => return Err(ShimError::NotFound { kind: "husk VM (pod)", id: id.into() }),
@@ -73,7 +82,16 @@ mod tests {
             ContainerInfo { id: "web".into(), bundle: "/b/web".into(), ..Default::default() },
             ContainerInfo { id: "sidecar".into(), bundle: "/b/sidecar".into(), slot: "slot0".into(), ..Default::default() },
         ];
-        sd.write_info(&StateInfo { id: "web".into(), namespace: "default".into(), vmm_pid: std::process::id(), vcpus: 2, memory_mib: 384, containers, ..Default::default() }).unwrap();
+        sd.write_info(&StateInfo {
+            id: "web".into(),
+            namespace: "default".into(),
+            vmm_pid: std::process::id(),
+            vcpus: 2,
+            memory_mib: 384,
+            containers,
+            ..Default::default()
+        })
+        .unwrap();
         std::fs::write(sd.console_log(), "Linux version 6.1\nhusk-agent ready\n").unwrap();
         let mut out = Vec::new();
         ps(root.path(), &mut out).unwrap();

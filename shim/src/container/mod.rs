@@ -126,7 +126,8 @@ fn create_in_guest(sandbox: &Sandbox, req: &CreateTaskRequest, spec: &Spec, imag
     let mut share = |m: &oci_spec::runtime::Mount| -> Result<String> {
         let src = m.source().clone().unwrap_or_default();
         let ro = m.options().iter().flatten().any(|o| o == "ro");
-        let (name, guest) = sandbox.share(&src, ro).map_err(|e| ShimError::invalid(format!("bind mount on {}", m.destination().display()), crate::error::chain(&e)))?;
+        let (name, guest) =
+            sandbox.share(&src, ro).map_err(|e| ShimError::invalid(format!("bind mount on {}", m.destination().display()), crate::error::chain(&e)))?;
         shares.push(name);
         Ok(guest.display().to_string())
     };
@@ -137,7 +138,8 @@ fn create_in_guest(sandbox: &Sandbox, req: &CreateTaskRequest, spec: &Spec, imag
         container_id: req.id.clone(),
         sandbox_id: sandbox.id.clone(),
         oci_spec_json: json,
-        rootfs: Some(agent::Rootfs { disk_serial: serial.into(), fstype: image.fstype.as_str().into(), read_only: image.read_only, ..Default::default() }).into(),
+        rootfs: Some(agent::Rootfs { disk_serial: serial.into(), fstype: image.fstype.as_str().into(), read_only: image.read_only, ..Default::default() })
+            .into(),
         stdin: !req.stdin.is_empty(),
         shared_fs_tag: if is_sandbox { sandbox.shared_fs_tag().into() } else { String::new() },
         ..Default::default()
@@ -248,7 +250,13 @@ impl Container {
             }
         };
         undo.disarm();
-        sandbox.record(ContainerInfo { id: req.id.clone(), bundle, slot: lease.slot.clone(), image: image.path.clone(), image_cached: image.cache_key.is_some() });
+        sandbox.record(ContainerInfo {
+            id: req.id.clone(),
+            bundle,
+            slot: lease.slot.clone(),
+            image: image.path.clone(),
+            image_cached: image.cache_key.is_some(),
+        });
         Ok(Container::new(req, spec, sandbox.clone(), pid, Parts { is_sandbox: false, lease: Some(lease), dir: Some(dir), shares }))
     }
 
@@ -257,12 +265,7 @@ impl Container {
         if exec_id.is_empty() {
             return Ok(self.init.clone());
         }
-        self.execs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(exec_id)
-            .cloned()
-            .ok_or_else(|| ShimError::NotFound { kind: "exec", id: exec_id.into() })
+        self.execs.lock().unwrap_or_else(|p| p.into_inner()).get(exec_id).cloned().ok_or_else(|| ShimError::NotFound { kind: "exec", id: exec_id.into() })
     }
 
     /// Every process: execs, then init.

@@ -25,7 +25,10 @@ fn log_uris_parse_as_containerds_runc_shim_reads_them() {
     assert_eq!(Target::parse("fifo:///run/o", "fifo:///run/e").unwrap(), Target::Fifo { stdout: "/run/o".into(), stderr: "/run/e".into() });
     assert_eq!(Target::parse("file:///var/log/c%201.log", "file:///var/log/c%201.log").unwrap(), Target::File("/var/log/c 1.log".into()));
     let b = Target::parse("binary:///usr/local/bin/nerdctl?_NERDCTL_INTERNAL_LOGGING=%2Fvar%2Flib%2Fnerdctl&flag=", "").unwrap();
-    assert_eq!(b, Target::Binary { path: "/usr/local/bin/nerdctl".into(), args: vec!["_NERDCTL_INTERNAL_LOGGING".into(), "/var/lib/nerdctl".into(), "flag".into()] });
+    assert_eq!(
+        b,
+        Target::Binary { path: "/usr/local/bin/nerdctl".into(), args: vec!["_NERDCTL_INTERNAL_LOGGING".into(), "/var/lib/nerdctl".into(), "flag".into()] }
+    );
     for (bad, needle) in [("journald:///x", "unknown scheme \"journald\""), ("file://relative.log", "absolute"), ("binary://bin?x=1", "absolute")] {
         let e = Target::parse(bad, bad).unwrap_err().to_string();
         assert!(e.contains(bad) && e.contains(needle), "{bad}: {e}");

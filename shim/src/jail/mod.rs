@@ -161,8 +161,13 @@ impl Jail {
         }
         let lease = UidLease::acquire(locks, cfg.uids())?;
         let name = vmm.file_name().ok_or_else(|| JailError::Invalid { what: "shim.vmm", value: vmm.display().to_string(), reason: "names no file".into() })?;
-        let mut program =
-            vec![Bind { source: vmm.canonicalize().map_err(io("resolve", vmm))?, inside: Path::new(PROGRAM_DIR).join(name), writable: false, exec: true, device: false }];
+        let mut program = vec![Bind {
+            source: vmm.canonicalize().map_err(io("resolve", vmm))?,
+            inside: Path::new(PROGRAM_DIR).join(name),
+            writable: false,
+            exec: true,
+            device: false,
+        }];
         for n in elf::needed_files(vmm)? {
             program.push(Bind { source: n.source, inside: n.inside, writable: false, exec: true, device: false });
         }
@@ -236,7 +241,11 @@ impl Jail {
         let md = std::fs::metadata(source).map_err(io("stat", source))?;
         let device = md.file_type().is_block_device();
         if !md.is_file() && !device {
-            return Err(JailError::Invalid { what: "file for the jail", value: source.display().to_string(), reason: "not a regular file or block device".into() });
+            return Err(JailError::Invalid {
+                what: "file for the jail",
+                value: source.display().to_string(),
+                reason: "not a regular file or block device".into(),
+            });
         }
         self.placeholder(Path::new(inside))?;
         Ok(Bind { source: source.to_path_buf(), inside: inside.into(), writable, exec: false, device })
@@ -247,9 +256,10 @@ impl Jail {
     fn created(&self, field: &str, host: &Path) -> Result<PathBuf, JailError> {
         match host.strip_prefix(self.run_dir()) {
             Ok(rel) if !rel.as_os_str().is_empty() => Ok(Path::new("/").join(RUN_DIR).join(rel)),
-            _ => {
-                Err(JailError::Unsupported { what: format!("{field} = {}", host.display()), reason: format!("the VMM's files must be in the jail's {}", self.run_dir().display()) })
-            }
+            _ => Err(JailError::Unsupported {
+                what: format!("{field} = {}", host.display()),
+                reason: format!("the VMM's files must be in the jail's {}", self.run_dir().display()),
+            }),
         }
     }
 

@@ -148,11 +148,20 @@ pub fn host_path(root: &Path, inside: &Path) -> PathBuf {
 /// The steps of a confined child before its descriptors are arranged.
 fn confine_steps(c: &Confinement, steps: &mut Vec<Step>) -> Result<(), JailError> {
     let mount = |source: Option<&Path>, target: &Path, fstype: Option<&str>, flags: libc::c_ulong, data: Option<&str>| -> Result<Op, JailError> {
-        Ok(Op::Mount { source: source.map(cstring).transpose()?, target: cstring(target)?, fstype: fstype.map(cstring).transpose()?, flags, data: data.map(cstring).transpose()? })
+        Ok(Op::Mount {
+            source: source.map(cstring).transpose()?,
+            target: cstring(target)?,
+            fstype: fstype.map(cstring).transpose()?,
+            flags,
+            data: data.map(cstring).transpose()?,
+        })
     };
     let root = &c.root;
     let hardened = libc::MS_NOSUID | libc::MS_NODEV;
-    steps.push(Step { op: mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE, None)?, what: "make every mount private to the new mount namespace".into() });
+    steps.push(Step {
+        op: mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE, None)?,
+        what: "make every mount private to the new mount namespace".into(),
+    });
     steps.push(Step { op: mount(Some(root), root, None, libc::MS_BIND, None)?, what: format!("bind the jail {} onto itself", root.display()) });
     for w in &c.writable {
         let p = host_path(root, w);
@@ -177,7 +186,10 @@ fn confine_steps(c: &Confinement, steps: &mut Vec<Step>) -> Result<(), JailError
     }
     for b in &c.binds {
         let target = host_path(root, &b.inside);
-        steps.push(Step { op: mount(Some(&b.source), &target, None, libc::MS_BIND, None)?, what: format!("bind {} at {}", b.source.display(), b.inside.display()) });
+        steps.push(Step {
+            op: mount(Some(&b.source), &target, None, libc::MS_BIND, None)?,
+            what: format!("bind {} at {}", b.source.display(), b.inside.display()),
+        });
         let mut flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID;
         if !b.device {
             flags |= libc::MS_NODEV;
@@ -188,7 +200,10 @@ fn confine_steps(c: &Confinement, steps: &mut Vec<Step>) -> Result<(), JailError
         if !b.exec {
             flags |= libc::MS_NOEXEC;
         }
-        steps.push(Step { op: mount(None, &target, None, flags, None)?, what: format!("remount {} {}", b.inside.display(), if b.writable { "read-write" } else { "read-only" }) });
+        steps.push(Step {
+            op: mount(None, &target, None, flags, None)?,
+            what: format!("remount {} {}", b.inside.display(), if b.writable { "read-write" } else { "read-only" }),
+        });
         // A writable image (a container's own, removed with it) becomes the VMM's: its uid
         // must open it for writing. Never a device node: those stay the host's.
         if b.writable && !b.device {
@@ -323,7 +338,15 @@ unsafe fn fail(err: RawFd, index: usize) -> ! {
 /// # Safety
 /// Must only run in a freshly cloned child: it replaces descriptors, mounts, identity and
 /// finally the process image, and never returns.
-unsafe fn child_main(steps: &[Step], fds: &ChildFds, err_r: RawFd, go_w: RawFd, program: &CString, argv: &[*const libc::c_char], envp: &[*const libc::c_char]) -> isize {
+unsafe fn child_main(
+    steps: &[Step],
+    fds: &ChildFds,
+    err_r: RawFd,
+    go_w: RawFd,
+    program: &CString,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+) -> isize {
     let (mut err, mut go) = (fds.err, fds.go);
     // SAFETY: plain system calls on descriptors and strings prepared by the parent before the
     // clone; nothing allocates or takes a lock (the whole function is this block).

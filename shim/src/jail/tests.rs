@@ -291,7 +291,8 @@ fn an_unconfined_child_gets_its_descriptors_at_fixed_numbers_and_nothing_else() 
     let b = std::fs::File::open("/etc/passwd").unwrap();
     let kept_back = std::fs::File::open("/etc/hostname").unwrap();
     let numbers: Vec<String> = [a.as_raw_fd(), b.as_raw_fd(), kept_back.as_raw_fd()].iter().filter(|n| **n > 4).map(|n| n.to_string()).collect();
-    let script = format!("readlink /proc/$$/fd/3; readlink /proc/$$/fd/4; for n in {}; do [ -e /proc/$$/fd/$n ] && echo leaked $n; done; pwd", numbers.join(" "));
+    let script =
+        format!("readlink /proc/$$/fd/3; readlink /proc/$$/fd/4; for n in {}; do [ -e /proc/$$/fd/$n ] && echo leaked $n; done; pwd", numbers.join(" "));
     let launch = Launch {
         program: "/bin/sh".into(),
         args: vec!["sh".into(), "-c".into(), script.into()],

@@ -14,19 +14,15 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::{io_err, socket_path, LifecycleError};
-use crate::state::{StateDir, BUNDLE_POINTER};
 use crate::container::now;
+use crate::state::{StateDir, BUNDLE_POINTER};
 
 /// Exit status reported for a task whose shim died: killed (128 + SIGKILL).
 const KILLED: u32 = 128 + 9;
 
 /// Runs the `delete` action.
 pub fn run(flags: &Flags) -> Result<(), LifecycleError> {
-    let bundle = if flags.bundle.is_empty() {
-        std::env::current_dir().map_err(io_err("get", "working directory"))?
-    } else {
-        PathBuf::from(&flags.bundle)
-    };
+    let bundle = if flags.bundle.is_empty() { std::env::current_dir().map_err(io_err("get", "working directory"))? } else { PathBuf::from(&flags.bundle) };
     // containerd also runs `delete` when its connection for one container of a pod closes,
     // while the pod's shim still serves the others on the same socket: then the shim is alive
     // and owns its state, and nothing here may touch it (removing the socket would orphan it;
@@ -82,7 +78,10 @@ pub fn cleanup(bundle: &Path, namespace: &str, id: &str) {
         if let Ok(info) = sd.read_info() {
             let ours = info.id == id || info.containers.iter().any(|c| c.id == id);
             if !ours || info.namespace != namespace {
-                eprintln!("state directory {dir:?} belongs to sandbox {:?} of namespace {:?}, not to {id:?} of {namespace:?}: left alone", info.id, info.namespace);
+                eprintln!(
+                    "state directory {dir:?} belongs to sandbox {:?} of namespace {:?}, not to {id:?} of {namespace:?}: left alone",
+                    info.id, info.namespace
+                );
                 left_alone = true;
                 continue;
             }

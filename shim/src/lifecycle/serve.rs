@@ -21,7 +21,10 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// containerd-shim-protos serves `containerd.task.v3.Task` (containerd 2.x); containerd 1.6
 /// and 1.7 call `containerd.task.v2.Task`, whose messages are identical. Serve both names.
-fn with_v2_aliases(methods: HashMap<String, Box<dyn MethodHandler + Send + Sync>>, service: Arc<Service>) -> HashMap<String, Box<dyn MethodHandler + Send + Sync>> {
+fn with_v2_aliases(
+    methods: HashMap<String, Box<dyn MethodHandler + Send + Sync>>,
+    service: Arc<Service>,
+) -> HashMap<String, Box<dyn MethodHandler + Send + Sync>> {
     let mut all = methods;
     let v2 = create_task(service);
     for (name, handler) in v2 {

@@ -21,7 +21,12 @@ pub fn interfaces(endpoints: &[Endpoint]) -> Vec<agent::Interface> {
                 new_hw_addr: if e.tap.guest_mac == mac { String::new() } else { mac_string(&mac) },
                 name: e.iface.link.name.chars().take(MAX_IFNAME).collect(),
                 mtu: e.iface.link.mtu,
-                addresses: e.iface.addrs.iter().map(|a| agent::IpAddress { address: a.ip.to_string(), prefix_len: a.prefix.into(), ..Default::default() }).collect(),
+                addresses: e
+                    .iface
+                    .addrs
+                    .iter()
+                    .map(|a| agent::IpAddress { address: a.ip.to_string(), prefix_len: a.prefix.into(), ..Default::default() })
+                    .collect(),
                 ..Default::default()
             }
         })

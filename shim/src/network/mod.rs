@@ -35,8 +35,8 @@ use std::path::{Path, PathBuf};
 use husk_config::{MacAddr, NetConfig};
 use husk_protocol::agent_ttrpc::AgentClient;
 
-pub use host::prepare;
 use holder::NetnsHolder;
+pub use host::prepare;
 use rtnl::{Rtnl, RtnlError};
 use scan::Interface;
 
@@ -295,7 +295,9 @@ impl PodNetwork {
             for t in self.endpoints.iter().map(|e| &e.tap).chain(&self.spares) {
                 if present.iter().any(|l| l.index == t.index && l.name == t.name) {
                     match link::delete(&mut rtnl, t.index) {
-                        Err(err) if err.errno() != Some(libc::ENODEV) => return Err(NetworkError::Netlink { op: format!("delete tap {}", t.name), source: err }),
+                        Err(err) if err.errno() != Some(libc::ENODEV) => {
+                            return Err(NetworkError::Netlink { op: format!("delete tap {}", t.name), source: err })
+                        }
                         _ => {}
                     }
                 }

@@ -76,7 +76,15 @@ pub fn mac_string(mac: &[u8; 6]) -> String {
 }
 
 fn link_of(m: &LinkMessage) -> Link {
-    let mut link = Link { index: m.header.index, name: String::new(), kind: String::new(), mac: [0; 6], mtu: 0, up: m.header.flags.contains(LinkFlags::Up), link_type: m.header.link_layer_type };
+    let mut link = Link {
+        index: m.header.index,
+        name: String::new(),
+        kind: String::new(),
+        mac: [0; 6],
+        mtu: 0,
+        up: m.header.flags.contains(LinkFlags::Up),
+        link_type: m.header.link_layer_type,
+    };
     for a in &m.attributes {
         match a {
             LinkAttribute::IfName(n) => link.name = n.clone(),
@@ -97,7 +105,8 @@ fn link_of(m: &LinkMessage) -> Link {
 
 /// Every interface of the namespace.
 pub fn links(rtnl: &mut Rtnl) -> Result<Vec<Link>, NetworkError> {
-    let msgs = rtnl.dump(RouteNetlinkMessage::GetLink(LinkMessage::default())).map_err(|source| NetworkError::Netlink { op: "list the interfaces".into(), source })?;
+    let msgs =
+        rtnl.dump(RouteNetlinkMessage::GetLink(LinkMessage::default())).map_err(|source| NetworkError::Netlink { op: "list the interfaces".into(), source })?;
     Ok(msgs
         .iter()
         .filter_map(|m| match m {
@@ -113,7 +122,9 @@ pub fn link_by_name(rtnl: &mut Rtnl, name: &str) -> Result<Option<Link>, Network
 }
 
 fn addrs(rtnl: &mut Rtnl) -> Result<Vec<(u32, Addr)>, NetworkError> {
-    let msgs = rtnl.dump(RouteNetlinkMessage::GetAddress(AddressMessage::default())).map_err(|source| NetworkError::Netlink { op: "list the addresses".into(), source })?;
+    let msgs = rtnl
+        .dump(RouteNetlinkMessage::GetAddress(AddressMessage::default()))
+        .map_err(|source| NetworkError::Netlink { op: "list the addresses".into(), source })?;
     let mut out = Vec::new();
     for m in &msgs {
         let RouteNetlinkMessage::NewAddress(a) = m else { continue };
@@ -141,7 +152,8 @@ fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
 /// The routes of the main table that the guest must get: unicast ones the kernel did not make
 /// from an address (those it makes itself) and not learned from router advertisements.
 fn routes(rtnl: &mut Rtnl) -> Result<Vec<Route>, NetworkError> {
-    let msgs = rtnl.dump(RouteNetlinkMessage::GetRoute(RouteMessage::default())).map_err(|source| NetworkError::Netlink { op: "list the routes".into(), source })?;
+    let msgs =
+        rtnl.dump(RouteNetlinkMessage::GetRoute(RouteMessage::default())).map_err(|source| NetworkError::Netlink { op: "list the routes".into(), source })?;
     let mut out = Vec::new();
     for m in &msgs {
         let RouteNetlinkMessage::NewRoute(r) = m else { continue };

@@ -55,7 +55,9 @@ fn new_tap(rtnl: &mut Rtnl, netns: &str, n: usize, mtu: u32, guest_mac: [u8; 6],
         return Err(NetworkError::TapNameClash { netns: netns.into(), name });
     }
     let file = tap::create(&name)?;
-    let index = scan::link_by_name(rtnl, &name)?.map(|l| l.index).ok_or_else(|| NetworkError::Tap { name: name.clone(), source: std::io::Error::other("the new tap is not listed") })?;
+    let index = scan::link_by_name(rtnl, &name)?
+        .map(|l| l.index)
+        .ok_or_else(|| NetworkError::Tap { name: name.clone(), source: std::io::Error::other("the new tap is not listed") })?;
     made.taps.push((index, file));
     link::prepare_tap(rtnl, index, mtu).map_err(nl(format!("set up tap {name} (MTU {mtu})")))?;
     Ok(Tap { name, index, guest_mac })

@@ -4,8 +4,8 @@
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::tc::{
-    TcAction, TcActionAttribute, TcActionMirrorOption, TcActionOption, TcActionType, TcAttribute, TcFilterU32Option, TcHandle, TcMessage, TcMirror, TcMirrorActionType, TcOption, TcU32Key,
-    TcU32Selector, TcU32SelectorFlags,
+    TcAction, TcActionAttribute, TcActionMirrorOption, TcActionOption, TcActionType, TcAttribute, TcFilterU32Option, TcHandle, TcMessage, TcMirror,
+    TcMirrorActionType, TcOption, TcU32Key, TcU32Selector, TcU32SelectorFlags,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 
@@ -46,7 +46,9 @@ pub fn del_ingress(rtnl: &mut Rtnl, index: u32) -> Result<(), RtnlError> {
 pub fn has_ingress(rtnl: &mut Rtnl, index: u32) -> Result<bool, RtnlError> {
     let all = rtnl.dump(RouteNetlinkMessage::GetQueueDiscipline(TcMessage::default()))?;
     Ok(all.iter().any(|m| match m {
-        RouteNetlinkMessage::NewQueueDiscipline(q) => q.header.index == index as i32 && q.attributes.iter().any(|a| matches!(a, TcAttribute::Kind(k) if k == INGRESS)),
+        RouteNetlinkMessage::NewQueueDiscipline(q) => {
+            q.header.index == index as i32 && q.attributes.iter().any(|a| matches!(a, TcAttribute::Kind(k) if k == INGRESS))
+        }
         _ => false,
     }))
 }
@@ -68,8 +70,12 @@ pub fn add_redirect(rtnl: &mut Rtnl, from: u32, to: u32) -> Result<(), RtnlError
     mirror.ifindex = to;
     let mut action = TcAction::default();
     action.tab = 1;
-    action.attributes = vec![TcActionAttribute::Kind(MIRRED.into()), TcActionAttribute::Options(vec![TcActionOption::Mirror(TcActionMirrorOption::Parms(mirror))])];
-    m.attributes = vec![TcAttribute::Kind(U32.into()), TcAttribute::Options(vec![TcOption::U32(TcFilterU32Option::Selector(sel)), TcOption::U32(TcFilterU32Option::Action(vec![action]))])];
+    action.attributes =
+        vec![TcActionAttribute::Kind(MIRRED.into()), TcActionAttribute::Options(vec![TcActionOption::Mirror(TcActionMirrorOption::Parms(mirror))])];
+    m.attributes = vec![
+        TcAttribute::Kind(U32.into()),
+        TcAttribute::Options(vec![TcOption::U32(TcFilterU32Option::Selector(sel)), TcOption::U32(TcFilterU32Option::Action(vec![action]))]),
+    ];
     rtnl.ack(RouteNetlinkMessage::NewTrafficFilter(m), NLM_F_CREATE | NLM_F_EXCL)
 }
 

@@ -122,7 +122,10 @@ fn the_pod_interface_reaches_the_tap_both_ways_and_teardown_removes_what_was_mad
 
     // What the guest gets.
     let e = &net.endpoints()[0];
-    assert_eq!((net.endpoints().len(), e.tap.name.as_str(), e.iface.link.name.as_str(), e.iface.link.mtu, e.iface.link.kind.as_str()), (1, "tap0_husk", "eth0", 1400, "veth"));
+    assert_eq!(
+        (net.endpoints().len(), e.tap.name.as_str(), e.iface.link.name.as_str(), e.iface.link.mtu, e.iface.link.kind.as_str()),
+        (1, "tap0_husk", "eth0", 1400, "veth")
+    );
     assert!(net.spares().is_empty());
     let ifs = guest::interfaces(net.endpoints());
     assert_eq!((ifs[0].hw_addr.as_str(), ifs[0].new_hw_addr.as_str()), (scan::mac_string(&mac).as_str(), ""));
@@ -267,7 +270,11 @@ fn an_interface_made_after_the_boot_gets_the_spare_tap() {
     assert_eq!((new.len(), new[0].tap.index, new[0].iface.link.name.as_str()), (1, spare.index, "eth0"));
     assert!(net.spares().is_empty() && net.endpoints().len() == 1);
     let ifs = guest::interfaces(&new);
-    assert_eq!((ifs[0].hw_addr.clone(), ifs[0].new_hw_addr.clone()), (scan::mac_string(&spare.guest_mac), scan::mac_string(&mac)), "found by the placeholder, given eth0's MAC");
+    assert_eq!(
+        (ifs[0].hw_addr.clone(), ifs[0].new_hw_addr.clone()),
+        (scan::mac_string(&spare.guest_mac), scan::mac_string(&mac)),
+        "found by the placeholder, given eth0's MAC"
+    );
     assert!(pair.pod_sh("ip link show tap0_husk").contains("mtu 1400"), "the spare takes eth0's MTU");
     assert!(pair.pod_sh("tc filter show dev eth0 ingress").contains("tap0_husk"));
     assert!(net.attach_late().unwrap().is_empty(), "eth0 is not taken twice");

@@ -128,7 +128,15 @@ impl Sandbox {
     /// The VM plan of a sandbox: its size, the sandbox container's root disk, empty disk slots
     /// for the pod's other containers, vsock to the agent, the console into the state dir,
     /// the connection to the pod's virtiofsd (inherited), the jail.
-    pub fn plan(cfg: &HuskConfig, state: &StateDir, size: VmSize, rootfs: &BuiltImage, cgroup: Option<&HostCgroup>, shared: Option<&SharedFs>, jail: Option<Arc<Jail>>) -> Result<VmPlan> {
+    pub fn plan(
+        cfg: &HuskConfig,
+        state: &StateDir,
+        size: VmSize,
+        rootfs: &BuiltImage,
+        cgroup: Option<&HostCgroup>,
+        shared: Option<&SharedFs>,
+        jail: Option<Arc<Jail>>,
+    ) -> Result<VmPlan> {
         let config = VmConfig {
             kernel: cfg.vm.kernel.clone(),
             initrd: Some(cfg.vm.initramfs.clone()),
@@ -192,7 +200,9 @@ impl Sandbox {
             None
         };
         let jail = match cfg.jail.enabled {
-            true => Jail::prepare(&cfg.jail, &crate::jail::uid_locks(&cfg.shim.state_dir), &state.jail_root(), &cfg.shim.vmm).map(|j| Some(Arc::new(j))).map_err(|e| ShimError::from(VmError::from(e))),
+            true => Jail::prepare(&cfg.jail, &crate::jail::uid_locks(&cfg.shim.state_dir), &state.jail_root(), &cfg.shim.vmm)
+                .map(|j| Some(Arc::new(j)))
+                .map_err(|e| ShimError::from(VmError::from(e))),
             false => Ok(None),
         };
         let mut plan = jail.and_then(|jail| Self::plan(&cfg, &state, size, rootfs, cgroup.as_ref(), shared.as_ref(), jail));
@@ -227,7 +237,13 @@ impl Sandbox {
             vcpus: size.vcpus,
             memory_mib: size.memory.mib(),
             created_unix: crate::container::now().seconds.max(0) as u64,
-            containers: vec![ContainerInfo { id: id.into(), bundle: bundle.to_path_buf(), slot: String::new(), image: rootfs.path.clone(), image_cached: rootfs.cache_key.is_some() }],
+            containers: vec![ContainerInfo {
+                id: id.into(),
+                bundle: bundle.to_path_buf(),
+                slot: String::new(),
+                image: rootfs.path.clone(),
+                image_cached: rootfs.cache_key.is_some(),
+            }],
         };
         let vm = match plan.and_then(|plan| state.write_info(&info).and_then(|()| Vm::spawn(plan).map_err(ShimError::from))) {
             Ok(vm) => vm,
@@ -237,7 +253,8 @@ impl Sandbox {
             }
         };
         info.vmm_pid = vm.pid();
-        let connected = state.write_info(&info).and_then(|()| crate::agent::connect(&vm, cfg.shim.agent_vsock_port, Duration::from_secs(cfg.shim.boot_timeout_secs)));
+        let connected =
+            state.write_info(&info).and_then(|()| crate::agent::connect(&vm, cfg.shim.agent_vsock_port, Duration::from_secs(cfg.shim.boot_timeout_secs)));
         let agent = match connected {
             Ok(a) => a,
             Err(e) => {
@@ -270,7 +287,8 @@ impl Sandbox {
     pub fn configure_network(&self) -> Result<()> {
         let network = self.network.lock().unwrap_or_else(|p| p.into_inner());
         match network.as_ref() {
-            Some(n) => crate::network::configure_guest(&self.agent, crate::agent::short, n.endpoints()).map_err(|source| ShimError::Network { op: "configure the pod's network in the guest", source }),
+            Some(n) => crate::network::configure_guest(&self.agent, crate::agent::short, n.endpoints())
+                .map_err(|source| ShimError::Network { op: "configure the pod's network in the guest", source }),
             None => Ok(()),
         }
     }
@@ -303,7 +321,10 @@ impl Sandbox {
     pub fn share(&self, source: &Path, read_only: bool) -> Result<(String, PathBuf)> {
         let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
         let Some(fs) = shared.as_mut() else {
-            return Err(ShimError::invalid("mounts", format!("bind mount of host path {source:?}: pod {} shares no host files (its sandbox was created without them)", self.id)));
+            return Err(ShimError::invalid(
+                "mounts",
+                format!("bind mount of host path {source:?}: pod {} shares no host files (its sandbox was created without them)", self.id),
+            ));
         };
         let name = fs.share(source, read_only).map_err(|e| ShimError::SharedFs { op: "share a host path", source: e })?;
         let guest = Path::new(husk_protocol::POD_SHARED_DIR).join(&name);

@@ -62,12 +62,7 @@ pub fn vm_size(annotations: &HashMap<String, String>, vm: &VmDefaults) -> Result
     if total > vm.max_memory.bytes() {
         return Err(ShimError::invalid(
             "pod resources",
-            format!(
-                "the pod needs {} of memory ({} base + {MEMORY}={extra}), more than [vm] max_memory = {}",
-                MemSize(total),
-                vm.memory,
-                vm.max_memory
-            ),
+            format!("the pod needs {} of memory ({} base + {MEMORY}={extra}), more than [vm] max_memory = {}", MemSize(total), vm.memory, vm.max_memory),
         ));
     }
     Ok(VmSize { vcpus, memory: MemSize(total) })

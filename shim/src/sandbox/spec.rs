@@ -75,7 +75,9 @@ pub fn is_bind(m: &Mount) -> bool {
 /// /dev/shm), which the guest serves from the pod's own tmpfs.
 pub fn is_pod_shm(m: &Mount, sandbox_id: &str) -> bool {
     let Some(src) = m.source().as_deref() else { return false };
-    m.destination() == Path::new("/dev/shm") && src.file_name().is_some_and(|n| n == "shm") && src.parent().and_then(Path::file_name).is_some_and(|n| n == sandbox_id)
+    m.destination() == Path::new("/dev/shm")
+        && src.file_name().is_some_and(|n| n == "shm")
+        && src.parent().and_then(Path::file_name).is_some_and(|n| n == sandbox_id)
 }
 
 /// Files below /proc a container may bind over, as runc allows (lxcfs-style views).
@@ -150,7 +152,9 @@ mod tests {
 
     #[test]
     fn member_namespaces_must_be_the_pods() {
-        let s = spec(r#"{"ociVersion":"1.0.2","linux":{"namespaces":[{"type":"mount"},{"type":"network","path":"/proc/42/ns/net"},{"type":"ipc","path":"/proc/42/ns/ipc"}]}}"#);
+        let s = spec(
+            r#"{"ociVersion":"1.0.2","linux":{"namespaces":[{"type":"mount"},{"type":"network","path":"/proc/42/ns/net"},{"type":"ipc","path":"/proc/42/ns/ipc"}]}}"#,
+        );
         let others = [(57, "web".to_string())];
         let member = |pid| Role::Member { sandbox_id: "pod1", sandbox_pid: pid, others: &others };
         check_namespaces(&s, member(42)).unwrap();

@@ -51,21 +51,13 @@ impl SharedDir {
         let staging = sibling(path, "-staging");
         let mut builder = std::fs::DirBuilder::new();
         builder.mode(0o755);
-        builder
-            .create(path)
-            .map_err(io("create the shared directory", path))?;
+        builder.create(path).map_err(io("create the shared directory", path))?;
         if let Err(e) = builder.create(&staging) {
             let _ = std::fs::remove_dir(path);
             return Err(io("create the staging directory", &staging)(e));
         }
         let canonical = |p: &Path| std::fs::canonicalize(p).map_err(io("resolve", p));
-        let mut dir = SharedDir {
-            path: path.to_path_buf(),
-            staging: staging.clone(),
-            shares: BTreeMap::new(),
-            next: 0,
-            mounted: true,
-        };
+        let mut dir = SharedDir { path: path.to_path_buf(), staging: staging.clone(), shares: BTreeMap::new(), next: 0, mounted: true };
         let set_up = (|| {
             dir.path = canonical(path)?;
             dir.staging = canonical(&staging)?;
@@ -110,23 +102,9 @@ impl SharedDir {
         make_mount_point(&staged, src.kind)?;
         let staged_ready = (|| {
             let bind = MsFlags::MS_BIND | MsFlags::MS_REC;
-            mount(
-                Some(&src.proc_path()),
-                &staged,
-                None::<&str>,
-                bind,
-                None::<&str>,
-            )
-            .map_err(mount_err("bind-mount the volume at", &staged))?;
+            mount(Some(&src.proc_path()), &staged, None::<&str>, bind, None::<&str>).map_err(mount_err("bind-mount the volume at", &staged))?;
             // Nothing flows between the host's source and the guest's view afterwards.
-            mount(
-                None::<&str>,
-                &staged,
-                None::<&str>,
-                MsFlags::MS_PRIVATE | MsFlags::MS_REC,
-                None::<&str>,
-            )
-            .map_err(mount_err("make private", &staged))?;
+            mount(None::<&str>, &staged, None::<&str>, MsFlags::MS_PRIVATE | MsFlags::MS_REC, None::<&str>).map_err(mount_err("make private", &staged))?;
             if read_only {
                 remount_read_only(&staged)?;
             }
@@ -137,41 +115,22 @@ impl SharedDir {
             remove_mount_point(&staged, src.kind);
             return Err(e);
         }
-        if let Err(e) = mount(
-            Some(&staged),
-            &target,
-            None::<&str>,
-            MsFlags::MS_MOVE,
-            None::<&str>,
-        ) {
+        if let Err(e) = mount(Some(&staged), &target, None::<&str>, MsFlags::MS_MOVE, None::<&str>) {
             let _ = umount2(&staged, MntFlags::MNT_DETACH);
             remove_mount_point(&staged, src.kind);
             remove_mount_point(&target, src.kind);
             return Err(mount_err("move the volume to", &target)(e));
         }
         remove_mount_point(&staged, src.kind);
-        log::info!(
-            "sharedfs: {source:?} ({}) shared as {name}{}",
-            src.resolved.display(),
-            if read_only { ", read-only" } else { "" }
-        );
-        self.shares.insert(
-            name.clone(),
-            Share {
-                target,
-                kind: src.kind,
-            },
-        );
+        log::info!("sharedfs: {source:?} ({}) shared as {name}{}", src.resolved.display(), if read_only { ", read-only" } else { "" });
+        self.shares.insert(name.clone(), Share { target, kind: src.kind });
         Ok(name)
     }
 
     /// Removes the share `name`: unmounts it (with whatever is mounted below it) and removes
     /// its mount point.
     pub fn unshare(&mut self, name: &str) -> Result<()> {
-        let share = self
-            .shares
-            .remove(name)
-            .ok_or_else(|| SharedFsError::NotShared(name.to_string()))?;
+        let share = self.shares.remove(name).ok_or_else(|| SharedFsError::NotShared(name.to_string()))?;
         if let Err(e) = umount2(&share.target, MntFlags::MNT_DETACH) {
             let err = mount_err("unmount", &share.target)(e);
             self.shares.insert(name.to_string(), share);
@@ -205,11 +164,7 @@ impl SharedDir {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(source) => {
-                        first.get_or_insert(SharedFsError::Io {
-                            op: "remove",
-                            path: dir.clone(),
-                            source,
-                        });
+                        first.get_or_insert(SharedFsError::Io { op: "remove", path: dir.clone(), source });
                     }
                 }
             }
@@ -232,19 +187,10 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
 
 /// Bind-mounts `dir` onto itself, in a peer group of its own, then gives it `propagation`.
 fn self_bind(dir: &Path, propagation: MsFlags) -> Result<()> {
-    mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-        .map_err(mount_err("bind-mount onto itself", dir))?;
-    mount(
-        None::<&str>,
-        dir,
-        None::<&str>,
-        MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(mount_err("make private", dir))?;
+    mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(mount_err("bind-mount onto itself", dir))?;
+    mount(None::<&str>, dir, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>).map_err(mount_err("make private", dir))?;
     if propagation != MsFlags::MS_PRIVATE {
-        mount(None::<&str>, dir, None::<&str>, propagation, None::<&str>)
-            .map_err(mount_err("set the propagation of", dir))?;
+        mount(None::<&str>, dir, None::<&str>, propagation, None::<&str>).map_err(mount_err("set the propagation of", dir))?;
     }
     Ok(())
 }
@@ -266,26 +212,16 @@ fn remount_read_only(target: &Path) -> Result<()> {
             flags |= keep;
         }
     }
-    mount(None::<&str>, target, None::<&str>, flags, None::<&str>)
-        .map_err(mount_err("remount read-only", target))
+    mount(None::<&str>, target, None::<&str>, flags, None::<&str>).map_err(mount_err("remount read-only", target))
 }
 
 /// Creates an empty directory or file to mount a volume on.
 fn make_mount_point(path: &Path, kind: SourceKind) -> Result<()> {
     let made = match kind {
         SourceKind::Dir => std::fs::DirBuilder::new().mode(0o755).create(path),
-        SourceKind::File => std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(path)
-            .map(drop),
+        SourceKind::File => std::fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(path).map(drop),
     };
-    made.map_err(|source| SharedFsError::Io {
-        op: "create the mount point",
-        path: path.to_path_buf(),
-        source,
-    })
+    made.map_err(|source| SharedFsError::Io { op: "create the mount point", path: path.to_path_buf(), source })
 }
 
 /// Removes a mount point made by [`make_mount_point`] (logged if it cannot be).
@@ -304,21 +240,8 @@ fn remove_mount_point(path: &Path, kind: SourceKind) {
 /// A readable, safe name part from the source's file name: `[A-Za-z0-9._-]`, the rest as
 /// `_`, at most [`MAX_NAME_STEM`] bytes, `root` for `/`.
 fn stem(resolved: &Path) -> String {
-    let base = resolved
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "root".into());
-    let s: String = base
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(MAX_NAME_STEM)
-        .collect();
+    let base = resolved.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "root".into());
+    let s: String = base.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' }).take(MAX_NAME_STEM).collect();
     // Never `.` or `..` (a leading dot cannot make either once the counter is prefixed, but
     // keep the name plain).
     s.trim_start_matches('.').to_string()

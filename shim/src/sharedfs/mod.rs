@@ -38,9 +38,7 @@ pub const LOG: &str = "virtiofsd.log";
 #[derive(Debug, thiserror::Error)]
 pub enum SharedFsError {
     /// A volume source does not exist or cannot be resolved.
-    #[error(
-        "volume source {source_path:?} cannot be shared: it does not exist or cannot be resolved"
-    )]
+    #[error("volume source {source_path:?} cannot be shared: it does not exist or cannot be resolved")]
     SourceMissing {
         /// The source as given.
         source_path: PathBuf,
@@ -106,9 +104,7 @@ pub enum SharedFsError {
         source: std::io::Error,
     },
     /// virtiofsd ended before its socket appeared.
-    #[error(
-        "virtiofsd exited ({status}) before creating its socket {socket:?}; its log says: {log}"
-    )]
+    #[error("virtiofsd exited ({status}) before creating its socket {socket:?}; its log says: {log}")]
     Exited {
         /// How it ended.
         status: String,
@@ -152,16 +148,8 @@ impl SharedFs {
     /// the socket exists. On error nothing is left (no process, no mount, no directory).
     pub fn start(state_dir: &Path, cfg: &VirtiofsdConfig) -> Result<Self> {
         let mut dir = SharedDir::create(&state_dir.join(SHARED_DIR))?;
-        match Virtiofsd::start(
-            cfg,
-            dir.path(),
-            &state_dir.join(SOCKET),
-            &state_dir.join(LOG),
-        ) {
-            Ok(daemon) => Ok(Self {
-                dir,
-                daemon: Some(daemon),
-            }),
+        match Virtiofsd::start(cfg, dir.path(), &state_dir.join(SOCKET), &state_dir.join(LOG)) {
+            Ok(daemon) => Ok(Self { dir, daemon: Some(daemon) }),
             Err(e) => {
                 if let Err(t) = dir.teardown() {
                     log::error!("sharedfs: cleaning up after a failed start: {t}");

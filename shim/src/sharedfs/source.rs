@@ -42,16 +42,9 @@ impl Source {
 /// Resolves `source` on the host and checks it: it must exist and be a directory or a
 /// regular file (sockets, devices and FIFOs are refused), and must not lie inside `shared`.
 pub fn resolve_source(source: &Path, shared: &Path) -> Result<Source> {
-    let missing = |e| SharedFsError::SourceMissing {
-        source_path: source.to_path_buf(),
-        source: e,
-    };
+    let missing = |e| SharedFsError::SourceMissing { source_path: source.to_path_buf(), source: e };
     let resolved = std::fs::canonicalize(source).map_err(missing)?;
-    let fd = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&resolved)
-        .map_err(missing)?;
+    let fd = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC).open(&resolved).map_err(missing)?;
     let ft = fd.metadata().map_err(missing)?.file_type();
     let kind = if ft.is_dir() {
         SourceKind::Dir
@@ -69,18 +62,10 @@ pub fn resolve_source(source: &Path, shared: &Path) -> Result<Source> {
         } else {
             "special file"
         };
-        return Err(SharedFsError::SourceKind {
-            source_path: source.to_path_buf(),
-            resolved,
-            kind,
-        });
+        return Err(SharedFsError::SourceKind { source_path: source.to_path_buf(), resolved, kind });
     };
     if resolved.starts_with(shared) {
-        return Err(SharedFsError::SourceInShared {
-            source_path: source.to_path_buf(),
-            resolved,
-            shared: shared.to_path_buf(),
-        });
+        return Err(SharedFsError::SourceInShared { source_path: source.to_path_buf(), resolved, shared: shared.to_path_buf() });
     }
     Ok(Source { resolved, kind, fd })
 }
@@ -102,53 +87,27 @@ mod tests {
         std::os::unix::fs::symlink("link/hosts", t.path().join("hosts-link")).unwrap();
 
         let d = resolve_source(&t.path().join("link"), &shared).unwrap();
-        assert_eq!(
-            (d.resolved.clone(), d.kind),
-            (
-                t.path().join("real").canonicalize().unwrap(),
-                SourceKind::Dir
-            )
-        );
+        assert_eq!((d.resolved.clone(), d.kind), (t.path().join("real").canonicalize().unwrap(), SourceKind::Dir));
         let f = resolve_source(&t.path().join("hosts-link"), &shared).unwrap();
         assert_eq!(f.kind, SourceKind::File);
         assert!(f.resolved.ends_with("real/hosts"));
-        assert_eq!(
-            std::fs::read(f.proc_path()).unwrap(),
-            b"127.0.0.1 localhost\n",
-            "the descriptor is the file"
-        );
+        assert_eq!(std::fs::read(f.proc_path()).unwrap(), b"127.0.0.1 localhost\n", "the descriptor is the file");
 
         let e = resolve_source(&t.path().join("nope"), &shared).unwrap_err();
-        assert!(
-            matches!(e, SharedFsError::SourceMissing { .. }) && e.to_string().contains("nope"),
-            "{e}"
-        );
+        assert!(matches!(e, SharedFsError::SourceMissing { .. }) && e.to_string().contains("nope"), "{e}");
         std::os::unix::fs::symlink("nowhere", t.path().join("dangling")).unwrap();
-        let e = resolve_source(&t.path().join("dangling"), &shared)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("dangling") && e.contains("does not exist"),
-            "{e}"
-        );
+        let e = resolve_source(&t.path().join("dangling"), &shared).unwrap_err().to_string();
+        assert!(e.contains("dangling") && e.contains("does not exist"), "{e}");
 
         let sock = t.path().join("s.sock");
         let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
         let e = resolve_source(&sock, &shared).unwrap_err().to_string();
         assert!(e.contains("s.sock") && e.contains("unix socket"), "{e}");
-        let e = resolve_source(Path::new("/dev/null"), &shared)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("/dev/null") && e.contains("character device"),
-            "{e}"
-        );
+        let e = resolve_source(Path::new("/dev/null"), &shared).unwrap_err().to_string();
+        assert!(e.contains("/dev/null") && e.contains("character device"), "{e}");
         let fifo = t.path().join("fifo");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-        assert!(resolve_source(&fifo, &shared)
-            .unwrap_err()
-            .to_string()
-            .contains("FIFO"));
+        assert!(resolve_source(&fifo, &shared).unwrap_err().to_string().contains("FIFO"));
 
         std::fs::create_dir(shared.join("inner")).unwrap();
         std::os::unix::fs::symlink(shared.join("inner"), t.path().join("sneaky")).unwrap();

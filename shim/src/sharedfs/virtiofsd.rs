@@ -94,12 +94,7 @@ pub struct VirtiofsdConfig {
 
 impl Default for VirtiofsdConfig {
     fn default() -> Self {
-        Self {
-            binary: PathBuf::from(DEFAULT_VIRTIOFSD),
-            cache: CacheMode::default(),
-            xattr: false,
-            socket_timeout: DEFAULT_SOCKET_TIMEOUT,
-        }
+        Self { binary: PathBuf::from(DEFAULT_VIRTIOFSD), cache: CacheMode::default(), xattr: false, socket_timeout: DEFAULT_SOCKET_TIMEOUT }
     }
 }
 
@@ -150,11 +145,7 @@ impl ExitWatch {
             if now >= deadline {
                 break;
             }
-            g = self
-                .cond
-                .wait_timeout(g, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            g = self.cond.wait_timeout(g, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
         }
         *g
     }
@@ -179,34 +170,16 @@ impl Virtiofsd {
         if !cfg.binary.is_file() {
             return Err(SharedFsError::MissingBinary(cfg.binary.clone()));
         }
-        let spawn_err = |source| SharedFsError::Spawn {
-            binary: cfg.binary.clone(),
-            source,
-        };
-        let out = File::create(log).map_err(|source| SharedFsError::Io {
-            op: "create",
-            path: log.to_path_buf(),
-            source,
-        })?;
+        let spawn_err = |source| SharedFsError::Spawn { binary: cfg.binary.clone(), source };
+        let out = File::create(log).map_err(|source| SharedFsError::Io { op: "create", path: log.to_path_buf(), source })?;
         let err = out.try_clone().map_err(spawn_err)?;
         let mut cmd = Command::new(&cfg.binary);
-        cmd.args(cfg.args(shared, socket))
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0);
+        cmd.args(cfg.args(shared, socket)).stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
         // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
         // which is async-signal-safe; it touches no memory of the parent.
         unsafe {
             cmd.pre_exec(|| {
-                if libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                ) != 0
-                {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
@@ -230,17 +203,8 @@ impl Virtiofsd {
                 }
             })
             .map_err(spawn_err)?;
-        let pid = rx
-            .recv()
-            .map_err(|_| spawn_err(std::io::Error::other("the spawning thread died")))?
-            .map_err(spawn_err)?;
-        let mut daemon = Virtiofsd {
-            pid,
-            socket: socket.to_path_buf(),
-            log: log.to_path_buf(),
-            exit,
-            stopped: false,
-        };
+        let pid = rx.recv().map_err(|_| spawn_err(std::io::Error::other("the spawning thread died")))?.map_err(spawn_err)?;
+        let mut daemon = Virtiofsd { pid, socket: socket.to_path_buf(), log: log.to_path_buf(), exit, stopped: false };
         log::info!("sharedfs: started virtiofsd pid {pid} on {shared:?}, socket {socket:?}");
         match daemon.wait_for_socket(cfg.socket_timeout) {
             Ok(()) => Ok(daemon),
@@ -256,21 +220,13 @@ impl Virtiofsd {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(st) = self.exit.get() {
-                return Err(SharedFsError::Exited {
-                    status: st.to_string(),
-                    socket: self.socket.clone(),
-                    log: log_tail(&self.log),
-                });
+                return Err(SharedFsError::Exited { status: st.to_string(), socket: self.socket.clone(), log: log_tail(&self.log) });
             }
             if std::fs::symlink_metadata(&self.socket).is_ok_and(|m| m.file_type().is_socket()) {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                return Err(SharedFsError::SocketTimeout {
-                    socket: self.socket.clone(),
-                    timeout_ms: timeout.as_millis(),
-                    log: log_tail(&self.log),
-                });
+                return Err(SharedFsError::SocketTimeout { socket: self.socket.clone(), timeout_ms: timeout.as_millis(), log: log_tail(&self.log) });
             }
             std::thread::sleep(POLL);
         }
@@ -316,10 +272,7 @@ impl Virtiofsd {
                     let _ = kill(p, Signal::SIGKILL);
                 }
                 if self.exit.wait(STOP_GRACE).is_none() {
-                    log::error!(
-                        "sharedfs: virtiofsd pid {} did not exit after SIGKILL",
-                        self.pid
-                    );
+                    log::error!("sharedfs: virtiofsd pid {} did not exit after SIGKILL", self.pid);
                 }
             }
         }
@@ -327,19 +280,13 @@ impl Virtiofsd {
         let deadline = Instant::now() + STOP_GRACE;
         let mut killed = false;
         loop {
-            let alive: Vec<u32> = servers
-                .iter()
-                .copied()
-                .filter(|&p| serves(p, &self.socket))
-                .collect();
+            let alive: Vec<u32> = servers.iter().copied().filter(|&p| serves(p, &self.socket)).collect();
             if alive.is_empty() {
                 break;
             }
             if Instant::now() >= deadline {
                 if killed {
-                    log::error!(
-                        "sharedfs: virtiofsd server(s) {alive:?} still running after SIGKILL"
-                    );
+                    log::error!("sharedfs: virtiofsd server(s) {alive:?} still running after SIGKILL");
                     break;
                 }
                 for p in &alive {
@@ -379,9 +326,7 @@ pub(super) fn pids_serving(socket: &Path, except: u32) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&p| p != except && serves(p, socket))
-        .collect()
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()).filter(|&p| p != except && serves(p, socket)).collect()
 }
 
 /// Whether process `pid` is a virtiofsd serving `socket` (a zombie's empty command line
@@ -403,14 +348,8 @@ pub(super) fn serves(pid: u32, socket: &Path) -> bool {
 
 /// The last lines of virtiofsd's log, for error messages.
 fn log_tail(log: &Path) -> String {
-    let text = std::fs::read(log)
-        .map(|b| String::from_utf8_lossy(&b[b.len().saturating_sub(2048)..]).into_owned())
-        .unwrap_or_default();
-    let lines: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
+    let text = std::fs::read(log).map(|b| String::from_utf8_lossy(&b[b.len().saturating_sub(2048)..]).into_owned()).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
     let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
     if tail.is_empty() {
         "nothing".into()

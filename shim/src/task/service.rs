@@ -7,9 +7,7 @@ use std::time::{Duration, Instant};
 
 use containerd_shim::{api, Task, TtrpcContext, TtrpcResult};
 use containerd_shim_protos::api::Status;
-use containerd_shim_protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskIO, TaskPaused, TaskResumed, TaskStart,
-};
+use containerd_shim_protos::events::task::{TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskIO, TaskPaused, TaskResumed, TaskStart};
 use containerd_shim_protos::topics::*;
 use containerd_shim_protos::types::task::ProcessInfo;
 use husk_protocol::agent;
@@ -69,7 +67,8 @@ impl Service {
             container_id: req.id.clone(),
             bundle: req.bundle.clone(),
             rootfs: req.rootfs.clone(),
-            io: Some(TaskIO { stdin: req.stdin.clone(), stdout: req.stdout.clone(), stderr: req.stderr.clone(), terminal: req.terminal, ..Default::default() }).into(),
+            io: Some(TaskIO { stdin: req.stdin.clone(), stdout: req.stdout.clone(), stderr: req.stderr.clone(), terminal: req.terminal, ..Default::default() })
+                .into(),
             checkpoint: String::new(),
             pid,
             ..Default::default()
@@ -183,7 +182,14 @@ impl Service {
         self.inner.registry().containers.remove(&c.id);
         let st = c.init.state();
         let exited_at = st.exited_at.clone().unwrap_or_else(now);
-        let ev = TaskDelete { container_id: c.id.clone(), pid: st.pid, exit_status: st.exit_status, exited_at: Some(exited_at.clone()).into(), id: c.id.clone(), ..Default::default() };
+        let ev = TaskDelete {
+            container_id: c.id.clone(),
+            pid: st.pid,
+            exit_status: st.exit_status,
+            exited_at: Some(exited_at.clone()).into(),
+            id: c.id.clone(),
+            ..Default::default()
+        };
         self.inner.events.send(TASK_DELETE_EVENT_TOPIC, Box::new(ev));
         Ok(api::DeleteResponse { pid: st.pid, exit_status: st.exit_status, exited_at: Some(exited_at).into(), ..Default::default() })
     }
@@ -214,8 +220,8 @@ impl Service {
             return Err(ShimError::FailedPrecondition(format!("container {} is not running", c.id)));
         }
         let spec = req.spec.as_ref().map(|a| a.value.clone()).unwrap_or_default();
-        let proc: oci_spec::runtime::Process = serde_json::from_slice(&spec)
-            .map_err(|e| ShimError::invalid(format!("process spec of exec {:?}", req.exec_id), e.to_string()))?;
+        let proc: oci_spec::runtime::Process =
+            serde_json::from_slice(&spec).map_err(|e| ShimError::invalid(format!("process spec of exec {:?}", req.exec_id), e.to_string()))?;
         let terminal = req.terminal || proc.terminal().unwrap_or(false);
         let stdio = StdioPaths { stdin: req.stdin.clone(), stdout: req.stdout.clone(), stderr: req.stderr.clone(), terminal };
         {
@@ -260,7 +266,8 @@ impl Service {
             return Err(ShimError::FailedPrecondition(format!("the VM of {} is not running", c.id)));
         }
         let kill = req.signal == libc::SIGKILL as u32;
-        let r = agent::SignalProcessRequest { container_id: c.id.clone(), exec_id: req.exec_id.clone(), signal: req.signal, all: req.all, ..Default::default() };
+        let r =
+            agent::SignalProcessRequest { container_id: c.id.clone(), exec_id: req.exec_id.clone(), signal: req.signal, all: req.all, ..Default::default() };
         let ctx = if kill { ttrpc::context::with_timeout(KILL_ANSWER.as_nanos() as i64) } else { short() };
         let sent = c.sandbox.agent.signal_process(ctx, &r).map_err(agent_err("SignalProcess"));
         if kill && (req.exec_id.is_empty() || req.all) {

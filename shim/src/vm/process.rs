@@ -69,11 +69,7 @@ impl VmPlan {
     /// Checks that the binaries and boot files exist, naming the missing one.
     pub fn check_files(&self) -> Result<(), VmError> {
         let initrd = self.config.initrd.clone().unwrap_or_default();
-        let checks = [
-            ("guest kernel", &self.config.kernel, "vm.kernel"),
-            ("initramfs", &initrd, "vm.initramfs"),
-            ("husk-vmm", &self.vmm, "shim.vmm"),
-        ];
+        let checks = [("guest kernel", &self.config.kernel, "vm.kernel"), ("initramfs", &initrd, "vm.initramfs"), ("husk-vmm", &self.vmm, "shim.vmm")];
         for (what, path, field) in checks {
             if !path.is_file() {
                 return Err(VmError::Missing { what, path: path.clone(), field });
@@ -299,12 +295,8 @@ pub fn last_lines(path: &Path, n: usize) -> String {
     let _ = f.seek(SeekFrom::Start(len.saturating_sub(4096)));
     let mut buf = Vec::new();
     let _ = f.take(4096).read_to_end(&mut buf);
-    let lines: Vec<String> = buf
-        .split(|&b| b == b'\n')
-        .map(|l| l.trim_ascii())
-        .filter(|l| !l.is_empty())
-        .map(|l| crate::guest_text::escape_controls(l, false))
-        .collect();
+    let lines: Vec<String> =
+        buf.split(|&b| b == b'\n').map(|l| l.trim_ascii()).filter(|l| !l.is_empty()).map(|l| crate::guest_text::escape_controls(l, false)).collect();
     lines[lines.len().saturating_sub(n)..].join(" | ")
 }
 
@@ -327,7 +319,16 @@ mod tests {
             vsock: Some(husk_config::VsockConfig { cid: 3, uds: dir.join("vsock.sock") }),
             ..Default::default()
         };
-        VmPlan { vmm: vmm.into(), config, config_file: dir.join("vm.toml"), vmm_log: dir.join("vmm.log"), work_dir: dir.into(), cgroup_procs: Vec::new(), fds: Vec::new(), jail: None }
+        VmPlan {
+            vmm: vmm.into(),
+            config,
+            config_file: dir.join("vm.toml"),
+            vmm_log: dir.join("vmm.log"),
+            work_dir: dir.into(),
+            cgroup_procs: Vec::new(),
+            fds: Vec::new(),
+            jail: None,
+        }
     }
 
     #[test]

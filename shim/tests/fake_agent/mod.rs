@@ -109,7 +109,10 @@ impl Agent for Fake {
         // The sandbox container's root is the boot disk; another container's is a slot.
         let sandbox = r.sandbox_id == r.container_id;
         if sandbox != (r.rootfs.disk_serial == "rootfs") {
-            return Err(status(ttrpc::Code::INVALID_ARGUMENT, &format!("container {} of sandbox {} has root disk {}", r.container_id, r.sandbox_id, r.rootfs.disk_serial)));
+            return Err(status(
+                ttrpc::Code::INVALID_ARGUMENT,
+                &format!("container {} of sandbox {} has root disk {}", r.container_id, r.sandbox_id, r.rootfs.disk_serial),
+            ));
         }
         let args = spec["process"]["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect();
         let mut ps = self.procs.lock().unwrap();
@@ -245,11 +248,20 @@ fn serve_api(sock: std::path::PathBuf) {
         let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
         let slot = path.rsplit('/').next().unwrap_or("");
         let req: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-        std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap().write_all(format!("{method} {slot} {}\n", req["id"].as_str().unwrap_or("")).as_bytes()).unwrap();
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap()
+            .write_all(format!("{method} {slot} {}\n", req["id"].as_str().unwrap_or("")).as_bytes())
+            .unwrap();
         let attached = method == "PUT";
         let info = serde_json::json!({"slot": slot, "kind": "slot", "attached": attached, "id": req["id"].as_str().unwrap_or(""),
-            "path": req["path"], "read_only": req["read_only"].as_bool().unwrap_or(false), "sectors": if attached { 8 } else { 0 }}).to_string();
-        let _ = (&conn).write_all(format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{info}", info.len()).as_bytes());
+            "path": req["path"], "read_only": req["read_only"].as_bool().unwrap_or(false), "sectors": if attached { 8 } else { 0 }})
+        .to_string();
+        let _ = (&conn).write_all(
+            format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{info}", info.len()).as_bytes(),
+        );
     }
 }
 
@@ -268,7 +280,13 @@ pub fn run_fake_vmm() {
         // SAFETY: TUNGETIFF writes one 40-byte struct ifreq into `ifr`, valid for the call.
         let r = unsafe { libc::ioctl(fd, 0x8004_54d2, ifr.as_mut_ptr()) };
         let name = String::from_utf8_lossy(&ifr[..16]).trim_end_matches('\0').to_string();
-        fake.note_net(format!("net {} fd {} mac {} tap {}", n.tap, if r == 0 { "open" } else { "bad" }, n.mac.map(|m| m.to_string()).unwrap_or_default(), name));
+        fake.note_net(format!(
+            "net {} fd {} mac {} tap {}",
+            n.tap,
+            if r == 0 { "open" } else { "bad" },
+            n.mac.map(|m| m.to_string()).unwrap_or_default(),
+            name
+        ));
     }
     let agent_path = format!("{uds}.agent");
     let agent_listener = UnixListener::bind(&agent_path).unwrap();

@@ -114,7 +114,11 @@ pub fn the_pods_network_reaches_the_vm_and_nothing_is_left() {
     create(&env, "net", None, &o, &e);
     let log = std::fs::read_to_string(env.dir.path().join("state/test/net/jail/run/vsock.sock.net")).unwrap();
     let mac = ns.mac();
-    let want = [format!("net tap0_husk fd open mac {mac} tap tap0_husk"), format!("iface {mac} eth0 1400 10.99.1.2/24"), "route default via \"10.99.1.1\" dev eth0".to_string()];
+    let want = [
+        format!("net tap0_husk fd open mac {mac} tap tap0_husk"),
+        format!("iface {mac} eth0 1400 10.99.1.2/24"),
+        "route default via \"10.99.1.1\" dev eth0".to_string(),
+    ];
     assert_eq!(log.lines().collect::<Vec<_>>(), want, "the VMM got the tap, the agent the interface and its routes, in this order");
     assert!(in_ns(&ns.pod, "tc filter show dev eth0 ingress").contains("tap0_husk"));
     env.client.start(ctx(), &StartRequest { id: "net".into(), ..Default::default() }).unwrap();
@@ -148,7 +152,9 @@ pub fn a_network_the_vm_cannot_get_fails_create_and_leaves_nothing() {
         ..Default::default()
     };
     match env.client.create(ctx(), &req) {
-        Err(ttrpc::Error::RpcStatus(s)) => assert!(s.message().contains("eth0") && s.message().contains("no IP address") && s.message().contains(&ns.pod), "{}", s.message()),
+        Err(ttrpc::Error::RpcStatus(s)) => {
+            assert!(s.message().contains("eth0") && s.message().contains("no IP address") && s.message().contains(&ns.pod), "{}", s.message())
+        }
         other => panic!("{other:?}"),
     }
     assert!(!env.dir.path().join("state/test/nonet").exists(), "state directory left");
@@ -171,7 +177,11 @@ pub fn ctr_cni_configures_the_namespace_between_create_and_start() {
     let (o, e) = (fifo(env.dir.path(), "o"), fifo(env.dir.path(), "e"));
     let (_ro, _re) = (reader(o.clone()), reader(e.clone()));
     let pid = create(&env, "cni", None, &o, &e);
-    assert_eq!(std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap().trim(), "husk-netns", "the task pid is a host process in the container's namespace");
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap().trim(),
+        "husk-netns",
+        "the task pid is a host process in the container's namespace"
+    );
     let log = net_log(&env, "cni");
     let placeholder = log.split_whitespace().nth(5).unwrap().to_string();
     assert!(log.starts_with("net tap0_husk fd open mac ") && log.lines().count() == 1, "one spare tap, nothing configured yet: {log}");
@@ -223,7 +233,11 @@ pub fn a_nerdctl_style_hook_configures_the_namespace_during_create() {
     assert_eq!(hook_pid, pid, "the hook got the task's host process");
     let mac = mac_in(pid);
     let log = net_log(&env, "hook");
-    let want = [format!("net tap0_husk fd open mac {mac} tap tap0_husk"), format!("iface {mac} eth0 1400 10.99.4.2/24"), "route default via \"10.99.4.1\" dev eth0".to_string()];
+    let want = [
+        format!("net tap0_husk fd open mac {mac} tap tap0_husk"),
+        format!("iface {mac} eth0 1400 10.99.4.2/24"),
+        "route default via \"10.99.4.1\" dev eth0".to_string(),
+    ];
     assert_eq!(log.lines().collect::<Vec<_>>(), want, "the network the hook made is the VM's from the boot");
     env.client.start(ctx(), &StartRequest { id: "hook".into(), ..Default::default() }).unwrap();
     env.client.kill(ctx(), &containerd_shim_protos::api::KillRequest { id: "hook".into(), signal: 9, ..Default::default() }).unwrap();
@@ -241,12 +255,20 @@ pub fn a_failing_hook_fails_create_and_leaves_nothing() {
     new_netns(&env);
     let d = env.dir.path().to_path_buf();
     let hook = d.join("bad-hook");
-    std::fs::write(&hook, format!("#!/bin/sh\nsed 's/.*\"pid\":\\([0-9]*\\).*/\\1/' >{}/hook.pid\necho 'no free IP in 10.99.9.0/24' >&2\nexit 7\n", d.display())).unwrap();
+    std::fs::write(
+        &hook,
+        format!("#!/bin/sh\nsed 's/.*\"pid\":\\([0-9]*\\).*/\\1/' >{}/hook.pid\necho 'no free IP in 10.99.9.0/24' >&2\nexit 7\n", d.display()),
+    )
+    .unwrap();
     std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     edit_spec(&env, |s| s["hooks"] = serde_json::json!({"createRuntime": [{"path": hook, "timeout": 10}]}));
     let req = containerd_shim_protos::api::CreateTaskRequest { id: "badhook".into(), bundle: d.join("bundle").display().to_string(), ..Default::default() };
     match env.client.create(ctx(), &req) {
-        Err(ttrpc::Error::RpcStatus(s)) => assert!(s.message().contains("createRuntime hook") && s.message().contains("exit status 7") && s.message().contains("no free IP in 10.99.9.0/24"), "{}", s.message()),
+        Err(ttrpc::Error::RpcStatus(s)) => assert!(
+            s.message().contains("createRuntime hook") && s.message().contains("exit status 7") && s.message().contains("no free IP in 10.99.9.0/24"),
+            "{}",
+            s.message()
+        ),
         other => panic!("{other:?}"),
     }
     let pid: u32 = std::fs::read_to_string(d.join("hook.pid")).unwrap().trim().parse().unwrap();

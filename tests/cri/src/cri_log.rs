@@ -37,45 +37,22 @@ pub fn parse(text: &str) -> Result<Vec<Record>, LogError> {
     for (i, raw) in text.split_terminator('\n').enumerate() {
         let line = i + 1;
         let mut parts = raw.splitn(4, ' ');
-        let (Some(time), Some(stream), Some(tag)) = (parts.next(), parts.next(), parts.next())
-        else {
-            return Err(LogError::Shape {
-                line,
-                text: raw.chars().take(120).collect(),
-            });
+        let (Some(time), Some(stream), Some(tag)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(LogError::Shape { line, text: raw.chars().take(120).collect() });
         };
         let content = parts.next().unwrap_or("").to_string();
-        let time = DateTime::parse_from_rfc3339(time).map_err(|source| LogError::Time {
-            line,
-            time: time.into(),
-            source,
-        })?;
+        let time = DateTime::parse_from_rfc3339(time).map_err(|source| LogError::Time { line, time: time.into(), source })?;
         let stderr = match stream {
             "stdout" => false,
             "stderr" => true,
-            s => {
-                return Err(LogError::Stream {
-                    line,
-                    stream: s.into(),
-                })
-            }
+            s => return Err(LogError::Stream { line, stream: s.into() }),
         };
         let partial = match tag {
             "F" => false,
             "P" => true,
-            t => {
-                return Err(LogError::Tag {
-                    line,
-                    tag: t.into(),
-                })
-            }
+            t => return Err(LogError::Tag { line, tag: t.into() }),
         };
-        out.push(Record {
-            time,
-            stderr,
-            partial,
-            content,
-        });
+        out.push(Record { time, stderr, partial, content });
     }
     Ok(out)
 }
@@ -117,21 +94,9 @@ mod tests {
     #[test]
     fn malformed_records_name_the_line() {
         let e = parse("2026-12-06T10:00:00Z stdout F ok\nnot-a-time stdout F x\n").unwrap_err();
-        assert!(
-            e.to_string().starts_with("line 2: time [not-a-time]"),
-            "{e}"
-        );
-        assert!(matches!(
-            parse("2026-12-06T10:00:00Z stdin F x\n"),
-            Err(LogError::Stream { .. })
-        ));
-        assert!(matches!(
-            parse("2026-12-06T10:00:00Z stdout X x\n"),
-            Err(LogError::Tag { .. })
-        ));
-        assert!(matches!(
-            parse("2026-12-06T10:00:00Z\n"),
-            Err(LogError::Shape { .. })
-        ));
+        assert!(e.to_string().starts_with("line 2: time [not-a-time]"), "{e}");
+        assert!(matches!(parse("2026-12-06T10:00:00Z stdin F x\n"), Err(LogError::Stream { .. })));
+        assert!(matches!(parse("2026-12-06T10:00:00Z stdout X x\n"), Err(LogError::Tag { .. })));
+        assert!(matches!(parse("2026-12-06T10:00:00Z\n"), Err(LogError::Shape { .. })));
     }
 }

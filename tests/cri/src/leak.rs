@@ -29,11 +29,7 @@ impl Baseline {
         Ok(Baseline {
             mounts: procfs::mount_points()?.into_iter().collect(),
             loops: procfs::loop_devices()?.into_iter().collect(),
-            pids: procs
-                .iter()
-                .filter(|p| HUSK_PROCS.contains(&p.name()))
-                .map(|p| p.pid)
-                .collect(),
+            pids: procs.iter().filter(|p| HUSK_PROCS.contains(&p.name())).map(|p| p.pid).collect(),
         })
     }
 }
@@ -50,30 +46,13 @@ pub fn findings(opts: &Opts, baseline: &Baseline) -> Result<Vec<String>, ProcErr
     let me = std::process::id();
     for p in procs.iter().filter(|p| p.pid != me) {
         let husk = HUSK_PROCS.contains(&p.name()) && !baseline.pids.contains(&p.pid);
-        let shim = p.name().starts_with("containerd-shim")
-            && p.arg_after("-address") == Some(sock.as_str());
-        let in_pod = procfs::cgroups(p.pid)
-            .iter()
-            .any(|c| c.contains(&format!("/pod{}-", opts.run)));
+        let shim = p.name().starts_with("containerd-shim") && p.arg_after("-address") == Some(sock.as_str());
+        let in_pod = procfs::cgroups(p.pid).iter().any(|c| c.contains(&format!("/pod{}-", opts.run)));
         // virtiofsd and anything else started for a pod names a path of ours.
         let cmdline = p.cmdline();
-        let names_ours = opts
-            .watch
-            .iter()
-            .chain(opts.husk_state_dir.iter())
-            .any(|d| cmdline.contains(&*d.to_string_lossy()));
+        let names_ours = opts.watch.iter().chain(opts.husk_state_dir.iter()).any(|d| cmdline.contains(&*d.to_string_lossy()));
         if husk || shim || in_pod || names_ours {
-            out.push(format!(
-                "process {} ({}, state {}){}",
-                p.pid,
-                p.cmdline(),
-                p.state,
-                if in_pod {
-                    " in a pod cgroup of this run"
-                } else {
-                    ""
-                }
-            ));
+            out.push(format!("process {} ({}, state {}){}", p.pid, p.cmdline(), p.state, if in_pod { " in a pod cgroup of this run" } else { "" }));
         }
     }
     let netns = [Path::new("/run/netns"), Path::new("/var/run/netns")];
@@ -81,13 +60,7 @@ pub fn findings(opts: &Opts, baseline: &Baseline) -> Result<Vec<String>, ProcErr
         if baseline.mounts.contains(&m) {
             continue;
         }
-        if opts
-            .watch
-            .iter()
-            .chain(opts.husk_state_dir.iter())
-            .any(|d| is_below(&m, d))
-            || netns.iter().any(|d| is_below(&m, d))
-        {
+        if opts.watch.iter().chain(opts.husk_state_dir.iter()).any(|d| is_below(&m, d)) || netns.iter().any(|d| is_below(&m, d)) {
             out.push(format!("mount {m}"));
         }
     }
@@ -110,10 +83,7 @@ pub fn findings(opts: &Opts, baseline: &Baseline) -> Result<Vec<String>, ProcErr
     if let Some(br) = &opts.bridge {
         let brif = PathBuf::from(format!("/sys/class/net/{br}/brif"));
         for e in std::fs::read_dir(&brif).into_iter().flatten().flatten() {
-            out.push(format!(
-                "interface {} still on the CNI bridge {br}",
-                e.file_name().to_string_lossy()
-            ));
+            out.push(format!("interface {} still on the CNI bridge {br}", e.file_name().to_string_lossy()));
         }
     }
     Ok(out)
@@ -132,14 +102,7 @@ pub async fn leak_check(ctx: &Ctx, baseline: &Baseline) -> Result<()> {
             errs.push(format!("removing the shared pod: {e}"));
         }
     }
-    let filter = PodSandboxFilter {
-        label_selector: [(
-            "husk-cri/run".to_string(),
-            format!("husk-cri-{}", ctx.opts.run),
-        )]
-        .into(),
-        ..Default::default()
-    };
+    let filter = PodSandboxFilter { label_selector: [("husk-cri/run".to_string(), format!("husk-cri-{}", ctx.opts.run))].into(), ..Default::default() };
     for p in cri.list_pods(filter).await? {
         let name = p.metadata.map(|m| m.name).unwrap_or_default();
         if name.ends_with(&format!("-{}", ctx.handler)) {

@@ -28,18 +28,10 @@ use k8s_cri::v1::PodSandboxFilter;
 use cri::Cri;
 
 #[derive(Parser)]
-#[command(
-    name = "husk-cri",
-    about = "CRI test client and suite for husk (and runc as the reference)"
-)]
+#[command(name = "husk-cri", about = "CRI test client and suite for husk (and runc as the reference)")]
 struct Cli {
     /// containerd's socket (the CRI plugin answers on it).
-    #[arg(
-        long,
-        env = "CRI_SOCKET",
-        global = true,
-        default_value = "/run/containerd/containerd.sock"
-    )]
+    #[arg(long, env = "CRI_SOCKET", global = true, default_value = "/run/containerd/containerd.sock")]
     socket: PathBuf,
     /// Seconds one CRI call may take.
     #[arg(long, global = true, default_value_t = 300)]
@@ -51,12 +43,7 @@ struct Cli {
 #[derive(clap::Args, Clone)]
 struct RunArgs {
     /// Runtime handlers, in order.
-    #[arg(
-        long,
-        env = "CRI_HANDLERS",
-        value_delimiter = ',',
-        default_value = "runc,husk"
-    )]
+    #[arg(long, env = "CRI_HANDLERS", value_delimiter = ',', default_value = "runc,husk")]
     handlers: Vec<String>,
     /// The app image (busybox), imported into containerd's k8s.io namespace.
     #[arg(long, default_value = "docker.io/library/husk-busybox:latest")]
@@ -156,11 +143,7 @@ pub async fn wait_ready_once(cri: &Cri) -> Result<()> {
     Ok(())
 }
 
-async fn wait_ready(
-    socket: &std::path::Path,
-    call_timeout: Duration,
-    limit: Duration,
-) -> Result<Cri> {
+async fn wait_ready(socket: &std::path::Path, call_timeout: Duration, limit: Duration) -> Result<Cri> {
     let deadline = Instant::now() + limit;
     loop {
         let res = match Cri::connect(socket, call_timeout).await {
@@ -169,13 +152,7 @@ async fn wait_ready(
         };
         match res {
             Ok(cri) => return Ok(cri),
-            Err(e) if Instant::now() > deadline => {
-                return Err(e.context(format!(
-                    "CRI on {} not ready within {} s",
-                    socket.display(),
-                    limit.as_secs()
-                )))
-            }
+            Err(e) if Instant::now() > deadline => return Err(e.context(format!("CRI on {} not ready within {} s", socket.display(), limit.as_secs()))),
             Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
         }
     }
@@ -202,17 +179,11 @@ async fn main() -> Result<()> {
         Cmd::WaitReady { timeout } => {
             let cri = wait_ready(&cli.socket, call_timeout, Duration::from_secs(timeout)).await?;
             let v = cri.version().await?;
-            println!(
-                "CRI ready: {} {} (CRI {})",
-                v.runtime_name, v.runtime_version, v.runtime_api_version
-            );
+            println!("CRI ready: {} {} (CRI {})", v.runtime_name, v.runtime_version, v.runtime_api_version);
         }
         Cmd::Cleanup { run } => {
             let cri = Cri::connect(&cli.socket, call_timeout).await?;
-            let filter = PodSandboxFilter {
-                label_selector: [("husk-cri/run".to_string(), format!("husk-cri-{run}"))].into(),
-                ..Default::default()
-            };
+            let filter = PodSandboxFilter { label_selector: [("husk-cri/run".to_string(), format!("husk-cri-{run}"))].into(), ..Default::default() };
             for p in cri.list_pods(filter).await? {
                 let stopped = cri.stop_pod(&p.id).await;
                 let removed = cri.remove_pod(&p.id).await;
@@ -229,17 +200,9 @@ async fn main() -> Result<()> {
             let cri = wait_ready(&cli.socket, call_timeout, Duration::from_secs(60)).await?;
             check_image(&cri, &args.image).await?;
             let t = Instant::now();
-            let tally =
-                suite::run(cri, args.opts(cli.socket.clone()), &args.handlers, &cases).await?;
-            println!(
-                "suite: {} handlers in {:.0} s",
-                args.handlers.join(","),
-                t.elapsed().as_secs_f64()
-            );
-            println!(
-                "{} passed, {} failed, {} skipped",
-                tally.passed, tally.failed, tally.skipped
-            );
+            let tally = suite::run(cri, args.opts(cli.socket.clone()), &args.handlers, &cases).await?;
+            println!("suite: {} handlers in {:.0} s", args.handlers.join(","), t.elapsed().as_secs_f64());
+            println!("{} passed, {} failed, {} skipped", tally.passed, tally.failed, tally.skipped);
             if tally.failed > 0 {
                 std::process::exit(1);
             }
@@ -247,15 +210,7 @@ async fn main() -> Result<()> {
         Cmd::Bench { args, runs, settle } => {
             let cri = wait_ready(&cli.socket, call_timeout, Duration::from_secs(60)).await?;
             check_image(&cri, &args.image).await?;
-            bench::run(
-                cri,
-                args.opts(cli.socket.clone()),
-                &args.handlers,
-                runs,
-                Duration::from_secs(settle),
-            )
-            .await
-            .context("bench")?;
+            bench::run(cri, args.opts(cli.socket.clone()), &args.handlers, runs, Duration::from_secs(settle)).await.context("bench")?;
         }
     }
     Ok(())

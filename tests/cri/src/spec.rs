@@ -49,27 +49,15 @@ impl PodSpec {
 
     pub fn config(&self) -> PodSandboxConfig {
         PodSandboxConfig {
-            metadata: Some(PodSandboxMetadata {
-                name: self.name.clone(),
-                uid: self.uid.clone(),
-                namespace: self.namespace.clone(),
-                attempt: 0,
-            }),
+            metadata: Some(PodSandboxMetadata { name: self.name.clone(), uid: self.uid.clone(), namespace: self.namespace.clone(), attempt: 0 }),
             hostname: self.hostname.clone(),
             log_directory: self.log_dir.display().to_string(),
             dns_config: self.dns.clone(),
             port_mappings: self.port_mappings.clone(),
-            labels: [
-                ("io.kubernetes.pod.name".to_string(), self.name.clone()),
-                ("husk-cri/run".to_string(), self.namespace.clone()),
-            ]
-            .into(),
+            labels: [("io.kubernetes.pod.name".to_string(), self.name.clone()), ("husk-cri/run".to_string(), self.namespace.clone())].into(),
             linux: Some(LinuxPodSandboxConfig {
                 cgroup_parent: self.cgroup_parent(),
-                security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: Some(namespaces(self.share_pid, None)),
-                    ..Default::default()
-                }),
+                security_context: Some(LinuxSandboxSecurityContext { namespace_options: Some(namespaces(self.share_pid, None)), ..Default::default() }),
                 resources: self.resources.clone(),
                 ..Default::default()
             }),
@@ -104,23 +92,13 @@ impl ContainerSpec {
 
     /// A container running `argv`.
     pub fn cmd(name: &str, image: &str, argv: &[&str]) -> ContainerSpec {
-        ContainerSpec {
-            name: name.into(),
-            image: image.into(),
-            command: argv.iter().map(|s| s.to_string()).collect(),
-            ..Default::default()
-        }
+        ContainerSpec { name: name.into(), image: image.into(), command: argv.iter().map(|s| s.to_string()).collect(), ..Default::default() }
     }
 
     /// Adds a volume: `host` at `container`, read-only if `readonly` (private propagation,
     /// kubelet's default).
     pub fn mount(&mut self, host: &std::path::Path, container: &str, readonly: bool) -> &mut Self {
-        self.mounts.push(Mount {
-            container_path: container.into(),
-            host_path: host.display().to_string(),
-            readonly,
-            ..Default::default()
-        });
+        self.mounts.push(Mount { container_path: container.into(), host_path: host.display().to_string(), readonly, ..Default::default() });
         self
     }
 
@@ -140,37 +118,17 @@ impl ContainerSpec {
             sc.run_as_group = Some(Int64Value { value: gid });
         }
         if !self.add_caps.is_empty() || !self.drop_caps.is_empty() {
-            sc.capabilities = Some(Capability {
-                add_capabilities: self.add_caps.clone(),
-                drop_capabilities: self.drop_caps.clone(),
-                ..Default::default()
-            });
+            sc.capabilities = Some(Capability { add_capabilities: self.add_caps.clone(), drop_capabilities: self.drop_caps.clone(), ..Default::default() });
         }
-        let resources = LinuxContainerResources {
-            memory_limit_in_bytes: self.memory_limit.unwrap_or(0),
-            ..Default::default()
-        };
+        let resources = LinuxContainerResources { memory_limit_in_bytes: self.memory_limit.unwrap_or(0), ..Default::default() };
         ContainerConfig {
-            metadata: Some(ContainerMetadata {
-                name: self.name.clone(),
-                attempt: 0,
-            }),
-            image: Some(ImageSpec {
-                image: self.image.clone(),
-                ..Default::default()
-            }),
+            metadata: Some(ContainerMetadata { name: self.name.clone(), attempt: 0 }),
+            image: Some(ImageSpec { image: self.image.clone(), ..Default::default() }),
             command: self.command.clone(),
             mounts: self.mounts.clone(),
             log_path: self.log_path(),
-            labels: [(
-                "io.kubernetes.container.name".to_string(),
-                self.name.clone(),
-            )]
-            .into(),
-            linux: Some(LinuxContainerConfig {
-                resources: Some(resources),
-                security_context: Some(sc),
-            }),
+            labels: [("io.kubernetes.container.name".to_string(), self.name.clone())].into(),
+            linux: Some(LinuxContainerConfig { resources: Some(resources), security_context: Some(sc) }),
             ..Default::default()
         }
     }

@@ -146,8 +146,7 @@ fn each_endpoint_uses_its_method_and_path() {
         ),
         (
             "GET /vm ",
-            serde_json::to_string(&VmDescription { state: VmState::Running, config: crate::VmConfig::default(), cmdline: "console=ttyS0".into() })
-                .unwrap(),
+            serde_json::to_string(&VmDescription { state: VmState::Running, config: crate::VmConfig::default(), cmdline: "console=ttyS0".into() }).unwrap(),
             Box::new(|c| c.describe().unwrap().cmdline == "console=ttyS0"),
         ),
     ];

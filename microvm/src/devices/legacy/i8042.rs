@@ -73,7 +73,13 @@ impl I8042 {
     /// A controller raising `irq` (GSI 1) and reporting resets to `exit`.
     pub fn new(irq: EventFdTrigger, exit: Arc<VmExit>) -> Self {
         I8042 {
-            state: Mutex::new(State { status: SB_UNLOCKED | SB_SYSTEM, ctr: CTR_KBD_INT | CTR_SYSTEM | CTR_XLATE, outp: 0x01, pending: None, queue: VecDeque::new() }),
+            state: Mutex::new(State {
+                status: SB_UNLOCKED | SB_SYSTEM,
+                ctr: CTR_KBD_INT | CTR_SYSTEM | CTR_XLATE,
+                outp: 0x01,
+                pending: None,
+                queue: VecDeque::new(),
+            }),
             irq,
             exit,
         }

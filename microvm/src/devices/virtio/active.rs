@@ -40,22 +40,13 @@ pub struct Active {
 impl Active {
     /// Wraps the activation arguments.
     pub fn new(mem: GuestMemoryMmap, interrupt: Arc<Interrupt>, queues: Vec<Queue>) -> Self {
-        Self {
-            mem,
-            interrupt,
-            queues,
-            broken: false,
-        }
+        Self { mem, interrupt, queues, broken: false }
     }
 
     /// Pops and validates the next chain of queue `q`. `Ok(None)`: the queue is empty.
     /// `Ok(Some(Err))`: a malformed chain (its head must still be completed). `Err`: the ring
     /// itself is corrupt; the device is marked broken.
-    pub fn pop(
-        &mut self,
-        q: usize,
-        max_descs: usize,
-    ) -> Result<Option<Popped>, QueueBroken> {
+    pub fn pop(&mut self, q: usize, max_descs: usize) -> Result<Option<Popped>, QueueBroken> {
         if self.broken {
             return Ok(None);
         }
@@ -88,10 +79,7 @@ impl Active {
         }))
     }
 
-    fn next_chain<'m>(
-        queue: &mut Queue,
-        mem: &'m GuestMemoryMmap,
-    ) -> Result<Option<virtio_queue::DescriptorChain<&'m GuestMemoryMmap>>, virtio_queue::Error> {
+    fn next_chain<'m>(queue: &mut Queue, mem: &'m GuestMemoryMmap) -> Result<Option<virtio_queue::DescriptorChain<&'m GuestMemoryMmap>>, virtio_queue::Error> {
         queue.iter(mem).map(|mut it| it.next())
     }
 
@@ -131,12 +119,9 @@ impl Active {
 
     /// Whether queue `q` has chains the device has not taken yet.
     pub fn has_available(&self, q: usize) -> bool {
-        self.queues.get(q).is_some_and(|queue| {
-            queue
-                .avail_idx(&self.mem, std::sync::atomic::Ordering::Acquire)
-                .map(|idx| idx.0 != queue.next_avail())
-                .unwrap_or(false)
-        })
+        self.queues
+            .get(q)
+            .is_some_and(|queue| queue.avail_idx(&self.mem, std::sync::atomic::Ordering::Acquire).map(|idx| idx.0 != queue.next_avail()).unwrap_or(false))
     }
 }
 

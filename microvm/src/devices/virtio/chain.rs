@@ -81,49 +81,28 @@ pub struct Chain {
 
 impl Chain {
     /// Walks and validates `chain`.
-    pub fn parse<M>(
-        chain: DescriptorChain<M>,
-        mem: &GuestMemoryMmap,
-        max_descs: usize,
-    ) -> Result<Self, ChainError>
+    pub fn parse<M>(chain: DescriptorChain<M>, mem: &GuestMemoryMmap, max_descs: usize) -> Result<Self, ChainError>
     where
         M: Deref,
         M::Target: vm_memory::GuestMemory,
     {
         let head = chain.head_index();
-        let mut out = Chain {
-            head,
-            readable: Vec::new(),
-            writable: Vec::new(),
-        };
+        let mut out = Chain { head, readable: Vec::new(), writable: Vec::new() };
         let mut last_has_next = false;
         let mut count = 0usize;
         for desc in chain {
             count += 1;
             if count > max_descs {
-                return Err(ChainError::TooLong {
-                    head,
-                    max: max_descs,
-                });
+                return Err(ChainError::TooLong { head, max: max_descs });
             }
-            let d = Desc {
-                addr: desc.addr(),
-                len: desc.len(),
-            };
+            let d = Desc { addr: desc.addr(), len: desc.len() };
             if !GuestMemoryBackend::check_range(mem, d.addr, d.len as usize) {
-                return Err(ChainError::OutsideMemory {
-                    head,
-                    addr: d.addr.0,
-                    len: d.len,
-                });
+                return Err(ChainError::OutsideMemory { head, addr: d.addr.0, len: d.len });
             }
             if desc.is_write_only() {
                 out.writable.push(d);
             } else if !out.writable.is_empty() {
-                return Err(ChainError::ReadAfterWrite {
-                    head,
-                    index: count - 1,
-                });
+                return Err(ChainError::ReadAfterWrite { head, index: count - 1 });
             } else {
                 out.readable.push(d);
             }
@@ -161,33 +140,30 @@ pub fn segments(descs: &[Desc], offset: u64, len: u64) -> Vec<(GuestAddress, usi
 pub fn segments_iter(descs: &[Desc], offset: u64, len: u64) -> impl Iterator<Item = (GuestAddress, usize)> + '_ {
     let mut skip = offset;
     let mut left = len;
-    descs.iter().map_while(move |d| {
-        if left == 0 {
-            return None;
-        }
-        let dlen = u64::from(d.len);
-        if skip >= dlen {
-            skip -= dlen;
-            return Some(None);
-        }
-        let n = (dlen - skip).min(left);
-        // Within a validated descriptor: addr + skip + n <= addr + len, which fits guest memory.
-        let seg = (GuestAddress(d.addr.0 + skip), n as usize);
-        left -= n;
-        skip = 0;
-        Some(Some(seg))
-    })
-    .flatten()
+    descs
+        .iter()
+        .map_while(move |d| {
+            if left == 0 {
+                return None;
+            }
+            let dlen = u64::from(d.len);
+            if skip >= dlen {
+                skip -= dlen;
+                return Some(None);
+            }
+            let n = (dlen - skip).min(left);
+            // Within a validated descriptor: addr + skip + n <= addr + len, which fits guest memory.
+            let seg = (GuestAddress(d.addr.0 + skip), n as usize);
+            left -= n;
+            skip = 0;
+            Some(Some(seg))
+        })
+        .flatten()
 }
 
 /// Copies bytes from the buffers `descs`, starting `offset` bytes in, into `buf`. Returns how
 /// many bytes were copied (less than `buf.len()` if the buffers are shorter).
-pub fn read_from(
-    mem: &GuestMemoryMmap,
-    descs: &[Desc],
-    offset: u64,
-    buf: &mut [u8],
-) -> Result<usize, vm_memory::GuestMemoryError> {
+pub fn read_from(mem: &GuestMemoryMmap, descs: &[Desc], offset: u64, buf: &mut [u8]) -> Result<usize, vm_memory::GuestMemoryError> {
     use vm_memory::Bytes;
     let mut done = 0;
     for (addr, n) in segments_iter(descs, offset, buf.len() as u64) {
@@ -199,12 +175,7 @@ pub fn read_from(
 
 /// Copies `data` into the buffers `descs`, starting `offset` bytes in. Returns how many bytes
 /// were copied (less than `data.len()` if the buffers are shorter).
-pub fn write_to(
-    mem: &GuestMemoryMmap,
-    descs: &[Desc],
-    offset: u64,
-    data: &[u8],
-) -> Result<usize, vm_memory::GuestMemoryError> {
+pub fn write_to(mem: &GuestMemoryMmap, descs: &[Desc], offset: u64, data: &[u8]) -> Result<usize, vm_memory::GuestMemoryError> {
     use vm_memory::Bytes;
     let mut done = 0;
     for (addr, n) in segments_iter(descs, offset, data.len() as u64) {
@@ -226,11 +197,7 @@ mod tests {
 
     /// RAM at 0 and where MockSplitQueue puts indirect tables (0x3000_0000).
     fn mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[
-            (GuestAddress(0), 0x100_0000),
-            (GuestAddress(0x3000_0000), 0x10_0000),
-        ])
-        .unwrap()
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x100_0000), (GuestAddress(0x3000_0000), 0x10_0000)]).unwrap()
     }
 
     fn pop(mem: &GuestMemoryMmap, q: &mut Queue, max: usize) -> Result<Chain, ChainError> {
@@ -290,14 +257,8 @@ mod tests {
 
     #[test]
     fn segments_split_across_descriptors() {
-        let d = [
-            Desc { addr: GuestAddress(0x1000), len: 10 },
-            Desc { addr: GuestAddress(0x2000), len: 10 },
-        ];
-        assert_eq!(
-            segments(&d, 5, 10),
-            vec![(GuestAddress(0x1005), 5), (GuestAddress(0x2000), 5)]
-        );
+        let d = [Desc { addr: GuestAddress(0x1000), len: 10 }, Desc { addr: GuestAddress(0x2000), len: 10 }];
+        assert_eq!(segments(&d, 5, 10), vec![(GuestAddress(0x1005), 5), (GuestAddress(0x2000), 5)]);
         assert_eq!(segments(&d, 25, 10), vec![]);
         assert_eq!(segments(&d, 15, 100), vec![(GuestAddress(0x2005), 5)]);
     }

@@ -63,12 +63,7 @@ pub fn block_requests(data: &[u8]) {
     let (Some(mem), Some(irq)) = (memory(data), interrupt()) else { return };
     let Ok(mut file) = tempfile("blk") else { return };
     let _ = file.write_all(&[0u8; 65536]);
-    let disk = Disk {
-        file,
-        sectors: 128,
-        read_only: data.first().is_some_and(|b| b & 1 == 1),
-        id: *b"fuzz-disk\0\0\0\0\0\0\0\0\0\0\0",
-    };
+    let disk = Disk { file, sectors: 128, read_only: data.first().is_some_and(|b| b & 1 == 1), id: *b"fuzz-disk\0\0\0\0\0\0\0\0\0\0\0" };
     let mut active = Active::new(mem, irq, vec![queue()]);
     // The second input byte picks an empty slot: every request but GET_ID fails there.
     let backing = (data.get(1).is_none_or(|b| b & 1 == 0)).then_some(&disk);
@@ -83,10 +78,7 @@ pub fn vsock_packets(data: &[u8]) -> u64 {
     if std::fs::create_dir_all(&dir).is_err() {
         return 0;
     }
-    let cfg = VsockConfig {
-        guest_cid: 3,
-        uds_path: dir.join("v.sock"),
-    };
+    let cfg = VsockConfig { guest_cid: 3, uds_path: dir.join("v.sock") };
     // A host listener on the port the first transmitted packet asks for (its header's
     // dst_port), so a well-formed request gets a connection and the receive path moves host
     // data into the guest's (hostile) buffers.
@@ -141,12 +133,7 @@ pub fn net_frames(data: &[u8]) {
     if a.set_nonblocking(true).is_err() || b.set_nonblocking(true).is_err() {
         return;
     }
-    let cfg = NetConfig {
-        tap: "fuzz".into(),
-        mac: None,
-        netns: None,
-        fd: None,
-    };
+    let cfg = NetConfig { tap: "fuzz".into(), mac: None, netns: None, fd: None };
     let Ok(mut dev) = Net::with_backend(cfg, Box::new(Pair(a))) else { return };
     // The last input byte picks the receive mode: mergeable buffers or one chain per frame.
     if data.last().is_some_and(|b| b & 1 == 1) {
@@ -184,11 +171,7 @@ pub fn mmio_registers(data: &[u8]) {
     if std::fs::write(&path, [0u8; 4096]).is_err() {
         return;
     }
-    let cfg = super::block::BlockConfig {
-        path: path.clone(),
-        read_only: false,
-        id: "fuzz".into(),
-    };
+    let cfg = super::block::BlockConfig { path: path.clone(), read_only: false, id: "fuzz".into() };
     let dev = super::block::Block::new(cfg);
     let _ = std::fs::remove_file(&path);
     let Ok(dev) = dev else { return };
@@ -214,11 +197,7 @@ fn next() -> u64 {
 /// An anonymous temporary file (unlinked right away).
 fn tempfile(tag: &str) -> std::io::Result<std::fs::File> {
     let p = std::env::temp_dir().join(format!("husk-fuzz-{tag}-{}-{}", std::process::id(), next()));
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&p)?;
+    let f = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&p)?;
     std::fs::remove_file(&p)?;
     Ok(f)
 }
@@ -278,21 +257,9 @@ mod tests {
         // buffers. The transmit queue takes all four (1-3 are dropped as malformed), the
         // receive queue the same ones: 0 back empty, 1 the response, 2-3 host data.
         let mut v = vec![0u8; 0x8000];
-        let hdr = Header {
-            src_cid: 3,
-            dst_cid: 2,
-            src_port: 1234,
-            dst_port: 1024,
-            type_: TYPE_STREAM,
-            op: OP_REQUEST,
-            buf_alloc: 65536,
-            ..Header::default()
-        };
+        let hdr = Header { src_cid: 3, dst_cid: 2, src_port: 1234, dst_port: 1024, type_: TYPE_STREAM, op: OP_REQUEST, buf_alloc: 65536, ..Header::default() };
         v[0x400..0x400 + 44].copy_from_slice(&hdr.to_bytes());
-        for (i, (addr, len, flags)) in [(0x400u64, 44u32, 0u16), (0x1000, 4096, 2), (0x2000, 4096, 2), (0x3000, 4096, 2)]
-            .into_iter()
-            .enumerate()
-        {
+        for (i, (addr, len, flags)) in [(0x400u64, 44u32, 0u16), (0x1000, 4096, 2), (0x2000, 4096, 2), (0x3000, 4096, 2)].into_iter().enumerate() {
             let d = &mut v[i * 16..i * 16 + 16];
             d[0..8].copy_from_slice(&addr.to_le_bytes());
             d[8..12].copy_from_slice(&len.to_le_bytes());

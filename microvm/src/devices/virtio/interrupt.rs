@@ -48,12 +48,7 @@ impl Interrupt {
     /// Creates an interrupt that signals a fresh non-blocking EventFd (for an irqfd) until
     /// [`Interrupt::use_irq_line`] is called.
     pub fn new() -> io::Result<Self> {
-        Ok(Self {
-            status: AtomicU32::new(0),
-            needs_reset: AtomicBool::new(false),
-            evt: EventFd::new(libc::EFD_NONBLOCK)?,
-            line: OnceLock::new(),
-        })
+        Ok(Self { status: AtomicU32::new(0), needs_reset: AtomicBool::new(false), evt: EventFd::new(libc::EFD_NONBLOCK)?, line: OnceLock::new() })
     }
 
     /// The EventFd signalled when no line is set: the VMM registers it as irqfd on the

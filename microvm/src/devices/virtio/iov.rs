@@ -55,19 +55,8 @@ impl<'m> GuestIovecs<'m> {
             }
         }
         let guards: Vec<PtrGuardMut> = slices.iter().map(|s| s.ptr_guard_mut()).collect();
-        let iovs = guards
-            .iter()
-            .zip(&slices)
-            .map(|(g, s)| libc::iovec {
-                iov_base: g.as_ptr().cast(),
-                iov_len: s.len(),
-            })
-            .collect();
-        Ok(Self {
-            slices,
-            _guards: guards,
-            iovs,
-        })
+        let iovs = guards.iter().zip(&slices).map(|(g, s)| libc::iovec { iov_base: g.as_ptr().cast(), iov_len: s.len() }).collect();
+        Ok(Self { slices, _guards: guards, iovs })
     }
 
     /// Total bytes.
@@ -144,8 +133,7 @@ impl<'m> GuestIovecs<'m> {
         let mut first = 0;
         while first < iovs.len() {
             let batch = &iovs[first..iovs.len().min(first + IOV_MAX)];
-            let off = libc::off_t::try_from(pos)
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset out of range"))?;
+            let off = libc::off_t::try_from(pos).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset out of range"))?;
             let n = match dir {
                 // SAFETY: every iovec points into mapped guest memory within the bounds
                 // vm-memory checked, kept alive by `self`; the count is at most IOV_MAX. The
@@ -184,13 +172,7 @@ impl<'m> GuestIovecs<'m> {
 }
 
 /// Moves exactly the bytes of `segs` between guest memory and `file` at `offset`.
-pub fn transfer(
-    mem: &GuestMemoryMmap,
-    file: &File,
-    offset: u64,
-    segs: &[(GuestAddress, usize)],
-    dir: Dir,
-) -> io::Result<()> {
+pub fn transfer(mem: &GuestMemoryMmap, file: &File, offset: u64, segs: &[(GuestAddress, usize)], dir: Dir) -> io::Result<()> {
     GuestIovecs::new(mem, segs, dir)?.transfer_at(file, offset, dir)
 }
 
@@ -201,8 +183,7 @@ mod tests {
     use vm_memory::Bytes;
 
     fn mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000), (GuestAddress(0x10000), 0x10000)])
-            .unwrap()
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000), (GuestAddress(0x10000), 0x10000)]).unwrap()
     }
 
     #[test]
@@ -212,11 +193,7 @@ mod tests {
         let data: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
         f.write_all(&data).unwrap();
         // 100 bytes, then 1900 bytes crossing the region boundary at 0x10000, then 0 bytes.
-        let segs = [
-            (GuestAddress(0x100), 100),
-            (GuestAddress(0x10000 - 900), 1900),
-            (GuestAddress(0x5000), 0),
-        ];
+        let segs = [(GuestAddress(0x100), 100), (GuestAddress(0x10000 - 900), 1900), (GuestAddress(0x5000), 0)];
         transfer(&m, &f, 1000, &segs, Dir::ToGuest).unwrap();
         let mut a = vec![0u8; 100];
         m.read_slice(&mut a, GuestAddress(0x100)).unwrap();
@@ -259,8 +236,7 @@ mod tests {
         m.write_slice(b"head", GuestAddress(0x300)).unwrap();
         m.write_slice(b"-tail", GuestAddress(0x10000 - 2)).unwrap();
         let (a, b) = std::os::unix::net::UnixDatagram::pair().unwrap();
-        let v = GuestIovecs::new(&m, &[(GuestAddress(0x300), 4), (GuestAddress(0x10000 - 2), 5)], Dir::FromGuest)
-            .unwrap();
+        let v = GuestIovecs::new(&m, &[(GuestAddress(0x300), 4), (GuestAddress(0x10000 - 2), 5)], Dir::FromGuest).unwrap();
         assert_eq!(v.len(), 9);
         assert_eq!(v.writev(a.as_raw_fd()).unwrap(), 9);
         let mut buf = [0u8; 32];

@@ -15,9 +15,9 @@ pub mod active;
 pub mod block;
 pub mod chain;
 pub mod counter;
+pub mod fs;
 #[doc(hidden)]
 pub mod fuzz_api;
-pub mod fs;
 pub mod interrupt;
 pub mod iov;
 pub mod mmio;
@@ -99,10 +99,7 @@ impl ActivateError {
             return Err(Self::AlreadyActive);
         }
         if queues.len() != expected {
-            return Err(Self::QueueCount {
-                expected,
-                got: queues.len(),
-            });
+            return Err(Self::QueueCount { expected, got: queues.len() });
         }
         Ok(())
     }
@@ -127,12 +124,7 @@ pub trait VirtioDevice: Send {
     /// Writes the device config space. Out-of-range or read-only writes are ignored.
     fn write_config(&mut self, offset: u64, data: &[u8]);
     /// Starts the device: it now owns the queues and may use guest memory and interrupts.
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        interrupt: Arc<Interrupt>,
-        queues: Vec<Queue>,
-    ) -> Result<(), ActivateError>;
+    fn activate(&mut self, mem: GuestMemoryMmap, interrupt: Arc<Interrupt>, queues: Vec<Queue>) -> Result<(), ActivateError>;
     /// Stops the device and drops the queues; the driver may configure it again.
     fn reset(&mut self);
     /// Whether `activate` succeeded and no reset followed.
@@ -149,9 +141,7 @@ pub(crate) const fn feature(bit: u32) -> u64 {
 /// Features every device here offers: virtio 1.x, indirect descriptors and event-index
 /// notification suppression ([`active::Active::pop`] moves `avail_event` when a queue is
 /// drained; [`active::Active::notify`] honours `used_event`).
-pub(crate) const COMMON_FEATURES: u64 = feature(VIRTIO_F_VERSION_1)
-    | feature(VIRTIO_RING_F_INDIRECT_DESC)
-    | feature(VIRTIO_RING_F_EVENT_IDX);
+pub(crate) const COMMON_FEATURES: u64 = feature(VIRTIO_F_VERSION_1) | feature(VIRTIO_RING_F_INDIRECT_DESC) | feature(VIRTIO_RING_F_EVENT_IDX);
 
 /// Copies the config bytes at `offset` out of `config` into `data`; bytes past the end read
 /// as zero (a guest reading out of range gets zeros, never VMM memory).

@@ -16,27 +16,15 @@ pub struct LogLimiter {
 impl LogLimiter {
     /// A limiter that lets the first message through.
     pub const fn new() -> Self {
-        Self {
-            last_sec: AtomicU64::new(0),
-            suppressed: AtomicU64::new(0),
-        }
+        Self { last_sec: AtomicU64::new(0), suppressed: AtomicU64::new(0) }
     }
 
     /// Returns `Some(dropped)` when a message may be logged now (with the number of messages
     /// suppressed since the last one), `None` when it must be dropped.
     pub fn allow(&self) -> Option<u64> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-            .max(1);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0).max(1);
         let last = self.last_sec.load(Ordering::Relaxed);
-        if now != last
-            && self
-                .last_sec
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if now != last && self.last_sec.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
             return Some(self.suppressed.swap(0, Ordering::Relaxed));
         }
         self.suppressed.fetch_add(1, Ordering::Relaxed);

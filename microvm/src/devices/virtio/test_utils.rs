@@ -80,10 +80,7 @@ impl<'a> TestQueue<'a> {
     /// Adds raw descriptors at `slot` (for malformed chains) and makes `slot` available.
     pub fn add_raw(&mut self, slot: u16, descs: &[(u64, u32, u16, u16)]) {
         for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
-            self.vq
-                .desc_table()
-                .store(slot + i as u16, RawDescriptor::from(Descriptor::new(addr, len, flags, next)))
-                .unwrap();
+            self.vq.desc_table().store(slot + i as u16, RawDescriptor::from(Descriptor::new(addr, len, flags, next))).unwrap();
         }
         let idx = self.vq.avail().idx().load();
         self.vq.avail().ring().ref_at(usize::from(idx % self.size)).unwrap().store(slot);

@@ -110,16 +110,8 @@ pub fn attach_all(vm: &mut Vm) -> Result<(), WiringError> {
     let disks = vm.config.disk.clone();
     for (index, d) in disks.iter().enumerate() {
         let id = d.id.clone().unwrap_or_else(|| format!("disk{index}"));
-        let cfg = BlockConfig {
-            path: d.path.clone(),
-            read_only: d.read_only,
-            id,
-        };
-        let dev = Block::new(cfg).map_err(|source| WiringError::Block {
-            index,
-            path: d.path.display().to_string(),
-            source,
-        })?;
+        let cfg = BlockConfig { path: d.path.clone(), read_only: d.read_only, id };
+        let dev = Block::new(cfg).map_err(|source| WiringError::Block { index, path: d.path.display().to_string(), source })?;
         attach_disk(vm, dev)?;
     }
     for n in 0..vm.config.disk_slots {
@@ -129,25 +121,14 @@ pub fn attach_all(vm: &mut Vm) -> Result<(), WiringError> {
     }
     let nets = vm.config.net.clone();
     for n in &nets {
-        let cfg = NetConfig {
-            tap: n.tap.clone(),
-            mac: n.mac.map(|m| m.0),
-            netns: n.netns.clone(),
-            fd: n.fd,
-        };
-        let dev = Net::new(cfg).map_err(|source| WiringError::Net {
-            tap: n.tap.clone(),
-            source,
-        })?;
+        let cfg = NetConfig { tap: n.tap.clone(), mac: n.mac.map(|m| m.0), netns: n.netns.clone(), fd: n.fd };
+        let dev = Net::new(cfg).map_err(|source| WiringError::Net { tap: n.tap.clone(), source })?;
         let counters = dev.counters().clone();
         attach(vm, &format!("virtio-net-{}", n.tap), dev)?;
         vm.devices.register_counters(format!("net.{}", n.tap), counters);
     }
     if let Some(v) = vm.config.vsock.clone() {
-        let cfg = VsockConfig {
-            guest_cid: u64::from(v.cid),
-            uds_path: v.uds.clone(),
-        };
+        let cfg = VsockConfig { guest_cid: u64::from(v.cid), uds_path: v.uds.clone() };
         let dev = Vsock::new(cfg).map_err(WiringError::Vsock)?;
         vm.devices.register_vsock_connector(dev.connector());
         let counters = dev.counters().clone();
@@ -184,25 +165,10 @@ where
     D: VirtioDevice + MutEventSubscriber + Send + 'static,
 {
     let dev = Arc::new(Mutex::new(dev));
-    let transport = MmioTransport::new(vm.mem.clone(), dev.clone()).map_err(|source| {
-        WiringError::Transport {
-            name: name.to_string(),
-            source,
-        }
-    })?;
+    let transport = MmioTransport::new(vm.mem.clone(), dev.clone()).map_err(|source| WiringError::Transport { name: name.to_string(), source })?;
     let transport = Arc::new(transport);
     vm.devices
-        .attach_virtio_mmio(
-            &vm.vm,
-            name,
-            transport.clone(),
-            transport.interrupt(),
-            transport.queue_events(),
-            dev.clone(),
-        )
-        .map_err(|source| WiringError::Attach {
-            name: name.to_string(),
-            source,
-        })?;
+        .attach_virtio_mmio(&vm.vm, name, transport.clone(), transport.interrupt(), transport.queue_events(), dev.clone())
+        .map_err(|source| WiringError::Attach { name: name.to_string(), source })?;
     Ok((dev, transport))
 }

@@ -21,11 +21,7 @@ extern "C" fn sigreap(_: nix::libc::c_int) {
 }
 
 fn install(sig: Signal, handler: extern "C" fn(nix::libc::c_int)) {
-    let action = SigAction::new(
-        SigHandler::Handler(handler),
-        SaFlags::SA_NOCLDSTOP | SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
+    let action = SigAction::new(SigHandler::Handler(handler), SaFlags::SA_NOCLDSTOP | SaFlags::SA_RESTART, SigSet::empty());
     // SAFETY: both handlers only call async-signal-safe functions (_exit, waitpid) and touch no
     // shared state.
     if let Err(e) = unsafe { sigaction(sig, &action) } {

@@ -48,32 +48,16 @@ impl Snapshot {
         let procs = procfs::processes()?
             .into_iter()
             .filter(|p| p.state != 'Z')
-            .filter(|p| {
-                RUNTIME_PROCS.contains(&p.name())
-                    || (p.name().starts_with("containerd-shim")
-                        && p.arg_after("-address") == Some(sock.as_str()))
-            })
+            .filter(|p| RUNTIME_PROCS.contains(&p.name()) || (p.name().starts_with("containerd-shim") && p.arg_after("-address") == Some(sock.as_str())))
             .map(|p| format!("{} {}", p.pid, p.cmdline()))
             .collect();
-        let dirs: Vec<&PathBuf> = ctx
-            .opts
-            .watch
-            .iter()
-            .chain(ctx.opts.husk_state_dir.iter())
-            .collect();
-        let mounts = procfs::mount_points()?
-            .into_iter()
-            .filter(|m| dirs.iter().any(|d| Path::new(m).starts_with(d)))
-            .collect();
+        let dirs: Vec<&PathBuf> = ctx.opts.watch.iter().chain(ctx.opts.husk_state_dir.iter()).collect();
+        let mounts = procfs::mount_points()?.into_iter().filter(|m| dirs.iter().any(|d| Path::new(m).starts_with(d))).collect();
         let mut files = BTreeSet::new();
         if let Some(d) = &ctx.opts.husk_state_dir {
             walk(d, STATE_DEPTH, &mut files);
         }
-        Ok(Snapshot {
-            procs,
-            mounts,
-            files,
-        })
+        Ok(Snapshot { procs, mounts, files })
     }
 
     /// Waits (for asynchronous exits) until the host shows what `self` showed; else says what
@@ -117,10 +101,7 @@ async fn oversized_pod(ctx: &Ctx, short: &str, res: LinuxContainerResources, lim
     match (ctx.is_husk(), res) {
         (true, Err(e)) => {
             let msg = format!("{e:#}");
-            ensure!(
-                msg.contains(&format!("{limit} =")),
-                "RunPodSandbox of a pod over {limit} failed without naming the maximum: {msg}"
-            );
+            ensure!(msg.contains(&format!("{limit} =")), "RunPodSandbox of a pod over {limit} failed without naming the maximum: {msg}");
         }
         (true, Ok(pod)) => {
             remove_pod(ctx, &pod).await;
@@ -131,9 +112,7 @@ async fn oversized_pod(ctx: &Ctx, short: &str, res: LinuxContainerResources, lim
             remove_pod(ctx, &pod).await;
         }
     }
-    before
-        .expect_same(ctx, &format!("a pod over {limit}"))
-        .await
+    before.expect_same(ctx, &format!("a pod over {limit}")).await
 }
 
 async fn remove_pod(ctx: &Ctx, pod: &Pod) {
@@ -173,10 +152,9 @@ async fn bad_source(ctx: &Ctx, pod: &Pod, name: &str, source: &Path, why: &str, 
     let what = format!("a bind mount of {} ({why})", source.display());
     match (ctx.is_husk(), try_start(ctx, pod, &spec).await?) {
         (true, Ok(_)) => bail!("husk started a container with {what}"),
-        (true, Err(msg)) => ensure!(
-            msg.contains(&source.display().to_string()) && msg.contains(why),
-            "{what} was refused without naming the source and the cause: {msg}"
-        ),
+        (true, Err(msg)) => {
+            ensure!(msg.contains(&source.display().to_string()) && msg.contains(why), "{what} was refused without naming the source and the cause: {msg}")
+        }
         (false, Ok(id)) => {
             let check = runc_runs.with_context(|| format!("runc ran a container with {what}"))?;
             ctx.sh_out(&id, check).await?;
@@ -184,60 +162,29 @@ async fn bad_source(ctx: &Ctx, pod: &Pod, name: &str, source: &Path, why: &str, 
             ctx.cri().remove_container(&id).await?;
             ctx.forget_container(&id);
         }
-        (false, Err(msg)) => ensure!(
-            runc_runs.is_none(),
-            "runc refused a container with {what}: {msg}"
-        ),
+        (false, Err(msg)) => ensure!(runc_runs.is_none(), "runc refused a container with {what}: {msg}"),
     }
     before.expect_same(ctx, &what).await
 }
 
 pub async fn bad_input(ctx: &Ctx) -> Result<()> {
-    oversized_pod(
-        ctx,
-        "manycpu",
-        LinuxContainerResources {
-            cpu_period: 100_000,
-            cpu_quota: 64 * 100_000,
-            ..Default::default()
-        },
-        "max_vcpus",
-    )
-    .await?;
-    oversized_pod(
-        ctx,
-        "bigmem",
-        LinuxContainerResources {
-            memory_limit_in_bytes: 64 << 30,
-            ..Default::default()
-        },
-        "max_memory",
-    )
-    .await?;
+    oversized_pod(ctx, "manycpu", LinuxContainerResources { cpu_period: 100_000, cpu_quota: 64 * 100_000, ..Default::default() }, "max_vcpus").await?;
+    oversized_pod(ctx, "bigmem", LinuxContainerResources { memory_limit_in_bytes: 64 << 30, ..Default::default() }, "max_memory").await?;
 
     let pod = ctx.main_pod().await?;
 
     // NamespaceMode TARGET: runc puts the container in the target's PID namespace; husk refuses.
-    let target = ctx
-        .start(&pod, &ctx.sh("target", "exec sleep 100041"))
-        .await?;
-    ctx.wait_state(&target, ContainerState::ContainerRunning)
-        .await?;
+    let target = ctx.start(&pod, &ctx.sh("target", "exec sleep 100041")).await?;
+    ctx.wait_state(&target, ContainerState::ContainerRunning).await?;
     let before = Snapshot::take(ctx)?;
     let mut spec = ctx.sh("peek", "exec sleep 100042");
     spec.pid_target = Some(target.clone());
     match (ctx.is_husk(), try_start(ctx, &pod, &spec).await?) {
         (true, Ok(_)) => bail!("husk started a container in another container's PID namespace (TARGET)"),
-        (true, Err(msg)) => ensure!(
-            msg.contains("TARGET"),
-            "a PID namespace TARGET was refused without naming TARGET: {msg}"
-        ),
+        (true, Err(msg)) => ensure!(msg.contains("TARGET"), "a PID namespace TARGET was refused without naming TARGET: {msg}"),
         (false, Ok(id)) => {
             let ps = ctx.sh_out(&id, "ps -o args").await?;
-            ensure!(
-                ps.contains("sleep 100041"),
-                "runc: the TARGET container does not see its target's process:\n{ps}"
-            );
+            ensure!(ps.contains("sleep 100041"), "runc: the TARGET container does not see its target's process:\n{ps}");
             ctx.cri().stop_container(&id, 0).await?;
             ctx.cri().remove_container(&id).await?;
             ctx.forget_container(&id);
@@ -251,15 +198,10 @@ pub async fn bad_input(ctx: &Ctx) -> Result<()> {
     let gone = ctx.opts.work.join(format!("gone-{}", ctx.handler));
     std::fs::create_dir_all(&gone).with_context(|| format!("creating {}", gone.display()))?;
     let before = Snapshot::take(ctx)?;
-    let id = ctx
-        .create(&pod, &with_volume(ctx, "gone", &gone, "/mnt/vol"))
-        .await?;
+    let id = ctx.create(&pod, &with_volume(ctx, "gone", &gone, "/mnt/vol")).await?;
     std::fs::remove_dir(&gone).with_context(|| format!("removing {}", gone.display()))?;
     match ctx.cri().start_container(&id).await {
-        Ok(()) => bail!(
-            "a container whose volume source {} is gone started",
-            gone.display()
-        ),
+        Ok(()) => bail!("a container whose volume source {} is gone started", gone.display()),
         Err(e) if ctx.is_husk() => {
             let msg = format!("{e:#}");
             ensure!(
@@ -275,26 +217,9 @@ pub async fn bad_input(ctx: &Ctx) -> Result<()> {
 
     let sock = ctx.opts.work.join(format!("vol-{}.sock", ctx.handler));
     let _ = std::fs::remove_file(&sock);
-    let _listener = std::os::unix::net::UnixListener::bind(&sock)
-        .with_context(|| format!("binding {}", sock.display()))?;
-    bad_source(
-        ctx,
-        &pod,
-        "sock",
-        &sock,
-        "unix socket",
-        Some("test -S /mnt/vol"),
-    )
-    .await?;
-    bad_source(
-        ctx,
-        &pod,
-        "dev",
-        Path::new("/dev/null"),
-        "character device",
-        Some("test -c /mnt/vol"),
-    )
-    .await?;
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))?;
+    bad_source(ctx, &pod, "sock", &sock, "unix socket", Some("test -S /mnt/vol")).await?;
+    bad_source(ctx, &pod, "dev", Path::new("/dev/null"), "character device", Some("test -c /mnt/vol")).await?;
 
     // A mount over /proc: runc refuses it too.
     let dir = ctx.opts.work.join(format!("procvol-{}", ctx.handler));
@@ -302,10 +227,9 @@ pub async fn bad_input(ctx: &Ctx) -> Result<()> {
     let before = Snapshot::take(ctx)?;
     match try_start(ctx, &pod, &with_volume(ctx, "shadow", &dir, "/proc/sys")).await? {
         Ok(_) => bail!("a container with a bind mount over /proc/sys started"),
-        Err(msg) if ctx.is_husk() => ensure!(
-            msg.contains("/proc/sys") && msg.contains("may not shadow"),
-            "a bind mount over /proc/sys was refused without naming the path: {msg}"
-        ),
+        Err(msg) if ctx.is_husk() => {
+            ensure!(msg.contains("/proc/sys") && msg.contains("may not shadow"), "a bind mount over /proc/sys was refused without naming the path: {msg}")
+        }
         Err(_) => {}
     }
     before.expect_same(ctx, "a bind mount over /proc/sys").await

@@ -109,9 +109,7 @@ impl Ctx {
     /// Runs a pod (removed after the case, unless `keep`).
     pub async fn run_pod(&self, spec: PodSpec, keep: bool) -> Result<Pod> {
         // kubelet creates the pod's log directory before RunPodSandbox.
-        std::fs::create_dir_all(&spec.log_dir).with_context(|| {
-            format!("creating the pod log directory {}", spec.log_dir.display())
-        })?;
+        std::fs::create_dir_all(&spec.log_dir).with_context(|| format!("creating the pod log directory {}", spec.log_dir.display()))?;
         let config = spec.config();
         let id = self.cri().run_pod(&config, &self.handler).await?;
         if !keep {
@@ -172,10 +170,7 @@ impl Ctx {
 
     /// Creates a container in `pod` (removed after the case).
     pub async fn create(&self, pod: &Pod, spec: &ContainerSpec) -> Result<String> {
-        let id = self
-            .cri()
-            .create_container(&pod.id, &spec.config(), &pod.config)
-            .await?;
+        let id = self.cri().create_container(&pod.id, &spec.config(), &pod.config).await?;
         lock(&self.case_containers).push(id.clone());
         Ok(id)
     }
@@ -206,24 +201,14 @@ impl Ctx {
                 return Ok(st);
             }
             if Instant::now() > deadline {
-                bail!(
-                    "container {id} is {} after {} s, not {}",
-                    state_name(st.state),
-                    self.opts.wait.as_secs(),
-                    state.as_str_name()
-                );
+                bail!("container {id} is {} after {} s, not {}", state_name(st.state), self.opts.wait.as_secs(), state.as_str_name());
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
     /// ExecSync with a timeout of `timeout_secs` (0: none).
-    pub async fn exec(
-        &self,
-        id: &str,
-        argv: &[&str],
-        timeout_secs: i64,
-    ) -> Result<ExecSyncResponse> {
+    pub async fn exec(&self, id: &str, argv: &[&str], timeout_secs: i64) -> Result<ExecSyncResponse> {
         Ok(self.cri().exec_sync(id, argv, timeout_secs).await?)
     }
 
@@ -232,23 +217,13 @@ impl Ctx {
     pub async fn sh_out(&self, id: &str, script: &str) -> Result<String> {
         let r = self.exec(id, &["sh", "-c", script], 60).await?;
         if r.exit_code != 0 {
-            bail!(
-                "`{script}` in {id} exited {}: stdout [{}] stderr [{}]",
-                r.exit_code,
-                text(&r.stdout).trim(),
-                text(&r.stderr).trim()
-            );
+            bail!("`{script}` in {id} exited {}: stdout [{}] stderr [{}]", r.exit_code, text(&r.stdout).trim(), text(&r.stderr).trim());
         }
         Ok(text(&r.stdout))
     }
 
     /// Repeats `sh -c script` until its stdout satisfies `ok`; the last output otherwise.
-    pub async fn sh_until(
-        &self,
-        id: &str,
-        script: &str,
-        ok: impl Fn(&str) -> bool,
-    ) -> Result<String> {
+    pub async fn sh_until(&self, id: &str, script: &str, ok: impl Fn(&str) -> bool) -> Result<String> {
         let deadline = Instant::now() + self.opts.wait;
         loop {
             let r = self.exec(id, &["sh", "-c", script], 60).await?;
@@ -257,7 +232,13 @@ impl Ctx {
                 return Ok(out);
             }
             if Instant::now() > deadline {
-                bail!("`{script}` in {id} did not give the expected output in {} s; last: exit {}, stdout [{}] stderr [{}]", self.opts.wait.as_secs(), r.exit_code, out.trim(), text(&r.stderr).trim());
+                bail!(
+                    "`{script}` in {id} did not give the expected output in {} s; last: exit {}, stdout [{}] stderr [{}]",
+                    self.opts.wait.as_secs(),
+                    r.exit_code,
+                    out.trim(),
+                    text(&r.stderr).trim()
+                );
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -268,11 +249,7 @@ impl Ctx {
     pub fn shims_for(&self, ids: &[&str]) -> Result<Vec<Proc>> {
         let procs = procfs::processes()?;
         let sock = self.socket_str();
-        Ok(ids
-            .iter()
-            .flat_map(|id| procfs::shims(&procs, &sock, id))
-            .cloned()
-            .collect())
+        Ok(ids.iter().flat_map(|id| procfs::shims(&procs, &sock, id)).cloned().collect())
     }
 
     /// The husk-vmm processes below the shims of `ids` (see `shims_for`).
@@ -281,12 +258,7 @@ impl Ctx {
         let sock = self.socket_str();
         let mut out = Vec::new();
         for s in ids.iter().flat_map(|id| procfs::shims(&procs, &sock, id)) {
-            out.extend(
-                procfs::descendants(&procs, s.pid)
-                    .into_iter()
-                    .filter(|p| p.name() == "husk-vmm")
-                    .cloned(),
-            );
+            out.extend(procfs::descendants(&procs, s.pid).into_iter().filter(|p| p.name() == "husk-vmm").cloned());
         }
         Ok(out)
     }
@@ -302,16 +274,10 @@ pub fn text(b: &[u8]) -> String {
 }
 
 pub fn state_name(state: i32) -> &'static str {
-    ContainerState::try_from(state)
-        .map(|s| s.as_str_name())
-        .unwrap_or("an unknown state")
+    ContainerState::try_from(state).map(|s| s.as_str_name()).unwrap_or("an unknown state")
 }
 
 /// "pid argv" of each process, for messages.
 pub fn describe(procs: &[Proc]) -> String {
-    procs
-        .iter()
-        .map(|p| format!("[{} {}]", p.pid, p.cmdline()))
-        .collect::<Vec<_>>()
-        .join(" ")
+    procs.iter().map(|p| format!("[{} {}]", p.pid, p.cmdline())).collect::<Vec<_>>().join(" ")
 }

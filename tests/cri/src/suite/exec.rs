@@ -10,24 +10,12 @@ use super::ctx::{text, Ctx};
 
 pub async fn exec_sync(ctx: &Ctx) -> Result<()> {
     let pod = ctx.main_pod().await?;
-    let c = ctx
-        .start(&pod, &ctx.sh("exec", "exec sleep 100000"))
-        .await?;
+    let c = ctx.start(&pod, &ctx.sh("exec", "exec sleep 100000")).await?;
     ctx.wait_state(&c, ContainerState::ContainerRunning).await?;
 
-    let r = ctx
-        .exec(
-            &c,
-            &["sh", "-c", "echo to-out; echo to-err >&2; exit 7"],
-            30,
-        )
-        .await?;
+    let r = ctx.exec(&c, &["sh", "-c", "echo to-out; echo to-err >&2; exit 7"], 30).await?;
     ensure!(
-        (
-            r.exit_code,
-            text(&r.stdout).as_str(),
-            text(&r.stderr).as_str()
-        ) == (7, "to-out\n", "to-err\n"),
+        (r.exit_code, text(&r.stdout).as_str(), text(&r.stderr).as_str()) == (7, "to-out\n", "to-err\n"),
         "sh -c 'echo to-out; echo to-err >&2; exit 7': exit {} stdout {:?} stderr {:?}",
         r.exit_code,
         text(&r.stdout),
@@ -66,20 +54,10 @@ pub async fn exec_sync(ctx: &Ctx) -> Result<()> {
         Ok(r) => bail!("ExecSync sleep 37 with a 2 s timeout returned exit {} after {} ms instead of failing with a timeout", r.exit_code, took.as_millis()),
         Err(e) => ensure!(e.to_string().contains("timeout"), "ExecSync past its timeout failed, but not with a timeout: {e}"),
     }
-    ensure!(
-        took >= Duration::from_millis(1900),
-        "ExecSync with a 2 s timeout gave up after {} ms",
-        took.as_millis()
-    );
-    ensure!(
-        took < Duration::from_secs(30),
-        "ExecSync with a 2 s timeout returned after {} s",
-        took.as_secs()
-    );
-    ctx.sh_until(&c, "ps -o args", |o| {
-        !o.lines().any(|l| l.trim() == "sleep 37")
-    })
-    .await
-    .map_err(|e| e.context("the timed-out exec process (sleep 37) was not killed"))?;
+    ensure!(took >= Duration::from_millis(1900), "ExecSync with a 2 s timeout gave up after {} ms", took.as_millis());
+    ensure!(took < Duration::from_secs(30), "ExecSync with a 2 s timeout returned after {} s", took.as_secs());
+    ctx.sh_until(&c, "ps -o args", |o| !o.lines().any(|l| l.trim() == "sleep 37"))
+        .await
+        .map_err(|e| e.context("the timed-out exec process (sleep 37) was not killed"))?;
     Ok(())
 }

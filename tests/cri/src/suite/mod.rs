@@ -98,10 +98,7 @@ pub async fn run(cri: Cri, opts: Opts, handlers: &[String], filter: &[String]) -
     for handler in handlers {
         let ctx = Ctx::new(cri.clone(), opts.clone(), handler);
         for name in CASES.iter().copied() {
-            if !filter.is_empty()
-                && name != "leak-check"
-                && !filter.iter().any(|f| name.contains(f.as_str()))
-            {
+            if !filter.is_empty() && name != "leak-check" && !filter.iter().any(|f| name.contains(f.as_str())) {
                 continue;
             }
             let start = Instant::now();
@@ -116,10 +113,7 @@ pub async fn run(cri: Cri, opts: Opts, handlers: &[String], filter: &[String]) -
             } else {
                 match tokio::time::timeout(limit, run_case(name, &ctx, &baseline)).await {
                     Ok(r) => r,
-                    Err(_) => Err(anyhow::anyhow!(
-                        "the case did not finish within {} s",
-                        limit.as_secs()
-                    )),
+                    Err(_) => Err(anyhow::anyhow!("the case did not finish within {} s", limit.as_secs())),
                 }
             };
             let cleanup = ctx.cleanup_case().await;

@@ -22,9 +22,7 @@ async fn http_get(addr: &str) -> Result<String> {
         .with_context(|| format!("connecting to {addr}"))?;
     s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").await?;
     let mut reply = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut reply))
-        .await
-        .with_context(|| format!("reading from {addr}: timed out"))??;
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut reply)).await.with_context(|| format!("reading from {addr}: timed out"))??;
     let text = String::from_utf8_lossy(&reply).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     ensure!(head.starts_with("HTTP/1.") && head.contains(" 200 "), "{addr} answered [{head}]");

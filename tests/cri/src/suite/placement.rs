@@ -21,32 +21,16 @@ fn holder(ctx: &Ctx, pod: &Pod) -> Result<procfs::Proc> {
     } else {
         let procs = procfs::processes()?;
         let shims = ctx.shims_for(&[&pod.id])?;
-        shims
-            .iter()
-            .flat_map(|s| procfs::descendants(&procs, s.pid))
-            .filter(|p| p.name() == "pause")
-            .cloned()
-            .collect()
+        shims.iter().flat_map(|s| procfs::descendants(&procs, s.pid)).filter(|p| p.name() == "pause").cloned().collect()
     };
     let what = if ctx.is_husk() { "husk-vmm" } else { "pause process" };
-    ensure!(
-        found.len() == 1,
-        "want one {what} below the shim of pod {}, /proc shows {}: {}",
-        pod.id,
-        found.len(),
-        describe(&found)
-    );
+    ensure!(found.len() == 1, "want one {what} below the shim of pod {}, /proc shows {}: {}", pod.id, found.len(), describe(&found));
     Ok(found[0].clone())
 }
 
 /// (CPUs, MemTotal in KiB) as a container sees them.
 async fn guest_size(ctx: &Ctx, c: &str) -> Result<(u64, u64)> {
-    let out = ctx
-        .sh_out(
-            c,
-            "grep -c ^processor /proc/cpuinfo; awk '/^MemTotal:/ {print $2}' /proc/meminfo",
-        )
-        .await?;
+    let out = ctx.sh_out(c, "grep -c ^processor /proc/cpuinfo; awk '/^MemTotal:/ {print $2}' /proc/meminfo").await?;
     let v: Vec<u64> = out
         .split_whitespace()
         .map(str::parse)
@@ -60,12 +44,8 @@ async fn guest_size(ctx: &Ctx, c: &str) -> Result<(u64, u64)> {
 
 pub async fn vm_placement(ctx: &Ctx) -> Result<()> {
     let mut spec = ctx.pod_spec("sized");
-    spec.resources = Some(LinuxContainerResources {
-        cpu_period: 100_000,
-        cpu_quota: EXTRA_CPUS * 100_000,
-        memory_limit_in_bytes: EXTRA_MEMORY,
-        ..Default::default()
-    });
+    spec.resources =
+        Some(LinuxContainerResources { cpu_period: 100_000, cpu_quota: EXTRA_CPUS * 100_000, memory_limit_in_bytes: EXTRA_MEMORY, ..Default::default() });
     let pod = ctx.run_pod(spec, false).await?;
 
     // The holder's cgroup is the sandbox's cgroupsPath: cgroup parent + sandbox id
@@ -73,41 +53,23 @@ pub async fn vm_placement(ctx: &Ctx) -> Result<()> {
     let p = holder(ctx, &pod)?;
     let want = format!("{}/{}", pod.spec.cgroup_parent(), pod.id);
     let cgroups = procfs::cgroups(p.pid);
-    ensure!(
-        !cgroups.is_empty() && cgroups.contains(&want),
-        "{} (pid {}) is in cgroups {cgroups:?}, want the sandbox's {want}",
-        p.name(),
-        p.pid
-    );
+    ensure!(!cgroups.is_empty() && cgroups.contains(&want), "{} (pid {}) is in cgroups {cgroups:?}, want the sandbox's {want}", p.name(), p.pid);
     if !ctx.is_husk() {
         return Ok(());
     }
 
     // The VM is sized from the pod: compared with the shared pod (the base size).
-    let sized = ctx
-        .start(&pod, &ctx.sh("sized", "exec sleep 100030"))
-        .await?;
+    let sized = ctx.start(&pod, &ctx.sh("sized", "exec sleep 100030")).await?;
     let main = ctx.main_pod().await?;
-    let base = ctx
-        .start(&main, &ctx.sh("base", "exec sleep 100031"))
-        .await?;
-    ctx.wait_state(&sized, ContainerState::ContainerRunning)
-        .await?;
-    ctx.wait_state(&base, ContainerState::ContainerRunning)
-        .await?;
+    let base = ctx.start(&main, &ctx.sh("base", "exec sleep 100031")).await?;
+    ctx.wait_state(&sized, ContainerState::ContainerRunning).await?;
+    ctx.wait_state(&base, ContainerState::ContainerRunning).await?;
     let (cpus, mem) = guest_size(ctx, &sized).await?;
     let (base_cpus, base_mem) = guest_size(ctx, &base).await?;
-    ensure!(
-        cpus == base_cpus + EXTRA_CPUS as u64,
-        "a pod asking for {EXTRA_CPUS} CPUs sees {cpus} CPUs, the base VM {base_cpus}"
-    );
+    ensure!(cpus == base_cpus + EXTRA_CPUS as u64, "a pod asking for {EXTRA_CPUS} CPUs sees {cpus} CPUs, the base VM {base_cpus}");
     // MemTotal excludes what the guest kernel reserves, which grows a little with the memory.
     let grown = mem.saturating_sub(base_mem);
     let min = (EXTRA_MEMORY as u64 >> 10) * 95 / 100;
-    ensure!(
-        grown >= min,
-        "a pod asking for {} MiB more sees MemTotal {mem} KiB, the base VM {base_mem} KiB: only {grown} KiB more",
-        EXTRA_MEMORY >> 20
-    );
+    ensure!(grown >= min, "a pod asking for {} MiB more sees MemTotal {mem} KiB, the base VM {base_mem} KiB: only {grown} KiB more", EXTRA_MEMORY >> 20);
     Ok(())
 }

@@ -32,15 +32,12 @@ fn mkdir(path: &Path) -> Result<()> {
 }
 
 fn symlink(target: &str, link: &Path) -> Result<()> {
-    std::os::unix::fs::symlink(target, link)
-        .with_context(|| format!("symlink {} -> {target} on the host", link.display()))
+    std::os::unix::fs::symlink(target, link).with_context(|| format!("symlink {} -> {target} on the host", link.display()))
 }
 
 /// Files in `dir` on the host.
 fn count(dir: &Path) -> Result<usize> {
-    Ok(std::fs::read_dir(dir)
-        .with_context(|| format!("listing {} on the host", dir.display()))?
-        .count())
+    Ok(std::fs::read_dir(dir).with_context(|| format!("listing {} on the host", dir.display()))?.count())
 }
 
 /// A pod's volume directories the way kubelet lays them out below its root.
@@ -58,11 +55,7 @@ const CM_V2: &str = "..2026_01_01_00_01_00.000000002";
 
 impl Volumes {
     fn lay_out(ctx: &Ctx, pod: &Pod) -> Result<Volumes> {
-        let pod_dir = ctx
-            .opts
-            .work
-            .join("kubelet/pods")
-            .join(format!("{}-vol", pod.spec.uid));
+        let pod_dir = ctx.opts.work.join("kubelet/pods").join(format!("{}-vol", pod.spec.uid));
         let v = Volumes {
             host_dir: ctx.opts.work.join(format!("hostpath-{}", ctx.handler)),
             single: ctx.opts.work.join(format!("single-{}.conf", ctx.handler)),
@@ -90,10 +83,8 @@ impl Volumes {
         write(&self.config_map.join(CM_V2).join("key"), "value-2\n")?;
         let tmp = self.config_map.join("..data_tmp");
         symlink(CM_V2, &tmp)?;
-        std::fs::rename(&tmp, self.config_map.join("..data"))
-            .context("renaming ..data_tmp over ..data on the host")?;
-        std::fs::remove_dir_all(self.config_map.join(CM_V1))
-            .context("removing the old ConfigMap version on the host")
+        std::fs::rename(&tmp, self.config_map.join("..data")).context("renaming ..data_tmp over ..data on the host")?;
+        std::fs::remove_dir_all(self.config_map.join(CM_V1)).context("removing the old ConfigMap version on the host")
     }
 }
 
@@ -132,35 +123,22 @@ fn check_appends(v: &Volumes) -> Result<()> {
     let log = read(&v.host_dir.join("shared.log"))?;
     let mut lines: Vec<&str> = log.lines().collect();
     lines.sort_unstable();
-    let mut want: Vec<String> = ["a", "b"]
-        .iter()
-        .flat_map(|w| (0..APPENDS).map(move |i| format!("{w} {i}")))
-        .collect();
+    let mut want: Vec<String> = ["a", "b"].iter().flat_map(|w| (0..APPENDS).map(move |i| format!("{w} {i}"))).collect();
     want.sort_unstable();
     if lines != want {
-        let bad: Vec<&&str> = lines
-            .iter()
-            .filter(|l| !want.iter().any(|w| w == *l))
-            .take(5)
-            .collect();
-        bail!("shared.log on the host after two containers appended {APPENDS} lines each at once: {} lines (want {}), lines not written as such: {bad:?}", lines.len(), want.len());
+        let bad: Vec<&&str> = lines.iter().filter(|l| !want.iter().any(|w| w == *l)).take(5).collect();
+        bail!(
+            "shared.log on the host after two containers appended {APPENDS} lines each at once: {} lines (want {}), lines not written as such: {bad:?}",
+            lines.len(),
+            want.len()
+        );
     }
     for w in ["a", "b"] {
         let dir = v.host_dir.join(format!("by-{w}"));
         let n = count(&dir)?;
-        ensure!(
-            n == APPENDS,
-            "{} on the host holds {n} files, writer {w} wrote {APPENDS}",
-            dir.display()
-        );
+        ensure!(n == APPENDS, "{} on the host holds {n} files, writer {w} wrote {APPENDS}", dir.display());
         let last = read(&dir.join(format!("f{}", APPENDS - 1)))?;
-        ensure!(
-            last.trim() == (APPENDS - 1).to_string(),
-            "{}/f{} holds [{}]",
-            dir.display(),
-            APPENDS - 1,
-            last.trim()
-        );
+        ensure!(last.trim() == (APPENDS - 1).to_string(), "{}/f{} holds [{}]", dir.display(), APPENDS - 1, last.trim());
     }
     Ok(())
 }
@@ -170,147 +148,75 @@ pub async fn volumes(ctx: &Ctx) -> Result<()> {
     let v = Volumes::lay_out(ctx, &pod)?;
 
     let mut spec = ctx.sh("vol", "exec sleep 100020");
-    spec.mount(&v.host_dir, "/data", false)
-        .mount(&v.single, "/etc/single.conf", true)
-        .mount(&v.config_map, "/etc/cfg", true)
-        .mount(&v.empty_dir, "/cache", false);
+    spec.mount(&v.host_dir, "/data", false).mount(&v.single, "/etc/single.conf", true).mount(&v.config_map, "/etc/cfg", true).mount(
+        &v.empty_dir,
+        "/cache",
+        false,
+    );
     let a = ctx.start(&pod, &spec).await?;
     let mut spec = ctx.sh("vol2", "exec sleep 100021");
-    spec.mount(&v.host_dir, "/data", false)
-        .mount(&v.empty_dir, "/cache", false);
+    spec.mount(&v.host_dir, "/data", false).mount(&v.empty_dir, "/cache", false);
     let b = ctx.start(&pod, &spec).await?;
     ctx.wait_state(&a, ContainerState::ContainerRunning).await?;
     ctx.wait_state(&b, ContainerState::ContainerRunning).await?;
 
     // hostPath, read-write: both directions.
     let got = ctx.sh_out(&a, "cat /data/in.txt").await?;
-    ensure!(
-        got.trim() == "from-host",
-        "hostPath: /data/in.txt reads [{}], the host wrote [from-host]",
-        got.trim()
-    );
+    ensure!(got.trim() == "from-host", "hostPath: /data/in.txt reads [{}], the host wrote [from-host]", got.trim());
     ctx.sh_out(&a, "echo from-container >/data/out.txt").await?;
     let got = read(&v.host_dir.join("out.txt"))?;
-    ensure!(
-        got.trim() == "from-container",
-        "hostPath: the container wrote /data/out.txt, the host reads [{}]",
-        got.trim()
-    );
+    ensure!(got.trim() == "from-container", "hostPath: the container wrote /data/out.txt, the host reads [{}]", got.trim());
     write(&v.host_dir.join("in.txt"), "changed-on-host\n")?;
-    seen_within(
-        ctx,
-        &a,
-        "cat /data/in.txt",
-        "changed-on-host",
-        "hostPath host-side change",
-    )
-    .await?;
+    seen_within(ctx, &a, "cat /data/in.txt", "changed-on-host", "hostPath host-side change").await?;
 
     // A single file, read-only: readable, writes refused, the host file untouched.
     let got = ctx.sh_out(&a, "cat /etc/single.conf").await?;
-    ensure!(
-        got.trim() == "single-file-content",
-        "single-file volume reads [{}]",
-        got.trim()
-    );
-    let r = ctx
-        .exec(&a, &["sh", "-c", "echo overwritten >/etc/single.conf"], 30)
-        .await?;
+    ensure!(got.trim() == "single-file-content", "single-file volume reads [{}]", got.trim());
+    let r = ctx.exec(&a, &["sh", "-c", "echo overwritten >/etc/single.conf"], 30).await?;
     ensure!(
         r.exit_code != 0 && text(&r.stderr).contains("Read-only file system"),
         "writing the read-only single-file volume: exit {}, stderr [{}]",
         r.exit_code,
         text(&r.stderr).trim()
     );
-    ensure!(
-        read(&v.single)?.trim() == "single-file-content",
-        "the read-only single-file volume changed on the host"
-    );
+    ensure!(read(&v.single)?.trim() == "single-file-content", "the read-only single-file volume changed on the host");
 
     // ConfigMap: the key through kubelet's symlinks; the atomic ..data swap seen within seconds.
     let got = ctx.sh_out(&a, "cat /etc/cfg/key").await?;
-    ensure!(
-        got.trim() == "value-1",
-        "ConfigMap key reads [{}], want value-1",
-        got.trim()
-    );
+    ensure!(got.trim() == "value-1", "ConfigMap key reads [{}], want value-1", got.trim());
     v.update_config_map()?;
-    seen_within(
-        ctx,
-        &a,
-        "cat /etc/cfg/key",
-        "value-2",
-        "ConfigMap update (..data swap)",
-    )
-    .await?;
+    seen_within(ctx, &a, "cat /etc/cfg/key", "value-2", "ConfigMap update (..data swap)").await?;
     let link = ctx.sh_out(&a, "readlink /etc/cfg/..data").await?;
-    ensure!(
-        link.trim() == CM_V2,
-        "ConfigMap ..data points to [{}] after the update, want {CM_V2}",
-        link.trim()
-    );
+    ensure!(link.trim() == CM_V2, "ConfigMap ..data points to [{}] after the update, want {CM_V2}", link.trim());
 
     // emptyDir: shared by the pod's containers. Under runc it is the host directory; under
     // husk it lives in the guest and the host directory stays empty.
     ctx.sh_out(&a, "echo from-vol >/cache/note").await?;
     let got = ctx.sh_out(&b, "cat /cache/note").await?;
-    ensure!(
-        got.trim() == "from-vol",
-        "emptyDir: the second container reads [{}], the first wrote [from-vol]",
-        got.trim()
-    );
+    ensure!(got.trim() == "from-vol", "emptyDir: the second container reads [{}], the first wrote [from-vol]", got.trim());
     let on_host = v.empty_dir.join("note").exists();
     if ctx.is_husk() {
         ensure!(!on_host, "emptyDir: the file reached the host directory {} (husk keeps emptyDir volumes in the guest)", v.empty_dir.display());
     } else {
-        ensure!(
-            on_host,
-            "emptyDir: the file is not in the host directory {} under runc",
-            v.empty_dir.display()
-        );
+        ensure!(on_host, "emptyDir: the file is not in the host directory {} under runc", v.empty_dir.display());
     }
 
     // 100 files created and removed in the container, seen on the host; and the other way.
     let n = MANY;
     ctx.sh_out(&a, &format!("mkdir /data/many && i=0; while [ $i -lt {n} ]; do echo $i >/data/many/f$i; i=$((i+1)); done")).await?;
     let many = v.host_dir.join("many");
-    ensure!(
-        count(&many)? == n,
-        "the container created {n} files, the host sees {}",
-        count(&many)?
-    );
-    ensure!(
-        read(&many.join("f57"))?.trim() == "57",
-        "many/f57 on the host holds the wrong content"
-    );
+    ensure!(count(&many)? == n, "the container created {n} files, the host sees {}", count(&many)?);
+    ensure!(read(&many.join("f57"))?.trim() == "57", "many/f57 on the host holds the wrong content");
     ctx.sh_out(&a, "rm /data/many/f*").await?;
-    ensure!(
-        count(&many)? == 0,
-        "the container removed {n} files, the host still sees {}",
-        count(&many)?
-    );
+    ensure!(count(&many)? == 0, "the container removed {n} files, the host still sees {}", count(&many)?);
     for i in 0..n {
         write(&many.join(format!("h{i}")), &format!("{i}\n"))?;
     }
-    seen_within(
-        ctx,
-        &a,
-        "ls /data/many | wc -l",
-        &n.to_string(),
-        "files created on the host",
-    )
-    .await?;
+    seen_within(ctx, &a, "ls /data/many | wc -l", &n.to_string(), "files created on the host").await?;
     for i in 0..n {
         std::fs::remove_file(many.join(format!("h{i}"))).context("removing a file on the host")?;
     }
-    seen_within(
-        ctx,
-        &a,
-        "ls /data/many | wc -l",
-        "0",
-        "files removed on the host",
-    )
-    .await?;
+    seen_within(ctx, &a, "ls /data/many | wc -l", "0", "files removed on the host").await?;
 
     // Two containers of the pod write the same volume at once.
     let (wa, wb) = (writer("a", "b"), writer("b", "a"));
@@ -329,23 +235,12 @@ pub async fn volumes(ctx: &Ctx) -> Result<()> {
 
     // /dev/termination-log: the container writes its message and exits; kubelet reads the
     // host file afterwards.
-    let mut spec = ctx.sh(
-        "term",
-        "printf 'terminated: disk full' >/dev/termination-log; exit 3",
-    );
+    let mut spec = ctx.sh("term", "printf 'terminated: disk full' >/dev/termination-log; exit 3");
     spec.mount(&v.termination_log, "/dev/termination-log", false);
     let t = ctx.start(&pod, &spec).await?;
     let st = ctx.wait_state(&t, ContainerState::ContainerExited).await?;
-    ensure!(
-        st.exit_code == 3,
-        "the termination-log container exited {}, want 3 ({})",
-        st.exit_code,
-        st.message
-    );
+    ensure!(st.exit_code == 3, "the termination-log container exited {}, want 3 ({})", st.exit_code, st.message);
     let msg = read(&v.termination_log)?;
-    ensure!(
-        msg == "terminated: disk full",
-        "/dev/termination-log on the host holds [{msg}] after the container exited, want [terminated: disk full]"
-    );
+    ensure!(msg == "terminated: disk full", "/dev/termination-log on the host holds [{msg}] after the container exited, want [terminated: disk full]");
     Ok(())
 }

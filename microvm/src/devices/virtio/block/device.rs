@@ -14,14 +14,10 @@ use vmm_sys_util::eventfd::EventFd;
 use super::metrics::BlockMetrics;
 use super::worker::{Disk, Worker, WorkerControl};
 use super::{
-    Attachment, BlockConfig, BlockError, DiskKind, ID_BYTES, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX,
-    VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
+    Attachment, BlockConfig, BlockError, DiskKind, ID_BYTES, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
 };
 use crate::devices::virtio::active::Active;
-use crate::devices::virtio::{
-    feature, read_config_bytes, ActivateError, Interrupt, VirtioDevice, COMMON_FEATURES,
-    TYPE_BLOCK,
-};
+use crate::devices::virtio::{feature, read_config_bytes, ActivateError, Interrupt, VirtioDevice, COMMON_FEATURES, TYPE_BLOCK};
 use crate::guest_warn;
 use crate::memory::GuestMemoryMmap;
 

@@ -64,11 +64,5 @@ pub fn parse(mem: &GuestMemoryMmap, chain: &Chain) -> Result<Request, RequestErr
         let len = writable - 1;
         (chain::segments(&chain.writable, 0, len), len)
     };
-    Ok(Request {
-        type_,
-        sector,
-        data,
-        data_len,
-        status,
-    })
+    Ok(Request { type_, sector, data, data_len, status })
 }

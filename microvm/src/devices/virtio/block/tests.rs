@@ -11,9 +11,7 @@ use super::metrics::BlockMetrics;
 use super::worker::{process_queue, Disk};
 use super::*;
 use crate::devices::virtio::active::Active;
-use crate::devices::virtio::test_utils::{
-    assert_config_writes_ignored, get, guest_mem, interrupt, put, TestQueue, F_NEXT,
-};
+use crate::devices::virtio::test_utils::{assert_config_writes_ignored, get, guest_mem, interrupt, put, TestQueue, F_NEXT};
 use crate::devices::virtio::{feature, VirtioDevice};
 use crate::memory::GuestMemoryMmap;
 
@@ -26,11 +24,7 @@ struct Img(PathBuf);
 impl Img {
     fn new(sectors: u64) -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "husk-blk-test-{}-{}.img",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
+        let p = std::env::temp_dir().join(format!("husk-blk-test-{}-{}.img", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
         let mut f = std::fs::File::create(&p).unwrap();
         let data: Vec<u8> = (0..sectors * 512).map(|i| (i % 251) as u8).collect();
         f.write_all(&data).unwrap();
@@ -203,10 +197,7 @@ fn avail_index_beyond_queue_size_marks_device_broken() {
 
 /// Activates `dev`, submits a GET_ID request, notifies the queue and waits (at most 5 s) for
 /// the I/O thread to complete it.
-fn get_id_through_worker<'a>(
-    mem: &'a GuestMemoryMmap,
-    dev: &mut Block,
-) -> (TestQueue<'a>, std::sync::Arc<crate::devices::virtio::Interrupt>) {
+fn get_id_through_worker<'a>(mem: &'a GuestMemoryMmap, dev: &mut Block) -> (TestQueue<'a>, std::sync::Arc<crate::devices::virtio::Interrupt>) {
     let mut q = TestQueue::new(mem, 0x1000, 256);
     let irq = interrupt();
     dev.activate(mem.clone(), irq.clone(), vec![q.queue()]).unwrap();
@@ -247,16 +238,10 @@ fn device_config_features_and_worker_thread() {
 
 #[test]
 fn bad_configs_name_the_problem() {
-    let err = Block::new(BlockConfig {
-        path: "/nonexistent/disk.img".into(),
-        read_only: false,
-        id: "x".into(),
-    })
-    .unwrap_err();
+    let err = Block::new(BlockConfig { path: "/nonexistent/disk.img".into(), read_only: false, id: "x".into() }).unwrap_err();
     assert!(err.to_string().contains("/nonexistent/disk.img"), "{err}");
     let img = Img::new(1);
-    let err = Block::new(BlockConfig { path: img.0.clone(), read_only: false, id: "x".repeat(21) })
-        .unwrap_err();
+    let err = Block::new(BlockConfig { path: img.0.clone(), read_only: false, id: "x".repeat(21) }).unwrap_err();
     assert!(err.to_string().contains(&"x".repeat(21)), "{err}");
 }
 

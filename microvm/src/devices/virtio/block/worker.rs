@@ -14,12 +14,11 @@ use vmm_sys_util::eventfd::EventFd;
 use super::metrics::BlockMetrics;
 use super::request::{self, Request};
 use super::{
-    ID_BYTES, SECTOR_SIZE, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
-    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    ID_BYTES, SECTOR_SIZE, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
 use crate::devices::virtio::active::Active;
-use crate::devices::virtio::iov::{self, Dir};
 use crate::devices::virtio::chain::MAX_CHAIN_DESCS;
+use crate::devices::virtio::iov::{self, Dir};
 use crate::guest_warn;
 use crate::memory::GuestMemoryMmap;
 
@@ -46,13 +45,7 @@ pub fn execute(mem: &GuestMemoryMmap, disk: Option<&Disk>, req: &Request, m: &Bl
     let Some(disk) = disk else {
         return fail(m, "request to an empty slot", req);
     };
-    let in_range = || {
-        req.data_len.is_multiple_of(SECTOR_SIZE)
-            && req
-                .sector
-                .checked_add(req.data_len / SECTOR_SIZE)
-                .is_some_and(|end| end <= disk.sectors)
-    };
+    let in_range = || req.data_len.is_multiple_of(SECTOR_SIZE) && req.sector.checked_add(req.data_len / SECTOR_SIZE).is_some_and(|end| end <= disk.sectors);
     match req.type_ {
         VIRTIO_BLK_T_IN => {
             if !in_range() {
@@ -102,11 +95,7 @@ fn get_id(mem: &GuestMemoryMmap, id: &[u8; ID_BYTES], req: &Request) -> (u8, u32
 }
 
 fn fail(m: &BlockMetrics, what: &str, req: &Request) -> (u8, u32) {
-    guest_warn!(
-        "virtio-blk: {what} of {} bytes at sector {} failed",
-        req.data_len,
-        req.sector
-    );
+    guest_warn!("virtio-blk: {what} of {} bytes at sector {} failed", req.data_len, req.sector);
     m.errors.inc();
     (VIRTIO_BLK_S_IOERR, 0)
 }
@@ -132,9 +121,7 @@ pub fn process_queue(active: &mut Active, disk: Option<&Disk>, m: &BlockMetrics)
         used = true;
         served += 1;
         m.requests.inc();
-        let parsed = chain
-            .map_err(|e| e.to_string())
-            .and_then(|c| request::parse(&active.mem, &c).map_err(|e| e.to_string()));
+        let parsed = chain.map_err(|e| e.to_string()).and_then(|c| request::parse(&active.mem, &c).map_err(|e| e.to_string()));
         let len = match parsed {
             Ok(req) => {
                 let (status, written) = execute(&active.mem, disk, &req, m);
@@ -235,25 +222,15 @@ const QUEUE: u64 = 1;
 impl Worker {
     /// Starts the worker for `disk` (none: an empty slot), serving notifications on
     /// `queue_evt`.
-    pub fn spawn(
-        name: String,
-        disk: Option<Disk>,
-        m: Arc<BlockMetrics>,
-        queue_evt: EventFd,
-    ) -> std::io::Result<Self> {
+    pub fn spawn(name: String, disk: Option<Disk>, m: Arc<BlockMetrics>, queue_evt: EventFd) -> std::io::Result<Self> {
         let (tx, rx) = std::sync::mpsc::channel();
         let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
         let epoll = Epoll::new()?;
         epoll.ctl(ControlOperation::Add, wake.as_raw_fd(), EpollEvent::new(EventSet::IN, WAKE))?;
         epoll.ctl(ControlOperation::Add, queue_evt.as_raw_fd(), EpollEvent::new(EventSet::IN, QUEUE))?;
         let thread_wake = wake.clone();
-        let handle = std::thread::Builder::new()
-            .name(name)
-            .spawn(move || serve(disk, &m, &epoll, &thread_wake, &queue_evt, &rx))?;
-        Ok(Self {
-            ctl: WorkerControl { tx, wake },
-            handle: Some(handle),
-        })
+        let handle = std::thread::Builder::new().name(name).spawn(move || serve(disk, &m, &epoll, &thread_wake, &queue_evt, &rx))?;
+        Ok(Self { ctl: WorkerControl { tx, wake }, handle: Some(handle) })
     }
 
     /// A handle for the VMM (seccomp installation).
@@ -286,14 +263,7 @@ impl Drop for Worker {
 
 /// The worker's loop. Control messages are taken only between calls of [`process_queue`], so
 /// each request is served entirely against one backing.
-fn serve(
-    mut disk: Option<Disk>,
-    m: &BlockMetrics,
-    epoll: &Epoll,
-    wake: &EventFd,
-    queue_evt: &EventFd,
-    rx: &Receiver<Msg>,
-) {
+fn serve(mut disk: Option<Disk>, m: &BlockMetrics, epoll: &Epoll, wake: &EventFd, queue_evt: &EventFd, rx: &Receiver<Msg>) {
     let mut active: Option<Box<Active>> = None;
     let mut events = [EpollEvent::default(); 2];
     // Requests left over when the last call stopped at BATCH.

@@ -6,9 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use vhost::vhost_user::message::VhostUserHeaderFlag;
-use vhost::vhost_user::{
-    Frontend, VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
-};
+use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryBackend};
@@ -21,8 +19,7 @@ use crate::memory::GuestMemoryMmap;
 /// Protocol features used when the backend offers them: REPLY_ACK (every message is
 /// acknowledged, so a refusal surfaces at the step that caused it) and MQ (the backend says
 /// how many queues it serves).
-const WANTED_PROTOCOL_FEATURES: VhostUserProtocolFeatures =
-    VhostUserProtocolFeatures::REPLY_ACK.union(VhostUserProtocolFeatures::MQ);
+const WANTED_PROTOCOL_FEATURES: VhostUserProtocolFeatures = VhostUserProtocolFeatures::REPLY_ACK.union(VhostUserProtocolFeatures::MQ);
 
 /// Connection attempts refused before giving up, and the pause between them.
 const CONNECT_RETRIES: u32 = 10;
@@ -51,10 +48,7 @@ pub struct Backend {
 
 impl std::fmt::Debug for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Backend")
-            .field("socket", &self.socket)
-            .field("features", &self.features)
-            .finish()
+        f.debug_struct("Backend").field("socket", &self.socket).field("features", &self.features).finish()
     }
 }
 
@@ -64,10 +58,7 @@ impl Backend {
     /// features, and with MQ the queue count. Every reply is awaited at most
     /// [`BACKEND_REPLY_TIMEOUT`].
     pub fn connect(socket: &Path) -> Result<Self, FsError> {
-        let stream = connect_retrying(socket).map_err(|source| FsError::Connect {
-            socket: socket.to_path_buf(),
-            source,
-        })?;
+        let stream = connect_retrying(socket).map_err(|source| FsError::Connect { socket: socket.to_path_buf(), source })?;
         Self::negotiate(stream, socket)
     }
 
@@ -76,37 +67,17 @@ impl Backend {
     /// negotiates as [`Backend::connect`] does. `fd` must be a connected unix stream socket;
     /// it becomes close-on-exec.
     pub fn inherit(fd: RawFd, socket: &Path) -> Result<Self, FsError> {
-        let stream = inherited_stream(fd).map_err(|source| FsError::Inherit {
-            fd,
-            socket: socket.to_path_buf(),
-            source,
-        })?;
+        let stream = inherited_stream(fd).map_err(|source| FsError::Inherit { fd, socket: socket.to_path_buf(), source })?;
         Self::negotiate(stream, socket)
     }
 
     fn negotiate(stream: UnixStream, socket: &Path) -> Result<Self, FsError> {
-        let connect_err = |source| FsError::Connect {
-            socket: socket.to_path_buf(),
-            source,
-        };
-        stream
-            .set_read_timeout(Some(BACKEND_REPLY_TIMEOUT))
-            .map_err(connect_err)?;
-        stream
-            .set_write_timeout(Some(BACKEND_REPLY_TIMEOUT))
-            .map_err(connect_err)?;
+        let connect_err = |source| FsError::Connect { socket: socket.to_path_buf(), source };
+        stream.set_read_timeout(Some(BACKEND_REPLY_TIMEOUT)).map_err(connect_err)?;
+        stream.set_write_timeout(Some(BACKEND_REPLY_TIMEOUT)).map_err(connect_err)?;
         let mut frontend = Frontend::from_stream(stream, NUM_QUEUES as u64);
-        let step = |step: &'static str| {
-            move |source| FsError::Handshake {
-                socket: socket.to_path_buf(),
-                step,
-                source,
-            }
-        };
-        let unsupported = |what: String| FsError::Unsupported {
-            socket: socket.to_path_buf(),
-            what,
-        };
+        let step = |step: &'static str| move |source| FsError::Handshake { socket: socket.to_path_buf(), step, source };
+        let unsupported = |what: String| FsError::Unsupported { socket: socket.to_path_buf(), what };
 
         frontend.set_owner().map_err(step("SET_OWNER"))?;
         let features = frontend.get_features().map_err(step("GET_FEATURES"))?;
@@ -116,13 +87,9 @@ impl Backend {
         if features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() == 0 {
             return Err(unsupported("VHOST_USER_F_PROTOCOL_FEATURES".into()));
         }
-        let offered = frontend
-            .get_protocol_features()
-            .map_err(step("GET_PROTOCOL_FEATURES"))?;
+        let offered = frontend.get_protocol_features().map_err(step("GET_PROTOCOL_FEATURES"))?;
         let acked = offered & WANTED_PROTOCOL_FEATURES;
-        frontend
-            .set_protocol_features(acked)
-            .map_err(step("SET_PROTOCOL_FEATURES"))?;
+        frontend.set_protocol_features(acked).map_err(step("SET_PROTOCOL_FEATURES"))?;
         if acked.contains(VhostUserProtocolFeatures::REPLY_ACK) {
             frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
         }
@@ -132,11 +99,7 @@ impl Backend {
                 return Err(unsupported(format!("{NUM_QUEUES} queues (it serves {n})")));
             }
         }
-        Ok(Self {
-            frontend,
-            socket: socket.to_path_buf(),
-            features,
-        })
+        Ok(Self { frontend, socket: socket.to_path_buf(), features })
     }
 
     /// The backend's socket path.
@@ -156,41 +119,19 @@ impl Backend {
     /// rings' addresses in this process, which the backend translates through the memory
     /// table), `SET_VRING_BASE`, `SET_VRING_CALL` (`calls[i]`), `SET_VRING_KICK`
     /// (`kicks[i]`, the queue's ioeventfd), then `SET_VRING_ENABLE` for each.
-    pub fn start(
-        &mut self,
-        mem: &GuestMemoryMmap,
-        queues: &[Queue],
-        acked: u64,
-        calls: &[EventFd],
-        kicks: &[EventFd],
-    ) -> Result<(), BackendError> {
-        let fail = |step, queue| {
-            move |source| BackendError {
-                step,
-                queue,
-                source,
-            }
-        };
+    pub fn start(&mut self, mem: &GuestMemoryMmap, queues: &[Queue], acked: u64, calls: &[EventFd], kicks: &[EventFd]) -> Result<(), BackendError> {
+        let fail = |step, queue| move |source| BackendError { step, queue, source };
         let f = &mut self.frontend;
-        f.set_features(acked | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits())
-            .map_err(fail("SET_FEATURES", None))?;
-        let regions = mem
-            .iter()
-            .map(VhostUserMemoryRegionInfo::from_guest_region)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(fail("describing guest memory", None))?;
-        f.set_mem_table(&regions)
-            .map_err(fail("SET_MEM_TABLE", None))?;
+        f.set_features(acked | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()).map_err(fail("SET_FEATURES", None))?;
+        let regions =
+            mem.iter().map(VhostUserMemoryRegionInfo::from_guest_region).collect::<Result<Vec<_>, _>>().map_err(fail("describing guest memory", None))?;
+        f.set_mem_table(&regions).map_err(fail("SET_MEM_TABLE", None))?;
         if queues.len() != calls.len() || queues.len() != kicks.len() {
-            return Err(fail("matching queues with their EventFds", None)(
-                vhost::Error::InvalidQueue,
-            ));
+            return Err(fail("matching queues with their EventFds", None)(vhost::Error::InvalidQueue));
         }
         for (i, q) in queues.iter().enumerate() {
             let host = |addr: u64, bad: vhost::Error| {
-                mem.get_host_address(GuestAddress(addr))
-                    .map(|p| p as u64)
-                    .map_err(|_| fail("translating ring addresses", Some(i))(bad))
+                mem.get_host_address(GuestAddress(addr)).map(|p| p as u64).map_err(|_| fail("translating ring addresses", Some(i))(bad))
             };
             let ring = VringConfigData {
                 queue_max_size: q.max_size(),
@@ -201,20 +142,14 @@ impl Backend {
                 avail_ring_addr: host(q.avail_ring(), vhost::Error::AvailAddress)?,
                 log_addr: None,
             };
-            f.set_vring_num(i, q.size())
-                .map_err(fail("SET_VRING_NUM", Some(i)))?;
-            f.set_vring_addr(i, &ring)
-                .map_err(fail("SET_VRING_ADDR", Some(i)))?;
-            f.set_vring_base(i, q.next_avail())
-                .map_err(fail("SET_VRING_BASE", Some(i)))?;
-            f.set_vring_call(i, &calls[i])
-                .map_err(fail("SET_VRING_CALL", Some(i)))?;
-            f.set_vring_kick(i, &kicks[i])
-                .map_err(fail("SET_VRING_KICK", Some(i)))?;
+            f.set_vring_num(i, q.size()).map_err(fail("SET_VRING_NUM", Some(i)))?;
+            f.set_vring_addr(i, &ring).map_err(fail("SET_VRING_ADDR", Some(i)))?;
+            f.set_vring_base(i, q.next_avail()).map_err(fail("SET_VRING_BASE", Some(i)))?;
+            f.set_vring_call(i, &calls[i]).map_err(fail("SET_VRING_CALL", Some(i)))?;
+            f.set_vring_kick(i, &kicks[i]).map_err(fail("SET_VRING_KICK", Some(i)))?;
         }
         for i in 0..queues.len() {
-            f.set_vring_enable(i, true)
-                .map_err(fail("SET_VRING_ENABLE", Some(i)))?;
+            f.set_vring_enable(i, true).map_err(fail("SET_VRING_ENABLE", Some(i)))?;
         }
         Ok(())
     }
@@ -223,13 +158,7 @@ impl Backend {
     /// backend no longer touches that ring).
     pub fn stop(&mut self, queues: usize) -> Result<(), BackendError> {
         for i in 0..queues {
-            self.frontend
-                .get_vring_base(i)
-                .map_err(|source| BackendError {
-                    step: "GET_VRING_BASE",
-                    queue: Some(i),
-                    source,
-                })?;
+            self.frontend.get_vring_base(i).map_err(|source| BackendError { step: "GET_VRING_BASE", queue: Some(i), source })?;
         }
         Ok(())
     }
@@ -264,9 +193,7 @@ fn connect_retrying(socket: &Path) -> std::io::Result<UnixStream> {
     let mut tries = 0;
     loop {
         match UnixStream::connect(socket) {
-            Err(e)
-                if e.kind() == std::io::ErrorKind::ConnectionRefused && tries < CONNECT_RETRIES =>
-            {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && tries < CONNECT_RETRIES => {
                 tries += 1;
                 std::thread::sleep(CONNECT_RETRY_PAUSE);
             }

@@ -12,9 +12,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::backend::Backend;
 use super::failover;
 use super::metrics::FsMetrics;
-use super::{
-    FsConfig, FsError, CONFIG_SPACE_SIZE, NUM_QUEUES, NUM_REQUEST_QUEUES, QUEUE_SIZE, TAG_LEN,
-};
+use super::{FsConfig, FsError, CONFIG_SPACE_SIZE, NUM_QUEUES, NUM_REQUEST_QUEUES, QUEUE_SIZE, TAG_LEN};
 use crate::devices::virtio::active::Active;
 use crate::devices::virtio::ratelimit::LogLimiter;
 use crate::devices::virtio::{read_config_bytes, ActivateError, Interrupt, VirtioDevice, TYPE_FS};
@@ -73,12 +71,8 @@ impl Fs {
         config_space[..cfg.tag.len()].copy_from_slice(cfg.tag.as_bytes());
         config_space[TAG_LEN..].copy_from_slice(&NUM_REQUEST_QUEUES.to_le_bytes());
         let evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(FsError::EventFd);
-        let queue_evts = (0..NUM_QUEUES)
-            .map(|_| evt())
-            .collect::<Result<Vec<_>, _>>()?;
-        let call_evts = (0..NUM_QUEUES)
-            .map(|_| evt())
-            .collect::<Result<Vec<_>, _>>()?;
+        let queue_evts = (0..NUM_QUEUES).map(|_| evt()).collect::<Result<Vec<_>, _>>()?;
+        let call_evts = (0..NUM_QUEUES).map(|_| evt()).collect::<Result<Vec<_>, _>>()?;
         let control_evt = evt()?;
         let backend = match cfg.fd {
             Some(fd) => Backend::inherit(fd, &cfg.socket)?,
@@ -136,18 +130,9 @@ impl Fs {
             return;
         };
         let result = match self.backend.as_mut() {
-            Some(b) => b.start(
-                &active.mem,
-                &active.queues,
-                self.acked_features,
-                &self.call_evts,
-                &self.queue_evts,
-            ),
+            Some(b) => b.start(&active.mem, &active.queues, self.acked_features, &self.call_evts, &self.queue_evts),
             None => {
-                self.backend_lost(
-                    "is gone (it hung up before the driver activated the device)",
-                    ops,
-                );
+                self.backend_lost("is gone (it hung up before the driver activated the device)", ops);
                 return;
             }
         };
@@ -174,11 +159,7 @@ impl Fs {
         self.metrics.backend_failures.inc();
         if let Some(dropped) = BACKEND_LOG.allow() {
             let (tag, socket) = (&self.cfg.tag, self.cfg.socket.display());
-            let also = if dropped > 0 {
-                format!(" ({dropped} similar messages suppressed)")
-            } else {
-                String::new()
-            };
+            let also = if dropped > 0 { format!(" ({dropped} similar messages suppressed)") } else { String::new() };
             log::error!("virtio-fs {tag}: the vhost-user backend at {socket} {why}; guest requests fail with EIO until the driver resets the device{also}");
         }
         if !matches!(self.phase, Phase::Starting | Phase::Running) {
@@ -190,10 +171,7 @@ impl Fs {
         };
         failover::take_over(active);
         if let Err(e) = active.interrupt.signal_needs_reset() {
-            log::error!(
-                "virtio-fs {}: cannot raise the config interrupt: {e}",
-                self.cfg.tag
-            );
+            log::error!("virtio-fs {}: cannot raise the config interrupt: {e}", self.cfg.tag);
         }
         self.register_kicks(ops);
         for q in 0..NUM_QUEUES {
@@ -220,10 +198,7 @@ impl Fs {
         }
         for evt in &self.queue_evts {
             if let Err(e) = ops.add(Events::new(evt, EventSet::IN)) {
-                log::error!(
-                    "virtio-fs {}: cannot register a queue notification: {e}",
-                    self.cfg.tag
-                );
+                log::error!("virtio-fs {}: cannot register a queue notification: {e}", self.cfg.tag);
             }
         }
         self.kicks_registered = true;
@@ -265,30 +240,17 @@ impl VirtioDevice for Fs {
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        guest_warn!(
-            "virtio-fs: ignoring {}-byte config write at {offset:#x}",
-            data.len()
-        );
+        guest_warn!("virtio-fs: ignoring {}-byte config write at {offset:#x}", data.len());
     }
 
     /// Takes the queues; the handshake with the backend happens on the event loop (a vCPU
     /// thread may not use sockets). Until it is done the backend does not read the queues, so
     /// requests the driver queues meanwhile just wait.
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        interrupt: Arc<Interrupt>,
-        queues: Vec<Queue>,
-    ) -> Result<(), ActivateError> {
+    fn activate(&mut self, mem: GuestMemoryMmap, interrupt: Arc<Interrupt>, queues: Vec<Queue>) -> Result<(), ActivateError> {
         ActivateError::check(self.active.is_some(), &queues, NUM_QUEUES)?;
         self.active = Some(Active::new(mem, interrupt, queues));
         self.phase = Phase::Starting;
-        self.control_evt
-            .write(1)
-            .map_err(|source| ActivateError::Backend {
-                device: "virtio-fs",
-                source,
-            })
+        self.control_evt.write(1).map_err(|source| ActivateError::Backend { device: "virtio-fs", source })
     }
 
     /// Drops the queues; if the backend was serving them, the event loop stops its rings
@@ -300,10 +262,7 @@ impl VirtioDevice for Fs {
         }
         self.phase = Phase::Idle;
         if let Err(e) = self.control_evt.write(1) {
-            log::error!(
-                "virtio-fs {}: cannot signal the reset to the event loop: {e}",
-                self.cfg.tag
-            );
+            log::error!("virtio-fs {}: cannot signal the reset to the event loop: {e}", self.cfg.tag);
         }
     }
 

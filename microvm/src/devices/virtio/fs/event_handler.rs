@@ -10,25 +10,15 @@ use super::device::{Fs, Phase};
 
 impl MutEventSubscriber for Fs {
     fn init(&mut self, ops: &mut EventOps) {
-        for evt in self
-            .call_evts
-            .iter()
-            .chain(std::iter::once(&self.control_evt))
-        {
+        for evt in self.call_evts.iter().chain(std::iter::once(&self.control_evt)) {
             if let Err(e) = ops.add(Events::new(evt, EventSet::IN)) {
-                log::error!(
-                    "virtio-fs {}: cannot register an EventFd: {e}",
-                    self.cfg.tag
-                );
+                log::error!("virtio-fs {}: cannot register an EventFd: {e}", self.cfg.tag);
             }
         }
         if let Some(fd) = self.backend.as_ref().map(|b| b.as_raw_fd()) {
             match ops.add(Events::new_raw(fd, EventSet::IN)) {
                 Ok(()) => self.backend_registered = true,
-                Err(e) => log::error!(
-                    "virtio-fs {}: cannot watch the backend socket: {e}",
-                    self.cfg.tag
-                ),
+                Err(e) => log::error!("virtio-fs {}: cannot watch the backend socket: {e}", self.cfg.tag),
             }
         }
     }
@@ -42,19 +32,13 @@ impl MutEventSubscriber for Fs {
             let _ = self.call_evts[q].read();
             if let Some(active) = self.active.as_ref() {
                 if let Err(e) = active.interrupt.signal_used_queue() {
-                    log::error!(
-                        "virtio-fs {}: cannot raise the interrupt: {e}",
-                        self.cfg.tag
-                    );
+                    log::error!("virtio-fs {}: cannot raise the interrupt: {e}", self.cfg.tag);
                 }
                 self.metrics.interrupts.inc();
             }
         } else if self.backend.as_ref().is_some_and(|b| b.as_raw_fd() == fd) {
             // The backend only ever answers requests, which are read where they are made.
-            let why = if events
-                .event_set()
-                .intersects(EventSet::HANG_UP | EventSet::READ_HANG_UP | EventSet::ERROR)
-            {
+            let why = if events.event_set().intersects(EventSet::HANG_UP | EventSet::READ_HANG_UP | EventSet::ERROR) {
                 "hung up"
             } else {
                 "sent a message nobody asked for"

@@ -75,9 +75,7 @@ pub fn answer_with_errors(active: &mut Active, q: usize, metrics: &FsMetrics) ->
 fn error_reply(mem: &GuestMemoryMmap, chain: &Chain) -> Result<u32, vm_memory::GuestMemoryError> {
     // fuse_in_header: len (u32), opcode (u32), unique (u64), ...
     let mut head = [0u8; 16];
-    if read_from(mem, &chain.readable, 0, &mut head)? < head.len()
-        || chain.writable_len() < FUSE_OUT_HEADER_LEN as u64
-    {
+    if read_from(mem, &chain.readable, 0, &mut head)? < head.len() || chain.writable_len() < FUSE_OUT_HEADER_LEN as u64 {
         return Ok(0);
     }
     let mut reply = [0u8; FUSE_OUT_HEADER_LEN];

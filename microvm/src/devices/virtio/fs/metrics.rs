@@ -34,10 +34,7 @@ impl FsMetrics {
             ("failed_requests", self.failed_requests.get()),
             ("errors", self.errors.get()),
             ("kicks", self.kicks.get()),
-            (
-                "connected",
-                u64::from(self.connected.load(Ordering::Relaxed)),
-            ),
+            ("connected", u64::from(self.connected.load(Ordering::Relaxed))),
         ]
     }
 

@@ -17,9 +17,7 @@ use vhost_user_backend::{VhostUserBackendMut, VhostUserDaemon, VringRwLock, Vrin
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryAtomic};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
 
 use super::device::Phase;
 use super::*;
@@ -27,9 +25,8 @@ use crate::devices::virtio::interrupt::{INT_CONFIG, INT_VRING};
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::test_utils::{assert_config_writes_ignored, get, put, TestQueue};
 use crate::devices::virtio::{
-    feature, VirtioDevice, STATUS_ACKNOWLEDGE, STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER,
-    STATUS_DRIVER_OK, STATUS_FEATURES_OK, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
-    VIRTIO_RING_F_INDIRECT_DESC,
+    feature, VirtioDevice, STATUS_ACKNOWLEDGE, STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 use crate::devices::BusDevice;
 use crate::memory::{create_guest_memory, GuestMemoryMmap};
@@ -85,27 +82,17 @@ impl VhostUserBackendMut for EchoFs {
     fn exit_event(&self, _thread: usize) -> Option<(EventConsumer, EventNotifier)> {
         Some((self.exit.0.try_clone().ok()?, self.exit.1.try_clone().ok()?))
     }
-    fn handle_event(
-        &mut self,
-        device_event: u16,
-        _evset: EventSet,
-        vrings: &[VringRwLock],
-        _thread: usize,
-    ) -> std::io::Result<()> {
+    fn handle_event(&mut self, device_event: u16, _evset: EventSet, vrings: &[VringRwLock], _thread: usize) -> std::io::Result<()> {
         if self.dead.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let (Some(vring), Some(mem)) = (vrings.get(usize::from(device_event)), self.mem.as_ref())
-        else {
+        let (Some(vring), Some(mem)) = (vrings.get(usize::from(device_event)), self.mem.as_ref()) else {
             return Ok(());
         };
         let mem = mem.memory();
         let mut used = false;
         loop {
-            let chain = vring
-                .get_mut()
-                .get_queue_mut()
-                .pop_descriptor_chain(mem.clone());
+            let chain = vring.get_mut().get_queue_mut().pop_descriptor_chain(mem.clone());
             let Some(chain) = chain else { break };
             let head = chain.head_index();
             let (mut request, mut reply_at) = (None, None);
@@ -160,11 +147,7 @@ struct TestBackend {
 
 fn tmp_dir() -> PathBuf {
     static N: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "husk-fs-test-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
+    let dir = std::env::temp_dir().join(format!("husk-fs-test-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -180,28 +163,12 @@ impl TestBackend {
         let stalled = Arc::new(AtomicU32::new(0));
         let exit = new_event_consumer_and_notifier(EventFlag::NONBLOCK).unwrap();
         let exit_notifier = exit.1.try_clone().unwrap();
-        let backend = EchoFs {
-            mem: None,
-            exit,
-            dead: dead.clone(),
-            stalled: stalled.clone(),
-        };
-        let mut daemon = VhostUserDaemon::new(
-            "echo-fs".into(),
-            Arc::new(RwLock::new(backend)),
-            GuestMemoryAtomic::new(GuestMemoryMmap::new()),
-        )
-        .unwrap();
+        let backend = EchoFs { mem: None, exit, dead: dead.clone(), stalled: stalled.clone() };
+        let mut daemon = VhostUserDaemon::new("echo-fs".into(), Arc::new(RwLock::new(backend)), GuestMemoryAtomic::new(GuestMemoryMmap::new())).unwrap();
         let s = socket.clone();
         let thread = std::thread::spawn(move || {
             daemon.start(&mut listener).unwrap();
-            TestBackend {
-                socket: s,
-                daemon,
-                dead,
-                stalled,
-                exit: exit_notifier,
-            }
+            TestBackend { socket: s, daemon, dead, stalled, exit: exit_notifier }
         });
         Accepting { socket, thread }
     }
@@ -255,26 +222,14 @@ struct Rig {
 impl Rig {
     fn new() -> Self {
         let accepting = TestBackend::listen();
-        let dev = Fs::new(FsConfig {
-            tag: TAG.into(),
-            socket: accepting.socket.clone(),
-            fd: None,
-        })
-        .unwrap();
+        let dev = Fs::new(FsConfig { tag: TAG.into(), socket: accepting.socket.clone(), fd: None }).unwrap();
         let backend = accepting.accepted();
         let dev = Arc::new(Mutex::new(dev));
         let mem = create_guest_memory(16 << 20).unwrap();
         let t = MmioTransport::new(mem.clone(), dev.clone()).unwrap();
         let mut em = EventManager::new().unwrap();
         em.add_subscriber(dev.clone());
-        Self {
-            backend,
-            dev,
-            t,
-            em,
-            mem,
-            next_buf: BUFS,
-        }
+        Self { backend, dev, t, em, mem, next_buf: BUFS }
     }
 
     /// Initialises the device as Linux's virtio_mmio + virtio_fs do, up to DRIVER_OK.
@@ -288,29 +243,17 @@ impl Rig {
             w(t, 0x24, sel);
             w(t, 0x20, (features >> (32 * sel)) as u32);
         }
-        w(
-            t,
-            0x70,
-            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
-        );
+        w(t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
         for (i, q) in queues.iter().enumerate() {
             w(t, 0x30, i as u32);
             w(t, 0x38, u32::from(q.size()));
-            for (lo, addr) in [
-                (0x80, q.desc_table()),
-                (0x90, q.avail_ring()),
-                (0xa0, q.used_ring()),
-            ] {
+            for (lo, addr) in [(0x80, q.desc_table()), (0x90, q.avail_ring()), (0xa0, q.used_ring())] {
                 w(t, lo, addr as u32);
                 w(t, lo + 4, (addr >> 32) as u32);
             }
             w(t, 0x44, 1);
         }
-        w(
-            t,
-            0x70,
-            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
-        );
+        w(t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
     }
 
     /// Initialises the device with the rings of `qs`.
@@ -350,11 +293,7 @@ impl Rig {
     /// The reply header at `at`: (len, error, unique).
     fn reply(&self, at: u64) -> (u32, i32, u64) {
         let b = get(&self.mem, at, FUSE_OUT_HEADER_LEN);
-        (
-            u32::from_le_bytes(b[0..4].try_into().unwrap()),
-            i32::from_le_bytes(b[4..8].try_into().unwrap()),
-            u64::from_le_bytes(b[8..16].try_into().unwrap()),
-        )
+        (u32::from_le_bytes(b[0..4].try_into().unwrap()), i32::from_le_bytes(b[4..8].try_into().unwrap()), u64::from_le_bytes(b[8..16].try_into().unwrap()))
     }
 
     fn counter(&self, name: &str) -> u64 {
@@ -369,10 +308,7 @@ fn assert_activation_fails_with_eio(rig: &mut Rig, unique: u64) {
     let mut qs = queues(&mem);
     rig.activate(&qs);
     rig.run_until("the activation fails", |r| r.phase() == Phase::Failed);
-    assert_eq!(
-        rig.t.status() & STATUS_DEVICE_NEEDS_RESET,
-        STATUS_DEVICE_NEEDS_RESET
-    );
+    assert_eq!(rig.t.status() & STATUS_DEVICE_NEEDS_RESET, STATUS_DEVICE_NEEDS_RESET);
     let reply = rig.request(&mut qs[REQUEST_QUEUE], REQUEST_QUEUE as u32, 1, unique);
     rig.run_until("the request fails", |_| qs[REQUEST_QUEUE].used_idx() == 1);
     assert_eq!(rig.reply(reply), (16, -5, unique));
@@ -380,10 +316,7 @@ fn assert_activation_fails_with_eio(rig: &mut Rig, unique: u64) {
 
 /// The driver's queues (fresh rings) in `mem`.
 fn queues(mem: &GuestMemoryMmap) -> Vec<TestQueue<'_>> {
-    RING_BASES
-        .iter()
-        .map(|&b| TestQueue::new(mem, b, QSIZE))
-        .collect()
+    RING_BASES.iter().map(|&b| TestQueue::new(mem, b, QSIZE)).collect()
 }
 
 // ---- the tests ---------------------------------------------------------------------------
@@ -396,20 +329,12 @@ fn config_space_holds_the_tag_and_one_request_queue() {
     let mut cfg = [0xffu8; CONFIG_SPACE_SIZE];
     dev.read_config(0, &mut cfg);
     assert_eq!(&cfg[..TAG.len()], TAG.as_bytes());
-    assert!(
-        cfg[TAG.len()..TAG_LEN].iter().all(|&b| b == 0),
-        "tag padded with NULs"
-    );
+    assert!(cfg[TAG.len()..TAG_LEN].iter().all(|&b| b == 0), "tag padded with NULs");
     assert_eq!(u32::from_le_bytes(cfg[TAG_LEN..].try_into().unwrap()), 1);
     assert_config_writes_ignored(&mut *dev, CONFIG_SPACE_SIZE as u64);
     // The backend's features, less what this frontend does not handle.
     let f = dev.avail_features();
-    assert_eq!(
-        f,
-        feature(VIRTIO_F_VERSION_1)
-            | feature(VIRTIO_RING_F_INDIRECT_DESC)
-            | feature(VIRTIO_RING_F_EVENT_IDX)
-    );
+    assert_eq!(f, feature(VIRTIO_F_VERSION_1) | feature(VIRTIO_RING_F_INDIRECT_DESC) | feature(VIRTIO_RING_F_EVENT_IDX));
 }
 
 #[test]
@@ -418,50 +343,24 @@ fn the_backend_serves_the_queues_and_its_calls_become_interrupts() {
     let mem = rig.mem.clone();
     let mut qs = queues(&mem);
     rig.activate(&qs);
-    assert_eq!(
-        rig.phase(),
-        Phase::Starting,
-        "the handshake waits for the event loop"
-    );
+    assert_eq!(rig.phase(), Phase::Starting, "the handshake waits for the event loop");
     rig.run_until("the backend runs", |r| r.phase() == Phase::Running);
     assert_eq!(rig.t.status() & STATUS_DRIVER_OK, STATUS_DRIVER_OK);
 
     let reply = rig.request(&mut qs[REQUEST_QUEUE], REQUEST_QUEUE as u32, 1, 0x1234_5678);
-    rig.run_until("the reply arrives", |r| {
-        r.t.interrupt().status() & INT_VRING != 0
-    });
-    assert_eq!(
-        qs[REQUEST_QUEUE].used(),
-        vec![(0, (FUSE_OUT_HEADER_LEN + PAYLOAD.len()) as u32)]
-    );
-    assert_eq!(
-        rig.reply(reply),
-        (24, 0, 0x1234_5678),
-        "the backend read the request and wrote the reply in guest memory"
-    );
+    rig.run_until("the reply arrives", |r| r.t.interrupt().status() & INT_VRING != 0);
+    assert_eq!(qs[REQUEST_QUEUE].used(), vec![(0, (FUSE_OUT_HEADER_LEN + PAYLOAD.len()) as u32)]);
+    assert_eq!(rig.reply(reply), (24, 0, 0x1234_5678), "the backend read the request and wrote the reply in guest memory");
     assert_eq!(get(&rig.mem, reply + 16, 8), PAYLOAD);
-    assert_eq!(
-        rig.t.interrupt().event().read().unwrap(),
-        1,
-        "one interrupt"
-    );
+    assert_eq!(rig.t.interrupt().event().read().unwrap(), 1, "one interrupt");
 
     // The high-priority queue is served too (a FORGET-like request without reply buffer).
     let hdr = 0x30_0000;
     put(&rig.mem, hdr, &[0u8; FUSE_IN_HEADER_LEN]);
     qs[HIPRIO_QUEUE].add(&[(hdr, FUSE_IN_HEADER_LEN as u32, false)]);
     w(&rig.t, 0x50, HIPRIO_QUEUE as u32);
-    rig.run_until("the hiprio request is used and signalled", |r| {
-        qs[HIPRIO_QUEUE].used_idx() == 1 && r.counter("interrupts") == 2
-    });
-    assert_eq!(
-        (
-            rig.counter("activations"),
-            rig.counter("connected"),
-            rig.counter("failed_requests")
-        ),
-        (1, 1, 0)
-    );
+    rig.run_until("the hiprio request is used and signalled", |r| qs[HIPRIO_QUEUE].used_idx() == 1 && r.counter("interrupts") == 2);
+    assert_eq!((rig.counter("activations"), rig.counter("connected"), rig.counter("failed_requests")), (1, 1, 0));
 }
 
 #[test]
@@ -474,56 +373,32 @@ fn a_backend_that_dies_leaves_eio_and_device_needs_reset_not_a_hang() {
     let answered = rig.request(&mut qs[REQUEST_QUEUE], REQUEST_QUEUE as u32, 1, 1);
     rig.run_until("the first reply", |_| qs[REQUEST_QUEUE].used_idx() == 1);
     let in_flight = rig.request(&mut qs[REQUEST_QUEUE], REQUEST_QUEUE as u32, STALL, 2);
-    rig.run_until("the backend takes the stalling request", |r| {
-        r.backend.stalled.load(Ordering::SeqCst) == 1
-    });
+    rig.run_until("the backend takes the stalling request", |r| r.backend.stalled.load(Ordering::SeqCst) == 1);
     assert_eq!(qs[REQUEST_QUEUE].used_idx(), 1);
 
     rig.backend.die();
     rig.run_until("the device notices", |r| r.phase() == Phase::Failed);
-    assert_eq!(
-        rig.t.status() & STATUS_DEVICE_NEEDS_RESET,
-        STATUS_DEVICE_NEEDS_RESET
-    );
-    assert_eq!(
-        rig.t.interrupt().status() & INT_CONFIG,
-        INT_CONFIG,
-        "a config interrupt announces it"
-    );
+    assert_eq!(rig.t.status() & STATUS_DEVICE_NEEDS_RESET, STATUS_DEVICE_NEEDS_RESET);
+    assert_eq!(rig.t.interrupt().status() & INT_CONFIG, INT_CONFIG, "a config interrupt announces it");
     // The request the backend died with is answered, with EIO and its own unique.
     assert_eq!(qs[REQUEST_QUEUE].used_idx(), 2);
     assert_eq!(rig.reply(in_flight), (16, -5, 2));
-    assert_eq!(
-        rig.reply(answered),
-        (24, 0, 1),
-        "earlier replies are left alone"
-    );
+    assert_eq!(rig.reply(answered), (24, 0, 1), "earlier replies are left alone");
     // New requests fail at once; so do FORGETs (no reply buffer) on the hiprio queue.
     let later = rig.request(&mut qs[REQUEST_QUEUE], REQUEST_QUEUE as u32, 1, 3);
-    rig.run_until("the next request fails", |_| {
-        qs[REQUEST_QUEUE].used_idx() == 3
-    });
+    rig.run_until("the next request fails", |_| qs[REQUEST_QUEUE].used_idx() == 3);
     assert_eq!(rig.reply(later), (16, -5, 3));
     qs[HIPRIO_QUEUE].add(&[(0x30_0000, FUSE_IN_HEADER_LEN as u32, false)]);
     w(&rig.t, 0x50, HIPRIO_QUEUE as u32);
     rig.run_until("the forget is used", |_| qs[HIPRIO_QUEUE].used_idx() == 1);
     assert_eq!(qs[HIPRIO_QUEUE].used(), vec![(0, 0)]);
-    assert_eq!(
-        (
-            rig.counter("backend_failures"),
-            rig.counter("connected"),
-            rig.counter("failed_requests")
-        ),
-        (1, 0, 3)
-    );
+    assert_eq!((rig.counter("backend_failures"), rig.counter("connected"), rig.counter("failed_requests")), (1, 0, 3));
 
     // The driver resets the device: the reset state ends; activating it again fails the
     // same way (the backend is gone for good) instead of hanging.
     w(&rig.t, 0x70, 0);
     assert_eq!(rig.t.status(), 0);
-    rig.run_until("the device is idle", |r| {
-        r.phase() == Phase::Idle && !r.dev.lock().unwrap().kicks_registered
-    });
+    rig.run_until("the device is idle", |r| r.phase() == Phase::Idle && !r.dev.lock().unwrap().kicks_registered);
     assert_activation_fails_with_eio(&mut rig, 4);
 }
 
@@ -538,32 +413,21 @@ fn a_reset_stops_the_backend_rings_and_a_new_activation_restarts_them() {
     rig.run_until("the first reply", |_| qs[REQUEST_QUEUE].used_idx() == 1);
 
     w(&rig.t, 0x70, 0);
-    rig.run_until("the rings are stopped", |r| {
-        !r.dev.lock().unwrap().stop_pending
-    });
+    rig.run_until("the rings are stopped", |r| !r.dev.lock().unwrap().stop_pending);
     // A notification after the reset is not served: the backend stopped the ring.
-    qs[REQUEST_QUEUE].add(&[
-        (0x30_0000, FUSE_IN_HEADER_LEN as u32, false),
-        (0x30_1000, 64, true),
-    ]);
+    qs[REQUEST_QUEUE].add(&[(0x30_0000, FUSE_IN_HEADER_LEN as u32, false), (0x30_1000, 64, true)]);
     w(&rig.t, 0x50, REQUEST_QUEUE as u32);
     for _ in 0..5 {
         rig.em.run_with_timeout(20).unwrap();
     }
-    assert_eq!(
-        qs[REQUEST_QUEUE].used_idx(),
-        1,
-        "a reset device's ring is left alone"
-    );
+    assert_eq!(qs[REQUEST_QUEUE].used_idx(), 1, "a reset device's ring is left alone");
 
     // The driver sets the device up again, with fresh rings.
     let mut qs = queues(&mem);
     rig.activate(&qs);
     rig.run_until("the backend runs again", |r| r.phase() == Phase::Running);
     let reply = rig.request(&mut qs[REQUEST_QUEUE], REQUEST_QUEUE as u32, 1, 7);
-    rig.run_until("the reply after the restart", |_| {
-        qs[REQUEST_QUEUE].used_idx() == 1
-    });
+    rig.run_until("the reply after the restart", |_| qs[REQUEST_QUEUE].used_idx() == 1);
     assert_eq!(rig.reply(reply), (24, 0, 7));
     assert_eq!(rig.counter("activations"), 2);
     assert_eq!(rig.counter("backend_failures"), 0);
@@ -573,40 +437,19 @@ fn a_reset_stops_the_backend_rings_and_a_new_activation_restarts_them() {
 fn setup_errors_name_the_socket_and_the_step() {
     let dir = tmp_dir();
     let missing = dir.join("nobody.sock");
-    let e = Fs::new(FsConfig {
-        tag: TAG.into(),
-        socket: missing.clone(),
-        fd: None,
-    })
-    .unwrap_err();
-    assert!(
-        matches!(e, FsError::Connect { .. }) && e.to_string().contains("nobody.sock"),
-        "{e}"
-    );
+    let e = Fs::new(FsConfig { tag: TAG.into(), socket: missing.clone(), fd: None }).unwrap_err();
+    assert!(matches!(e, FsError::Connect { .. }) && e.to_string().contains("nobody.sock"), "{e}");
 
     // Something that accepts and hangs up is no vhost-user backend.
     let sock = dir.join("mute.sock");
     let listener = UnixListener::bind(&sock).unwrap();
     let t = std::thread::spawn(move || drop(listener.accept().unwrap()));
-    let e = Fs::new(FsConfig {
-        tag: TAG.into(),
-        socket: sock.clone(),
-        fd: None,
-    })
-    .unwrap_err();
+    let e = Fs::new(FsConfig { tag: TAG.into(), socket: sock.clone(), fd: None }).unwrap_err();
     t.join().unwrap();
-    assert!(
-        e.to_string().contains("mute.sock") && e.to_string().contains("failed"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("mute.sock") && e.to_string().contains("failed"), "{e}");
 
     for tag in [String::new(), "t".repeat(TAG_LEN + 1)] {
-        let e = Fs::new(FsConfig {
-            tag: tag.clone(),
-            socket: sock.clone(),
-            fd: None,
-        })
-        .unwrap_err();
+        let e = Fs::new(FsConfig { tag: tag.clone(), socket: sock.clone(), fd: None }).unwrap_err();
         assert!(matches!(e, FsError::Tag(ref t) if *t == tag), "{e}");
     }
     std::fs::remove_dir_all(&dir).unwrap();
@@ -618,12 +461,7 @@ fn an_inherited_connection_is_negotiated_and_a_bad_descriptor_is_named() {
     // The parent (the shim) connected; the device negotiates over that connection.
     let accepting = TestBackend::listen();
     let fd = std::os::unix::net::UnixStream::connect(&accepting.socket).unwrap().into_raw_fd();
-    let dev = Fs::new(FsConfig {
-        tag: TAG.into(),
-        socket: PathBuf::from("/not/reachable/from/a/jail.sock"),
-        fd: Some(fd),
-    })
-    .unwrap();
+    let dev = Fs::new(FsConfig { tag: TAG.into(), socket: PathBuf::from("/not/reachable/from/a/jail.sock"), fd: Some(fd) }).unwrap();
     let _backend = accepting.accepted();
     assert_ne!(VirtioDevice::avail_features(&dev), 0, "features came over the inherited connection");
     // SAFETY: F_GETFD on a descriptor the device owns now.
@@ -654,10 +492,6 @@ fn a_backend_gone_before_activation_fails_the_activation_not_the_vmm() {
     rig.backend.die();
     rig.run_until("the hang-up is seen", |r| r.counter("connected") == 0);
     assert_eq!(rig.phase(), Phase::Idle);
-    assert_eq!(
-        rig.t.status() & STATUS_DEVICE_NEEDS_RESET,
-        0,
-        "nothing to reset before the driver came"
-    );
+    assert_eq!(rig.t.status() & STATUS_DEVICE_NEEDS_RESET, 0, "nothing to reset before the driver came");
     assert_activation_fails_with_eio(&mut rig, 9);
 }

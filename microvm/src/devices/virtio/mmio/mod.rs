@@ -10,9 +10,8 @@ use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{
-    feature, Interrupt, VirtioDevice, STATUS_ACKNOWLEDGE, STATUS_DEVICE_NEEDS_RESET,
-    STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FAILED, STATUS_FEATURES_OK, VIRTIO_F_VERSION_1,
-    VIRTIO_RING_F_EVENT_IDX,
+    feature, Interrupt, VirtioDevice, STATUS_ACKNOWLEDGE, STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FAILED, STATUS_FEATURES_OK,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
 use crate::devices::BusDevice;
 use crate::guest_warn;
@@ -73,33 +72,22 @@ pub struct MmioTransport {
 
 impl MmioTransport {
     /// Wraps `device`; `mem` is what the device receives on activation.
-    pub fn new(
-        mem: GuestMemoryMmap,
-        device: Arc<Mutex<dyn VirtioDevice>>,
-    ) -> Result<Self, TransportError> {
+    pub fn new(mem: GuestMemoryMmap, device: Arc<Mutex<dyn VirtioDevice>>) -> Result<Self, TransportError> {
         let (device_type, queues, queue_evts) = {
             let d = lock(&device);
             let mut queues = Vec::new();
             for (index, &size) in d.queue_max_sizes().iter().enumerate() {
-                queues.push(
-                    Queue::new(size).map_err(|_| TransportError::QueueSize { index, size })?,
-                );
+                queues.push(Queue::new(size).map_err(|_| TransportError::QueueSize { index, size })?);
             }
             let evts = d
                 .queue_events()
                 .iter()
                 .map(|e| e.try_clone())
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|source| TransportError::EventFd {
-                    what: "queue notify",
-                    source,
-                })?;
+                .map_err(|source| TransportError::EventFd { what: "queue notify", source })?;
             (d.device_type(), queues, evts)
         };
-        let interrupt = Arc::new(Interrupt::new().map_err(|source| TransportError::EventFd {
-            what: "interrupt",
-            source,
-        })?);
+        let interrupt = Arc::new(Interrupt::new().map_err(|source| TransportError::EventFd { what: "interrupt", source })?);
         Ok(Self {
             device,
             device_type,
@@ -269,11 +257,7 @@ impl MmioTransport {
             let mut dev = lock(&self.device);
             let acked = regs.driver_features & dev.avail_features();
             if acked & feature(VIRTIO_F_VERSION_1) == 0 || regs.driver_features != acked {
-                guest_warn!(
-                    "virtio-mmio: driver features {:#x} refused (offered {:#x}, VERSION_1 required)",
-                    regs.driver_features,
-                    dev.avail_features()
-                );
+                guest_warn!("virtio-mmio: driver features {:#x} refused (offered {:#x}, VERSION_1 required)", regs.driver_features, dev.avail_features());
                 status &= !STATUS_FEATURES_OK;
             } else {
                 dev.set_acked_features(acked);
@@ -304,10 +288,7 @@ impl MmioTransport {
         let mut queues = Vec::with_capacity(regs.queues.len());
         for (i, q) in regs.queues.iter().enumerate() {
             if !q.ready() || !q.is_valid(&self.mem) {
-                guest_warn!(
-                    "virtio-mmio: device type {} queue {i} not ready or invalid at DRIVER_OK",
-                    self.device_type
-                );
+                guest_warn!("virtio-mmio: device type {} queue {i} not ready or invalid at DRIVER_OK", self.device_type);
                 return false;
             }
             let Ok(mut copy) = Queue::try_from(q.state()) else {

@@ -57,12 +57,7 @@ impl VirtioDevice for MockDevice {
             dst.copy_from_slice(data);
         }
     }
-    fn activate(
-        &mut self,
-        _mem: GuestMemoryMmap,
-        _i: Arc<Interrupt>,
-        queues: Vec<Queue>,
-    ) -> Result<(), ActivateError> {
+    fn activate(&mut self, _mem: GuestMemoryMmap, _i: Arc<Interrupt>, queues: Vec<Queue>) -> Result<(), ActivateError> {
         if self.fail_activate {
             return Err(ActivateError::AlreadyActive);
         }

@@ -15,10 +15,7 @@ use super::*;
 use crate::devices::virtio::active::Active;
 use crate::devices::virtio::chain::{self, MAX_CHAIN_DESCS};
 use crate::devices::virtio::iov::{Dir, GuestIovecs};
-use crate::devices::virtio::{
-    feature, read_config_bytes, ActivateError, Interrupt, VirtioDevice, COMMON_FEATURES,
-    TYPE_NET,
-};
+use crate::devices::virtio::{feature, read_config_bytes, ActivateError, Interrupt, VirtioDevice, COMMON_FEATURES, TYPE_NET};
 use crate::guest_warn;
 use crate::memory::GuestMemoryMmap;
 
@@ -118,14 +115,11 @@ impl Net {
         while let Ok(Some((head, chain))) = active.pop(TXQ, MAX_CHAIN_DESCS) {
             used = true;
             match chain {
-                Ok(c) if c.readable_len() >= VNET_HDR_SIZE as u64
-                    && c.readable_len() <= MAX_FRAME as u64 =>
-                {
+                Ok(c) if c.readable_len() >= VNET_HDR_SIZE as u64 && c.readable_len() <= MAX_FRAME as u64 => {
                     let n = c.readable_len() as usize;
                     // Straight from the guest's buffers to the tap: one writev, one frame.
                     let segs = chain::segments(&c.readable, 0, n as u64);
-                    let sent = GuestIovecs::new(&active.mem, &segs, Dir::FromGuest)
-                        .and_then(|v| v.writev(self.backend.as_raw_fd()));
+                    let sent = GuestIovecs::new(&active.mem, &segs, Dir::FromGuest).and_then(|v| v.writev(self.backend.as_raw_fd()));
                     match sent {
                         Ok(_) => {
                             self.metrics.tx_frames.inc();
@@ -210,17 +204,9 @@ impl VirtioDevice for Net {
         guest_warn!("virtio-net: ignoring {}-byte config write at {offset:#x}", data.len());
     }
 
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        interrupt: Arc<Interrupt>,
-        queues: Vec<Queue>,
-    ) -> Result<(), ActivateError> {
+    fn activate(&mut self, mem: GuestMemoryMmap, interrupt: Arc<Interrupt>, queues: Vec<Queue>) -> Result<(), ActivateError> {
         ActivateError::check(self.active.is_some(), &queues, 2)?;
-        let backend = |source| ActivateError::Backend {
-            device: "net",
-            source,
-        };
+        let backend = |source| ActivateError::Backend { device: "net", source };
         // What the guest can receive decides what the tap may hand us.
         let acked = self.acked_features;
         let mut offload = 0;

@@ -66,10 +66,7 @@ impl Held {
                     self.bufs.push_back(HeldBuf { head, writable: c.writable, cap });
                 }
                 Ok(c) => {
-                    guest_warn!(
-                        "virtio-net: receive chain {head} has {} writable bytes, less than the {VNET_HDR_SIZE}-byte header",
-                        c.writable_len()
-                    );
+                    guest_warn!("virtio-net: receive chain {head} has {} writable bytes, less than the {VNET_HDR_SIZE}-byte header", c.writable_len());
                     m.errors.inc();
                     active.add_used(RXQ, head, 0);
                     used = true;
@@ -120,9 +117,7 @@ impl Held {
     fn complete_read(&mut self, active: &mut Active, n: usize) -> bool {
         let k = self.count(n);
         let num = u16::try_from(k).unwrap_or(u16::MAX).to_le_bytes();
-        let ok = self.bufs.front().is_some_and(|b| {
-            chain::write_to(&active.mem, &b.writable, NUM_BUFFERS as u64, &num).is_ok_and(|w| w == num.len())
-        });
+        let ok = self.bufs.front().is_some_and(|b| chain::write_to(&active.mem, &b.writable, NUM_BUFFERS as u64, &num).is_ok_and(|w| w == num.len()));
         self.finish(active, k, n, ok);
         ok
     }
@@ -181,11 +176,7 @@ impl Net {
         let Some(active) = self.active.as_mut() else { return };
         // Every chain the guest can post at once: holding that many and still lacking room
         // for a frame means no more are coming.
-        let limit = active
-            .queues
-            .get(RXQ)
-            .map_or(0, |q| usize::from(q.size()))
-            .min(usize::from(QUEUE_SIZE));
+        let limit = active.queues.get(RXQ).map_or(0, |q| usize::from(q.size())).min(usize::from(QUEUE_SIZE));
         let m = &*self.metrics;
         let mut used = false;
         // Each pass delivers or drops the pending frame, reads one frame, or stops: the loop

@@ -103,53 +103,29 @@ impl Tap {
         let joined = std::thread::Builder::new()
             .name("tap-netns".into())
             .spawn(move || {
-                let nsfile = File::open(&ns).map_err(|source| TapError::Netns {
-                    path: ns.clone(),
-                    name: owned.clone(),
-                    source,
-                })?;
+                let nsfile = File::open(&ns).map_err(|source| TapError::Netns { path: ns.clone(), name: owned.clone(), source })?;
                 // SAFETY: setns on a valid fd we own; it only changes this helper thread's
                 // network namespace, and the thread ends right after opening the tap.
                 let r = unsafe { libc::setns(nsfile.as_raw_fd(), libc::CLONE_NEWNET) };
                 if r != 0 {
-                    return Err(TapError::Netns {
-                        path: ns,
-                        name: owned,
-                        source: io::Error::last_os_error(),
-                    });
+                    return Err(TapError::Netns { path: ns, name: owned, source: io::Error::last_os_error() });
                 }
                 Self::open_here(&owned)
             })
-            .map_err(|source| TapError::OpenTun {
-                name: name.to_string(),
-                source,
-            })?
+            .map_err(|source| TapError::OpenTun { name: name.to_string(), source })?
             .join();
-        joined.unwrap_or_else(|_| {
-            Err(TapError::OpenTun {
-                name: name.to_string(),
-                source: io::Error::other("tap helper thread panicked"),
-            })
-        })
+        joined.unwrap_or_else(|_| Err(TapError::OpenTun { name: name.to_string(), source: io::Error::other("tap helper thread panicked") }))
     }
 
     /// Takes over tap `name`, open in the parent and inherited as descriptor `fd`. The
     /// descriptor must be a tap opened with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR` whose
     /// interface is called `name`; it becomes close-on-exec and non-blocking.
     pub fn from_fd(fd: RawFd, name: &str) -> Result<Self, TapError> {
-        let bad = |what: String| TapError::BadFd {
-            fd,
-            name: name.to_string(),
-            what,
-        };
+        let bad = |what: String| TapError::BadFd { fd, name: name.to_string(), what };
         if fd < 3 {
             return Err(bad("stdio".into()));
         }
-        let mut req = IfReq {
-            name: [0; 16],
-            flags: 0,
-            _pad: [0; 22],
-        };
+        let mut req = IfReq { name: [0; 16], flags: 0, _pad: [0; 22] };
         // SAFETY: TUNGETIFF writes one `struct ifreq` into `req` (valid, 40 bytes, outlives the
         // call); on a descriptor that is not open, or not a tun device, it fails without
         // touching anything.
@@ -168,19 +144,13 @@ impl Tap {
         }
         let want = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
         if req.flags & want != want {
-            return Err(bad(format!(
-                "opened with flags {:#x}; IFF_TAP, IFF_NO_PI and IFF_VNET_HDR are needed",
-                req.flags
-            )));
+            return Err(bad(format!("opened with flags {:#x}; IFF_TAP, IFF_NO_PI and IFF_VNET_HDR are needed", req.flags)));
         }
         // SAFETY: `fd` is an open tun descriptor (TUNGETIFF succeeded) that nothing else in
         // this process owns: the configuration gives each descriptor and each tap name to one
         // device only, so no tap the VMM opened itself has this name.
         let file = unsafe { File::from_raw_fd(fd) };
-        let tap = Self {
-            file,
-            name: name.to_string(),
-        };
+        let tap = Self { file, name: name.to_string() };
         // SAFETY: fcntl on a descriptor we own; F_SETFD/F_SETFL take an int argument.
         let r = unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
         tap.check(r, "F_SETFD")?;
@@ -207,20 +177,10 @@ impl Tap {
             .write(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open("/dev/net/tun")
-            .map_err(|source| TapError::OpenTun {
-                name: name.to_string(),
-                source,
-            })?;
-        let mut req = IfReq {
-            name: [0; 16],
-            flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
-            _pad: [0; 22],
-        };
+            .map_err(|source| TapError::OpenTun { name: name.to_string(), source })?;
+        let mut req = IfReq { name: [0; 16], flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, _pad: [0; 22] };
         req.name[..name.len()].copy_from_slice(name.as_bytes());
-        let tap = Self {
-            file,
-            name: name.to_string(),
-        };
+        let tap = Self { file, name: name.to_string() };
         // SAFETY: TUNSETIFF reads and writes a `struct ifreq`; `req` is a valid, properly
         // sized (40 bytes) and aligned ifreq that outlives the call.
         let r = unsafe { libc::ioctl(tap.fd(), TUNSETIFF, &mut req as *mut IfReq) };
@@ -238,11 +198,7 @@ impl Tap {
 
     fn check(&self, r: libc::c_int, op: &'static str) -> Result<(), TapError> {
         if r < 0 {
-            return Err(TapError::Ioctl {
-                name: self.name.clone(),
-                op,
-                source: io::Error::last_os_error(),
-            });
+            return Err(TapError::Ioctl { name: self.name.clone(), op, source: io::Error::last_os_error() });
         }
         Ok(())
     }

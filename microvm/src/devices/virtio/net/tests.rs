@@ -8,10 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use super::device::FrameIo;
 use super::*;
-use crate::devices::virtio::test_utils::{
-    assert_config_writes_ignored, get, guest_mem, interrupt, notify_before_activation, put,
-    TestQueue,
-};
+use crate::devices::virtio::test_utils::{assert_config_writes_ignored, get, guest_mem, interrupt, notify_before_activation, put, TestQueue};
 use crate::devices::virtio::{feature, VirtioDevice, COMMON_FEATURES};
 use crate::memory::GuestMemoryMmap;
 
@@ -161,10 +158,7 @@ fn offloads_follow_what_the_guest_accepted() {
     assert_eq!(*rig.offload.lock().unwrap(), None, "not applied on the vCPU thread");
     rig.dev.apply_offload();
     assert_eq!(*rig.offload.lock().unwrap(), Some(0));
-    let mut rig = Rig::new(
-        &mem,
-        COMMON_FEATURES | feature(VIRTIO_NET_F_GUEST_CSUM) | feature(VIRTIO_NET_F_GUEST_TSO4),
-    );
+    let mut rig = Rig::new(&mem, COMMON_FEATURES | feature(VIRTIO_NET_F_GUEST_CSUM) | feature(VIRTIO_NET_F_GUEST_TSO4));
     rig.dev.apply_offload();
     assert_eq!(*rig.offload.lock().unwrap(), Some(tap::TUN_F_CSUM | tap::TUN_F_TSO4));
 }

@@ -109,21 +109,13 @@ impl Connection {
 
     /// Whether host data can be sent to the guest now.
     pub fn wants_rx(&self) -> bool {
-        self.state == ConnState::Established
-            && self.readable
-            && !self.peer_shut_rcv
-            && self.peer_credit() > 0
+        self.state == ConnState::Established && self.readable && !self.peer_shut_rcv && self.peer_credit() > 0
     }
 
     /// The epoll interest this connection needs, or None to stay unregistered.
     pub fn desired_events(&self) -> Option<EventSet> {
         let mut ev = EventSet::empty();
-        if self.state == ConnState::Established
-            && !self.readable
-            && !self.host_eof
-            && !self.peer_shut_rcv
-            && self.peer_credit() > 0
-        {
+        if self.state == ConnState::Established && !self.readable && !self.host_eof && !self.peer_shut_rcv && self.peer_credit() > 0 {
             ev |= EventSet::IN;
         }
         if !self.pending.is_empty() {

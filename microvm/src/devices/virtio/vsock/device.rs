@@ -11,15 +11,13 @@ use vmm_sys_util::eventfd::EventFd;
 use super::connector::Connector;
 use super::metrics::VsockMetrics;
 use super::muxer::Muxer;
-use super::rx::RxNeed;
 use super::packet;
+use super::rx::RxNeed;
 use super::{VsockConfig, VsockError, QUEUE_SIZE, RXQ, TXQ};
 
 use crate::devices::virtio::active::{Active, Popped, QueueBroken};
 use crate::devices::virtio::chain::{Chain, MAX_CHAIN_DESCS};
-use crate::devices::virtio::{
-    read_config_bytes, ActivateError, Interrupt, VirtioDevice, COMMON_FEATURES, TYPE_VSOCK,
-};
+use crate::devices::virtio::{read_config_bytes, ActivateError, Interrupt, VirtioDevice, COMMON_FEATURES, TYPE_VSOCK};
 use crate::guest_warn;
 use crate::memory::GuestMemoryMmap;
 
@@ -54,10 +52,7 @@ impl Vsock {
         if cfg.guest_cid < 3 || cfg.guest_cid >= u64::from(u32::MAX) {
             return Err(VsockError::InvalidCid(cfg.guest_cid));
         }
-        let bind_err = |source| VsockError::Bind {
-            path: cfg.uds_path.clone(),
-            source,
-        };
+        let bind_err = |source| VsockError::Bind { path: cfg.uds_path.clone(), source };
         let listener = UnixListener::bind(&cfg.uds_path).map_err(bind_err)?;
         listener.set_nonblocking(true).map_err(|source| {
             let _ = std::fs::remove_file(&cfg.uds_path);
@@ -270,10 +265,7 @@ impl Vsock {
 }
 
 /// The next receive chain: one taken earlier and not used yet, else the queue's next.
-fn next_rx_chain(
-    active: &mut Active,
-    spare: &mut VecDeque<Chain>,
-) -> Result<Option<Popped>, QueueBroken> {
+fn next_rx_chain(active: &mut Active, spare: &mut VecDeque<Chain>) -> Result<Option<Popped>, QueueBroken> {
     if active.broken {
         spare.clear();
         return Ok(None);
@@ -319,20 +311,10 @@ impl VirtioDevice for Vsock {
         guest_warn!("vsock: ignoring {}-byte config write at {offset:#x}", data.len());
     }
 
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        interrupt: Arc<Interrupt>,
-        queues: Vec<Queue>,
-    ) -> Result<(), ActivateError> {
+    fn activate(&mut self, mem: GuestMemoryMmap, interrupt: Arc<Interrupt>, queues: Vec<Queue>) -> Result<(), ActivateError> {
         ActivateError::check(self.active.is_some(), &queues, 3)?;
         self.active = Some(Active::new(mem, interrupt, queues));
-        self.activate_evt
-            .write(1)
-            .map_err(|source| ActivateError::Backend {
-                device: "vsock",
-                source,
-            })
+        self.activate_evt.write(1).map_err(|source| ActivateError::Backend { device: "vsock", source })
     }
 
     fn reset(&mut self) {

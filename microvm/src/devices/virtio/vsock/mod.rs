@@ -15,9 +15,9 @@ pub mod device;
 mod event_handler;
 pub mod metrics;
 mod muxer;
+pub mod packet;
 mod rx;
 mod unix;
-pub mod packet;
 
 #[cfg(test)]
 mod tests;

@@ -14,15 +14,13 @@ use event_manager::EventSet;
 use nix::sys::socket::{self, SockFlag};
 
 use super::connection::{ConnState, Connection, PushResult};
-use super::metrics::VsockMetrics;
-use super::packet::{Header, HDR_SIZE, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST,
-    OP_RESPONSE, OP_RST, OP_RW, OP_SHUTDOWN, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
-use super::{
-    CONN_BUF_ALLOC, HOST_CID, HOST_PORT_BASE, MAX_CONNECTIONS, MAX_CONNECT_LINE,
-    MAX_CONTROL_BACKLOG,
-};
 use super::connector::Connector;
+use super::metrics::VsockMetrics;
+use super::packet::{
+    Header, HDR_SIZE, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW, OP_SHUTDOWN, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM,
+};
 use super::unix::{parse_connect, raise_send_buffer};
+use super::{CONN_BUF_ALLOC, HOST_CID, HOST_PORT_BASE, MAX_CONNECTIONS, MAX_CONNECT_LINE, MAX_CONTROL_BACKLOG};
 use crate::devices::virtio::chain::{self, Chain};
 use crate::devices::virtio::iov::{Dir, GuestIovecs};
 use crate::guest_warn;
@@ -171,19 +169,10 @@ impl Muxer {
     }
 
     /// Handles one packet the guest transmitted.
-    pub fn handle_tx(
-        &mut self,
-        mem: &GuestMemoryMmap,
-        chain: &Chain,
-        hdr: &Header,
-        m: &VsockMetrics,
-    ) {
+    pub fn handle_tx(&mut self, mem: &GuestMemoryMmap, chain: &Chain, hdr: &Header, m: &VsockMetrics) {
         m.tx_packets.inc();
         if hdr.src_cid != self.guest_cid || hdr.dst_cid != HOST_CID {
-            guest_warn!(
-                "vsock: dropping packet from cid {} to cid {} (guest is {})",
-                hdr.src_cid, hdr.dst_cid, self.guest_cid
-            );
+            guest_warn!("vsock: dropping packet from cid {} to cid {} (guest is {})", hdr.src_cid, hdr.dst_cid, self.guest_cid);
             m.errors.inc();
             return;
         }
@@ -409,16 +398,7 @@ impl Muxer {
 
 /// A packet header from the host side of connection `key`.
 pub(super) fn header(guest_cid: u64, key: Key, op: u16) -> Header {
-    Header {
-        src_cid: HOST_CID,
-        dst_cid: guest_cid,
-        src_port: key.0,
-        dst_port: key.1,
-        type_: TYPE_STREAM,
-        op,
-        buf_alloc: CONN_BUF_ALLOC,
-        ..Header::default()
-    }
+    Header { src_cid: HOST_CID, dst_cid: guest_cid, src_port: key.0, dst_port: key.1, type_: TYPE_STREAM, op, buf_alloc: CONN_BUF_ALLOC, ..Header::default() }
 }
 
 impl Muxer {

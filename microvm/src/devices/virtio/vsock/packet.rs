@@ -132,11 +132,7 @@ pub fn parse_tx(mem: &GuestMemoryMmap, chain: &Chain) -> Result<Header, PacketEr
     let hdr = Header::from_bytes(&raw);
     let available = total - HDR_SIZE as u64;
     if hdr.len > MAX_PAYLOAD || u64::from(hdr.len) > available {
-        return Err(PacketError::BadLength {
-            claimed: hdr.len,
-            available,
-            limit: MAX_PAYLOAD,
-        });
+        return Err(PacketError::BadLength { claimed: hdr.len, available, limit: MAX_PAYLOAD });
     }
     Ok(hdr)
 }
@@ -144,11 +140,7 @@ pub fn parse_tx(mem: &GuestMemoryMmap, chain: &Chain) -> Result<Header, PacketEr
 const MAX_PAYLOAD: u32 = super::MAX_PKT_PAYLOAD;
 
 /// Writes `hdr` at the start of a receive (device → driver) chain.
-pub fn write_rx_header(
-    mem: &GuestMemoryMmap,
-    chain: &Chain,
-    hdr: &Header,
-) -> Result<(), PacketError> {
+pub fn write_rx_header(mem: &GuestMemoryMmap, chain: &Chain, hdr: &Header) -> Result<(), PacketError> {
     let cap = chain.writable_len();
     if cap < HDR_SIZE as u64 {
         return Err(PacketError::RxTooSmall(cap));

@@ -51,12 +51,7 @@ impl Muxer {
     }
 
     /// Writes the next control packet into `chain`; returns the bytes written.
-    pub fn fill_rx_control(
-        &mut self,
-        mem: &GuestMemoryMmap,
-        chain: &Chain,
-        m: &VsockMetrics,
-    ) -> Result<Option<u32>, packet::PacketError> {
+    pub fn fill_rx_control(&mut self, mem: &GuestMemoryMmap, chain: &Chain, m: &VsockMetrics) -> Result<Option<u32>, packet::PacketError> {
         let Some(mut h) = self.control.front().copied() else { return Ok(None) };
         if let Some(c) = self.conns.get(&(h.src_port, h.dst_port)) {
             h.fwd_cnt = c.fwd_cnt;
@@ -80,12 +75,7 @@ impl Muxer {
     /// payload areas of `chains` with one `readv`, so each chain becomes one packet. Returns
     /// the bytes written to each chain used, in order; chains after those were not touched.
     /// Nothing used means the connection had nothing after all (it leaves the line).
-    pub fn fill_rx_data(
-        &mut self,
-        mem: &GuestMemoryMmap,
-        chains: &[Chain],
-        m: &VsockMetrics,
-    ) -> Result<Vec<u32>, packet::PacketError> {
+    pub fn fill_rx_data(&mut self, mem: &GuestMemoryMmap, chains: &[Chain], m: &VsockMetrics) -> Result<Vec<u32>, packet::PacketError> {
         let Some(first) = chains.first() else { return Ok(Vec::new()) };
         let Some(key) = self.rx_ready.pop_front() else { return Ok(Vec::new()) };
         let guest_cid = self.guest_cid;

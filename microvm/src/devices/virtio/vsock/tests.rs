@@ -11,10 +11,7 @@ use event_manager::EventSet;
 
 use super::packet::*;
 use super::*;
-use crate::devices::virtio::test_utils::{
-    assert_config_writes_ignored, get, guest_mem, interrupt, notify_before_activation, put,
-    TestQueue, F_NEXT,
-};
+use crate::devices::virtio::test_utils::{assert_config_writes_ignored, get, guest_mem, interrupt, notify_before_activation, put, TestQueue, F_NEXT};
 use crate::devices::virtio::VirtioDevice;
 use crate::memory::GuestMemoryMmap;
 
@@ -24,11 +21,7 @@ const TX_BUF: u64 = 0x80_0000;
 
 fn tmp_uds() -> PathBuf {
     static N: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "husk-vsock-test-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
+    let dir = std::env::temp_dir().join(format!("husk-vsock-test-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir.join("v.sock")
@@ -420,10 +413,7 @@ fn config_space_holds_the_guest_cid() {
     let mut b = [0xffu8; 4];
     dev.read_config(8, &mut b);
     assert_eq!(b, [0; 4]);
-    assert!(matches!(
-        Vsock::new(VsockConfig { guest_cid: 2, uds_path: uds.clone() }),
-        Err(VsockError::InvalidCid(2))
-    ));
+    assert!(matches!(Vsock::new(VsockConfig { guest_cid: 2, uds_path: uds.clone() }), Err(VsockError::InvalidCid(2))));
     // The path is taken: a second device on it fails with the path in the error.
     let err = Vsock::new(VsockConfig { guest_cid: 4, uds_path: uds.clone() }).unwrap_err();
     assert!(err.to_string().contains(&uds.display().to_string()), "{err}");
@@ -568,9 +558,7 @@ fn credit_update_comes_once_the_guest_has_used_half_its_credit() {
     let mut host = rig.guest_connect(1234, 5000, 8);
     let chunk = vec![7u8; 16 * 1024];
     let mut buf = vec![0u8; chunk.len()];
-    let updates = |rig: &Rig| -> Vec<u32> {
-        rig.received().iter().filter(|(h, _)| h.op == OP_CREDIT_UPDATE).map(|(h, _)| h.fwd_cnt).collect()
-    };
+    let updates = |rig: &Rig| -> Vec<u32> { rig.received().iter().filter(|(h, _)| h.op == OP_CREDIT_UPDATE).map(|(h, _)| h.fwd_cnt).collect() };
     for i in 1..=12u32 {
         rig.send(OP_RW, 1234, 5000, &chunk, 0);
         host.read_exact(&mut buf).unwrap();
@@ -599,8 +587,7 @@ fn a_guest_with_a_smaller_buffer_gets_credit_within_it() {
         rig.send(OP_RW, 1234, 5000, &chunk, 0);
         host.read_exact(&mut buf).unwrap();
     }
-    let updates: Vec<u32> =
-        rig.received().iter().filter(|(h, _)| h.op == OP_CREDIT_UPDATE).map(|(h, _)| h.fwd_cnt).collect();
+    let updates: Vec<u32> = rig.received().iter().filter(|(h, _)| h.op == OP_CREDIT_UPDATE).map(|(h, _)| h.fwd_cnt).collect();
     // 48 KiB of 64 KiB in flight leaves the guest less than half: it hears that all of it
     // was forwarded.
     assert_eq!(updates, vec![48 * 1024]);
@@ -653,16 +640,7 @@ fn a_guest_that_never_receives_cannot_grow_the_control_backlog() {
     let mut rig = Rig::new(&mem);
     // Packets on connections that do not exist: each earns a RST, which needs a receive
     // buffer the guest does not offer.
-    let h = Header {
-        src_cid: GUEST_CID,
-        dst_cid: HOST_CID,
-        src_port: 7,
-        dst_port: 9,
-        type_: TYPE_STREAM,
-        op: OP_RW,
-        buf_alloc: 4096,
-        ..Header::default()
-    };
+    let h = Header { src_cid: GUEST_CID, dst_cid: HOST_CID, src_port: 7, dst_port: 9, type_: TYPE_STREAM, op: OP_RW, buf_alloc: 4096, ..Header::default() };
     const HDR_AT: u64 = 0xf0_0000;
     put(&mem, HDR_AT, &h.to_bytes());
     let n = MAX_CONTROL_BACKLOG + 72;

@@ -32,12 +32,7 @@ pub(super) fn set_send_buffer(stream: &UnixStream, size: usize) {
 pub(super) fn connect_nonblocking(path: &str) -> io::Result<UnixStream> {
     // Refuses paths longer than sun_path or with a NUL byte.
     let addr = UnixAddr::new(path)?;
-    let fd = socket::socket(
-        AddressFamily::Unix,
-        SockType::Stream,
-        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
+    let fd = socket::socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)?;
     // EAGAIN: backlog full. Unix sockets never return EINPROGRESS.
     socket::connect(fd.as_raw_fd(), &addr)?;
     let stream = UnixStream::from(fd);
