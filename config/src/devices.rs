@@ -20,7 +20,7 @@ pub const MAX_FS_TAG_LEN: usize = 36;
 /// Longest unix socket path (`sun_path` holds 108 bytes with the terminating NUL).
 pub const MAX_SOCKET_PATH_LEN: usize = 107;
 
-/// One virtio-blk disk. `--disk path=PATH[,id=NAME][,ro]`.
+/// One virtio-blk disk. `--disk path=PATH[,id=NAME][,ro][,fd=N]`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiskConfig {
@@ -33,6 +33,11 @@ pub struct DiskConfig {
     /// Expose the disk read-only (`ro` flag).
     #[serde(default)]
     pub read_only: bool,
+    /// The image opened by the parent, inherited as this descriptor number (3 or more),
+    /// read-write unless `read_only`: husk-vmm then opens nothing and `path` only names the
+    /// image (a jailed VMM's uid need not be allowed to open it).
+    #[serde(default)]
+    pub fd: Option<i32>,
 }
 
 /// One virtio-net device backed by a tap.
@@ -159,20 +164,23 @@ impl DiskConfig {
         let mut path = None;
         let mut id = None;
         let mut read_only = false;
+        let mut fd = None;
         for (k, v) in pairs("--disk", s)? {
             match (k, v) {
                 ("path", p) if !p.is_empty() => path = Some(PathBuf::from(p)),
                 ("id", i) => id = Some(i.to_string()),
                 ("ro", "") | ("ro", "on") | ("ro", "true") => read_only = true,
                 ("ro", "off") | ("ro", "false") => read_only = false,
-                _ => return Err(ConfigError::invalid("--disk", s, format!("unknown or empty key `{k}` (expected path=PATH[,id=NAME][,ro])"))),
+                ("fd", n) => fd = Some(n.parse().map_err(|_| ConfigError::invalid("disk.fd", n, "not a descriptor number"))?),
+                _ => return Err(ConfigError::invalid("--disk", s, format!("unknown or empty key `{k}` (expected path=PATH[,id=NAME][,ro][,fd=N])"))),
             }
         }
         let path = path.ok_or_else(|| ConfigError::invalid("--disk", s, "path=PATH is required"))?;
-        Ok(DiskConfig { path, id, read_only })
+        Ok(DiskConfig { path, id, read_only, fd })
     }
 
-    /// Checks the id and that the backing file exists.
+    /// Checks the id and that the backing file exists (or, given as a descriptor, that the
+    /// number is past stdio).
     pub fn validate(&self) -> Result<()> {
         if let Some(id) = &self.id {
             if id.is_empty() {
@@ -180,7 +188,13 @@ impl DiskConfig {
             }
             validate_disk_serial("disk.id", id)?;
         }
-        std::fs::metadata(&self.path).map_err(|source| ConfigError::File { field: "disk.path".into(), path: self.path.clone(), source })?;
+        match self.fd {
+            Some(fd) if fd < 3 => return Err(ConfigError::invalid("disk.fd", fd, "0-2 are stdio; an inherited image is 3 or more")),
+            Some(_) => {}
+            None => {
+                std::fs::metadata(&self.path).map_err(|source| ConfigError::File { field: "disk.path".into(), path: self.path.clone(), source })?;
+            }
+        }
         Ok(())
     }
 }
@@ -311,12 +325,12 @@ mod tests {
     #[test]
     fn disk_flag() {
         let d = DiskConfig::parse_flag("path=/x.img,id=root,ro").unwrap();
-        assert_eq!(d, DiskConfig { path: "/x.img".into(), id: Some("root".into()), read_only: true });
+        assert_eq!(d, DiskConfig { path: "/x.img".into(), id: Some("root".into()), read_only: true, fd: None });
         assert!(DiskConfig::parse_flag("id=root").unwrap_err().to_string().contains("path=PATH"));
         assert!(DiskConfig::parse_flag("path=/x,size=3").unwrap_err().to_string().contains("size"));
-        let long = DiskConfig { path: "/".into(), id: Some("x".repeat(21)), read_only: false };
+        let long = DiskConfig { path: "/".into(), id: Some("x".repeat(21)), read_only: false, fd: None };
         assert!(long.validate().unwrap_err().to_string().contains("disk.id"));
-        let missing = DiskConfig { path: "/nonexistent/disk".into(), id: None, read_only: false };
+        let missing = DiskConfig { path: "/nonexistent/disk".into(), id: None, read_only: false, fd: None };
         assert!(missing.validate().unwrap_err().to_string().contains("/nonexistent/disk"));
     }
 

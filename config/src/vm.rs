@@ -254,11 +254,15 @@ impl VmConfig {
                 }
             }
         }
+        // Each inherited descriptor goes to one device only.
         let (mut fds, mut taps) = (std::collections::HashSet::new(), std::collections::HashSet::new());
+        if let Some(fd) = self.disk.iter().filter_map(|d| d.fd).find(|fd| !fds.insert(*fd)) {
+            return Err(ConfigError::invalid("disk.fd", fd, "used by two devices"));
+        }
         for n in &self.net {
             n.validate()?;
             if let Some(fd) = n.fd.filter(|fd| !fds.insert(*fd)) {
-                return Err(ConfigError::invalid("net.fd", fd, "used by two net devices"));
+                return Err(ConfigError::invalid("net.fd", fd, "used by two devices"));
             }
             if !taps.insert(n.tap.as_str()) {
                 return Err(ConfigError::invalid("net.tap", &n.tap, "used by two net devices"));
@@ -267,13 +271,13 @@ impl VmConfig {
         if let Some(v) = &self.vsock {
             v.validate()?;
         }
-        let (mut tags, mut fs_fds) = (std::collections::HashSet::new(), std::collections::HashSet::new());
+        let mut tags = std::collections::HashSet::new();
         for f in &self.fs {
             f.validate()?;
             if !tags.insert(f.tag.as_str()) {
                 return Err(ConfigError::invalid("fs.tag", &f.tag, "used by two fs devices"));
             }
-            if let Some(fd) = f.fd.filter(|fd| !fs_fds.insert(*fd)) {
+            if let Some(fd) = f.fd.filter(|fd| !fds.insert(*fd)) {
                 return Err(ConfigError::invalid("fs.fd", fd, "used by two devices"));
             }
         }

@@ -103,7 +103,12 @@ fn toml_file_parses_with_devices() {
     let mut same_fd = two.clone();
     same_fd.net.push(husk_config::NetConfig { tap: "tap2".into(), mac: None, netns: None, fd: Some(5) });
     let e = same_fd.validate().unwrap_err().to_string();
-    assert!(e.contains("net.fd") && e.contains("two net devices"), "{e}");
+    assert!(e.contains("net.fd") && e.contains("two devices"), "{e}");
+    // Nor a disk and a net device one descriptor.
+    let mut disk_and_tap = two.clone();
+    disk_and_tap.disk[0].fd = Some(5);
+    let e = disk_and_tap.validate().unwrap_err().to_string();
+    assert!(e.contains("net.fd") && e.contains("5") && e.contains("two devices"), "{e}");
     two.net.push(husk_config::NetConfig { tap: "tap0".into(), mac: None, netns: None, fd: None });
     let e = two.validate().unwrap_err().to_string();
     assert!(e.contains("net.tap") && e.contains("tap0") && e.contains("two net devices"), "{e}");

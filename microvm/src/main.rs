@@ -3,7 +3,7 @@
 //! ```text
 //! husk-vmm [--config FILE.toml] --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N]
 //!          [--memory 256M] [--console stdio|none|file:PATH] [--api-sock PATH]
-//!          [--disk path=PATH[,id=NAME][,ro]]... [--disk-slots N] [--net tap=NAME[,mac=..][,netns=PATH|,fd=N]]...
+//!          [--disk path=PATH[,id=NAME][,ro][,fd=N]]... [--disk-slots N] [--net tap=NAME[,mac=..][,netns=PATH|,fd=N]]...
 //!          [--vsock cid=N,uds=PATH] [--fs tag=TAG,socket=PATH]... [--irq-delivery line|irqfd]
 //!          [--log-max-bytes SIZE] [--no-seccomp]
 //! ```
@@ -48,7 +48,7 @@ struct Args {
     /// Unix socket for the control API.
     #[arg(long)]
     api_sock: Option<PathBuf>,
-    /// Virtio block device (repeatable): path=PATH[,id=NAME][,ro].
+    /// Virtio block device (repeatable): path=PATH[,id=NAME][,ro][,fd=N] (fd: the image, opened by the parent and inherited; PATH then only names it).
     #[arg(long)]
     disk: Vec<String>,
     /// Empty virtio-blk slots after the --disk devices (default 0), named slot0, slot1, ... in

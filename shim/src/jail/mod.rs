@@ -276,7 +276,10 @@ impl Jail {
         }
         for (i, d) in c.disk.iter_mut().enumerate() {
             let inside = format!("{DISKS}/{i}");
-            binds.push(self.bind(&d.path, &inside, !d.read_only)?);
+            // An image passed as a descriptor needs no bind (the path only names it).
+            if d.fd.is_none() {
+                binds.push(self.bind(&d.path, &inside, !d.read_only)?);
+            }
             d.path = inside.into();
         }
         if let Console::File(p) = &host.console {

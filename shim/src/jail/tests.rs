@@ -117,7 +117,7 @@ fn a_vm_configuration_is_translated_into_the_jail() {
         vcpus: 2,
         console: Console::File(run.join("console.log")),
         api_sock: Some(run.join("api.sock")),
-        disk: vec![DiskConfig { path: d.path().join("root.img"), id: Some("rootfs".into()), read_only: true }],
+        disk: vec![DiskConfig { path: d.path().join("root.img"), id: Some("rootfs".into()), read_only: true, fd: None }],
         disk_slots: 3,
         vsock: Some(VsockConfig { cid: 3, uds: run.join("vsock.sock") }),
         fs: vec![FsConfig { tag: "pod".into(), socket: "/host/virtiofsd.sock".into(), fd: Some(3) }],
@@ -318,7 +318,7 @@ fn a_writable_image_is_the_vmms_to_write_and_a_read_only_one_stays_read_only() {
         std::fs::write(d.path().join(f), b"x").unwrap();
         std::fs::set_permissions(d.path().join(f), std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     }
-    let disk = |f: &str, read_only| DiskConfig { path: d.path().join(f), id: None, read_only };
+    let disk = |f: &str, read_only| DiskConfig { path: d.path().join(f), id: None, read_only, fd: None };
     let host = VmConfig { kernel: d.path().join("vmlinux"), disk: vec![disk("rw.img", false), disk("ro.img", true)], ..Default::default() };
     let c = jail.confine(&host).unwrap();
     let out = d.path().join("out");

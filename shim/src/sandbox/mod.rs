@@ -145,7 +145,7 @@ impl Sandbox {
             memory: size.memory,
             console: Console::File(state.console_log()),
             api_sock: Some(state.api_sock()),
-            disk: vec![DiskConfig { path: rootfs.path.clone(), id: Some(ROOTFS_DISK_ID.into()), read_only: rootfs.read_only }],
+            disk: Vec::new(),
             disk_slots: cfg.vm.disk_slots,
             vsock: Some(VsockConfig { cid: GUEST_CID, uds: state.vsock() }),
             ..Default::default()
@@ -160,6 +160,15 @@ impl Sandbox {
             fds: Vec::new(),
             jail,
         };
+        // The boot disk is opened here and inherited: a jailed VMM's uid may not open the
+        // image (a cached one is the shim's, readable by root only), as with slot attaches.
+        let image = std::fs::OpenOptions::new()
+            .read(true)
+            .write(!rootfs.read_only)
+            .open(&rootfs.path)
+            .map_err(|e| ShimError::io("open the root disk image", &rootfs.path, e))?;
+        let fd = plan.inherit(image.into(), "root disk image");
+        plan.config.disk.push(DiskConfig { path: rootfs.path.clone(), id: Some(ROOTFS_DISK_ID.into()), read_only: rootfs.read_only, fd: Some(fd) });
         if let Some(socket) = shared.and_then(SharedFs::socket) {
             // The VMM gets the connection: a jailed one cannot reach virtiofsd's socket.
             let conn = crate::jail::connect_unix(socket).map_err(|e| ShimError::io("connect to virtiofsd at", socket, e))?;

@@ -315,7 +315,7 @@ mod tests {
             memory: husk_config::MemSize(128 << 20),
             console: Console::File(dir.join("console.log")),
             api_sock: Some(dir.join("api.sock")),
-            disk: vec![husk_config::DiskConfig { path: dir.join("r.img"), id: Some("rootfs".into()), read_only: true }],
+            disk: vec![husk_config::DiskConfig { path: dir.join("r.img"), id: Some("rootfs".into()), read_only: true, fd: None }],
             vsock: Some(husk_config::VsockConfig { cid: 3, uds: dir.join("vsock.sock") }),
             ..Default::default()
         };

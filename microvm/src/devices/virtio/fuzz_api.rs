@@ -171,7 +171,7 @@ pub fn mmio_registers(data: &[u8]) {
     if std::fs::write(&path, [0u8; 4096]).is_err() {
         return;
     }
-    let cfg = super::block::BlockConfig { path: path.clone(), read_only: false, id: "fuzz".into() };
+    let cfg = super::block::BlockConfig { path: path.clone(), read_only: false, id: "fuzz".into(), fd: None };
     let dev = super::block::Block::new(cfg);
     let _ = std::fs::remove_file(&path);
     let Ok(dev) = dev else { return };

@@ -110,7 +110,7 @@ pub fn attach_all(vm: &mut Vm) -> Result<(), WiringError> {
     let disks = vm.config.disk.clone();
     for (index, d) in disks.iter().enumerate() {
         let id = d.id.clone().unwrap_or_else(|| format!("disk{index}"));
-        let cfg = BlockConfig { path: d.path.clone(), read_only: d.read_only, id };
+        let cfg = BlockConfig { path: d.path.clone(), read_only: d.read_only, id, fd: d.fd };
         let dev = Block::new(cfg).map_err(|source| WiringError::Block { index, path: d.path.display().to_string(), source })?;
         attach_disk(vm, dev)?;
     }

@@ -2,7 +2,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
-use std::os::fd::OwnedFd;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -71,6 +71,24 @@ pub(super) fn image_from_fd(fd: OwnedFd, path: &Path, read_only: bool) -> Result
     Ok((file, len / SECTOR_SIZE))
 }
 
+/// Takes ownership of descriptor `fd`, inherited from the parent for the image named `path`.
+fn inherited(fd: std::os::fd::RawFd, path: &Path) -> Result<OwnedFd, BlockError> {
+    let open_err = |source| BlockError::Open { path: path.to_path_buf(), source };
+    if fd < 3 {
+        return Err(open_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("descriptor {fd} is stdio, not an inherited image"))));
+    }
+    // SAFETY: F_GETFD only reads the descriptor's flags; on a number that is not open it fails
+    // with EBADF and touches nothing.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(open_err(std::io::Error::new(e.kind(), format!("descriptor {fd} is not open (was it inherited?): {e}"))));
+    }
+    // SAFETY: `fd` is open and nothing else in this process owns it: the configuration gives
+    // each inherited descriptor to one device only (VmConfig::validate), and the VMM opened
+    // nothing at that number before taking its inherited descriptors.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// The serial as GET_ID returns it, NUL-padded. The caller has checked the length.
 pub(super) fn serial(id: &str) -> [u8; ID_BYTES] {
     let mut out = [0u8; ID_BYTES];
@@ -85,7 +103,10 @@ impl Block {
         if cfg.id.len() > ID_BYTES {
             return Err(BlockError::IdTooLong { id: cfg.id.clone() });
         }
-        let (file, sectors) = open_image(&cfg.path, cfg.read_only)?;
+        let (file, sectors) = match cfg.fd {
+            Some(fd) => image_from_fd(inherited(fd, &cfg.path)?, &cfg.path, cfg.read_only)?,
+            None => open_image(&cfg.path, cfg.read_only)?,
+        };
         let disk = Disk { file, sectors, read_only: cfg.read_only, id: serial(&cfg.id) };
         let attachment = Attachment { path: cfg.path, id: cfg.id.clone(), read_only: cfg.read_only, sectors };
         Self::start(cfg.id, DiskKind::Boot, Some(disk), Some(attachment))

@@ -71,6 +71,8 @@ pub struct BlockConfig {
     /// Serial reported by `GET_ID` (at most 20 bytes); the guest sees it in
     /// `/sys/block/vdX/serial`.
     pub id: String,
+    /// The image as a descriptor inherited from the parent (then `path` only names it).
+    pub fd: Option<std::os::fd::RawFd>,
 }
 
 /// What backs a disk, as plain data: the device's whole attachment state, which a snapshot

@@ -344,7 +344,7 @@ fn refused_attaches_and_detaches_name_the_problem() {
     assert_eq!((c.attaches.get(), c.hotplug_errors.get()), (1, 6));
 
     // A boot disk is not a slot.
-    let boot = wire(Block::new(BlockConfig { path: img.clone(), read_only: true, id: "rootfs".into() }).unwrap(), &mem);
+    let boot = wire(Block::new(BlockConfig { path: img.clone(), read_only: true, id: "rootfs".into(), fd: None }).unwrap(), &mem);
     assert_eq!(boot.handle.info().kind, DiskKind::Boot);
     assert_ne!(boot.features() & feature(VIRTIO_BLK_F_RO), 0, "a read-only boot disk offers RO");
     let m = msg(boot.handle.detach().unwrap_err());

@@ -215,7 +215,7 @@ fn get_id_through_worker<'a>(mem: &'a GuestMemoryMmap, dev: &mut Block) -> (Test
 fn device_config_features_and_worker_thread() {
     let mem = guest_mem();
     let img = Img::new(16);
-    let cfg = BlockConfig { path: img.0.clone(), read_only: true, id: "data1".into() };
+    let cfg = BlockConfig { path: img.0.clone(), read_only: true, id: "data1".into(), fd: None };
     let mut dev = Block::new(cfg).unwrap();
     let mut b = [0u8; 8];
     dev.read_config(0, &mut b);
@@ -238,17 +238,38 @@ fn device_config_features_and_worker_thread() {
 
 #[test]
 fn bad_configs_name_the_problem() {
-    let err = Block::new(BlockConfig { path: "/nonexistent/disk.img".into(), read_only: false, id: "x".into() }).unwrap_err();
+    let err = Block::new(BlockConfig { path: "/nonexistent/disk.img".into(), read_only: false, id: "x".into(), fd: None }).unwrap_err();
     assert!(err.to_string().contains("/nonexistent/disk.img"), "{err}");
     let img = Img::new(1);
-    let err = Block::new(BlockConfig { path: img.0.clone(), read_only: false, id: "x".repeat(21) }).unwrap_err();
+    let err = Block::new(BlockConfig { path: img.0.clone(), read_only: false, id: "x".repeat(21), fd: None }).unwrap_err();
     assert!(err.to_string().contains(&"x".repeat(21)), "{err}");
+}
+
+#[test]
+fn a_boot_disk_can_be_an_inherited_descriptor_of_the_right_mode() {
+    use std::os::fd::IntoRawFd;
+    let img = Img::new(8);
+    // The path only names it: the device opens nothing.
+    let fd = std::fs::File::open(&img.0).unwrap().into_raw_fd();
+    let dev = Block::new(BlockConfig { path: "/disks/0".into(), read_only: true, id: "rootfs".into(), fd: Some(fd) }).unwrap();
+    assert_eq!(dev.metrics()["id"], "rootfs");
+    drop(dev);
+    // A read-only descriptor for a writable disk, a descriptor that is not open, stdio.
+    let fd = std::fs::File::open(&img.0).unwrap().into_raw_fd();
+    let err = Block::new(BlockConfig { path: "/disks/0".into(), read_only: false, id: "rw".into(), fd: Some(fd) }).unwrap_err();
+    assert!(err.to_string().contains("/disks/0"), "{err}");
+    // Far above anything this process opens (other tests run in parallel threads).
+    let unused = 60_000;
+    let err = Block::new(BlockConfig { path: "/disks/1".into(), read_only: true, id: "gone".into(), fd: Some(unused) }).unwrap_err();
+    assert!(format!("{err}: {:?}", std::error::Error::source(&err)).contains("not open"), "{err}");
+    let err = Block::new(BlockConfig { path: "/disks/2".into(), read_only: true, id: "stdio".into(), fd: Some(1) }).unwrap_err();
+    assert!(format!("{err}: {:?}", std::error::Error::source(&err)).contains("stdio"), "{err}");
 }
 
 #[test]
 fn notification_before_driver_ok_is_counted_and_ignored() {
     let img = Img::new(8);
-    let dev = Block::new(BlockConfig { path: img.0.clone(), read_only: false, id: "early".into() }).unwrap();
+    let dev = Block::new(BlockConfig { path: img.0.clone(), read_only: false, id: "early".into(), fd: None }).unwrap();
     dev.queue_events()[0].write(1).unwrap();
     let start = Instant::now();
     while dev.counters().early_notifications.get() == 0 && start.elapsed() < Duration::from_secs(5) {
@@ -261,7 +282,7 @@ fn notification_before_driver_ok_is_counted_and_ignored() {
 #[test]
 fn io_thread_installs_a_seccomp_filter_when_told() {
     let img = Img::new(8);
-    let dev = Block::new(BlockConfig { path: img.0.clone(), read_only: false, id: "sc".into() }).unwrap();
+    let dev = Block::new(BlockConfig { path: img.0.clone(), read_only: false, id: "sc".into(), fd: None }).unwrap();
     let filter = crate::seccomp::filters().unwrap().get(crate::seccomp::ThreadKind::BlockIo);
     dev.io_thread().install_filter(filter).unwrap();
     // The confined thread still serves requests: a GET_ID round trip.
@@ -276,7 +297,7 @@ fn io_thread_installs_a_seccomp_filter_when_told() {
 #[test]
 fn config_writes_leave_the_capacity() {
     let img = Img::new(8);
-    let mut dev = Block::new(BlockConfig { path: img.0.clone(), read_only: false, id: "cfg".into() }).unwrap();
+    let mut dev = Block::new(BlockConfig { path: img.0.clone(), read_only: false, id: "cfg".into(), fd: None }).unwrap();
     assert_config_writes_ignored(&mut dev, 16);
     let mut b = [0u8; 8];
     dev.read_config(0, &mut b);
