@@ -26,7 +26,7 @@ fn main() {
         fake_agent::run_fake_vmm();
         return;
     }
-    let tests: [(&str, fn()); 14] = [
+    let tests: [(&str, fn()); 15] = [
         ("large_output_arrives_before_the_exit", large_output_arrives_before_the_exit),
         ("stdin_is_forwarded_to_eof", stdin_is_forwarded_to_eof),
         ("exec_and_kill", exec_and_kill),
@@ -34,6 +34,7 @@ fn main() {
         ("a_pod_shares_one_vm_and_its_containers_use_disk_slots", a_pod_shares_one_vm_and_its_containers_use_disk_slots),
         ("a_container_of_an_unknown_pod_is_refused", a_container_of_an_unknown_pod_is_refused),
         ("a_guest_that_never_reports_a_sigkill_loses_its_vm", a_guest_that_never_reports_a_sigkill_loses_its_vm),
+        ("a_bind_mount_that_cannot_be_shared_is_refused_before_a_vm_boots", a_bind_mount_that_cannot_be_shared_is_refused_before_a_vm_boots),
         ("the_pods_network_reaches_the_vm_and_nothing_is_left", fake_vm_net::the_pods_network_reaches_the_vm_and_nothing_is_left),
         ("a_network_the_vm_cannot_get_fails_create_and_leaves_nothing", fake_vm_net::a_network_the_vm_cannot_get_fails_create_and_leaves_nothing),
         ("ctr_cni_configures_the_namespace_between_create_and_start", fake_vm_net::ctr_cni_configures_the_namespace_between_create_and_start),
@@ -417,6 +418,31 @@ fn a_container_of_an_unknown_pod_is_refused() {
     }
     assert!(!env.dir.path().join("state/test/nopod").exists());
     assert!(!b.join("husk-state-dir").exists());
+}
+
+fn a_bind_mount_that_cannot_be_shared_is_refused_before_a_vm_boots() {
+    let env = setup("badbind", &["sleep"]);
+    let spec_path = env.dir.path().join("bundle/config.json");
+    let mut spec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&spec_path).unwrap()).unwrap();
+    spec["mounts"] = serde_json::json!([{"destination": "/data", "type": "bind", "source": "/nonexistent/husk-src", "options": ["rbind", "rw"]}]);
+    std::fs::write(&spec_path, spec.to_string()).unwrap();
+    // No VMM to start: a create that got as far as booting would fail on that instead.
+    let cfg_path = env.dir.path().join("husk.toml");
+    let cfg = std::fs::read_to_string(&cfg_path).unwrap();
+    let cfg: String = cfg.lines().map(|l| if l.starts_with("vmm = ") { "vmm = \"/nonexistent/husk-vmm\"\n".to_string() } else { format!("{l}\n") }).collect();
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let (o, e) = (env.dir.path().join("o"), env.dir.path().join("e"));
+    let t = Instant::now();
+    match create_in(&env, "badbind", &env.dir.path().join("bundle"), &o, &e) {
+        Err(ttrpc::Error::RpcStatus(s)) => {
+            assert_eq!(s.code(), ttrpc::Code::INVALID_ARGUMENT, "{}", s.message());
+            assert!(s.message().contains("/nonexistent/husk-src") && s.message().contains("/data"), "{}", s.message());
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(t.elapsed() < Duration::from_secs(5), "refused after {:?}", t.elapsed());
+    assert!(!env.dir.path().join("state/test/badbind").exists(), "state directory left");
+    assert!(!env.dir.path().join("bundle/husk-state-dir").exists(), "bundle pointer left");
 }
 
 fn a_guest_that_never_reports_a_sigkill_loses_its_vm() {

@@ -120,6 +120,20 @@ fn stdio_of(req: &CreateTaskRequest, spec: &Spec) -> StdioPaths {
     StdioPaths { stdin: req.stdin.clone(), stdout: req.stdout.clone(), stderr: req.stderr.clone(), terminal }
 }
 
+/// Refuses, before anything is started or built, a bind mount the pod could not share: a
+/// source that does not exist or is a socket, device or FIFO, a destination the container may
+/// not shadow. The checks `create_in_guest` makes again when it shares (`shared`: the pod's
+/// shared directory), without booting a VM or attaching a disk first.
+fn check_binds(spec: &Spec, sandbox_id: &str, shared: &Path) -> Result<()> {
+    let mut check = |m: &oci_spec::runtime::Mount| -> Result<String> {
+        let src = m.source().clone().unwrap_or_default();
+        crate::sharedfs::resolve_source(&src, shared)
+            .map_err(|e| ShimError::invalid(format!("bind mount on {}", m.destination().display()), crate::error::chain(&e)))?;
+        Ok(String::new())
+    };
+    guest_spec(spec, sandbox_id, &mut check).map(drop)
+}
+
 /// Creates the container in the guest: its host bind mounts shared with the pod first (their
 /// names land in `shares`, for the caller to unshare), then the agent's CreateContainer.
 fn create_in_guest(sandbox: &Sandbox, req: &CreateTaskRequest, spec: &Spec, image: &BuiltImage, serial: &str, shares: &mut Vec<String>) -> Result<u32> {
@@ -175,6 +189,12 @@ impl Container {
         check_namespaces(spec, Role::Sandbox)?;
         io::check(&stdio_of(req, spec)).map_err(|e| ShimError::invalid("stdio", crate::error::chain(&e)))?;
         let state = StateDir::create(&cfg.shim.state_dir, namespace, &req.id)?;
+        if let Err(e) = check_binds(spec, &req.id, &state.path().join(crate::sharedfs::SHARED_DIR)) {
+            if let Err(r) = state.remove() {
+                log::error!("cleanup after a refused create: {}", crate::error::chain(&r));
+            }
+            return Err(e);
+        }
         let mut undo = Rollback::default();
         let sd = state.clone();
         undo.push(move || {
@@ -217,6 +237,7 @@ impl Container {
         if !sandbox.running() {
             return Err(ShimError::FailedPrecondition(format!("the VM of pod {} is not running", sandbox.id)));
         }
+        check_binds(spec, &sandbox.id, &sandbox.state.path().join(crate::sharedfs::SHARED_DIR))?;
         let dir = sandbox.container_dir(&req.id);
         std::fs::create_dir_all(&dir).map_err(|e| ShimError::io("create", &dir, e))?;
         let mut undo = Rollback::default();
