@@ -55,7 +55,7 @@ testbed-selftest:
 testbed-prep: kernel build initramfs
 	@for b in tests/*/build.sh; do echo "prep: $$b"; $$b || exit 1; done
 
-# Every test that boots a real guest, in one outer VM.
+# Every test that boots a real guest, in two outer VMs at once (tests/testbed/suite-run).
 testbed-tests: testbed-prep
 	tests/testbed/suite-run --timeout 1800 $(FILTER)
 
