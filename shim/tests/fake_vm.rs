@@ -266,6 +266,12 @@ fn exec_and_kill() {
     let t = Instant::now();
     assert_eq!((rmo.join().unwrap(), rme.join().unwrap()), (Vec::new(), Vec::new()));
     assert!(t.elapsed() < Duration::from_secs(5), "the outputs of a failed exec stayed open {:?}", t.elapsed());
+    // Its Wait returns (containerd's CRI waits for it before deleting a failed exec), and a
+    // kill finds nothing to signal.
+    let t = Instant::now();
+    assert_eq!(wait(&env, "ex", "x2"), 127);
+    assert!(t.elapsed() < Duration::from_secs(5), "Wait of a failed exec took {:?}", t.elapsed());
+    env.client.delete(ctx(), &DeleteRequest { id: "ex".into(), exec_id: "x2".into(), ..Default::default() }).unwrap();
     // Deleting the running init is refused; kill it, then delete.
     assert!(env.client.delete(ctx(), &DeleteRequest { id: "ex".into(), ..Default::default() }).is_err());
     env.client.kill(ctx(), &KillRequest { id: "ex".into(), signal: 9, ..Default::default() }).unwrap();

@@ -20,6 +20,10 @@ use crate::io::StdioPaths;
 use crate::sandbox::spec::sandbox_of;
 use crate::sandbox::Sandbox;
 
+/// The exit status an exec that failed to start reports (Start itself returned the error):
+/// 127, the shell's "could not run the command".
+const FAILED_START_STATUS: u32 = 127;
+
 /// How long a SIGKILL'd init (or a never-started one at Delete) may take to be reported dead
 /// before the VM is killed from the host.
 const KILL_WAIT: Duration = Duration::from_secs(10);
@@ -129,6 +133,10 @@ impl Service {
                 Ok(r) => r.pid,
                 Err(e) => {
                     crate::io::release_outputs(&p.stdio);
+                    // Its Wait returns at once, as the runc shim's does for an exec that
+                    // failed to start: containerd's CRI deletes it with WithProcessKill, which
+                    // waits for the exit (a minute, its deferred timeout, otherwise).
+                    p.set_exited(FAILED_START_STATUS, crate::container::now());
                     return Err(agent_err("ExecProcess")(e));
                 }
             };

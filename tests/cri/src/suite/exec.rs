@@ -31,10 +31,14 @@ pub async fn exec_sync(ctx: &Ctx) -> Result<()> {
     );
     let r = ctx.exec(&c, &["false"], 30).await?;
     ensure!(r.exit_code == 1, "false: exit {}, want 1", r.exit_code);
+    // Fails, and at once: containerd waits for a failed exec's exit before deleting it (a
+    // runtime that never reports one costs a minute, containerd's deferred timeout).
+    let t = Instant::now();
     match ctx.exec(&c, &["/no/such/binary"], 30).await {
         Ok(r) if r.exit_code == 0 => bail!("exec of a binary that does not exist succeeded"),
         _ => {}
     }
+    ensure!(t.elapsed() < Duration::from_secs(20), "exec of a binary that does not exist took {} s to fail", t.elapsed().as_secs());
 
     let r = ctx.exec(&c, &["seq", "1", "20000"], 60).await?;
     let want: String = (1..=20000).map(|i| format!("{i}\n")).collect();
