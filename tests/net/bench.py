@@ -37,6 +37,8 @@ def recv(addr, port, timeout):
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     ls.bind((addr, port))
     ls.listen(1)
+    # The caller starts the sender once this is said (python starts slowly under emulation).
+    print("listening", file=sys.stderr, flush=True)
     ls.settimeout(timeout)
     c, _ = ls.accept()
     c.settimeout(timeout)

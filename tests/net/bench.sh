@@ -49,9 +49,10 @@ for rt in runc husk; do
   s=$(python3 "$PY" send "$a" 5001 "$MIB")
   eval "${rt}_n2p=\$(mbps $((MIB << 20)) $s)"
   # pod → node: the pod sends MIB MiB to a receiver on the bridge's address.
-  python3 "$PY" recv "$NET_GW" 5002 600 >"$E2E_WORK/recv.out" &
+  python3 "$PY" recv "$NET_GW" 5002 600 >"$E2E_WORK/recv.out" 2>"$E2E_WORK/recv.err" &
   rp=$!
-  sleep 0.5
+  for _ in $(seq 600); do grep -q listening "$E2E_WORK/recv.err" 2>/dev/null && break; sleep 0.1; done
+  grep -q listening "$E2E_WORK/recv.err" || fail "the receiver on $NET_GW:5002 did not listen: $(cat "$E2E_WORK/recv.err")"
   ctr_ task exec --exec-id "p2n$RANDOM" "$rt-a" sh -c "dd if=/dev/zero bs=65536 count=$((MIB * 16)) 2>/dev/null | nc $NET_GW 5002"
   wait "$rp"
   read -r bytes secs <"$E2E_WORK/recv.out"
