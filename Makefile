@@ -81,6 +81,7 @@ install: build initramfs kernel
 	install -m 644 $(BUILD)/kernel/vmlinux $(DESTDIR)$(PREFIX)/share/husk/vmlinux
 	install -m 644 $(BUILD)/initramfs.cpio.gz $(DESTDIR)$(PREFIX)/share/husk/initramfs
 	install -m 644 $(BUILD)/kernel/release $(DESTDIR)$(PREFIX)/share/husk/kernel.release
+	install -m 644 config/runtimeclass.yaml $(DESTDIR)$(PREFIX)/share/husk/runtimeclass.yaml
 	@[ -f $(DESTDIR)$(SYSCONFDIR)/husk/config.toml ] || sed 's#@PREFIX@#$(PREFIX)#g' config/husk.toml.in >$(DESTDIR)$(SYSCONFDIR)/husk/config.toml
 	@tests/scripts/print-containerd-snippet.sh $(PREFIX)
 

@@ -11,6 +11,6 @@ restart containerd; containerd finds containerd-shim-husk-v2 on its PATH ($prefi
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.husk.options]
       ConfigPath = "/etc/husk/config.toml"
 
-Kubernetes: a RuntimeClass with handler "husk". ctr: ctr run --runtime io.containerd.husk.v2 IMAGE ID CMD
+Kubernetes: kubectl apply -f $prefix/share/husk/runtimeclass.yaml (handler "husk", with the pod overhead). ctr: ctr run --runtime io.containerd.husk.v2 IMAGE ID CMD
 Check this host: husk check
 SNIP
