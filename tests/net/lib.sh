@@ -49,13 +49,16 @@ net_ip() { # CTR
   sed -n 's/.* inet \([0-9.]*\)\/.*/\1/p' <<<"$out"
 }
 
-net_wait_running() { # CTR [SECONDS]
+net_wait_running() { # CTR [SECONDS [PID]]: PID, the `ctr run` starting it, ends the wait if it exits
   local i
   for i in $(seq "${2:-600}"); do
     [ "$(ctr_ task ls 2>/dev/null | awk -v id="$1" '$1 == id {print $3}')" = RUNNING ] && return 0
+    if [ -n "${3:-}" ] && ! kill -0 "$3" 2>/dev/null; then
+      fail "ctr run of $1 exited before the task ran: $(cat "$E2E_WORK/$1.out" 2>/dev/null)"
+    fi
     sleep 1
   done
-  fail "task $1 not running after ${2:-600} s"
+  fail "task $1 not running after ${2:-600} s: $(cat "$E2E_WORK/$1.out" 2>/dev/null)"
 }
 
 # Host network state that a container must not change for good: interfaces, ingress qdiscs,

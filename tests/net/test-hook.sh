@@ -51,7 +51,7 @@ json.dump(s, open(out, "w"))
 spec "$E2E_WORK/hooked.json" "$E2E_WORK/cni-hook"
 timeout "$T" ctr -a "$CTR_ADDR" run --rm --runtime "$RUNTIME" --config "$E2E_WORK/hooked.json" hooked >"$E2E_WORK/hooked.out" 2>&1 &
 ctr_pid=$!
-net_wait_running hooked
+net_wait_running hooked 600 "$ctr_pid"
 read -r status hook_pid <"$E2E_WORK/hook.log"
 assert_eq "creating" "$status" "the hook's state"
 assert_eq "husk-netns" "$(cat "/proc/$hook_pid/comm")" "the state's pid: the host process in the container's network namespace"
