@@ -40,6 +40,9 @@ s = json.load(sys.stdin)
 out, create, stop, root = sys.argv[1:5]
 env = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]
 s["root"] = {"path": root}
+# Its own cgroup, as `ctr run` gives a container (`ctr oci spec` says /default, which is the
+# parent of every other container of the namespace once one has run: no process may join it).
+s["linux"]["cgroupsPath"] = "/default/" + out.rsplit("/", 1)[-1].removesuffix(".json")
 s["process"]["args"] = ["sh", "-c", "while true; do echo hello-from-hooked | nc -l -p 8080; done"]
 s["hooks"] = {"createRuntime": [{"path": create, "args": ["hook", "ADD"], "env": env, "timeout": 120}],
               "poststop": [{"path": stop, "args": ["hook", "DEL"], "env": env, "timeout": 120}]}
