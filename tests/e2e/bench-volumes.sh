@@ -34,14 +34,6 @@ done
 plain=$(median <"$E2E_WORK/plain.ms") vol=$(median <"$E2E_WORK/vol.ms")
 echo "ctr run --rm true: without host binds (no virtiofsd) ${plain} ms, with one bind mount (virtiofsd) ${vol} ms (median of $runs; all: $(tr '\n' ' ' <"$E2E_WORK/plain.ms")/ $(tr '\n' ' ' <"$E2E_WORK/vol.ms")), with/without = $(awk -v a="$vol" -v b="$plain" 'BEGIN{printf "%.2f", a/b}')x, +$((vol - plain)) ms"
 
-# The pod's virtiofsd: every live process of this run named virtiofsd.
-virtiofsds() {
-  local p
-  for p in $(e2e_pids); do
-    [ "$(tr '\0' '\n' 2>/dev/null <"/proc/$p/cmdline" | head -1 | xargs -r basename)" = virtiofsd ] && echo "$p"
-  done
-  return 0
-}
 memory() { # WHEN: prints virtiofsd's memory summed over its processes, in KiB
   local p rss=0 anon=0 file=0 shmem=0 pss=0 n=0 k
   for p in $(virtiofsds); do

@@ -128,3 +128,12 @@ leak_check() {
 
 # ctr run with the husk runtime: husk_run [ctr run flags...] IMAGE ID [CMD...]
 husk_run() { ctr_ run --runtime "$RUNTIME" "$@"; }
+
+# Pids of this run's virtiofsd processes (the one the shim started and its sandboxed server).
+virtiofsds() {
+  local p
+  for p in $(e2e_pids); do
+    [ "$(tr '\0' '\n' 2>/dev/null <"/proc/$p/cmdline" | head -1 | xargs -r basename)" = virtiofsd ] && echo "$p"
+  done
+  return 0
+}

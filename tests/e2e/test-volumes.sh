@@ -17,14 +17,6 @@ SB=io.kubernetes.cri.sandbox-id
 CT=io.kubernetes.cri.container-type
 task_pid() { ctr_ task ls | awk -v id="$1" '$1 == id {print $2}'; }
 task_status() { ctr_ task ls | awk -v id="$1" '$1 == id {print $3}'; }
-# Pids of this run's virtiofsd processes (the one the shim started and its sandboxed server).
-virtiofsds() {
-  local p
-  for p in $(e2e_pids); do
-    [ "$(tr '\0' '\n' 2>/dev/null <"/proc/$p/cmdline" | head -1 | xargs -r basename)" = virtiofsd ] && echo "$p"
-  done
-  return 0
-}
 # Mounts below this run's directory (the pod's shared directory and its volumes among them).
 mounts_below() { awk -v d="$1" 'index($2, d) == 1 {print $2}' /proc/self/mounts; }
 kill_rm() { # ID...: SIGKILL, wait for STOPPED, delete task and container
