@@ -13,23 +13,22 @@ fn size(p: &std::path::Path) -> u64 {
     std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
 }
 
+/// Starts husk-vmm on `kernel` with 32 MiB, its console in `log`, its API on `sock`, and
+/// `extra` arguments.
+fn start(kernel: &std::path::Path, log: &std::path::Path, sock: &std::path::Path, extra: &[&str]) -> Vmm {
+    let mut c = vmm();
+    c.arg("--kernel").arg(kernel).args(["--memory", "32M"]).args(extra);
+    c.arg("--console").arg(format!("file:{}", log.display())).arg("--api-sock").arg(sock);
+    Vmm(Some(c.stderr(Stdio::piped()).spawn().unwrap()))
+}
+
 #[test]
 fn pause_stops_the_guest_and_resume_continues_then_kill() {
     let s = Scratch::new("api-pause");
     let k = s.file("vmlinux", &elf(&Code::default().serial_loop(b'.', 50_000).0));
     let log = s.path("console.log");
     let sock = s.path("api.sock");
-    let child = Vmm(Some(vmm()
-        .arg("--kernel")
-        .arg(&k)
-        .args(["--memory", "32M", "--vcpus", "2"])
-        .arg("--console")
-        .arg(format!("file:{}", log.display()))
-        .arg("--api-sock")
-        .arg(&sock)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()));
+    let child = start(&k, &log, &sock, &["--vcpus", "2"]);
     assert!(wait_for(90, || size(&log) > 10 && sock.exists()), "guest produced no output");
 
     let (st, body) = api(&sock, "GET", "/vm");
@@ -68,17 +67,7 @@ fn shutdown_types_ctrl_alt_del_on_the_keyboard() {
     let k = s.file("vmlinux", &elf(&Code::default().serial("waiting\n").wait_key().serial("got key\n").reset().halt().0));
     let log = s.path("console.log");
     let sock = s.path("api.sock");
-    let child = Vmm(Some(vmm()
-        .arg("--kernel")
-        .arg(&k)
-        .args(["--memory", "32M"])
-        .arg("--console")
-        .arg(format!("file:{}", log.display()))
-        .arg("--api-sock")
-        .arg(&sock)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()));
+    let child = start(&k, &log, &sock, &[]);
     assert!(wait_for(90, || std::fs::read_to_string(&log).unwrap_or_default().contains("waiting") && sock.exists()));
     std::thread::sleep(Duration::from_millis(100));
     assert!(!std::fs::read_to_string(&log).unwrap().contains("got key"));
@@ -99,19 +88,8 @@ fn disk_slots_attach_and_detach_through_the_typed_client() {
     let log = s.path("console.log");
     let sock = s.path("api.sock");
     // Seccomp stays on: the API thread opens the image and raises the slot's interrupt.
-    let child = Vmm(Some(vmm()
-        .arg("--kernel")
-        .arg(&k)
-        .args(["--memory", "32M", "--disk-slots", "2"])
-        .arg("--disk")
-        .arg(format!("path={},id=rootfs", boot.display()))
-        .arg("--console")
-        .arg(format!("file:{}", log.display()))
-        .arg("--api-sock")
-        .arg(&sock)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()));
+    let disk = format!("path={},id=rootfs", boot.display());
+    let child = start(&k, &log, &sock, &["--disk-slots", "2", "--disk", &disk]);
     assert!(wait_for(90, || size(&log) > 10 && sock.exists()), "guest produced no output");
     let c = Client::new(&sock);
 

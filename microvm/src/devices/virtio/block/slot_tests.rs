@@ -200,7 +200,7 @@ fn requests_in_flight_during_a_swap_see_one_backing_each() {
             old += 1;
         }
     }
-    assert!(old % BATCH == 0 || old == usize::from(n), "{old} requests served by the old backing: the swap came within a batch");
+    assert!(old.is_multiple_of(BATCH) || old == usize::from(n), "{old} requests served by the old backing: the swap came within a batch");
     // After the swap returned, every new request reads the new backing.
     let r = drv.submit(VIRTIO_BLK_T_IN, BIG);
     evt.write(1).unwrap();
