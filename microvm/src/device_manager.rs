@@ -213,3 +213,15 @@ impl DeviceManager {
         Ok(MmioSlot { base, gsi })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_limit_matches_the_gsis_and_windows_handed_out() {
+        let gsis = (LAST_DEVICE_GSI - FIRST_DEVICE_GSI + 1) as usize;
+        assert_eq!(husk_config::MAX_VIRTIO_DEVICES, gsis, "VmConfig::validate must refuse what attach_virtio_mmio cannot place");
+        assert!(((VIRTIO_MMIO_END - VIRTIO_MMIO_START) / VIRTIO_MMIO_SIZE) as usize >= gsis, "windows are not the limit");
+    }
+}

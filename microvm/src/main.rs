@@ -51,10 +51,12 @@ struct Args {
     /// Virtio block device (repeatable): path=PATH[,id=NAME][,ro][,fd=N] (fd: the image, opened by the parent and inherited; PATH then only names it).
     #[arg(long)]
     disk: Vec<String>,
-    /// Empty virtio-blk slots after the --disk devices (default 0), named slot0, slot1, ... in
-    /// the control API: PUT /vm/disks/slotN attaches an image while the guest runs, DELETE
-    /// detaches it (microvm/API.md). They boot with capacity 0 and never offer the read-only
-    /// feature; a read-only attachment fails the guest's writes with an I/O error.
+    /// Empty virtio-blk slots after the --disk devices (default 0), for images attached later.
+    ///
+    /// They are named slot0, slot1, ... in the control API: PUT /vm/disks/slotN attaches an
+    /// image while the guest runs, DELETE detaches it (microvm/API.md). They boot with
+    /// capacity 0 and an empty serial and never offer the read-only feature: a read-only
+    /// attachment fails the guest's writes with an I/O error.
     #[arg(long, value_name = "N")]
     disk_slots: Option<u32>,
     /// Virtio net device (repeatable): tap=NAME[,mac=AA:BB:CC:DD:EE:FF][,netns=PATH | ,fd=N] (fd: an open tap inherited from the parent).

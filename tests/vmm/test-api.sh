@@ -11,7 +11,8 @@ sock=$work/api.sock
 "$VMM" --kernel "$KDIR/vmlinux" --initrd "$work/ticker.cpio.gz" --memory 128M --cmdline "$CMDLINE" \
   --console "file:$work/console.log" --api-sock "$sock" 2>"$work/err" &
 pid=$!
-req() { curl -s -S --max-time 20 --unix-socket "$sock" -X "$1" "http://localhost$2"; }
+# Every request here must succeed: -f turns an HTTP error into a failed call.
+req() { curl -f -s -S --max-time 20 --unix-socket "$sock" -X "$1" "http://localhost$2"; }
 for _ in $(seq 600); do grep -q 'tick 3' "$work/console.log" 2>/dev/null && break; sleep 0.2; done
 if grep -q 'tick 3' "$work/console.log"; then ok "guest is ticking"; else bad "guest never ticked"; fi
 

@@ -39,9 +39,13 @@ pub struct Block {
 /// seeking to their end, since their metadata says 0.
 pub(super) fn open_image(path: &Path, read_only: bool) -> Result<(File, u64), BlockError> {
     let open_err = |source| BlockError::Open { path: path.to_path_buf(), source };
+    let is_image = |ft: std::fs::FileType| ft.is_file() || ft.is_block_device();
+    // Checked before opening too: opening a FIFO would block until a writer came.
+    if !is_image(std::fs::metadata(path).map_err(open_err)?.file_type()) {
+        return Err(BlockError::NotAnImage { path: path.to_path_buf() });
+    }
     let mut file = OpenOptions::new().read(true).write(!read_only).open(path).map_err(open_err)?;
-    let ft = file.metadata().map_err(open_err)?.file_type();
-    if !ft.is_file() && !ft.is_block_device() {
+    if !is_image(file.metadata().map_err(open_err)?.file_type()) {
         return Err(BlockError::NotAnImage { path: path.to_path_buf() });
     }
     let len = file.seek(SeekFrom::End(0)).map_err(open_err)?;

@@ -327,6 +327,10 @@ fn refused_attaches_and_detaches_name_the_problem() {
     assert!(m.contains("/nonexistent/husk.img") && m.contains("No such file"), "{m}");
     let m = msg(w.handle.attach(&attach_req(&imgs.0, "x", true)).unwrap_err());
     assert!(m.contains(&imgs.0.display().to_string()) && m.contains("not a regular file"), "{m}");
+    let fifo = imgs.0.join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let m = msg(w.handle.attach(&attach_req(&fifo, "x", true)).unwrap_err());
+    assert!(m.contains("fifo") && m.contains("not a regular file"), "a FIFO is refused without blocking: {m}");
     let m = msg(w.handle.attach(&attach_req(&tiny, "x", false)).unwrap_err());
     assert!(m.contains("tiny") && m.contains("smaller than one 512-byte sector"), "{m}");
     let m = msg(w.handle.attach(&attach_req(&img, &"y".repeat(21), false)).unwrap_err());
@@ -341,7 +345,7 @@ fn refused_attaches_and_detaches_name_the_problem() {
     assert!(m.contains("slot slot0 is occupied by") && m.contains(&img.display().to_string()), "{m}");
     assert_eq!(w.handle.info().id, "first");
     let c = w.dev.lock().unwrap().counters().clone();
-    assert_eq!((c.attaches.get(), c.hotplug_errors.get()), (1, 6));
+    assert_eq!((c.attaches.get(), c.hotplug_errors.get()), (1, 7));
 
     // A boot disk is not a slot.
     let boot = wire(Block::new(BlockConfig { path: img.clone(), read_only: true, id: "rootfs".into(), fd: None }).unwrap(), &mem);
