@@ -150,6 +150,23 @@ fn create(env: &Env, id: &str, stdin: Option<&Path>, stdout: &Path, stderr: &Pat
     env.client.create(ctx(), &req).unwrap().pid
 }
 
+/// An exec of `spec` (an OCI process as JSON) in container `id`, output to the FIFOs given.
+fn exec_request(id: &str, exec_id: &str, stdout: &Path, stderr: &Path, spec: &serde_json::Value) -> ExecProcessRequest {
+    ExecProcessRequest {
+        id: id.into(),
+        exec_id: exec_id.into(),
+        stdout: stdout.display().to_string(),
+        stderr: stderr.display().to_string(),
+        spec: Some(Any {
+            type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+            value: spec.to_string().into_bytes(),
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    }
+}
+
 fn wait(env: &Env, id: &str, exec: &str) -> u32 {
     env.client.wait(ctx(), &WaitRequest { id: id.into(), exec_id: exec.into(), ..Default::default() }).unwrap().exit_status
 }
@@ -224,19 +241,7 @@ fn exec_and_kill() {
     let (xo, xe) = (fifo(env.dir.path(), "xo"), fifo(env.dir.path(), "xe"));
     let (rxo, _rxe) = (reader(xo.clone()), reader(xe.clone()));
     let spec = serde_json::json!({"args": ["out", "10", "7"], "cwd": "/", "user": {"uid": 0, "gid": 0}});
-    let req = ExecProcessRequest {
-        id: "ex".into(),
-        exec_id: "x1".into(),
-        stdout: xo.display().to_string(),
-        stderr: xe.display().to_string(),
-        spec: Some(Any {
-            type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
-            value: spec.to_string().into_bytes(),
-            ..Default::default()
-        })
-        .into(),
-        ..Default::default()
-    };
+    let req = exec_request("ex", "x1", &xo, &xe, &spec);
     env.client.exec(ctx(), &req).unwrap();
     env.client.start(ctx(), &StartRequest { id: "ex".into(), exec_id: "x1".into(), ..Default::default() }).unwrap();
     assert_eq!(wait(&env, "ex", "x1"), 7);
@@ -247,19 +252,7 @@ fn exec_and_kill() {
     let (mo, me) = (fifo(env.dir.path(), "mo"), fifo(env.dir.path(), "me"));
     let (rmo, rme) = (reader(mo.clone()), reader(me.clone()));
     let spec = serde_json::json!({"args": ["missing"], "cwd": "/", "user": {"uid": 0, "gid": 0}});
-    let req = ExecProcessRequest {
-        id: "ex".into(),
-        exec_id: "x2".into(),
-        stdout: mo.display().to_string(),
-        stderr: me.display().to_string(),
-        spec: Some(Any {
-            type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
-            value: spec.to_string().into_bytes(),
-            ..Default::default()
-        })
-        .into(),
-        ..Default::default()
-    };
+    let req = exec_request("ex", "x2", &mo, &me, &spec);
     env.client.exec(ctx(), &req).unwrap();
     std::thread::sleep(Duration::from_millis(100));
     assert!(env.client.start(ctx(), &StartRequest { id: "ex".into(), exec_id: "x2".into(), ..Default::default() }).is_err());

@@ -45,6 +45,10 @@ boot_timeout_secs = ${HUSK_BOOT_TIMEOUT:-600}
 TOML
 }
 
+# The annotations containerd's CRI plugin puts on a pod's containers (the shim groups by them).
+SB=io.kubernetes.cri.sandbox-id
+CT=io.kubernetes.cri.container-type
+
 e2e_setup() {
   [ -x "$HUSK_BIN_DIR/containerd-shim-husk-v2" ] || fail "no $HUSK_BIN_DIR/containerd-shim-husk-v2 (set HUSK_BIN_DIR or make build)"
   E2E_WORK=$(mktemp -d "${TMPDIR:-/tmp}/husk-e2e.XXXXXX")

@@ -9,8 +9,6 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 e2e_setup
 T=${HUSK_E2E_TIMEOUT:-600}
-SB=io.kubernetes.cri.sandbox-id
-CT=io.kubernetes.cri.container-type
 husk() { "$HUSK_BIN_DIR/husk" --config "$HUSK_CONFIG" "$@"; }
 state() { echo "$E2E_WORK/run-husk/default/$1"; }
 task_pid() { ctr_ task ls | awk -v id="$1" '$1 == id {print $2}'; }

@@ -8,8 +8,6 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 e2e_setup
 T=${HUSK_E2E_TIMEOUT:-600}
-SB=io.kubernetes.cri.sandbox-id
-CT=io.kubernetes.cri.container-type
 vmms() { # husk-vmm processes of this run, from /proc
   local n=0 p
   for p in $(e2e_pids); do tr '\0' ' ' 2>/dev/null <"/proc/$p/cmdline" | grep -q -- '--config' && n=$((n + 1)); done

@@ -13,8 +13,6 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 e2e_setup
 T=${HUSK_E2E_TIMEOUT:-600}
-SB=io.kubernetes.cri.sandbox-id
-CT=io.kubernetes.cri.container-type
 task_pid() { ctr_ task ls | awk -v id="$1" '$1 == id {print $2}'; }
 task_status() { ctr_ task ls | awk -v id="$1" '$1 == id {print $3}'; }
 # Mounts below this run's directory (the pod's shared directory and its volumes among them).
