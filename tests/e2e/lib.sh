@@ -130,6 +130,16 @@ leak_check() {
   return 0
 }
 
+kill_rm() { # ID...: SIGKILL each, wait for STOPPED, delete task and container
+  local id
+  for id in "$@"; do
+    ctr_ task kill -s SIGKILL "$id"
+    timeout 120 sh -c "until ctr -a '$CTR_ADDR' task ls | grep '^$id ' | grep -q STOPPED; do sleep 0.3; done"
+    ctr_ task rm "$id" >/dev/null
+    ctr_ containers rm "$id"
+  done
+}
+
 # ctr run with the husk runtime: husk_run [ctr run flags...] IMAGE ID [CMD...]
 husk_run() { ctr_ run --runtime "$RUNTIME" "$@"; }
 

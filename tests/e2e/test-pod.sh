@@ -76,19 +76,11 @@ assert_contains "$out" "nopod" "unknown pod error"
 ctr_ containers rm orphan >/dev/null 2>&1 || true
 
 # 5. Deleting members frees their slots; deleting the sandbox ends the VM.
-for id in web cli files; do
-  ctr_ task kill -s SIGKILL "$id"
-  timeout 120 sh -c "until ctr -a '$CTR_ADDR' task ls | grep '^$id ' | grep -q STOPPED; do sleep 0.3; done"
-  ctr_ task rm "$id" >/dev/null
-  ctr_ containers rm "$id"
-done
+kill_rm web cli files
 assert_eq 1 "$(vmms)" "the VM stays while the sandbox runs"
 # The pod's shared directory stays with the sandbox; the containers' shares in it are gone.
 left=$(awk -v d="$E2E_WORK/run-husk/default/p1/shared/" 'index($2, d) == 1 {print $2}' /proc/self/mounts)
 [ -z "$left" ] || fail "shares left after the containers went: $left"
-ctr_ task kill -s SIGKILL p1
-timeout 120 sh -c "until ctr -a '$CTR_ADDR' task ls | grep '^p1 ' | grep -q STOPPED; do sleep 0.3; done"
-ctr_ task rm p1 >/dev/null
-ctr_ containers rm p1
+kill_rm p1
 leak_check
 log "test-pod: all passed"

@@ -17,15 +17,6 @@ task_pid() { ctr_ task ls | awk -v id="$1" '$1 == id {print $2}'; }
 task_status() { ctr_ task ls | awk -v id="$1" '$1 == id {print $3}'; }
 # Mounts below this run's directory (the pod's shared directory and its volumes among them).
 mounts_below() { awk -v d="$1" 'index($2, d) == 1 {print $2}' /proc/self/mounts; }
-kill_rm() { # ID...: SIGKILL, wait for STOPPED, delete task and container
-  local id
-  for id in "$@"; do
-    ctr_ task kill -s SIGKILL "$id"
-    timeout 120 sh -c "until ctr -a '$CTR_ADDR' task ls | grep '^$id ' | grep -q STOPPED; do sleep 0.3; done"
-    ctr_ task rm "$id" >/dev/null
-    ctr_ containers rm "$id"
-  done
-}
 
 # 1. Bad sources.
 python3 -c "import socket, sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])" "$E2E_WORK/app.sock"
