@@ -25,6 +25,39 @@ cpu_ticks() { # PID: utime + stime of a process, in clock ticks
   awk '{print $14 + $15}' "/proc/$1/stat"
 }
 
+# Where husk-vmm's CPU goes: "VCPU DEVICES", the ticks of its vCPU threads (the guest's own
+# work and its exits) and of the rest (the device event loop, which also carries the host
+# network stack of each frame it writes to the tap).
+cpu_split() { # PID
+  local t v=0 d=0 n
+  for t in /proc/"$1"/task/*; do
+    n=$(awk '{print $14 + $15}' "$t/stat" 2>/dev/null) || continue
+    case "$(cat "$t/comm" 2>/dev/null)" in vcpu-*) v=$((v + n)) ;; *) d=$((d + n)) ;; esac
+  done
+  echo "$v $d"
+}
+
+# The net device's counters of husk container CTR, from husk-vmm's API.
+net_counters() { # CTR
+  local sock
+  sock=$(find "$E2E_WORK/run-husk" -path "*/$1/*" -name api.sock 2>/dev/null | head -1)
+  [ -n "$sock" ] && curl -s --max-time 20 --unix-socket "$sock" http://localhost/vm/counters
+}
+
+# "VCPU_S DEV_S" per GiB from two cpu_split outputs and a byte count.
+per_gib() { # "V0 D0" "V1 D1" BYTES
+  python3 -c "import sys; v0, d0 = map(int, sys.argv[1].split()); v1, d1 = map(int, sys.argv[2].split()); g = int(sys.argv[3]) / 2**30; t = $(getconf CLK_TCK); print(f'{(v1 - v0) / t / g:.1f} {(d1 - d0) / t / g:.1f}')" "$1" "$2" "$3"
+}
+
+# Mean frame sizes (bytes) the net device moved, "RX TX", between two counter snapshots.
+frame_sizes() { # JSON0 JSON1
+  python3 -c "
+import json, sys
+a, b = (next(v for k, v in json.loads(x).items() if k.startswith('net.')) for x in sys.argv[1:3])
+f = lambda k: (b[k + '_bytes'] - a[k + '_bytes']) / max(1, b[k + '_frames'] - a[k + '_frames'])
+print(f'{f(\"rx\"):.0f} {f(\"tx\"):.0f}')" "$1" "$2" 2>/dev/null || echo "? ?"
+}
+
 vmm_of() { # CTR: the husk-vmm of a husk container (its state.json)
   python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["vmm_pid"])' "$(ls "$E2E_WORK"/run-husk/*/"$1"/state.json)"
 }
@@ -43,11 +76,19 @@ for rt in runc husk; do
   # The servers are up once httpd answers.
   for _ in $(seq 120); do python3 "$PY" latency "$a" 80 1 >/dev/null 2>&1 && python3 "$PY" latency "$b" 80 1 >/dev/null 2>&1 && break; sleep 1; done
   ticks0=0
-  [ "$rt" = husk ] && ticks0=$(cpu_ticks "$(vmm_of "$rt-a")")
+  if [ "$rt" = husk ]; then
+    ticks0=$(cpu_ticks "$(vmm_of "$rt-a")")
+    split0=$(cpu_split "$(vmm_of "$rt-a")")
+    cnt0=$(net_counters "$rt-a")
+  fi
 
   # node → pod
   s=$(python3 "$PY" send "$a" 5001 "$MIB")
   eval "${rt}_n2p=\$(mbps $((MIB << 20)) $s)"
+  if [ "$rt" = husk ]; then
+    split1=$(cpu_split "$(vmm_of "$rt-a")")
+    cnt1=$(net_counters "$rt-a")
+  fi
   # pod → node: the pod sends MIB MiB to a receiver on the bridge's address.
   python3 "$PY" recv "$NET_GW" 5002 600 >"$E2E_WORK/recv.out" 2>"$E2E_WORK/recv.err" &
   rp=$!
@@ -59,6 +100,12 @@ for rt in runc husk; do
   eval "${rt}_p2n=\$(mbps $bytes $secs)"
   if [ "$rt" = husk ]; then
     ticks1=$(cpu_ticks "$(vmm_of "$rt-a")")
+    split2=$(cpu_split "$(vmm_of "$rt-a")")
+    cnt2=$(net_counters "$rt-a")
+    read -r n2p_vcpu n2p_dev < <(per_gib "$split0" "$split1" $((MIB << 20)))
+    read -r p2n_vcpu p2n_dev < <(per_gib "$split1" "$split2" "$bytes")
+    read -r n2p_rx _ < <(frame_sizes "$cnt0" "$cnt1")
+    read -r _ p2n_tx < <(frame_sizes "$cnt1" "$cnt2")
     husk_cpu=$(python3 -c "print(f'{($ticks1 - $ticks0) / $(getconf CLK_TCK) / ($MIB * 2 / 1024):.2f}')")
   fi
   # pod → pod: a sends to b, timed in a by busybox time (10 ms resolution).
@@ -82,4 +129,6 @@ printf '  %-22s %10s %10s %8s\n' "pod→pod MiB/s" "$husk_p2p" "$runc_p2p" "$(ra
 printf '  %-22s %10s %10s %8s\n' "HTTP latency ms (med)" "$husk_lat" "$runc_lat" "$(ratio "$husk_lat" "$runc_lat")"
 printf '  %-22s %10s %10s %8s\n' "HTTP latency ms (p90)" "$husk_p90" "$runc_p90" "$(ratio "$husk_p90" "$runc_p90")"
 echo "  husk-vmm CPU per GiB moved node↔pod: $husk_cpu s"
+echo "    node→pod: guest vCPU $n2p_vcpu s, device threads $n2p_dev s; mean frame to the guest $n2p_rx bytes"
+echo "    pod→node: guest vCPU $p2n_vcpu s, device threads $p2n_dev s; mean frame from the guest $p2n_tx bytes"
 net_leak_check
