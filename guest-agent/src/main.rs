@@ -164,7 +164,9 @@ fn run(started: Instant) -> anyhow::Result<()> {
         server = server.set_accept_hook(server::peer::HostOnly);
     }
     server.start().with_context(|| format!("serving on {listen}"))?;
-    log::info!("husk-agent {} ready on {listen} after {} us", env!("CARGO_PKG_VERSION"), started.elapsed().as_micros());
+    // The guest's uptime says how long the kernel took before the agent ran (boot timeline).
+    let uptime = std::fs::read_to_string("/proc/uptime").ok().and_then(|u| u.split_whitespace().next().map(str::to_string)).unwrap_or_default();
+    log::info!("husk-agent {} ready on {listen} after {} us (guest uptime {uptime} s)", env!("CARGO_PKG_VERSION"), started.elapsed().as_micros());
     std::thread::Builder::new()
         .name("shutdown".into())
         .spawn(move || {

@@ -184,10 +184,11 @@ impl Vm {
         mptable::setup_mptable(&self.mem, count)?;
 
         let supported = self.kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(|e| VmmError::VmIoctl("GET_SUPPORTED_CPUID", e))?;
+        let tsc_deadline = self.kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
         for id in 0..count {
             let fd = self.vm.create_vcpu(u64::from(id)).map_err(|e| VmmError::VmIoctl("CREATE_VCPU", e))?;
             let mut c = supported.clone();
-            cpuid::filter(&mut c, id, count);
+            cpuid::filter(&mut c, id, count, tsc_deadline);
             fd.set_cpuid2(&c).map_err(|e| VmmError::Regs(id, regs::RegsError::Kvm("SET_CPUID2", e)))?;
             regs::setup_msrs(&fd).map_err(|e| VmmError::Regs(id, e))?;
             regs::setup_fpu(&fd).map_err(|e| VmmError::Regs(id, e))?;

@@ -13,6 +13,11 @@ use crate::vm::{connect_hybrid_vsock, Vm, VmError};
 /// Timeout of short agent requests.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Pause between two attempts to reach the agent while the guest boots. Each attempt the
+/// guest refuses (its vsock is up, the agent not yet listening) costs it one packet and an
+/// interrupt, so not much shorter; the agent is found at most this long after it listens.
+const CONNECT_RETRY: Duration = Duration::from_millis(20);
+
 /// Context for a short request.
 pub fn short() -> Context {
     context::with_timeout(REQUEST_TIMEOUT.as_nanos() as i64)
@@ -49,7 +54,7 @@ pub fn connect(vm: &Vm, port: u32, timeout: Duration) -> Result<AgentClient> {
             Err(e) => last = crate::error::chain(&e),
         }
         // The VMM exiting wakes this wait at once.
-        exit.wait(Some(Duration::from_millis(50)));
+        exit.wait(Some(CONNECT_RETRY));
     }
 }
 

@@ -24,6 +24,7 @@ use crate::agent::{agent_err, long, short};
 use crate::error::{Result, ShimError};
 use crate::io::{self, StdioPaths};
 use crate::sandbox::spec::{check_namespaces, guest_spec, is_bind, is_pod_shm, Role, CONTAINER_TYPE};
+use crate::sandbox::timeline::Timeline;
 use crate::sandbox::{Boot, Sandbox, SlotLease, ROOTFS_DISK_ID};
 use crate::state::{ContainerInfo, StateDir, BUNDLE_POINTER};
 use crate::task::Events;
@@ -182,6 +183,7 @@ impl Container {
 
     /// Creates a sandbox container: a new pod VM with it inside. Everything or nothing.
     pub fn create_sandbox(namespace: &str, req: &CreateTaskRequest, spec: &Spec) -> Result<(Arc<Sandbox>, Container)> {
+        let mut timeline = Timeline::new(format!("sandbox {}", req.id));
         let bundle = PathBuf::from(&req.bundle);
         let explicit = options::config_path_from_options(req.options.as_ref())?;
         let (cfg_path, cfg) = options::load_config(explicit)?;
@@ -207,19 +209,25 @@ impl Container {
         undo.push(move || {
             let _ = std::fs::remove_file(pointer);
         });
+        timeline.step("configuration and state");
         let image = image_for(req, &bundle, spec, &state.rootfs_image(), &cfg.shim.image_cache_dir)?;
+        timeline.step("rootfs image");
         let share = needs_host_files(spec, &req.id);
         // The host side: the network namespace's holder, the Create-time hooks, the taps.
         let network = crate::network::prepare(spec, &req.id, &bundle)?;
-        let boot = Boot { namespace, id: &req.id, bundle: &bundle, spec, rootfs: &image, share_host_files: share, network };
+        timeline.step("network");
+        let boot = Boot { namespace, id: &req.id, bundle: &bundle, spec, rootfs: &image, share_host_files: share, network, timeline: &mut timeline };
         let sandbox = Arc::new(Sandbox::boot(boot, cfg, state)?);
         let sb = sandbox.clone();
         undo.push(move || sb.destroy());
         // The sandbox's shares go with the sandbox (its destroy tears the shared directory down).
         let pid = create_in_guest(&sandbox, req, spec, &image, ROOTFS_DISK_ID, &mut Vec::new())?;
+        timeline.step("container create in the guest");
         sandbox.configure_network()?;
+        timeline.step("guest network");
         sandbox.set_init_pid(pid);
         undo.disarm();
+        timeline.finish();
         // Until it starts, the container is its host process (what clients configure the
         // network of, through /proc/<pid>/ns/net), if there is one.
         let reported = sandbox.host_pid().unwrap_or(pid);
@@ -230,6 +238,7 @@ impl Container {
     /// Creates a container of a running sandbox: its root disk goes to a free disk slot of the
     /// VM. `others` are the pod's other containers (pid, id). Everything or nothing.
     pub fn create_member(sandbox: &Arc<Sandbox>, req: &CreateTaskRequest, spec: &Spec, others: &[(u32, String)]) -> Result<Container> {
+        let mut timeline = Timeline::new(format!("container {} of sandbox {}", req.id, sandbox.id));
         let bundle = PathBuf::from(&req.bundle);
         let role = Role::Member { sandbox_id: &sandbox.id, sandbox_pid: sandbox.init_pid(), others };
         check_namespaces(spec, role)?;
@@ -251,8 +260,11 @@ impl Container {
             let _ = std::fs::remove_file(pointer);
         });
         crate::hooks::run_at_create(spec, &req.id, &bundle, sandbox.host_pid().unwrap_or(std::process::id()))?;
+        timeline.step("checks and hooks");
         let image = image_for(req, &bundle, spec, &dir.join("rootfs.img"), &sandbox.cfg.shim.image_cache_dir)?;
+        timeline.step("rootfs image");
         let lease = sandbox.attach_rootfs(&req.id, &image)?;
+        timeline.step("disk attach");
         let (sb, l) = (sandbox.clone(), lease.clone());
         undo.push(move || {
             if let Err(e) = sb.detach_rootfs(&l) {
@@ -270,6 +282,8 @@ impl Container {
                 return Err(e);
             }
         };
+        timeline.step("container create in the guest");
+        timeline.finish();
         undo.disarm();
         sandbox.record(ContainerInfo {
             id: req.id.clone(),

@@ -123,6 +123,7 @@ enum Op {
     SetIds(u32),
     NoNewPrivileges,
     DeathSignal,
+    AllowHugePages,
     AwaitParent,
     Exec,
 }
@@ -237,6 +238,9 @@ fn steps(l: &Launch) -> Result<Vec<Step>, JailError> {
     }
     steps.push(Step { op: Op::NoNewPrivileges, what: "set no_new_privs".into() });
     steps.push(Step { op: Op::DeathSignal, what: "set the parent-death signal".into() });
+    // The shim opts out of transparent huge pages for itself (crate::lifecycle::serve); the
+    // program gets the host's policy back (husk-vmm asks for huge pages for guest memory).
+    steps.push(Step { op: Op::AllowHugePages, what: "clear PR_SET_THP_DISABLE".into() });
     steps.push(Step { op: Op::AwaitParent, what: "wait for the shim".into() });
     if l.confine.is_none() {
         steps.push(Step { op: Op::Chdir(cstring(&l.cwd)?), what: format!("enter {}", l.cwd.display()) });
@@ -379,6 +383,7 @@ unsafe fn child_main(
                 Op::SetIds(id) => libc::syscall(libc::SYS_setresgid, *id, *id, *id) == 0 && libc::syscall(libc::SYS_setresuid, *id, *id, *id) == 0,
                 Op::NoNewPrivileges => libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0,
                 Op::DeathSignal => libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) == 0,
+                Op::AllowHugePages => libc::prctl(libc::PR_SET_THP_DISABLE, 0, 0, 0, 0) == 0,
                 Op::AwaitParent => {
                     let mut b = [0u8; 1];
                     loop {

@@ -341,3 +341,27 @@ fn a_writable_image_is_the_vmms_to_write_and_a_read_only_one_stays_read_only() {
     assert_eq!(std::fs::read(d.path().join("ro.img")).unwrap(), b"x");
     assert_eq!(std::fs::metadata(d.path().join("ro.img")).unwrap().uid(), 0, "a read-only image keeps its owner");
 }
+
+#[test]
+fn a_child_gets_transparent_huge_pages_back_though_the_shim_opted_out() {
+    // The shim's opt-out (lifecycle::serve) is inherited across fork and exec; the spawned
+    // program (husk-vmm, whose guest memory asks for huge pages) must not keep it.
+    nix::sys::prctl::set_thp_disable(true).unwrap();
+    assert!(read(Path::new("/proc/self/status")).contains("THP_enabled:\t0"), "the opt-out did not take");
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out");
+    let file = std::fs::File::create(&out).unwrap();
+    let launch = Launch {
+        program: "/bin/sh".into(),
+        args: vec!["sh".into(), "-c".into(), "grep THP_enabled /proc/$$/status".into()],
+        env: Vec::new(),
+        cwd: d.path().to_path_buf(),
+        stdio: [dev_null().unwrap(), OwnedFd::from(file.try_clone().unwrap()), OwnedFd::from(file)],
+        fds: Vec::new(),
+        cgroups: Vec::new(),
+        confine: None,
+    };
+    let st = wait(spawn(launch).unwrap());
+    assert!(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0, "status {st:#x}");
+    assert_eq!(read(&out), "THP_enabled:\t1\n");
+}

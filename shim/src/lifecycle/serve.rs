@@ -59,6 +59,13 @@ pub fn run(flags: &Flags) -> Result<(), LifecycleError> {
     if let Err(e) = containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id) {
         eprintln!("logging to the bundle's log FIFO is unavailable: {e}");
     }
+    // The shim's own memory is small and sparse (thread stacks, malloc arenas): where the host
+    // backs anonymous memory with transparent huge pages ("always", and khugepaged collapsing
+    // any 2 MiB range with one page in it) each would cost a whole 2 MiB. Children get the
+    // host's policy back (crate::jail::spawn).
+    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
+        log::warn!("cannot opt the shim out of transparent huge pages: {e}");
+    }
     // Like runc's shim: the bundle (our working directory) records the server's pid.
     if let Err(e) = std::fs::write("shim.pid", std::process::id().to_string()) {
         log::warn!("cannot write shim.pid in the bundle: {e}");

@@ -6,6 +6,7 @@
 pub mod cgroup;
 pub mod sizing;
 pub mod spec;
+pub mod timeline;
 
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,7 @@ use crate::state::{ContainerInfo, StateDir, StateInfo};
 use crate::vm::{Vm, VmError, VmPlan};
 use cgroup::HostCgroup;
 use sizing::VmSize;
+use timeline::Timeline;
 
 /// How long the guest gets to power off before the VMM is killed.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -68,6 +70,8 @@ pub struct Boot<'a> {
     pub share_host_files: bool,
     /// The pod's network as set up in its namespace, with the taps for the VMM.
     pub network: Option<(PodNetwork, TapFds)>,
+    /// The create's timeline (each step of the boot is logged on it).
+    pub timeline: &'a mut Timeline,
 }
 
 /// A disk slot lent to a container for its root filesystem.
@@ -184,7 +188,7 @@ impl Sandbox {
     /// directory belongs to the caller). With `share_host_files`, a virtiofsd serves the pod's
     /// shared directory to the guest.
     pub fn boot(b: Boot<'_>, cfg: HuskConfig, state: StateDir) -> Result<Sandbox> {
-        let Boot { namespace, id, bundle, spec, rootfs, share_host_files, network } = b;
+        let Boot { namespace, id, bundle, spec, rootfs, share_host_files, network, timeline } = b;
         let (network, taps) = network.map_or((None, None), |(n, t)| (Some(n), Some(t)));
         let annotations = spec.annotations().clone().unwrap_or_default();
         let size = sizing::vm_size(&annotations, &cfg.vm)?;
@@ -193,6 +197,7 @@ impl Sandbox {
             Some(p) => Some(HostCgroup::create(Path::new(CGROUP_ROOT), &p.to_string_lossy())?),
             None => None,
         };
+        timeline.step("cgroup");
         let shared = if share_host_files {
             let vcfg = VirtiofsdConfig { binary: cfg.shim.virtiofsd.clone(), ..Default::default() };
             match SharedFs::start(state.path(), &vcfg) {
@@ -208,12 +213,14 @@ impl Sandbox {
         } else {
             None
         };
+        timeline.step("virtiofsd");
         let jail = match cfg.jail.enabled {
             true => Jail::prepare(&cfg.jail, &crate::jail::uid_locks(&cfg.shim.state_dir), &state.jail_root(), &cfg.shim.vmm)
                 .map(|j| Some(Arc::new(j)))
                 .map_err(|e| ShimError::from(VmError::from(e))),
             false => Ok(None),
         };
+        timeline.step("jail");
         let mut plan = jail.and_then(|jail| Self::plan(&cfg, &state, size, rootfs, cgroup.as_ref(), shared.as_ref(), jail));
         if let (Ok(plan), Some(n), Some(t)) = (&mut plan, &network, taps) {
             // The plan holds the taps now; the VMM inherits them and the shim's copies close.
@@ -262,6 +269,7 @@ impl Sandbox {
             }
         };
         info.vmm_pid = vm.pid();
+        timeline.step("plan and VMM spawn");
         let connected =
             state.write_info(&info).and_then(|()| crate::agent::connect(&vm, cfg.shim.agent_vsock_port, Duration::from_secs(cfg.shim.boot_timeout_secs)));
         let agent = match connected {
@@ -271,6 +279,7 @@ impl Sandbox {
                 return Err(e);
             }
         };
+        timeline.step("guest boot to agent ready");
         let shared = shared.take().flatten();
         log::info!("sandbox {id}: husk-vmm pid {} with {} vCPUs, {} of memory, {} disk slots", vm.pid(), size.vcpus, size.memory, cfg.vm.disk_slots);
         let slots = Slots { used: vec![None; cfg.vm.disk_slots as usize], generation: 0 };
