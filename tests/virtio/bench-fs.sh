@@ -10,6 +10,10 @@
 #   metadata      --cache metadata          (no data cache)
 #   never         --cache never             (nothing cached)
 #   always        --cache always            (never revalidated: host changes can stay unseen)
+# BENCH_FS_SETTINGS replaces that list: space-separated NAME=FLAGS, the flags' words joined
+# with commas (e.g. "auto=--cache=auto fh=--cache=auto,--inode-file-handles=never"). A NAME
+# ending in "+ra" also gets the guest's read-ahead the agent sets on its virtio-fs mount
+# (BENCH_FS_RA_KB, default 1024 KiB, through /sys/class/bdi/MAJ:MIN/read_ahead_kb).
 # On each, the guest measures (BENCH_FS_REPS rounds, default 3, targets in rotating order):
 #   write  BENCH_FS_MB (default 16) MiB sequentially, 1 MiB blocks, fsync    -> MiB/s
 #   read   the file after dropping the guest's caches (cold), then again (warm) -> MiB/s
@@ -30,13 +34,21 @@ VIRTIOFSD=${HUSK_VIRTIOFSD:-/usr/local/libexec/husk/virtiofsd}
 MB=${BENCH_FS_MB:-16}
 FILES=${BENCH_FS_FILES:-300}
 REPS=${BENCH_FS_REPS:-3}
-for v in MB FILES REPS; do
+RA_KB=${BENCH_FS_RA_KB:-1024}
+for v in MB FILES REPS RA_KB; do
   [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || { echo "bench-fs: BENCH_FS_$v must be a positive integer, got '${!v}'"; exit 2; }
 done
 [ -x "$VIRTIOFSD" ] || { echo "bench-fs: no virtiofsd at $VIRTIOFSD (make deps)"; exit 1; }
 [ -x "$VSOCK_TOOL" ] || { echo "bench-fs: no vsock tool at $VSOCK_TOOL (tests/virtio/build.sh)"; exit 1; }
 # name:virtiofsd flags (the tag is the name)
 SETTINGS=("auto:--cache=auto" "auto+xattr:--cache=auto --xattr" "metadata:--cache=metadata" "never:--cache=never" "always:--cache=always")
+if [ -n "${BENCH_FS_SETTINGS:-}" ]; then
+  SETTINGS=()
+  for s in $BENCH_FS_SETTINGS; do
+    [[ "$s" =~ ^[a-z0-9+-]{1,30}=--[a-z0-9=,-]+$ ]] || { echo "bench-fs: BENCH_FS_SETTINGS entry '$s' is not NAME=--FLAG[,--FLAG...]"; exit 2; }
+    SETTINGS+=("${s%%=*}:$(tr ',' ' ' <<<"${s#*=}")")
+  done
+fi
 vfs_pids=()
 cleanup_bench() {
   for p in "${vfs_pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
@@ -84,6 +96,11 @@ mount -t devtmpfs dev /dev
 now() { vsock-tool now; }
 mkdir -p /mnt/blk && mount -t ext4 /dev/vda /mnt/blk || echo HUSK-FSB-ERROR mount blk
 for t in $targets; do [ \$t = blk ] && continue; mkdir -p /mnt/\$t && mount -t virtiofs \$t /mnt/\$t || echo HUSK-FSB-ERROR mount \$t; done
+for t in $targets; do
+  case \$t in *+ra) ;; *) continue ;; esac
+  dev=\$(awk -v m=/mnt/\$t '\$5 == m {print \$3}' /proc/self/mountinfo)
+  echo $RA_KB >/sys/class/bdi/\$dev/read_ahead_kb || echo HUSK-FSB-ERROR read-ahead \$t \$dev
+done
 drop() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 one() {
   d=/mnt/\$1
