@@ -69,6 +69,11 @@ for _ in $(seq 30); do
   sleep 1
 done
 assert_eq "changed-on-host" "$seen" "host-side change seen in the container"
+# The agent sets the shared virtio-fs mount's read-ahead to virtiofsd's largest request
+# (1 MiB) rather than the kernel's 128 KiB: the volume's device shows it.
+dev=$(ctr_ task exec --exec-id f6 files awk '$5 == "/data" {print $3}' /proc/self/mountinfo)
+[[ "$dev" =~ ^0:[0-9]+$ ]] || fail "no anonymous device for /data in the container's mountinfo: '$dev'"
+assert_eq 1024 "$(ctr_ task exec --exec-id f7 files cat "/sys/class/bdi/$dev/read_ahead_kb")" "read-ahead of the virtio-fs volume (KiB)"
 log "bind mounts over virtio-fs: ok"
 
 # 4. A container whose sandbox-id names no running sandbox is refused, naming it.
