@@ -192,6 +192,7 @@ impl DeviceManager {
         if gsi > LAST_DEVICE_GSI {
             return Err(DeviceError::NoGsi(name.into()));
         }
+        interrupt.set_gsi(vm.clone(), gsi);
         match self.irq_delivery {
             IrqDelivery::Line => {
                 interrupt.use_irq_line(vm.clone(), gsi);

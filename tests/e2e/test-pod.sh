@@ -67,6 +67,13 @@ for _ in $(seq 30); do
   sleep 1
 done
 assert_eq "changed-on-host" "$seen" "host-side change seen in the container"
+# The agent sets the shared virtio-fs mount's read-ahead to virtiofsd's largest request
+# (1 MiB) rather than the kernel's 128 KiB. /data is a submount of it (virtiofsd announces
+# the host's bind mount), stacked in mountinfo over the bind of the pod's share; the
+# submount has its own device but no bdi of its own (it uses the share's), so the device
+# that has a bdi is the share's.
+ra=$(ctr_ task exec --exec-id f6 files sh -c 'for d in $(awk "\$5 == \"/data\" {print \$3}" /proc/self/mountinfo); do [ -e /sys/class/bdi/$d ] && cat /sys/class/bdi/$d/read_ahead_kb; done; true')
+assert_eq 1024 "$ra" "read-ahead of the virtio-fs volume's bdi (KiB)"
 log "bind mounts over virtio-fs: ok"
 
 # 4. A container whose sandbox-id names no running sandbox is refused, naming it.

@@ -8,7 +8,8 @@
 //!   hence positioned reads and writes, lseek and ftruncate in the common list.
 //! - The device event loop (`vmm-events`, the thread that handles what the guest puts in the
 //!   queues): epoll, reads and writes on descriptors it already has, accepting host clients of
-//!   vsock, the vhost-user messages of virtio-fs; ioctls KVM_IRQ_LINE and TUNSETOFFLOAD. It
+//!   vsock, the vhost-user messages of virtio-fs; ioctls KVM_IRQ_LINE, TUNSETOFFLOAD and
+//!   KVM_IRQFD (routing a vhost-user backend's call EventFds to the guest's interrupt). It
 //!   cannot open a file, create or connect a socket, or remove a file: everything it serves
 //!   was opened before the filters went in (or by the shim, and inherited), and the host side
 //!   of guest-initiated vsock connections is connected by the vsock connector thread.
@@ -82,6 +83,8 @@ impl Filters {
 const KVM_RUN: u64 = 0xae80;
 /// KVM_IRQ_LINE = _IOW(0xAE, 0x61, struct kvm_irq_level), 8 bytes.
 const KVM_IRQ_LINE: u64 = 0x4008_ae61;
+/// KVM_IRQFD = _IOW(0xAE, 0x76, struct kvm_irqfd), 32 bytes.
+const KVM_IRQFD: u64 = 0x4020_ae76;
 /// KVM_GET_MP_STATE = _IOR(0xAE, 0x98, struct kvm_mp_state), 4 bytes.
 const KVM_GET_MP_STATE: u64 = 0x8004_ae98;
 /// KVM_GET_REGS = _IOR(0xAE, 0x81, struct kvm_regs), 144 bytes.
@@ -232,7 +235,7 @@ pub fn filters() -> Result<Filters, SeccompError> {
     Ok(Filters {
         // A vCPU raises a config-change interrupt when a device fails to activate.
         vcpu: build(plain("vcpu", &[COMMON], &[KVM_RUN, KVM_IRQ_LINE, KVM_GET_MP_STATE, KVM_GET_REGS]))?,
-        event_loop: build(plain("event loop", &[COMMON, EVENT_LOOP], &[KVM_IRQ_LINE, TUNSETOFFLOAD]))?,
+        event_loop: build(plain("event loop", &[COMMON, EVENT_LOOP], &[KVM_IRQ_LINE, TUNSETOFFLOAD, KVM_IRQFD]))?,
         api: build(api)?,
         block_io: build(plain("disk I/O", &[COMMON, BLOCK_IO], &[KVM_IRQ_LINE]))?,
         vsock_connect: build(connect)?,

@@ -67,6 +67,7 @@ fn filters_compile_and_answer_per_thread_kind() {
     may(libc::SYS_ioctl, ioctl(KVM_RUN), &[ThreadKind::Vcpu]);
     may(libc::SYS_ioctl, ioctl(KVM_IRQ_LINE), &[ThreadKind::Vcpu, ThreadKind::EventLoop, ThreadKind::Api, ThreadKind::BlockIo]);
     may(libc::SYS_ioctl, ioctl(TUNSETOFFLOAD), &[ThreadKind::EventLoop]);
+    may(libc::SYS_ioctl, ioctl(KVM_IRQFD), &[ThreadKind::EventLoop]);
     // What no thread may do once running: set up taps, change KVM's memory map, create vCPUs,
     // toggle non-blocking mode with FIONBIO, read socket queue sizes.
     const TUNSETIFF: u64 = 0x4004_54ca;

@@ -54,6 +54,9 @@ pub struct Fs {
     pub(super) backend_registered: bool,
     /// The queue notifications are registered on the event loop (while the backend is gone).
     pub(super) kicks_registered: bool,
+    /// The call EventFds are routed to the GSI as irqfds (the interrupt they were routed
+    /// with); while they are, they are not on the event loop.
+    calls_routed: Option<Arc<Interrupt>>,
     pub(super) metrics: Arc<FsMetrics>,
 }
 
@@ -94,6 +97,7 @@ impl Fs {
             stop_pending: false,
             backend_registered: false,
             kicks_registered: false,
+            calls_routed: None,
             metrics,
         })
     }
@@ -111,6 +115,9 @@ impl Fs {
     /// The backend work activate and reset left for the event loop: stop the rings of a
     /// reset activation, start the backend for a new one, or stop answering the queues.
     pub(super) fn on_control(&mut self, ops: &mut EventOps) {
+        if self.phase != Phase::Running {
+            self.unroute_calls(ops);
+        }
         if std::mem::take(&mut self.stop_pending) {
             if let Some(b) = self.backend.as_mut() {
                 if let Err(e) = b.stop(NUM_QUEUES) {
@@ -140,6 +147,7 @@ impl Fs {
             Ok(()) => {
                 self.phase = Phase::Running;
                 self.metrics.activations.inc();
+                self.route_calls(ops);
             }
             Err(e) => self.backend_lost(&format!("refused the activation: {e}"), ops),
         }
@@ -157,6 +165,7 @@ impl Fs {
             self.metrics.connected.store(false, Ordering::Relaxed);
         }
         self.metrics.backend_failures.inc();
+        self.unroute_calls(ops);
         if let Some(dropped) = BACKEND_LOG.allow() {
             let (tag, socket) = (&self.cfg.tag, self.cfg.socket.display());
             let also = if dropped > 0 { format!(" ({dropped} similar messages suppressed)") } else { String::new() };
@@ -190,6 +199,44 @@ impl Fs {
                 log::error!("virtio-fs {}: cannot re-arm queue {q}: {e}", self.cfg.tag);
             }
         }
+    }
+
+    /// Lets KVM raise the interrupt when the backend signals a call EventFd, instead of a
+    /// wake-up of the event loop per reply (one context switch less per FUSE request).
+    /// tests/virtio/bench-fs.sh, this and the relaying husk-vmm one after the other in one
+    /// testbed VM (4 rounds, medians, against virtio-blk in the same guest): create 0.10x
+    /// against 0.07x, unlink 0.37x against 0.09x, cold read 0.59x against 0.21x.
+    /// Without a GSI to route to, the event loop keeps relaying.
+    fn route_calls(&mut self, ops: &mut EventOps) {
+        let Some(interrupt) = self.active.as_ref().map(|a| a.interrupt.clone()) else {
+            return;
+        };
+        if let Err(e) = interrupt.route_used_queue_events(&self.call_evts) {
+            log::warn!("virtio-fs {}: the backend's interrupts go through the event loop: cannot route them to the GSI: {e}", self.cfg.tag);
+            return;
+        }
+        for evt in &self.call_evts {
+            let _ = ops.remove(Events::new(evt, EventSet::IN));
+        }
+        self.calls_routed = Some(interrupt);
+        self.metrics.routed_calls.store(true, Ordering::Relaxed);
+    }
+
+    /// Takes the call EventFds back onto the event loop (a count KVM did not take is
+    /// relayed there).
+    fn unroute_calls(&mut self, ops: &mut EventOps) {
+        let Some(interrupt) = self.calls_routed.take() else {
+            return;
+        };
+        if let Err(e) = interrupt.unroute_used_queue_events(&self.call_evts) {
+            log::error!("virtio-fs {}: cannot take the backend's interrupts back from KVM: {e}", self.cfg.tag);
+        }
+        for evt in &self.call_evts {
+            if let Err(e) = ops.add(Events::new(evt, EventSet::IN)) {
+                log::error!("virtio-fs {}: cannot register an EventFd: {e}", self.cfg.tag);
+            }
+        }
+        self.metrics.routed_calls.store(false, Ordering::Relaxed);
     }
 
     fn register_kicks(&mut self, ops: &mut EventOps) {

@@ -22,10 +22,13 @@ pub struct FsMetrics {
     pub kicks: Counter,
     /// Whether a backend is connected now.
     pub connected: AtomicBool,
+    /// Whether the backend's call EventFds raise the interrupt through KVM now (irqfds)
+    /// rather than through husk-vmm (`interrupts` then stays still).
+    pub routed_calls: AtomicBool,
 }
 
 impl FsMetrics {
-    /// The counters as (name, value) pairs (`connected` is 0 or 1).
+    /// The counters as (name, value) pairs (`connected` and `routed_calls` are 0 or 1).
     pub fn pairs(&self) -> Vec<(&'static str, u64)> {
         vec![
             ("activations", self.activations.get()),
@@ -35,6 +38,7 @@ impl FsMetrics {
             ("errors", self.errors.get()),
             ("kicks", self.kicks.get()),
             ("connected", u64::from(self.connected.load(Ordering::Relaxed))),
+            ("routed_calls", u64::from(self.routed_calls.load(Ordering::Relaxed))),
         ]
     }
 

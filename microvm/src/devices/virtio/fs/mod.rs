@@ -9,7 +9,9 @@
 //!   queue's ioeventfd as kick, an EventFd of ours as call) and enables the queues; this runs
 //!   on the event-loop thread, since vCPU threads may not use sockets under their seccomp
 //!   filter,
-//! - turns the backend's call EventFds into the device's interrupt,
+//! - routes the backend's call EventFds to the device's GSI as irqfds, so KVM raises the
+//!   interrupt without a wake-up of husk-vmm per reply (relays them on the event loop
+//!   when that cannot be done, and while the backend is gone),
 //! - answers the config space (`tag`, `num_request_queues`), and
 //! - when the backend hangs up or fails, sets DEVICE_NEEDS_RESET and takes the queues over,
 //!   answering every request (the one in flight included) with `EIO` until the driver resets

@@ -495,3 +495,42 @@ fn a_backend_gone_before_activation_fails_the_activation_not_the_vmm() {
     assert_eq!(rig.t.status() & STATUS_DEVICE_NEEDS_RESET, 0, "nothing to reset before the driver came");
     assert_activation_fails_with_eio(&mut rig, 9);
 }
+
+#[test]
+fn with_a_gsi_the_backend_calls_reach_kvm_directly_until_the_backend_dies() {
+    use kvm_ioctls::Kvm;
+    let kvm = Kvm::new().expect("/dev/kvm");
+    let vm = Arc::new(kvm.create_vm().unwrap());
+    vm.create_irq_chip().unwrap();
+    let mut rig = Rig::new();
+    assert!(rig.t.interrupt().set_gsi(vm.clone(), 5));
+    let mem = rig.mem.clone();
+    let mut qs = queues(&mem);
+    rig.activate(&qs);
+    rig.run_until("the backend runs", |r| r.phase() == Phase::Running);
+    assert_eq!(rig.counter("routed_calls"), 1);
+    // KVM holds the call EventFds: registering one again is refused.
+    assert!(vm.register_irqfd(&rig.dev.lock().unwrap().call_evts[REQUEST_QUEUE], 5).is_err());
+
+    let reply = rig.request(&mut qs[REQUEST_QUEUE], REQUEST_QUEUE as u32, 1, 11);
+    rig.run_until("the reply arrives", |_| qs[REQUEST_QUEUE].used_idx() == 1);
+    assert_eq!(rig.reply(reply), (24, 0, 11));
+    for _ in 0..5 {
+        rig.em.run_with_timeout(20).unwrap();
+    }
+    assert_eq!(rig.counter("interrupts"), 0, "the event loop relayed nothing");
+    assert!(rig.t.interrupt().event().read().is_err(), "husk-vmm raised nothing itself");
+    assert_eq!(rig.t.interrupt().status(), INT_VRING, "the driver is told to look at its queues");
+
+    // The backend dies: the EventFds come back to the event loop before husk-vmm answers the
+    // queues, so its own interrupts (and the config interrupt) say exactly what happened.
+    rig.backend.die();
+    rig.run_until("the device notices", |r| r.phase() == Phase::Failed);
+    assert_eq!(rig.counter("routed_calls"), 0);
+    assert_eq!(rig.t.interrupt().status(), INT_CONFIG);
+    vm.register_irqfd(&rig.dev.lock().unwrap().call_evts[REQUEST_QUEUE], 5).expect("the EventFd was released");
+    let later = rig.request(&mut qs[REQUEST_QUEUE], REQUEST_QUEUE as u32, 1, 12);
+    rig.run_until("the next request fails", |_| qs[REQUEST_QUEUE].used_idx() == 2);
+    assert_eq!(rig.reply(later), (16, -5, 12));
+    assert_eq!(rig.t.interrupt().status() & INT_VRING, INT_VRING);
+}
