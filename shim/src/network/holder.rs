@@ -56,12 +56,18 @@ fn child(join: Option<RawFd>, report: RawFd, parent: libc::pid_t) -> ! {
             libc::_exit(1);
         }
         libc::prctl(libc::PR_SET_NAME, c"husk-netns".as_ptr() as libc::c_ulong, 0, 0, 0);
+        // Nothing of the shim's: no tap, socket or FIFO stays open because of the holder. Closed
+        // before the report, so the holder holds nothing once `spawn` returns.
+        let report_u = report as u32;
+        if report_u > 0 {
+            libc::syscall(libc::SYS_close_range, 0u32, report_u - 1, 0u32);
+        }
+        libc::syscall(libc::SYS_close_range, report_u + 1, u32::MAX, 0u32);
         libc::write(report, (&code as *const i32).cast(), 4);
+        libc::close(report);
         if code != 0 {
             libc::_exit(1);
         }
-        // Nothing of the shim's: no tap, socket or FIFO stays open because of the holder.
-        libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32);
         loop {
             libc::pause();
         }
