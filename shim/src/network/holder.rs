@@ -128,7 +128,12 @@ impl NetnsHolder {
         let mut f = File::from(read);
         let got = std::io::Read::read(&mut f, &mut code).map_err(holder_err)?;
         let failed = match (got, i32::from_ne_bytes(code)) {
-            (4, 0) => return Ok(holder),
+            (4, 0) => {
+                // EOF once the holder closed its end: it holds no descriptor of ours from here on.
+                let mut rest = [0u8; 1];
+                std::io::Read::read(&mut f, &mut rest).map_err(holder_err)?;
+                return Ok(holder);
+            }
             (4, errno) => std::io::Error::from_raw_os_error(errno),
             _ => std::io::Error::other("the holder exited before entering the namespace"),
         };
