@@ -18,6 +18,9 @@ use crate::server::checks;
 pub fn spec(data: &[u8]) {
     let Ok(spec) = parse_json::<Spec>("spec", data) else { return };
     let _ = vsock::allowed(&spec);
+    if let Some(profile) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+        let _ = crate::container::seccomp::SeccompPlan::from_oci(profile);
+    }
     let ns = crate::pod::namespace_plan(&spec, None).unwrap_or_default();
     let allowed = [PathBuf::from("/nonexistent/husk-fuzz-root/pod")];
     let _ = RootPlan::from_spec(&spec, PathBuf::from("/nonexistent/husk-fuzz-root"), &ns, &allowed);
