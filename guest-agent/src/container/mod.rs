@@ -1,5 +1,6 @@
 //! Containers: create (rootfs, cgroup, namespaces, init process), exec, remove.
 pub mod cgroup;
+pub mod devices;
 pub mod mounts;
 pub mod oom;
 pub mod rootfs;
@@ -113,6 +114,7 @@ impl Container {
             None => None,
         };
         plan.seccomp = seccomp.clone();
+        let device_rules = spec.linux().as_ref().and_then(|l| l.resources().as_ref()).and_then(|r| r.devices().clone());
         let ns = namespace_plan(&spec, pod)?;
         let Some(rootfs) = req.rootfs.as_ref() else {
             return Err(AgentError::InvalidArgument("rootfs is missing".into()));
@@ -134,6 +136,7 @@ impl Container {
             if let Some(res) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
                 cg.apply(res)?;
             }
+            cg.filter_devices(device_rules.as_deref().unwrap_or_default())?;
             let procs = cg.procs_fd()?;
             let allowed = [paths.run_dir.join("pod"), disks_dir.clone()];
             let mut root_plan = RootPlan::from_spec(&spec, root, &ns, &allowed)?;
