@@ -18,6 +18,7 @@
 //! agent_vsock_port = 1024
 //! boot_timeout_secs = 30
 //! virtiofsd = "/usr/local/libexec/husk/virtiofsd"
+//! ignore_unsupported = ["process.apparmorProfile"]  # see UNSUPPORTED_OCI_FIELDS
 //!
 //! [jail]
 //! enabled = true          # husk-vmm runs confined (own uid, chroot, namespaces, rlimits)
@@ -37,6 +38,19 @@ use crate::vm::{validate_memory, validate_vcpus, DEFAULT_INITRAMFS, DEFAULT_KERN
 /// Most disk slots a pod's VM may have: the VM's 19 virtio interrupt lines less the sandbox's
 /// root disk, vsock, a network card and the shared filesystem.
 pub const MAX_DISK_SLOTS: u32 = 15;
+
+/// OCI spec fields husk cannot honour in its guest: a container whose spec sets one is
+/// refused, naming the field, unless `[shim] ignore_unsupported` lists it (then the shim logs
+/// a warning and runs the container without it).
+pub const UNSUPPORTED_OCI_FIELDS: &[&str] = &[
+    "process.apparmorProfile",
+    "process.selinuxLabel",
+    "linux.mountLabel",
+    "linux.uidMappings",
+    "linux.gidMappings",
+    "linux.namespaces.user",
+    "linux.intelRdt",
+];
 
 /// Default location of the file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/husk/config.toml";
@@ -139,6 +153,11 @@ pub struct ShimConfig {
     /// The virtiofsd binary serving a pod's shared host files (volumes, CRI's /etc/hosts, ...).
     #[serde(default = "d_virtiofsd")]
     pub virtiofsd: PathBuf,
+    /// Fields of [`UNSUPPORTED_OCI_FIELDS`] a spec may set, ignored with a warning. The default
+    /// ignores `process.apparmorProfile`, which containerd's CRI sets on every container of a
+    /// host with AppArmor enabled (the guest kernel has no AppArmor).
+    #[serde(default = "d_ignore_unsupported")]
+    pub ignore_unsupported: Vec<String>,
 }
 
 fn d_kernel() -> PathBuf {
@@ -167,6 +186,9 @@ fn d_vmm() -> PathBuf {
 }
 fn d_virtiofsd() -> PathBuf {
     "/usr/local/libexec/husk/virtiofsd".into()
+}
+fn d_ignore_unsupported() -> Vec<String> {
+    vec!["process.apparmorProfile".into()]
 }
 fn d_state() -> PathBuf {
     "/run/husk".into()
@@ -223,6 +245,7 @@ impl Default for ShimConfig {
             agent_vsock_port: d_port(),
             boot_timeout_secs: d_timeout(),
             virtiofsd: d_virtiofsd(),
+            ignore_unsupported: d_ignore_unsupported(),
         }
     }
 }
@@ -272,6 +295,9 @@ impl HuskConfig {
             return Err(ConfigError::invalid("shim.boot_timeout_secs", self.shim.boot_timeout_secs, "must be 1 to 3600"));
         }
         self.jail.validate()?;
+        if let Some(bad) = self.shim.ignore_unsupported.iter().find(|f| !UNSUPPORTED_OCI_FIELDS.contains(&f.as_str())) {
+            return Err(ConfigError::invalid("shim.ignore_unsupported", bad, format!("is not one of {}", UNSUPPORTED_OCI_FIELDS.join(", "))));
+        }
         for (field, p) in [
             ("shim.state_dir", &self.shim.state_dir),
             ("shim.image_cache_dir", &self.shim.image_cache_dir),
@@ -374,6 +400,18 @@ mod tests {
         HuskConfig::from_toml_str("[jail]\nuid_first = 4294967290\nuid_count = 5\n", Path::new("t")).unwrap();
         let e = HuskConfig::from_toml_str("[jail]\nuid = 7\n", Path::new("t")).unwrap_err();
         assert!(format!("{e:?}").contains("uid"), "{e:?}");
+    }
+
+    #[test]
+    fn unsupported_fields_to_ignore_are_checked_and_apparmor_is_ignored_by_default() {
+        let c = HuskConfig::from_toml_str("", Path::new("t")).unwrap();
+        assert_eq!(c.shim.ignore_unsupported, ["process.apparmorProfile"]);
+        let shipped = include_str!("../husk.toml.in").replace("@PREFIX@", "/usr/local");
+        assert_eq!(HuskConfig::from_toml_str(&shipped, Path::new("husk.toml.in")).unwrap().shim.ignore_unsupported, c.shim.ignore_unsupported);
+        let c = HuskConfig::from_toml_str("[shim]\nignore_unsupported = []\n", Path::new("t")).unwrap();
+        assert!(c.shim.ignore_unsupported.is_empty());
+        let e = HuskConfig::from_toml_str("[shim]\nignore_unsupported = [\"process.apparmor\"]\n", Path::new("t")).unwrap_err().to_string();
+        assert!(e.contains("shim.ignore_unsupported") && e.contains("process.apparmor") && e.contains("linux.mountLabel"), "{e}");
     }
 
     #[test]

@@ -18,6 +18,14 @@ use crate::server::checks;
 pub fn spec(data: &[u8]) {
     let Ok(spec) = parse_json::<Spec>("spec", data) else { return };
     let _ = vsock::allowed(&spec);
+    if let Some(profile) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+        let _ = crate::container::seccomp::SeccompPlan::from_oci(profile);
+    }
+    if let Some(rules) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()).and_then(|r| r.devices().as_ref()) {
+        if let Ok(rules) = crate::container::devices::rules(rules) {
+            let _ = crate::container::devices::program(&rules);
+        }
+    }
     let ns = crate::pod::namespace_plan(&spec, None).unwrap_or_default();
     let allowed = [PathBuf::from("/nonexistent/husk-fuzz-root/pod")];
     let _ = RootPlan::from_spec(&spec, PathBuf::from("/nonexistent/husk-fuzz-root"), &ns, &allowed);
@@ -151,11 +159,17 @@ mod tests {
             "rlimits":[{"type":"RLIMIT_NOFILE","hard":1,"soft":1}],"capabilities":{"bounding":["CAP_KILL"]}},
             "mounts":[{"destination":"/proc","type":"proc"},{"destination":"/a/../b","type":"bind","source":"/x","options":["rbind","ro","mode=1"]}],
             "linux":{"namespaces":[{"type":"mount"},{"type":"pid"}],"sysctl":{"net.ipv4.ip_forward":"1"},
-            "maskedPaths":["/proc/kcore"],"resources":{"memory":{"limit":1}}}}"#;
+            "maskedPaths":["/proc/kcore"],"resources":{"memory":{"limit":1},"devices":[{"allow":false,"access":"rwm"},{"allow":true,"type":"c","major":1,"minor":-1,"access":"r"}]},
+            "devices":[{"path":"/dev/x","type":"c","major":1,"minor":3,"fileMode":438}],
+            "seccomp":{"defaultAction":"SCMP_ACT_ERRNO","defaultErrnoRet":1,"flags":["SECCOMP_FILTER_FLAG_LOG"],"syscalls":[{"names":["read","clone"],"action":"SCMP_ACT_ALLOW",
+              "args":[{"index":0,"value":2,"valueTwo":2,"op":"SCMP_CMP_MASKED_EQ"},{"index":1,"value":7,"op":"SCMP_CMP_GT"}]},{"names":["clone3"],"action":"SCMP_ACT_ERRNO","errnoRet":38}]}}}"#;
         for_mutations(base, 0x9e37_79b9_7f4a_7c15, |data| {
             spec(data);
             process(data);
         });
+        let parsed = parse_json::<Spec>("spec", base).unwrap();
+        let profile = parsed.linux().as_ref().and_then(|l| l.seccomp().as_ref()).unwrap();
+        assert_eq!(crate::container::seccomp::SeccompPlan::from_oci(profile).unwrap().filter_count(), 2, "the base spec reaches the seccomp translation");
         spec(base);
     }
 

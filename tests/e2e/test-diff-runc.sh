@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Differential: the same ctr runs under runc and under husk give the same stdout, stderr and
-# exit code. Needs hardware KVM (tests/testbed/run). 5 VM boots.
+# exit code. Needs hardware KVM (tests/testbed/run). 9 VM boots.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 e2e_setup
@@ -52,6 +52,23 @@ same 1 "" --env A=1 --cwd /etc "$IMAGE" d4 sh -c 'echo "$A $(pwd) $(id)"; env | 
 # reference to compare with. husk's stdin, EOF included, is checked in test-run.sh.
 # A missing executable: both fail (ctr's message differs by runtime, the exit code must not).
 same 0 "" "$IMAGE" d6 /bin/does-not-exist
+# linux.seccomp: containerd's default profile (what CRI's RuntimeDefault also gives) refuses
+# unshare -U and lets ordinary commands run; a custom profile's ERRNO with errnoRet (mkdir →
+# ENOSPC) and an argument rule (kill with signal 15 → EPERM, other signals pass).
+same 1 "" --seccomp "$IMAGE" d7 sh -c 'unshare -U true; echo "unshare $?"; ls / | wc -l; grep "^Seccomp:" /proc/self/status'
+cat >"$E2E_WORK/seccomp-custom.json" <<'JSON'
+{"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"], "syscalls": [
+  {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 28},
+  {"names": ["kill"], "action": "SCMP_ACT_ERRNO", "args": [{"index": 1, "value": 15, "op": "SCMP_CMP_EQ"}]}]}
+JSON
+same 1 "" --seccomp --seccomp-profile "$E2E_WORK/seccomp-custom.json" "$IMAGE" d8 \
+  sh -c 'mkdir /tmp/x; echo "mkdir $?"; kill -TERM $$; echo "kill TERM $?"; kill -0 $$; echo "kill 0 $?"'
+# Devices: ctr's rules deny every device but runc's defaults; mknod is allowed, opening the
+# node made is not (/dev/mem, /dev/tty1) unless a rule allows it (a second /dev/null).
+# --device makes a linux.devices node with the host's type, numbers and mode (opening
+# /dev/kmsg is left out: it depends on the kernel's dmesg_restrict, not on husk).
+same 1 "" "$IMAGE" d9 sh -c 'mknod /dev/m c 1 1; echo "mknod $?"; true </dev/m; echo "mem $?"; true </dev/null; echo "null $?"'
+same 1 "" --device /dev/kmsg "$IMAGE" d10 sh -c 'stat -c "%F %t:%T %a %u:%g" /dev/kmsg; mknod /dev/n2 c 1 3; echo hi >/dev/n2; echo "null2 $?"; mknod /dev/t1 c 4 1; true </dev/t1; echo "tty1 $?"'
 leak_check
 ((${#diffs[@]} == 0)) || fail "${#diffs[@]} differences from runc in $n cases: $(printf '\n  %s' "${diffs[@]}")"
 log "test-diff-runc: $n cases identical"

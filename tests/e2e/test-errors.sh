@@ -67,6 +67,13 @@ log "e-shimdies: VMM gone, state removed"
 # 5. No rootfs: `ctr run --rootfs` of a directory that does not exist.
 run_fail e-rootfs 'no rootfs' --rootfs /nonexistent-rootfs e-rootfs true
 
+# 5b. An OCI field husk cannot honour: refused by name, before a VM boots, unless
+# [shim] ignore_unsupported lists it (the default lists process.apparmorProfile only).
+write_husk_config
+echo 'ignore_unsupported = []' >>"$E2E_WORK/husk.toml"
+run_fail e-apparmor 'process.apparmorProfile' --apparmor-profile husk-test-profile "$IMAGE" e-apparmor true
+write_husk_config
+
 # 6. KVM unavailable: /dev/kvm replaced by a read-only file in containerd's mount namespace.
 containerd_stop_only() { kill "$CTRD_PID"; wait "$CTRD_PID" 2>/dev/null || true; CTRD_PID=""; }
 if command -v unshare >/dev/null; then

@@ -44,6 +44,19 @@ impl Cgroup {
         std::fs::write(&p, value).map_err(|e| AgentError::io(format!("setting {file}={value}"), e))
     }
 
+    /// Attaches the device filter of `rules` (`linux.resources.devices`, see
+    /// [`crate::container::devices`]) to the cgroup.
+    pub fn filter_devices(&self, rules: &[oci_spec::runtime::LinuxDeviceCgroup]) -> Result<()> {
+        use crate::container::devices;
+        let bad = |e: devices::DeviceError| match e {
+            devices::DeviceError::Kernel { what, source } => AgentError::io(what, source),
+            other => AgentError::InvalidArgument(other.to_string()),
+        };
+        let prog = devices::program(&devices::rules(rules).map_err(bad)?);
+        let fd = devices::bpf::load(&prog).map_err(bad)?;
+        devices::bpf::attach(&fd, &self.path).map_err(bad)
+    }
+
     /// Applies memory, cpu and pids limits.
     pub fn apply(&self, r: &LinuxResources) -> Result<()> {
         if let Some(m) = r.memory() {

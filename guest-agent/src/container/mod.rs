@@ -1,8 +1,10 @@
 //! Containers: create (rootfs, cgroup, namespaces, init process), exec, remove.
 pub mod cgroup;
+pub mod devices;
 pub mod mounts;
 pub mod oom;
 pub mod rootfs;
+pub mod seccomp;
 pub mod vsock;
 
 use std::collections::HashMap;
@@ -45,6 +47,8 @@ pub struct Container {
     pub cgroup: Cgroup,
     /// Its spec grants it vsock ([`vsock::allowed`]); its processes then run without the guard.
     pub vsock_allowed: bool,
+    /// Its seccomp profile, installed in its init and every exec.
+    pub seccomp: Option<Arc<seccomp::SeccompPlan>>,
     mounts: Mutex<Mounts>,
     dirs: Vec<PathBuf>,
 }
@@ -105,6 +109,12 @@ impl Container {
         if vsock_allowed {
             plan.vsock_guard = None;
         }
+        let seccomp = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+            Some(profile) => Some(Arc::new(seccomp::SeccompPlan::from_oci(profile).map_err(|e| AgentError::InvalidArgument(crate::error::chain(&e)))?)),
+            None => None,
+        };
+        plan.seccomp = seccomp.clone();
+        let device_rules = spec.linux().as_ref().and_then(|l| l.resources().as_ref()).and_then(|r| r.devices().clone());
         let ns = namespace_plan(&spec, pod)?;
         let Some(rootfs) = req.rootfs.as_ref() else {
             return Err(AgentError::InvalidArgument("rootfs is missing".into()));
@@ -126,6 +136,7 @@ impl Container {
             if let Some(res) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
                 cg.apply(res)?;
             }
+            cg.filter_devices(device_rules.as_deref().unwrap_or_default())?;
             let procs = cg.procs_fd()?;
             let allowed = [paths.run_dir.join("pod"), disks_dir.clone()];
             let mut root_plan = RootPlan::from_spec(&spec, root, &ns, &allowed)?;
@@ -141,7 +152,7 @@ impl Container {
                     return Err(AgentError::FailedPrecondition("cgroup missing".into()));
                 };
                 log::info!("created container {id} (init pid {})", init.pid);
-                Ok(Container { id: id.to_string(), init, execs: Mutex::new(HashMap::new()), cgroup, vsock_allowed, mounts: Mutex::new(mounts), dirs })
+                Ok(Container { id: id.to_string(), init, execs: Mutex::new(HashMap::new()), cgroup, vsock_allowed, seccomp, mounts: Mutex::new(mounts), dirs })
             }
             Err(e) => {
                 partial.undo();
@@ -171,6 +182,7 @@ impl Container {
         if self.vsock_allowed {
             plan.vsock_guard = None;
         }
+        plan.seccomp = self.seccomp.clone();
         if self.init.exit_info().is_some() {
             return Err(AgentError::FailedPrecondition(format!("container {} is not running", self.id)));
         }

@@ -79,6 +79,8 @@ pub struct RootPlan {
     pub readonly_root: bool,
     /// linux.sysctl, checked to be namespaced keys of namespaces the container has.
     pub sysctl: Vec<(String, String)>,
+    /// linux.devices: nodes made in the root before pivot_root.
+    pub devices: Vec<crate::container::devices::nodes::DeviceNode>,
 }
 
 /// Checks that sysctl `key` belongs to a namespace the container does not share with the agent
@@ -234,6 +236,8 @@ impl RootPlan {
             readonly_paths: paths(linux.and_then(|l| l.readonly_paths().as_ref()), "readonly path")?,
             readonly_root: spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false),
             sysctl,
+            devices: crate::container::devices::nodes::plan(linux.and_then(|l| l.devices().as_deref()).unwrap_or_default())
+                .map_err(|e| AgentError::InvalidArgument(e.to_string()))?,
         })
     }
 }
@@ -405,6 +409,7 @@ pub fn setup_root(plan: &RootPlan) -> ChildResult<()> {
     for m in &plan.mounts {
         apply_mount(&plan.rootfs, m)?;
     }
+    crate::container::devices::nodes::create(&plan.rootfs, &plan.devices)?;
     if let Some(h) = &plan.hostname {
         nix::unistd::sethostname(h).map_err(sys(format!("setting hostname {h:?}")))?;
     }

@@ -136,6 +136,12 @@ fn setup_and_exec(setup: Setup<'_>, fds: &ChildFds, plan: &ExecPlan) -> ChildRes
     if let Some(guard) = plan.vsock_guard {
         guard.install()?;
     }
+    // As runc: without no_new_privs the profile goes in now, while the process still has
+    // CAP_SYS_ADMIN; with it, as late as possible (right before execve, below), so that the
+    // profile need not allow what the setup does.
+    if let Some(profile) = plan.seccomp.as_deref().filter(|_| !plan.no_new_privs) {
+        profile.install()?;
+    }
     if let Some(adj) = plan.oom_score_adj {
         std::fs::write("/proc/self/oom_score_adj", adj.to_string()).map_err(|e| ChildError::sys(format!("setting oom_score_adj {adj}"), io_errno(&e)))?;
     }
@@ -174,14 +180,24 @@ fn setup_and_exec(setup: Setup<'_>, fds: &ChildFds, plan: &ExecPlan) -> ChildRes
     // Every fd the agent has open besides stdio must not leak into the workload.
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags on our own fds.
     unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
-    let err = nix::unistd::execve(&exe, &plan.args, &env).unwrap_err();
+    let err = match plan.seccomp.as_deref().filter(|_| plan.no_new_privs).map(|p| p.install()).transpose() {
+        Ok(_) => {
+            let err = nix::unistd::execve(&exe, &plan.args, &env).unwrap_err();
+            ChildError { invalid: true, errno: Some(err), msg: format!("exec {:?}", plan.program) }
+        }
+        Err(e) => e,
+    };
     if fds.start.is_some() {
         // Nobody listens to the report pipe after 'R': tell the workload's stderr.
-        let _ = std::io::stderr().write_all(format!("husk-agent: exec {:?}: {}\n", plan.program, err.desc()).as_bytes());
+        let text = match err.errno {
+            Some(e) => format!("husk-agent: {}: {}\n", err.msg, e.desc()),
+            None => format!("husk-agent: {}\n", err.msg),
+        };
+        let _ = std::io::stderr().write_all(text.as_bytes());
         // SAFETY: see `run`.
         unsafe { libc::_exit(127) }
     }
-    Err(ChildError { invalid: true, errno: Some(err), msg: format!("exec {:?}", plan.program) })
+    Err(err)
 }
 
 /// The workload starts with default signal dispositions and nothing blocked (the agent blocks

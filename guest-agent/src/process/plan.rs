@@ -2,10 +2,12 @@
 //! before the fork so that the child does as little as possible and bad input fails early.
 use std::collections::HashSet;
 use std::ffi::CString;
+use std::sync::Arc;
 
 use nix::sys::resource::Resource;
 use oci_spec::runtime::{LinuxCapabilities, PosixRlimit, Process};
 
+use crate::container::seccomp::SeccompPlan;
 use crate::container::vsock::{self, VsockGuard};
 use crate::error::{AgentError, Result};
 
@@ -65,6 +67,9 @@ pub struct ExecPlan {
     /// The filter that keeps the process off vsock; every plan starts with it, and a
     /// container whose spec grants vsock clears it (see [`crate::container::vsock`]).
     pub vsock_guard: Option<&'static VsockGuard>,
+    /// The container's own profile (`linux.seccomp`), set by the container for its init and
+    /// every exec.
+    pub seccomp: Option<Arc<SeccompPlan>>,
 }
 
 fn cstring(what: &str, s: &str) -> Result<CString> {
@@ -167,6 +172,7 @@ impl ExecPlan {
             terminal: p.terminal().unwrap_or(false),
             console_size,
             vsock_guard: Some(vsock::guard()?),
+            seccomp: None,
         })
     }
 }

@@ -85,6 +85,8 @@ impl Service {
     /// the running sandbox its spec names (`io.kubernetes.cri.sandbox-id`).
     fn create_container(&self, req: &api::CreateTaskRequest) -> Result<(Arc<Container>, Option<Arc<Sandbox>>)> {
         let spec = load_spec(Path::new(&req.bundle))?;
+        let (_, cfg) = crate::options::load_config(crate::options::config_path_from_options(req.options.as_ref())?)?;
+        crate::unsupported::check(&format!("container {}", req.id), &crate::unsupported::spec_fields(&spec), &cfg.shim.ignore_unsupported)?;
         let sandbox_id = sandbox_of(&spec).unwrap_or_else(|| req.id.clone());
         let (current, others) = {
             let reg = self.inner.registry();
@@ -230,6 +232,13 @@ impl Service {
         let spec = req.spec.as_ref().map(|a| a.value.clone()).unwrap_or_default();
         let proc: oci_spec::runtime::Process =
             serde_json::from_slice(&spec).map_err(|e| ShimError::invalid(format!("process spec of exec {:?}", req.exec_id), e.to_string()))?;
+        // ExecProcess carries no runtime options: the configuration the shim's environment names.
+        let (_, cfg) = crate::options::load_config(None)?;
+        crate::unsupported::check(
+            &format!("exec {:?} of container {}", req.exec_id, c.id),
+            &crate::unsupported::process_fields(&proc),
+            &cfg.shim.ignore_unsupported,
+        )?;
         let terminal = req.terminal || proc.terminal().unwrap_or(false);
         let stdio = StdioPaths { stdin: req.stdin.clone(), stdout: req.stdout.clone(), stderr: req.stderr.clone(), terminal };
         {
