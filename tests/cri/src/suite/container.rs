@@ -34,7 +34,9 @@ fn check_exit(st: &ContainerStatus, code: i32, reason: &str, what: &str) -> Resu
 pub async fn lifecycle(ctx: &Ctx) -> Result<()> {
     let cri = ctx.cri();
     let pod = ctx.main_pod().await?;
-    let spec = ctx.sh("life", "trap 'exit 0' TERM; while :; do sleep 1; done");
+    // PID 1 of its namespace ignores a SIGTERM that comes before the trap is set (as under
+    // runc): the stop below waits until the shell says it has set it.
+    let spec = ctx.sh("life", "trap 'exit 0' TERM; touch /tmp/trapped; while :; do sleep 1; done");
     let c = ctx.create(&pod, &spec).await?;
     let st = cri.container_status(&c).await?;
     ensure!(st.state == ContainerState::ContainerCreated as i32, "after CreateContainer: state {}, want CONTAINER_CREATED", state_name(st.state));
@@ -50,6 +52,9 @@ pub async fn lifecycle(ctx: &Ctx) -> Result<()> {
     ensure!(running.iter().any(|x| x.id == c && x.state == ContainerState::ContainerRunning as i32), "ListContainers(pod) does not list {c} as running");
     let r = ctx.exec(&c, &["true"], 30).await?;
     ensure!(r.exit_code == 0, "ExecSync true in a running container exited {}", r.exit_code);
+    ctx.sh_out(&c, "i=0; until [ -e /tmp/trapped ]; do i=$((i+1)); [ $i -lt 300 ] || exit 1; sleep 0.1; done")
+        .await
+        .context("the container's shell never set its TERM trap")?;
 
     let t = Instant::now();
     cri.stop_container(&c, 60).await?;
