@@ -145,18 +145,31 @@ fn prune_removes_least_recently_used_images() {
     let layers = [LayerSpec::new(base(t.path())), LayerSpec::new(top(t.path()))];
     let mut o = opts(t.path(), FsType::Erofs);
     o.cache_dir = Some(cache.clone());
-    let old = image_from_layers(&layers[..1], &o).unwrap();
-    let new = image_from_layers(&layers, &o).unwrap();
-    // Make `old` idle for an hour and `new` for two minutes.
+    let mut old = image_from_layers(&layers[..1], &o).unwrap();
+    let mut new = image_from_layers(&layers, &o).unwrap();
+    // Both in use (leased): never pruned, however idle and whatever the bound.
     let ago = |s| std::time::SystemTime::now() - std::time::Duration::from_secs(s);
+    for i in [&old, &new] {
+        fs::File::open(&i.path).unwrap().set_times(fs::FileTimes::new().set_accessed(ago(3600))).unwrap();
+    }
+    let r = husk_rootfs::prune_cache(&cache, 0).unwrap();
+    assert!(r.removed.is_empty() && old.path.exists() && new.path.exists(), "{r:?}");
+    // A clone of the lease (a second container of the image) keeps it too.
+    let held = new.lease.clone();
+    new.lease = None;
+    assert!(husk_rootfs::prune_cache(&cache, 0).unwrap().removed.is_empty());
+    drop(held);
+    old.lease = None;
+    // Make `old` idle for an hour and `new` for two minutes.
     fs::File::open(&old.path).unwrap().set_times(fs::FileTimes::new().set_accessed(ago(3600))).unwrap();
     fs::File::open(&new.path).unwrap().set_times(fs::FileTimes::new().set_accessed(ago(120))).unwrap();
     let r = husk_rootfs::prune_cache(&cache, 1).unwrap();
     assert_eq!(r.removed, vec![old.path.clone(), new.path.clone()]);
     assert_eq!(r.remaining, 0);
     // A recently used image is kept even over the limit.
-    let fresh = image_from_layers(&layers, &o).unwrap();
+    let mut fresh = image_from_layers(&layers, &o).unwrap();
     assert!(!fresh.from_cache);
+    fresh.lease = None;
     let r = husk_rootfs::prune_cache(&cache, 0).unwrap();
     assert!(r.removed.is_empty() && fresh.path.exists());
     // With a size limit, a build prunes what has been idle.
@@ -164,6 +177,9 @@ fn prune_removes_least_recently_used_images() {
     o.cache_max_bytes = Some(1);
     let other = image_from_layers(&layers[..1], &o).unwrap();
     assert!(!fresh.path.exists() && other.path.exists());
+    // Lock files go with their images.
+    let locks: Vec<_> = fs::read_dir(&cache).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".lock")).collect();
+    assert_eq!(locks, vec![format!("{}.lock", other.cache_key.clone().unwrap())]);
 }
 
 fn expect_err(layers: &[LayerSpec], t: &Path, check: impl Fn(&ImageError, &str)) {
