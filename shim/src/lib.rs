@@ -36,6 +36,7 @@ pub mod sharedfs;
 pub mod state;
 pub mod task;
 pub mod vm;
+pub mod workdir;
 
 /// The runtime name containerd knows this shim by.
 pub const RUNTIME_ID: &str = "io.containerd.husk.v2";
