@@ -14,7 +14,7 @@ use std::fs::{self, File, FileTimes};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use nix::fcntl::{Flock, FlockArg};
 use sha2::{Digest, Sha256};
@@ -24,8 +24,6 @@ use super::{io_err, scratch, FsType, ImageError};
 
 /// Version of the cache layout and image recipe; part of every key.
 const KEY_VERSION: &[u8] = b"husk-rootfs-cache-v1";
-/// Images used more recently than this are never pruned (a shim may be about to open them).
-const MIN_IDLE: Duration = Duration::from_secs(60);
 /// How often taking a lock is retried when a pruner removed the lock file meanwhile.
 const LOCK_TRIES: usize = 16;
 
@@ -161,7 +159,8 @@ pub struct PruneReport {
 }
 
 /// Removes least recently used images until the cache occupies at most `max_bytes`, skipping
-/// images in use (leased), being built, or used in the last minute; also removes temporary
+/// images in use (leased: from the lookup that found or built them until their user is done)
+/// and images being built; also removes temporary
 /// files of dead builders and lock files without an image that nobody holds.
 pub fn prune_cache(dir: &Path, max_bytes: u64) -> Result<PruneReport, ImageError> {
     let mut report = PruneReport::default();
@@ -186,8 +185,7 @@ pub fn prune_cache(dir: &Path, max_bytes: u64) -> Result<PruneReport, ImageError
         if ext == "ext4" || ext == "erofs" {
             // Gone since the listing: pruned by a concurrent prune.
             let Ok(meta) = entry.metadata() else { continue };
-            let idle = meta.accessed().ok().and_then(|t| now.duration_since(t).ok()).unwrap_or_default();
-            images.push((meta.accessed().unwrap_or(now), key.to_string(), path, meta.blocks() * 512, idle));
+            images.push((meta.accessed().unwrap_or(now), key.to_string(), path, meta.blocks() * 512));
         }
     }
     for key in locks {
@@ -204,12 +202,9 @@ pub fn prune_cache(dir: &Path, max_bytes: u64) -> Result<PruneReport, ImageError
     }
     let mut total: u64 = images.iter().map(|i| i.3).sum();
     images.sort();
-    for (_, key, path, bytes, idle) in images {
+    for (_, key, path, bytes) in images {
         if total <= max_bytes {
             break;
-        }
-        if idle < MIN_IDLE {
-            continue;
         }
         let Some(_lock) = lock(dir, &key, FlockArg::LockExclusiveNonblock)? else {
             continue;

@@ -79,7 +79,7 @@ pub struct ImageOptions {
     /// Cache of read-only images; `None` disables caching (everything goes to `output`).
     pub cache_dir: Option<PathBuf>,
     /// After building a cached image, prune the cache to this many bytes (least recently used
-    /// first, never images used in the last minute); `None`: no limit.
+    /// first, never an image leased by a user: [`BuiltImage::lease`]); `None`: no limit.
     pub cache_max_bytes: Option<u64>,
     /// Free space added to an ext4 image that the guest may write (the file is sparse, so
     /// unused headroom costs no disk).
