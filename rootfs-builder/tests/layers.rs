@@ -328,6 +328,43 @@ fn full_disk_while_unpacking_names_the_layer_and_cleans_up() {
 }
 
 #[test]
+fn an_unusable_or_full_cache_is_an_error_naming_it_and_leaves_nothing() {
+    let t = tmp();
+    let layers = [LayerSpec::new(base(t.path()))];
+    // A cache "directory" that is a file.
+    let file = t.path().join("not-a-dir");
+    fs::write(&file, b"").unwrap();
+    let mut o = opts(t.path(), FsType::Ext4);
+    o.cache_dir = Some(file.join("cache"));
+    let e = image_from_layers(&layers, &o).unwrap_err();
+    assert!(e.to_string().contains("not-a-dir/cache"), "{e}");
+    // A cache on a full filesystem: mkfs fails writing the image; the error names the image
+    // in the cache, and neither the temporary image nor the lock file is left.
+    let data: Vec<u8> = (0..3u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_size(data.len() as u64);
+    b.append_data(&mut h, "big", &data[..]).unwrap();
+    let layer = t.path().join("big.tar");
+    fs::write(&layer, b.into_inner().unwrap()).unwrap();
+    let small = tmp();
+    sh("mount", &["-t", "tmpfs", "-o", "size=1m", "tmpfs", small.path().to_str().unwrap()]);
+    let mut o = opts(t.path(), FsType::Erofs);
+    o.cache_dir = Some(small.path().to_path_buf());
+    o.work_dir = Some(t.path().join("work"));
+    let err = image_from_layers(&[LayerSpec::new(&layer)], &o).unwrap_err();
+    let left: Vec<_> = fs::read_dir(small.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    unmount(small.path());
+    assert!(err.to_string().contains(&small.path().display().to_string()), "{err}");
+    assert!(left.is_empty(), "left in the full cache: {left:?}");
+}
+
+#[test]
 fn hostile_layers_cannot_write_outside_the_image() {
     let t = tmp();
     let victim = t.path().join("victim");

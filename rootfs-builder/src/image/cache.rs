@@ -103,6 +103,18 @@ fn find(dir: &Path, key: &str, path: &Path) -> Result<Option<ImageLease>, ImageE
     Ok(Some(ImageLease(Arc::new(shared))))
 }
 
+/// Builds the image of `key` into a temporary file and renames it to `path`; returns the
+/// bytes written. The temporary file is removed on error.
+fn build_entry(dir: &Path, key: &str, path: &Path, build: impl FnOnce(&Path) -> Result<u64, ImageError>) -> Result<u64, ImageError> {
+    scratch::sweep_dead_builders(dir)?;
+    let tmp = scratch::LockedTemp::new(dir, &format!("{}{key}-", scratch::CACHE_TMP))?;
+    let extra = build(tmp.path())?;
+    let bytes = allocated(tmp.path())? + extra;
+    File::open(tmp.path()).and_then(|f| f.sync_all()).map_err(io_err("sync", tmp.path()))?;
+    tmp.persist(path, "rename into the cache")?;
+    Ok(bytes)
+}
+
 /// Returns the cached image of `key`, building it with `build(tmp_path)` (which returns the
 /// bytes it wrote besides the image) if it is not there, with a lease on it. After a build,
 /// the cache is pruned to `max_bytes` if given (a failed prune is logged, the image is still
@@ -128,13 +140,12 @@ pub(crate) fn get_or_build(
         touch_atime(&path)?;
         (true, 0)
     } else {
-        scratch::sweep_dead_builders(dir)?;
-        let tmp = scratch::LockedTemp::new(dir, &format!("{}{key}-", scratch::CACHE_TMP))?;
-        let extra = build(tmp.path())?;
-        let bytes = allocated(tmp.path())? + extra;
-        File::open(tmp.path()).and_then(|f| f.sync_all()).map_err(io_err("sync", tmp.path()))?;
-        tmp.persist(&path, "rename into the cache")?;
-        (false, bytes)
+        let built = build_entry(dir, key, &path, build);
+        if built.is_err() {
+            // No image: the lock file goes too (waiters find it gone and lock a new one).
+            let _ = fs::remove_file(lock_path(dir, key));
+        }
+        (false, built?)
     };
     // Shared from here on: other users may take it; prune may not (the image is fresh, too).
     excl.relock(FlockArg::LockShared).map_err(|source| ImageError::Sys { op: "lock (shared)", path: lock_path(dir, key), source })?;
