@@ -14,11 +14,25 @@ e2e_setup
 T=${HUSK_E2E_TIMEOUT:-600}
 BOUND_MIB=64
 
+# A disk filesystem: an ext4 loop device where the kernel has ext4; else (the testbed's outer
+# VM, whose writable places are all tmpfs and which has no ext4 module) the results share,
+# 9p backed by the host's disk.
 DISK="$E2E_WORK/disk"
 mkdir -p "$DISK"
 truncate -s 512M "$E2E_WORK/disk.ext4"
 mkfs.ext4 -q -F "$E2E_WORK/disk.ext4"
-mount -o loop "$E2E_WORK/disk.ext4" "$DISK"
+if mount -o loop "$E2E_WORK/disk.ext4" "$DISK" 2>/dev/null; then
+  DISK_FS="ext2/ext3"
+  release_disk() { umount "$DISK"; sleep 1; } # the loop device detaches (autoclear)
+elif [ -n "${TB_OUT:-}" ] && [ "$(stat -f -c %T "$TB_OUT")" = v9fs ]; then
+  DISK=$(mktemp -d "$TB_OUT/husk-disk.XXXXXX")
+  DISK_FS="v9fs"
+  release_disk() { rm -rf "$DISK"; }
+else
+  fail "no disk filesystem for the test: no ext4 and no results share"
+fi
+rm -f "$E2E_WORK/disk.ext4"
+log "cache and work directory on $DISK ($DISK_FS)"
 CACHE="$DISK/images"
 WORK="$DISK/work"
 # write_husk_config ends with [shim]: the lines appended below land there.
@@ -81,7 +95,7 @@ img="$WORK/default/c-rw/rootfs.img"
 [ -f "$img" ] || fail "no writable image at $img: $(find "$WORK" 2>&1 | head)"
 fstype=$(stat -f -c %T "$img")
 [ "$fstype" != tmpfs ] || fail "the writable image $img is on tmpfs"
-assert_eq "ext2/ext3" "$fstype" "filesystem of the writable image (the test's ext4 disk)"
+assert_eq "$DISK_FS" "$fstype" "filesystem of the writable image (the test's disk)"
 [ -z "$(find "$E2E_WORK/run-husk" -name '*.img' 2>/dev/null)" ] || fail "an image under the state dir (tmpfs): $(find "$E2E_WORK/run-husk" -name '*.img')"
 out=$(timeout "$T" ctr -a "$CTR_ADDR" task exec --exec-id w1 c-rw sh -c 'echo written >/tmp/f && cat /tmp/f')
 assert_eq written "$out" "write in the writable rootfs"
@@ -112,6 +126,5 @@ left=$(find "$WORK" "$CACHE" -name '.*' 2>/dev/null)
 log "crashed shim cleanup: ok"
 
 [ -z "$(ls -A "$WORK" 2>/dev/null)" ] || fail "image work directory not empty: $(ls -A "$WORK")"
-umount "$DISK"
-sleep 1 # the loop device detaches (autoclear) after the unmount
+release_disk
 leak_check
