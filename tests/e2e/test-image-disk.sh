@@ -24,8 +24,8 @@ mkfs.ext4 -q -F "$E2E_WORK/disk.ext4"
 if mount -o loop "$E2E_WORK/disk.ext4" "$DISK" 2>/dev/null; then
   DISK_FS="ext2/ext3"
   release_disk() { umount "$DISK"; sleep 1; } # the loop device detaches (autoclear)
-elif [ -n "${TB_OUT:-}" ] && [ "$(stat -f -c %T "$TB_OUT")" = v9fs ]; then
-  DISK=$(mktemp -d "$TB_OUT/husk-disk.XXXXXX")
+elif OUT_SHARE=$(awk '$1 == "out" && $3 == "9p" && $4 ~ /^rw/ {print $2; exit}' /proc/mounts) && [ -n "$OUT_SHARE" ]; then
+  DISK=$(mktemp -d "$OUT_SHARE/husk-disk.XXXXXX")
   DISK_FS="v9fs"
   release_disk() { rm -rf "$DISK"; }
 else
