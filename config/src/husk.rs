@@ -15,6 +15,8 @@
 //! vmm = "/usr/local/bin/husk-vmm"
 //! state_dir = "/run/husk"
 //! image_cache_dir = "/var/lib/husk/images"
+//! image_cache_max_bytes = "10G"  # least recently used images beyond this are removed
+//! image_work_dir = "/var/lib/husk/work"  # containers' own (writable) images, on disk
 //! agent_vsock_port = 1024
 //! boot_timeout_secs = 30
 //! virtiofsd = "/usr/local/libexec/husk/virtiofsd"
@@ -144,6 +146,17 @@ pub struct ShimConfig {
     /// Content-addressed cache of rootfs images built from read-only layers.
     #[serde(default = "d_cache")]
     pub image_cache_dir: PathBuf,
+    /// Most bytes (allocated on disk) the image cache keeps: after each build the least
+    /// recently used images beyond it are removed, never one a running container uses.
+    /// At least 64M; a running pod's images may hold the cache above it until they stop.
+    #[serde(default = "d_cache_max")]
+    pub image_cache_max_bytes: MemSize,
+    /// Images that belong to one container (a writable rootfs, a snapshot it already wrote
+    /// to, a `ctr run --rootfs` directory) go to `<image_work_dir>/<namespace>/<sandbox>/`:
+    /// on disk, not in RAM under `state_dir` (a tmpfs). Removed with the container, and by
+    /// the next shim start after a crash or reboot.
+    #[serde(default = "d_work")]
+    pub image_work_dir: PathBuf,
     /// Guest vsock port husk-agent listens on.
     #[serde(default = "d_port")]
     pub agent_vsock_port: u32,
@@ -196,6 +209,12 @@ fn d_state() -> PathBuf {
 fn d_cache() -> PathBuf {
     "/var/lib/husk/images".into()
 }
+fn d_cache_max() -> MemSize {
+    MemSize(10 << 30)
+}
+fn d_work() -> PathBuf {
+    "/var/lib/husk/work".into()
+}
 fn d_port() -> u32 {
     1024
 }
@@ -242,6 +261,8 @@ impl Default for ShimConfig {
             vmm: d_vmm(),
             state_dir: d_state(),
             image_cache_dir: d_cache(),
+            image_cache_max_bytes: d_cache_max(),
+            image_work_dir: d_work(),
             agent_vsock_port: d_port(),
             boot_timeout_secs: d_timeout(),
             virtiofsd: d_virtiofsd(),
@@ -294,6 +315,9 @@ impl HuskConfig {
         if self.shim.boot_timeout_secs == 0 || self.shim.boot_timeout_secs > 3600 {
             return Err(ConfigError::invalid("shim.boot_timeout_secs", self.shim.boot_timeout_secs, "must be 1 to 3600"));
         }
+        if self.shim.image_cache_max_bytes < MIN_IMAGE_CACHE {
+            return Err(ConfigError::invalid("shim.image_cache_max_bytes", self.shim.image_cache_max_bytes, format!("must be at least {MIN_IMAGE_CACHE}")));
+        }
         self.jail.validate()?;
         if let Some(bad) = self.shim.ignore_unsupported.iter().find(|f| !UNSUPPORTED_OCI_FIELDS.contains(&f.as_str())) {
             return Err(ConfigError::invalid("shim.ignore_unsupported", bad, format!("is not one of {}", UNSUPPORTED_OCI_FIELDS.join(", "))));
@@ -301,6 +325,7 @@ impl HuskConfig {
         for (field, p) in [
             ("shim.state_dir", &self.shim.state_dir),
             ("shim.image_cache_dir", &self.shim.image_cache_dir),
+            ("shim.image_work_dir", &self.shim.image_work_dir),
             ("shim.vmm", &self.shim.vmm),
             ("shim.virtiofsd", &self.shim.virtiofsd),
         ] {
@@ -311,6 +336,9 @@ impl HuskConfig {
         Ok(())
     }
 }
+
+/// Smallest `image_cache_max_bytes`: below a typical image, every build would evict all.
+const MIN_IMAGE_CACHE: MemSize = MemSize(64 << 20);
 
 /// Fewest descriptors husk-vmm starts with (its eventfds, epoll, KVM, disks, sockets).
 const MIN_OPEN_FILES: u64 = 64;
@@ -412,6 +440,23 @@ mod tests {
         assert!(c.shim.ignore_unsupported.is_empty());
         let e = HuskConfig::from_toml_str("[shim]\nignore_unsupported = [\"process.apparmor\"]\n", Path::new("t")).unwrap_err().to_string();
         assert!(e.contains("shim.ignore_unsupported") && e.contains("process.apparmor") && e.contains("linux.mountLabel"), "{e}");
+    }
+
+    #[test]
+    fn image_cache_bound_and_work_dir() {
+        let c = HuskConfig::from_toml_str("", Path::new("t")).unwrap();
+        assert_eq!((c.shim.image_cache_max_bytes.bytes(), c.shim.image_work_dir.as_path()), (10 << 30, Path::new("/var/lib/husk/work")));
+        let c = HuskConfig::from_toml_str("[shim]\nimage_cache_max_bytes = \"512M\"\nimage_work_dir = \"/srv/husk\"\n", Path::new("t")).unwrap();
+        assert_eq!((c.shim.image_cache_max_bytes.bytes(), c.shim.image_work_dir.as_path()), (512 << 20, Path::new("/srv/husk")));
+        for (text, field, value) in [
+            ("[shim]\nimage_cache_max_bytes = \"1M\"\n", "shim.image_cache_max_bytes", "1M"),
+            ("[shim]\nimage_cache_max_bytes = \"lots\"\n", "image_cache_max_bytes", "lots"),
+            ("[shim]\nimage_work_dir = \"work\"\n", "shim.image_work_dir", "work"),
+        ] {
+            let e = HuskConfig::from_toml_str(text, Path::new("t")).unwrap_err();
+            let e = format!("{e}: {e:?}");
+            assert!(e.contains(field) && e.contains(value), "{text}: {e}");
+        }
     }
 
     #[test]

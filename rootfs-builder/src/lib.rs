@@ -11,6 +11,7 @@ pub mod image;
 pub mod initramfs;
 
 pub use image::{
-    image_from_dir, image_from_layers, image_from_mounts, prune_cache, BuiltImage, FsType, ImageError, ImageOptions, LayerSpec, MountSpec, PruneReport, Tools,
+    image_from_dir, image_from_layers, image_from_mounts, prune_cache, sweep_dead_builders, BuiltImage, FsType, ImageError, ImageLease, ImageOptions,
+    LayerSpec, MountSpec, PruneReport, Tools,
 };
 pub use initramfs::{build_initramfs, InitramfsError, InitramfsReport, InitramfsSpec};

@@ -145,25 +145,40 @@ fn prune_removes_least_recently_used_images() {
     let layers = [LayerSpec::new(base(t.path())), LayerSpec::new(top(t.path()))];
     let mut o = opts(t.path(), FsType::Erofs);
     o.cache_dir = Some(cache.clone());
-    let old = image_from_layers(&layers[..1], &o).unwrap();
-    let new = image_from_layers(&layers, &o).unwrap();
-    // Make `old` idle for an hour and `new` for two minutes.
+    let mut old = image_from_layers(&layers[..1], &o).unwrap();
+    let mut new = image_from_layers(&layers, &o).unwrap();
+    // Both in use (leased): never pruned, however idle and whatever the bound.
     let ago = |s| std::time::SystemTime::now() - std::time::Duration::from_secs(s);
+    for i in [&old, &new] {
+        fs::File::open(&i.path).unwrap().set_times(fs::FileTimes::new().set_accessed(ago(3600))).unwrap();
+    }
+    let r = husk_rootfs::prune_cache(&cache, 0).unwrap();
+    assert!(r.removed.is_empty() && old.path.exists() && new.path.exists(), "{r:?}");
+    // A clone of the lease (a second container of the image) keeps it too.
+    let held = new.lease.clone();
+    new.lease = None;
+    assert!(husk_rootfs::prune_cache(&cache, 0).unwrap().removed.is_empty());
+    drop(held);
+    old.lease = None;
+    // Make `old` idle for an hour and `new` for two minutes.
     fs::File::open(&old.path).unwrap().set_times(fs::FileTimes::new().set_accessed(ago(3600))).unwrap();
     fs::File::open(&new.path).unwrap().set_times(fs::FileTimes::new().set_accessed(ago(120))).unwrap();
     let r = husk_rootfs::prune_cache(&cache, 1).unwrap();
     assert_eq!(r.removed, vec![old.path.clone(), new.path.clone()]);
     assert_eq!(r.remaining, 0);
-    // A recently used image is kept even over the limit.
-    let fresh = image_from_layers(&layers, &o).unwrap();
+    // An image in use is kept even over the limit.
+    let mut fresh = image_from_layers(&layers, &o).unwrap();
     assert!(!fresh.from_cache);
     let r = husk_rootfs::prune_cache(&cache, 0).unwrap();
     assert!(r.removed.is_empty() && fresh.path.exists());
-    // With a size limit, a build prunes what has been idle.
-    fs::File::open(&fresh.path).unwrap().set_times(fs::FileTimes::new().set_accessed(ago(3600))).unwrap();
+    // With a size limit, a build prunes what is no longer used, and keeps what it built.
+    fresh.lease = None;
     o.cache_max_bytes = Some(1);
     let other = image_from_layers(&layers[..1], &o).unwrap();
     assert!(!fresh.path.exists() && other.path.exists());
+    // Lock files go with their images.
+    let locks: Vec<_> = fs::read_dir(&cache).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".lock")).collect();
+    assert_eq!(locks, vec![format!("{}.lock", other.cache_key.clone().unwrap())]);
 }
 
 fn expect_err(layers: &[LayerSpec], t: &Path, check: impl Fn(&ImageError, &str)) {
@@ -310,6 +325,43 @@ fn full_disk_while_unpacking_names_the_layer_and_cleans_up() {
     assert!(chain.contains("No space left") || chain.contains("StorageFull"), "{chain}");
     assert!(staged_left.is_empty(), "staging removed: {staged_left:?}");
     assert!(!o.output.exists());
+}
+
+#[test]
+fn an_unusable_or_full_cache_is_an_error_naming_it_and_leaves_nothing() {
+    let t = tmp();
+    let layers = [LayerSpec::new(base(t.path()))];
+    // A cache "directory" that is a file.
+    let file = t.path().join("not-a-dir");
+    fs::write(&file, b"").unwrap();
+    let mut o = opts(t.path(), FsType::Ext4);
+    o.cache_dir = Some(file.join("cache"));
+    let e = image_from_layers(&layers, &o).unwrap_err();
+    assert!(e.to_string().contains("not-a-dir/cache"), "{e}");
+    // A cache on a full filesystem: mkfs fails writing the image; the error names the image
+    // in the cache, and neither the temporary image nor the lock file is left.
+    let data: Vec<u8> = (0..3u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_size(data.len() as u64);
+    b.append_data(&mut h, "big", &data[..]).unwrap();
+    let layer = t.path().join("big.tar");
+    fs::write(&layer, b.into_inner().unwrap()).unwrap();
+    let small = tmp();
+    sh("mount", &["-t", "tmpfs", "-o", "size=1m", "tmpfs", small.path().to_str().unwrap()]);
+    let mut o = opts(t.path(), FsType::Erofs);
+    o.cache_dir = Some(small.path().to_path_buf());
+    o.work_dir = Some(t.path().join("work"));
+    let err = image_from_layers(&[LayerSpec::new(&layer)], &o).unwrap_err();
+    let left: Vec<_> = fs::read_dir(small.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    unmount(small.path());
+    assert!(err.to_string().contains(&small.path().display().to_string()), "{err}");
+    assert!(left.is_empty(), "left in the full cache: {left:?}");
 }
 
 #[test]

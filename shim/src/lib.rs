@@ -37,6 +37,7 @@ pub mod state;
 pub mod task;
 pub mod unsupported;
 pub mod vm;
+pub mod workdir;
 
 /// The runtime name containerd knows this shim by.
 pub const RUNTIME_ID: &str = "io.containerd.husk.v2";

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use containerd_shim_protos::api::Mount;
+use husk_config::ShimConfig;
 use husk_rootfs::{image_from_mounts, BuiltImage, FsType, ImageError, ImageOptions, MountSpec};
 
 /// Errors preparing the rootfs.
@@ -91,10 +92,13 @@ pub fn rootfs_dir(bundle: &Path, root_path: &Path) -> Result<PathBuf, RootfsErro
     Ok(resolved)
 }
 
-/// Builds (or finds in `cache_dir`) the image; an uncached image is written to `output`.
-pub fn build(specs: &[MountSpec], output: &Path, cache_dir: &Path) -> Result<BuiltImage, RootfsError> {
+/// Builds (or finds in the image cache of `shim`, pruned to its bound after a build) the
+/// image; an uncached image is written to `output`. A cached image comes with a lease, which
+/// keeps it in the cache while held.
+pub fn build(specs: &[MountSpec], output: &Path, shim: &ShimConfig) -> Result<BuiltImage, RootfsError> {
     let mut opts = ImageOptions::new(FsType::Ext4, output);
-    opts.cache_dir = Some(cache_dir.to_path_buf());
+    opts.cache_dir = Some(shim.image_cache_dir.clone());
+    opts.cache_max_bytes = Some(shim.image_cache_max_bytes.bytes());
     image_from_mounts(specs, &opts).map_err(|source| RootfsError::Image { output: output.to_path_buf(), source })
 }
 

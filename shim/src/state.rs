@@ -1,13 +1,16 @@
 //! Per-sandbox state on the host: `<state_dir>/<namespace>/<sandbox-id>/` holds the VMM's
-//! sockets, its configuration, the console log, the VMM's own log, uncached rootfs images
-//! (`rootfs.img` of the sandbox container, `containers/<id>/rootfs.img` of the others) and
-//! `state.json` (read by `husk ps` and by the `delete` action after a shim died).
+//! sockets, its configuration, the console log, the VMM's own log and `state.json` (read by
+//! `husk ps` and by the `delete` action after a shim died). Uncached rootfs images
+//! (`rootfs.img` of the sandbox container, `containers/<id>/rootfs.img` of the others) go to
+//! the sandbox's [`WorkDir`] on disk once one is attached ([`StateDir::with_images`]).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, ShimError};
+use crate::workdir::WorkDir;
 
 /// Name of the file in the bundle that records where the state directory is.
 pub const BUNDLE_POINTER: &str = "husk-state-dir";
@@ -55,6 +58,8 @@ pub struct ContainerInfo {
 #[derive(Debug, Clone)]
 pub struct StateDir {
     dir: PathBuf,
+    /// Where the sandbox's own images go (else into `dir`).
+    images: Option<Arc<WorkDir>>,
 }
 
 impl StateDir {
@@ -70,7 +75,7 @@ impl StateDir {
     pub fn create(root: &Path, namespace: &str, id: &str) -> Result<StateDir> {
         let dir = Self::path_of(root, namespace, id)?;
         // The longest socket in it.
-        let longest = StateDir { dir: dir.clone() }.vsock();
+        let longest = StateDir { dir: dir.clone(), images: None }.vsock();
         if longest.as_os_str().len() > MAX_SOCKET_PATH {
             return Err(ShimError::invalid(
                 "state directory",
@@ -87,7 +92,7 @@ impl StateDir {
             Err(e) => return Err(ShimError::io("create state directory", &dir, e)),
         }
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(|e| ShimError::io("chmod state directory", &dir, e))?;
-        let sd = StateDir { dir };
+        let sd = StateDir { dir, images: None };
         let vmm_dir = sd.vmm_dir();
         if let Err(e) = std::fs::create_dir_all(&vmm_dir) {
             let _ = std::fs::remove_dir_all(&sd.dir);
@@ -98,7 +103,18 @@ impl StateDir {
 
     /// An existing state directory (for cleanup).
     pub fn open(dir: PathBuf) -> StateDir {
-        StateDir { dir }
+        StateDir { dir, images: None }
+    }
+
+    /// Puts the sandbox's own images into `work` (on disk) from now on; [`StateDir::remove`]
+    /// removes it too.
+    pub fn with_images(mut self, work: WorkDir) -> StateDir {
+        self.images = Some(Arc::new(work));
+        self
+    }
+
+    fn image_dir(&self) -> &Path {
+        self.images.as_deref().map_or(&self.dir, WorkDir::path)
     }
 
     /// The directory.
@@ -131,11 +147,11 @@ impl StateDir {
     }
     /// Where an uncached rootfs image of the sandbox container is written.
     pub fn rootfs_image(&self) -> PathBuf {
-        self.dir.join("rootfs.img")
+        self.image_dir().join("rootfs.img")
     }
     /// The directory of another container of the sandbox (its uncached rootfs image).
     pub fn container_dir(&self, id: &str) -> PathBuf {
-        self.dir.join("containers").join(id)
+        self.image_dir().join("containers").join(id)
     }
     /// husk-vmm's configuration file (in its jail, which it reads it from).
     pub fn vm_config(&self) -> PathBuf {
@@ -161,9 +177,12 @@ impl StateDir {
         serde_json::from_slice(&text).map_err(|e| ShimError::io("parse", &path, e.into()))
     }
 
-    /// Removes the directory and everything in it (an uncached image included), and the
-    /// namespace directory above it once that is empty. Missing is fine.
+    /// Removes the directory and everything in it, the image work directory (uncached
+    /// images), and the namespace directory above it once that is empty. Missing is fine.
     pub fn remove(&self) -> Result<()> {
+        if let Some(w) = &self.images {
+            w.remove()?;
+        }
         match std::fs::remove_dir_all(&self.dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

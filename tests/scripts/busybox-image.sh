@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds an OCI image layout tar of busybox-static (one layer, no registry) for `ctr images import`.
-#   busybox-image.sh OUT.tar [NAME]      NAME default docker.io/library/husk-busybox:latest
+#   busybox-image.sh OUT.tar [NAME [EXTRA_DIR]]  NAME default docker.io/library/husk-busybox:latest;
+#   EXTRA_DIR's content is added to the root (variants of the image with distinct content)
 # The image: /bin/busybox with applet links, /etc/passwd with root and user (1000:1000),
 # config Env PATH, Cmd ["sh"], WorkingDir "/".
 set -euo pipefail
@@ -17,6 +18,7 @@ for a in $("$busybox" --list); do [ -e "$r/bin/$a" ] || ln -s busybox "$r/bin/$a
 printf 'root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$r/etc/passwd"
 printf 'root:x:0:\nuser:x:1000:\nwheel:x:10:user\nnogroup:x:65534:\n' >"$r/etc/group"
 chown 1000:1000 "$r/home/user"
+[ -z "${3:-}" ] || cp -a "$3/." "$r/"
 blobs="$tmp/oci/blobs/sha256"
 mkdir -p "$blobs"
 tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$r" -cf "$tmp/layer.tar" .

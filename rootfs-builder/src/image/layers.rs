@@ -353,7 +353,8 @@ fn make_node<R: Read>(entry: &tar::Entry<R>, dst: &Path, kind: tar::EntryType) -
 /// at `image`. Returns the bytes staged.
 fn build(layers: &[LayerSpec], work: &Path, image: &Path, opts: &ImageOptions) -> Result<u64, ImageError> {
     fs::create_dir_all(work).map_err(io_err("create work directory", work))?;
-    let stage = tempfile::Builder::new().prefix(".husk-layers-").tempdir_in(work).map_err(io_err("create staging directory in", work))?;
+    super::scratch::sweep_dead_builders(work)?;
+    let stage = super::scratch::LockedTempDir::new(work, super::scratch::STAGE_DIR, "create staging directory in")?;
     let root = fs::canonicalize(stage.path()).map_err(io_err("resolve", stage.path()))?;
     // The image root is the layers' root, owned by root with mode 0755 unless a layer says so.
     fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).map_err(io_err("chmod", &root))?;
@@ -363,7 +364,7 @@ fn build(layers: &[LayerSpec], work: &Path, image: &Path, opts: &ImageOptions) -
     }
     mkfs::mkfs(&root, image, opts, false)?;
     let staged_blocks = mkfs::tree_usage(&root).map(|u| u.bytes).unwrap_or(staged);
-    stage.close().map_err(io_err("remove staging directory", &root))?;
+    stage.close()?;
     Ok(staged_blocks)
 }
 
@@ -395,5 +396,13 @@ pub(crate) fn image_from_layers(layers: &[LayerSpec], opts: &ImageOptions) -> Re
     let key = cache::key(&parts);
     let work = opts.work_dir.clone().unwrap_or_else(|| cache_dir.clone());
     let r = cache::get_or_build(cache_dir, &key, opts.fstype, opts.cache_max_bytes, |tmp| build(layers, &work, tmp, opts))?;
-    Ok(BuiltImage { path: r.path, fstype: opts.fstype, read_only: true, from_cache: r.from_cache, bytes_written: r.bytes_written, cache_key: Some(key) })
+    Ok(BuiltImage {
+        path: r.path,
+        fstype: opts.fstype,
+        read_only: true,
+        from_cache: r.from_cache,
+        bytes_written: r.bytes_written,
+        cache_key: Some(key),
+        lease: Some(r.lease),
+    })
 }

@@ -5,10 +5,11 @@ use std::collections::HashSet;
 use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::{io_err, FsType, ImageError, ImageOptions};
+use super::{io_err, scratch, FsType, ImageError, ImageOptions};
 
 const BLOCK: u64 = 4096;
 const INODE_SIZE: u64 = 256;
@@ -82,8 +83,34 @@ pub(crate) fn allocated(path: &Path) -> Result<u64, ImageError> {
     Ok(fs::metadata(path).map_err(io_err("stat", path))?.blocks() * 512)
 }
 
+/// Makes `cmd` die (SIGKILL) when the thread that spawns it dies: with the builder (the shim
+/// or husk-rootfs), also when that is SIGKILLed, so no mkfs outlives it writing a temporary
+/// image nobody will use. The parent-death signal follows the spawning thread, not the
+/// process: callers spawn from the thread that waits for the child ([`run`] does), so the
+/// thread lives exactly as long as the child matters.
+fn die_with_builder(cmd: &mut Command) {
+    let builder = nix::unistd::getpid();
+    // SAFETY: the closure runs in the forked child before exec and only makes two system
+    // calls (prctl, getppid), which are async-signal-safe; it touches no memory it shares
+    // with the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+            // The builder died between fork and prctl: the signal will never come.
+            if nix::unistd::getppid() != builder {
+                return Err(io::Error::other("the builder died before mkfs started"));
+            }
+            Ok(())
+        });
+    }
+}
+
 fn run(tool: &Path, package: &'static str, args: Vec<std::ffi::OsString>, image: &Path, src: &Path) -> Result<(), ImageError> {
-    let out = Command::new(tool).args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).output().map_err(|e| match e.kind() {
+    let mut cmd = Command::new(tool);
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    die_with_builder(&mut cmd);
+    // output() spawns and waits on this thread: the parent-death signal's thread.
+    let out = cmd.output().map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => ImageError::ToolMissing { tool: tool.to_path_buf(), package },
         _ => ImageError::Io { op: "run", path: tool.to_path_buf(), source: e },
     })?;
@@ -159,9 +186,10 @@ pub(crate) fn parent_dir(path: &Path) -> PathBuf {
 /// `build` returns.
 pub(crate) fn persist_via_temp(opts: &ImageOptions, build: impl FnOnce(&Path) -> Result<u64, ImageError>) -> Result<u64, ImageError> {
     let dir = parent_dir(&opts.output);
-    let tmp = tempfile::Builder::new().prefix(".husk-img-").tempfile_in(&dir).map_err(io_err("create a temporary image in", &dir))?.into_temp_path();
-    let bytes = build(&tmp)?;
-    tmp.persist(&opts.output).map_err(|e| ImageError::Io { op: "rename the image to", path: opts.output.clone(), source: e.error })?;
+    scratch::sweep_dead_builders(&dir)?;
+    let tmp = scratch::LockedTemp::new(&dir, scratch::IMAGE_TMP)?;
+    let bytes = build(tmp.path())?;
+    tmp.persist(&opts.output, "rename the image to")?;
     Ok(bytes)
 }
 

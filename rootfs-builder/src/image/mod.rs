@@ -6,13 +6,15 @@ mod layers;
 mod mkfs;
 mod mounts;
 mod overlay;
+mod scratch;
 
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use cache::{prune_cache, PruneReport};
+pub use cache::{prune_cache, ImageLease, PruneReport};
 pub use layers::LayerSpec;
 pub use mounts::MountSpec;
+pub use scratch::sweep_dead_builders;
 
 /// Filesystem of a built image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -77,7 +79,7 @@ pub struct ImageOptions {
     /// Cache of read-only images; `None` disables caching (everything goes to `output`).
     pub cache_dir: Option<PathBuf>,
     /// After building a cached image, prune the cache to this many bytes (least recently used
-    /// first, never images used in the last minute); `None`: no limit.
+    /// first, never an image leased by a user: [`BuiltImage::lease`]); `None`: no limit.
     pub cache_max_bytes: Option<u64>,
     /// Free space added to an ext4 image that the guest may write (the file is sparse, so
     /// unused headroom costs no disk).
@@ -107,7 +109,7 @@ impl ImageOptions {
 }
 
 /// A built (or found) image.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct BuiltImage {
     /// The image file: in the cache for cached content, else `ImageOptions::output`.
     pub path: PathBuf,
@@ -121,12 +123,14 @@ pub struct BuiltImage {
     pub bytes_written: u64,
     /// Content key in the cache, if the content is cacheable.
     pub cache_key: Option<String>,
+    /// For a cached image: keeps it from being pruned while held (and its clones are).
+    pub lease: Option<ImageLease>,
 }
 
 impl BuiltImage {
     /// An image built at `opts.output` by this call, outside the cache.
     pub(crate) fn uncached(opts: &ImageOptions, read_only: bool, bytes_written: u64) -> Self {
-        BuiltImage { path: opts.output.clone(), fstype: opts.fstype, read_only, from_cache: false, bytes_written, cache_key: None }
+        BuiltImage { path: opts.output.clone(), fstype: opts.fstype, read_only, from_cache: false, bytes_written, cache_key: None, lease: None }
     }
 }
 

@@ -71,12 +71,10 @@ fn mkfs_layers(layers: &[PathBuf], image: &Path, opts: &ImageOptions, writable: 
 
 /// Builds `layers` into `opts.output` through a temporary file.
 fn build_uncached(layers: &[PathBuf], opts: &ImageOptions, writable: bool) -> Result<u64, ImageError> {
-    let dir = mkfs::parent_dir(&opts.output);
-    let tmp = tempfile::Builder::new().prefix(".husk-img-").tempfile_in(&dir).map_err(io_err("create a temporary image in", &dir))?.into_temp_path();
-    mkfs_layers(layers, &tmp, opts, writable)?;
-    let bytes = mkfs::allocated(&tmp)?;
-    tmp.persist(&opts.output).map_err(|e| ImageError::Io { op: "rename the image to", path: opts.output.clone(), source: e.error })?;
-    Ok(bytes)
+    mkfs::persist_via_temp(opts, |tmp| {
+        mkfs_layers(layers, tmp, opts, writable)?;
+        mkfs::allocated(tmp)
+    })
 }
 
 fn overlay_image(m: &MountSpec, opts: &ImageOptions) -> Result<BuiltImage, ImageError> {
@@ -115,7 +113,15 @@ fn overlay_image(m: &MountSpec, opts: &ImageOptions) -> Result<BuiltImage, Image
     parts.extend(ids.iter().map(Vec::as_slice));
     let key = cache::key(&parts);
     let r = cache::get_or_build(cache_dir, &key, opts.fstype, opts.cache_max_bytes, |tmp| mkfs_layers(&lowers, tmp, opts, false).map(|()| 0))?;
-    Ok(BuiltImage { path: r.path, fstype: opts.fstype, read_only: true, from_cache: r.from_cache, bytes_written: r.bytes_written, cache_key: Some(key) })
+    Ok(BuiltImage {
+        path: r.path,
+        fstype: opts.fstype,
+        read_only: true,
+        from_cache: r.from_cache,
+        bytes_written: r.bytes_written,
+        cache_key: Some(key),
+        lease: Some(r.lease),
+    })
 }
 
 pub(crate) fn image_from_mounts(mounts: &[MountSpec], opts: &ImageOptions) -> Result<BuiltImage, ImageError> {

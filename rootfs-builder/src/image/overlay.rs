@@ -66,7 +66,8 @@ fn mount_view(layers: &[PathBuf], target: &Path) -> Result<(), ImageError> {
 /// on a fresh directory under `work`. The view is unmounted afterwards, also on error.
 pub(crate) fn with_merged_view<T: Send>(layers: &[PathBuf], work: &Path, f: impl FnOnce(&Path) -> Result<T, ImageError> + Send) -> Result<T, ImageError> {
     std::fs::create_dir_all(work).map_err(io_err("create work directory", work))?;
-    let mp = tempfile::Builder::new().prefix(".husk-view-").tempdir_in(work).map_err(io_err("create mount point in", work))?;
+    super::scratch::sweep_dead_builders(work)?;
+    let mp = super::scratch::LockedTempDir::new(work, super::scratch::VIEW_DIR, "create mount point in")?;
     let target = std::fs::canonicalize(mp.path()).map_err(io_err("resolve", mp.path()))?;
     let result = std::thread::scope(|s| {
         let handle = std::thread::Builder::new()
@@ -85,7 +86,7 @@ pub(crate) fn with_merged_view<T: Send>(layers: &[PathBuf], work: &Path, f: impl
             Err(panic) => std::panic::resume_unwind(panic),
         }
     });
-    mp.close().map_err(io_err("remove mount point", &target))?;
+    mp.close()?;
     result
 }
 

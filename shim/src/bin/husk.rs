@@ -44,7 +44,7 @@ fn run() -> anyhow::Result<i32> {
         }
         ["ps"] => {
             let cfg = HuskConfig::load(&config).with_context(|| format!("loading {}", config.display()))?;
-            cli::ps(&cfg.shim.state_dir, &mut out)?;
+            cli::ps(&cfg.shim, &mut out)?;
             Ok(0)
         }
         ["logs", id] => {

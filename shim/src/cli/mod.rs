@@ -7,8 +7,11 @@ use std::path::{Path, PathBuf};
 
 pub use check::{check, Check};
 
+use husk_config::ShimConfig;
+
 use crate::error::{Result, ShimError};
 use crate::state;
+use crate::workdir::{self, WorkDir};
 
 /// Usage text.
 pub const USAGE: &str = "usage: husk [--config FILE] <command>\n\
@@ -16,11 +19,14 @@ commands:\n  check        tell whether this host can run husk containers (exit 1
 ps           list husk VMs (pods) and their containers (from the state directory)\n  \
 logs <id>    print the guest console log of a pod's VM (by sandbox id; control characters\n               escaped as \\xNN)\n";
 
-/// `husk ps`: one line per VM (pod) under the state directory, then one indented line per
-/// container in it.
-pub fn ps(state_root: &Path, out: &mut dyn Write) -> Result<()> {
+/// `husk ps`: one line per VM (pod) under the state directory (`DISK`: what its own images
+/// occupy on disk under `shim.image_work_dir`), then one indented line per container in it;
+/// last, what the shared image cache occupies against its bound.
+pub fn ps(shim: &ShimConfig, out: &mut dyn Write) -> Result<()> {
+    let state_root = &shim.state_dir;
     let w = |e| ShimError::io("write", "stdout", e);
-    writeln!(out, "{:<24} {:<12} {:>8} {:<8} {:>5} {:>7} CONTAINERS", "POD", "NAMESPACE", "VMM-PID", "STATUS", "VCPUS", "MEMORY").map_err(w)?;
+    let mib = |b: u64| format!("{}M", b.div_ceil(1 << 20));
+    writeln!(out, "{:<24} {:<12} {:>8} {:<8} {:>5} {:>7} {:>7} CONTAINERS", "POD", "NAMESPACE", "VMM-PID", "STATUS", "VCPUS", "MEMORY", "DISK").map_err(w)?;
     for (sd, info) in state::list(state_root)? {
         let name = sd.path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         match info {
@@ -34,8 +40,20 @@ pub fn ps(state_root: &Path, out: &mut dyn Write) -> Result<()> {
                 } else {
                     "dead"
                 };
-                writeln!(out, "{:<24} {:<12} {:>8} {:<8} {:>5} {:>6}M {}", name, i.namespace, i.vmm_pid, status, i.vcpus, i.memory_mib, i.containers.len())
-                    .map_err(w)?;
+                let disk = WorkDir::path_of(&shim.image_work_dir, &i.namespace, &i.id).map(|d| workdir::allocated_bytes(&d)).unwrap_or(0);
+                writeln!(
+                    out,
+                    "{:<24} {:<12} {:>8} {:<8} {:>5} {:>6}M {:>7} {}",
+                    name,
+                    i.namespace,
+                    i.vmm_pid,
+                    status,
+                    i.vcpus,
+                    i.memory_mib,
+                    mib(disk),
+                    i.containers.len()
+                )
+                .map_err(w)?;
                 for c in &i.containers {
                     let disk = if c.slot.is_empty() { "boot disk".to_string() } else { c.slot.clone() };
                     writeln!(out, "  {:<22} {:<10} {}", c.id, disk, c.bundle.display()).map_err(w)?;
@@ -44,6 +62,8 @@ pub fn ps(state_root: &Path, out: &mut dyn Write) -> Result<()> {
             Err(_) => writeln!(out, "{name:<24} {:<12} {:>8} {:<8}", "?", "-", "unknown").map_err(w)?,
         }
     }
+    let cache = workdir::allocated_bytes(&shim.image_cache_dir);
+    writeln!(out, "image cache {}: {} of {}", shim.image_cache_dir.display(), mib(cache), shim.image_cache_max_bytes).map_err(w)?;
     Ok(())
 }
 
@@ -93,9 +113,17 @@ mod tests {
         })
         .unwrap();
         std::fs::write(sd.console_log(), "Linux version 6.1\nhusk-agent ready\n").unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let img = work.path().join("default/web/rootfs.img");
+        std::fs::create_dir_all(img.parent().unwrap()).unwrap();
+        std::fs::write(&img, vec![7u8; 3 << 20]).unwrap();
+        let shim =
+            ShimConfig { state_dir: root.path().into(), image_work_dir: work.path().into(), image_cache_dir: work.path().join("cache"), ..Default::default() };
         let mut out = Vec::new();
-        ps(root.path(), &mut out).unwrap();
+        ps(&shim, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
+        assert!(text.lines().nth(1).unwrap().contains(" 3M "), "the pod's writable image on disk: {text}");
+        assert!(text.lines().last().unwrap().contains("cache") && text.contains("0M of 10G"), "{text}");
         assert!(text.lines().nth(1).unwrap().starts_with("web "), "{text}");
         assert!(text.contains("running") && text.contains("384M"), "{text}");
         assert!(text.lines().nth(2).unwrap().contains("web") && text.lines().nth(2).unwrap().contains("boot disk"), "{text}");

@@ -14,8 +14,9 @@ use containerd_shim_protos::api::CreateTaskRequest;
 use containerd_shim_protos::events::task::{TaskExit, TaskOOM};
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::topics::{TASK_EXIT_EVENT_TOPIC, TASK_OOM_EVENT_TOPIC};
+use husk_config::ShimConfig;
 use husk_protocol::agent;
-use husk_rootfs::BuiltImage;
+use husk_rootfs::{BuiltImage, ImageLease};
 use oci_spec::runtime::Spec;
 
 pub use process::{from_unix_nanos, now, Process, VM_DIED_EXIT_STATUS};
@@ -28,6 +29,7 @@ use crate::sandbox::timeline::Timeline;
 use crate::sandbox::{Boot, Sandbox, SlotLease, ROOTFS_DISK_ID};
 use crate::state::{ContainerInfo, StateDir, BUNDLE_POINTER};
 use crate::task::Events;
+use crate::workdir::WorkDir;
 use crate::{options, rootfs};
 
 /// Exit status of a process that ended because the shim stopped its VM (128 + SIGKILL).
@@ -59,6 +61,8 @@ pub struct Container {
     dir: Option<PathBuf>,
     /// Its host bind mounts, by their names in the pod's shared directory.
     shares: Vec<String>,
+    /// Keeps its cached rootfs image in the cache while the container exists.
+    _cached: Option<ImageLease>,
 }
 
 /// What a container holds of its sandbox.
@@ -68,6 +72,7 @@ struct Parts {
     lease: Option<SlotLease>,
     dir: Option<PathBuf>,
     shares: Vec<String>,
+    cached: Option<ImageLease>,
 }
 
 /// Steps to undo when a create fails, run in reverse order unless disarmed.
@@ -101,12 +106,34 @@ pub fn load_spec(bundle: &Path) -> Result<Spec> {
     Ok(spec)
 }
 
-fn image_for(req: &CreateTaskRequest, bundle: &Path, spec: &Spec, output: &Path, cache: &Path) -> Result<BuiltImage> {
+fn image_for(req: &CreateTaskRequest, bundle: &Path, spec: &Spec, output: &Path, shim: &ShimConfig) -> Result<BuiltImage> {
     let root_path = spec.root().as_ref().map(|r| r.path().clone()).unwrap_or_else(|| PathBuf::from("rootfs"));
     let specs = rootfs::mount_specs(&req.rootfs, bundle, &root_path)?;
-    let image = rootfs::build(&specs, output, cache)?;
+    if let Some(dir) = output.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| ShimError::io("create the image directory", dir, e))?;
+    }
+    let image = rootfs::build(&specs, output, shim)?;
     log::info!("{}: rootfs image {:?} ({}, cached: {})", req.id, image.path, image.fstype, image.from_cache);
     Ok(image)
+}
+
+/// Gives a new sandbox's state its image work directory on disk (`[shim] image_work_dir`),
+/// after removing those of dead shims; on failure the state directory is removed.
+fn attach_work_dir(state: StateDir, root: &Path, namespace: &str, id: &str) -> Result<StateDir> {
+    match crate::workdir::sweep(root) {
+        Ok(gone) if !gone.is_empty() => log::info!("removed {} image work directories of dead shims under {}", gone.len(), root.display()),
+        Ok(_) => {}
+        Err(e) => log::warn!("cannot sweep {}: {}", root.display(), crate::error::chain(&e)),
+    }
+    match WorkDir::create(root, namespace, id) {
+        Ok(w) => Ok(state.with_images(w)),
+        Err(e) => {
+            if let Err(r) = state.remove() {
+                log::error!("cleanup after a refused create: {}", crate::error::chain(&r));
+            }
+            Err(e)
+        }
+    }
 }
 
 /// Whether a new sandbox needs the shared file system: a CRI pod (its other containers get
@@ -164,7 +191,7 @@ fn create_in_guest(sandbox: &Sandbox, req: &CreateTaskRequest, spec: &Spec, imag
 
 impl Container {
     fn new(req: &CreateTaskRequest, spec: &Spec, sandbox: Arc<Sandbox>, pid: u32, parts: Parts) -> Container {
-        let Parts { is_sandbox, lease, dir, shares } = parts;
+        let Parts { is_sandbox, lease, dir, shares, cached } = parts;
         let init = Arc::new(Process::new("", stdio_of(req, spec), Vec::new()));
         init.set_pid(pid);
         Container {
@@ -178,6 +205,7 @@ impl Container {
             lease,
             dir,
             shares,
+            _cached: cached,
         }
     }
 
@@ -191,6 +219,7 @@ impl Container {
         check_namespaces(spec, Role::Sandbox)?;
         io::check(&stdio_of(req, spec)).map_err(|e| ShimError::invalid("stdio", crate::error::chain(&e)))?;
         let state = StateDir::create(&cfg.shim.state_dir, namespace, &req.id)?;
+        let state = attach_work_dir(state, &cfg.shim.image_work_dir, namespace, &req.id)?;
         if let Err(e) = check_binds(spec, &req.id, &state.path().join(crate::sharedfs::SHARED_DIR)) {
             if let Err(r) = state.remove() {
                 log::error!("cleanup after a refused create: {}", crate::error::chain(&r));
@@ -210,7 +239,7 @@ impl Container {
             let _ = std::fs::remove_file(pointer);
         });
         timeline.step("configuration and state");
-        let image = image_for(req, &bundle, spec, &state.rootfs_image(), &cfg.shim.image_cache_dir)?;
+        let image = image_for(req, &bundle, spec, &state.rootfs_image(), &cfg.shim)?;
         timeline.step("rootfs image");
         let share = needs_host_files(spec, &req.id);
         // The host side: the network namespace's holder, the Create-time hooks, the taps.
@@ -231,7 +260,7 @@ impl Container {
         // Until it starts, the container is its host process (what clients configure the
         // network of, through /proc/<pid>/ns/net), if there is one.
         let reported = sandbox.host_pid().unwrap_or(pid);
-        let c = Container::new(req, spec, sandbox.clone(), reported, Parts { is_sandbox: true, ..Default::default() });
+        let c = Container::new(req, spec, sandbox.clone(), reported, Parts { is_sandbox: true, cached: image.lease.clone(), ..Default::default() });
         Ok((sandbox, c))
     }
 
@@ -261,7 +290,7 @@ impl Container {
         });
         crate::hooks::run_at_create(spec, &req.id, &bundle, sandbox.host_pid().unwrap_or(std::process::id()))?;
         timeline.step("checks and hooks");
-        let image = image_for(req, &bundle, spec, &dir.join("rootfs.img"), &sandbox.cfg.shim.image_cache_dir)?;
+        let image = image_for(req, &bundle, spec, &dir.join("rootfs.img"), &sandbox.cfg.shim)?;
         timeline.step("rootfs image");
         let lease = sandbox.attach_rootfs(&req.id, &image)?;
         timeline.step("disk attach");
@@ -292,7 +321,13 @@ impl Container {
             image: image.path.clone(),
             image_cached: image.cache_key.is_some(),
         });
-        Ok(Container::new(req, spec, sandbox.clone(), pid, Parts { is_sandbox: false, lease: Some(lease), dir: Some(dir), shares }))
+        Ok(Container::new(
+            req,
+            spec,
+            sandbox.clone(),
+            pid,
+            Parts { is_sandbox: false, lease: Some(lease), dir: Some(dir), shares, cached: image.lease.clone() },
+        ))
     }
 
     /// The process `exec_id` ("" = init).

@@ -16,6 +16,7 @@ use nix::unistd::Pid;
 use super::{io_err, socket_path, LifecycleError};
 use crate::container::now;
 use crate::state::{StateDir, BUNDLE_POINTER};
+use crate::workdir::WorkDir;
 
 /// Exit status reported for a task whose shim died: killed (128 + SIGKILL).
 const KILLED: u32 = 128 + 9;
@@ -63,7 +64,8 @@ pub fn cleanup(bundle: &Path, namespace: &str, id: &str) {
     if let Ok(p) = std::fs::read_to_string(bundle.join(BUNDLE_POINTER)) {
         dirs.push(PathBuf::from(p.trim()));
     }
-    if let Ok((_, cfg)) = crate::options::load_config(None) {
+    let cfg = crate::options::load_config(None).ok().map(|(_, c)| c);
+    if let Some(cfg) = &cfg {
         if let Ok(d) = StateDir::path_of(&cfg.shim.state_dir, namespace, id) {
             dirs.push(d);
         }
@@ -86,6 +88,12 @@ pub fn cleanup(bundle: &Path, namespace: &str, id: &str) {
                 continue;
             }
             kill_vmm(info.vmm_pid, &dir);
+            // The sandbox's own images, on disk (left alone while a live shim holds them).
+            if let Some(w) = cfg.as_ref().and_then(|c| WorkDir::path_of(&c.shim.image_work_dir, &info.namespace, &info.id).ok()) {
+                if let Err(e) = crate::workdir::remove_abandoned(&w) {
+                    eprintln!("{}", crate::error::chain(&e));
+                }
+            }
         }
         if let Err(e) = sd.remove() {
             eprintln!("{}", crate::error::chain(&e));
