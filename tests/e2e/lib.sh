@@ -41,6 +41,7 @@ cmdline = "${HUSK_EXTRA_CMDLINE:-lpj=4000000 tsc=reliable}"
 vmm = "$HUSK_VMM"
 state_dir = "$E2E_WORK/run-husk"
 image_cache_dir = "$E2E_WORK/images"
+image_work_dir = "$E2E_WORK/work"
 boot_timeout_secs = ${HUSK_BOOT_TIMEOUT:-600}
 TOML
 }
@@ -124,6 +125,9 @@ leak_check() {
   [ -z "$left" ] || fail "loop devices left: $left"
   left=$(ls -A "$E2E_WORK/run-husk" 2>/dev/null || true)
   [ -z "$left" ] || fail "husk state left behind: $left"
+  # Containers' own images: <work>/<namespace>/<sandbox>/ (image_work_dir).
+  left=$(find "$E2E_WORK/work" -mindepth 2 -maxdepth 2 2>/dev/null || true)
+  [ -z "$left" ] || fail "container images left in the work dir: $left"
   local n
   n=$(ls "$E2E_WORK/ctrd/state/io.containerd.runtime.v2.task/default" 2>/dev/null | wc -l)
   [ "$n" = 0 ] || fail "containerd still has $n task bundles"

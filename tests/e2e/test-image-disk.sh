@@ -36,8 +36,8 @@ log "cache and work directory on $DISK ($DISK_FS)"
 CACHE="$DISK/images"
 WORK="$DISK/work"
 # write_husk_config ends with [shim]: the lines appended below land there.
-sed -i "s|^image_cache_dir = .*|image_cache_dir = \"$CACHE\"|" "$E2E_WORK/husk.toml"
-printf 'image_cache_max_bytes = "%sM"\nimage_work_dir = "%s"\n' "$BOUND_MIB" "$WORK" >>"$E2E_WORK/husk.toml"
+sed -i -e "s|^image_cache_dir = .*|image_cache_dir = \"$CACHE\"|" -e "s|^image_work_dir = .*|image_work_dir = \"$WORK\"|" "$E2E_WORK/husk.toml"
+printf 'image_cache_max_bytes = "%sM"\n' "$BOUND_MIB" >>"$E2E_WORK/husk.toml"
 [ "$(grep '^\[' "$E2E_WORK/husk.toml" | tail -1)" = "[shim]" ] || fail "the test config does not end with [shim]"
 
 # Five images of ~20 MiB each (incompressible), distinct content: /marker-N.
