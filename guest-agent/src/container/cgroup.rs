@@ -57,8 +57,45 @@ impl Cgroup {
         devices::bpf::attach(&fd, &self.path).map_err(bad)
     }
 
-    /// Applies memory, cpu and pids limits.
+    /// Applies a cpuset list (`file` is cpuset.cpus or cpuset.mems) as far as the VM has what it
+    /// names (see [`crate::container::cpuset`]); the parent's `<file>.effective` is what the VM has.
+    fn apply_cpuset(&self, file: &str, field: &str, list: &str) -> Result<()> {
+        use crate::container::cpuset;
+        let wanted = cpuset::parse(field, list)?;
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let effective = self.path.parent().map(|p| p.join(format!("{file}.effective")));
+        let available = match effective.as_deref().and_then(read) {
+            Some(text) => cpuset::parse(file, &text)?,
+            None => return self.write(file, list, field),
+        };
+        match cpuset::fit(&wanted, &available) {
+            Some(fit) => {
+                if fit != wanted {
+                    log::warn!("{field} {list:?}: the VM has only {} of these; applying those", cpuset::format(&fit));
+                }
+                self.write(file, &cpuset::format(&fit), field)
+            }
+            None => {
+                log::warn!("{field} {list:?} names none of the VM's ({}): not applied, the container uses all of them", cpuset::format(&available));
+                Ok(())
+            }
+        }
+    }
+
+    /// Applies memory, cpu, cpuset and pids limits. Huge page limits: the guest has no huge
+    /// pages (no hugetlb), so a limit of 0 is what it gives anyway and any other is refused.
     pub fn apply(&self, r: &LinuxResources) -> Result<()> {
+        for h in r.hugepage_limits().iter().flatten() {
+            if h.limit() > 0 {
+                return Err(AgentError::InvalidArgument(format!(
+                    "linux.resources.hugepageLimits: {} pages of size {} asked for, but this VM has no huge pages",
+                    h.limit(),
+                    h.page_size()
+                )));
+            }
+        }
         if let Some(m) = r.memory() {
             if let Some(limit) = m.limit().filter(|l| *l > 0) {
                 self.write("memory.max", &limit.to_string(), "memory limit")?;
@@ -75,6 +112,12 @@ impl Cgroup {
             if let Some(quota) = c.quota().filter(|q| *q > 0) {
                 let period = c.period().filter(|p| *p > 0).unwrap_or(100_000);
                 self.write("cpu.max", &format!("{quota} {period}"), "cpu quota")?;
+            }
+            if let Some(cpus) = c.cpus().as_deref() {
+                self.apply_cpuset("cpuset.cpus", "linux.resources.cpu.cpus", cpus)?;
+            }
+            if let Some(mems) = c.mems().as_deref() {
+                self.apply_cpuset("cpuset.mems", "linux.resources.cpu.mems", mems)?;
             }
             if let Some(shares) = c.shares().filter(|s| *s > 0) {
                 // The conversion runc and crun use: shares 2..=262144 → weight 1..=10000.
@@ -285,6 +328,27 @@ mod tests {
         let err = cg.apply(&res).unwrap_err();
         assert_eq!(err.code(), ttrpc::Code::INVALID_ARGUMENT);
         assert!(err.to_string().contains("pids cgroup controller"), "{err}");
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn cpusets_apply_what_the_vm_has_and_huge_pages_are_refused() {
+        let (root, cg) = fake("cpuset", &[("cpuset.cpus", ""), ("cpuset.mems", "")]);
+        std::fs::write(root.join("cpuset.cpus.effective"), "0-1\n").unwrap();
+        std::fs::write(root.join("cpuset.mems.effective"), "0\n").unwrap();
+        let read = |f: &str| std::fs::read_to_string(root.join("c").join(f)).unwrap();
+        let res = |json: &str| serde_json::from_str::<LinuxResources>(json).unwrap();
+        cg.apply(&res(r#"{"cpu":{"cpus":"1-3","mems":"0"}}"#)).unwrap();
+        assert_eq!((read("cpuset.cpus").as_str(), read("cpuset.mems").as_str()), ("1", "0"));
+        std::fs::write(root.join("c/cpuset.cpus"), "").unwrap();
+        cg.apply(&res(r#"{"cpu":{"cpus":"4-7"}}"#)).unwrap();
+        assert_eq!(read("cpuset.cpus"), "", "a list naming no CPU of the VM is not applied");
+        let e = cg.apply(&res(r#"{"cpu":{"cpus":"0-x"}}"#)).unwrap_err();
+        assert_eq!(e.code(), ttrpc::Code::INVALID_ARGUMENT);
+        assert!(e.to_string().contains("linux.resources.cpu.cpus"), "{e}");
+        cg.apply(&res(r#"{"hugepageLimits":[{"pageSize":"2MB","limit":0}]}"#)).unwrap();
+        let e = cg.apply(&res(r#"{"hugepageLimits":[{"pageSize":"2MB","limit":4194304}]}"#)).unwrap_err().to_string();
+        assert!(e.contains("hugepageLimits") && e.contains("2MB"), "{e}");
         std::fs::remove_dir_all(root).unwrap();
     }
 }

@@ -1,5 +1,6 @@
 //! Containers: create (rootfs, cgroup, namespaces, init process), exec, remove.
 pub mod cgroup;
+pub mod cpuset;
 pub mod devices;
 pub mod mounts;
 pub mod oom;

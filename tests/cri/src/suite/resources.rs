@@ -69,7 +69,7 @@ fn limits(out: &str) -> String {
     out.split_whitespace().collect::<Vec<_>>().join(" ").replace("max", "-1")
 }
 
-/// A memory limit set at creation, then a new memory limit and CPU quota by
+/// A memory limit set at creation, then a new memory limit, CPU quota and cpuset by
 /// UpdateContainerResources: the container's cgroup files show each.
 pub async fn update_resources(ctx: &Ctx) -> Result<()> {
     let pod = ctx.main_pod().await?;
@@ -82,11 +82,20 @@ pub async fn update_resources(ctx: &Ctx) -> Result<()> {
         before.starts_with(&format!("{} -1 ", 128u64 << 20)),
         "the container's cgroup shows [{before}] (memory, CPU quota, period), want a 128 MiB limit and no quota"
     );
-    let new =
-        k8s_cri::v1::LinuxContainerResources { memory_limit_in_bytes: 96 << 20, cpu_period: 100_000, cpu_quota: 50_000, cpu_shares: 512, ..Default::default() };
+    let new = k8s_cri::v1::LinuxContainerResources {
+        memory_limit_in_bytes: 96 << 20,
+        cpu_period: 100_000,
+        cpu_quota: 50_000,
+        cpu_shares: 512,
+        cpuset_cpus: "0".into(),
+        ..Default::default()
+    };
     ctx.cri().update_resources(&c, new).await?;
     let want = format!("{} 50000 100000", 96u64 << 20);
     let after = limits(&ctx.sh_out(&c, LIMITS).await?);
     ensure!(after == want, "after UpdateContainerResources the container's cgroup shows [{after}] (memory, CPU quota, period), want [{want}]");
+    // CPU 0 exists on every node and VM: the container's cpuset names it alone.
+    let cpus = ctx.sh_out(&c, "cat /sys/fs/cgroup/cpuset.cpus 2>/dev/null || cat /sys/fs/cgroup/cpuset/cpuset.cpus").await?;
+    ensure!(cpus.trim() == "0", "after UpdateContainerResources with cpuset_cpus 0 the container's cpuset.cpus is [{}]", cpus.trim());
     Ok(())
 }
