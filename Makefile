@@ -20,7 +20,7 @@ AGENT := target/$(MUSL)/release/husk-agent
 TESTBED := tests/testbed/run
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: deps build agent kernel initramfs test unit lint fmt-check testbed-selftest testbed-prep testbed-tests host-tests bench install demo fuzz clean
+.PHONY: deps build agent kernel initramfs test unit lint fmt-check testbed-selftest testbed-prep testbed-tests host-tests bench install demo fuzz soak clean
 
 deps:
 	@tests/scripts/deps.sh
@@ -58,6 +58,11 @@ testbed-prep: kernel build initramfs
 # Every test that boots a real guest, in two outer VMs at once (tests/testbed/suite-run).
 testbed-tests: testbed-prep
 	tests/testbed/suite-run --timeout 1800 $(FILTER)
+
+# The 100-cycle soak (50 single containers, 50 pods) with the /proc-based leak check; make test
+# runs 15 of each.
+soak: testbed-prep
+	HUSK_CYCLES=50 HUSK_POD_CYCLES=50 tests/testbed/suite-run --timeout 3600 tests/e2e/test-cycles.sh tests/e2e/test-pod-cycles.sh
 
 # Host-side checks of guest-facing outputs (QEMU TCG, no KVM needed) and of the virtio
 # bench's ratio verdicts.

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Create/delete cycles (HUSK_CYCLES, default 50; test-pod-cycles.sh runs 50 of pods) with a leak check after: no VMM or shim
+# Create/delete cycles (HUSK_CYCLES, default 15; test-pod-cycles.sh runs pods; HUSK_CYCLES=50 HUSK_POD_CYCLES=50 is the 100-cycle soak) with a leak check after: no VMM or shim
 # process, state directory, socket, mount or uncached image left, and containerd's fd count
 # does not grow. Needs hardware KVM (tests/testbed/run). HUSK_CYCLES VM boots.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 e2e_setup
-n=${HUSK_CYCLES:-50}
+n=${HUSK_CYCLES:-15}
 fds_before=$(ls /proc/"$CTRD_PID"/fd | wc -l)
 for i in $(seq 1 "$n"); do
   out=$(timeout "${HUSK_E2E_TIMEOUT:-600}" ctr -a "$CTR_ADDR" run --rm --runtime "$RUNTIME" "$IMAGE" "cyc-$i" echo "cycle $i")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Pod create/delete cycles (HUSK_POD_CYCLES, default 50; test-cycles.sh runs the single
+# Pod create/delete cycles (HUSK_POD_CYCLES, default 15; test-cycles.sh runs the single
 # containers): each cycle boots a pod's VM with its sandbox container, runs a member container
 # in it that reads a host directory through a bind mount (a disk slot attach and the pod's
 # virtiofsd), checks what it printed, then kills and deletes the sandbox. After the cycles
@@ -9,7 +9,7 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 e2e_setup
-n=${HUSK_POD_CYCLES:-50}
+n=${HUSK_POD_CYCLES:-15}
 T=${HUSK_E2E_TIMEOUT:-600}
 mkdir -p "$E2E_WORK/vol"
 fds_before=$(ls /proc/"$CTRD_PID"/fd | wc -l)
