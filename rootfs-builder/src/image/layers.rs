@@ -396,13 +396,5 @@ pub(crate) fn image_from_layers(layers: &[LayerSpec], opts: &ImageOptions) -> Re
     let key = cache::key(&parts);
     let work = opts.work_dir.clone().unwrap_or_else(|| cache_dir.clone());
     let r = cache::get_or_build(cache_dir, &key, opts.fstype, opts.cache_max_bytes, |tmp| build(layers, &work, tmp, opts))?;
-    Ok(BuiltImage {
-        path: r.path,
-        fstype: opts.fstype,
-        read_only: true,
-        from_cache: r.from_cache,
-        bytes_written: r.bytes_written,
-        cache_key: Some(key),
-        lease: Some(r.lease),
-    })
+    Ok(BuiltImage::cached(opts, key, r))
 }

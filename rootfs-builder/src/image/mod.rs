@@ -132,6 +132,19 @@ impl BuiltImage {
     pub(crate) fn uncached(opts: &ImageOptions, read_only: bool, bytes_written: u64) -> Self {
         BuiltImage { path: opts.output.clone(), fstype: opts.fstype, read_only, from_cache: false, bytes_written, cache_key: None, lease: None }
     }
+
+    /// A read-only image of the cache under `key`, leased to the caller.
+    pub(crate) fn cached(opts: &ImageOptions, key: String, r: cache::CacheResult) -> Self {
+        BuiltImage {
+            path: r.path,
+            fstype: opts.fstype,
+            read_only: true,
+            from_cache: r.from_cache,
+            bytes_written: r.bytes_written,
+            cache_key: Some(key),
+            lease: Some(r.lease),
+        }
+    }
 }
 
 /// Errors building an image.

@@ -113,15 +113,7 @@ fn overlay_image(m: &MountSpec, opts: &ImageOptions) -> Result<BuiltImage, Image
     parts.extend(ids.iter().map(Vec::as_slice));
     let key = cache::key(&parts);
     let r = cache::get_or_build(cache_dir, &key, opts.fstype, opts.cache_max_bytes, |tmp| mkfs_layers(&lowers, tmp, opts, false).map(|()| 0))?;
-    Ok(BuiltImage {
-        path: r.path,
-        fstype: opts.fstype,
-        read_only: true,
-        from_cache: r.from_cache,
-        bytes_written: r.bytes_written,
-        cache_key: Some(key),
-        lease: Some(r.lease),
-    })
+    Ok(BuiltImage::cached(opts, key, r))
 }
 
 pub(crate) fn image_from_mounts(mounts: &[MountSpec], opts: &ImageOptions) -> Result<BuiltImage, ImageError> {
