@@ -9,3 +9,5 @@ pub mod network;
 pub mod pod;
 pub mod process;
 pub mod server;
+#[cfg(test)]
+mod test_fork;

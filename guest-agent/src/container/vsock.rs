@@ -141,18 +141,7 @@ mod tests {
     /// Runs `f` in a forked child and returns its exit code (the test harness is threaded:
     /// a filter must not land on its threads).
     fn in_child(f: impl FnOnce() -> i32) -> i32 {
-        // SAFETY: the child runs `f` (plain syscalls) and leaves with _exit.
-        match unsafe { nix::unistd::fork() }.unwrap() {
-            nix::unistd::ForkResult::Child => {
-                let code = f();
-                // SAFETY: ends the forked child without running the parent's destructors.
-                unsafe { libc::_exit(code) }
-            }
-            nix::unistd::ForkResult::Parent { child } => match nix::sys::wait::waitpid(child, None).unwrap() {
-                nix::sys::wait::WaitStatus::Exited(_, code) => code,
-                other => panic!("child ended with {other:?}"),
-            },
-        }
+        crate::test_fork::in_child(f).unwrap_or_else(|sig| panic!("child killed by {sig}"))
     }
 
     fn errno_of(r: libc::c_long) -> i32 {

@@ -143,25 +143,16 @@ fn device_nodes_are_checked() {
 /// Opens `path` read-only in a child placed in `cgroup`; returns the errno (0: opened).
 fn open_in_cgroup(cgroup: &std::path::Path, path: &str) -> i32 {
     let procs = cgroup.join("cgroup.procs");
-    // SAFETY: the child writes a file, opens one and leaves with _exit.
-    match unsafe { nix::unistd::fork() }.unwrap() {
-        nix::unistd::ForkResult::Child => {
-            let code = if std::fs::write(&procs, b"0").is_err() {
-                99
-            } else {
-                match std::fs::File::open(path) {
-                    Ok(_) => 0,
-                    Err(e) => e.raw_os_error().unwrap_or(98),
-                }
-            };
-            // SAFETY: ends the forked child without running the parent's destructors.
-            unsafe { libc::_exit(code) }
+    let code = crate::test_fork::in_child(|| {
+        if std::fs::write(&procs, b"0").is_err() {
+            return 99;
         }
-        nix::unistd::ForkResult::Parent { child } => match nix::sys::wait::waitpid(child, None).unwrap() {
-            nix::sys::wait::WaitStatus::Exited(_, code) => code,
-            other => panic!("child ended with {other:?}"),
-        },
-    }
+        match std::fs::File::open(path) {
+            Ok(_) => 0,
+            Err(e) => e.raw_os_error().unwrap_or(98),
+        }
+    });
+    code.unwrap_or_else(|sig| panic!("child killed by {sig}"))
 }
 
 #[test]

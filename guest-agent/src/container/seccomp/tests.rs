@@ -16,20 +16,14 @@ fn plan(json: serde_json::Value) -> SeccompPlan {
 /// Runs `f` in a forked child with the plan installed (and no_new_privs, so that the test needs
 /// no CAP_SYS_ADMIN) and returns how it ended: Ok(exit code) or Err(signal).
 fn in_child(plan: &SeccompPlan, f: impl FnOnce() -> i32) -> std::result::Result<i32, nix::sys::signal::Signal> {
-    // SAFETY: the child makes plain syscalls and leaves with _exit.
-    match unsafe { nix::unistd::fork() }.unwrap() {
-        nix::unistd::ForkResult::Child => {
-            // SAFETY: prctl without pointers.
-            let code = if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 || plan.install().is_err() { 99 } else { f() };
-            // SAFETY: ends the forked child without running the parent's destructors.
-            unsafe { libc::_exit(code) }
+    crate::test_fork::in_child(|| {
+        // SAFETY: prctl without pointers.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 || plan.install().is_err() {
+            99
+        } else {
+            f()
         }
-        nix::unistd::ForkResult::Parent { child } => match nix::sys::wait::waitpid(child, None).unwrap() {
-            nix::sys::wait::WaitStatus::Exited(_, code) => Ok(code),
-            nix::sys::wait::WaitStatus::Signaled(_, sig, _) => Err(sig),
-            other => panic!("child ended with {other:?}"),
-        },
-    }
+    })
 }
 
 /// The errno of a raw syscall (0 when it succeeded).
