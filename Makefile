@@ -16,7 +16,7 @@ SYSCONFDIR ?= /etc
 MUSL := x86_64-unknown-linux-musl
 BUILD := build
 REL := target/release
-AGENT := target/$(MUSL)/release/husk-agent
+AGENT := target/$(MUSL)/agent/husk-agent
 TESTBED := tests/testbed/run
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
@@ -29,7 +29,7 @@ build:
 	$(CARGO) build --release --locked -p husk-microvm -p husk-rootfs -p husk-shim
 
 agent:
-	$(CARGO) build --release --locked -p husk-agent --target $(MUSL)
+	$(CARGO) build --profile agent --locked -p husk-agent --target $(MUSL)
 
 kernel:
 	@rootfs-builder/scripts/build-kernel.sh $(BUILD)/kernel

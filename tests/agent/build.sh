@@ -10,13 +10,13 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 t=${CARGO_TARGET_DIR:-$repo/target}
 cd "$repo"
-CARGO_TARGET_DIR=$t cargo build --release -p husk-agent --target x86_64-unknown-linux-musl
+CARGO_TARGET_DIR=$t cargo build --profile agent -p husk-agent --target x86_64-unknown-linux-musl
 CARGO_TARGET_DIR=$t/vsock-tool cargo build --release --target x86_64-unknown-linux-musl \
   --manifest-path "$repo/tests/virtio/vsock-tool/Cargo.toml"
 rootfs_bin=${HUSK_ROOTFS:-$t/release/husk-rootfs}
 [ -x "$rootfs_bin" ] || CARGO_TARGET_DIR=$t cargo build --release -p husk-rootfs
 mkdir -p "$t/agent-test"
-"$rootfs_bin" initramfs --agent "$t/x86_64-unknown-linux-musl/release/husk-agent" \
+"$rootfs_bin" initramfs --agent "$t/x86_64-unknown-linux-musl/agent/husk-agent" \
   -o "$t/agent-test/initramfs.cpio.gz"
 CARGO_TARGET_DIR=$t cargo test -p husk-agent --test guest --test peer --no-run --message-format=json \
   | python3 -c 'import json,sys

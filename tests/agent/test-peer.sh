@@ -8,7 +8,7 @@
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 t=${CARGO_TARGET_DIR:-$repo/target}
-agent=$t/x86_64-unknown-linux-musl/release/husk-agent
+agent=$t/x86_64-unknown-linux-musl/agent/husk-agent
 client=$(cat "$t/agent-test/peer-test.path" 2>/dev/null)
 [ -x "$agent" ] && [ -x "$client" ] || { echo "run tests/agent/build.sh first"; exit 1; }
 pass=0 fail=0
