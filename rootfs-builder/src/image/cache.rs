@@ -14,7 +14,7 @@ use std::fs::{self, File, FileTimes};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use nix::fcntl::{Flock, FlockArg};
 use sha2::{Digest, Sha256};
@@ -26,6 +26,10 @@ use super::{io_err, scratch, FsType, ImageError};
 const KEY_VERSION: &[u8] = b"husk-rootfs-cache-v1";
 /// How often taking a lock is retried when a pruner removed the lock file meanwhile.
 const LOCK_TRIES: usize = 16;
+/// How long a caller that found neither the image nor a free lock waits before it looks again.
+const BUSY_BACKOFF: Duration = Duration::from_millis(5);
+/// How many times it looks (a build in progress does not count: [`find`] waits for it).
+const BUSY_TRIES: usize = 2000;
 
 /// The cache key of the given parts (each length-prefixed, so parts cannot run together).
 pub(crate) fn key(parts: &[&[u8]]) -> String {
@@ -119,6 +123,12 @@ fn build_entry(dir: &Path, key: &str, path: &Path, build: impl FnOnce(&Path) -> 
 /// bytes it wrote besides the image) if it is not there, with a lease on it. After a build,
 /// the cache is pruned to `max_bytes` if given (a failed prune is logged, the image is still
 /// returned).
+///
+/// A caller that finds no image becomes the builder only if it gets the exclusive lock at
+/// once. Otherwise another builder is at work, and the caller looks again: [`find`]'s shared
+/// lock waits for that build to end. It must never wait for the exclusive lock itself. Once
+/// a build ends, its builder and every caller that found the image hold shared leases, for as
+/// long as their containers run, and a blocked exclusive request would wait for all of them.
 pub(crate) fn get_or_build(
     dir: &Path,
     key: &str,
@@ -128,34 +138,42 @@ pub(crate) fn get_or_build(
 ) -> Result<CacheResult, ImageError> {
     fs::create_dir_all(dir).map_err(io_err("create cache directory", dir))?;
     let path = entry_path(dir, key, fstype);
-    if let Some(lease) = find(dir, key, &path)? {
-        return Ok(CacheResult { path, from_cache: true, bytes_written: 0, lease });
+    for _ in 0..BUSY_TRIES {
+        if let Some(lease) = find(dir, key, &path)? {
+            return Ok(CacheResult { path, from_cache: true, bytes_written: 0, lease });
+        }
+        let Some(excl) = lock(dir, key, FlockArg::LockExclusiveNonblock)? else {
+            // Another caller holds the lock: a builder that just took it, or another caller
+            // between its look and its own try.
+            std::thread::sleep(BUSY_BACKOFF);
+            continue;
+        };
+        let (from_cache, bytes) = if path.is_file() {
+            touch_atime(&path)?;
+            (true, 0)
+        } else {
+            let built = build_entry(dir, key, &path, build);
+            if built.is_err() {
+                // No image: the lock file goes too (waiters find it gone and lock a new one).
+                let _ = fs::remove_file(lock_path(dir, key));
+            }
+            (false, built?)
+        };
+        // Shared from here on: other users may take it; prune may not (the image is fresh, too).
+        excl.relock(FlockArg::LockShared).map_err(|source| ImageError::Sys { op: "lock (shared)", path: lock_path(dir, key), source })?;
+        let lease = ImageLease(Arc::new(excl));
+        if let (Some(max), false) = (max_bytes, from_cache) {
+            if let Err(e) = prune_cache(dir, max) {
+                log::warn!("cannot prune image cache {}: {e}", dir.display());
+            }
+        }
+        return Ok(CacheResult { path, from_cache, bytes_written: bytes, lease });
     }
-    let excl = lock(dir, key, FlockArg::LockExclusive)?.ok_or_else(|| ImageError::Io {
+    Err(ImageError::Io {
         op: "lock",
         path: lock_path(dir, key),
-        source: std::io::Error::other("blocking lock refused"),
-    })?;
-    let (from_cache, bytes) = if path.is_file() {
-        touch_atime(&path)?;
-        (true, 0)
-    } else {
-        let built = build_entry(dir, key, &path, build);
-        if built.is_err() {
-            // No image: the lock file goes too (waiters find it gone and lock a new one).
-            let _ = fs::remove_file(lock_path(dir, key));
-        }
-        (false, built?)
-    };
-    // Shared from here on: other users may take it; prune may not (the image is fresh, too).
-    excl.relock(FlockArg::LockShared).map_err(|source| ImageError::Sys { op: "lock (shared)", path: lock_path(dir, key), source })?;
-    let lease = ImageLease(Arc::new(excl));
-    if let (Some(max), false) = (max_bytes, from_cache) {
-        if let Err(e) = prune_cache(dir, max) {
-            log::warn!("cannot prune image cache {}: {e}", dir.display());
-        }
-    }
-    Ok(CacheResult { path, from_cache, bytes_written: bytes, lease })
+        source: std::io::Error::other(format!("neither the image nor its lock came free in {BUSY_TRIES} tries")),
+    })
 }
 
 /// What [`prune_cache`] did.
@@ -230,4 +248,48 @@ pub fn prune_cache(dir: &Path, max_bytes: u64) -> Result<PruneReport, ImageError
     }
     report.remaining = total;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use std::sync::mpsc;
+
+    /// Callers of one key at once, each keeping its lease (as a running container does) until
+    /// every caller has its image. A caller that found no image and then waited for the
+    /// exclusive lock hung here, behind the leases of those served before it (seen in CI).
+    #[test]
+    fn concurrent_callers_holding_leases_never_wait_for_each_other() {
+        const CALLERS: usize = 4;
+        for round in 0..30 {
+            let d = tempfile::tempdir().unwrap();
+            let dir = d.path().to_path_buf();
+            let (tx, rx) = mpsc::channel();
+            for _ in 0..CALLERS {
+                let (dir, tx) = (dir.clone(), tx.clone());
+                // Detached: a caller that hangs must fail the test, not block it.
+                std::thread::spawn(move || {
+                    let r = get_or_build(&dir, "k", FsType::Ext4, None, |tmp| {
+                        std::thread::sleep(Duration::from_millis(2));
+                        fs::write(tmp, b"image").map_err(io_err("write", tmp))?;
+                        Ok(0)
+                    });
+                    let _ = tx.send(r);
+                });
+            }
+            let results: Vec<CacheResult> = (0..CALLERS)
+                .map(|i| {
+                    rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| panic!("round {round}: caller {i} of {CALLERS} never got its image")).unwrap()
+                })
+                .collect();
+            assert_eq!(results.iter().filter(|r| !r.from_cache).count(), 1, "round {round}: built once");
+            assert!(results.iter().all(|r| r.path == results[0].path && fs::read(&r.path).unwrap() == b"image"));
+            // Leased: prune leaves it.
+            assert!(prune_cache(&dir, 0).unwrap().removed.is_empty());
+            drop(results);
+            assert_eq!(prune_cache(&dir, 0).unwrap().removed.len(), 1);
+        }
+    }
 }
