@@ -12,18 +12,7 @@ use std::time::{Duration, Instant};
 use common::*;
 
 fn layer(dir: &Path, name: &str, content: &str) -> PathBuf {
-    let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_ustar();
-    h.set_entry_type(tar::EntryType::Regular);
-    h.set_mode(0o644);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_size(content.len() as u64);
-    h.set_mtime(0);
-    b.append_data(&mut h, name, content.as_bytes()).unwrap();
-    let p = dir.join(format!("{name}.tar"));
-    fs::write(&p, b.into_inner().unwrap()).unwrap();
-    p
+    Layer::new().file(name, content).write_tar(&dir.join(format!("{name}.tar")))
 }
 
 fn builder(layer: &Path, cache: &Path, out: &Path, path_env: &str, mark: &Path) -> Command {

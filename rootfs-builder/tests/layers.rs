@@ -297,21 +297,17 @@ fn opaque_marker_after_nested_entries_and_non_utf8_names() {
     assert_eq!(sub, ["new"]);
 }
 
+/// A layer of one 3 MiB file that does not compress, `big.tar` in `dir`: more than a 1 MiB
+/// tmpfs holds.
+fn big_layer(dir: &Path) -> PathBuf {
+    let data: Vec<u8> = (0..3u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    Layer::new().data("big", &data).write_tar(&dir.join("big.tar"))
+}
+
 #[test]
 fn full_disk_while_unpacking_names_the_layer_and_cleans_up() {
     let t = tmp();
-    let data: Vec<u8> = (0..3u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
-    let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_ustar();
-    h.set_entry_type(tar::EntryType::Regular);
-    h.set_mode(0o644);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(0);
-    h.set_size(data.len() as u64);
-    b.append_data(&mut h, "big", &data[..]).unwrap();
-    let layer = t.path().join("big.tar");
-    fs::write(&layer, b.into_inner().unwrap()).unwrap();
+    let layer = big_layer(t.path());
     let small = tmp();
     sh("mount", &["-t", "tmpfs", "-o", "size=1m", "tmpfs", small.path().to_str().unwrap()]);
     let mut o = opts(t.path(), FsType::Erofs);
@@ -340,18 +336,7 @@ fn an_unusable_or_full_cache_is_an_error_naming_it_and_leaves_nothing() {
     assert!(e.to_string().contains("not-a-dir/cache"), "{e}");
     // A cache on a full filesystem: mkfs fails writing the image; the error names the image
     // in the cache, and neither the temporary image nor the lock file is left.
-    let data: Vec<u8> = (0..3u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
-    let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_ustar();
-    h.set_entry_type(tar::EntryType::Regular);
-    h.set_mode(0o644);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(0);
-    h.set_size(data.len() as u64);
-    b.append_data(&mut h, "big", &data[..]).unwrap();
-    let layer = t.path().join("big.tar");
-    fs::write(&layer, b.into_inner().unwrap()).unwrap();
+    let layer = big_layer(t.path());
     let small = tmp();
     sh("mount", &["-t", "tmpfs", "-o", "size=1m", "tmpfs", small.path().to_str().unwrap()]);
     let mut o = opts(t.path(), FsType::Erofs);

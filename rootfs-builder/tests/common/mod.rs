@@ -125,9 +125,12 @@ impl Layer {
         self.b.append_data(&mut h, path, &[][..]).unwrap();
         self
     }
-    pub fn file(mut self, path: &str, content: &str) -> Self {
+    pub fn file(self, path: &str, content: &str) -> Self {
+        self.data(path, content.as_bytes())
+    }
+    pub fn data(mut self, path: &str, content: &[u8]) -> Self {
         let mut h = Self::header(tar::EntryType::Regular, 0o644, content.len() as u64);
-        self.b.append_data(&mut h, path, content.as_bytes()).unwrap();
+        self.b.append_data(&mut h, path, content).unwrap();
         self
     }
     pub fn symlink(mut self, path: &str, target: &str) -> Self {
