@@ -136,10 +136,12 @@ fn config_from(args: &Args) -> anyhow::Result<VmConfig> {
 /// and it belongs to someone else (another VMM), so it must not be deleted.
 fn run(args: Args, config: VmConfig, created: &mut Vec<PathBuf>) -> anyhow::Result<husk_microvm::exit::ExitReason> {
     let format = config.validate()?;
+    log::debug!("configuration read {:?} after process start", husk_microvm::since_start());
     let ours = config.api_sock.iter().chain(config.vsock.as_ref().map(|v| &v.uds));
     created.extend(ours.filter(|p| std::fs::symlink_metadata(p).is_err()).cloned());
     let mut vm = husk_microvm::vmm::Vm::new(config, format).context("cannot create the VM")?;
     husk_microvm::devices::virtio::wiring::attach_all(&mut vm).context("cannot attach the virtio devices")?;
+    log::debug!("virtio devices attached {:?} after process start", husk_microvm::since_start());
     vm.finish_boot().context("cannot prepare the boot")?;
     log::debug!("VM built {:?} after process start", husk_microvm::since_start());
     Ok(husk_microvm::runner::run(vm, !args.no_seccomp)?)

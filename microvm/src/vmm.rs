@@ -110,6 +110,7 @@ impl Vm {
         vm.create_irq_chip().map_err(|e| VmmError::VmIoctl("CREATE_IRQCHIP", e))?;
         let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
         vm.create_pit2(pit).map_err(|e| VmmError::VmIoctl("CREATE_PIT2", e))?;
+        log::debug!("KVM VM created {:?} after process start", crate::since_start());
 
         let mem = create_guest_memory(config.memory.bytes())?;
         for (slot, region) in mem.iter().enumerate() {
@@ -125,7 +126,9 @@ impl Vm {
             unsafe { vm.set_user_memory_region(r) }.map_err(|e| VmmError::VmIoctl("SET_USER_MEMORY_REGION", e))?;
         }
 
+        log::debug!("guest memory mapped {:?} after process start", crate::since_start());
         let kernel = loader::load_kernel(&mem, &config.kernel, format)?;
+        log::debug!("kernel loaded {:?} after process start", crate::since_start());
         let exit = Arc::new(VmExit::default());
         let out = match &config.console {
             Console::Stdio => ConsoleOut::Stdout(std::io::stdout()),
