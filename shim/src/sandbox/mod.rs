@@ -130,8 +130,9 @@ fn check_kvm() -> Result<()> {
 
 impl Sandbox {
     /// The VM plan of a sandbox: its size, the sandbox container's root disk, empty disk slots
-    /// for the pod's other containers, vsock to the agent, the console into the state dir,
-    /// the connection to the pod's virtiofsd (inherited), the jail.
+    /// for the pod's other containers, vsock to the agent, free page reporting as `[vm]` says,
+    /// the console into the state dir, the connection to the pod's virtiofsd (inherited), the
+    /// jail.
     pub fn plan(
         cfg: &HuskConfig,
         state: &StateDir,
@@ -152,6 +153,7 @@ impl Sandbox {
             disk: Vec::new(),
             disk_slots: cfg.vm.disk_slots,
             vsock: Some(VsockConfig { cid: GUEST_CID, uds: state.vsock() }),
+            free_page_reporting: cfg.vm.free_page_reporting,
             ..Default::default()
         };
         let mut plan = VmPlan {
