@@ -131,7 +131,7 @@ pub struct VmDefaults {
     #[serde(default = "d_disk_slots")]
     pub disk_slots: u32,
     /// Free page reporting: a virtio-balloon device through which the guest kernel reports
-    /// memory it has freed (blocks of 2 MiB or more that stayed free for about 2 s), and
+    /// memory it has freed (free 2 MiB blocks, starting 2 s after they were freed), and
     /// husk-vmm gives those pages back to the host. Without it, every page a guest ever
     /// touched stays resident on the host until the VM stops. Takes one of the VM's interrupt
     /// lines (so `disk_slots` may be at most 14 with it).

@@ -173,8 +173,9 @@ pub struct VmConfig {
     #[serde(default)]
     pub fs: Vec<FsConfig>,
     /// A virtio-balloon device offering only free page reporting: the guest kernel reports
-    /// free memory (in blocks of 2 MiB or more, after it has stayed free for about 2 s) and
-    /// husk-vmm gives those pages back to the host. Takes one interrupt line. Default off.
+    /// free memory (in blocks of its pageblock size, 2 MiB with husk's kernel, starting 2 s
+    /// after memory was freed) and husk-vmm gives those pages back to the host. Takes one
+    /// interrupt line. Default off.
     #[serde(default)]
     pub free_page_reporting: bool,
 }

@@ -70,7 +70,7 @@ struct Args {
     #[arg(long)]
     fs: Vec<String>,
     /// Add a virtio-balloon device with free page reporting only: memory the guest kernel
-    /// reports free (2 MiB blocks and larger) goes back to the host.
+    /// reports free (2 MiB blocks with husk's kernel) goes back to the host.
     #[arg(long)]
     free_page_reporting: bool,
     /// How virtio interrupts reach the guest: line (KVM_IRQ_LINE, default) or irqfd.

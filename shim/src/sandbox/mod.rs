@@ -501,3 +501,29 @@ impl Sandbox {
         log::info!("sandbox {} destroyed", self.id);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn the_plan_asks_for_free_page_reporting_as_the_vm_section_says() {
+        let root = tempfile::tempdir().unwrap();
+        let state = StateDir::create(root.path(), "default", "pod").unwrap();
+        let image = root.path().join("root.img");
+        std::fs::write(&image, [0u8; 512]).unwrap();
+        let rootfs =
+            BuiltImage { path: image, fstype: husk_rootfs::FsType::Ext4, read_only: true, from_cache: false, bytes_written: 0, cache_key: None, lease: None };
+        let size = VmSize { vcpus: 1, memory: husk_config::MemSize(256 << 20) };
+        let mut cfg = HuskConfig::default();
+        let plan = Sandbox::plan(&cfg, &state, size, &rootfs, None, None, None).unwrap();
+        assert!(plan.config.free_page_reporting, "on by default");
+        // The root disk, the slots, vsock and the balloon all get an interrupt line.
+        assert_eq!(plan.config.virtio_device_count(), 1 + cfg.vm.disk_slots as usize + 1 + 1);
+        cfg.vm.free_page_reporting = false;
+        let plan = Sandbox::plan(&cfg, &state, size, &rootfs, None, None, None).unwrap();
+        assert!(!plan.config.free_page_reporting);
+    }
+}

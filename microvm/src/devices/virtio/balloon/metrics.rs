@@ -7,7 +7,8 @@ use crate::devices::virtio::counter::{pairs_to_json, Counter};
 pub struct BalloonMetrics {
     /// Free page report chains handled (each up to 32 ranges).
     pub report_chains: Counter,
-    /// Bytes of guest RAM given back to the host (whole pages of the reported ranges).
+    /// Bytes of guest RAM punched out of the memfd (whole pages of the reported ranges),
+    /// including pages the host never held (the first report covers untouched memory too).
     pub reported_bytes: Counter,
     /// Report chains refused whole: malformed, too long, a device-readable or empty
     /// descriptor, or a range not inside one RAM region. Nothing of them is given back.

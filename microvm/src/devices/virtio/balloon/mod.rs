@@ -2,9 +2,12 @@
 //!
 //! The host never asks the guest to inflate (`num_pages` is always 0). The guest kernel's
 //! page reporting (Linux `mm/page_reporting.c`) hands free blocks of `page_reporting_order`
-//! (the pageblock order: 2 MiB or 4 MiB on x86) to the device, at most
-//! [`MAX_REPORT_DESCS`] per chain on the reporting queue, each descriptor one block
-//! (guest-physical address and length, device-writable). The device returns each block's
+//! (the pageblock order: 2 MiB with husk's kernel, which has HUGETLBFS; 4 MiB without) to the
+//! device, starting 2 s after such blocks were freed, at most [`MAX_REPORT_DESCS`] per chain
+//! on the reporting queue, each descriptor one block (guest-physical address and length,
+//! device-writable). It reports all free memory once when the driver binds, untouched pages
+//! included (punching those frees nothing, but they count in `reported_bytes`). The device
+//! returns each block's
 //! pages to the host by punching a hole in guest RAM's memfd
 //! (`fallocate(PUNCH_HOLE | KEEP_SIZE)`): RAM is a shared mapping of that file, which a
 //! vhost-user backend (virtiofsd) maps too, so dropping only this process's mapping
