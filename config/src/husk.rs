@@ -9,6 +9,7 @@
 //! max_vcpus = 8           # a pod asking for more is refused
 //! max_memory = "8G"
 //! disk_slots = 8          # containers that can join a running pod's VM at once
+//! free_page_reporting = true  # the guest gives memory it freed back to the host
 //! cmdline = ""            # appended to husk's own kernel command line
 //!
 //! [shim]
@@ -38,7 +39,8 @@ use crate::size::MemSize;
 use crate::vm::{validate_memory, validate_vcpus, DEFAULT_INITRAMFS, DEFAULT_KERNEL};
 
 /// Most disk slots a pod's VM may have: the VM's 19 virtio interrupt lines less the sandbox's
-/// root disk, vsock, a network card and the shared filesystem.
+/// root disk, vsock, a network card and the shared filesystem. One less with
+/// `free_page_reporting` (its balloon device takes a line).
 pub const MAX_DISK_SLOTS: u32 = 15;
 
 /// OCI spec fields husk cannot honour in its guest: a container whose spec sets one is
@@ -128,6 +130,13 @@ pub struct VmDefaults {
     /// container's root filesystem takes one; a deleted container gives it back).
     #[serde(default = "d_disk_slots")]
     pub disk_slots: u32,
+    /// Free page reporting: a virtio-balloon device through which the guest kernel reports
+    /// memory it has freed (free 2 MiB blocks, starting 2 s after they were freed), and
+    /// husk-vmm gives those pages back to the host. Without it, every page a guest ever
+    /// touched stays resident on the host until the VM stops. Takes one of the VM's interrupt
+    /// lines (so `disk_slots` may be at most 14 with it).
+    #[serde(default = "d_true")]
+    pub free_page_reporting: bool,
     /// Extra kernel command line, appended after husk's own.
     #[serde(default)]
     pub cmdline: String,
@@ -250,6 +259,7 @@ impl Default for VmDefaults {
             max_vcpus: d_max_vcpus(),
             max_memory: d_max_memory(),
             disk_slots: d_disk_slots(),
+            free_page_reporting: true,
             cmdline: String::new(),
         }
     }
@@ -306,8 +316,10 @@ impl HuskConfig {
         if self.vm.memory > self.vm.max_memory {
             return Err(ConfigError::invalid("vm.memory", self.vm.memory, format!("is more than vm.max_memory = {}", self.vm.max_memory)));
         }
-        if self.vm.disk_slots > MAX_DISK_SLOTS {
-            return Err(ConfigError::invalid("vm.disk_slots", self.vm.disk_slots, format!("must be at most {MAX_DISK_SLOTS} (interrupt lines of the VM)")));
+        let max_slots = MAX_DISK_SLOTS - u32::from(self.vm.free_page_reporting);
+        if self.vm.disk_slots > max_slots {
+            let why = if self.vm.free_page_reporting { " with vm.free_page_reporting, whose device takes one" } else { "" };
+            return Err(ConfigError::invalid("vm.disk_slots", self.vm.disk_slots, format!("must be at most {max_slots} (interrupt lines of the VM{why})")));
         }
         if self.shim.agent_vsock_port == 0 || self.shim.agent_vsock_port == u32::MAX {
             return Err(ConfigError::invalid("shim.agent_vsock_port", self.shim.agent_vsock_port, "must be 1 to 4294967294"));
@@ -457,6 +469,19 @@ mod tests {
             let e = format!("{e}: {e:?}");
             assert!(e.contains(field) && e.contains(value), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn free_page_reporting_is_on_by_default_and_takes_a_slot_s_line() {
+        let c = HuskConfig::from_toml_str("", Path::new("t")).unwrap();
+        assert!(c.vm.free_page_reporting);
+        let shipped = include_str!("../husk.toml.in").replace("@PREFIX@", "/usr/local");
+        assert!(HuskConfig::from_toml_str(&shipped, Path::new("husk.toml.in")).unwrap().vm.free_page_reporting);
+        let c = HuskConfig::from_toml_str("[vm]\nfree_page_reporting = false\ndisk_slots = 15\n", Path::new("t")).unwrap();
+        assert!(!c.vm.free_page_reporting);
+        let e = HuskConfig::from_toml_str("[vm]\ndisk_slots = 15\n", Path::new("t")).unwrap_err().to_string();
+        assert!(e.contains("vm.disk_slots") && e.contains("15") && e.contains("at most 14") && e.contains("free_page_reporting"), "{e}");
+        HuskConfig::from_toml_str("[vm]\ndisk_slots = 14\n", Path::new("t")).unwrap();
     }
 
     #[test]

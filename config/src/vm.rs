@@ -172,6 +172,12 @@ pub struct VmConfig {
     /// Virtio-fs devices (`[[fs]]` tables), each served by a vhost-user backend.
     #[serde(default)]
     pub fs: Vec<FsConfig>,
+    /// A virtio-balloon device offering only free page reporting: the guest kernel reports
+    /// free memory (in blocks of its pageblock size, 2 MiB with husk's kernel, starting 2 s
+    /// after memory was freed) and husk-vmm gives those pages back to the host. Takes one
+    /// interrupt line. Default off.
+    #[serde(default)]
+    pub free_page_reporting: bool,
 }
 
 fn default_kernel() -> PathBuf {
@@ -207,6 +213,7 @@ impl Default for VmConfig {
             vsock: None,
             irq_delivery: IrqDelivery::default(),
             fs: Vec::new(),
+            free_page_reporting: false,
         }
     }
 }
@@ -291,7 +298,8 @@ impl VmConfig {
 }
 
 impl VmConfig {
-    /// Virtio devices this configuration asks for: disks, disk slots, net devices and vsock.
+    /// Virtio devices this configuration asks for: disks, disk slots, net devices, vsock, fs
+    /// devices and the free page reporting balloon.
     pub fn virtio_device_count(&self) -> usize {
         self.disk
             .len()
@@ -299,6 +307,7 @@ impl VmConfig {
             .saturating_add(self.net.len())
             .saturating_add(usize::from(self.vsock.is_some()))
             .saturating_add(self.fs.len())
+            .saturating_add(usize::from(self.free_page_reporting))
     }
 
     /// Checks that the virtio devices fit the VM's interrupt lines ([`MAX_VIRTIO_DEVICES`]).
@@ -309,12 +318,13 @@ impl VmConfig {
         }
         let others = total.saturating_sub(self.disk_slots as usize);
         let what = format!(
-            "{} disks, {} disk slots, {} net, {} vsock and {} fs devices make {total} virtio devices; a VM has interrupt lines (GSI 5-23) for {MAX_VIRTIO_DEVICES}",
+            "{} disks, {} disk slots, {} net, {} vsock, {} fs and {} balloon devices make {total} virtio devices; a VM has interrupt lines (GSI 5-23) for {MAX_VIRTIO_DEVICES}",
             self.disk.len(),
             self.disk_slots,
             self.net.len(),
             usize::from(self.vsock.is_some()),
             self.fs.len(),
+            usize::from(self.free_page_reporting),
         );
         if self.disk_slots > 0 {
             let room = MAX_VIRTIO_DEVICES.saturating_sub(others);

@@ -144,6 +144,16 @@ fn disk_slots_fit_the_interrupt_lines() {
     let e = VmConfig { disk_slots: u32::MAX, ..c.clone() }.validate().unwrap_err().to_string();
     assert!(e.contains(&u32::MAX.to_string()) && e.contains("at most 18 slots"), "{e}");
 
+    // The free page reporting balloon takes a line too: the config that fit no longer does.
+    let f = dir.file("balloon.toml", format!("kernel = {k:?}\nfree_page_reporting = true\n").as_bytes());
+    assert!(VmConfig::from_toml_file(&f).unwrap().free_page_reporting);
+    assert!(!VmConfig::default().free_page_reporting, "off unless asked");
+    let balloon = VmConfig { free_page_reporting: true, ..fits.clone() };
+    assert_eq!(balloon.virtio_device_count(), husk_config::MAX_VIRTIO_DEVICES + 1);
+    let e = balloon.validate().unwrap_err().to_string();
+    assert!(e.contains("1 balloon") && e.contains("20 virtio devices") && e.contains("at most 16 slots"), "{e}");
+    VmConfig { disk_slots: 16, ..balloon }.validate().unwrap();
+
     // A boot disk may not take a slot's API name.
     let mut clash = c.clone();
     clash.disk[0].id = Some("slot3".into());

@@ -5,7 +5,7 @@
 //!          [--memory 256M] [--console stdio|none|file:PATH] [--api-sock PATH]
 //!          [--disk path=PATH[,id=NAME][,ro][,fd=N]]... [--disk-slots N] [--net tap=NAME[,mac=..][,netns=PATH|,fd=N]]...
 //!          [--vsock cid=N,uds=PATH] [--fs tag=TAG,socket=PATH]... [--irq-delivery line|irqfd]
-//!          [--log-max-bytes SIZE] [--no-seccomp]
+//!          [--free-page-reporting] [--log-max-bytes SIZE] [--no-seccomp]
 //! ```
 //! Flags override the TOML file. Exit status: 0 powered off, 1 rebooted, 2 VMM error,
 //! 3 guest panicked or triple-faulted (see `husk_microvm::exit`); one line on stderr says why.
@@ -69,6 +69,10 @@ struct Args {
     /// tag=TAG,socket=PATH. The guest mounts it with `mount -t virtiofs TAG DIR`.
     #[arg(long)]
     fs: Vec<String>,
+    /// Add a virtio-balloon device with free page reporting only: memory the guest kernel
+    /// reports free (2 MiB blocks with husk's kernel) goes back to the host.
+    #[arg(long)]
+    free_page_reporting: bool,
     /// How virtio interrupts reach the guest: line (KVM_IRQ_LINE, default) or irqfd.
     #[arg(long)]
     irq_delivery: Option<String>,
@@ -121,6 +125,9 @@ fn config_from(args: &Args) -> anyhow::Result<VmConfig> {
     }
     if !args.fs.is_empty() {
         c.fs = args.fs.iter().map(|f| FsConfig::parse_flag(f)).collect::<Result<_, _>>()?;
+    }
+    if args.free_page_reporting {
+        c.free_page_reporting = true;
     }
     if let Some(d) = &args.irq_delivery {
         c.irq_delivery = IrqDelivery::parse(d)?;

@@ -9,7 +9,9 @@
 //! - The device event loop (`vmm-events`, the thread that handles what the guest puts in the
 //!   queues): epoll, reads and writes on descriptors it already has, accepting host clients of
 //!   vsock, the vhost-user messages of virtio-fs; ioctls KVM_IRQ_LINE, TUNSETOFFLOAD and
-//!   KVM_IRQFD (routing a vhost-user backend's call EventFds to the guest's interrupt). It
+//!   KVM_IRQFD (routing a vhost-user backend's call EventFds to the guest's interrupt);
+//!   `fallocate` only as `FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE`, with which the balloon
+//!   gives pages the guest reported free back to the host (a hole in guest RAM's memfd). It
 //!   cannot open a file, create or connect a socket, or remove a file: everything it serves
 //!   was opened before the filters went in (or by the shim, and inherited), and the host side
 //!   of guest-initiated vsock connections is connected by the vsock connector thread.
@@ -144,7 +146,6 @@ const EVENT_LOOP: &[i64] = &[
     libc::SYS_lseek,
     libc::SYS_fsync,
     libc::SYS_fdatasync,
-    libc::SYS_fallocate,
     libc::SYS_accept4,
     libc::SYS_shutdown,
     libc::SYS_getsockopt,
@@ -168,6 +169,10 @@ const BLOCK_IO: &[i64] = &[libc::SYS_epoll_wait, libc::SYS_epoll_pwait, libc::SY
 const VSOCK_CONNECT: &[i64] = &[libc::SYS_connect, libc::SYS_setsockopt];
 
 const MAIN: &[i64] = &[libc::SYS_unlink, libc::SYS_unlinkat];
+
+/// The only `fallocate` mode the event loop may use: free pages of guest RAM's memfd without
+/// changing its size (the balloon's free page reporting).
+const PUNCH_HOLE_KEEP_SIZE: u64 = (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE) as u64;
 
 /// The kernel's O_LARGEFILE, which musl passes on x86-64 (glibc's constant there is 0).
 const KERNEL_O_LARGEFILE: i32 = 0o100000;
@@ -232,10 +237,16 @@ pub fn filters() -> Result<Filters, SeccompError> {
         ioctls: &[],
         conditional: vec![(libc::SYS_socket, vec![vec![(0, SeccompCmpOp::Eq, libc::AF_UNIX as u64)]])],
     };
+    let event_loop = Allow {
+        name: "event loop",
+        calls: &[COMMON, EVENT_LOOP],
+        ioctls: &[KVM_IRQ_LINE, TUNSETOFFLOAD, KVM_IRQFD],
+        conditional: vec![(libc::SYS_fallocate, vec![vec![(1, SeccompCmpOp::Eq, PUNCH_HOLE_KEEP_SIZE)]])],
+    };
     Ok(Filters {
         // A vCPU raises a config-change interrupt when a device fails to activate.
         vcpu: build(plain("vcpu", &[COMMON], &[KVM_RUN, KVM_IRQ_LINE, KVM_GET_MP_STATE, KVM_GET_REGS]))?,
-        event_loop: build(plain("event loop", &[COMMON, EVENT_LOOP], &[KVM_IRQ_LINE, TUNSETOFFLOAD, KVM_IRQFD]))?,
+        event_loop: build(event_loop)?,
         api: build(api)?,
         block_io: build(plain("disk I/O", &[COMMON, BLOCK_IO], &[KVM_IRQ_LINE]))?,
         vsock_connect: build(connect)?,

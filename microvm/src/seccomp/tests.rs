@@ -63,6 +63,15 @@ fn filters_compile_and_answer_per_thread_kind() {
     may(libc::SYS_unlinkat, none, &[ThreadKind::Main]);
     may(libc::SYS_recvmsg, none, &[ThreadKind::EventLoop, ThreadKind::Api]);
     may(libc::SYS_accept4, none, &[ThreadKind::EventLoop, ThreadKind::Api]);
+    // fallocate: only the balloon's hole punch, only on the event loop (never allocating,
+    // zeroing, collapsing or a punch that would change the size).
+    let falloc = |mode: i32| [3, mode as u64, 0, 4096, 0, 0];
+    may(libc::SYS_fallocate, falloc(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE), &[ThreadKind::EventLoop]);
+    for mode in
+        [0, libc::FALLOC_FL_KEEP_SIZE, libc::FALLOC_FL_PUNCH_HOLE, libc::FALLOC_FL_ZERO_RANGE, libc::FALLOC_FL_COLLAPSE_RANGE, libc::FALLOC_FL_INSERT_RANGE]
+    {
+        may(libc::SYS_fallocate, falloc(mode), &[]);
+    }
     // ioctl by request number, on every thread.
     may(libc::SYS_ioctl, ioctl(KVM_RUN), &[ThreadKind::Vcpu]);
     may(libc::SYS_ioctl, ioctl(KVM_IRQ_LINE), &[ThreadKind::Vcpu, ThreadKind::EventLoop, ThreadKind::Api, ThreadKind::BlockIo]);
@@ -149,6 +158,40 @@ fn the_event_loop_cannot_open_a_file_or_a_socket() {
         }
     });
     assert_eq!(exited(st), Some(0), "eventfd I/O under the event loop's filter: status {st:#x}");
+}
+
+#[test]
+fn the_balloon_gives_reported_pages_back_under_the_event_loop_filter() {
+    use crate::devices::virtio::balloon::{Balloon, REPORTQ};
+    use crate::devices::virtio::test_utils::{get, interrupt, put, TestQueue};
+    use crate::devices::virtio::VirtioDevice;
+    let mem = crate::memory::create_guest_memory(16 << 20).unwrap();
+    let queues: Vec<_> = (0..3u64).map(|i| TestQueue::new(&mem, 0x1000 + i * 0x2000, 64)).collect();
+    let mut dev = Balloon::new().unwrap();
+    dev.activate(mem.clone(), interrupt(), queues.iter().map(TestQueue::queue).collect()).unwrap();
+    let mut reports = queues.into_iter().nth(REPORTQ).unwrap();
+    put(&mem, 8 << 20, &[0xa5; 2 << 20]);
+    reports.add(&[(8 << 20, 2 << 20, true)]);
+    // The child's hole punch frees the pages of the memfd the parent shares.
+    let st = in_child_under(ThreadKind::EventLoop, || {
+        dev.process_reports();
+        let c = dev.counters();
+        if c.reported_bytes.get() == 2 << 20 && c.discard_errors.get() == 0 {
+            0
+        } else {
+            12
+        }
+    });
+    assert_eq!(exited(st), Some(0), "the balloon under the event loop's filter: status {st:#x}");
+    assert!(get(&mem, 8 << 20, 2 << 20).iter().all(|&b| b == 0), "the reported block still holds the guest's data");
+    // Any other fallocate is killed, even on the same file.
+    let file = vm_memory::GuestMemoryBackend::iter(&mem).next().unwrap().file_offset().unwrap().file().try_clone().unwrap();
+    let st = in_child_under(ThreadKind::EventLoop, || {
+        // SAFETY: fallocate on a memfd this test owns.
+        unsafe { libc::fallocate(std::os::fd::AsRawFd::as_raw_fd(&file), libc::FALLOC_FL_KEEP_SIZE, 0, 4096) };
+        3
+    });
+    assert!(killed_by_seccomp(st), "allocating fallocate under the event loop's filter: status {st:#x}");
 }
 
 #[test]

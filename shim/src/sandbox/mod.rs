@@ -130,8 +130,9 @@ fn check_kvm() -> Result<()> {
 
 impl Sandbox {
     /// The VM plan of a sandbox: its size, the sandbox container's root disk, empty disk slots
-    /// for the pod's other containers, vsock to the agent, the console into the state dir,
-    /// the connection to the pod's virtiofsd (inherited), the jail.
+    /// for the pod's other containers, vsock to the agent, free page reporting as `[vm]` says,
+    /// the console into the state dir, the connection to the pod's virtiofsd (inherited), the
+    /// jail.
     pub fn plan(
         cfg: &HuskConfig,
         state: &StateDir,
@@ -152,6 +153,7 @@ impl Sandbox {
             disk: Vec::new(),
             disk_slots: cfg.vm.disk_slots,
             vsock: Some(VsockConfig { cid: GUEST_CID, uds: state.vsock() }),
+            free_page_reporting: cfg.vm.free_page_reporting,
             ..Default::default()
         };
         let mut plan = VmPlan {
@@ -497,5 +499,31 @@ impl Sandbox {
             log::error!("{}", crate::error::chain(&e));
         }
         log::info!("sandbox {} destroyed", self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn the_plan_asks_for_free_page_reporting_as_the_vm_section_says() {
+        let root = tempfile::tempdir().unwrap();
+        let state = StateDir::create(root.path(), "default", "pod").unwrap();
+        let image = root.path().join("root.img");
+        std::fs::write(&image, [0u8; 512]).unwrap();
+        let rootfs =
+            BuiltImage { path: image, fstype: husk_rootfs::FsType::Ext4, read_only: true, from_cache: false, bytes_written: 0, cache_key: None, lease: None };
+        let size = VmSize { vcpus: 1, memory: husk_config::MemSize(256 << 20) };
+        let mut cfg = HuskConfig::default();
+        let plan = Sandbox::plan(&cfg, &state, size, &rootfs, None, None, None).unwrap();
+        assert!(plan.config.free_page_reporting, "on by default");
+        // The root disk, the slots, vsock and the balloon all get an interrupt line.
+        assert_eq!(plan.config.virtio_device_count(), 1 + cfg.vm.disk_slots as usize + 1 + 1);
+        cfg.vm.free_page_reporting = false;
+        let plan = Sandbox::plan(&cfg, &state, size, &rootfs, None, None, None).unwrap();
+        assert!(!plan.config.free_page_reporting);
     }
 }

@@ -12,6 +12,7 @@
 //!   `virtio_queue::mock::MockSplitQueue` without KVM.
 
 pub mod active;
+pub mod balloon;
 pub mod block;
 pub mod chain;
 pub mod counter;
@@ -41,6 +42,8 @@ pub use interrupt::Interrupt;
 pub const TYPE_NET: u32 = 1;
 /// Virtio device type: block device.
 pub const TYPE_BLOCK: u32 = 2;
+/// Virtio device type: memory balloon (here only free page reporting).
+pub const TYPE_BALLOON: u32 = 5;
 /// Virtio device type: socket device.
 pub const TYPE_VSOCK: u32 = 19;
 /// Virtio device type: file system device (virtio-fs).

@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex};
 
 use event_manager::MutEventSubscriber;
 
+use super::balloon::{Balloon, BalloonError};
 use super::block::{Block, BlockConfig, BlockError, DiskHandle};
 use super::fs::{Fs, FsConfig, FsError};
 use super::mmio::{MmioTransport, TransportError};
@@ -57,6 +58,9 @@ pub enum WiringError {
         #[source]
         source: FsError,
     },
+    /// The free page reporting balloon could not be set up.
+    #[error("--free-page-reporting")]
+    Balloon(#[source] BalloonError),
     /// The transport could not be built.
     #[error("virtio-mmio transport of {name}")]
     Transport {
@@ -95,17 +99,23 @@ impl CounterSource for super::fs::metrics::FsMetrics {
     }
 }
 
+impl CounterSource for super::balloon::metrics::BalloonMetrics {
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        self.pairs()
+    }
+}
+
 impl CounterSource for super::vsock::metrics::VsockMetrics {
     fn counters(&self) -> Vec<(&'static str, u64)> {
         self.pairs()
     }
 }
 
-/// Builds every `--disk`, `--disk-slots`, `--net`, `--vsock` and `--fs` device of `vm.config`
-/// and attaches it, in that order (disks in the order given, then the empty slots, so they
-/// appear as vda, vdb, ... in the guest). Counters are registered as `block.<id>` (slots:
-/// `block.slotN`), `net.<tap>`, `vsock` and `fs.<tag>`; every disk and slot gets a
-/// [`DiskHandle`] for the control API.
+/// Builds every `--disk`, `--disk-slots`, `--net`, `--vsock`, `--fs` and
+/// `--free-page-reporting` device of `vm.config` and attaches it, in that order (disks in the
+/// order given, then the empty slots, so they appear as vda, vdb, ... in the guest). Counters
+/// are registered as `block.<id>` (slots: `block.slotN`), `net.<tap>`, `vsock`, `fs.<tag>` and
+/// `balloon`; every disk and slot gets a [`DiskHandle`] for the control API.
 pub fn attach_all(vm: &mut Vm) -> Result<(), WiringError> {
     let disks = vm.config.disk.clone();
     for (index, d) in disks.iter().enumerate() {
@@ -142,6 +152,12 @@ pub fn attach_all(vm: &mut Vm) -> Result<(), WiringError> {
         let counters = dev.counters().clone();
         attach(vm, &format!("virtio-fs-{}", f.tag), dev)?;
         vm.devices.register_counters(format!("fs.{}", f.tag), counters);
+    }
+    if vm.config.free_page_reporting {
+        let dev = Balloon::new().map_err(WiringError::Balloon)?;
+        let counters = dev.counters().clone();
+        attach(vm, "virtio-balloon", dev)?;
+        vm.devices.register_counters("balloon", counters);
     }
     Ok(())
 }
