@@ -84,8 +84,9 @@ impl Cgroup {
         }
     }
 
-    /// Applies memory, cpu, cpuset and pids limits. Huge page limits: the guest has no huge
-    /// pages (no hugetlb), so a limit of 0 is what it gives anyway and any other is refused.
+    /// Applies memory, cpu, cpuset and pids limits. Huge page limits: the guest reserves no huge
+    /// pages (its kernel has hugetlbfs, for page reporting's block size, but no hugetlb cgroup
+    /// controller), so a limit of 0 is what it gives anyway and any other is refused.
     pub fn apply(&self, r: &LinuxResources) -> Result<()> {
         for h in r.hugepage_limits().iter().flatten() {
             if h.limit() > 0 {
