@@ -35,7 +35,11 @@ const USED: u64 = 0x200;
 const QSIZE: u16 = 16;
 
 fn memory(data: &[u8]) -> Option<GuestMemoryMmap> {
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).ok()?;
+    filled(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).ok()?, data)
+}
+
+/// `mem` with the start of `data` written at address 0.
+fn filled(mem: GuestMemoryMmap, data: &[u8]) -> Option<GuestMemoryMmap> {
     let n = data.len().min(MEM_SIZE);
     mem.write_slice(&data[..n], GuestAddress(0)).ok()?;
     Some(mem)
@@ -168,10 +172,7 @@ fn memfd_memory(data: &[u8]) -> Option<GuestMemoryMmap> {
     use nix::sys::memfd::{memfd_create, MFdFlags};
     let file = std::fs::File::from(memfd_create("husk-fuzz-ram", MFdFlags::MFD_CLOEXEC).ok()?);
     file.set_len(MEM_SIZE as u64).ok()?;
-    let mem = GuestMemoryMmap::from_ranges_with_files([(GuestAddress(0), MEM_SIZE, Some(vm_memory::FileOffset::new(file, 0)))]).ok()?;
-    let n = data.len().min(MEM_SIZE);
-    mem.write_slice(&data[..n], GuestAddress(0)).ok()?;
-    Some(mem)
+    filled(GuestMemoryMmap::from_ranges_with_files([(GuestAddress(0), MEM_SIZE, Some(vm_memory::FileOffset::new(file, 0)))]).ok()?, data)
 }
 
 /// Free page reports, and inflate and deflate chains, from hostile guest memory. The memory

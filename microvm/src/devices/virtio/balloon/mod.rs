@@ -7,8 +7,7 @@
 //! on the reporting queue, each descriptor one block (guest-physical address and length,
 //! device-writable). It reports all free memory once when the driver binds, untouched pages
 //! included (punching those frees nothing, but they count in `reported_bytes`). The device
-//! returns each block's
-//! pages to the host by punching a hole in guest RAM's memfd
+//! returns each block's pages to the host by punching a hole in guest RAM's memfd
 //! (`fallocate(PUNCH_HOLE | KEEP_SIZE)`): RAM is a shared mapping of that file, which a
 //! vhost-user backend (virtiofsd) maps too, so dropping only this process's mapping
 //! (`MADV_DONTNEED`) would free nothing. The guest reads zeros from a reported page when it
