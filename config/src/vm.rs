@@ -173,9 +173,10 @@ pub struct VmConfig {
     #[serde(default)]
     pub fs: Vec<FsConfig>,
     /// A virtio-balloon device offering only free page reporting: the guest kernel reports
-    /// free memory (in blocks of its pageblock size, 2 MiB with husk's kernel, starting 2 s
-    /// after memory was freed) and husk-vmm gives those pages back to the host. Takes one
-    /// interrupt line. Default off.
+    /// free memory (in blocks of its pageblock size, 2 MiB with husk's kernel, or as small as
+    /// the guest sets `page_reporting_order` to (husk's agent does, from
+    /// `husk.page_reporting_order=`), starting 2 s after memory was freed) and husk-vmm gives
+    /// those pages back to the host. Takes one interrupt line. Default off.
     #[serde(default)]
     pub free_page_reporting: bool,
 }

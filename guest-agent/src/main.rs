@@ -130,6 +130,11 @@ fn run(started: Instant) -> anyhow::Result<()> {
         init::loopback_up().context("bringing up lo")?;
         let hostname = init::cmdline_value(&cmdline, "husk.hostname").unwrap_or("husk");
         init::set_hostname(hostname)?;
+        if let Some(order) = init::page_reporting_order(&cmdline)? {
+            if let Err(e) = init::set_page_reporting_order(order) {
+                log::warn!("free page reporting: setting order {order}: {e}");
+            }
+        }
     } else if std::process::id() != 1 {
         nix::sys::prctl::set_child_subreaper(true).context("PR_SET_CHILD_SUBREAPER")?;
     }

@@ -33,6 +33,10 @@ pub const DEFAULT_AGENT_PORT: u32 = 1024;
 /// Kernel command-line key that overrides [`DEFAULT_AGENT_PORT`].
 pub const AGENT_PORT_CMDLINE_KEY: &str = "husk.agent_port";
 
+/// Kernel command-line key: the order (2^N pages) of the smallest free block the guest
+/// reports to the host through free page reporting; the agent sets it in the guest kernel.
+pub const PAGE_REPORTING_ORDER_CMDLINE_KEY: &str = "husk.page_reporting_order";
+
 /// Largest `data` accepted by `WriteStdin` and largest `max_bytes` of a read (1 MiB).
 pub const MAX_STDIO_CHUNK: u32 = 1 << 20;
 

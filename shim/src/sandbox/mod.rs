@@ -47,6 +47,11 @@ pub const SHARED_FS_TAG: &str = "husk-pod";
 /// The kernel command line: husk's defaults, the agent port, then the configured extra.
 pub fn kernel_cmdline(cfg: &HuskConfig) -> String {
     let mut c = format!("{} {}={}", husk_config::vm::DEFAULT_CMDLINE, husk_protocol::AGENT_PORT_CMDLINE_KEY, cfg.shim.agent_vsock_port);
+    if cfg.vm.free_page_reporting {
+        // The agent sets it once the kernel's balloon driver is up (Linux 6.1 overwrites its own
+        // page_reporting.page_reporting_order= when the driver registers).
+        c.push_str(&format!(" {}={}", husk_protocol::PAGE_REPORTING_ORDER_CMDLINE_KEY, cfg.vm.page_reporting_order));
+    }
     if !cfg.vm.cmdline.trim().is_empty() {
         c.push(' ');
         c.push_str(cfg.vm.cmdline.trim());
@@ -520,10 +525,16 @@ mod tests {
         let mut cfg = HuskConfig::default();
         let plan = Sandbox::plan(&cfg, &state, size, &rootfs, None, None, None).unwrap();
         assert!(plan.config.free_page_reporting, "on by default");
+        // The agent gets the configured reporting order on the kernel command line.
+        assert!(plan.config.cmdline.split_whitespace().any(|w| w == "husk.page_reporting_order=5"), "{}", plan.config.cmdline);
         // The root disk, the slots, vsock and the balloon all get an interrupt line.
         assert_eq!(plan.config.virtio_device_count(), 1 + cfg.vm.disk_slots as usize + 1 + 1);
+        cfg.vm.page_reporting_order = 3;
+        let plan = Sandbox::plan(&cfg, &state, size, &rootfs, None, None, None).unwrap();
+        assert!(plan.config.cmdline.split_whitespace().any(|w| w == "husk.page_reporting_order=3"), "{}", plan.config.cmdline);
         cfg.vm.free_page_reporting = false;
         let plan = Sandbox::plan(&cfg, &state, size, &rootfs, None, None, None).unwrap();
         assert!(!plan.config.free_page_reporting);
+        assert!(!plan.config.cmdline.contains("husk.page_reporting_order"), "{}", plan.config.cmdline);
     }
 }
