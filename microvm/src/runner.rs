@@ -19,8 +19,7 @@ pub fn run(mut vm: Vm, use_seccomp: bool) -> Result<ExitReason, crate::Error> {
     if let Some(mut em) = vm.devices.take_event_manager() {
         let ex = exit.clone();
         let f = filters.as_ref().map(|f| f.get(ThreadKind::EventLoop));
-        std::thread::Builder::new()
-            .name("vmm-events".into())
+        crate::thread_builder("vmm-events")
             .spawn(move || {
                 if let Some(f) = f {
                     if let Err(e) = seccompiler::apply_filter(&f) {

@@ -100,8 +100,7 @@ impl Vcpus {
         for (i, fd) in vcpus.into_iter().enumerate() {
             let id = i as u8;
             let (io, mmio, ex, ctl, filter) = (io_bus.clone(), mmio_bus.clone(), exit.clone(), control.clone(), seccomp.clone());
-            let t = std::thread::Builder::new()
-                .name(format!("vcpu-{id}"))
+            let t = crate::thread_builder(format!("vcpu-{id}"))
                 .spawn(move || {
                     if let Some(f) = filter {
                         if let Err(e) = seccompiler::apply_filter(&f) {

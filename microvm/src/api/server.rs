@@ -88,8 +88,7 @@ impl ApiServer {
         }
         let listener = UnixListener::bind(path).map_err(|e| ApiError::Bind(path.into(), e))?;
         let state = State { i8042: info.i8042.clone(), info, vcpus, exit, devices };
-        std::thread::Builder::new()
-            .name("vmm-api".into())
+        crate::thread_builder("vmm-api")
             .spawn(move || {
                 if let Some(f) = filter {
                     if let Err(e) = seccompiler::apply_filter(&f) {

@@ -229,7 +229,7 @@ impl Worker {
         epoll.ctl(ControlOperation::Add, wake.as_raw_fd(), EpollEvent::new(EventSet::IN, WAKE))?;
         epoll.ctl(ControlOperation::Add, queue_evt.as_raw_fd(), EpollEvent::new(EventSet::IN, QUEUE))?;
         let thread_wake = wake.clone();
-        let handle = std::thread::Builder::new().name(name).spawn(move || serve(disk, &m, &epoll, &thread_wake, &queue_evt, &rx))?;
+        let handle = crate::thread_builder(name).spawn(move || serve(disk, &m, &epoll, &thread_wake, &queue_evt, &rx))?;
         Ok(Self { ctl: WorkerControl { tx, wake }, handle: Some(handle) })
     }
 

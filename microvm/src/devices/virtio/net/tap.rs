@@ -100,8 +100,7 @@ impl Tap {
         };
         let ns = ns.to_path_buf();
         let owned = name.to_string();
-        let joined = std::thread::Builder::new()
-            .name("tap-netns".into())
+        let joined = crate::thread_builder("tap-netns")
             .spawn(move || {
                 let nsfile = File::open(&ns).map_err(|source| TapError::Netns { path: ns.clone(), name: owned.clone(), source })?;
                 // SAFETY: setns on a valid fd we own; it only changes this helper thread's

@@ -44,7 +44,7 @@ impl Connector {
     pub fn start(uds: &Path) -> io::Result<Self> {
         let base = uds.display().to_string();
         let (tx, rx) = mpsc::channel();
-        std::thread::Builder::new().name("vsock-connect".into()).spawn(move || serve(&base, rx))?;
+        crate::thread_builder("vsock-connect").spawn(move || serve(&base, rx))?;
         Ok(Self { tx })
     }
 
