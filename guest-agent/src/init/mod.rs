@@ -2,6 +2,7 @@
 //! options, and powering the VM off.
 use std::path::Path;
 
+use husk_protocol::PAGE_REPORTING_ORDER_CMDLINE_KEY as PAGE_REPORTING_ORDER_KEY;
 use nix::mount::{mount, MsFlags};
 use nix::sys::stat::Mode;
 
@@ -169,7 +170,6 @@ pub fn agent_port(cmdline: &str) -> Result<u32, InitError> {
     }
 }
 
-use husk_protocol::PAGE_REPORTING_ORDER_CMDLINE_KEY as PAGE_REPORTING_ORDER_KEY;
 /// Where Linux keeps that order (a parameter of the built-in page_reporting code).
 const PAGE_REPORTING_ORDER_PARAM: &str = "/sys/module/page_reporting/parameters/page_reporting_order";
 /// The largest order Linux 6.1 accepts there (MAX_ORDER - 1).
