@@ -75,6 +75,17 @@ e2e_pids() {
   return 0
 }
 
+# vmm_of ID: the pid of sandbox ID's husk-vmm in the default namespace, from /proc (its argv[0]
+# is in the sandbox's jail); nothing if there is none.
+vmm_of() {
+  local p
+  for p in $(e2e_pids); do
+    [ "$(cat "/proc/$p/comm" 2>/dev/null)" = husk-vmm ] || continue
+    tr '\0' '\n' <"/proc/$p/cmdline" | head -1 | grep -q -- "$E2E_WORK/run-husk/default/$1/jail/" && echo "$p"
+  done
+  return 0
+}
+
 e2e_teardown() {
   local rc=$? p m
   set +e

@@ -12,14 +12,6 @@ T=${HUSK_E2E_TIMEOUT:-600}
 husk() { "$HUSK_BIN_DIR/husk" --config "$HUSK_CONFIG" "$@"; }
 state() { echo "$E2E_WORK/run-husk/default/$1"; }
 task_pid() { ctr_ task ls | awk -v id="$1" '$1 == id {print $2}'; }
-vmm_of() { # the husk-vmm of sandbox $1, from /proc (its argv[0] is in the sandbox's jail)
-  local p
-  for p in $(e2e_pids); do
-    [ "$(cat "/proc/$p/comm" 2>/dev/null)" = husk-vmm ] || continue
-    tr '\0' '\n' <"/proc/$p/cmdline" | head -1 | grep -q -- "$(state "$1")/jail/" && echo "$p"
-  done
-  return 0
-}
 field() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
 stop() { # ID: kill, wait for STOPPED, delete
   ctr_ task kill -s SIGKILL "$1" 2>/dev/null || true

@@ -61,15 +61,11 @@ assert_eq 5 "$(timeout "$T" ctr -a "$CTR_ADDR" task exec --exec-id e5 r-long cat
 sed 's/^\[vm\]$/[vm]\npage_reporting_order = 9/' "$HUSK_CONFIG" >"$E2E_WORK/husk-order9.toml"
 timeout "$T" ctr -a "$CTR_ADDR" run -d --runtime "$RUNTIME" --runtime-config-path "$E2E_WORK/husk-order9.toml" "$IMAGE" r-order9 sleep 100000 >/dev/null
 assert_eq 9 "$(timeout "$T" ctr -a "$CTR_ADDR" task exec --exec-id e1 r-order9 cat /sys/module/page_reporting/parameters/page_reporting_order)" "order from ConfigPath"
-guest_rss_kib() { # resident guest RAM of the husk-vmm whose jail is in sandbox $1's state dir
+guest_rss_kib() { # resident guest RAM of sandbox $1's husk-vmm (0 without one)
   local p
-  for p in $(e2e_pids); do
-    [ "$(cat "/proc/$p/comm" 2>/dev/null)" = husk-vmm ] || continue
-    tr '\0' '\n' <"/proc/$p/cmdline" | head -1 | grep -q -- "/default/$1/" || continue
-    awk '/^[0-9a-f]+-[0-9a-f]+ / { m = ($0 ~ /\/memfd:husk-guest-ram/) ; next } m && /^Rss:/ { kb += $2 } END { print kb + 0 }' "/proc/$p/smaps"
-    return 0
-  done
-  echo 0
+  p=$(vmm_of "$1")
+  [ -n "$p" ] || { echo 0; return 0; }
+  awk '/^[0-9a-f]+-[0-9a-f]+ / { m = ($0 ~ /\/memfd:husk-guest-ram/) ; next } m && /^Rss:/ { kb += $2 } END { print kb + 0 }' "/proc/$p/smaps"
 }
 # Reports start 2 s after memory is freed: wait up to 30 s for a gap of 3 MiB (6.5 were seen).
 for ((i = 0; i < 30; i++)); do
