@@ -471,6 +471,7 @@ impl Sandbox {
     /// removes the host side: cgroup, state directory (uncached images included).
     pub fn destroy(&self) {
         self.stopping.store(true, Ordering::SeqCst);
+        let mut t = Timeline::ending(format!("sandbox {}", self.id), "destroyed");
         if self.running() {
             let ctx = ttrpc::context::with_timeout(Duration::from_secs(5).as_nanos() as i64);
             if let Err(e) = self.agent.shutdown(ctx, &agent::ShutdownRequest::new()) {
@@ -480,18 +481,22 @@ impl Sandbox {
                 log::warn!("VM of sandbox {} did not power off within {SHUTDOWN_TIMEOUT:?}; killing husk-vmm", self.id);
                 self.kill_vm();
             }
+            t.step("vm power-off");
         }
         if let Some(fs) = self.shared.lock().unwrap_or_else(|p| p.into_inner()).take() {
             if let Err(e) = fs.stop() {
                 log::error!("pod {}: stopping the shared file system: {}", self.id, crate::error::chain(&e));
             }
+            t.step("virtiofsd");
         }
         let bundle = self.info.lock().unwrap_or_else(|p| p.into_inner()).bundle.clone();
         crate::hooks::run_poststop(&bundle, &self.id, self.host_pid().unwrap_or(std::process::id()));
+        t.step("poststop hooks");
         if let Some(n) = self.network.lock().unwrap_or_else(|p| p.into_inner()).take() {
             if let Err(e) = n.teardown() {
                 log::error!("pod {}: removing its taps and tc filters: {}", self.id, crate::error::chain(&e));
             }
+            t.step("network");
         }
         if let Some(cg) = &self.cgroup {
             cg.remove();
@@ -503,7 +508,8 @@ impl Sandbox {
         if let Err(e) = self.state.remove() {
             log::error!("{}", crate::error::chain(&e));
         }
-        log::info!("sandbox {} destroyed", self.id);
+        t.step("cgroup and state");
+        t.finish();
     }
 }
 

@@ -1,6 +1,7 @@
-//! Where the time of a start goes: each step of a sandbox's (or a joining container's) create
-//! is logged with its time since the create began and its own duration, and a summary line
-//! names every step once the create is done, so a slow pod start can be read from the shim log.
+//! Where the time of a start (or a teardown) goes: each step of a sandbox's (or a joining
+//! container's) create, or of a sandbox's destroy, is logged with its time since the whole
+//! began and its own duration, and a summary line names every step once it is done, so a slow
+//! pod start or stop can be read from the shim log.
 
 use std::time::{Duration, Instant};
 
@@ -8,6 +9,8 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub struct Timeline {
     what: String,
+    /// The summary's verb: "created", "destroyed".
+    done: &'static str,
     start: Instant,
     last: Instant,
     steps: Vec<(&'static str, Duration)>,
@@ -16,8 +19,13 @@ pub struct Timeline {
 impl Timeline {
     /// Starts timing `what` (e.g. "sandbox <id>").
     pub fn new(what: impl Into<String>) -> Timeline {
+        Timeline::ending(what, "created")
+    }
+
+    /// Starts timing `what`, whose summary will say it was `done` (e.g. "destroyed").
+    pub fn ending(what: impl Into<String>, done: &'static str) -> Timeline {
         let now = Instant::now();
-        Timeline { what: what.into(), start: now, last: now, steps: Vec::new() }
+        Timeline { what: what.into(), done, start: now, last: now, steps: Vec::new() }
     }
 
     /// Records that `step` ended now; its duration is the time since the previous step ended.
@@ -36,7 +44,7 @@ impl Timeline {
     /// The summary: every step with its duration, and the total.
     pub fn summary(&self) -> String {
         let steps: Vec<String> = self.steps.iter().map(|(s, d)| format!("{s} {} ms", d.as_millis())).collect();
-        format!("{} created in {} ms: {}", self.what, self.start.elapsed().as_millis(), steps.join(", "))
+        format!("{} {} in {} ms: {}", self.what, self.done, self.start.elapsed().as_millis(), steps.join(", "))
     }
 
     /// Logs the summary.
@@ -61,5 +69,8 @@ mod tests {
         let image: u64 = s.split("image ").nth(1).unwrap().split(" ms").next().unwrap().parse().unwrap();
         assert!(image >= 20, "{s}");
         assert!(s.ends_with("boot 1234 ms"), "{s}");
+        let mut t = Timeline::ending("sandbox y", "destroyed");
+        t.step("vm");
+        assert!(t.summary().starts_with("sandbox y destroyed in "), "{}", t.summary());
     }
 }

@@ -33,6 +33,13 @@ pub struct Registry {
     pub creating: HashSet<String>,
 }
 
+impl Registry {
+    /// Whether the shim serves nothing: no sandbox, no container, none being created.
+    pub fn is_empty(&self) -> bool {
+        self.sandbox.is_none() && self.containers.is_empty() && self.creating.is_empty()
+    }
+}
+
 /// Shared state of the service.
 pub struct Inner {
     /// containerd namespace.

@@ -31,6 +31,12 @@ const KILL_WAIT: Duration = Duration::from_secs(10);
 const KILL_ANSWER: Duration = Duration::from_secs(5);
 /// How long after CloseIO the stdin FIFO may stay open before the guest's stdin is closed anyway.
 const CLOSE_IO_GRACE: Duration = Duration::from_secs(30);
+/// How long a shim whose sandbox was deleted waits for containerd's Shutdown before it exits by
+/// itself. containerd calls Shutdown right after a Delete it saw succeed; one whose Delete
+/// timed out on its side (its CRI event handler gives a sandbox's Delete 10 s) never does, and
+/// finds the task gone (NotFound) when it retries, so without this the shim would stay forever.
+/// An exited shim is what containerd's cleanup after a disconnected shim handles.
+const ORPHAN_EXIT: Duration = Duration::from_secs(30);
 
 impl Service {
     fn container_for(&self, id: &str) -> Result<Arc<Container>> {
@@ -189,7 +195,14 @@ impl Service {
         } else {
             c.remove();
         }
-        self.inner.registry().containers.remove(&c.id);
+        let emptied = {
+            let mut reg = self.inner.registry();
+            reg.containers.remove(&c.id);
+            reg.is_empty()
+        };
+        if c.is_sandbox && emptied {
+            self.exit_if_orphaned(ORPHAN_EXIT);
+        }
         let st = c.init.state();
         let exited_at = st.exited_at.clone().unwrap_or_else(now);
         let ev = TaskDelete {
@@ -220,6 +233,22 @@ impl Service {
         let mut reg = self.inner.registry();
         if reg.sandbox.as_ref().is_some_and(|s| Arc::ptr_eq(s, &sb)) {
             reg.sandbox = None;
+        }
+    }
+
+    /// Exits the shim after `grace` unless by then containerd called Shutdown or gave it a new
+    /// container (see [`ORPHAN_EXIT`]).
+    fn exit_if_orphaned(&self, grace: Duration) {
+        let inner = self.inner.clone();
+        let spawned = std::thread::Builder::new().name("orphan-exit".into()).spawn(move || {
+            std::thread::sleep(grace);
+            if inner.registry().is_empty() {
+                log::warn!("no Shutdown from containerd {grace:?} after the sandbox's Delete; exiting");
+                inner.exit.signal();
+            }
+        });
+        if let Err(e) = spawned {
+            log::error!("cannot start the orphan-exit timer: {e}");
         }
     }
 
@@ -465,14 +494,45 @@ impl Task for Service {
         Ok(api::ConnectResponse { shim_pid: std::process::id(), task_pid, version: env!("CARGO_PKG_VERSION").into(), ..Default::default() })
     }
     fn shutdown(&self, _ctx: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
-        let has = {
-            let reg = self.inner.registry();
-            !reg.containers.is_empty() || reg.sandbox.is_some() || !reg.creating.is_empty()
-        };
-        if !has {
+        if self.inner.registry().is_empty() {
             log::info!("Shutdown: no container left, exiting");
             self.inner.exit.signal();
         }
         Ok(api::Empty::new())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use containerd_shim::ExitSignal;
+    use std::sync::mpsc;
+
+    /// Whether `exit` is signalled within `within`.
+    fn signalled(exit: &Arc<ExitSignal>, within: Duration) -> bool {
+        let (tx, rx) = mpsc::channel();
+        let e = exit.clone();
+        std::thread::spawn(move || {
+            e.wait();
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(within).is_ok()
+    }
+
+    #[test]
+    fn a_shim_left_with_nothing_exits_by_itself_unless_it_got_work_again() {
+        // Nothing left and no Shutdown: it exits after the grace.
+        let exit = Arc::new(ExitSignal::default());
+        let svc = Service::new("ns", None, exit.clone());
+        svc.exit_if_orphaned(Duration::from_millis(50));
+        assert!(signalled(&exit, Duration::from_secs(5)));
+
+        // A container being created in the meantime keeps it.
+        let exit = Arc::new(ExitSignal::default());
+        let svc = Service::new("ns", None, exit.clone());
+        svc.exit_if_orphaned(Duration::from_millis(50));
+        svc.inner.registry().creating.insert("next".into());
+        assert!(!signalled(&exit, Duration::from_millis(500)));
     }
 }
