@@ -59,6 +59,8 @@ cri_teardown() {
     echo "--- containerd log (last 80 lines)"; tail -80 "$E2E_WORK/ctrd/containerd.log"
     for f in "$E2E_WORK"/run-husk/*/*.log; do [ -f "$f" ] && { echo "--- $f (tail)"; tail -40 "$f"; }; done
   fi >&2
+  # CRI_KEEP_LOG=FILE keeps containerd's log (the shims' output included) for reading later.
+  [ -n "${CRI_KEEP_LOG:-}" ] && [ -n "${E2E_WORK:-}" ] && cp "$E2E_WORK/ctrd/containerd.log" "$CRI_KEEP_LOG"
   if [ -n "${CTRD_LOOP:-}" ]; then
     cri cleanup --run "$CRI_RUN" >&2
     containerd_stop

@@ -20,11 +20,13 @@ serve() {
     sh -c "while true; do echo hello-from-$id | nc -l -p 8080; done" >"$E2E_WORK/$id.out" 2>&1 &
   echo $! >"$E2E_WORK/$id.ctr"
 }
+# Waits until `serve`d CTR runs; fails at once if its `ctr run` ended instead.
+serving() { net_wait_running "$1" 600 "$(cat "$E2E_WORK/$1.ctr")"; }
 
 # 1. One container: its address is the one host-local reserved for it.
 printf 'nameserver %s\n' "$NET_GW" >"$E2E_WORK/resolv.conf"
 serve web --mount "type=bind,src=$E2E_WORK/resolv.conf,dst=/etc/resolv.conf,options=rbind:ro"
-net_wait_running web
+serving web
 ip=$(net_ip web)
 [ -n "$ip" ] || fail "web has no IPv4 address on eth0: $(ctr_ task exec --exec-id a0 web ip addr)"
 owner=$(head -n1 "$NET_IPAM/$NET_NAME/$ip" 2>/dev/null | tr -d '\r' || true)
@@ -56,8 +58,8 @@ log "DNS through the host's resolver: ok"
 # 4. More containers on the bridge reach each other.
 serve p2
 serve p3
-net_wait_running p2
-net_wait_running p3
+serving p2
+serving p3
 ip2=$(net_ip p2)
 ip3=$(net_ip p3)
 [ -n "$ip2" ] && [ -n "$ip3" ] && [ "$ip2" != "$ip3" ] && [ "$ip2" != "$ip" ] || fail "addresses web=$ip p2=$ip2 p3=$ip3"
