@@ -112,6 +112,11 @@ check "a late heartbeat gets an early keyboard kick" 'grep -q "heartbeat [0-9]* 
 check "its return is reported, the command finishes (exit 0)" '[ $re = 0 ] && grep -q "heartbeat back) after an early keyboard kick" "$tmp/e.log"'
 check "no full stall report for it" '! grep -q "no heartbeat from the outer VM" "$tmp/e.log"'
 check "bad option is refused" '! "$run" --bogus -- true 2>/dev/null'
+# The suite's budget (suite-run sets it below the outer VM's timeout): a test that no longer
+# fits is failed by name, not started (run on the host: it never gets to need a guest).
+mkdir -p "$tmp/suite"
+HUSK_SUITE_BUDGET=20 HUSK_TESTBED_OUT="$tmp/suite" "$here/suite.sh" tests/agent/test-peer.sh >"$tmp/s.log" 2>&1; rs=$?
+check "a test past the suite's budget is failed by name without running" '[ $rs != 0 ] && grep -q "test-peer.sh not run: .* of the suite.s 20 s are gone" "$tmp/s.log" && grep -qx "FAIL tests/agent/test-peer.sh" "$tmp/suite/suite.done" && ! grep -q "^--- " "$tmp/s.log"' "$tmp/s.log"
 (cd /tmp && "$run" --vm -- true) >"$tmp/t.log" 2>&1; rt=$?
 check "a working directory the outer VM would hide (/tmp) is refused (exit 125), saying why" '[ $rt = 125 ] && grep -q "below /tmp, which the outer VM covers" "$tmp/t.log"'
 check "no temp dirs left" '[ -z "$(ls -A "$TMPDIR")" ]'
