@@ -9,5 +9,6 @@ pub mod network;
 pub mod pod;
 pub mod process;
 pub mod server;
+pub mod steps;
 #[cfg(test)]
 mod test_fork;

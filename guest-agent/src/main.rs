@@ -110,6 +110,7 @@ fn watch_signals(tx: std::sync::mpsc::Sender<()>, guest: bool) -> anyhow::Result
 }
 
 fn run(started: Instant) -> anyhow::Result<()> {
+    let mut steps = husk_agent::steps::Steps::since(started);
     block_signals().context("blocking SIGINT/SIGTERM")?;
     let args = parse_args()?;
     let guest = args.listen.is_none() && std::process::id() == 1;
@@ -122,6 +123,7 @@ fn run(started: Instant) -> anyhow::Result<()> {
             eprintln!("husk-agent: leaving the initramfs root: {}", error::chain(&e));
         }
         cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        steps.mark("base mounts");
     }
     let level = args.log_level.or_else(|| init::cmdline_value(&cmdline, "husk.agent_log").and_then(logger::parse_level)).unwrap_or(log::LevelFilter::Info);
     logger::init(level);
@@ -130,10 +132,12 @@ fn run(started: Instant) -> anyhow::Result<()> {
         init::loopback_up().context("bringing up lo")?;
         let hostname = init::cmdline_value(&cmdline, "husk.hostname").unwrap_or("husk");
         init::set_hostname(hostname)?;
+        steps.mark("lo and hostname");
         if let Some(order) = init::page_reporting_order(&cmdline)? {
             if let Err(e) = init::set_page_reporting_order(order) {
                 log::warn!("free page reporting: setting order {order}: {e}");
             }
+            steps.mark("page reporting");
         }
     } else if std::process::id() != 1 {
         nix::sys::prctl::set_child_subreaper(true).context("PR_SET_CHILD_SUBREAPER")?;
@@ -147,6 +151,7 @@ fn run(started: Instant) -> anyhow::Result<()> {
     }
     let cgroup_root = args.cgroup_root.unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup/husk"));
     setup_cgroup_root(&cgroup_root)?;
+    steps.mark("cgroups");
     let paths = Paths { run_dir: args.run_dir, cgroup_root };
 
     let reaper = Arc::new(Reaper::default());
@@ -169,9 +174,10 @@ fn run(started: Instant) -> anyhow::Result<()> {
         server = server.set_accept_hook(server::peer::HostOnly);
     }
     server.start().with_context(|| format!("serving on {listen}"))?;
+    steps.mark("server");
     // The guest's uptime says how long the kernel took before the agent ran (boot timeline).
     let uptime = std::fs::read_to_string("/proc/uptime").ok().and_then(|u| u.split_whitespace().next().map(str::to_string)).unwrap_or_default();
-    log::info!("husk-agent {} ready on {listen} after {} us (guest uptime {uptime} s)", env!("CARGO_PKG_VERSION"), started.elapsed().as_micros());
+    log::info!("husk-agent {} ready on {listen} after {} (guest uptime {uptime} s)", env!("CARGO_PKG_VERSION"), steps.summary());
     std::thread::Builder::new()
         .name("shutdown".into())
         .spawn(move || {

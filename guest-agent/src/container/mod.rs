@@ -99,6 +99,8 @@ impl Container {
     /// `pod` is the pod the container joins (None: it is the pod's sandbox container, or a
     /// container outside any pod; see [`crate::pod::namespace_plan`]).
     pub fn create(paths: &Paths, reaper: &Reaper, req: &CreateContainerRequest, pod: Option<&Pod>) -> Result<Container> {
+        // Where a create's time goes, for the log (a slow pod start is read from it).
+        let mut steps = crate::steps::Steps::default();
         let id = req.container_id.as_str();
         check_id("container id", id)?;
         let spec: Spec = parse_json("oci_spec_json", &req.oci_spec_json)?;
@@ -125,6 +127,7 @@ impl Container {
         if dir.exists() || disks_dir.exists() {
             return Err(AgentError::AlreadyExists(format!("state of container {id} exists")));
         }
+        steps.mark("spec");
         let mut partial = Partial { mounts: Mounts::default(), cgroup: None, dirs: Vec::new() };
         let result = (|| {
             for d in [&dir, &disks_dir] {
@@ -133,18 +136,23 @@ impl Container {
             }
             let root = rootfs::mount_rootfs(&mut partial.mounts, &dir, rootfs)?;
             rootfs::mount_disks(&mut partial.mounts, &disks_dir, &req.disks)?;
+            steps.mark("mounts");
             let cg = partial.cgroup.insert(Cgroup::create(&paths.cgroup_root, id)?);
             if let Some(res) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
                 cg.apply(res)?;
             }
             cg.filter_devices(device_rules.as_deref().unwrap_or_default())?;
             let procs = cg.procs_fd()?;
+            steps.mark("cgroup");
             let allowed = [paths.run_dir.join("pod"), disks_dir.clone()];
             let mut root_plan = RootPlan::from_spec(&spec, root, &ns, &allowed)?;
             make_empty_dirs(&paths.run_dir, &root_plan)?;
             root_plan.open_bind_sources(&allowed)?;
+            steps.mark("root plan");
             let placement = Placement::Create { ns, root: &root_plan };
-            spawn(reaper, "", &plan, req.stdin, Some(procs), placement)
+            let init = spawn(reaper, "", &plan, req.stdin, Some(procs), placement);
+            steps.mark("spawn");
+            init
         })();
         match result {
             Ok(init) => {
@@ -152,7 +160,7 @@ impl Container {
                 let Some(cgroup) = cgroup else {
                     return Err(AgentError::FailedPrecondition("cgroup missing".into()));
                 };
-                log::info!("created container {id} (init pid {})", init.pid);
+                log::info!("created container {id} (init pid {}) in {}", init.pid, steps.summary());
                 Ok(Container { id: id.to_string(), init, execs: Mutex::new(HashMap::new()), cgroup, vsock_allowed, seccomp, mounts: Mutex::new(mounts), dirs })
             }
             Err(e) => {
