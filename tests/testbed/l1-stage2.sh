@@ -32,9 +32,10 @@ $bb ip link set lo up
 echo advise >/sys/kernel/mm/transparent_hugepage/shmem_enabled 2>/dev/null || true
 $bb hostname husk-testbed
 say "ready after $($bb cut -d' ' -f1 /proc/uptime) s of outer-VM uptime"
-# Heartbeat: the host side (run) takes a stale one as a stalled outer VM. The selftest
-# stands in for a stall that no kick can end by creating $TB_CTL/no-heartbeat.
-(while :; do [ -e "$ctl/no-heartbeat" ] || $bb cut -d' ' -f1 /proc/uptime >"$ctl/heartbeat"; $bb sleep 10; done) </dev/null >/dev/null 2>&1 &
+# Heartbeat, every 2 s: the host side (run) kicks the outer VM when one is a few beats late
+# and takes a stale one as a stalled outer VM. The selftest stands in for a stall that no kick
+# can end by creating $TB_CTL/no-heartbeat.
+(while :; do [ -e "$ctl/no-heartbeat" ] || $bb cut -d' ' -f1 /proc/uptime >"$ctl/heartbeat"; $bb sleep 2; done) </dev/null >/dev/null 2>&1 &
 /bin/bash "$ctl/cmd.sh" </dev/null >/dev/console 2>&1
 echo $? >"$ctl/rc"
 $bb sync
