@@ -52,6 +52,6 @@ mod tests {
         assert!(total.parse::<u64>().unwrap() >= 15, "{text}");
         let first: u64 = steps.strip_prefix("first ").unwrap().split(" ms").next().unwrap().parse().unwrap();
         assert!(first >= 15, "{text}");
-        assert!(steps.ends_with(", second 0 ms") || steps.contains(", second "), "{text}");
+        assert!(steps.contains(", second "), "{text}");
     }
 }
