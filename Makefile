@@ -2,7 +2,7 @@
 #   make deps       install every Debian package the project and its tests need (idempotent)
 #   make build      release binaries (husk-vmm, husk-rootfs, containerd-shim-husk-v2, husk)
 #   make kernel     guest kernel build/kernel/{vmlinux,bzImage} (cached by config hash)
-#   make initramfs  build/initramfs.cpio.gz with the static husk-agent as /init
+#   make initramfs  build/initramfs.cpio (uncompressed) with the static husk-agent as /init
 #   make test       everything: deps, builds, clippy, rustfmt check, unit tests, testbed self-test, in-guest tests
 #   make fuzz       every cargo-fuzz target for FUZZ_SECONDS (10) each
 #   make bench      benchmarks against peers (QEMU microvm, runc), in the testbed
@@ -36,7 +36,7 @@ kernel:
 
 initramfs: agent build
 	@mkdir -p $(BUILD)
-	$(REL)/husk-rootfs initramfs --agent $(AGENT) -o $(BUILD)/initramfs.cpio.gz
+	$(REL)/husk-rootfs initramfs --uncompressed --agent $(AGENT) -o $(BUILD)/initramfs.cpio
 
 unit:
 	$(CARGO) test --locked --workspace
@@ -84,7 +84,7 @@ install: build initramfs kernel
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/husk $(DESTDIR)$(SYSCONFDIR)/husk
 	install -m 755 $(REL)/husk-vmm $(REL)/husk-rootfs $(REL)/containerd-shim-husk-v2 $(REL)/husk $(DESTDIR)$(PREFIX)/bin/
 	install -m 644 $(BUILD)/kernel/vmlinux $(DESTDIR)$(PREFIX)/share/husk/vmlinux
-	install -m 644 $(BUILD)/initramfs.cpio.gz $(DESTDIR)$(PREFIX)/share/husk/initramfs
+	install -m 644 $(BUILD)/initramfs.cpio $(DESTDIR)$(PREFIX)/share/husk/initramfs
 	install -m 644 $(BUILD)/kernel/release $(DESTDIR)$(PREFIX)/share/husk/kernel.release
 	install -m 644 config/runtimeclass.yaml $(DESTDIR)$(PREFIX)/share/husk/runtimeclass.yaml
 	@[ -f $(DESTDIR)$(SYSCONFDIR)/husk/config.toml ] || sed 's#@PREFIX@#$(PREFIX)#g' config/husk.toml.in >$(DESTDIR)$(SYSCONFDIR)/husk/config.toml

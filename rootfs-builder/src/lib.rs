@@ -1,6 +1,6 @@
 //! Builds what the husk guest boots (initramfs) and mounts (container block images).
 //!
-//! * [`build_initramfs`]: a reproducible gzip-compressed cpio "newc" archive with the statically
+//! * [`build_initramfs`]: a reproducible cpio "newc" archive (gzip-compressed or plain) with the statically
 //!   linked husk-agent as `/init`.
 //! * [`image_from_dir`], [`image_from_layers`], [`image_from_mounts`]: ext4 or erofs block images
 //!   of a directory, a stack of OCI layer tarballs, or the rootfs mounts containerd hands a shim.

@@ -16,7 +16,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Build a gzip-compressed cpio initramfs with the agent as /init.
+    /// Build a cpio initramfs with the agent as /init (gzip-compressed unless --uncompressed).
     Initramfs {
         /// Statically linked agent binary.
         #[arg(long)]
@@ -24,6 +24,10 @@ enum Cmd {
         /// Extra file or tree, SRC:DEST (DEST absolute in the guest).
         #[arg(long = "add", value_name = "SRC:DEST")]
         add: Vec<String>,
+        /// Write the plain cpio archive: larger, but the guest kernel copies it instead of
+        /// inflating it at every boot.
+        #[arg(long)]
+        uncompressed: bool,
         /// Output file.
         #[arg(short = 'o', long)]
         output: PathBuf,
@@ -71,14 +75,14 @@ enum Cmd {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
-        Cmd::Initramfs { agent, add, output } => {
+        Cmd::Initramfs { agent, add, uncompressed, output } => {
             let mut extra = Vec::new();
             for a in add {
                 let (src, dest) = a.rsplit_once(':').with_context(|| format!("--add {a:?}: expected SRC:DEST"))?;
                 extra.push((PathBuf::from(src), dest.to_string()));
             }
-            let r = husk_rootfs::build_initramfs(&husk_rootfs::InitramfsSpec { agent, extra }, &output)?;
-            println!("{} entries, {} bytes cpio, {} bytes written to {}", r.entries, r.cpio_bytes, r.compressed_bytes, output.display());
+            let r = husk_rootfs::build_initramfs(&husk_rootfs::InitramfsSpec { agent, extra, uncompressed }, &output)?;
+            println!("{} entries, {} bytes cpio, {} bytes written to {}", r.entries, r.cpio_bytes, r.written_bytes, output.display());
         }
         Cmd::Image { from_dir, layer, layer_media_type, mount, fstype, cache, cache_max_mib, headroom_mib, output } => {
             let fstype: FsType = fstype.parse()?;

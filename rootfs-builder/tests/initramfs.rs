@@ -19,7 +19,7 @@ fn unpack(path: &Path) -> Vec<NewcEntry> {
 }
 
 fn spec() -> InitramfsSpec {
-    InitramfsSpec { agent: STATIC_BIN.into(), extra: Vec::new() }
+    InitramfsSpec { agent: STATIC_BIN.into(), extra: Vec::new(), uncompressed: false }
 }
 
 #[test]
@@ -29,7 +29,7 @@ fn agent_is_init_with_base_dirs_and_console() {
     let report = build_initramfs(&spec(), &out).unwrap();
     let entries = unpack(&out);
     assert_eq!(report.entries, entries.len());
-    assert_eq!(report.compressed_bytes, fs::metadata(&out).unwrap().len());
+    assert_eq!(report.written_bytes, fs::metadata(&out).unwrap().len());
     let get = |n: &str| entries.iter().find(|e| e.name == n).unwrap_or_else(|| panic!("no {n} in {entries:?}"));
     let init = get("init");
     assert_eq!(init.mode, 0o100755);
@@ -59,6 +59,24 @@ fn agent_is_init_with_base_dirs_and_console() {
     let listed = sh("sh", &["-c", &format!("zcat {} | cpio -t --quiet", out.display())]);
     let listed: Vec<&str> = listed.lines().collect();
     assert_eq!(listed, names);
+}
+
+#[test]
+fn uncompressed_archive_is_the_same_cpio_unzipped() {
+    let t = tmp();
+    let (gz, raw) = (t.path().join("i.cpio.gz"), t.path().join("i.cpio"));
+    build_initramfs(&spec(), &gz).unwrap();
+    let report = build_initramfs(&InitramfsSpec { uncompressed: true, ..spec() }, &raw).unwrap();
+    let bytes = fs::read(&raw).unwrap();
+    assert_eq!(&bytes[..6], b"070701", "a newc archive, not gzip");
+    assert_eq!(report.cpio_bytes, bytes.len() as u64);
+    assert_eq!(report.written_bytes, bytes.len() as u64);
+    let mut unzipped = Vec::new();
+    flate2::read::GzDecoder::new(fs::File::open(&gz).unwrap()).read_to_end(&mut unzipped).unwrap();
+    assert_eq!(bytes, unzipped, "the same archive as the gzip build's content");
+    // An independent reader agrees.
+    let listed = sh("sh", &["-c", &format!("cpio -t --quiet < {}", raw.display())]);
+    assert!(listed.lines().any(|l| l == "init"), "{listed}");
 }
 
 #[test]
@@ -120,7 +138,7 @@ fn assert_refused(s: &InitramfsSpec, check: impl Fn(&InitramfsError, &str)) {
 fn dynamic_agent_is_refused_naming_its_libraries() {
     // This test binary is dynamically linked against libc.
     let exe = std::env::current_exe().unwrap();
-    assert_refused(&InitramfsSpec { agent: exe.clone(), extra: vec![] }, |e, msg| {
+    assert_refused(&InitramfsSpec { agent: exe.clone(), extra: vec![], uncompressed: false }, |e, msg| {
         assert!(matches!(e, InitramfsError::DynamicAgent { .. }), "{e:?}");
         assert!(msg.contains(&exe.display().to_string()) && msg.contains("libc.so"), "{msg}");
         assert!(msg.contains("statically"), "{msg}");
@@ -132,11 +150,11 @@ fn non_elf_and_missing_agent_are_refused() {
     let t = tmp();
     let script = t.path().join("init.sh");
     fs::write(&script, "#!/bin/sh\necho hi\n").unwrap();
-    assert_refused(&InitramfsSpec { agent: script.clone(), extra: vec![] }, |e, msg| {
+    assert_refused(&InitramfsSpec { agent: script.clone(), extra: vec![], uncompressed: false }, |e, msg| {
         assert!(matches!(e, InitramfsError::NotElf { .. }), "{e:?}");
         assert!(msg.contains("init.sh"), "{msg}");
     });
-    assert_refused(&InitramfsSpec { agent: "/nonexistent/agent".into(), extra: vec![] }, |e, msg| {
+    assert_refused(&InitramfsSpec { agent: "/nonexistent/agent".into(), extra: vec![], uncompressed: false }, |e, msg| {
         assert!(matches!(e, InitramfsError::Read { .. }), "{e:?}");
         assert!(msg.contains("/nonexistent/agent"), "{msg}");
     });
@@ -157,7 +175,7 @@ fn object_files_and_foreign_machines_are_refused() {
         b[offset + 1] = 0;
         let path = t.path().join(name);
         fs::write(&path, b).unwrap();
-        assert_refused(&InitramfsSpec { agent: path.clone(), extra: vec![] }, |e, msg| {
+        assert_refused(&InitramfsSpec { agent: path.clone(), extra: vec![], uncompressed: false }, |e, msg| {
             assert!(matches!(e, InitramfsError::NotExecutable { .. }), "{e:?}");
             assert!(msg.contains(name) && msg.contains(want), "{msg}");
         });
@@ -170,13 +188,13 @@ fn bad_destinations_are_refused() {
     let f = t.path().join("f");
     fs::write(&f, "x").unwrap();
     for (dest, why) in [("etc/x", "absolute"), ("/etc/../../x", ".."), ("/", "`/`"), ("/init", "already present"), ("/dev/console", "already present")] {
-        let s = InitramfsSpec { agent: STATIC_BIN.into(), extra: vec![(f.clone(), dest.into())] };
+        let s = InitramfsSpec { agent: STATIC_BIN.into(), extra: vec![(f.clone(), dest.into())], uncompressed: false };
         assert_refused(&s, |e, msg| {
             assert!(matches!(e, InitramfsError::BadDestination { .. }), "{dest}: {e:?}");
             assert!(msg.contains(dest) && msg.contains(why), "{msg}");
         });
     }
-    let s = InitramfsSpec { agent: STATIC_BIN.into(), extra: vec![(t.path().join("missing"), "/x".into())] };
+    let s = InitramfsSpec { agent: STATIC_BIN.into(), extra: vec![(t.path().join("missing"), "/x".into())], uncompressed: false };
     assert_refused(&s, |e, msg| {
         assert!(matches!(e, InitramfsError::Read { .. }), "{e:?}");
         assert!(msg.contains("missing"), "{msg}");
@@ -188,7 +206,7 @@ fn sockets_cannot_be_added() {
     let t = tmp();
     let sock = t.path().join("s.sock");
     let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
-    let s = InitramfsSpec { agent: STATIC_BIN.into(), extra: vec![(sock.clone(), "/s".into())] };
+    let s = InitramfsSpec { agent: STATIC_BIN.into(), extra: vec![(sock.clone(), "/s".into())], uncompressed: false };
     assert_refused(&s, |e, msg| {
         assert!(matches!(e, InitramfsError::UnsupportedFileType { .. }), "{e:?}");
         assert!(msg.contains("s.sock"), "{msg}");

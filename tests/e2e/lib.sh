@@ -3,7 +3,7 @@
 #
 # Binaries: HUSK_BIN_DIR (containerd-shim-husk-v2, husk; default target/release),
 # HUSK_VMM (default $HUSK_BIN_DIR/husk-vmm), HUSK_KERNEL (build/kernel/vmlinux),
-# HUSK_INITRAMFS (build/initramfs.cpio.gz). HUSK_BOOT_TIMEOUT: seconds for the agent to answer.
+# HUSK_INITRAMFS (build/initramfs.cpio). HUSK_BOOT_TIMEOUT: seconds for the agent to answer.
 # Every test calls e2e_setup first; e2e_teardown runs on exit and kills only what this run
 # started (containerd, and every process whose command line names this run's directory:
 # shims, VMMs), found in /proc.
@@ -12,7 +12,7 @@ E2E_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 HUSK_BIN_DIR=${HUSK_BIN_DIR:-$E2E_REPO/target/release}
 HUSK_VMM=${HUSK_VMM:-$HUSK_BIN_DIR/husk-vmm}
 HUSK_KERNEL=${HUSK_KERNEL:-$E2E_REPO/build/kernel/vmlinux}
-HUSK_INITRAMFS=${HUSK_INITRAMFS:-$E2E_REPO/build/initramfs.cpio.gz}
+HUSK_INITRAMFS=${HUSK_INITRAMFS:-$E2E_REPO/build/initramfs.cpio}
 RUNTIME=io.containerd.husk.v2
 IMAGE=docker.io/library/husk-busybox:latest
 . "$E2E_REPO/tests/scripts/containerd-env.sh"

@@ -1,8 +1,8 @@
 //! The guest initramfs: the statically linked husk-agent as `/init`, the directories PID 1
-//! needs, `/dev/console`, and any extra files, as a reproducible gzip-compressed cpio archive.
+//! needs, `/dev/console`, and any extra files, as a reproducible cpio archive, gzip-compressed or plain.
 //!
 //! Same inputs give the same bytes: entries are sorted by path, inode numbers are assigned in
-//! that order, every mtime is 0, owners are root, and the gzip header carries no mtime or name.
+//! that order, every mtime is 0, owners are root, and a gzip header carries no mtime or name.
 
 pub mod newc;
 
@@ -92,6 +92,9 @@ pub struct InitramfsSpec {
     pub agent: PathBuf,
     /// Extra files or directory trees: (source on the host, absolute destination in the guest).
     pub extra: Vec<(PathBuf, String)>,
+    /// Write the plain cpio archive instead of gzip-compressing it: the guest kernel then
+    /// copies it instead of inflating it at every boot (faster to boot, larger on disk).
+    pub uncompressed: bool,
 }
 
 /// What [`build_initramfs`] produced.
@@ -101,8 +104,8 @@ pub struct InitramfsReport {
     pub entries: usize,
     /// Uncompressed archive size.
     pub cpio_bytes: u64,
-    /// Size of the written (compressed) file.
-    pub compressed_bytes: u64,
+    /// Size of the written file (equal to `cpio_bytes` when uncompressed).
+    pub written_bytes: u64,
 }
 
 enum Node {
@@ -259,8 +262,8 @@ impl<W: Write> Write for Counting<W> {
     }
 }
 
-/// Builds the gzip-compressed initramfs of `spec` at `out` (written to a temporary file beside
-/// it and renamed, so `out` is never left half-written).
+/// Builds the initramfs of `spec` at `out`, gzip-compressed unless `spec.uncompressed` (written
+/// to a temporary file beside it and renamed, so `out` is never left half-written).
 pub fn build_initramfs(spec: &InitramfsSpec, out: &Path) -> Result<InitramfsReport, InitramfsError> {
     let werr = |source| InitramfsError::Write { path: out.to_path_buf(), source };
     let dir = match out.parent() {
@@ -268,16 +271,21 @@ pub fn build_initramfs(spec: &InitramfsSpec, out: &Path) -> Result<InitramfsRepo
         _ => Path::new("."),
     };
     let tmp = tempfile::Builder::new().prefix(".initramfs-").tempfile_in(dir).map_err(werr)?;
-    let gz = GzBuilder::new().mtime(0).write(io::BufWriter::new(tmp.as_file().try_clone().map_err(werr)?), Compression::default());
-    let (entries, counting) = write_cpio(spec, Counting { inner: gz, n: 0 })?;
-    let cpio_bytes = counting.n;
-    let mut buf = counting.inner.finish().map_err(werr)?;
+    let file = io::BufWriter::new(tmp.as_file().try_clone().map_err(werr)?);
+    let (entries, cpio_bytes, mut buf) = if spec.uncompressed {
+        let (entries, counting) = write_cpio(spec, Counting { inner: file, n: 0 })?;
+        (entries, counting.n, counting.inner)
+    } else {
+        let gz = GzBuilder::new().mtime(0).write(file, Compression::default());
+        let (entries, counting) = write_cpio(spec, Counting { inner: gz, n: 0 })?;
+        (entries, counting.n, counting.inner.finish().map_err(werr)?)
+    };
     buf.flush().map_err(werr)?;
     drop(buf);
     let file = tmp.as_file();
     file.set_permissions(fs::Permissions::from_mode(0o644)).map_err(werr)?;
     file.sync_all().map_err(werr)?;
-    let compressed_bytes = file.metadata().map_err(werr)?.len();
+    let written_bytes = file.metadata().map_err(werr)?.len();
     tmp.persist(out).map_err(|e| werr(e.error))?;
-    Ok(InitramfsReport { entries, cpio_bytes, compressed_bytes })
+    Ok(InitramfsReport { entries, cpio_bytes, written_bytes })
 }
