@@ -90,10 +90,15 @@ fn setup_with(id: &str, args: &[&str], dir: tempfile::TempDir, events: Option<St
         std::fs::write(d.join(f), b"x").unwrap();
     }
     let me = std::env::current_exe().unwrap();
+    // The jail's RLIMIT_NPROC is sized for husk-vmm (a thread per vCPU and disk slot, plus 8).
+    // The fake VMM serves the agent with ttrpc's thread pool (up to 6 workers per connection,
+    // 4 of them held by a container's stdout, stderr, wait and OOM requests) behind a proxy
+    // of 2 threads per connection: 12 slots give it the room of 22 threads instead of 18,
+    // which it overran now and then (a thread spawn failed, the fake agent stopped answering).
     std::fs::write(
         d.join("husk.toml"),
         format!(
-            "[vm]\nkernel = \"{p}/vmlinux\"\ninitramfs = \"{p}/initramfs\"\n[shim]\nvmm = \"{me}\"\nstate_dir = \"{p}/state\"\nimage_cache_dir = \"{p}/images\"\nboot_timeout_secs = 30\n",
+            "[vm]\nkernel = \"{p}/vmlinux\"\ninitramfs = \"{p}/initramfs\"\ndisk_slots = 12\n[shim]\nvmm = \"{me}\"\nstate_dir = \"{p}/state\"\nimage_cache_dir = \"{p}/images\"\nboot_timeout_secs = 30\n",
             p = d.display(),
             me = me.display()
         ),
