@@ -1,7 +1,7 @@
 //! Builds what the husk guest boots (initramfs) and mounts (container block images).
 //!
-//! * [`build_initramfs`]: a reproducible cpio "newc" archive (gzip-compressed or plain) with the statically
-//!   linked husk-agent as `/init`.
+//! * [`build_initramfs`]: a reproducible cpio "newc" archive (gzip-compressed or plain) with
+//!   the statically linked husk-agent as `/init`.
 //! * [`image_from_dir`], [`image_from_layers`], [`image_from_mounts`]: ext4 or erofs block images
 //!   of a directory, a stack of OCI layer tarballs, or the rootfs mounts containerd hands a shim.
 //!   Images of read-only content are cached by content key, so the second container of an image

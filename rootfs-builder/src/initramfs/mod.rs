@@ -1,5 +1,6 @@
 //! The guest initramfs: the statically linked husk-agent as `/init`, the directories PID 1
-//! needs, `/dev/console`, and any extra files, as a reproducible cpio archive, gzip-compressed or plain.
+//! needs, `/dev/console`, and any extra files, as a reproducible cpio archive, gzip-compressed
+//! or plain.
 //!
 //! Same inputs give the same bytes: entries are sorted by path, inode numbers are assigned in
 //! that order, every mtime is 0, owners are root, and a gzip header carries no mtime or name.
