@@ -19,7 +19,7 @@ fn unpack(path: &Path) -> Vec<NewcEntry> {
 }
 
 fn spec() -> InitramfsSpec {
-    InitramfsSpec { agent: STATIC_BIN.into(), extra: Vec::new(), uncompressed: false }
+    InitramfsSpec { agent: STATIC_BIN.into(), ..Default::default() }
 }
 
 #[test]
@@ -138,7 +138,7 @@ fn assert_refused(s: &InitramfsSpec, check: impl Fn(&InitramfsError, &str)) {
 fn dynamic_agent_is_refused_naming_its_libraries() {
     // This test binary is dynamically linked against libc.
     let exe = std::env::current_exe().unwrap();
-    assert_refused(&InitramfsSpec { agent: exe.clone(), extra: vec![], uncompressed: false }, |e, msg| {
+    assert_refused(&InitramfsSpec { agent: exe.clone(), ..spec() }, |e, msg| {
         assert!(matches!(e, InitramfsError::DynamicAgent { .. }), "{e:?}");
         assert!(msg.contains(&exe.display().to_string()) && msg.contains("libc.so"), "{msg}");
         assert!(msg.contains("statically"), "{msg}");
@@ -150,11 +150,11 @@ fn non_elf_and_missing_agent_are_refused() {
     let t = tmp();
     let script = t.path().join("init.sh");
     fs::write(&script, "#!/bin/sh\necho hi\n").unwrap();
-    assert_refused(&InitramfsSpec { agent: script.clone(), extra: vec![], uncompressed: false }, |e, msg| {
+    assert_refused(&InitramfsSpec { agent: script.clone(), ..spec() }, |e, msg| {
         assert!(matches!(e, InitramfsError::NotElf { .. }), "{e:?}");
         assert!(msg.contains("init.sh"), "{msg}");
     });
-    assert_refused(&InitramfsSpec { agent: "/nonexistent/agent".into(), extra: vec![], uncompressed: false }, |e, msg| {
+    assert_refused(&InitramfsSpec { agent: "/nonexistent/agent".into(), ..spec() }, |e, msg| {
         assert!(matches!(e, InitramfsError::Read { .. }), "{e:?}");
         assert!(msg.contains("/nonexistent/agent"), "{msg}");
     });
@@ -175,7 +175,7 @@ fn object_files_and_foreign_machines_are_refused() {
         b[offset + 1] = 0;
         let path = t.path().join(name);
         fs::write(&path, b).unwrap();
-        assert_refused(&InitramfsSpec { agent: path.clone(), extra: vec![], uncompressed: false }, |e, msg| {
+        assert_refused(&InitramfsSpec { agent: path.clone(), ..spec() }, |e, msg| {
             assert!(matches!(e, InitramfsError::NotExecutable { .. }), "{e:?}");
             assert!(msg.contains(name) && msg.contains(want), "{msg}");
         });
@@ -188,13 +188,13 @@ fn bad_destinations_are_refused() {
     let f = t.path().join("f");
     fs::write(&f, "x").unwrap();
     for (dest, why) in [("etc/x", "absolute"), ("/etc/../../x", ".."), ("/", "`/`"), ("/init", "already present"), ("/dev/console", "already present")] {
-        let s = InitramfsSpec { agent: STATIC_BIN.into(), extra: vec![(f.clone(), dest.into())], uncompressed: false };
+        let s = InitramfsSpec { extra: vec![(f.clone(), dest.into())], ..spec() };
         assert_refused(&s, |e, msg| {
             assert!(matches!(e, InitramfsError::BadDestination { .. }), "{dest}: {e:?}");
             assert!(msg.contains(dest) && msg.contains(why), "{msg}");
         });
     }
-    let s = InitramfsSpec { agent: STATIC_BIN.into(), extra: vec![(t.path().join("missing"), "/x".into())], uncompressed: false };
+    let s = InitramfsSpec { extra: vec![(t.path().join("missing"), "/x".into())], ..spec() };
     assert_refused(&s, |e, msg| {
         assert!(matches!(e, InitramfsError::Read { .. }), "{e:?}");
         assert!(msg.contains("missing"), "{msg}");
@@ -206,7 +206,7 @@ fn sockets_cannot_be_added() {
     let t = tmp();
     let sock = t.path().join("s.sock");
     let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
-    let s = InitramfsSpec { agent: STATIC_BIN.into(), extra: vec![(sock.clone(), "/s".into())], uncompressed: false };
+    let s = InitramfsSpec { extra: vec![(sock.clone(), "/s".into())], ..spec() };
     assert_refused(&s, |e, msg| {
         assert!(matches!(e, InitramfsError::UnsupportedFileType { .. }), "{e:?}");
         assert!(msg.contains("s.sock"), "{msg}");
