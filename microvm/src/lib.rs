@@ -21,6 +21,7 @@ pub mod loader;
 pub mod memory;
 pub mod runner;
 pub mod seccomp;
+pub mod snapshot;
 pub mod vcpu;
 pub mod vmm;
 

@@ -61,7 +61,8 @@ pub fn run(mut vm: Vm, use_seccomp: bool) -> Result<ExitReason, crate::Error> {
             total.saturating_sub(guest)
         );
     }
-    let vcpus = Vcpus::start(std::mem::take(&mut vm.vcpus), io_bus, mmio_bus, exit.clone(), filters.as_ref().map(|f| f.get(ThreadKind::Vcpu)))?;
+    let vcpus =
+        Vcpus::start(std::mem::take(&mut vm.vcpus), io_bus, mmio_bus, exit.clone(), filters.as_ref().map(|f| f.get(ThreadKind::Vcpu)), vm.msr_list.clone())?;
     let vcpus = Arc::new(vcpus);
 
     let _api = match &vm.config.api_sock {

@@ -21,6 +21,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::bus::Bus;
 use crate::exit::{ExitReason, VmExit};
+use crate::snapshot::cpu::VcpuState;
 
 /// Signal (offset from SIGRTMIN) used to kick vCPUs out of KVM_RUN.
 pub const KICK_SIGNAL_OFFSET: i32 = 0;
@@ -39,6 +40,9 @@ pub enum VcpuError {
 /// RFLAGS.IF.
 const RFLAGS_IF: u64 = 1 << 9;
 
+/// One vCPU's answer to a snapshot: none yet, its state, or why it could not be read.
+type SaveAnswer = Option<Result<VcpuState, String>>;
+
 /// Shared run control of all vCPUs.
 #[derive(Default)]
 pub struct RunControl {
@@ -49,6 +53,10 @@ pub struct RunControl {
     probe: AtomicBool,
     /// Answers of the current probe: (answered, halted with interrupts off).
     answers: Mutex<(usize, usize)>,
+    /// A snapshot in progress: each parked vCPU saves its state into its entry.
+    saves: Mutex<Option<Vec<SaveAnswer>>>,
+    /// The MSRs a snapshot saves.
+    msr_list: Vec<u32>,
 }
 
 impl RunControl {
@@ -63,11 +71,26 @@ impl RunControl {
         a.1 += usize::from(halted);
     }
 
-    fn park(&self) {
+    /// Whether vCPU `id` has to save its state for a snapshot.
+    fn save_pending(&self, id: u8) -> bool {
+        self.saves.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|v| v.get(usize::from(id)).is_some_and(Option::is_none))
+    }
+
+    fn store_save(&self, id: u8, state: Result<VcpuState, String>) {
+        let mut saves = self.saves.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = saves.as_mut().and_then(|v| v.get_mut(usize::from(id))) {
+            *slot = Some(state);
+        }
+        drop(saves);
+        let _guard = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+        self.cond.notify_all();
+    }
+
+    fn park(&self, id: u8) {
         let mut parked = self.parked.lock().unwrap_or_else(|e| e.into_inner());
         *parked += 1;
         self.cond.notify_all();
-        while self.pause.load(Ordering::SeqCst) {
+        while self.pause.load(Ordering::SeqCst) && !self.save_pending(id) {
             parked = self.cond.wait(parked).unwrap_or_else(|e| e.into_inner());
         }
         *parked -= 1;
@@ -93,9 +116,10 @@ impl Vcpus {
         mmio_bus: Arc<Bus>,
         exit: Arc<VmExit>,
         seccomp: Option<Arc<seccompiler::BpfProgram>>,
+        msr_list: Vec<u32>,
     ) -> Result<Self, VcpuError> {
         register_signal_handler(SIGRTMIN() + KICK_SIGNAL_OFFSET, kick_handler).map_err(VcpuError::Signal)?;
-        let control = Arc::new(RunControl::default());
+        let control = Arc::new(RunControl { msr_list, ..Default::default() });
         let mut threads = Vec::with_capacity(vcpus.len());
         for (i, fd) in vcpus.into_iter().enumerate() {
             let id = i as u8;
@@ -160,6 +184,37 @@ impl Vcpus {
         self.control.cond.notify_all();
     }
 
+    /// The state of every vCPU, in order, read by each vCPU's own thread. Only while paused
+    /// (None otherwise); waits at most `timeout` for the answers.
+    pub fn save_states(&self, timeout: Duration) -> Option<Result<Vec<VcpuState>, String>> {
+        let _ctl = self.ctl.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.control.pause_requested() {
+            return None;
+        }
+        *self.control.saves.lock().unwrap_or_else(|e| e.into_inner()) = Some((0..self.threads.len()).map(|_| None).collect());
+        let deadline = std::time::Instant::now() + timeout;
+        let mut parked = self.control.parked.lock().unwrap_or_else(|e| e.into_inner());
+        self.control.cond.notify_all();
+        let result = loop {
+            let done = {
+                let saves = self.control.saves.lock().unwrap_or_else(|e| e.into_inner());
+                saves.as_ref().is_some_and(|v| v.iter().all(Option::is_some))
+            };
+            if done {
+                let all = self.control.saves.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
+                break all.into_iter().map(|s| s.unwrap_or_else(|| Err("no answer".into()))).collect::<Result<Vec<_>, _>>();
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline || self.threads.iter().any(|t| t.is_finished()) {
+                *self.control.saves.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                break Err(format!("the vCPUs did not save their state within {timeout:?}"));
+            }
+            parked = self.control.cond.wait_timeout(parked, Duration::from_millis(5)).unwrap_or_else(|e| e.into_inner()).0;
+        };
+        drop(parked);
+        Some(result)
+    }
+
     /// True while paused.
     pub fn is_paused(&self) -> bool {
         self.control.pause_requested()
@@ -200,6 +255,19 @@ fn halted_with_irqs_off(fd: &VcpuFd) -> bool {
     }
 }
 
+/// Completes a port or MMIO read the guest is waiting for (KVM finishes it only on the next
+/// KVM_RUN, which `immediate_exit` returns from before the guest runs), then reads the state.
+fn save_own_state(fd: &mut VcpuFd, msr_list: &[u32]) -> Result<VcpuState, String> {
+    fd.set_kvm_immediate_exit(1);
+    let r = fd.run().map(|_| ()).map_err(|e| e.errno());
+    fd.set_kvm_immediate_exit(0);
+    match r {
+        Err(libc::EINTR) | Ok(()) => {}
+        Err(e) => return Err(format!("KVM_RUN to complete pending I/O failed: errno {e}")),
+    }
+    crate::snapshot::cpu::save(fd, msr_list).map_err(|e| crate::api::routes::error_chain(&e))
+}
+
 fn run_loop(id: u8, mut fd: VcpuFd, io: &Bus, mmio: &Bus, exit: &VmExit, control: &RunControl) {
     let mut first = true;
     loop {
@@ -210,7 +278,11 @@ fn run_loop(id: u8, mut fd: VcpuFd, io: &Bus, mmio: &Bus, exit: &VmExit, control
             if control.probe.load(Ordering::SeqCst) {
                 control.answer(halted_with_irqs_off(&fd));
             }
-            control.park();
+            if control.save_pending(id) {
+                control.store_save(id, save_own_state(&mut fd, &control.msr_list));
+                continue;
+            }
+            control.park(id);
             continue;
         }
         if first {

@@ -21,6 +21,7 @@ use crate::exit::VmExit;
 use crate::layout::*;
 use crate::loader::{self, LoaderError};
 use crate::memory::{create_guest_memory, GuestMemoryMmap, MemoryError};
+use crate::snapshot;
 
 /// Address of the 3-page TSS region KVM needs on Intel (inside the MMIO hole, below the IOAPIC).
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
@@ -67,6 +68,14 @@ pub enum VmmError {
     /// An eventfd.
     #[error("cannot create an eventfd for {0}")]
     EventFd(&'static str, #[source] std::io::Error),
+    /// Restoring a snapshot.
+    #[error(transparent)]
+    Snapshot(#[from] snapshot::SnapshotError),
+}
+
+/// The MSRs a snapshot saves: KVM's list of MSRs to save and restore.
+fn msrs_to_save(kvm: &Kvm) -> Result<Vec<u32>, VmmError> {
+    Ok(kvm.get_msr_index_list().map_err(|e| VmmError::VmIoctl("GET_MSR_INDEX_LIST", e))?.as_slice().to_vec())
 }
 
 /// A built VM, ready to run.
@@ -91,6 +100,8 @@ pub struct Vm {
     pub vcpus: Vec<VcpuFd>,
     /// Kernel command line as given to the guest.
     pub cmdline: String,
+    /// The MSRs a snapshot saves (KVM's list).
+    pub msr_list: Vec<u32>,
     entry: u64,
     kernel: Option<loader::LoadedKernel>,
 }
@@ -100,6 +111,40 @@ impl Vm {
     /// Virtio devices are attached afterwards through [`Vm::devices`]; [`Vm::finish_boot`]
     /// then writes the command line, zero page and MP table and creates the vCPUs.
     pub fn new(config: VmConfig, format: KernelFormat) -> Result<Self, VmmError> {
+        let mut vm = Self::base(config, None)?;
+        let kernel = loader::load_kernel(&vm.mem, &vm.config.kernel, format)?;
+        log::debug!("kernel loaded {:?} after process start", crate::since_start());
+        vm.entry = kernel.entry;
+        vm.kernel = Some(kernel);
+        Ok(vm)
+    }
+
+    /// A VM continuing the one saved in the snapshot directory `dir` (see [`crate::snapshot`]):
+    /// its configuration with `console` and `api_sock` replaced, its memory, KVM state and
+    /// legacy devices. Its vCPUs are created and ready to run.
+    pub fn restore(dir: &std::path::Path, console: Option<Console>, api_sock: Option<std::path::PathBuf>) -> Result<Self, VmmError> {
+        let snap = snapshot::read_state(dir)?;
+        let mut config = snap.config.clone();
+        if let Some(c) = console {
+            config.console = c;
+        }
+        config.api_sock = api_sock;
+        let mut vm = Self::base(config, Some(&snap.serial))?;
+        snapshot::memory::restore(&vm.mem, &dir.join(snapshot::MEMORY_FILE))?;
+        vm.i8042.set_state(snap.i8042.clone()).map_err(snapshot::SnapshotError::Invalid)?;
+        snapshot::vm_state::restore(&vm.vm, &snap.vm)?;
+        for (id, state) in snap.vcpus.iter().enumerate() {
+            let fd = vm.vm.create_vcpu(id as u64).map_err(|e| VmmError::VmIoctl("CREATE_VCPU", e))?;
+            snapshot::cpu::restore(&fd, state)?;
+            vm.vcpus.push(fd);
+        }
+        vm.msr_list = msrs_to_save(&vm.kvm)?;
+        vm.cmdline = snap.cmdline;
+        Ok(vm)
+    }
+
+    /// KVM VM, memory and legacy devices (the serial port continuing from `serial` if given).
+    fn base(config: VmConfig, serial_state: Option<&snapshot::SerialState>) -> Result<Self, VmmError> {
         let kvm = Kvm::new().map_err(VmmError::Kvm)?;
         let max = kvm.get_max_vcpus();
         if config.vcpus as usize > max {
@@ -127,8 +172,6 @@ impl Vm {
         }
 
         log::debug!("guest memory mapped {:?} after process start", crate::since_start());
-        let kernel = loader::load_kernel(&mem, &config.kernel, format)?;
-        log::debug!("kernel loaded {:?} after process start", crate::since_start());
         let exit = Arc::new(VmExit::default());
         let out = match &config.console {
             Console::Stdio => ConsoleOut::Stdout(std::io::stdout()),
@@ -141,7 +184,11 @@ impl Vm {
         };
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmmError::EventFd("serial", e))?;
         vm.register_irqfd(&serial_irq, SERIAL_GSI).map_err(|e| VmmError::VmIoctl("IRQFD (serial)", e))?;
-        let serial = Arc::new(SerialDevice::new(EventFdTrigger(serial_irq), ConsoleWriter::new(out, exit.clone())));
+        let writer = ConsoleWriter::new(out, exit.clone());
+        let serial = Arc::new(match serial_state {
+            Some(st) => SerialDevice::from_state(EventFdTrigger(serial_irq), writer, &st.into()).map_err(snapshot::SnapshotError::Invalid)?,
+            None => SerialDevice::new(EventFdTrigger(serial_irq), writer),
+        });
         let mut devices = DeviceManager::new(config.irq_delivery);
         if config.console == Console::Stdio {
             if let Some(input) = StdinInput::new(serial.clone()) {
@@ -165,8 +212,9 @@ impl Vm {
             i8042,
             vcpus: Vec::new(),
             cmdline: String::new(),
-            entry: kernel.entry,
-            kernel: Some(kernel),
+            msr_list: Vec::new(),
+            entry: 0,
+            kernel: None,
         })
     }
 
@@ -186,6 +234,7 @@ impl Vm {
         let count = self.config.vcpus as u8;
         mptable::setup_mptable(&self.mem, count)?;
 
+        self.msr_list = msrs_to_save(&self.kvm)?;
         let supported = self.kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(|e| VmmError::VmIoctl("GET_SUPPORTED_CPUID", e))?;
         let tsc_deadline = self.kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
         for id in 0..count {

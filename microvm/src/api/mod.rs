@@ -10,7 +10,7 @@
 
 mod fds;
 mod http;
-mod routes;
+pub(crate) mod routes;
 mod server;
 
 pub use routes::error_chain;

@@ -20,6 +20,8 @@ pub enum Route {
     Shutdown,
     /// `PUT|POST /vm/kill`.
     Kill,
+    /// `PUT|POST /vm/snapshot` with `{"dir": ABSOLUTE_PATH}`.
+    Snapshot(std::path::PathBuf),
     /// `GET /vm/disks`.
     Disks,
     /// `GET /vm/disks/<name>`.
@@ -86,6 +88,19 @@ pub fn route(req: &Request) -> Result<Route, Refusal> {
         "/vm/resume" => action.then_some(Route::Resume),
         "/vm/shutdown" => action.then_some(Route::Shutdown),
         "/vm/kill" => action.then_some(Route::Kill),
+        "/vm/snapshot" if action => {
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Body {
+                dir: std::path::PathBuf,
+            }
+            return match serde_json::from_slice::<Body>(&req.body) {
+                Ok(b) if b.dir.is_absolute() => Ok(Route::Snapshot(b.dir)),
+                Ok(b) => Err(Refusal::new(400, format!("PUT {path}: dir {:?} is not an absolute path", b.dir))),
+                Err(e) => Err(Refusal::new(400, format!("PUT {path}: the body must be {{\"dir\": ABSOLUTE_PATH}}: {e}"))),
+            };
+        }
+        "/vm/snapshot" => None,
         _ => return Err(Refusal::new(404, format!("no such resource {path}"))),
     };
     route.ok_or_else(not_allowed)
@@ -103,6 +118,7 @@ mod tests {
     fn known_routes() {
         assert_eq!(route(&req("GET", "/vm", "")), Ok(Route::Describe));
         assert_eq!(route(&req("POST", "/vm/pause", "")), Ok(Route::Pause));
+        assert_eq!(route(&req("PUT", "/vm/snapshot", r#"{"dir": "/s"}"#)), Ok(Route::Snapshot("/s".into())));
         assert_eq!(route(&req("PUT", "/vm/kill", "")), Ok(Route::Kill));
         assert_eq!(route(&req("GET", "/vm/disks", "")), Ok(Route::Disks));
         assert_eq!(route(&req("GET", "/vm/disks/slot1", "")), Ok(Route::Disk("slot1".into())));
@@ -129,6 +145,11 @@ mod tests {
         assert_eq!(refused("POST", "/vm/disks/slot0", "{}").status, 405);
         assert_eq!(refused("DELETE", "/vm/disks", "").status, 405);
         assert_eq!(refused("GET", "/vm/pause", "").status, 405);
+        let r = refused("PUT", "/vm/snapshot", r#"{"dir": "s"}"#);
+        assert!(r.status == 400 && r.message.contains("\"s\" is not an absolute path"), "{}", r.message);
+        let r = refused("PUT", "/vm/snapshot", r#"{"path": "/s"}"#);
+        assert!(r.status == 400 && r.message.contains("unknown field `path`"), "{}", r.message);
+        assert_eq!(refused("GET", "/vm/snapshot", "").status, 405);
         assert_eq!(refused("DELETE", "/vm", "").status, 405);
         for p in ["/vm/disks/", "/vm/disks/a/b", "/vm/diskss", "/nope", "/vm/disks/slot0/"] {
             let r = refused("GET", p, "");

@@ -18,6 +18,7 @@ use super::routes::{error_chain, route, Route};
 use super::ApiError;
 use crate::device_manager::CounterSource;
 use crate::devices::legacy::i8042::I8042;
+use crate::devices::legacy::serial::SerialDevice;
 use crate::devices::virtio::block::{DiskHandle, SlotError};
 use crate::exit::{ExitReason, VmExit};
 use crate::vcpu::Vcpus;
@@ -33,12 +34,68 @@ pub struct VmInfo {
     config: VmConfig,
     cmdline: String,
     i8042: Arc<I8042>,
+    kvm_vm: Arc<kvm_ioctls::VmFd>,
+    mem: crate::memory::GuestMemoryMmap,
+    serial: Arc<SerialDevice>,
 }
 
 impl VmInfo {
     /// Captures the description of `vm`.
     pub fn new(vm: &Vm) -> Self {
-        VmInfo { config: vm.config.clone(), cmdline: vm.cmdline.clone(), i8042: vm.i8042.clone() }
+        VmInfo {
+            config: vm.config.clone(),
+            cmdline: vm.cmdline.clone(),
+            i8042: vm.i8042.clone(),
+            kvm_vm: vm.vm.clone(),
+            mem: vm.mem.clone(),
+            serial: vm.serial.clone(),
+        }
+    }
+}
+
+/// Saves the paused VM into `dir`: memory first, the state file last.
+fn save_snapshot(state: &State, dir: &Path) -> (u16, Value, Option<ExitReason>) {
+    use crate::snapshot;
+    if !state.vcpus.is_paused() {
+        return (409, error("the VM is running; pause it first (PUT /vm/pause)"), None);
+    }
+    if let Some(d) = snapshot::unsupported_device(&state.info.config) {
+        return (409, error(error_chain(&snapshot::SnapshotError::Unsupported(d))), None);
+    }
+    for f in [snapshot::STATE_FILE, snapshot::MEMORY_FILE] {
+        if dir.join(f).symlink_metadata().is_ok() {
+            return (400, error(format!("snapshot directory {dir:?} already holds {f}")), None);
+        }
+    }
+    if !dir.is_dir() {
+        return (400, error(format!("snapshot directory {dir:?} is not an existing directory")), None);
+    }
+    let vcpus = match state.vcpus.save_states(PAUSE_TIMEOUT) {
+        Some(Ok(v)) => v,
+        Some(Err(e)) => return (500, error(format!("cannot save the vCPUs: {e}")), None),
+        None => return (409, error("the VM is running; pause it first (PUT /vm/pause)"), None),
+    };
+    let result = snapshot::vm_state::save(&state.info.kvm_vm).and_then(|vm| {
+        snapshot::memory::save(&state.info.mem, &dir.join(snapshot::MEMORY_FILE))?;
+        let snap = snapshot::Snapshot {
+            version: snapshot::FORMAT_VERSION,
+            config: state.info.config.clone(),
+            cmdline: state.info.cmdline.clone(),
+            vm,
+            vcpus,
+            serial: state.info.serial.state().into(),
+            i8042: state.info.i8042.state(),
+        };
+        snapshot::write_state(dir, &snap)
+    });
+    match result {
+        Ok(()) => (200, serde_json::json!({"state": "paused", "dir": dir}), None),
+        Err(e) => {
+            // Nothing half-written stays behind: without both files it is no snapshot.
+            let _ = std::fs::remove_file(dir.join(snapshot::MEMORY_FILE));
+            let _ = std::fs::remove_file(dir.join(snapshot::STATE_FILE));
+            (500, error(error_chain(&e)), None)
+        }
     }
 }
 
@@ -213,6 +270,7 @@ fn handle(state: &State, route: Route, mut fds: Vec<OwnedFd>) -> (u16, Value, Op
             }
         }
         Route::Kill => (200, state_change(VmState::Stopped), Some(ExitReason::Killed)),
+        Route::Snapshot(dir) => save_snapshot(state, &dir),
         Route::Disks => {
             let all: Vec<DiskInfo> = state.devices.disks.iter().map(|d| d.info()).collect();
             (200, json(&all), None)

@@ -2,8 +2,9 @@
 //! before its loop (`--no-seccomp` turns them off for debugging). A call outside the list
 //! kills the process (SIGSYS). `ioctl` is allowed by request number only, on every thread.
 //!
-//! - vCPU threads: KVM_RUN, KVM_IRQ_LINE, and KVM_GET_MP_STATE and KVM_GET_REGS (a halt
-//!   probe reads the vCPU's own state), I/O to the console and eventfds, locks, memory.
+//! - vCPU threads: KVM_RUN, KVM_IRQ_LINE, and the KVM_GET_* ioctls of their own vCPU's state
+//!   (a halt probe reads MP state and registers, a snapshot all of it), I/O to the console
+//!   and eventfds, locks, memory.
 //! - Every thread may trim a bounded log file (the console, stderr: `crate::bounded_log`),
 //!   hence positioned reads and writes, lseek and ftruncate in the common list.
 //! - The device event loop (`vmm-events`, the thread that handles what the guest puts in the
@@ -22,7 +23,9 @@
 //! - The API thread: accepting and serving unix-socket connections (with the descriptors a
 //!   request carries, `recvmsg`), signalling vCPU threads, opening an image attached to a disk
 //!   slot by path (read-only or read-write, never creating or truncating), and KVM_IRQ_LINE
-//!   for the config-change interrupt of a slot.
+//!   for the config-change interrupt of a slot; for a snapshot, the VM's KVM_GET_IRQCHIP,
+//!   KVM_GET_PIT2 and KVM_GET_CLOCK, creating its files (only new ones: O_EXCL), fsync, and
+//!   unlink of what a failed snapshot wrote.
 //! - The main thread, once everything runs: waiting for the exit, removing the API socket.
 
 use std::collections::BTreeMap;
@@ -80,6 +83,29 @@ impl Filters {
         }
     }
 }
+
+/// A KVM ioctl number: direction (0 none, 1 write, 2 read, 3 both), number, argument size.
+const fn kvm_ioc(dir: u64, nr: u64, size: usize) -> u64 {
+    (dir << 30) | ((size as u64) << 16) | (0xae << 8) | nr
+}
+/// What a snapshot reads of a vCPU, on the vCPU's own thread (`crate::snapshot::cpu`).
+const KVM_VCPU_STATE_GETS: [u64; 9] = [
+    kvm_ioc(2, 0x83, std::mem::size_of::<kvm_bindings::kvm_sregs>()),
+    kvm_ioc(3, 0x88, std::mem::size_of::<kvm_bindings::kvm_msrs>()),
+    kvm_ioc(3, 0x91, std::mem::size_of::<kvm_bindings::kvm_cpuid2>()),
+    kvm_ioc(2, 0x8e, std::mem::size_of::<kvm_bindings::kvm_lapic_state>()),
+    kvm_ioc(2, 0x9f, std::mem::size_of::<kvm_bindings::kvm_vcpu_events>()),
+    kvm_ioc(2, 0xa1, std::mem::size_of::<kvm_bindings::kvm_debugregs>()),
+    kvm_ioc(2, 0xa4, std::mem::size_of::<kvm_bindings::kvm_xsave>()),
+    kvm_ioc(2, 0xa6, std::mem::size_of::<kvm_bindings::kvm_xcrs>()),
+    kvm_ioc(0, 0xa3, 0),
+];
+/// What a snapshot reads of the VM, on the API thread (`crate::snapshot::vm_state`).
+const KVM_VM_STATE_GETS: [u64; 3] = [
+    kvm_ioc(3, 0x62, std::mem::size_of::<kvm_bindings::kvm_irqchip>()),
+    kvm_ioc(2, 0x9f, std::mem::size_of::<kvm_bindings::kvm_pit_state2>()),
+    kvm_ioc(2, 0x7c, std::mem::size_of::<kvm_bindings::kvm_clock_data>()),
+];
 
 /// KVM_RUN = _IO(0xAE, 0x80).
 const KVM_RUN: u64 = 0xae80;
@@ -160,8 +186,19 @@ const EVENT_LOOP: &[i64] = &[
     libc::SYS_timerfd_gettime,
 ];
 
-const API: &[i64] =
-    &[libc::SYS_lseek, libc::SYS_accept4, libc::SYS_recvfrom, libc::SYS_recvmsg, libc::SYS_sendto, libc::SYS_setsockopt, libc::SYS_poll, libc::SYS_ppoll];
+/// `fsync` and `unlink`: a snapshot's files are synced, and removed when the snapshot fails.
+const API: &[i64] = &[
+    libc::SYS_fsync,
+    libc::SYS_unlink,
+    libc::SYS_lseek,
+    libc::SYS_accept4,
+    libc::SYS_recvfrom,
+    libc::SYS_recvmsg,
+    libc::SYS_sendto,
+    libc::SYS_setsockopt,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+];
 
 const BLOCK_IO: &[i64] = &[libc::SYS_epoll_wait, libc::SYS_epoll_pwait, libc::SYS_preadv, libc::SYS_pwritev, libc::SYS_fdatasync, libc::SYS_fsync];
 
@@ -224,12 +261,17 @@ pub fn filters() -> Result<Filters, SeccompError> {
     let plain = |name, calls, ioctls| Allow { name, calls, ioctls, conditional: Vec::new() };
     // An image attached by path is opened read-only or read-write, nothing else.
     let open_image = |mode: i32| vec![(2, SeccompCmpOp::MaskedEq(!OPEN_HARMLESS_FLAGS & 0xffff_ffff), mode as u64)];
+    // A snapshot's files are created, never opened if they exist.
+    let create_new = (libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL) as u64;
+    let snapshot_file = vec![(2, SeccompCmpOp::MaskedEq(!OPEN_HARMLESS_FLAGS & 0xffff_ffff), create_new)];
+    let mut api_ioctls = vec![KVM_IRQ_LINE];
+    api_ioctls.extend(KVM_VM_STATE_GETS);
     let api = Allow {
         name: "api",
         calls: &[COMMON, API],
-        // The config-change interrupt of a slot after an attach or detach.
-        ioctls: &[KVM_IRQ_LINE],
-        conditional: vec![(libc::SYS_openat, vec![open_image(libc::O_RDONLY), open_image(libc::O_RDWR)])],
+        // The config-change interrupt of a slot after an attach or detach; a snapshot's reads.
+        ioctls: &api_ioctls,
+        conditional: vec![(libc::SYS_openat, vec![open_image(libc::O_RDONLY), open_image(libc::O_RDWR), snapshot_file])],
     };
     let connect = Allow {
         name: "vsock connector",
@@ -243,9 +285,11 @@ pub fn filters() -> Result<Filters, SeccompError> {
         ioctls: &[KVM_IRQ_LINE, TUNSETOFFLOAD, KVM_IRQFD],
         conditional: vec![(libc::SYS_fallocate, vec![vec![(1, SeccompCmpOp::Eq, PUNCH_HOLE_KEEP_SIZE)]])],
     };
+    let mut vcpu_ioctls = vec![KVM_RUN, KVM_IRQ_LINE, KVM_GET_MP_STATE, KVM_GET_REGS];
+    vcpu_ioctls.extend(KVM_VCPU_STATE_GETS);
     Ok(Filters {
         // A vCPU raises a config-change interrupt when a device fails to activate.
-        vcpu: build(plain("vcpu", &[COMMON], &[KVM_RUN, KVM_IRQ_LINE, KVM_GET_MP_STATE, KVM_GET_REGS]))?,
+        vcpu: build(plain("vcpu", &[COMMON], &vcpu_ioctls))?,
         event_loop: build(event_loop)?,
         api: build(api)?,
         block_io: build(plain("disk I/O", &[COMMON, BLOCK_IO], &[KVM_IRQ_LINE]))?,

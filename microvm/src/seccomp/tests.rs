@@ -50,6 +50,9 @@ fn filters_compile_and_answer_per_thread_kind() {
     may(libc::SYS_openat, open_flags(libc::O_RDONLY | libc::O_CLOEXEC), &[ThreadKind::Api]);
     may(libc::SYS_openat, open_flags(libc::O_RDWR | libc::O_CLOEXEC), &[ThreadKind::Api]);
     may(libc::SYS_openat, open_flags(libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC), &[]);
+    // A snapshot's new files: created exclusively (never an existing file), by the API only.
+    may(libc::SYS_openat, open_flags(libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC), &[ThreadKind::Api]);
+    may(libc::SYS_openat, open_flags(libc::O_RDWR | libc::O_CREAT | libc::O_EXCL), &[]);
     may(libc::SYS_openat, open_flags(libc::O_RDWR | libc::O_TRUNC), &[]);
     may(libc::SYS_openat, open_flags(libc::O_PATH), &[]);
     may(libc::SYS_openat, open_flags(libc::O_TMPFILE | libc::O_RDWR), &[]);
@@ -59,7 +62,7 @@ fn filters_compile_and_answer_per_thread_kind() {
     may(libc::SYS_socket, [libc::AF_INET as u64, libc::SOCK_STREAM as u64, 0, 0, 0, 0], &[]);
     may(libc::SYS_socket, [libc::AF_NETLINK as u64, libc::SOCK_RAW as u64, 0, 0, 0, 0], &[]);
     may(libc::SYS_connect, none, &[ThreadKind::VsockConnect]);
-    may(libc::SYS_unlink, none, &[ThreadKind::Main]);
+    may(libc::SYS_unlink, none, &[ThreadKind::Main, ThreadKind::Api]);
     may(libc::SYS_unlinkat, none, &[ThreadKind::Main]);
     may(libc::SYS_recvmsg, none, &[ThreadKind::EventLoop, ThreadKind::Api]);
     may(libc::SYS_accept4, none, &[ThreadKind::EventLoop, ThreadKind::Api]);
@@ -77,6 +80,13 @@ fn filters_compile_and_answer_per_thread_kind() {
     may(libc::SYS_ioctl, ioctl(KVM_IRQ_LINE), &[ThreadKind::Vcpu, ThreadKind::EventLoop, ThreadKind::Api, ThreadKind::BlockIo]);
     may(libc::SYS_ioctl, ioctl(TUNSETOFFLOAD), &[ThreadKind::EventLoop]);
     may(libc::SYS_ioctl, ioctl(KVM_IRQFD), &[ThreadKind::EventLoop]);
+    // A snapshot: each vCPU reads its own state, the API thread the VM's.
+    for req in KVM_VCPU_STATE_GETS {
+        may(libc::SYS_ioctl, ioctl(req), &[ThreadKind::Vcpu]);
+    }
+    for req in KVM_VM_STATE_GETS {
+        may(libc::SYS_ioctl, ioctl(req), &[ThreadKind::Api]);
+    }
     // What no thread may do once running: set up taps, change KVM's memory map, create vCPUs,
     // toggle non-blocking mode with FIONBIO, read socket queue sizes.
     const TUNSETIFF: u64 = 0x4004_54ca;

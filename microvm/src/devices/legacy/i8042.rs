@@ -53,7 +53,9 @@ const KBD_ACK: u8 = 0xfa;
 /// Ctrl down, Alt down, Del down, Del up, Alt up, Ctrl up (scancode set 1).
 const CTRL_ALT_DEL: [u8; 8] = [0x1d, 0x38, 0xe0, 0x53, 0xe0, 0xd3, 0xb8, 0x9d];
 
-struct State {
+/// The controller's registers and output queue (plain data: a snapshot saves it).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct State {
     status: u8,
     ctr: u8,
     outp: u8,
@@ -83,6 +85,21 @@ impl I8042 {
             irq,
             exit,
         }
+    }
+
+    /// The registers and the output queue.
+    pub fn state(&self) -> State {
+        self.lock().clone()
+    }
+
+    /// Takes over `state` (from [`I8042::state`] of a saved VM); refuses a queue longer than
+    /// the controller's.
+    pub fn set_state(&self, state: State) -> Result<(), String> {
+        if state.queue.len() > MAX_QUEUE {
+            return Err(format!("i8042 output queue of {} bytes (at most {MAX_QUEUE})", state.queue.len()));
+        }
+        *self.lock() = state;
+        Ok(())
     }
 
     /// Types Ctrl-Alt-Del on the keyboard. Linux then reboots at once, or, if PID 1 disabled

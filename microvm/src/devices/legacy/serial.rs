@@ -20,6 +20,17 @@ impl SerialDevice {
         SerialDevice { inner: Mutex::new(Serial::new(irq, out)) }
     }
 
+    /// A UART continuing from `state` (a saved VM's).
+    pub fn from_state(irq: EventFdTrigger, out: ConsoleWriter, state: &vm_superio::serial::SerialState) -> Result<Self, String> {
+        let s = Serial::from_state(state, irq, NoEvents, out).map_err(|e| format!("serial state: {e:?}"))?;
+        Ok(SerialDevice { inner: Mutex::new(s) })
+    }
+
+    /// The UART's registers and input FIFO.
+    pub fn state(&self) -> vm_superio::serial::SerialState {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).state()
+    }
+
     /// Queues input bytes for the guest; returns how many fit in the FIFO.
     pub fn enqueue_input(&self, bytes: &[u8]) -> usize {
         let mut s = self.inner.lock().unwrap_or_else(|e| e.into_inner());

@@ -1,0 +1,146 @@
+//! Guest RAM in a snapshot: a sparse file laid out as RAM's memfd (the same offsets), holding
+//! only the pages that are not zero. Saving walks the memfd's data extents (`SEEK_DATA`), so
+//! pages the guest never touched or the balloon gave back are not even read; restoring
+//! writes the file's data extents into the new VM's memfd, so the copy stays private to the
+//! new VM (a vhost-user backend and the balloon work on it as on a booted VM's).
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use nix::unistd::{lseek, Whence};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+
+use super::SnapshotError;
+use crate::memory::GuestMemoryMmap;
+
+/// Pages are compared and written in this unit.
+const PAGE: usize = 4096;
+/// Read buffer.
+const CHUNK: usize = 1 << 20;
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SnapshotError + 'a {
+    move |source| SnapshotError::Io { op, path: path.to_path_buf(), source }
+}
+
+/// The data extents of `file` within `start..end`, as (offset, length).
+fn data_extents(file: &File, start: u64, end: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    let mut out = Vec::new();
+    let mut pos = start;
+    while pos < end {
+        let off = i64::try_from(pos).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        let data = match lseek(file.as_fd(), off, Whence::SeekData) {
+            Ok(d) => d as u64,
+            // No data after `pos`.
+            Err(nix::errno::Errno::ENXIO) => break,
+            Err(e) => return Err(e.into()),
+        };
+        if data >= end {
+            break;
+        }
+        let hole = lseek(file.as_fd(), data as i64, Whence::SeekHole).map_err(std::io::Error::from)? as u64;
+        let stop = hole.min(end);
+        out.push((data, stop - data));
+        pos = stop;
+    }
+    Ok(out)
+}
+
+/// The memfd behind `mem`'s regions (they all share one) and the total size.
+fn memfd(mem: &GuestMemoryMmap) -> Result<(&File, u64), SnapshotError> {
+    let mut file = None;
+    let mut size = 0u64;
+    for r in mem.iter() {
+        let fo = r.file_offset().ok_or_else(|| SnapshotError::Invalid("guest memory is not file-backed".into()))?;
+        file.get_or_insert(fo.file());
+        size = size.max(fo.start() + r.len());
+    }
+    file.map(|f| (f, size)).ok_or_else(|| SnapshotError::Invalid("no guest memory".into()))
+}
+
+/// Writes the non-zero pages of `mem` to a new file at `path`; returns the bytes written.
+pub fn save(mem: &GuestMemoryMmap, path: &Path) -> Result<u64, SnapshotError> {
+    let (src, size) = memfd(mem)?;
+    let out = std::fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(io("create", path))?;
+    out.set_len(size).map_err(io("size", path))?;
+    let extents = data_extents(src, 0, size).map_err(io("find the data of guest memory for", path))?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut written = 0u64;
+    for (start, len) in extents {
+        let mut off = start;
+        while off < start + len {
+            let n = ((start + len - off) as usize).min(CHUNK);
+            src.read_exact_at(&mut buf[..n], off).map_err(io("read guest memory for", path))?;
+            for (i, page) in buf[..n].chunks(PAGE).enumerate() {
+                if page.iter().any(|&b| b != 0) {
+                    out.write_all_at(page, off + (i * PAGE) as u64).map_err(io("write", path))?;
+                    written += page.len() as u64;
+                }
+            }
+            off += n as u64;
+        }
+    }
+    out.sync_all().map_err(io("sync", path))?;
+    Ok(written)
+}
+
+/// Fills `mem` (fresh, all zero) from the file at `path`, which must be as large as `mem`.
+pub fn restore(mem: &GuestMemoryMmap, path: &Path) -> Result<(), SnapshotError> {
+    let (dst, size) = memfd(mem)?;
+    let src = File::open(path).map_err(io("open", path))?;
+    let len = src.metadata().map_err(io("stat", path))?.len();
+    if len != size {
+        return Err(SnapshotError::Invalid(format!("{} holds {len} bytes of memory, the VM has {size}", path.display())));
+    }
+    let mut buf = vec![0u8; CHUNK];
+    for (start, len) in data_extents(&src, 0, size).map_err(io("find the data in", path))? {
+        let mut off = start;
+        while off < start + len {
+            let n = ((start + len - off) as usize).min(CHUNK);
+            src.read_exact_at(&mut buf[..n], off).map_err(io("read", path))?;
+            dst.write_all_at(&buf[..n], off).map_err(io("copy into guest memory from", path))?;
+            off += n as u64;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::memory::create_guest_memory;
+    use vm_memory::{Bytes, GuestAddress};
+
+    #[test]
+    fn saved_memory_is_sparse_and_restores_byte_for_byte() {
+        let dir = std::env::temp_dir().join(format!("husk-snap-mem-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mem = create_guest_memory(64 << 20).unwrap();
+        mem.write_slice(b"hello", GuestAddress(0x1000)).unwrap();
+        mem.write_slice(&[7u8; 8192], GuestAddress(40 << 20)).unwrap();
+        // Touched but zero: not written.
+        mem.write_slice(&[0u8; 4096], GuestAddress(50 << 20)).unwrap();
+        let path = dir.join("memory");
+        assert_eq!(save(&mem, &path).unwrap(), 3 * 4096);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 64 << 20);
+        // A second save to the same path is refused, not overwritten.
+        assert!(save(&mem, &path).is_err());
+
+        let fresh = create_guest_memory(64 << 20).unwrap();
+        restore(&fresh, &path).unwrap();
+        let mut got = [0u8; 5];
+        fresh.read_slice(&mut got, GuestAddress(0x1000)).unwrap();
+        assert_eq!(&got, b"hello");
+        let mut big = vec![0u8; 8192];
+        fresh.read_slice(&mut big, GuestAddress(40 << 20)).unwrap();
+        assert!(big.iter().all(|&b| b == 7));
+
+        let small = create_guest_memory(32 << 20).unwrap();
+        let e = restore(&small, &path).unwrap_err().to_string();
+        assert!(e.contains("the VM has 33554432"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
