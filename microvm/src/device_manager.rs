@@ -12,6 +12,7 @@ use crate::bus::{Bus, BusError};
 use crate::devices::virtio::block::worker::WorkerControl;
 use crate::devices::virtio::block::DiskHandle;
 use crate::devices::virtio::interrupt::Interrupt;
+use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::vsock::connector::Connector;
 use crate::devices::BusDevice;
 use crate::layout::*;
@@ -76,6 +77,7 @@ pub struct DeviceManager {
     io_threads: Vec<WorkerControl>,
     connectors: Vec<Connector>,
     disks: Vec<Arc<DiskHandle>>,
+    transports: Vec<(String, Arc<MmioTransport>)>,
     irq_delivery: IrqDelivery,
 }
 
@@ -100,6 +102,7 @@ impl DeviceManager {
             io_threads: Vec::new(),
             connectors: Vec::new(),
             disks: Vec::new(),
+            transports: Vec::new(),
             irq_delivery,
         }
     }
@@ -132,6 +135,17 @@ impl DeviceManager {
     /// The vsock connector threads.
     pub fn vsock_connectors(&self) -> &[Connector] {
         &self.connectors
+    }
+
+    /// Registers the transport of an attached virtio device under its name (snapshots save
+    /// and restore them in this order).
+    pub fn register_transport(&mut self, name: &str, transport: Arc<MmioTransport>) {
+        self.transports.push((name.to_string(), transport));
+    }
+
+    /// The virtio transports, in the order the devices were attached.
+    pub fn transports(&self) -> Vec<(String, Arc<MmioTransport>)> {
+        self.transports.clone()
     }
 
     /// Remembers a disk or slot for the control API (`/vm/disks`).

@@ -84,11 +84,12 @@ struct Args {
     #[arg(long)]
     no_seccomp: bool,
     /// Continue the VM saved in snapshot directory DIR (PUT /vm/snapshot) instead of booting
-    /// one: its configuration, memory and state; only --console, --api-sock,
-    /// --log-max-bytes and --no-seccomp may be given with it. The vCPUs run at once.
+    /// one: its configuration, memory and state; only --console, --api-sock, --vsock (the
+    /// saved CID, a new socket path), --log-max-bytes and --no-seccomp may be given with it.
+    /// The vCPUs run at once.
     #[arg(long, value_name = "DIR", conflicts_with_all = [
         "config", "kernel", "initrd", "cmdline", "vcpus", "memory", "disk", "disk_slots", "net",
-        "vsock", "fs", "free_page_reporting", "irq_delivery",
+        "fs", "free_page_reporting", "irq_delivery",
     ])]
     restore: Option<PathBuf>,
 }
@@ -151,9 +152,14 @@ fn config_from(args: &Args) -> anyhow::Result<VmConfig> {
 /// and it belongs to someone else (another VMM), so it must not be deleted.
 fn run(args: Args, config: VmConfig, created: &mut Vec<PathBuf>) -> anyhow::Result<husk_microvm::exit::ExitReason> {
     if let Some(dir) = &args.restore {
-        created.extend(config.api_sock.iter().filter(|p| std::fs::symlink_metadata(p).is_err()).cloned());
-        let vm = husk_microvm::vmm::Vm::restore(dir, args.console.is_some().then(|| config.console.clone()), config.api_sock.clone())
-            .with_context(|| format!("cannot restore the VM saved in {dir:?}"))?;
+        let ours = config.api_sock.iter().chain(config.vsock.as_ref().map(|v| &v.uds));
+        created.extend(ours.filter(|p| std::fs::symlink_metadata(p).is_err()).cloned());
+        let over = husk_microvm::vmm::RestoreOverrides {
+            console: args.console.is_some().then(|| config.console.clone()),
+            api_sock: config.api_sock.clone(),
+            vsock: config.vsock.clone(),
+        };
+        let vm = husk_microvm::vmm::Vm::restore(dir, over).with_context(|| format!("cannot restore the VM saved in {dir:?}"))?;
         log::debug!("VM restored {:?} after process start", husk_microvm::since_start());
         return Ok(husk_microvm::runner::run(vm, !args.no_seccomp)?);
     }

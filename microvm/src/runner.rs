@@ -67,7 +67,7 @@ pub fn run(mut vm: Vm, use_seccomp: bool) -> Result<ExitReason, crate::Error> {
 
     let _api = match &vm.config.api_sock {
         Some(path) => {
-            let devices = ApiDevices { counters: vm.devices.counter_sources(), disks: vm.devices.disks() };
+            let devices = ApiDevices { counters: vm.devices.counter_sources(), disks: vm.devices.disks(), transports: vm.devices.transports() };
             Some(ApiServer::start(path, info, vcpus.clone(), exit.clone(), devices, filters.as_ref().map(|f| f.get(ThreadKind::Api)))?)
         }
         None => None,

@@ -68,6 +68,9 @@ pub enum VmmError {
     /// An eventfd.
     #[error("cannot create an eventfd for {0}")]
     EventFd(&'static str, #[source] std::io::Error),
+    /// The devices of a restored VM.
+    #[error("cannot attach the devices")]
+    Devices(#[source] Box<crate::devices::virtio::wiring::WiringError>),
     /// Restoring a snapshot.
     #[error(transparent)]
     Snapshot(#[from] snapshot::SnapshotError),
@@ -76,6 +79,18 @@ pub enum VmmError {
 /// The MSRs a snapshot saves: KVM's list of MSRs to save and restore.
 fn msrs_to_save(kvm: &Kvm) -> Result<Vec<u32>, VmmError> {
     Ok(kvm.get_msr_index_list().map_err(|e| VmmError::VmIoctl("GET_MSR_INDEX_LIST", e))?.as_slice().to_vec())
+}
+
+/// What a restored VM takes from its new process instead of the snapshot.
+#[derive(Debug, Default)]
+pub struct RestoreOverrides {
+    /// The console (default: the saved one).
+    pub console: Option<Console>,
+    /// The control API socket (none unless given).
+    pub api_sock: Option<std::path::PathBuf>,
+    /// The vsock device's unix socket (default: the saved path); its CID must be the saved
+    /// one (the guest's drivers know it).
+    pub vsock: Option<husk_config::VsockConfig>,
 }
 
 /// A built VM, ready to run.
@@ -122,13 +137,21 @@ impl Vm {
     /// A VM continuing the one saved in the snapshot directory `dir` (see [`crate::snapshot`]):
     /// its configuration with `console` and `api_sock` replaced, its memory, KVM state and
     /// legacy devices. Its vCPUs are created and ready to run.
-    pub fn restore(dir: &std::path::Path, console: Option<Console>, api_sock: Option<std::path::PathBuf>) -> Result<Self, VmmError> {
+    pub fn restore(dir: &std::path::Path, over: RestoreOverrides) -> Result<Self, VmmError> {
         let snap = snapshot::read_state(dir)?;
         let mut config = snap.config.clone();
-        if let Some(c) = console {
+        if let Some(c) = over.console {
             config.console = c;
         }
-        config.api_sock = api_sock;
+        config.api_sock = over.api_sock;
+        match (over.vsock, config.vsock.as_mut()) {
+            (Some(new), Some(v)) if new.cid != v.cid => {
+                return Err(snapshot::SnapshotError::Invalid(format!("--vsock cid={}: the saved guest has CID {}", new.cid, v.cid)).into())
+            }
+            (Some(new), Some(v)) => v.uds = new.uds,
+            (Some(_), None) => return Err(snapshot::SnapshotError::Invalid("the saved VM has no vsock device to give a socket path".into()).into()),
+            (None, _) => {}
+        }
         let mut vm = Self::base(config, Some(&snap.serial))?;
         snapshot::memory::restore(&vm.mem, &dir.join(snapshot::MEMORY_FILE))?;
         vm.i8042.set_state(snap.i8042.clone()).map_err(snapshot::SnapshotError::Invalid)?;
@@ -139,6 +162,23 @@ impl Vm {
             vm.vcpus.push(fd);
         }
         vm.msr_list = msrs_to_save(&vm.kvm)?;
+        crate::devices::virtio::wiring::attach_all(&mut vm).map_err(|e| VmmError::Devices(Box::new(e)))?;
+        // The guest found its devices where the command line announced them at boot.
+        if let Some(missing) = vm.devices.cmdline_extra().iter().find(|a| !snap.cmdline.split(' ').any(|w| w == a.as_str())) {
+            return Err(
+                snapshot::SnapshotError::Invalid(format!("the device layout differs from the saved VM's ({missing} was not on its command line)")).into()
+            );
+        }
+        let transports = vm.devices.transports();
+        if transports.len() != snap.devices.len() {
+            return Err(snapshot::SnapshotError::Invalid(format!("{} saved devices for {} attached", snap.devices.len(), transports.len())).into());
+        }
+        for ((name, t), (saved_name, st)) in transports.iter().zip(&snap.devices) {
+            if name != saved_name {
+                return Err(snapshot::SnapshotError::Invalid(format!("saved device {saved_name} where this VM has {name}")).into());
+            }
+            t.restore(st).map_err(|e| snapshot::SnapshotError::Invalid(format!("{name}: {e}")))?;
+        }
         vm.cmdline = snap.cmdline;
         Ok(vm)
     }

@@ -75,6 +75,13 @@ fn save_snapshot(state: &State, dir: &Path) -> (u16, Value, Option<ExitReason>) 
         Some(Err(e)) => return (500, error(format!("cannot save the vCPUs: {e}")), None),
         None => return (409, error("the VM is running; pause it first (PUT /vm/pause)"), None),
     };
+    let mut devices = Vec::with_capacity(state.devices.transports.len());
+    for (name, t) in &state.devices.transports {
+        match t.save() {
+            Ok(s) => devices.push((name.clone(), s)),
+            Err(e) => return (409, error(format!("cannot snapshot {name}: {e}")), None),
+        }
+    }
     let result = snapshot::vm_state::save(&state.info.kvm_vm).and_then(|vm| {
         snapshot::memory::save(&state.info.mem, &dir.join(snapshot::MEMORY_FILE))?;
         let snap = snapshot::Snapshot {
@@ -85,6 +92,7 @@ fn save_snapshot(state: &State, dir: &Path) -> (u16, Value, Option<ExitReason>) 
             vcpus,
             serial: state.info.serial.state().into(),
             i8042: state.info.i8042.state(),
+            devices,
         };
         snapshot::write_state(dir, &snap)
     });
@@ -106,6 +114,8 @@ pub struct ApiDevices {
     pub counters: Vec<(String, Arc<dyn CounterSource>)>,
     /// Disks and slots, in the order the guest sees them.
     pub disks: Vec<Arc<DiskHandle>>,
+    /// Every virtio transport, by device name (snapshots).
+    pub transports: Vec<(String, Arc<crate::devices::virtio::mmio::MmioTransport>)>,
 }
 
 struct State {

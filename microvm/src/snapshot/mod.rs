@@ -5,8 +5,11 @@
 //! RAM, sparse; see [`memory`]). One snapshot can be restored any number of times, each into
 //! its own process with its own copy of the memory: a template.
 //!
-//! For now only VMs without virtio devices can be saved: the state of virtio transports,
-//! queues and backends is not captured yet, and such a VM is refused with the device named.
+//! Virtio devices are saved as their transport's registers and each queue's configuration
+//! and progress (see [`crate::devices::virtio::mmio::TransportState`]); a device that holds
+//! nothing of the guest's at that moment can be saved: empty disk slots, vsock without
+//! connections, the balloon. Boot disks, net and virtio-fs devices are refused for now, with
+//! the device named.
 
 pub mod cpu;
 pub mod memory;
@@ -18,6 +21,7 @@ use husk_config::VmConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::devices::legacy::i8042;
+use crate::devices::virtio::mmio::TransportState;
 
 /// The state file in a snapshot directory.
 pub const STATE_FILE: &str = "state.json";
@@ -67,7 +71,7 @@ pub enum SnapshotError {
     #[error("snapshot: {0}")]
     Invalid(String),
     /// The VM has a device whose state cannot be saved yet.
-    #[error("cannot snapshot a VM with {0}: only VMs without virtio devices can be saved so far")]
+    #[error("cannot snapshot a VM with {0}: their state cannot be saved yet")]
     Unsupported(&'static str),
     /// The snapshot directory is not usable.
     #[error("snapshot directory {0:?}: {1}")]
@@ -141,20 +145,19 @@ pub struct Snapshot {
     pub serial: SerialState,
     /// The keyboard controller.
     pub i8042: i8042::State,
+    /// The virtio devices' transports, in attach order, by device name.
+    pub devices: Vec<(String, TransportState)>,
 }
 
-/// The first device of `config` whose state a snapshot cannot hold yet.
+/// The first kind of device of `config` a snapshot cannot hold yet. Disk slots (empty at
+/// the snapshot), vsock (without connections) and the balloon can be saved.
 pub fn unsupported_device(config: &VmConfig) -> Option<&'static str> {
-    if !config.disk.is_empty() || config.disk_slots > 0 {
-        Some("virtio-blk disks")
+    if !config.disk.is_empty() {
+        Some("boot disks (--disk; use empty --disk-slots)")
     } else if !config.net.is_empty() {
         Some("virtio-net devices")
-    } else if config.vsock.is_some() {
-        Some("a virtio-vsock device")
     } else if !config.fs.is_empty() {
         Some("virtio-fs devices")
-    } else if config.free_page_reporting {
-        Some("the free page reporting balloon")
     } else {
         None
     }

@@ -43,6 +43,11 @@ impl Active {
         Self { mem, interrupt, queues, broken: false }
     }
 
+    /// Each queue's progress (for a snapshot).
+    pub fn progress(&self) -> Vec<super::QueueProgress> {
+        self.queues.iter().map(|q| super::QueueProgress { next_avail: q.next_avail(), next_used: q.next_used() }).collect()
+    }
+
     /// Pops and validates the next chain of queue `q`. `Ok(None)`: the queue is empty.
     /// `Ok(Some(Err))`: a malformed chain (its head must still be completed). `Err`: the ring
     /// itself is corrupt; the device is marked broken.

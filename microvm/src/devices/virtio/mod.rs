@@ -108,6 +108,16 @@ impl ActivateError {
     }
 }
 
+/// Where a device stands in one queue, for a snapshot: the next available entry it will take
+/// and the next used entry it will write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueueProgress {
+    /// Next available ring index the device takes.
+    pub next_avail: u16,
+    /// Next used ring index the device writes.
+    pub next_used: u16,
+}
+
 /// A virtio device, independent of the transport that exposes it.
 pub trait VirtioDevice: Send {
     /// The virtio device type (`TYPE_*`).
@@ -134,6 +144,12 @@ pub trait VirtioDevice: Send {
     fn is_activated(&self) -> bool;
     /// Per-device counters for the VMM control API.
     fn metrics(&self) -> serde_json::Value;
+    /// For a snapshot of the paused VM: the progress of each queue of the activated device,
+    /// with nothing of the guest's held in the device (chains it took but did not use are
+    /// given back by rewinding). An error says why the device cannot be saved now.
+    fn save_progress(&mut self) -> Result<Vec<QueueProgress>, String> {
+        Err("saving this kind of device is not supported yet".into())
+    }
 }
 
 /// Returns bit `bit` of a feature word.

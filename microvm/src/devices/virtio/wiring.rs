@@ -186,5 +186,6 @@ where
     vm.devices
         .attach_virtio_mmio(&vm.vm, name, transport.clone(), transport.interrupt(), transport.queue_events(), dev.clone())
         .map_err(|source| WiringError::Attach { name: name.to_string(), source })?;
+    vm.devices.register_transport(name, transport.clone());
     Ok((dev, transport))
 }

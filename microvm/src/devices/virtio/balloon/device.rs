@@ -223,4 +223,9 @@ impl VirtioDevice for Balloon {
     fn metrics(&self) -> serde_json::Value {
         self.metrics.to_json()
     }
+
+    fn save_progress(&mut self) -> Result<Vec<crate::devices::virtio::QueueProgress>, String> {
+        // Reports are handled whole on the event loop, under the device lock: none is held.
+        Ok(self.active.as_ref().map(|a| a.progress()).unwrap_or_default())
+    }
 }

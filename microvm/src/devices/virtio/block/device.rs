@@ -21,6 +21,9 @@ use crate::devices::virtio::{feature, read_config_bytes, ActivateError, Interrup
 use crate::guest_warn;
 use crate::memory::GuestMemoryMmap;
 
+/// How often a snapshot asks the I/O thread for its progress before giving up.
+const PROGRESS_TRIES: usize = 100;
+
 /// A virtio-blk disk: a boot disk backed by a raw image file, or a slot that images are
 /// attached to at run time.
 #[derive(Debug)]
@@ -238,5 +241,22 @@ impl VirtioDevice for Block {
         let mut v = self.metrics.to_json();
         v["id"] = serde_json::Value::String(self.name.clone());
         v
+    }
+
+    fn save_progress(&mut self) -> Result<Vec<crate::devices::virtio::QueueProgress>, String> {
+        if let Some(a) = &self.attachment {
+            return Err(format!("disk {} has {:?} attached; only empty slots can be saved", self.name, a.path));
+        }
+        if !self.activated {
+            return Ok(Vec::new());
+        }
+        // The guest is paused: whatever it queued is served within a few batches.
+        for _ in 0..PROGRESS_TRIES {
+            if let Some(p) = self.worker.progress() {
+                return Ok(p);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Err(format!("disk {}: requests still waiting after {PROGRESS_TRIES} tries", self.name))
     }
 }

@@ -160,6 +160,9 @@ pub enum Msg {
     /// Serve requests from this backing from now on (none: an empty slot), dropping the old
     /// one, and acknowledge. Taken between requests, never during one.
     Swap(Option<Disk>, Sender<()>),
+    /// Report the queue's progress (for a snapshot), or None while requests are still
+    /// waiting to be served.
+    Progress(Sender<Option<Vec<crate::devices::virtio::QueueProgress>>>),
     /// End the thread.
     Stop,
 }
@@ -243,6 +246,14 @@ impl Worker {
         let _ = self.ctl.send(Msg::Activate(Box::new(active)));
     }
 
+    /// The queue's progress once every request that was waiting is served (None if requests
+    /// are still waiting or the thread is gone).
+    pub fn progress(&self) -> Option<Vec<crate::devices::virtio::QueueProgress>> {
+        let (ack_tx, ack_rx) = std::sync::mpsc::channel();
+        self.ctl.send(Msg::Progress(ack_tx)).ok()?;
+        ack_rx.recv().ok().flatten()
+    }
+
     /// Makes the worker drop the queue; returns once it no longer touches it.
     pub fn reset(&self) {
         let (ack_tx, ack_rx) = std::sync::mpsc::channel();
@@ -304,6 +315,14 @@ fn serve(mut disk: Option<Disk>, m: &BlockMetrics, epoll: &Epoll, wake: &EventFd
                     }
                     Ok(Msg::Seccomp(filter, ack)) => {
                         let _ = ack.send(seccompiler::apply_filter(&filter));
+                    }
+                    Ok(Msg::Progress(ack)) => {
+                        // A notification not taken yet means requests are waiting: serve them.
+                        if !more && !kicked && queue_evt.read().is_ok() {
+                            kicked = true;
+                        }
+                        let idle = !more && !kicked;
+                        let _ = ack.send(idle.then(|| active.as_ref().map(|a| a.progress()).unwrap_or_default()));
                     }
                     Ok(Msg::Stop) | Err(TryRecvError::Disconnected) => return,
                     Err(TryRecvError::Empty) => break,

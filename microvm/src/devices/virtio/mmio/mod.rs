@@ -50,6 +50,48 @@ pub enum TransportError {
     },
 }
 
+/// One queue in a snapshot: its configuration and the device's progress in it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SavedQueue {
+    /// Size the driver chose.
+    pub size: u16,
+    /// QueueReady.
+    pub ready: bool,
+    /// Descriptor table address.
+    pub desc_table: u64,
+    /// Available ring address.
+    pub avail_ring: u64,
+    /// Used ring address.
+    pub used_ring: u64,
+    /// Next available entry the device takes.
+    pub next_avail: u16,
+    /// Next used entry the device writes.
+    pub next_used: u16,
+}
+
+/// A transport's registers and queues in a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TransportState {
+    /// The device type (checked on restore).
+    pub device_type: u32,
+    /// DeviceFeaturesSel.
+    pub device_features_sel: u32,
+    /// DriverFeaturesSel.
+    pub driver_features_sel: u32,
+    /// The features the driver wrote.
+    pub driver_features: u64,
+    /// QueueSel.
+    pub queue_sel: u32,
+    /// The device status.
+    pub status: u32,
+    /// ConfigGeneration.
+    pub config_generation: u32,
+    /// InterruptStatus bits not acknowledged yet.
+    pub interrupt_status: u32,
+    /// The queues, in device order.
+    pub queues: Vec<SavedQueue>,
+}
+
 struct Registers {
     device_features_sel: u32,
     driver_features_sel: u32,
@@ -141,6 +183,107 @@ impl MmioTransport {
             out
         };
         (out, self.interrupt.signal_config_change())
+    }
+
+    /// The registers and queues, with the device's progress in each queue, for a snapshot of
+    /// the paused VM. An error names why the device cannot be saved now.
+    pub fn save(&self) -> Result<TransportState, String> {
+        let regs = self.regs();
+        let progress = {
+            let mut dev = lock(&self.device);
+            if regs.status & STATUS_DRIVER_OK != 0 && dev.is_activated() {
+                dev.save_progress()?
+            } else {
+                Vec::new()
+            }
+        };
+        if !progress.is_empty() && progress.len() != regs.queues.len() {
+            return Err(format!("the device reported {} queues, the transport has {}", progress.len(), regs.queues.len()));
+        }
+        let queues = regs
+            .queues
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                let s = q.state();
+                let p = progress.get(i);
+                SavedQueue {
+                    size: s.size,
+                    ready: s.ready,
+                    desc_table: s.desc_table,
+                    avail_ring: s.avail_ring,
+                    used_ring: s.used_ring,
+                    next_avail: p.map_or(s.next_avail, |p| p.next_avail),
+                    next_used: p.map_or(s.next_used, |p| p.next_used),
+                }
+            })
+            .collect();
+        Ok(TransportState {
+            device_type: self.device_type,
+            device_features_sel: regs.device_features_sel,
+            driver_features_sel: regs.driver_features_sel,
+            driver_features: regs.driver_features,
+            queue_sel: regs.queue_sel,
+            status: regs.status,
+            config_generation: regs.config_generation,
+            interrupt_status: self.interrupt.status(),
+            queues,
+        })
+    }
+
+    /// Takes over a saved transport's state before the restored guest runs: the registers,
+    /// the queues (a live device is activated with them, at the saved progress), then one
+    /// notification of each queue (the device looks at what the guest queued) and an
+    /// interrupt for whatever the guest had not acknowledged or may have missed.
+    pub fn restore(&self, st: &TransportState) -> Result<(), String> {
+        if st.device_type != self.device_type {
+            return Err(format!("saved device type {} where this VM has {}", st.device_type, self.device_type));
+        }
+        let mut regs = self.regs();
+        if st.queues.len() != regs.queues.len() {
+            return Err(format!("{} saved queues for a device with {}", st.queues.len(), regs.queues.len()));
+        }
+        for (i, (q, s)) in regs.queues.iter_mut().zip(&st.queues).enumerate() {
+            if s.size > q.max_size() {
+                return Err(format!("queue {i}: saved size {} above the maximum {}", s.size, q.max_size()));
+            }
+            q.set_size(s.size);
+            q.set_ready(s.ready);
+            q.set_desc_table_address(Some(s.desc_table as u32), Some((s.desc_table >> 32) as u32));
+            q.set_avail_ring_address(Some(s.avail_ring as u32), Some((s.avail_ring >> 32) as u32));
+            q.set_used_ring_address(Some(s.used_ring as u32), Some((s.used_ring >> 32) as u32));
+            q.set_next_avail(s.next_avail);
+            q.set_next_used(s.next_used);
+        }
+        regs.device_features_sel = st.device_features_sel;
+        regs.driver_features_sel = st.driver_features_sel;
+        regs.driver_features = st.driver_features;
+        regs.queue_sel = st.queue_sel;
+        regs.config_generation = st.config_generation;
+        let live = st.status & STATUS_DRIVER_OK != 0;
+        if st.status & STATUS_FEATURES_OK != 0 {
+            let mut dev = lock(&self.device);
+            let acked = st.driver_features & dev.avail_features();
+            if acked != st.driver_features {
+                return Err(format!("saved driver features {:#x} not all offered ({:#x})", st.driver_features, dev.avail_features()));
+            }
+            dev.set_acked_features(acked);
+        }
+        if live && !self.activate(&mut regs) {
+            return Err("the device refused the saved queues".into());
+        }
+        regs.status = st.status;
+        drop(regs);
+        if live {
+            for (i, evt) in self.queue_evts.iter().enumerate() {
+                evt.write(1).map_err(|e| format!("cannot notify queue {i}: {e}"))?;
+            }
+            self.interrupt.signal_used_queue().map_err(|e| format!("cannot raise the interrupt: {e}"))?;
+        }
+        if st.interrupt_status & super::interrupt::INT_CONFIG != 0 {
+            self.interrupt.signal_config_change().map_err(|e| format!("cannot raise the interrupt: {e}"))?;
+        }
+        Ok(())
     }
 
     /// The current device status register (for tests and diagnostics).

@@ -9,7 +9,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
 use crate::devices::virtio::test_utils::{guest_mem, TestQueue};
-use crate::devices::virtio::{ActivateError, COMMON_FEATURES};
+use crate::devices::virtio::{ActivateError, QueueProgress, COMMON_FEATURES};
 
 struct MockDevice {
     evts: Vec<EventFd>,
@@ -18,6 +18,10 @@ struct MockDevice {
     resets: usize,
     config: [u8; 8],
     fail_activate: bool,
+    /// What `save_progress` answers (None: it refuses).
+    progress: Option<Vec<QueueProgress>>,
+    /// Each activated queue's descriptor table and progress.
+    got: Vec<(u64, u16, u16)>,
 }
 
 impl MockDevice {
@@ -29,6 +33,8 @@ impl MockDevice {
             resets: 0,
             config: [1, 2, 3, 4, 5, 6, 7, 8],
             fail_activate: false,
+            progress: None,
+            got: Vec::new(),
         }
     }
 }
@@ -62,6 +68,7 @@ impl VirtioDevice for MockDevice {
             return Err(ActivateError::AlreadyActive);
         }
         self.activated = Some(queues.len());
+        self.got = queues.iter().map(|q| (q.desc_table(), q.next_avail(), q.next_used())).collect();
         Ok(())
     }
     fn reset(&mut self) {
@@ -73,6 +80,9 @@ impl VirtioDevice for MockDevice {
     }
     fn metrics(&self) -> serde_json::Value {
         serde_json::Value::Null
+    }
+    fn save_progress(&mut self) -> Result<Vec<QueueProgress>, String> {
+        self.progress.clone().ok_or_else(|| "mock holds a request".to_string())
     }
 }
 
@@ -294,4 +304,60 @@ fn invalid_queue_sizes_are_ignored() {
     w(&t, 0x70, OK | STATUS_DRIVER_OK);
     // Size 3 is rejected by virtio-queue (not a power of two); the queue keeps size 16.
     assert_eq!(dev.lock().unwrap().activated, Some(2));
+}
+
+/// A live transport with both queues configured, its device at `progress`.
+fn live(progress: Option<Vec<QueueProgress>>) -> (Arc<Mutex<MockDevice>>, MmioTransport, GuestMemoryMmap, [u64; 2]) {
+    let (dev, t, mem) = setup();
+    negotiate(&t, COMMON_FEATURES);
+    let q0 = TestQueue::new(&mem, 0x10000, 16).queue();
+    let q1 = TestQueue::new(&mem, 0x20000, 16).queue();
+    setup_queue(&t, 0, &q0);
+    setup_queue(&t, 1, &q1);
+    w(&t, 0x70, OK | STATUS_DRIVER_OK);
+    dev.lock().unwrap().progress = progress;
+    (dev, t, mem, [q0.desc_table(), q1.desc_table()])
+}
+
+#[test]
+fn a_saved_live_transport_activates_a_fresh_device_at_the_saved_progress() {
+    let p = |next_avail, next_used| QueueProgress { next_avail, next_used };
+    let (_, t, mem, desc) = live(Some(vec![p(5, 4), p(2, 2)]));
+    t.interrupt().signal_config_change().unwrap();
+    let st = t.save().unwrap();
+    assert_eq!((st.status, st.queues[0].next_avail, st.queues[0].next_used), (OK | STATUS_DRIVER_OK, 5, 4));
+    // Through the state file's encoding.
+    let back: TransportState = serde_json::from_str(&serde_json::to_string(&st).unwrap()).unwrap();
+    assert_eq!(back, st);
+
+    let dev2 = Arc::new(Mutex::new(MockDevice::new()));
+    let t2 = MmioTransport::new(mem, dev2.clone()).unwrap();
+    t2.restore(&back).unwrap();
+    assert_eq!(r(&t2, 0x70), OK | STATUS_DRIVER_OK);
+    let d = dev2.lock().unwrap();
+    assert_eq!(d.acked, COMMON_FEATURES);
+    assert_eq!(d.got, vec![(desc[0], 5, 4), (desc[1], 2, 2)]);
+    // Each queue is looked at once, and the driver gets an interrupt for both kinds.
+    assert!(d.evts.iter().all(|e| e.read().is_ok()));
+    assert_eq!(r(&t2, 0x60), crate::devices::virtio::interrupt::INT_VRING | crate::devices::virtio::interrupt::INT_CONFIG);
+}
+
+#[test]
+fn a_device_holding_guest_work_or_another_type_is_not_saved_or_restored() {
+    let (_, t, mem, _) = live(None);
+    assert_eq!(t.save().unwrap_err(), "mock holds a request");
+    // A transport that is not live saves without asking the device.
+    let (_, idle, _) = setup();
+    let mut st = idle.save().unwrap();
+    assert_eq!(st.status, 0);
+    st.device_type = 7;
+    let t2 = MmioTransport::new(mem.clone(), Arc::new(Mutex::new(MockDevice::new()))).unwrap();
+    assert!(t2.restore(&st).unwrap_err().contains("saved device type 7"));
+    st.device_type = 42;
+    st.queues.pop();
+    assert!(t2.restore(&st).unwrap_err().contains("1 saved queues"));
+    let (_, t3, _) = setup();
+    let mut st = live(Some(vec![QueueProgress { next_avail: 0, next_used: 0 }; 2])).1.save().unwrap();
+    st.queues[1].size = 64;
+    assert!(t3.restore(&st).unwrap_err().contains("above the maximum 16"));
 }

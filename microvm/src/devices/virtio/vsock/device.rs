@@ -17,7 +17,7 @@ use super::{VsockConfig, VsockError, QUEUE_SIZE, RXQ, TXQ};
 
 use crate::devices::virtio::active::{Active, Popped, QueueBroken};
 use crate::devices::virtio::chain::{Chain, MAX_CHAIN_DESCS};
-use crate::devices::virtio::{read_config_bytes, ActivateError, Interrupt, VirtioDevice, COMMON_FEATURES, TYPE_VSOCK};
+use crate::devices::virtio::{read_config_bytes, ActivateError, Interrupt, QueueProgress, VirtioDevice, COMMON_FEATURES, TYPE_VSOCK};
 use crate::guest_warn;
 use crate::memory::GuestMemoryMmap;
 
@@ -330,5 +330,19 @@ impl VirtioDevice for Vsock {
 
     fn metrics(&self) -> serde_json::Value {
         self.metrics.to_json(self.muxer.connection_count())
+    }
+
+    fn save_progress(&mut self) -> Result<Vec<QueueProgress>, String> {
+        let Some(active) = self.active.as_ref() else { return Ok(Vec::new()) };
+        let open = self.muxer.connection_count();
+        if open > 0 || !self.muxer.control.is_empty() {
+            return Err(format!("vsock has {open} connections and {} control packets for the guest; close them first", self.muxer.control.len()));
+        }
+        let mut p = active.progress();
+        // The spare receive chains were taken last: the restored device takes them again.
+        if let Some(rx) = p.get_mut(RXQ) {
+            rx.next_avail = rx.next_avail.wrapping_sub(self.rx_spare.len() as u16);
+        }
+        Ok(p)
     }
 }
