@@ -85,11 +85,12 @@ struct Args {
     no_seccomp: bool,
     /// Continue the VM saved in snapshot directory DIR (PUT /vm/snapshot) instead of booting
     /// one: its configuration, memory and state; only --console, --api-sock, --vsock (the
-    /// saved CID, a new socket path), --log-max-bytes and --no-seccomp may be given with it.
+    /// saved CID, a new socket path), --net and --fs (new backends for the saved devices, in
+    /// order, with the saved MACs and tags), --log-max-bytes and --no-seccomp may be given.
     /// The vCPUs run at once.
     #[arg(long, value_name = "DIR", conflicts_with_all = [
-        "config", "kernel", "initrd", "cmdline", "vcpus", "memory", "disk", "disk_slots", "net",
-        "fs", "free_page_reporting", "irq_delivery",
+        "config", "kernel", "initrd", "cmdline", "vcpus", "memory", "disk", "disk_slots",
+        "free_page_reporting", "irq_delivery",
     ])]
     restore: Option<PathBuf>,
 }
@@ -158,6 +159,8 @@ fn run(args: Args, config: VmConfig, created: &mut Vec<PathBuf>) -> anyhow::Resu
             console: args.console.is_some().then(|| config.console.clone()),
             api_sock: config.api_sock.clone(),
             vsock: config.vsock.clone(),
+            net: config.net.clone(),
+            fs: config.fs.clone(),
         };
         let vm = husk_microvm::vmm::Vm::restore(dir, over).with_context(|| format!("cannot restore the VM saved in {dir:?}"))?;
         log::debug!("VM restored {:?} after process start", husk_microvm::since_start());

@@ -91,6 +91,12 @@ pub struct RestoreOverrides {
     /// The vsock device's unix socket (default: the saved path); its CID must be the saved
     /// one (the guest's drivers know it).
     pub vsock: Option<husk_config::VsockConfig>,
+    /// New backends for the saved net devices, one per device in order (tap name, fd or
+    /// netns); empty: the saved ones. The MAC stays the saved one (the guest read it at boot).
+    pub net: Vec<husk_config::NetConfig>,
+    /// New backends for the saved virtio-fs devices, one per device in order, with the saved
+    /// tags (socket path or inherited connection); empty: the saved ones.
+    pub fs: Vec<husk_config::FsConfig>,
 }
 
 /// A built VM, ready to run.
@@ -152,6 +158,30 @@ impl Vm {
             (Some(_), None) => return Err(snapshot::SnapshotError::Invalid("the saved VM has no vsock device to give a socket path".into()).into()),
             (None, _) => {}
         }
+        let invalid = |m: String| VmmError::from(snapshot::SnapshotError::Invalid(m));
+        if !over.net.is_empty() {
+            if over.net.len() != config.net.len() {
+                return Err(invalid(format!("{} --net given for the saved VM's {} net devices", over.net.len(), config.net.len())));
+            }
+            for (saved, new) in config.net.iter_mut().zip(over.net) {
+                if new.mac.is_some() && new.mac != saved.mac {
+                    return Err(invalid(format!("--net tap={}: the guest has the saved MAC; change it in the guest", new.tap)));
+                }
+                let mac = saved.mac;
+                *saved = husk_config::NetConfig { mac, ..new };
+            }
+        }
+        if !over.fs.is_empty() {
+            if over.fs.len() != config.fs.len() {
+                return Err(invalid(format!("{} --fs given for the saved VM's {} virtio-fs devices", over.fs.len(), config.fs.len())));
+            }
+            for (saved, new) in config.fs.iter_mut().zip(over.fs) {
+                if new.tag != saved.tag {
+                    return Err(invalid(format!("--fs tag={}: the saved device has tag {}", new.tag, saved.tag)));
+                }
+                *saved = new;
+            }
+        }
         let mut vm = Self::base(config, Some(&snap.serial))?;
         snapshot::memory::restore(&vm.mem, &dir.join(snapshot::MEMORY_FILE))?;
         vm.i8042.set_state(snap.i8042.clone()).map_err(snapshot::SnapshotError::Invalid)?;
@@ -174,7 +204,9 @@ impl Vm {
             return Err(snapshot::SnapshotError::Invalid(format!("{} saved devices for {} attached", snap.devices.len(), transports.len())).into());
         }
         for ((name, t), (saved_name, st)) in transports.iter().zip(&snap.devices) {
-            if name != saved_name {
+            // A net device is named after its tap, which a restore may replace.
+            let both_net = name.starts_with("virtio-net-") && saved_name.starts_with("virtio-net-");
+            if name != saved_name && !both_net {
                 return Err(snapshot::SnapshotError::Invalid(format!("saved device {saved_name} where this VM has {name}")).into());
             }
             t.restore(st).map_err(|e| snapshot::SnapshotError::Invalid(format!("{name}: {e}")))?;
