@@ -262,6 +262,14 @@ impl VmConfig {
                 }
             }
         }
+        self.validate_devices()?;
+        Ok(format)
+    }
+
+    /// The devices' part of [`VmConfig::validate`], which a restored VM's configuration (new
+    /// backends for saved devices) must pass too: each inherited descriptor, tap and tag goes
+    /// to one device only, and every path fits.
+    pub fn validate_devices(&self) -> Result<()> {
         // Each inherited descriptor goes to one device only.
         let (mut fds, mut taps) = (std::collections::HashSet::new(), std::collections::HashSet::new());
         if let Some(fd) = self.disk.iter().filter_map(|d| d.fd).find(|fd| !fds.insert(*fd)) {
@@ -294,7 +302,7 @@ impl VmConfig {
                 return Err(ConfigError::invalid("api_sock", a.display(), "unix socket paths are limited to 107 bytes"));
             }
         }
-        Ok(format)
+        Ok(())
     }
 }
 

@@ -86,10 +86,12 @@ struct Args {
     /// Continue the VM saved in snapshot directory DIR (PUT /vm/snapshot) instead of booting
     /// one: its configuration, memory and state; only --console, --api-sock, --vsock (the
     /// saved CID, a new socket path), --net and --fs (new backends for the saved devices, in
-    /// order, with the saved MACs and tags), --log-max-bytes and --no-seccomp may be given.
+    /// order, with the saved MACs and tags), --log-max-bytes and --no-seccomp may be given, or
+    /// --config: a configuration of the same VM (vCPUs, memory, command line, devices; checked)
+    /// whose console, API socket, vsock socket and device backends are used.
     /// The vCPUs run at once.
     #[arg(long, value_name = "DIR", conflicts_with_all = [
-        "config", "kernel", "initrd", "cmdline", "vcpus", "memory", "disk", "disk_slots",
+        "kernel", "initrd", "cmdline", "vcpus", "memory", "disk", "disk_slots",
         "free_page_reporting", "irq_delivery",
     ])]
     restore: Option<PathBuf>,
@@ -156,11 +158,12 @@ fn run(args: Args, config: VmConfig, created: &mut Vec<PathBuf>) -> anyhow::Resu
         let ours = config.api_sock.iter().chain(config.vsock.as_ref().map(|v| &v.uds));
         created.extend(ours.filter(|p| std::fs::symlink_metadata(p).is_err()).cloned());
         let over = husk_microvm::vmm::RestoreOverrides {
-            console: args.console.is_some().then(|| config.console.clone()),
+            console: (args.console.is_some() || args.config.is_some()).then(|| config.console.clone()),
             api_sock: config.api_sock.clone(),
             vsock: config.vsock.clone(),
             net: config.net.clone(),
             fs: config.fs.clone(),
+            expected: args.config.is_some().then(|| config.clone()),
         };
         let vm = husk_microvm::vmm::Vm::restore(dir, over).with_context(|| format!("cannot restore the VM saved in {dir:?}"))?;
         log::debug!("VM restored {:?} after process start", husk_microvm::since_start());

@@ -97,6 +97,41 @@ pub struct RestoreOverrides {
     /// New backends for the saved virtio-fs devices, one per device in order, with the saved
     /// tags (socket path or inherited connection); empty: the saved ones.
     pub fs: Vec<husk_config::FsConfig>,
+    /// The configuration the caller expects the saved VM to have (`--config` with
+    /// `--restore`): its shape must be the saved one's (see [`check_shape`]).
+    pub expected: Option<VmConfig>,
+}
+
+/// Checks that `given` describes the same VM as `saved` (vCPUs, memory, command line, and the
+/// devices the guest found at boot); names the first difference.
+pub fn check_shape(saved: &VmConfig, given: &VmConfig) -> Result<(), snapshot::SnapshotError> {
+    let differs = |field: &str, g: String, s: String| Err(snapshot::SnapshotError::Invalid(format!("the configuration has {field} = {g}, the saved VM {s}")));
+    if given.vcpus != saved.vcpus {
+        return differs("vcpus", given.vcpus.to_string(), saved.vcpus.to_string());
+    }
+    if given.memory != saved.memory {
+        return differs("memory", given.memory.bytes().to_string(), saved.memory.bytes().to_string());
+    }
+    if given.cmdline != saved.cmdline {
+        return differs("cmdline", format!("{:?}", given.cmdline), format!("{:?}", saved.cmdline));
+    }
+    if given.disk.len() != saved.disk.len() || given.disk_slots != saved.disk_slots {
+        return differs("disks + disk_slots", format!("{} + {}", given.disk.len(), given.disk_slots), format!("{} + {}", saved.disk.len(), saved.disk_slots));
+    }
+    if given.net.len() != saved.net.len() {
+        return differs("net devices", given.net.len().to_string(), saved.net.len().to_string());
+    }
+    if given.fs.len() != saved.fs.len() {
+        return differs("fs devices", given.fs.len().to_string(), saved.fs.len().to_string());
+    }
+    if given.vsock.is_some() != saved.vsock.is_some() || given.free_page_reporting != saved.free_page_reporting {
+        return differs(
+            "vsock, free_page_reporting",
+            format!("{}, {}", given.vsock.is_some(), given.free_page_reporting),
+            format!("{}, {}", saved.vsock.is_some(), saved.free_page_reporting),
+        );
+    }
+    Ok(())
 }
 
 /// A built VM, ready to run.
@@ -145,6 +180,9 @@ impl Vm {
     /// legacy devices. Its vCPUs are created and ready to run.
     pub fn restore(dir: &std::path::Path, over: RestoreOverrides) -> Result<Self, VmmError> {
         let snap = snapshot::read_state(dir)?;
+        if let Some(given) = &over.expected {
+            check_shape(&snap.config, given)?;
+        }
         let mut config = snap.config.clone();
         if let Some(c) = over.console {
             config.console = c;
@@ -182,6 +220,7 @@ impl Vm {
                 *saved = new;
             }
         }
+        config.validate_devices().map_err(snapshot::SnapshotError::Config)?;
         let mut vm = Self::base(config, Some(&snap.serial))?;
         snapshot::memory::restore(&vm.mem, &dir.join(snapshot::MEMORY_FILE))?;
         vm.i8042.set_state(snap.i8042.clone()).map_err(snapshot::SnapshotError::Invalid)?;

@@ -165,6 +165,14 @@ impl Client {
         self.json("PUT", "/vm/kill", None)
     }
 
+    /// `PUT /vm/snapshot`: saves the paused VM into the existing directory `dir`.
+    pub fn snapshot(&self, dir: &std::path::Path) -> Result<super::SnapshotDone, ClientError> {
+        let path = super::SNAPSHOT_PATH.to_string();
+        let req = super::SnapshotRequest { dir: dir.to_path_buf() };
+        let body = serde_json::to_vec(&req).map_err(|source| ClientError::Encode { method: "PUT", path: path.clone(), source })?;
+        self.json("PUT", &path, Some(&body))
+    }
+
     /// `GET /vm/counters`.
     pub fn counters(&self) -> Result<Counters, ClientError> {
         self.json("GET", COUNTERS_PATH, None)

@@ -22,6 +22,25 @@ pub const VM_PATH: &str = "/vm";
 pub const COUNTERS_PATH: &str = "/vm/counters";
 /// `GET /vm/disks`; one disk or slot is `/vm/disks/<name>` ([`disk_path`]).
 pub const DISKS_PATH: &str = "/vm/disks";
+/// `PUT /vm/snapshot`.
+pub const SNAPSHOT_PATH: &str = "/vm/snapshot";
+
+/// Body of `PUT /vm/snapshot`: the existing directory to save the paused VM into.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotRequest {
+    /// An absolute path.
+    pub dir: PathBuf,
+}
+
+/// Answer of `PUT /vm/snapshot`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotDone {
+    /// Paused: the VM stays paused after a snapshot.
+    pub state: VmState,
+    /// Where it was saved.
+    pub dir: PathBuf,
+}
 
 /// Path of one disk or slot: `/vm/disks/<name>`.
 pub fn disk_path(name: &str) -> String {

@@ -1,7 +1,7 @@
 //! From a parsed HTTP request to what it asks for: method, path and body checked here,
 //! without touching the VM (so the fuzz target and the unit tests run it alone).
 
-use husk_config::api::{AttachDisk, COUNTERS_PATH, DISKS_PATH, VM_PATH};
+use husk_config::api::{AttachDisk, SnapshotRequest, COUNTERS_PATH, DISKS_PATH, SNAPSHOT_PATH, VM_PATH};
 
 use super::http::Request;
 
@@ -88,19 +88,14 @@ pub fn route(req: &Request) -> Result<Route, Refusal> {
         "/vm/resume" => action.then_some(Route::Resume),
         "/vm/shutdown" => action.then_some(Route::Shutdown),
         "/vm/kill" => action.then_some(Route::Kill),
-        "/vm/snapshot" if action => {
-            #[derive(serde::Deserialize)]
-            #[serde(deny_unknown_fields)]
-            struct Body {
-                dir: std::path::PathBuf,
-            }
-            return match serde_json::from_slice::<Body>(&req.body) {
+        SNAPSHOT_PATH if action => {
+            return match serde_json::from_slice::<SnapshotRequest>(&req.body) {
                 Ok(b) if b.dir.is_absolute() => Ok(Route::Snapshot(b.dir)),
                 Ok(b) => Err(Refusal::new(400, format!("PUT {path}: dir {:?} is not an absolute path", b.dir))),
                 Err(e) => Err(Refusal::new(400, format!("PUT {path}: the body must be {{\"dir\": ABSOLUTE_PATH}}: {e}"))),
             };
         }
-        "/vm/snapshot" => None,
+        SNAPSHOT_PATH => None,
         _ => return Err(Refusal::new(404, format!("no such resource {path}"))),
     };
     route.ok_or_else(not_allowed)

@@ -97,7 +97,7 @@ fn save_snapshot(state: &State, dir: &Path) -> (u16, Value, Option<ExitReason>) 
         snapshot::write_state(dir, &snap)
     });
     match result {
-        Ok(()) => (200, serde_json::json!({"state": "paused", "dir": dir}), None),
+        Ok(()) => (200, json(&husk_config::api::SnapshotDone { state: VmState::Paused, dir: dir.to_path_buf() }), None),
         Err(e) => {
             // Nothing half-written stays behind: without both files it is no snapshot.
             let _ = std::fs::remove_file(dir.join(snapshot::MEMORY_FILE));

@@ -8,8 +8,8 @@
 //! Virtio devices are saved as their transport's registers and each queue's configuration
 //! and progress (see [`crate::devices::virtio::mmio::TransportState`]); a device that holds
 //! nothing of the guest's at that moment can be saved: empty disk slots, vsock without
-//! connections, the balloon. Boot disks, net and virtio-fs devices are refused for now, with
-//! the device named.
+//! connections, the balloon, virtio-fs devices the guest has not used yet (not mounted),
+//! net devices. Boot disks are refused for now, with the device named.
 
 pub mod cpu;
 pub mod memory;
@@ -67,6 +67,9 @@ pub enum SnapshotError {
         #[source]
         source: serde_json::Error,
     },
+    /// The restored VM's configuration (the saved one with the new backends).
+    #[error("the restored VM's configuration is not usable")]
+    Config(#[source] husk_config::ConfigError),
     /// Inconsistent or unsupported content.
     #[error("snapshot: {0}")]
     Invalid(String),
@@ -150,14 +153,12 @@ pub struct Snapshot {
 }
 
 /// The first kind of device of `config` a snapshot cannot hold yet. Disk slots (empty at
-/// the snapshot), vsock (without connections) and the balloon can be saved.
+/// the snapshot), vsock (without connections), the balloon, virtio-fs devices (before the
+/// guest used them; see `Fs::save_progress`) and net devices (restored onto a new tap with
+/// `--net`; see `Net::save_queues`) can be saved.
 pub fn unsupported_device(config: &VmConfig) -> Option<&'static str> {
     if !config.disk.is_empty() {
         Some("boot disks (--disk; use empty --disk-slots)")
-    } else if !config.net.is_empty() {
-        Some("virtio-net devices")
-    } else if !config.fs.is_empty() {
-        Some("virtio-fs devices")
     } else {
         None
     }

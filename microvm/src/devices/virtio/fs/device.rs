@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use event_manager::{EventOps, EventSet, Events};
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::backend::Backend;
@@ -15,7 +15,7 @@ use super::metrics::FsMetrics;
 use super::{FsConfig, FsError, CONFIG_SPACE_SIZE, NUM_QUEUES, NUM_REQUEST_QUEUES, QUEUE_SIZE, TAG_LEN};
 use crate::devices::virtio::active::Active;
 use crate::devices::virtio::ratelimit::LogLimiter;
-use crate::devices::virtio::{read_config_bytes, ActivateError, Interrupt, VirtioDevice, TYPE_FS};
+use crate::devices::virtio::{read_config_bytes, ActivateError, Interrupt, QueueProgress, VirtioDevice, TYPE_FS};
 use crate::guest_warn;
 use crate::memory::GuestMemoryMmap;
 
@@ -319,5 +319,40 @@ impl VirtioDevice for Fs {
 
     fn metrics(&self) -> serde_json::Value {
         self.metrics.to_json()
+    }
+
+    /// Saves only a device whose queues the guest has never used, at progress (0, 0) in each.
+    /// The backend process serves the queues, so husk-vmm cannot know what it holds, and its
+    /// FUSE session (from the guest's FUSE_INIT on) cannot move to the restored VM's backend:
+    /// a guest must be snapshotted before it mounts the file system. "Never used" is read
+    /// from guest memory: each queue's available index and used index are 0, so the driver
+    /// never offered a request (it is paused, so it offers none now) and nothing was answered.
+    ///
+    /// The guest writes the available index, so a guest can make a used queue look unused
+    /// (as it can write anything into its rings at any time); what it gets is a restored
+    /// file system whose backend has no session for it, its own loss. An index that wrapped
+    /// back to 0 after exactly a multiple of 65536 requests on every queue looks unused too.
+    fn save_progress(&mut self) -> Result<Vec<QueueProgress>, String> {
+        let Some(active) = self.active.as_ref() else {
+            return Ok(Vec::new());
+        };
+        let tag = &self.cfg.tag;
+        if self.phase == Phase::Failed {
+            let socket = self.cfg.socket.display();
+            return Err(format!("virtio-fs {tag}: the vhost-user backend at {socket} is gone and the device waits for the guest to reset it"));
+        }
+        for (i, q) in active.queues.iter().enumerate() {
+            let index = |what: &str, idx: Result<std::num::Wrapping<u16>, virtio_queue::Error>| {
+                idx.map(|v| v.0).map_err(|e| format!("virtio-fs {tag}: cannot read the {what} index of queue {i}: {e}"))
+            };
+            let avail = index("available", q.avail_idx(&active.mem, Ordering::Acquire))?;
+            let used = index("used", q.used_idx(&active.mem, Ordering::Acquire))?;
+            if avail != 0 || used != 0 {
+                return Err(format!(
+                    "virtio-fs {tag} has been used by the guest (mounted?): queue {i} has available index {avail}, used index {used}; snapshot a VM before it mounts virtio-fs"
+                ));
+            }
+        }
+        Ok(vec![QueueProgress { next_avail: 0, next_used: 0 }; active.queues.len()])
     }
 }

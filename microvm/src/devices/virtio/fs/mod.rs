@@ -17,6 +17,12 @@
 //!   answering every request (the one in flight included) with `EIO` until the driver resets
 //!   the device ([`failover`]). husk-vmm keeps running.
 //!
+//! A snapshot can hold the device only while the guest has never used its queues (before it
+//! mounts the share), since the backend's state cannot be saved (`save_progress` of [`Fs`]).
+//! A restored VM builds the device as at boot, connected to the backend it is given, and the
+//! transport activates it with the saved queues: the same handshake then hands that backend
+//! the restored VM's memory and the saved progress.
+//!
 //! No DAX window: file data always travels through the queues.
 
 pub mod backend;

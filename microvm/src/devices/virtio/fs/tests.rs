@@ -221,11 +221,15 @@ struct Rig {
 
 impl Rig {
     fn new() -> Self {
+        Self::with_mem(create_guest_memory(16 << 20).unwrap())
+    }
+
+    /// A device connected to a backend of its own, over `mem` (a restored VM's memory).
+    fn with_mem(mem: GuestMemoryMmap) -> Self {
         let accepting = TestBackend::listen();
         let dev = Fs::new(FsConfig { tag: TAG.into(), socket: accepting.socket.clone(), fd: None }).unwrap();
         let backend = accepting.accepted();
         let dev = Arc::new(Mutex::new(dev));
-        let mem = create_guest_memory(16 << 20).unwrap();
         let t = MmioTransport::new(mem.clone(), dev.clone()).unwrap();
         let mut em = EventManager::new().unwrap();
         em.add_subscriber(dev.clone());
@@ -533,4 +537,156 @@ fn with_a_gsi_the_backend_calls_reach_kvm_directly_until_the_backend_dies() {
     rig.run_until("the next request fails", |_| qs[REQUEST_QUEUE].used_idx() == 2);
     assert_eq!(rig.reply(later), (16, -5, 12));
     assert_eq!(rig.t.interrupt().status() & INT_VRING, INT_VRING);
+}
+
+// ---- snapshots ---------------------------------------------------------------------------
+
+/// A copy of `mem` in fresh memfd memory, as a restored VM gets it.
+fn copy_of(mem: &GuestMemoryMmap) -> GuestMemoryMmap {
+    let copy = create_guest_memory(16 << 20).unwrap();
+    let mut bytes = vec![0u8; 16 << 20];
+    mem.read_slice(&mut bytes, vm_memory::GuestAddress(0)).unwrap();
+    copy.write_slice(&bytes, vm_memory::GuestAddress(0)).unwrap();
+    copy
+}
+
+/// A device the driver activated and never used, saved as a snapshot would (through JSON),
+/// with the guest memory it was saved with; its backend is gone afterwards.
+fn saved_unused_device() -> (TransportState, GuestMemoryMmap) {
+    let mut rig = Rig::new();
+    let mem = rig.mem.clone();
+    let qs = queues(&mem);
+    rig.activate(&qs);
+    rig.run_until("the backend runs", |r| r.phase() == Phase::Running);
+    let state = rig.t.save().unwrap();
+    let state: TransportState = serde_json::from_str(&serde_json::to_string(&state).unwrap()).unwrap();
+    (state, copy_of(&mem))
+}
+
+use crate::devices::virtio::mmio::TransportState;
+use crate::devices::virtio::QueueProgress;
+
+#[test]
+fn a_device_the_guest_never_used_saves_at_the_start_of_its_queues() {
+    // Not activated (no driver yet): saved as registers only.
+    let rig = Rig::new();
+    let st = rig.t.save().unwrap();
+    assert_eq!(st.status, 0);
+
+    // Activated, before the event loop ran the handshake, and once the backend serves it.
+    let mut rig = Rig::new();
+    let mem = rig.mem.clone();
+    let qs = queues(&mem);
+    rig.activate(&qs);
+    assert_eq!(rig.phase(), Phase::Starting);
+    assert_eq!(rig.dev.lock().unwrap().save_progress().unwrap(), vec![QueueProgress { next_avail: 0, next_used: 0 }; NUM_QUEUES]);
+    rig.run_until("the backend runs", |r| r.phase() == Phase::Running);
+    assert_eq!(rig.dev.lock().unwrap().save_progress().unwrap(), vec![QueueProgress { next_avail: 0, next_used: 0 }; NUM_QUEUES]);
+    let st = rig.t.save().unwrap();
+    assert_eq!(st.status & STATUS_DRIVER_OK, STATUS_DRIVER_OK);
+    assert_eq!(st.queues.len(), NUM_QUEUES);
+    for (q, s) in st.queues.iter().zip(RING_BASES) {
+        assert_eq!((q.size, q.ready, q.desc_table, q.next_avail, q.next_used), (QSIZE, true, s, 0, 0));
+    }
+}
+
+#[test]
+fn a_device_the_guest_used_is_refused_with_a_message_saying_to_snapshot_before_the_mount() {
+    let expect_refusal = |rig: &Rig, queue: usize, avail: u16, used: u16| {
+        let e = rig.t.save().unwrap_err();
+        assert_eq!(
+            e,
+            format!("virtio-fs {TAG} has been used by the guest (mounted?): queue {queue} has available index {avail}, used index {used}; snapshot a VM before it mounts virtio-fs")
+        );
+    };
+    // A request the driver offered, not yet taken by anyone (the handshake has not run).
+    let mut rig = Rig::new();
+    let mem = rig.mem.clone();
+    let mut qs = queues(&mem);
+    rig.activate(&qs);
+    rig.request(&mut qs[REQUEST_QUEUE], REQUEST_QUEUE as u32, 1, 1);
+    expect_refusal(&rig, REQUEST_QUEUE, 1, 0);
+
+    // Answered requests (as after a mount's FUSE_INIT), on either queue.
+    rig.run_until("the reply", |_| qs[REQUEST_QUEUE].used_idx() == 1);
+    expect_refusal(&rig, REQUEST_QUEUE, 1, 1);
+    let mut rig = Rig::new();
+    let mem = rig.mem.clone();
+    let mut qs = queues(&mem);
+    rig.activate(&qs);
+    rig.run_until("the backend runs", |r| r.phase() == Phase::Running);
+    qs[HIPRIO_QUEUE].add(&[(0x30_0000, FUSE_IN_HEADER_LEN as u32, false)]);
+    w(&rig.t, 0x50, HIPRIO_QUEUE as u32);
+    rig.run_until("the forget is used", |_| qs[HIPRIO_QUEUE].used_idx() == 1);
+    expect_refusal(&rig, HIPRIO_QUEUE, 1, 1);
+
+    // A device whose backend died is refused too, naming the backend.
+    rig.backend.die();
+    rig.run_until("the device notices", |r| r.phase() == Phase::Failed);
+    let e = rig.dev.lock().unwrap().save_progress().unwrap_err();
+    assert!(e.contains("vfs.sock is gone") && e.starts_with(&format!("virtio-fs {TAG}:")), "{e}");
+}
+
+#[test]
+fn a_restored_device_hands_a_second_backend_its_new_memory_and_queues_and_routes_its_calls() {
+    use kvm_ioctls::Kvm;
+    let (state, mem) = saved_unused_device();
+    // The restored VM: its own memory, a device connected to another backend, wired to a GSI.
+    let kvm = Kvm::new().expect("/dev/kvm");
+    let vm = Arc::new(kvm.create_vm().unwrap());
+    vm.create_irq_chip().unwrap();
+    let mut rig = Rig::with_mem(mem);
+    assert!(rig.t.interrupt().set_gsi(vm.clone(), 5));
+    rig.t.restore(&state).unwrap();
+    assert_eq!(rig.phase(), Phase::Starting, "the handshake waits for the event loop, as at boot");
+    rig.run_until("the second backend runs", |r| r.phase() == Phase::Running);
+    assert_eq!(rig.t.status(), STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+    assert_eq!((rig.counter("activations"), rig.counter("routed_calls")), (1, 1), "the call EventFds go to KVM as at boot");
+
+    // The guest's first request after the restore: the second backend reads it from, and
+    // answers it in, the restored VM's memory.
+    let mem = rig.mem.clone();
+    let mut qs = queues(&mem);
+    let reply = rig.request(&mut qs[REQUEST_QUEUE], REQUEST_QUEUE as u32, 1, 0x77);
+    rig.run_until("the reply", |_| qs[REQUEST_QUEUE].used_idx() == 1);
+    assert_eq!(rig.reply(reply), (24, 0, 0x77));
+    assert_eq!(get(&rig.mem, reply + 16, 8), PAYLOAD);
+}
+
+#[test]
+fn a_restored_device_hands_the_new_backend_the_saved_queue_progress() {
+    let (mut state, mem) = saved_unused_device();
+    let mut rig = Rig::with_mem(mem);
+    let mem = rig.mem.clone();
+    let mut qs = queues(&mem);
+    // Two requests the saved device had taken and answered (their replies are long read):
+    // the new backend must start after them, at the saved next available entry.
+    let old = [rig.request(&mut qs[REQUEST_QUEUE], REQUEST_QUEUE as u32, 1, 100), rig.request(&mut qs[REQUEST_QUEUE], REQUEST_QUEUE as u32, 1, 101)];
+    put(&mem, qs[REQUEST_QUEUE].queue().used_ring() + 2, &2u16.to_le_bytes());
+    state.queues[REQUEST_QUEUE].next_avail = 2;
+    state.queues[REQUEST_QUEUE].next_used = 2;
+    rig.t.restore(&state).unwrap();
+    rig.run_until("the backend runs", |r| r.phase() == Phase::Running);
+    let reply = rig.request(&mut qs[REQUEST_QUEUE], REQUEST_QUEUE as u32, 1, 102);
+    rig.run_until("the reply", |_| qs[REQUEST_QUEUE].used_idx() == 3);
+    assert_eq!(rig.reply(reply), (24, 0, 102));
+    assert_eq!(qs[REQUEST_QUEUE].used()[2], (4, 24), "the third chain (descriptors 4-5) is the one answered, in used entry 2");
+    for r in old {
+        assert_eq!(get(&mem, r, 16), vec![0xee; 16], "requests before the saved progress are not served again");
+    }
+}
+
+#[test]
+fn a_restored_device_whose_backend_is_gone_fails_requests_with_eio_as_at_boot() {
+    let (state, mem) = saved_unused_device();
+    let mut rig = Rig::with_mem(mem);
+    rig.backend.die();
+    rig.t.restore(&state).unwrap();
+    rig.run_until("the activation fails", |r| r.phase() == Phase::Failed);
+    assert_eq!(rig.t.status() & STATUS_DEVICE_NEEDS_RESET, STATUS_DEVICE_NEEDS_RESET);
+    let mem = rig.mem.clone();
+    let mut qs = queues(&mem);
+    let reply = rig.request(&mut qs[REQUEST_QUEUE], REQUEST_QUEUE as u32, 1, 5);
+    rig.run_until("the request fails", |_| qs[REQUEST_QUEUE].used_idx() == 1);
+    assert_eq!(rig.reply(reply), (16, -5, 5));
 }

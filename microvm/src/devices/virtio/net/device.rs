@@ -10,12 +10,13 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::metrics::NetMetrics;
 use super::rx::Held;
+use super::snapshot::Hold;
 use super::tap::{self, Tap};
 use super::*;
 use crate::devices::virtio::active::Active;
 use crate::devices::virtio::chain::{self, MAX_CHAIN_DESCS};
 use crate::devices::virtio::iov::{Dir, GuestIovecs};
-use crate::devices::virtio::{feature, read_config_bytes, ActivateError, Interrupt, VirtioDevice, COMMON_FEATURES, TYPE_NET};
+use crate::devices::virtio::{feature, read_config_bytes, ActivateError, Interrupt, QueueProgress, VirtioDevice, COMMON_FEATURES, TYPE_NET};
 use crate::guest_warn;
 use crate::memory::GuestMemoryMmap;
 
@@ -63,6 +64,8 @@ pub struct Net {
     pub(super) backend_registered: bool,
     /// Offloads to apply on the event loop after activation.
     pending_offload: Option<u32>,
+    /// A snapshot's hold on guest memory (see [`super::snapshot`]).
+    pub(super) hold: Hold,
     pub(super) metrics: Arc<NetMetrics>,
 }
 
@@ -85,6 +88,7 @@ impl Net {
     /// A device over any frame backend.
     pub fn with_backend(cfg: NetConfig, backend: Box<dyn FrameIo>) -> Result<Self, NetError> {
         let evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(|e| NetError::EventFd(cfg.tap.clone(), e));
+        let hold = Hold::new(&cfg.tap)?;
         Ok(Self {
             queue_evts: vec![evt()?, evt()?],
             activate_evt: evt()?,
@@ -99,6 +103,7 @@ impl Net {
             backend_readable: true,
             backend_registered: false,
             pending_offload: None,
+            hold,
             metrics: Arc::new(NetMetrics::default()),
         })
     }
@@ -110,6 +115,9 @@ impl Net {
 
     /// Sends every frame the guest queued.
     pub fn process_tx(&mut self) {
+        if self.hold.on {
+            return;
+        }
         let Some(active) = self.active.as_mut() else { return };
         let mut used = false;
         while let Ok(Some((head, chain))) = active.pop(TXQ, MAX_CHAIN_DESCS) {
@@ -226,6 +234,7 @@ impl VirtioDevice for Net {
         self.mergeable = acked & feature(VIRTIO_NET_F_MRG_RXBUF) != 0;
         self.held.clear();
         self.backend_readable = true;
+        self.hold.on = false;
         self.activate_evt.write(1).map_err(backend)
     }
 
@@ -233,6 +242,7 @@ impl VirtioDevice for Net {
         self.active = None;
         self.pending = None;
         self.held.clear();
+        self.hold.on = false;
     }
 
     fn is_activated(&self) -> bool {
@@ -243,5 +253,9 @@ impl VirtioDevice for Net {
         let mut v = self.metrics.to_json();
         v["tap"] = serde_json::Value::String(self.cfg.tap.clone());
         v
+    }
+
+    fn save_progress(&mut self) -> Result<Vec<QueueProgress>, String> {
+        self.save_queues()
     }
 }

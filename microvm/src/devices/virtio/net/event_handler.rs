@@ -10,10 +10,13 @@ use crate::guest_warn;
 
 impl MutEventSubscriber for Net {
     fn init(&mut self, ops: &mut EventOps) {
-        for evt in self.queue_evts.iter().chain(std::iter::once(&self.activate_evt)) {
+        for evt in self.queue_evts.iter().chain([&self.activate_evt, &self.hold.evt]) {
             if let Err(e) = ops.add(Events::new(evt, EventSet::IN)) {
                 log::error!("virtio-net: cannot register an EventFd: {e}");
             }
+        }
+        if let Err(e) = ops.add(Events::new(&self.hold.timer, EventSet::IN)) {
+            log::error!("virtio-net: cannot register the snapshot timer: {e}");
         }
     }
 
@@ -32,6 +35,10 @@ impl MutEventSubscriber for Net {
                 }
             }
             self.process_rx();
+        } else if fd == self.hold.evt.as_raw_fd() {
+            self.hold_started();
+        } else if fd == self.hold.timer.as_raw_fd() {
+            self.hold_tick();
         } else if fd == self.backend_fd() {
             self.backend_readable = true;
             self.process_rx();

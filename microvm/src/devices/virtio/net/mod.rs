@@ -5,6 +5,7 @@ pub mod device;
 mod event_handler;
 pub mod metrics;
 mod rx;
+mod snapshot;
 pub mod tap;
 
 #[cfg(test)]
@@ -66,4 +67,7 @@ pub enum NetError {
     /// An EventFd could not be created.
     #[error("cannot create an EventFd for the net device on tap {0}")]
     EventFd(String, #[source] std::io::Error),
+    /// The timer of a snapshot's hold could not be created.
+    #[error("cannot create a timer for the net device on tap {0}")]
+    TimerFd(String, #[source] std::io::Error),
 }

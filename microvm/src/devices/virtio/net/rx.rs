@@ -28,12 +28,20 @@ const NUM_BUFFERS: usize = 10;
 #[derive(Debug)]
 struct HeldBuf {
     head: u16,
+    /// The available ring entry it was taken from (a snapshot gives it back by position).
+    pos: u16,
     writable: Vec<Desc>,
     /// Bytes a frame may use: the writable length, at most [`MAX_FRAME`].
     cap: usize,
 }
 
 /// Receive chains taken for mergeable receive and not filled yet, in queue order.
+///
+/// Only [`Held::fill`] takes receive chains in mergeable mode, and it either holds a chain
+/// (at the back) or completes it at once; held chains are completed from the front. So the
+/// held chains are the last ones taken, in order, unless a malformed chain was completed
+/// after the first of them: [`Held::rewind`] checks that by position before a snapshot gives
+/// them back.
 #[derive(Debug, Default)]
 pub(super) struct Held {
     bufs: VecDeque<HeldBuf>,
@@ -55,6 +63,7 @@ impl Held {
     fn fill(&mut self, active: &mut Active, m: &NetMetrics, limit: usize) -> bool {
         let mut used = false;
         while self.cap < MAX_FRAME && self.bufs.len() < limit {
+            let pos = active.queues.get(RXQ).map_or(0, |q| q.next_avail());
             let (head, chain) = match active.pop(RXQ, MAX_CHAIN_DESCS) {
                 Ok(Some(c)) => c,
                 Ok(None) | Err(_) => break,
@@ -63,7 +72,7 @@ impl Held {
                 Ok(c) if c.writable_len() >= VNET_HDR_SIZE as u64 => {
                     let cap = c.writable_len().min(MAX_FRAME as u64) as usize;
                     self.cap += cap;
-                    self.bufs.push_back(HeldBuf { head, writable: c.writable, cap });
+                    self.bufs.push_back(HeldBuf { head, pos, writable: c.writable, cap });
                 }
                 Ok(c) => {
                     guest_warn!("virtio-net: receive chain {head} has {} writable bytes, less than the {VNET_HDR_SIZE}-byte header", c.writable_len());
@@ -80,6 +89,22 @@ impl Held {
             }
         }
         used
+    }
+
+    /// How many chains are held.
+    pub(super) fn len(&self) -> usize {
+        self.bufs.len()
+    }
+
+    /// For a snapshot: how far to move the receive queue's next available entry `next_avail`
+    /// back so that a restored device takes the held chains again, or None if they are not
+    /// exactly the last ones taken (then rewinding would hand out again a chain that was
+    /// already completed).
+    pub(super) fn rewind(&self, next_avail: u16) -> Option<u16> {
+        let n = u16::try_from(self.bufs.len()).ok()?;
+        let first = next_avail.wrapping_sub(n);
+        let in_order = self.bufs.iter().zip(0u16..).all(|(b, i)| b.pos == first.wrapping_add(i));
+        in_order.then_some(n)
     }
 
     /// How many held buffers the first `n` bytes of a frame fill (at least one).
@@ -164,6 +189,9 @@ impl Held {
 impl Net {
     /// Moves frames from the backend into the guest's receive buffers until either runs out.
     pub fn process_rx(&mut self) {
+        if self.hold.on {
+            return;
+        }
         if self.mergeable {
             self.process_rx_mergeable();
         } else {
