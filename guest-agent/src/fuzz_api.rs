@@ -51,7 +51,8 @@ const MAX_REQUESTS: usize = 64;
 /// Each payload is decoded as the request message of that RPC (what ttrpc hands the agent)
 /// and goes through every check the agent makes before it touches the system: ids, specs,
 /// processes, rootfs and disks, signals, stdio sizes, terminal sizes, cgroup resources,
-/// interfaces, routes, hostnames. The requests that only look up a container decode only.
+/// interfaces, routes, hostnames, the clock and entropy of SyncAfterRestore. The requests
+/// that only look up a container decode only.
 pub fn requests(mut data: &[u8]) {
     for _ in 0..MAX_REQUESTS {
         let [rpc, lo, hi, rest @ ..] = data else { return };
@@ -66,7 +67,7 @@ fn request(rpc: u8, payload: &[u8]) {
     fn decode<M: Message>(payload: &[u8]) -> Option<M> {
         M::parse_from_bytes(payload).ok()
     }
-    match rpc % 16 {
+    match rpc % 17 {
         0 => {
             let Some(r) = decode::<CreateContainerRequest>(payload) else { return };
             let _ = check_id("container id", &r.container_id);
@@ -122,6 +123,11 @@ fn request(rpc: u8, payload: &[u8]) {
         }
         14 => {
             let _ = decode::<ListProcessesRequest>(payload);
+        }
+        15 => {
+            let Some(r) = decode::<SyncAfterRestoreRequest>(payload) else { return };
+            let _ = checks::restore_realtime(r.realtime_ns);
+            let _ = checks::restore_entropy(r.entropy.len());
         }
         _ => {
             let _ = decode::<CloseStdinRequest>(payload);
@@ -194,12 +200,16 @@ mod tests {
         route.routes.push(r);
         let mut signal = SignalProcessRequest::new();
         signal.signal = 9;
+        let mut sync = SyncAfterRestoreRequest::new();
+        sync.realtime_ns = 1_796_536_642_000_000_000;
+        sync.entropy = vec![0x5a; 64];
         let msgs: Vec<(u8, Vec<u8>)> = vec![
             (0, create.write_to_bytes().unwrap()),
             (2, signal.write_to_bytes().unwrap()),
             (7, iface.write_to_bytes().unwrap()),
             (8, route.write_to_bytes().unwrap()),
             (9, b"\x0a\x03pod".to_vec()),
+            (15, sync.write_to_bytes().unwrap()),
         ];
         let mut base = Vec::new();
         for (rpc, m) in &msgs {

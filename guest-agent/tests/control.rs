@@ -155,6 +155,26 @@ fn bad_requests_get_named_errors_and_leave_nothing_behind() {
     let (c, _) = status(a.signal("ok", "ghost", 15, false));
     assert_eq!(c, ttrpc::Code::NOT_FOUND);
 
+    // SyncAfterRestore checks both fields before it touches the clock (only refused requests
+    // here: a valid one would set the host's clock, which no namespace isolates).
+    let mut sync = SyncAfterRestoreRequest::new();
+    sync.realtime_ns = 1_796_536_642_000_000_000;
+    sync.entropy = vec![1; 31];
+    let (c, msg) = status(a.client.sync_after_restore(common::ctx(), &sync).map(drop));
+    assert_eq!(c, ttrpc::Code::INVALID_ARGUMENT);
+    assert!(msg.contains("entropy of 31 bytes"), "{msg}");
+    sync.entropy = vec![1; 513];
+    let (c, msg) = status(a.client.sync_after_restore(common::ctx(), &sync).map(drop));
+    assert_eq!(c, ttrpc::Code::INVALID_ARGUMENT);
+    assert!(msg.contains("entropy of 513 bytes"), "{msg}");
+    sync.entropy = vec![1; 64];
+    for bad in [0, -5] {
+        sync.realtime_ns = bad;
+        let (c, msg) = status(a.client.sync_after_restore(common::ctx(), &sync).map(drop));
+        assert_eq!(c, ttrpc::Code::INVALID_ARGUMENT);
+        assert!(msg.contains(&format!("realtime_ns {bad} ")), "{msg}");
+    }
+
     // The agent still serves and the container still works.
     a.client.check(common::ctx(), &CheckRequest::new()).unwrap();
     a.exec("ok", "echo", &process(&["echo", "alive"]), false).unwrap();

@@ -140,10 +140,57 @@ fn agent_in_a_microvm() {
     let oom = c.get_oom_event(ctx(), &GetOomEventRequest::new()).unwrap();
     assert_eq!(oom.container_id, "g2");
 
+    clock_and_entropy_after_restore(&c);
     vsock_is_closed_to_containers(&c, &req);
 
     // Shutdown powers the VM off (the script checks husk-vmm's exit status).
     c.shutdown(ctx(), &ShutdownRequest::new()).unwrap();
+}
+
+/// `date +%s` run in the running container g2 (through ExecProcess).
+fn guest_date(c: &AgentClient, exec_id: &str) -> i64 {
+    let mut exec = ExecProcessRequest::new();
+    exec.container_id = "g2".into();
+    exec.exec_id = exec_id.into();
+    exec.process_json = serde_json::to_vec(&process(&["date", "+%s"])).unwrap();
+    c.exec_process(ctx(), &exec).unwrap();
+    let out = String::from_utf8(read_all(c, "g2", exec_id)).unwrap();
+    assert_eq!(wait(c, "g2", exec_id).exit_status, 0, "date: {out}");
+    out.trim().parse().unwrap()
+}
+
+/// SyncAfterRestore moves the guest's wall clock (seen by `date` in a container) to the time it
+/// is given, forward and back, credits the entropy, leaves CLOCK_BOOTTIME alone, and refuses a
+/// bad entropy length.
+fn clock_and_entropy_after_restore(c: &AgentClient) {
+    let sync = |secs: i64| {
+        let mut req = SyncAfterRestoreRequest::new();
+        req.realtime_ns = secs * 1_000_000_000;
+        req.entropy = (0..64).map(|i| (i * 37 + secs) as u8).collect();
+        c.sync_after_restore(ctx(), &req)
+    };
+    let uptime = || c.check(ctx(), &CheckRequest::new()).unwrap().uptime_ms;
+    let up_before = uptime();
+    // 2100-01-01T00:00:00Z.
+    let future = 4_102_444_800;
+    sync(future).unwrap();
+    let seen = guest_date(c, "date-future");
+    assert!((future..future + 300).contains(&seen), "guest date {seen} after setting {future}");
+    let up_after = uptime();
+    assert!(up_after >= up_before && up_after - up_before < 300_000, "CLOCK_BOOTTIME jumped: {up_before} -> {up_after} ms");
+
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    sync(now).unwrap();
+    let seen = guest_date(c, "date-now");
+    assert!((now..now + 300).contains(&seen), "guest date {seen} after setting the host's {now}");
+
+    let mut bad = SyncAfterRestoreRequest::new();
+    bad.realtime_ns = now * 1_000_000_000;
+    bad.entropy = vec![0; 8];
+    match c.sync_after_restore(ctx(), &bad) {
+        Err(ttrpc::Error::RpcStatus(s)) => assert_eq!(s.code(), ttrpc::Code::INVALID_ARGUMENT, "{}", s.message()),
+        other => panic!("8 bytes of entropy: {other:?}"),
+    }
 }
 
 /// Runs `spec` as container `id` to its end and returns its stdout.

@@ -1,7 +1,8 @@
 //! The ttrpc client to husk-agent inside the VM, reached over the VMM's hybrid vsock.
 
+use std::io::Read;
 use std::os::fd::IntoRawFd;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use husk_protocol::agent;
 use husk_protocol::agent_ttrpc::AgentClient;
@@ -64,4 +65,26 @@ fn try_once(uds: &std::path::Path, port: u32, step: Duration) -> Result<AgentCli
     let client = AgentClient::new(client);
     client.check(context::with_timeout(step.as_nanos() as i64), &agent::CheckRequest::new()).map_err(agent_err("Check"))?;
     Ok(client)
+}
+
+/// Bytes of host randomness [`sync_after_restore`] hands the guest (512 bits).
+const RESTORE_ENTROPY_BYTES: usize = 64;
+// The agent refuses other amounts.
+const _: () = assert!(RESTORE_ENTROPY_BYTES >= husk_protocol::MIN_RESTORE_ENTROPY && RESTORE_ENTROPY_BYTES <= husk_protocol::MAX_RESTORE_ENTROPY);
+
+/// Brings a VM restored from a snapshot up to date, right after connecting to it: sets the
+/// guest's wall clock to the host's (the guest's went on from the moment of the snapshot) and
+/// credits the guest kernel with fresh host randomness (every clone of a snapshot starts with
+/// the same random state), through the agent's `SyncAfterRestore`.
+pub fn sync_after_restore(agent: &AgentClient, timeout: Duration) -> Result<()> {
+    let mut req = agent::SyncAfterRestoreRequest::new();
+    let mut entropy = vec![0; RESTORE_ENTROPY_BYTES];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut entropy)).map_err(|e| ShimError::io("read random bytes from", "/dev/urandom", e))?;
+    req.entropy = entropy;
+    // Read last, so the time the guest gets is as fresh as it can be.
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).ok().and_then(|d| i64::try_from(d.as_nanos()).ok());
+    req.realtime_ns = now.ok_or_else(|| ShimError::FailedPrecondition("the host's clock is before 1970 or after 2262".into()))?;
+    let ctx = context::with_timeout(i64::try_from(timeout.as_nanos()).unwrap_or(i64::MAX));
+    agent.sync_after_restore(ctx, &req).map_err(agent_err("SyncAfterRestore"))?;
+    Ok(())
 }

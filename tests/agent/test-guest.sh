@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # husk-agent as PID 1 of a husk-vmm microVM: the test client (guest-agent/tests/guest.rs)
 # creates containers from a read-only ext4 disk found by serial, checks output, cgroup limits,
-# exec, an OOM kill event, that a container process cannot reach the agent over vsock (CIDs 1,
-# 2, 3 and the guest's, with and without a vsock grant), then asks the agent to shut down;
-# husk-vmm must exit 0 (powered off). Needs tests/agent/build.sh first (outside the testbed).
+# exec, an OOM kill event, SyncAfterRestore (the wall clock `date` shows in a container moves
+# to the time given, forward and back), that a container process cannot reach the agent over
+# vsock (CIDs 1, 2, 3 and the guest's, with and without a vsock grant), then asks the agent to
+# shut down; husk-vmm must exit 0 (powered off). Needs tests/agent/build.sh first (outside the
+# testbed).
 set -uo pipefail
 . "$(dirname "$0")/../vmm/lib.sh"
 t=${CARGO_TARGET_DIR:-$repo/target}
@@ -32,7 +34,7 @@ vmm_pid=$!
 for _ in $(seq 300); do [ -S "$uds" ] && break; sleep 0.1; done
 
 if HUSK_AGENT_UDS=$uds HUSK_GUEST_CID=$guest_cid timeout 600 "$client" --ignored --nocapture --test-threads=1; then
-  ok "agent API in the guest: containers, limits, exec, OOM event, no vsock from containers, shutdown"
+  ok "agent API in the guest: containers, limits, exec, OOM event, clock and entropy after restore, no vsock from containers, shutdown"
 else
   bad "in-guest client failed"
 fi

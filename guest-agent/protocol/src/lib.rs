@@ -63,3 +63,18 @@ pub const POD_SHARED_DIR: &str = "/run/husk/pod/shared";
 /// Kubernetes emptyDir volumes of the pod: `<POD_EMPTY_DIR>/<name>`, directories in guest
 /// memory the agent creates on first use, shared by the pod's containers.
 pub const POD_EMPTY_DIR: &str = "/run/husk/pod/emptydir";
+
+/// Fewest bytes of `entropy` a SyncAfterRestore request carries (256 bits, what the kernel's
+/// CRNG needs to count as seeded).
+pub const MIN_RESTORE_ENTROPY: usize = 32;
+
+/// Most bytes of `entropy` a SyncAfterRestore request carries.
+pub const MAX_RESTORE_ENTROPY: usize = 512;
+
+/// Earliest `realtime_ns` a SyncAfterRestore request may carry: 2020-01-01T00:00:00Z. An
+/// earlier host clock is wrong and would only make the guest's wall clock wrong too.
+pub const MIN_RESTORE_REALTIME_NS: i64 = 1_577_836_800 * 1_000_000_000;
+
+/// Latest `realtime_ns` a SyncAfterRestore request may carry (exclusive): 2200-01-01T00:00:00Z,
+/// well inside what Linux accepts for CLOCK_REALTIME.
+pub const MAX_RESTORE_REALTIME_NS: i64 = 7_258_118_400 * 1_000_000_000;

@@ -1,5 +1,9 @@
 //! PID 1 duties: the guest's base mounts, the console, loopback, hostname, kernel command-line
-//! options, and powering the VM off.
+//! options, and powering the VM off; after a restore from a snapshot, the wall clock
+//! ([`clock`]) and the kernel's random state ([`entropy`]).
+pub mod clock;
+pub mod entropy;
+
 use std::path::Path;
 
 use husk_protocol::PAGE_REPORTING_ORDER_CMDLINE_KEY as PAGE_REPORTING_ORDER_KEY;

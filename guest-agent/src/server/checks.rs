@@ -1,6 +1,8 @@
 //! The checks of the host's requests that need nothing of the system: every number, length
 //! and name a request carries, bounded before the service acts on it. The service and the
 //! request fuzz target ([`crate::fuzz_api::requests`]) share them.
+use std::time::Duration;
+
 use nix::sys::signal::Signal;
 
 use crate::error::{AgentError, Result};
@@ -43,6 +45,24 @@ pub fn hostname(h: &str) -> Result<()> {
     Ok(())
 }
 
+/// The host's wall-clock time of a SyncAfterRestore request, as the time since the epoch:
+/// within [`husk_protocol::MIN_RESTORE_REALTIME_NS`]..[`husk_protocol::MAX_RESTORE_REALTIME_NS`].
+pub fn restore_realtime(ns: i64) -> Result<Duration> {
+    let (min, max) = (husk_protocol::MIN_RESTORE_REALTIME_NS, husk_protocol::MAX_RESTORE_REALTIME_NS);
+    u64::try_from(ns).ok().filter(|_| (min..max).contains(&ns)).map(Duration::from_nanos).ok_or_else(|| {
+        AgentError::InvalidArgument(format!("realtime_ns {ns} is not a time between 2020-01-01 and 2200-01-01 ({min}..{max} ns since the epoch)"))
+    })
+}
+
+/// The length of a SyncAfterRestore request's entropy.
+pub fn restore_entropy(len: usize) -> Result<()> {
+    let (min, max) = (husk_protocol::MIN_RESTORE_ENTROPY, husk_protocol::MAX_RESTORE_ENTROPY);
+    if !(min..=max).contains(&len) {
+        return Err(AgentError::InvalidArgument(format!("entropy of {len} bytes: {min}..={max} bytes expected")));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -61,5 +81,32 @@ mod tests {
         assert!(tty_size(70_000, 24).is_err());
         assert!(hostname("").is_err() && hostname(&"h".repeat(65)).is_err() && hostname("a\0b").is_err());
         hostname("pod-1").unwrap();
+    }
+
+    #[test]
+    fn restore_entropy_length_is_bounded() {
+        for ok in [husk_protocol::MIN_RESTORE_ENTROPY, 64, husk_protocol::MAX_RESTORE_ENTROPY] {
+            restore_entropy(ok).unwrap();
+        }
+        for bad in [0, 1, husk_protocol::MIN_RESTORE_ENTROPY - 1, husk_protocol::MAX_RESTORE_ENTROPY + 1, usize::MAX] {
+            let err = restore_entropy(bad).unwrap_err();
+            assert_eq!(err.code(), ttrpc::Code::INVALID_ARGUMENT, "{bad}");
+            assert!(err.to_string().starts_with(&format!("entropy of {bad} bytes")), "{err}");
+        }
+    }
+
+    #[test]
+    fn restore_realtime_is_a_sane_time() {
+        // 2026-12-06T05:57:22.123456789Z.
+        let now = 1_796_536_642_123_456_789;
+        assert_eq!(restore_realtime(now).unwrap(), Duration::new(1_796_536_642, 123_456_789));
+        let min = husk_protocol::MIN_RESTORE_REALTIME_NS;
+        assert_eq!(restore_realtime(min).unwrap(), Duration::from_secs(1_577_836_800));
+        restore_realtime(husk_protocol::MAX_RESTORE_REALTIME_NS - 1).unwrap();
+        for bad in [0, -1, i64::MIN, 1, 1_000_000_000, min - 1, husk_protocol::MAX_RESTORE_REALTIME_NS, i64::MAX] {
+            let err = restore_realtime(bad).unwrap_err();
+            assert_eq!(err.code(), ttrpc::Code::INVALID_ARGUMENT, "{bad}");
+            assert!(err.to_string().starts_with(&format!("realtime_ns {bad} ")), "{err}");
+        }
     }
 }

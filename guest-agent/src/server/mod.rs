@@ -367,6 +367,16 @@ impl Agent for AgentService {
         Ok(Empty::new())
     }
 
+    fn sync_after_restore(&self, _: &TtrpcContext, req: SyncAfterRestoreRequest) -> ttrpc::Result<Empty> {
+        ok(self.live())?;
+        let at = ok(checks::restore_realtime(req.realtime_ns))?;
+        ok(checks::restore_entropy(req.entropy.len()))?;
+        ok(crate::init::clock::set_realtime(at))?;
+        ok(crate::init::entropy::credit(&req.entropy))?;
+        log::info!("synced after restore: wall clock set, {} bytes of host entropy credited", req.entropy.len());
+        Ok(Empty::new())
+    }
+
     fn shutdown(&self, _: &TtrpcContext, _: ShutdownRequest) -> ttrpc::Result<Empty> {
         if !self.shutting_down.swap(true, Ordering::SeqCst) {
             log::info!("shutdown requested");
