@@ -17,6 +17,7 @@
 //! vmm = "/usr/local/bin/husk-vmm"
 //! state_dir = "/run/husk"
 //! image_cache_dir = "/var/lib/husk/images"
+//! template_dir = "/var/lib/husk/templates"  # template VMs ([vm] templates)
 //! image_cache_max_bytes = "10G"  # least recently used images beyond this are removed
 //! image_work_dir = "/var/lib/husk/work"  # containers' own (writable) images, on disk
 //! agent_vsock_port = 1024
@@ -151,6 +152,14 @@ pub struct VmDefaults {
     /// Extra kernel command line, appended after husk's own.
     #[serde(default)]
     pub cmdline: String,
+    /// Start pod VMs from templates: the first pod of a shape (vCPUs, memory, network
+    /// interfaces, shared host files) first makes a template VM (booted up to its agent, then
+    /// saved with husk-vmm's snapshot under `[shim] template_dir`), and every pod of that
+    /// shape restores it instead of booting a kernel, each into its own copy of the memory. A
+    /// template is remade when the kernel, initramfs, husk-vmm, the host kernel or this
+    /// configuration change.
+    #[serde(default = "d_true")]
+    pub templates: bool,
 }
 
 /// `[shim]`: paths and timeouts of containerd-shim-husk-v2.
@@ -166,6 +175,9 @@ pub struct ShimConfig {
     /// Content-addressed cache of rootfs images built from read-only layers.
     #[serde(default = "d_cache")]
     pub image_cache_dir: PathBuf,
+    /// Template VMs (`[vm] templates`), one directory per shape: the saved state and memory.
+    #[serde(default = "d_templates")]
+    pub template_dir: PathBuf,
     /// Most bytes (allocated on disk) the image cache keeps: after each build the least
     /// recently used images beyond it are removed, never one a running container uses.
     /// At least 64M; a running pod's images may hold the cache above it until they stop.
@@ -232,6 +244,9 @@ fn d_state() -> PathBuf {
 fn d_cache() -> PathBuf {
     "/var/lib/husk/images".into()
 }
+fn d_templates() -> PathBuf {
+    "/var/lib/husk/templates".into()
+}
 fn d_cache_max() -> MemSize {
     MemSize(10 << 30)
 }
@@ -275,6 +290,7 @@ impl Default for VmDefaults {
             disk_slots: d_disk_slots(),
             free_page_reporting: true,
             page_reporting_order: d_page_reporting_order(),
+            templates: true,
             cmdline: String::new(),
         }
     }
@@ -286,6 +302,7 @@ impl Default for ShimConfig {
             vmm: d_vmm(),
             state_dir: d_state(),
             image_cache_dir: d_cache(),
+            template_dir: d_templates(),
             image_cache_max_bytes: d_cache_max(),
             image_work_dir: d_work(),
             agent_vsock_port: d_port(),
@@ -359,6 +376,7 @@ impl HuskConfig {
         for (field, p) in [
             ("shim.state_dir", &self.shim.state_dir),
             ("shim.image_cache_dir", &self.shim.image_cache_dir),
+            ("shim.template_dir", &self.shim.template_dir),
             ("shim.image_work_dir", &self.shim.image_work_dir),
             ("shim.vmm", &self.shim.vmm),
             ("shim.virtiofsd", &self.shim.virtiofsd),

@@ -35,6 +35,7 @@ pub mod sandbox;
 pub mod sharedfs;
 pub mod state;
 pub mod task;
+pub mod template;
 pub mod unsupported;
 pub mod vm;
 pub mod workdir;

@@ -249,8 +249,18 @@ impl Container {
         let sandbox = Arc::new(Sandbox::boot(boot, cfg, state)?);
         let sb = sandbox.clone();
         undo.push(move || sb.destroy());
+        // A VM restored from a template has no boot disk: the root disk goes into a slot (the
+        // VM's destroy takes it along).
+        let serial = match sandbox.restored {
+            true => {
+                let lease = sandbox.attach_rootfs(&req.id, &image)?;
+                timeline.step("disk attach");
+                lease.serial
+            }
+            false => ROOTFS_DISK_ID.to_string(),
+        };
         // The sandbox's shares go with the sandbox (its destroy tears the shared directory down).
-        let pid = create_in_guest(&sandbox, req, spec, &image, ROOTFS_DISK_ID, &mut Vec::new())?;
+        let pid = create_in_guest(&sandbox, req, spec, &image, &serial, &mut Vec::new())?;
         timeline.step("container create in the guest");
         sandbox.configure_network()?;
         timeline.step("guest network");

@@ -237,6 +237,12 @@ impl Jail {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o444)).map_err(io("chmod", &p))
     }
 
+    /// A read-only bind of the regular file `source` at `inside` (an absolute path in the
+    /// jail), for a file the VMM only reads (a template's state and memory).
+    pub fn bind_file(&self, source: &Path, inside: &str) -> Result<Bind, JailError> {
+        self.bind(source, inside, false)
+    }
+
     fn bind(&self, source: &Path, inside: &str, writable: bool) -> Result<Bind, JailError> {
         let md = std::fs::metadata(source).map_err(io("stat", source))?;
         let device = md.file_type().is_block_device();

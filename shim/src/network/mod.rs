@@ -237,6 +237,21 @@ impl PodNetwork {
         &self.spares
     }
 
+    /// How many taps, so net devices, the VM gets (the interfaces' and the spares').
+    pub fn tap_count(&self) -> usize {
+        self.endpoints.len() + self.spares.len()
+    }
+
+    /// Records that the VM's net devices have the MACs `mac(i)` (the i-th tap's device, in the
+    /// order of [`PodNetwork::net_configs`]) instead of the pod's: a VM restored from a
+    /// template has the template's, and the agent finds the interfaces by them.
+    pub fn set_guest_macs(&mut self, mac: impl Fn(usize) -> [u8; 6]) {
+        let taps = self.endpoints.iter_mut().map(|e| &mut e.tap).chain(self.spares.iter_mut());
+        for (i, t) in taps.enumerate() {
+            t.guest_mac = mac(i);
+        }
+    }
+
     /// husk-vmm's net devices: one per tap, the i-th passed as descriptor number `fds[i]` of
     /// the VMM, with the MAC the guest device boots with.
     pub fn net_configs(&self, fds: &[RawFd]) -> Vec<NetConfig> {

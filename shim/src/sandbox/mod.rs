@@ -31,6 +31,8 @@ use cgroup::HostCgroup;
 use sizing::VmSize;
 use timeline::Timeline;
 
+use crate::template::Shape;
+
 /// How long the guest gets to power off before the VMM is killed.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// The virtio-blk serial of the sandbox container's root disk (attached at boot).
@@ -121,6 +123,9 @@ pub struct Sandbox {
     slots: Mutex<Slots>,
     info: Mutex<StateInfo>,
     init_pid: AtomicU32,
+    /// Restored from a template: the sandbox container's root disk is in a slot, not the boot
+    /// disk.
+    pub restored: bool,
 }
 
 fn check_kvm() -> Result<()> {
@@ -137,7 +142,9 @@ impl Sandbox {
     /// The VM plan of a sandbox: its size, the sandbox container's root disk, empty disk slots
     /// for the pod's other containers, vsock to the agent, free page reporting as `[vm]` says,
     /// the console into the state dir, the connection to the pod's virtiofsd (inherited), the
-    /// jail.
+    /// jail. With `template`, the VM is restored from it: no boot disk (the sandbox's root disk
+    /// goes into a slot once the guest runs), the template's slot count.
+    #[allow(clippy::too_many_arguments)]
     pub fn plan(
         cfg: &HuskConfig,
         state: &StateDir,
@@ -146,6 +153,7 @@ impl Sandbox {
         cgroup: Option<&HostCgroup>,
         shared: Option<&SharedFs>,
         jail: Option<Arc<Jail>>,
+        template: Option<&Path>,
     ) -> Result<VmPlan> {
         let config = VmConfig {
             kernel: cfg.vm.kernel.clone(),
@@ -156,7 +164,7 @@ impl Sandbox {
             console: Console::File(state.console_log()),
             api_sock: Some(state.api_sock()),
             disk: Vec::new(),
-            disk_slots: cfg.vm.disk_slots,
+            disk_slots: if template.is_some() { crate::template::disk_slots(cfg) } else { cfg.vm.disk_slots },
             vsock: Some(VsockConfig { cid: GUEST_CID, uds: state.vsock() }),
             free_page_reporting: cfg.vm.free_page_reporting,
             ..Default::default()
@@ -170,16 +178,19 @@ impl Sandbox {
             cgroup_procs: cgroup.map(HostCgroup::procs_files).unwrap_or_default(),
             fds: Vec::new(),
             jail,
+            restore: template.map(Path::to_path_buf),
         };
-        // The boot disk is opened here and inherited: a jailed VMM's uid may not open the
-        // image (a cached one is the shim's, readable by root only), as with slot attaches.
-        let image = std::fs::OpenOptions::new()
-            .read(true)
-            .write(!rootfs.read_only)
-            .open(&rootfs.path)
-            .map_err(|e| ShimError::io("open the root disk image", &rootfs.path, e))?;
-        let fd = plan.inherit(image.into(), "root disk image");
-        plan.config.disk.push(DiskConfig { path: rootfs.path.clone(), id: Some(ROOTFS_DISK_ID.into()), read_only: rootfs.read_only, fd: Some(fd) });
+        if template.is_none() {
+            // The boot disk is opened here and inherited: a jailed VMM's uid may not open the
+            // image (a cached one is the shim's, readable by root only), as with slot attaches.
+            let image = std::fs::OpenOptions::new()
+                .read(true)
+                .write(!rootfs.read_only)
+                .open(&rootfs.path)
+                .map_err(|e| ShimError::io("open the root disk image", &rootfs.path, e))?;
+            let fd = plan.inherit(image.into(), "root disk image");
+            plan.config.disk.push(DiskConfig { path: rootfs.path.clone(), id: Some(ROOTFS_DISK_ID.into()), read_only: rootfs.read_only, fd: Some(fd) });
+        }
         if let Some(socket) = shared.and_then(SharedFs::socket) {
             // The VMM gets the connection: a jailed one cannot reach virtiofsd's socket.
             let conn = crate::jail::connect_unix(socket).map_err(|e| ShimError::io("connect to virtiofsd at", socket, e))?;
@@ -196,10 +207,29 @@ impl Sandbox {
     /// shared directory to the guest.
     pub fn boot(b: Boot<'_>, cfg: HuskConfig, state: StateDir) -> Result<Sandbox> {
         let Boot { namespace, id, bundle, spec, rootfs, share_host_files, network, timeline } = b;
-        let (network, taps) = network.map_or((None, None), |(n, t)| (Some(n), Some(t)));
+        let (mut network, taps) = network.map_or((None, None), |(n, t)| (Some(n), Some(t)));
         let annotations = spec.annotations().clone().unwrap_or_default();
         let size = sizing::vm_size(&annotations, &cfg.vm)?;
         check_kvm()?;
+        let template = match cfg.vm.templates {
+            true => {
+                let shape =
+                    Shape { vcpus: size.vcpus, memory: size.memory, nics: network.as_ref().map_or(0, PodNetwork::tap_count), shared_fs: share_host_files };
+                let found = crate::template::find(&cfg, &shape);
+                found.or_else(|| match crate::template::make(&cfg, &shape) {
+                    Ok(made) => made,
+                    Err(e) => {
+                        log::warn!("sandbox {id}: no template of {shape:?}, booting: {}", crate::error::chain(&e));
+                        None
+                    }
+                })
+            }
+            false => None,
+        };
+        if let (Some(n), Some(_)) = (network.as_mut(), &template) {
+            n.set_guest_macs(crate::template::guest_mac);
+        }
+        timeline.step(if template.is_some() { "template" } else { "no template" });
         let cgroup = match spec.linux().as_ref().and_then(|l| l.cgroups_path().as_ref()) {
             Some(p) => Some(HostCgroup::create(Path::new(CGROUP_ROOT), &p.to_string_lossy())?),
             None => None,
@@ -228,7 +258,7 @@ impl Sandbox {
             false => Ok(None),
         };
         timeline.step("jail");
-        let mut plan = jail.and_then(|jail| Self::plan(&cfg, &state, size, rootfs, cgroup.as_ref(), shared.as_ref(), jail));
+        let mut plan = jail.and_then(|jail| Self::plan(&cfg, &state, size, rootfs, cgroup.as_ref(), shared.as_ref(), jail, template.as_deref()));
         if let (Ok(plan), Some(n), Some(t)) = (&mut plan, &network, taps) {
             // The plan holds the taps now; the VMM inherits them and the shim's copies close.
             n.add_to(plan, t);
@@ -283,13 +313,28 @@ impl Sandbox {
             Ok(a) => a,
             Err(e) => {
                 undo(Some(&vm));
+                if let Some(t) = &template {
+                    // A template this host cannot restore is made again by the next pod.
+                    log::error!("sandbox {id}: the VM restored from {t:?} did not come up; removing the template");
+                    if let Err(r) = std::fs::remove_dir_all(t) {
+                        log::error!("removing template {t:?}: {r}");
+                    }
+                }
                 return Err(e);
             }
         };
-        timeline.step("guest boot to agent ready");
+        timeline.step(if template.is_some() { "restore to agent ready" } else { "guest boot to agent ready" });
+        if template.is_some() {
+            if let Err(e) = crate::agent::sync_after_restore(&agent, Duration::from_secs(cfg.shim.boot_timeout_secs)) {
+                undo(Some(&vm));
+                return Err(e);
+            }
+            timeline.step("guest clock and entropy");
+        }
         let shared = shared.take().flatten();
         log::info!("sandbox {id}: husk-vmm pid {} with {} vCPUs, {} of memory, {} disk slots", vm.pid(), size.vcpus, size.memory, cfg.vm.disk_slots);
-        let slots = Slots { used: vec![None; cfg.vm.disk_slots as usize], generation: 0 };
+        let slot_count = if template.is_some() { crate::template::disk_slots(&cfg) } else { cfg.vm.disk_slots };
+        let slots = Slots { used: vec![None; slot_count as usize], generation: 0 };
         Ok(Sandbox {
             id: id.into(),
             namespace: namespace.into(),
@@ -305,6 +350,7 @@ impl Sandbox {
             slots: Mutex::new(slots),
             info: Mutex::new(info),
             init_pid: AtomicU32::new(0),
+            restored: template.is_some(),
         })
     }
 
@@ -529,18 +575,38 @@ mod tests {
             BuiltImage { path: image, fstype: husk_rootfs::FsType::Ext4, read_only: true, from_cache: false, bytes_written: 0, cache_key: None, lease: None };
         let size = VmSize { vcpus: 1, memory: husk_config::MemSize(256 << 20) };
         let mut cfg = HuskConfig::default();
-        let plan = Sandbox::plan(&cfg, &state, size, &rootfs, None, None, None).unwrap();
+        let plan = Sandbox::plan(&cfg, &state, size, &rootfs, None, None, None, None).unwrap();
         assert!(plan.config.free_page_reporting, "on by default");
         // The agent gets the configured reporting order on the kernel command line.
         assert!(plan.config.cmdline.split_whitespace().any(|w| w == "husk.page_reporting_order=5"), "{}", plan.config.cmdline);
         // The root disk, the slots, vsock and the balloon all get an interrupt line.
         assert_eq!(plan.config.virtio_device_count(), 1 + cfg.vm.disk_slots as usize + 1 + 1);
         cfg.vm.page_reporting_order = 3;
-        let plan = Sandbox::plan(&cfg, &state, size, &rootfs, None, None, None).unwrap();
+        let plan = Sandbox::plan(&cfg, &state, size, &rootfs, None, None, None, None).unwrap();
         assert!(plan.config.cmdline.split_whitespace().any(|w| w == "husk.page_reporting_order=3"), "{}", plan.config.cmdline);
         cfg.vm.free_page_reporting = false;
-        let plan = Sandbox::plan(&cfg, &state, size, &rootfs, None, None, None).unwrap();
+        let plan = Sandbox::plan(&cfg, &state, size, &rootfs, None, None, None, None).unwrap();
         assert!(!plan.config.free_page_reporting);
         assert!(!plan.config.cmdline.contains("husk.page_reporting_order"), "{}", plan.config.cmdline);
+    }
+
+    #[test]
+    fn a_restored_plan_has_no_boot_disk_and_as_many_block_devices_in_slots() {
+        let root = tempfile::tempdir().unwrap();
+        let state = StateDir::create(root.path(), "default", "pod").unwrap();
+        let image = root.path().join("root.img");
+        std::fs::write(&image, [0u8; 512]).unwrap();
+        let rootfs =
+            BuiltImage { path: image, fstype: husk_rootfs::FsType::Ext4, read_only: true, from_cache: false, bytes_written: 0, cache_key: None, lease: None };
+        let size = VmSize { vcpus: 1, memory: husk_config::MemSize(256 << 20) };
+        let cfg = HuskConfig::default();
+        let booted = Sandbox::plan(&cfg, &state, size, &rootfs, None, None, None, None).unwrap();
+        let tpl = root.path().join("tpl");
+        let restored = Sandbox::plan(&cfg, &state, size, &rootfs, None, None, None, Some(&tpl)).unwrap();
+        assert!(restored.config.disk.is_empty() && restored.fds.is_empty(), "the root disk goes into a slot later");
+        assert_eq!(restored.config.disk_slots, crate::template::disk_slots(&cfg));
+        assert_eq!(restored.config.virtio_device_count(), booted.config.virtio_device_count());
+        assert_eq!(restored.restore.as_deref(), Some(tpl.as_path()));
+        assert_eq!(booted.restore, None);
     }
 }

@@ -47,7 +47,13 @@ pub struct VmPlan {
     pub fds: Vec<InheritedFd>,
     /// The jail (none: husk-vmm runs unconfined, as root).
     pub jail: Option<Arc<Jail>>,
+    /// A template to restore (`husk-vmm --config ... --restore DIR`) instead of booting; the
+    /// configuration must describe the same VM ([`crate::template`]).
+    pub restore: Option<PathBuf>,
 }
+
+/// Where a jailed VMM finds the template it restores.
+const JAIL_TEMPLATE: &str = "/template";
 
 /// The first descriptor number husk-vmm inherits (0-2 are stdio).
 pub const FIRST_INHERITED_FD: RawFd = 3;
@@ -63,7 +69,11 @@ impl VmPlan {
 
     /// The husk-vmm arguments for this plan, unjailed.
     pub fn args(&self) -> Vec<String> {
-        vec!["--config".into(), self.config_file.display().to_string()]
+        let mut a = vec!["--config".into(), self.config_file.display().to_string()];
+        if let Some(dir) = &self.restore {
+            a.extend(["--restore".into(), dir.display().to_string()]);
+        }
+        a
     }
 
     /// Checks that the binaries and boot files exist, naming the missing one.
@@ -106,7 +116,7 @@ impl VmPlan {
             args.extend(self.args().into_iter().map(OsString::from));
             return Ok((self.vmm.clone(), args, None));
         };
-        let confined = jail.confine(&self.config)?;
+        let mut confined = jail.confine(&self.config)?;
         let inside = jail.inside(&self.config_file).ok_or_else(|| jail::JailError::Unsupported {
             what: format!("configuration file {}", self.config_file.display()),
             reason: format!("it must be in the jail's root {}", jail.root().display()),
@@ -115,7 +125,14 @@ impl VmPlan {
         // argv[0] is the VMM's path on the host (in the sandbox's state directory), so ps and
         // the cleanup of a dead shim's sandbox recognise it.
         let argv0 = jail::host_path(jail.root(), jail.program()).into_os_string();
-        let args = vec![argv0, "--config".into(), inside.into_os_string()];
+        let mut args = vec![argv0, "--config".into(), inside.into_os_string()];
+        if let Some(dir) = &self.restore {
+            // The template's files, read-only, at fixed paths inside the jail.
+            for f in [crate::template::STATE_FILE, crate::template::MEMORY_FILE] {
+                confined.binds.push(jail.bind_file(&dir.join(f), &format!("{JAIL_TEMPLATE}/{f}"))?);
+            }
+            args.extend(["--restore".into(), JAIL_TEMPLATE.into()]);
+        }
         Ok((jail.program().to_path_buf(), args, Some(jail.confinement(&confined.binds, confined.threads))))
     }
 }
@@ -328,7 +345,28 @@ mod tests {
             cgroup_procs: Vec::new(),
             fds: Vec::new(),
             jail: None,
+            restore: None,
         }
+    }
+
+    #[test]
+    fn a_restoring_vmm_gets_the_template_after_its_configuration() {
+        let d = tempfile::tempdir().unwrap();
+        let script = d.path().join("fake-vmm");
+        std::fs::write(
+            &script,
+            "#!/bin/sh
+echo \"$@\" >&2
+",
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let mut p = plan(d.path(), script.to_str().unwrap());
+        p.restore = Some(d.path().join("tpl"));
+        let vm = Vm::spawn(p).unwrap();
+        vm.exit_watch().wait(Some(Duration::from_secs(10))).unwrap();
+        let log = std::fs::read_to_string(d.path().join("vmm.log")).unwrap();
+        assert_eq!(log.trim(), format!("--config {} --restore {}", d.path().join("vm.toml").display(), d.path().join("tpl").display()));
     }
 
     #[test]
