@@ -61,6 +61,37 @@ pub fn kernel_cmdline(cfg: &HuskConfig) -> String {
     c
 }
 
+/// Where a VM's console log and sockets go.
+#[derive(Debug, Clone)]
+pub struct VmFiles {
+    /// The console log.
+    pub console: PathBuf,
+    /// The control API socket.
+    pub api_sock: PathBuf,
+    /// The hybrid vsock socket.
+    pub vsock: PathBuf,
+}
+
+/// The VM configuration every husk VM of `size` starts from (a pod's, a template's): husk's
+/// kernel, initramfs and command line, `disk_slots` empty slots, vsock to the agent, free page
+/// reporting as `[vm]` says; disks, taps and shares are added by the caller.
+pub fn vm_config(cfg: &HuskConfig, size: VmSize, disk_slots: u32, files: VmFiles) -> VmConfig {
+    VmConfig {
+        kernel: cfg.vm.kernel.clone(),
+        initrd: Some(cfg.vm.initramfs.clone()),
+        cmdline: kernel_cmdline(cfg),
+        vcpus: size.vcpus,
+        memory: size.memory,
+        console: Console::File(files.console),
+        api_sock: Some(files.api_sock),
+        disk: Vec::new(),
+        disk_slots,
+        vsock: Some(VsockConfig { cid: GUEST_CID, uds: files.vsock }),
+        free_page_reporting: cfg.vm.free_page_reporting,
+        ..Default::default()
+    }
+}
+
 /// What a new sandbox is made of.
 pub struct Boot<'a> {
     /// containerd namespace.
@@ -155,20 +186,8 @@ impl Sandbox {
         jail: Option<Arc<Jail>>,
         template: Option<&Path>,
     ) -> Result<VmPlan> {
-        let config = VmConfig {
-            kernel: cfg.vm.kernel.clone(),
-            initrd: Some(cfg.vm.initramfs.clone()),
-            cmdline: kernel_cmdline(cfg),
-            vcpus: size.vcpus,
-            memory: size.memory,
-            console: Console::File(state.console_log()),
-            api_sock: Some(state.api_sock()),
-            disk: Vec::new(),
-            disk_slots: if template.is_some() { crate::template::disk_slots(cfg) } else { cfg.vm.disk_slots },
-            vsock: Some(VsockConfig { cid: GUEST_CID, uds: state.vsock() }),
-            free_page_reporting: cfg.vm.free_page_reporting,
-            ..Default::default()
-        };
+        let slots = if template.is_some() { crate::template::disk_slots(cfg) } else { cfg.vm.disk_slots };
+        let config = vm_config(cfg, size, slots, VmFiles { console: state.console_log(), api_sock: state.api_sock(), vsock: state.vsock() });
         let mut plan = VmPlan {
             vmm: cfg.shim.vmm.clone(),
             config,
@@ -565,15 +584,20 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn the_plan_asks_for_free_page_reporting_as_the_vm_section_says() {
+    /// A state directory, a root disk image and the default size.
+    fn fixture() -> (tempfile::TempDir, StateDir, BuiltImage, VmSize) {
         let root = tempfile::tempdir().unwrap();
         let state = StateDir::create(root.path(), "default", "pod").unwrap();
         let image = root.path().join("root.img");
         std::fs::write(&image, [0u8; 512]).unwrap();
         let rootfs =
             BuiltImage { path: image, fstype: husk_rootfs::FsType::Ext4, read_only: true, from_cache: false, bytes_written: 0, cache_key: None, lease: None };
-        let size = VmSize { vcpus: 1, memory: husk_config::MemSize(256 << 20) };
+        (root, state, rootfs, VmSize { vcpus: 1, memory: husk_config::MemSize(256 << 20) })
+    }
+
+    #[test]
+    fn the_plan_asks_for_free_page_reporting_as_the_vm_section_says() {
+        let (_root, state, rootfs, size) = fixture();
         let mut cfg = HuskConfig::default();
         let plan = Sandbox::plan(&cfg, &state, size, &rootfs, None, None, None, None).unwrap();
         assert!(plan.config.free_page_reporting, "on by default");
@@ -592,13 +616,7 @@ mod tests {
 
     #[test]
     fn a_restored_plan_has_no_boot_disk_and_as_many_block_devices_in_slots() {
-        let root = tempfile::tempdir().unwrap();
-        let state = StateDir::create(root.path(), "default", "pod").unwrap();
-        let image = root.path().join("root.img");
-        std::fs::write(&image, [0u8; 512]).unwrap();
-        let rootfs =
-            BuiltImage { path: image, fstype: husk_rootfs::FsType::Ext4, read_only: true, from_cache: false, bytes_written: 0, cache_key: None, lease: None };
-        let size = VmSize { vcpus: 1, memory: husk_config::MemSize(256 << 20) };
+        let (root, state, rootfs, size) = fixture();
         let cfg = HuskConfig::default();
         let booted = Sandbox::plan(&cfg, &state, size, &rootfs, None, None, None, None).unwrap();
         let tpl = root.path().join("tpl");

@@ -12,17 +12,16 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use husk_config::api::Client as VmmClient;
-use husk_config::{Console, FsConfig, HuskConfig, MacAddr, NetConfig, VmConfig, VsockConfig};
+use husk_config::{FsConfig, HuskConfig, MacAddr, NetConfig};
 use nix::fcntl::{Flock, FlockArg};
 
 use super::{disk_slots, find, guest_mac, key_name, key_text, root, Shape, KEY_FILE};
 use crate::error::{Result, ShimError};
-use crate::sandbox::{kernel_cmdline, SHARED_FS_TAG, SHUTDOWN_TIMEOUT};
+use crate::sandbox::sizing::VmSize;
+use crate::sandbox::{vm_config, VmFiles, SHARED_FS_TAG, SHUTDOWN_TIMEOUT};
 use crate::sharedfs::{SharedFs, VirtiofsdConfig};
 use crate::vm::{Vm, VmPlan};
 
-/// Guest CID of every husk VM.
-const GUEST_CID: u32 = 3;
 /// How long the guest gets after its agent answered, to report the memory it freed while
 /// booting (the kernel reports free blocks 2 s after they were freed): the template's memory
 /// file, which every restore copies, then holds only what the guest uses.
@@ -113,20 +112,8 @@ fn boot_and_save(cfg: &HuskConfig, shape: &Shape, work: &Path, text: &str) -> Re
         false => None,
     };
     let (ns, taps) = private_taps(shape.nics)?;
-    let config = VmConfig {
-        kernel: cfg.vm.kernel.clone(),
-        initrd: Some(cfg.vm.initramfs.clone()),
-        cmdline: kernel_cmdline(cfg),
-        vcpus: shape.vcpus,
-        memory: shape.memory,
-        console: Console::File(work.join("console.log")),
-        api_sock: Some(work.join("api.sock")),
-        disk: Vec::new(),
-        disk_slots: disk_slots(cfg),
-        vsock: Some(VsockConfig { cid: GUEST_CID, uds: work.join("vsock") }),
-        free_page_reporting: cfg.vm.free_page_reporting,
-        ..Default::default()
-    };
+    let files = VmFiles { console: work.join("console.log"), api_sock: work.join("api.sock"), vsock: work.join("vsock") };
+    let config = vm_config(cfg, VmSize { vcpus: shape.vcpus, memory: shape.memory }, disk_slots(cfg), files);
     let mut plan = VmPlan {
         vmm: cfg.shim.vmm.clone(),
         config,

@@ -392,7 +392,9 @@ echo \"$@\" >&2
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         let mut p = plan(d.path(), script.to_str().unwrap());
         let passwd = std::fs::File::open("/etc/passwd").unwrap();
-        let (r, w) = nix::unistd::pipe().unwrap();
+        // Close-on-exec, as every descriptor of the shim: a child another test spawns meanwhile
+        // must not get a copy of the write end (the EOF below would then not come).
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
         assert_eq!(p.inherit(passwd.into(), "a file"), 3);
         assert_eq!(p.inherit(w, "a pipe"), 4);
         let vm = Vm::spawn(p).unwrap();
