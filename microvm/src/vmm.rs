@@ -220,6 +220,13 @@ impl Vm {
                 *saved = new;
             }
         }
+        if let Some(given) = &over.expected {
+            // The caller's description of this VM, whose shape is the saved one's: GET /vm shows
+            // its paths (a jailed VMM's kernel is at the jail's path, not the template maker's).
+            config.kernel = given.kernel.clone();
+            config.initrd = given.initrd.clone();
+            config.log_max_bytes = given.log_max_bytes;
+        }
         config.validate_devices().map_err(snapshot::SnapshotError::Config)?;
         let mut vm = Self::base(config, Some(&snap.serial))?;
         snapshot::memory::restore(&vm.mem, &dir.join(snapshot::MEMORY_FILE))?;

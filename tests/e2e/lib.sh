@@ -36,6 +36,7 @@ initramfs = "$HUSK_INITRAMFS"
 vcpus = 1
 memory = "${HUSK_MEMORY:-256M}"
 cmdline = "${HUSK_EXTRA_CMDLINE:-lpj=4000000 tsc=reliable}"
+templates = ${HUSK_TEMPLATES:-false}
 
 [shim]
 vmm = "$HUSK_VMM"

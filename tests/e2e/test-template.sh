@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Template VMs ([vm] templates): the first container of a shape makes a template and every VM
-# of that shape is restored from it, as a user of `ctr run` sees it:
+# Template VMs ([vm] templates = true): the first container of a shape makes a template and
+# every VM of that shape is restored from it, as a user of `ctr run` sees it:
 #  1. c1 makes the template (its directory appears under [shim] template_dir) and runs
 #     restored: its husk-vmm has --restore on its command line (from /proc); exec works; the
 #     guest's wall clock is the host's (within a few seconds), not the template's.
@@ -14,6 +14,7 @@
 # Needs hardware KVM (run inside tests/testbed/run).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
+export HUSK_TEMPLATES=true
 e2e_setup
 T=${HUSK_E2E_TIMEOUT:-600}
 TPL=$E2E_WORK/templates
@@ -70,7 +71,7 @@ kill_rm c4
 log "a broken template is removed and remade: ok"
 
 # 4. Templates off: the VM boots.
-sed -i 's/^\[vm\]$/[vm]\ntemplates = false/' "$E2E_WORK/husk.toml"
+sed -i 's/^templates = .*/templates = false/' "$E2E_WORK/husk.toml"
 start c5
 case "$(vmm_args c5)" in *--restore*) fail "c5 was restored with templates = false" ;; esac
 assert_eq c5-ok "$(ex c5 sh -c 'echo c5-ok')" "exec in a booted VM"

@@ -26,6 +26,9 @@ use crate::vm::{Vm, VmPlan};
 /// booting (the kernel reports free blocks 2 s after they were freed): the template's memory
 /// file, which every restore copies, then holds only what the guest uses.
 const SETTLE: Duration = Duration::from_secs(3);
+/// Longest wait for the template VM's agent (less if `[shim] boot_timeout_secs` is less): a
+/// template that does not come up delays its first pod by this much, then the pod boots.
+const TEMPLATE_BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the snapshot is retried while the VMM still has the closed agent connection.
 const SNAPSHOT_RETRY: Duration = Duration::from_secs(10);
 
@@ -152,7 +155,7 @@ fn boot_and_save(cfg: &HuskConfig, shape: &Shape, work: &Path, text: &str) -> Re
 }
 
 fn save(cfg: &HuskConfig, vm: &Vm, work: &Path, text: &str) -> Result<PathBuf> {
-    let agent = crate::agent::connect(vm, cfg.shim.agent_vsock_port, Duration::from_secs(cfg.shim.boot_timeout_secs))?;
+    let agent = crate::agent::connect(vm, cfg.shim.agent_vsock_port, Duration::from_secs(cfg.shim.boot_timeout_secs).min(TEMPLATE_BOOT_TIMEOUT))?;
     drop(agent);
     std::thread::sleep(SETTLE);
     let api = VmmClient::new(work.join("api.sock")).with_timeout(Duration::from_secs(60));

@@ -132,6 +132,7 @@ mod tests {
     fn cfg(state: &Path) -> HuskConfig {
         let mut c = HuskConfig::default();
         c.shim.template_dir = state.to_path_buf();
+        c.vm.templates = true;
         c
     }
 
