@@ -14,6 +14,8 @@
 set -uo pipefail
 # shellcheck source=tests/vmm/lib.sh
 . "$(dirname "$0")/lib.sh"
+# shellcheck source=tests/vmm/snapshot-lib.sh
+. "$(dirname "$0")/snapshot-lib.sh"
 VSOCK_TOOL=${HUSK_VSOCK_TOOL:-${CARGO_TARGET_DIR:-$repo/target}/vsock-tool/x86_64-unknown-linux-musl/release/husk-vsock-tool}
 HOST=$repo/tests/virtio/vsock_host.py
 [ -x "$VSOCK_TOOL" ] || { echo "test-snapshot-devices: no $VSOCK_TOOL (tests/virtio/build.sh)" >&2; exit 1; }
@@ -37,20 +39,6 @@ chmod 755 "$work/init.sh"
 mkdir -p "$work/img.d" && echo hello >"$work/img.d/hello.txt"
 mkfs.ext4 -q -F -d "$work/img.d" "$work/img.ext4" 8M >/dev/null 2>&1 || { echo "mkfs.ext4 failed" >&2; exit 1; }
 
-# vm NAME ARGS...: husk-vmm in the background, console in NAME.log, API on NAME.sock.
-vm() {
-  local n=$1
-  shift
-  "$VMM" --console "file:$work/$n.log" --api-sock "$work/$n.sock" "$@" 2>"$work/$n.err" &
-  pids+=($!)
-  eval "pid_$n=$!"
-}
-call() {
-  local out
-  out=$(curl -sS --max-time 120 --unix-socket "$work/$1.sock" -w '\n%{http_code}' -X "$2" \
-    ${4:+-H 'Content-Type: application/json' --data "$4"} "http://localhost$3" 2>&1)
-  code=${out##*$'\n'} body=${out%$'\n'*}
-}
 # wait_for NAME REGEX SECS: until NAME's console has a line matching REGEX.
 wait_for() {
   local i
@@ -60,12 +48,6 @@ wait_for() {
   done
   bad "$1: no console line matching '$2' within $3 s (last: $(tail -c 300 "$work/$1.log" 2>/dev/null | tr '\n' '|'))"
   finish
-}
-kill_vm() {
-  local p
-  p=$(eval echo "\$pid_$1")
-  call "$1" PUT /vm/kill
-  wait "$p" 2>/dev/null
 }
 
 # 1. Boot, use vsock, snapshot.

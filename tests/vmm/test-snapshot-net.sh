@@ -21,6 +21,8 @@
 set -uo pipefail
 # shellcheck source=tests/vmm/lib.sh
 . "$(dirname "$0")/lib.sh"
+# shellcheck source=tests/vmm/snapshot-lib.sh
+. "$(dirname "$0")/snapshot-lib.sh"
 for t in curl python3 ip busybox; do command -v "$t" >/dev/null || { echo "test-snapshot-net: $t missing (make deps)" >&2; exit 1; }; done
 ns=husk-snapnet-$$
 tapa=hsa$$ tapb=hsb$$ tapc=hsc$$
@@ -75,20 +77,6 @@ os.set_inheritable(n, True)
 os.execv(sys.argv[3], sys.argv[3:])
 EOF
 
-# vm NAME ARGS...: husk-vmm in the background, console in NAME.log, API on NAME.sock.
-vm() {
-  local n=$1
-  shift
-  "$VMM" --console "file:$work/$n.log" --api-sock "$work/$n.sock" "$@" 2>"$work/$n.err" &
-  pids+=($!)
-  eval "pid_$n=$!"
-}
-call() {
-  local out
-  out=$(curl -sS --max-time 300 --unix-socket "$work/$1.sock" -w '\n%{http_code}' -X "$2" \
-    ${4:+-H 'Content-Type: application/json' --data "$4"} "http://localhost$3" 2>&1)
-  code=${out##*$'\n'} body=${out%$'\n'*}
-}
 # wait_for NAME REGEX SECS: until NAME's console has a line matching REGEX (else FAIL, 1).
 wait_for() {
   local i
@@ -100,12 +88,6 @@ wait_for() {
   return 1
 }
 fatal() { finish; exit 1; }
-kill_vm() {
-  local p
-  p=$(eval echo "\$pid_$1")
-  call "$1" PUT /vm/kill
-  wait "$p" 2>/dev/null
-}
 last_tick() { tr -d '\r' <"$work/$1.log" | sed -n 's/^TICK \([0-9][0-9]*\) NET [a-z]*$/\1/p' | tail -1; }
 first_tick() { tr -d '\r' <"$work/$1.log" | sed -n 's/^TICK \([0-9][0-9]*\) NET [a-z]*$/\1/p' | head -1; }
 # pings WHAT SECS: the guest answers the host's ping within SECS.
