@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Sourced by tests/vmm/test-snapshot-{devices,fs,net}.sh after lib.sh: VMs in the background
+# Sourced by tests/vmm/test-snapshot*.sh after lib.sh: VMs in the background
 # and their control API. The caller has `pids=()` (every pid started, for its cleanup).
 # vm NAME ARGS...: husk-vmm in the background, console in NAME.log, API on NAME.sock, stderr
 # in NAME.err; its pid in $pid_NAME.

@@ -19,6 +19,9 @@
 #  6. No husk-vmm of this test and no API socket is left.
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
+# call (and vm, kill_vm, which this test defines its own way below).
+# shellcheck source=tests/vmm/snapshot-lib.sh
+. "$(dirname "$0")/snapshot-lib.sh"
 for t in curl python3; do command -v "$t" >/dev/null || { echo "test-snapshot: $t missing (make deps)" >&2; exit 1; }; done
 declare -A pid last sum
 cleanup() {
@@ -60,13 +63,6 @@ vm() {
   pid[$n]=$!
 }
 boot_vm() { vm "$1" --kernel "$KDIR/vmlinux" --initrd "$work/ticker.cpio.gz" --vcpus "$2" --memory 128M --cmdline "$CMDLINE" "${@:3}"; }
-# call NAME METHOD PATH [JSON]: a request to NAME's API; sets $code and $body.
-call() {
-  local out
-  out=$(curl -sS --max-time 300 --unix-socket "$work/$1.sock" -w '\n%{http_code}' -X "$2" \
-    ${4:+-H 'Content-Type: application/json' --data "$4"} "http://localhost$3" 2>&1)
-  code=${out##*$'\n'} body=${out%$'\n'*}
-}
 # expect NAME METHOD PATH JSON STATUS TEXT WHAT: the answer has STATUS and contains TEXT.
 expect() {
   call "$1" "$2" "$3" "$4"
