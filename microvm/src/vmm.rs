@@ -230,6 +230,7 @@ impl Vm {
         config.validate_devices().map_err(snapshot::SnapshotError::Config)?;
         let mut vm = Self::base(config, Some(&snap.serial))?;
         snapshot::memory::restore(&vm.mem, &dir.join(snapshot::MEMORY_FILE))?;
+        log::debug!("guest memory restored {:?} after process start", crate::since_start());
         vm.i8042.set_state(snap.i8042.clone()).map_err(snapshot::SnapshotError::Invalid)?;
         snapshot::vm_state::restore(&vm.vm, &snap.vm)?;
         for (id, state) in snap.vcpus.iter().enumerate() {
@@ -238,7 +239,9 @@ impl Vm {
             vm.vcpus.push(fd);
         }
         vm.msr_list = msrs_to_save(&vm.kvm)?;
+        log::debug!("KVM and vCPU state restored {:?} after process start", crate::since_start());
         crate::devices::virtio::wiring::attach_all(&mut vm).map_err(|e| VmmError::Devices(Box::new(e)))?;
+        log::debug!("virtio devices attached {:?} after process start", crate::since_start());
         // The guest found its devices where the command line announced them at boot.
         if let Some(missing) = vm.devices.cmdline_extra().iter().find(|a| !snap.cmdline.split(' ').any(|w| w == a.as_str())) {
             return Err(
