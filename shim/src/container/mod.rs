@@ -26,7 +26,7 @@ use crate::error::{Result, ShimError};
 use crate::io::{self, StdioPaths};
 use crate::sandbox::spec::{check_namespaces, guest_spec, is_bind, is_pod_shm, Role, CONTAINER_TYPE};
 use crate::sandbox::timeline::Timeline;
-use crate::sandbox::{Boot, Sandbox, SlotLease, ROOTFS_DISK_ID};
+use crate::sandbox::{Boot, Sandbox, SlotLease};
 use crate::state::{ContainerInfo, StateDir, BUNDLE_POINTER};
 use crate::task::Events;
 use crate::workdir::WorkDir;
@@ -249,16 +249,9 @@ impl Container {
         let sandbox = Arc::new(Sandbox::boot(boot, cfg, state)?);
         let sb = sandbox.clone();
         undo.push(move || sb.destroy());
-        // A VM restored from a template has no boot disk: the root disk goes into a slot (the
-        // VM's destroy takes it along).
-        let serial = match sandbox.restored {
-            true => {
-                let lease = sandbox.attach_rootfs(&req.id, &image)?;
-                timeline.step("disk attach");
-                lease.serial
-            }
-            false => ROOTFS_DISK_ID.to_string(),
-        };
+        // A VM restored from a template has its root disk in a slot (the VM's destroy takes it
+        // along).
+        let serial = sandbox.root_serial.clone();
         // The sandbox's shares go with the sandbox (its destroy tears the shared directory down).
         let pid = create_in_guest(&sandbox, req, spec, &image, &serial, &mut Vec::new())?;
         timeline.step("container create in the guest");

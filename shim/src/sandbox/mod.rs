@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use husk_config::api::{AttachDisk, Client as VmmClient};
+use husk_config::api::{AttachDisk, Client as VmmClient, ClientError};
 use husk_config::{Console, DiskConfig, FsConfig, HuskConfig, VmConfig, VsockConfig};
 use husk_protocol::agent;
 use husk_protocol::agent_ttrpc::AgentClient;
@@ -41,6 +41,8 @@ pub const ROOTFS_DISK_ID: &str = "rootfs";
 const GUEST_CID: u32 = 3;
 /// Timeout of one request to the VMM's control API.
 const VMM_API_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a restored VM's API socket is tried until it answers.
+const API_RETRY: Duration = Duration::from_millis(5);
 /// Where the cgroup hierarchy is mounted on the host.
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// The virtio-fs tag of the pod's shared host files.
@@ -157,6 +159,83 @@ pub struct Sandbox {
     /// Restored from a template: the sandbox container's root disk is in a slot, not the boot
     /// disk.
     pub restored: bool,
+    /// The virtio-blk serial of the sandbox container's root disk: [`ROOTFS_DISK_ID`] for the
+    /// boot disk, a slot attachment's serial in a restored VM.
+    pub root_serial: String,
+}
+
+/// Takes a free slot of `slots` for container `cid` of pod `pod`: its index and the serial
+/// of this attachment.
+fn reserve_slot(slots: &Mutex<Slots>, pod: &str, cid: &str) -> Result<(usize, String)> {
+    let mut s = slots.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(index) = s.used.iter().position(Option::is_none) else {
+        return Err(ShimError::FailedPrecondition(format!(
+            "pod {pod} has no free disk slot for container {cid}: all {} are in use ([vm] disk_slots)",
+            s.used.len()
+        )));
+    };
+    s.used[index] = Some(cid.to_string());
+    s.generation += 1;
+    Ok((index, format!("s{index}g{}", s.generation)))
+}
+
+fn free_slot(slots: &Mutex<Slots>, index: usize) {
+    let mut s = slots.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(slot) = s.used.get_mut(index) {
+        *slot = None;
+    }
+}
+
+/// Attaches `image` to the reserved slot `(index, serial)` through `put` (the VMM's `PUT
+/// /vm/disks/<slot>` with the image's descriptor); frees the slot when that fails.
+fn attach_to_slot(
+    vmm: &VmmClient,
+    slots: &Mutex<Slots>,
+    pod: &str,
+    cid: &str,
+    image: &BuiltImage,
+    (index, serial): (usize, String),
+    put: impl Fn(&VmmClient, &str, &AttachDisk, std::os::fd::BorrowedFd<'_>) -> std::result::Result<husk_config::api::DiskInfo, ClientError>,
+) -> Result<SlotLease> {
+    let slot = husk_config::vm::slot_name(index as u32);
+    let req = AttachDisk { path: image.path.clone(), id: serial.clone(), read_only: image.read_only };
+    // Opened here and passed with the request: a jailed VMM cannot open host paths.
+    let opened = std::fs::OpenOptions::new().read(true).write(!image.read_only).open(&image.path);
+    let file = match opened {
+        Ok(f) => f,
+        Err(e) => {
+            free_slot(slots, index);
+            return Err(ShimError::io("open the root disk image", &image.path, e));
+        }
+    };
+    if let Err(e) = put(vmm, &slot, &req, file.as_fd()) {
+        free_slot(slots, index);
+        return Err(ShimError::Vmm { op: "attach a root disk", source: e });
+    }
+    log::info!("sandbox {pod}: {cid}'s root disk {:?} on {slot} as {serial}", image.path);
+    Ok(SlotLease { slot, serial })
+}
+
+/// Attaches the sandbox container's root disk `rootfs` (container `id`) to a slot of the VM
+/// just restored from a template, as soon as its API socket answers (it is bound when the
+/// vCPUs run), within `timeout`; fails at once when the VMM exits meanwhile.
+fn attach_at_restore(vm: &Vm, vmm: &VmmClient, slots: &Mutex<Slots>, id: &str, rootfs: &BuiltImage, timeout: Duration) -> Result<SlotLease> {
+    let deadline = std::time::Instant::now() + timeout;
+    let exit = vm.exit_watch();
+    let reserved = reserve_slot(slots, id, id)?;
+    attach_to_slot(vmm, slots, id, id, rootfs, reserved, |vmm, slot, req, fd| loop {
+        match vmm.attach_disk_fd(slot, req, fd) {
+            // Not listening yet: nothing was sent, so trying again is safe.
+            Err(ClientError::Connect { .. }) if exit.get().is_none() && std::time::Instant::now() < deadline => {
+                exit.wait(Some(API_RETRY));
+            }
+            other => return other,
+        }
+    })
+    .map_err(|e| match exit.get() {
+        Some(st) => VmError::ExitedDuringBoot { status: st.to_string(), reason: vm.exit_reason() }.into(),
+        None => e,
+    })
 }
 
 fn check_kvm() -> Result<()> {
@@ -326,8 +405,23 @@ impl Sandbox {
         };
         info.vmm_pid = vm.pid();
         timeline.step("plan and VMM spawn");
-        let connected =
-            state.write_info(&info).and_then(|()| crate::agent::connect(&vm, cfg.shim.agent_vsock_port, Duration::from_secs(cfg.shim.boot_timeout_secs)));
+        let vmm = VmmClient::new(state.api_sock()).with_timeout(VMM_API_TIMEOUT);
+        let slot_count = if template.is_some() { crate::template::disk_slots(&cfg) } else { cfg.vm.disk_slots };
+        let slots = Mutex::new(Slots { used: vec![None; slot_count as usize], generation: 0 });
+        // A restored VM has no boot disk: the sandbox container's root disk goes into a slot as
+        // soon as the VMM's API answers, while the shim connects to the agent, so that the
+        // guest takes the attachment in meanwhile, not when the container is created.
+        let boot_timeout = Duration::from_secs(cfg.shim.boot_timeout_secs);
+        let (attached, connected) = std::thread::scope(|s| {
+            let attach = template.as_ref().map(|_| s.spawn(|| attach_at_restore(&vm, &vmm, &slots, id, rootfs, boot_timeout)));
+            let connected = state.write_info(&info).and_then(|()| crate::agent::connect(&vm, cfg.shim.agent_vsock_port, boot_timeout));
+            let attached = match attach.map(std::thread::ScopedJoinHandle::join) {
+                Some(Ok(r)) => r.map(|lease| lease.serial),
+                Some(Err(_)) => Err(ShimError::FailedPrecondition(format!("sandbox {id}: attaching the root disk panicked"))),
+                None => Ok(ROOTFS_DISK_ID.to_string()),
+            };
+            (attached, connected)
+        });
         let agent = match connected {
             Ok(a) => a,
             Err(e) => {
@@ -342,6 +436,13 @@ impl Sandbox {
                 return Err(e);
             }
         };
+        let root_serial = match attached {
+            Ok(serial) => serial,
+            Err(e) => {
+                undo(Some(&vm));
+                return Err(e);
+            }
+        };
         timeline.step(if template.is_some() { "restore to agent ready" } else { "guest boot to agent ready" });
         if template.is_some() {
             if let Err(e) = crate::agent::sync_after_restore(&agent, Duration::from_secs(cfg.shim.boot_timeout_secs)) {
@@ -352,12 +453,10 @@ impl Sandbox {
         }
         let shared = shared.take().flatten();
         log::info!("sandbox {id}: husk-vmm pid {} with {} vCPUs, {} of memory, {} disk slots", vm.pid(), size.vcpus, size.memory, cfg.vm.disk_slots);
-        let slot_count = if template.is_some() { crate::template::disk_slots(&cfg) } else { cfg.vm.disk_slots };
-        let slots = Slots { used: vec![None; slot_count as usize], generation: 0 };
         Ok(Sandbox {
             id: id.into(),
             namespace: namespace.into(),
-            vmm: VmmClient::new(state.api_sock()).with_timeout(VMM_API_TIMEOUT),
+            vmm,
             cfg,
             vm,
             agent,
@@ -366,10 +465,11 @@ impl Sandbox {
             cgroup,
             shared: Mutex::new(shared),
             network: Mutex::new(network),
-            slots: Mutex::new(slots),
+            slots,
             info: Mutex::new(info),
             init_pid: AtomicU32::new(0),
             restored: template.is_some(),
+            root_serial,
         })
     }
 
@@ -444,36 +544,8 @@ impl Sandbox {
 
     /// Attaches `image` to a free disk slot of the running VM for container `cid`.
     pub fn attach_rootfs(&self, cid: &str, image: &BuiltImage) -> Result<SlotLease> {
-        let (index, serial) = {
-            let mut s = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(index) = s.used.iter().position(Option::is_none) else {
-                return Err(ShimError::FailedPrecondition(format!(
-                    "pod {} has no free disk slot for container {cid}: all {} are in use ([vm] disk_slots)",
-                    self.id,
-                    s.used.len()
-                )));
-            };
-            s.used[index] = Some(cid.to_string());
-            s.generation += 1;
-            (index, format!("s{index}g{}", s.generation))
-        };
-        let slot = husk_config::vm::slot_name(index as u32);
-        let req = AttachDisk { path: image.path.clone(), id: serial.clone(), read_only: image.read_only };
-        // Opened here and passed with the request: a jailed VMM cannot open host paths.
-        let opened = std::fs::OpenOptions::new().read(true).write(!image.read_only).open(&image.path);
-        let file = match opened {
-            Ok(f) => f,
-            Err(e) => {
-                self.free_slot(index);
-                return Err(ShimError::io("open the root disk image", &image.path, e));
-            }
-        };
-        if let Err(e) = self.vmm.attach_disk_fd(&slot, &req, file.as_fd()) {
-            self.free_slot(index);
-            return Err(ShimError::Vmm { op: "attach a root disk", source: e });
-        }
-        log::info!("sandbox {}: {cid}'s root disk {:?} on {slot} as {serial}", self.id, image.path);
-        Ok(SlotLease { slot, serial })
+        let (index, serial) = reserve_slot(&self.slots, &self.id, cid)?;
+        attach_to_slot(&self.vmm, &self.slots, &self.id, cid, image, (index, serial), |vmm, slot, req, fd| vmm.attach_disk_fd(slot, req, fd))
     }
 
     /// Detaches a container's root disk (the guest has unmounted it) and frees the slot.
@@ -490,10 +562,7 @@ impl Sandbox {
     }
 
     fn free_slot(&self, index: usize) {
-        let mut s = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(slot) = s.used.get_mut(index) {
-            *slot = None;
-        }
+        free_slot(&self.slots, index);
     }
 
     /// Records a container of the sandbox in `state.json`.
