@@ -26,7 +26,7 @@ pub fn spec(data: &[u8]) {
             let _ = crate::container::devices::program(&rules);
         }
     }
-    let ns = crate::pod::namespace_plan(&spec, None).unwrap_or_default();
+    let ns = crate::pod::namespace_plan(&spec, None, None).unwrap_or_default();
     let allowed = [PathBuf::from("/nonexistent/husk-fuzz-root/pod")];
     let _ = RootPlan::from_spec(&spec, PathBuf::from("/nonexistent/husk-fuzz-root"), &ns, &allowed);
     if let Some(p) = spec.process() {

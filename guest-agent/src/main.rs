@@ -154,6 +154,8 @@ fn run(started: Instant) -> anyhow::Result<()> {
     steps.mark("cgroups");
     let paths = Paths { run_dir: args.run_dir, cgroup_root };
 
+    // In the VM, the pod's namespaces are made meanwhile (and before a template's snapshot).
+    let spare = if guest { husk_agent::pod::Spare::start() } else { husk_agent::pod::Spare::none() };
     let reaper = Arc::new(Reaper::default());
     let (shutdown_tx, shutdown_rx) = std::sync::mpsc::channel::<()>();
     watch_signals(shutdown_tx.clone(), guest)?;
@@ -161,6 +163,7 @@ fn run(started: Instant) -> anyhow::Result<()> {
     let service = Arc::new(AgentService::new(
         paths,
         reaper.clone(),
+        spare,
         Box::new(move || {
             let _ = shutdown_tx.lock().map(|tx| tx.send(()));
         }),

@@ -19,7 +19,7 @@ use nix::sched::CloneFlags;
 use oci_spec::runtime::Spec;
 
 use crate::error::{check_id, AgentError, Result};
-use crate::pod::{namespace_plan, Pod};
+use crate::pod::{namespace_plan, NamespaceSet, Pod};
 use crate::process::plan::ExecPlan;
 use crate::process::reaper::Reaper;
 use crate::process::{spawn, Placement, Process};
@@ -98,7 +98,9 @@ impl Container {
     /// Creates a container; its init process waits for `start`.
     /// `pod` is the pod the container joins (None: it is the pod's sandbox container, or a
     /// container outside any pod; see [`crate::pod::namespace_plan`]).
-    pub fn create(paths: &Paths, reaper: &Reaper, req: &CreateContainerRequest, pod: Option<&Pod>) -> Result<Container> {
+    /// Without a pod, the container joins the namespaces of `ahead` (made ahead for the pod)
+    /// where it would create new ones.
+    pub fn create(paths: &Paths, reaper: &Reaper, req: &CreateContainerRequest, pod: Option<&Pod>, ahead: Option<NamespaceSet>) -> Result<Container> {
         // Where a create's time goes, for the log (a slow pod start is read from it).
         let mut steps = crate::steps::Steps::default();
         let id = req.container_id.as_str();
@@ -118,7 +120,7 @@ impl Container {
         };
         plan.seccomp = seccomp.clone();
         let device_rules = spec.linux().as_ref().and_then(|l| l.resources().as_ref()).and_then(|r| r.devices().clone());
-        let ns = namespace_plan(&spec, pod)?;
+        let ns = namespace_plan(&spec, pod, ahead)?;
         let Some(rootfs) = req.rootfs.as_ref() else {
             return Err(AgentError::InvalidArgument("rootfs is missing".into()));
         };

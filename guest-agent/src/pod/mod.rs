@@ -4,6 +4,7 @@
 //! given by `path` in their spec) even if the sandbox's processes are gone, and mounts the
 //! pod's /dev/shm tmpfs, which the shim points CRI's sandbox-shm bind mounts at.
 pub mod namespaces;
+pub mod spare;
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use nix::sched::CloneFlags;
 use crate::error::{AgentError, Result};
 
 pub use namespaces::{namespace_plan, NsPlan};
+pub use spare::{NamespaceSet, Spare};
 
 /// Size of the pod's /dev/shm (what containerd's CRI plugin and Docker give by default).
 pub const SHM_SIZE: &str = "size=65536k";

@@ -7,6 +7,7 @@ use std::os::fd::OwnedFd;
 use nix::sched::CloneFlags;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
+use super::spare::NamespaceSet;
 use super::Pod;
 use crate::error::{AgentError, Result};
 
@@ -55,8 +56,9 @@ fn flag_of(typ: LinuxNamespaceType) -> Result<CloneFlags> {
 }
 
 /// The namespace plan of `spec` for a container of `pod` (None: the pod's sandbox container, or
-/// a container outside any pod).
-pub fn namespace_plan(spec: &Spec, pod: Option<&Pod>) -> Result<NsPlan> {
+/// a container outside any pod). Such a container joins the namespaces of `ahead` (made ahead
+/// for it, see [`super::spare`]) where it would create new ones of their kinds.
+pub fn namespace_plan(spec: &Spec, pod: Option<&Pod>, mut ahead: Option<NamespaceSet>) -> Result<NsPlan> {
     let mut plan = NsPlan::default();
     let mut seen = CloneFlags::empty();
     for ns in spec.linux().as_ref().and_then(|l| l.namespaces().as_ref()).into_iter().flatten() {
@@ -77,7 +79,11 @@ pub fn namespace_plan(spec: &Spec, pod: Option<&Pod>) -> Result<NsPlan> {
                     plan.join.push((fd, flag));
                 }
             }
-            _ => plan.new |= flag,
+            (_, Some(_)) => plan.new |= flag,
+            (_, None) => match ahead.as_mut().and_then(|a| a.take(flag)) {
+                Some(fd) => plan.join.push((fd, flag)),
+                None => plan.new |= flag,
+            },
         }
     }
     if !seen.contains(CloneFlags::CLONE_NEWNS) {
@@ -98,10 +104,22 @@ mod tests {
     #[test]
     fn sandbox_creates_every_namespace_even_with_paths() {
         let s = spec(r#"[{"type":"mount"},{"type":"network","path":"/var/run/netns/cni-1"},{"type":"pid"},{"type":"ipc"}]"#);
-        let p = namespace_plan(&s, None).unwrap();
+        let p = namespace_plan(&s, None, None).unwrap();
         assert_eq!(p.new, CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWIPC);
         assert!(p.join.is_empty() && p.join_pid.is_none());
         assert_eq!(p.own(), p.new);
+    }
+
+    #[test]
+    fn a_sandbox_joins_the_namespaces_made_ahead_and_creates_the_others() {
+        let s = spec(r#"[{"type":"mount"},{"type":"network"},{"type":"pid"},{"type":"ipc"}]"#);
+        let own = |n: &str| OwnedFd::from(std::fs::File::open(format!("/proc/self/ns/{n}")).unwrap());
+        let ahead = NamespaceSet::from_fds(vec![(CloneFlags::CLONE_NEWNET, own("net")), (CloneFlags::CLONE_NEWUTS, own("uts"))]);
+        let p = namespace_plan(&s, None, Some(ahead)).unwrap();
+        assert_eq!(p.new, CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWIPC);
+        let joined: Vec<CloneFlags> = p.join.iter().map(|(_, f)| *f).collect();
+        assert_eq!(joined, vec![CloneFlags::CLONE_NEWNET], "UTS was not asked for");
+        assert_eq!(p.own(), CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWNET);
     }
 
     #[test]
@@ -111,7 +129,7 @@ mod tests {
             (r#"[{"type":"mount"},{"type":"user"}]"#, "user namespaces are not supported"),
             (r#"[{"type":"mount"},{"type":"ipc"},{"type":"ipc"}]"#, "listed twice"),
         ] {
-            let e = namespace_plan(&spec(ns), None).unwrap_err().to_string();
+            let e = namespace_plan(&spec(ns), None, None).unwrap_err().to_string();
             assert!(e.contains(needle), "{ns}: {e}");
         }
     }

@@ -14,7 +14,7 @@ use ttrpc::TtrpcContext;
 use crate::container::oom::OomWatcher;
 use crate::container::{parse_json, Container, Paths};
 use crate::error::{AgentError, Result};
-use crate::pod::Pod;
+use crate::pod::{Pod, Spare};
 use crate::process::reaper::Reaper;
 use crate::process::Process;
 
@@ -33,6 +33,8 @@ pub struct AgentService {
     reaper: Arc<Reaper>,
     oom: Arc<OomWatcher>,
     registry: Mutex<Registry>,
+    /// The pod's namespaces, made ahead for its sandbox container.
+    spare: Arc<Spare>,
     shutting_down: AtomicBool,
     on_shutdown: Box<dyn Fn() + Send + Sync>,
 }
@@ -46,8 +48,9 @@ fn ok<T>(r: Result<T>) -> ttrpc::Result<T> {
 
 impl AgentService {
     /// A service keeping state under `paths`; `on_shutdown` powers off (called after replying).
-    pub fn new(paths: Paths, reaper: Arc<Reaper>, on_shutdown: Box<dyn Fn() + Send + Sync>) -> Self {
-        AgentService { paths, reaper, oom: OomWatcher::start(), registry: Mutex::default(), shutting_down: AtomicBool::new(false), on_shutdown }
+    /// `spare` holds the namespaces made ahead for the pod ([`Spare::start`]).
+    pub fn new(paths: Paths, reaper: Arc<Reaper>, spare: Arc<Spare>, on_shutdown: Box<dyn Fn() + Send + Sync>) -> Self {
+        AgentService { paths, reaper, oom: OomWatcher::start(), registry: Mutex::default(), spare, shutting_down: AtomicBool::new(false), on_shutdown }
     }
 
     fn registry(&self) -> MutexGuard<'_, Registry> {
@@ -98,14 +101,14 @@ impl AgentService {
         let id = req.container_id.as_str();
         let sandbox = req.sandbox_id.as_str();
         if sandbox.is_empty() {
-            return Ok((Arc::new(Container::create(&self.paths, &self.reaper, req, None)?), None));
+            return Ok((Arc::new(Container::create(&self.paths, &self.reaper, req, None, self.spare.take())?), None));
         }
         if sandbox == id {
             if let Some(p) = &self.registry().pod {
                 return Err(AgentError::AlreadyExists(format!("this VM already runs pod sandbox {:?}", p.id)));
             }
             let mut pod = Pod::prepare(&self.paths.run_dir, id, &req.shared_fs_tag)?;
-            let c = Container::create(&self.paths, &self.reaper, req, None)?;
+            let c = Container::create(&self.paths, &self.reaper, req, None, self.spare.take())?;
             let adopted = pod.adopt_namespaces(c.init.pid);
             // The pod's new network namespace gets its loopback up, as runc does.
             let lo = adopted.and_then(|()| pod.namespace(nix::sched::CloneFlags::CLONE_NEWNET)).and_then(|ns| crate::network::loopback_up_in(ns.as_fd()));
@@ -119,7 +122,7 @@ impl AgentService {
         crate::error::check_id("sandbox id", sandbox)?;
         let pod = self.registry().pod.clone();
         match pod {
-            Some(pod) if pod.id == sandbox => Ok((Arc::new(Container::create(&self.paths, &self.reaper, req, Some(&pod))?), None)),
+            Some(pod) if pod.id == sandbox => Ok((Arc::new(Container::create(&self.paths, &self.reaper, req, Some(&pod), None)?), None)),
             _ => Err(AgentError::NotFound(format!("pod sandbox {sandbox:?} not found in this VM"))),
         }
     }
