@@ -54,31 +54,38 @@ assert_eq "exec-stdin" "$out" "exec stdin"
 out=$(timeout "$T" ctr -a "$CTR_ADDR" task exec --exec-id e4 --user 1000 --cwd /home/user r-long sh -c 'echo "$(id -u) $(pwd)"' </dev/null)
 assert_eq "1000 /home/user" "$out" "exec user and cwd"
 # Free page reporting: the agent gave the guest kernel the configured reporting order (5, the
-# default), and that VM holds less guest RAM on the host at idle than one whose guest reports
-# only Linux's own 2 MiB blocks (order 9, through ConfigPath), as the pages the kernel frees at
-# boot go back. Resident guest RAM is the Rss of husk-vmm's guest-RAM mapping in /proc.
+# default), and a VM booted with it holds less guest RAM on the host at idle than one whose guest
+# reports only Linux's own 2 MiB blocks (order 9, through ConfigPath), as the pages the kernel
+# frees at boot go back. Both boot (templates = false): what a VM restored from a template holds
+# is what its template had reported when it was saved. Resident guest RAM is the Rss of
+# husk-vmm's guest-RAM mapping in /proc.
 assert_eq 5 "$(timeout "$T" ctr -a "$CTR_ADDR" task exec --exec-id e5 r-long cat /sys/module/page_reporting/parameters/page_reporting_order)" "page reporting order in the guest"
-sed 's/^\[vm\]$/[vm]\npage_reporting_order = 9/' "$HUSK_CONFIG" >"$E2E_WORK/husk-order9.toml"
-timeout "$T" ctr -a "$CTR_ADDR" run -d --runtime "$RUNTIME" --runtime-config-path "$E2E_WORK/husk-order9.toml" "$IMAGE" r-order9 sleep 100000 >/dev/null
-assert_eq 9 "$(timeout "$T" ctr -a "$CTR_ADDR" task exec --exec-id e1 r-order9 cat /sys/module/page_reporting/parameters/page_reporting_order)" "order from ConfigPath"
-guest_rss_kib() { # resident guest RAM of sandbox $1's husk-vmm (0 without one)
-  local p
-  p=$(vmm_of "$1")
-  [ -n "$p" ] || { echo 0; return 0; }
-  awk '/^[0-9a-f]+-[0-9a-f]+ / { m = ($0 ~ /\/memfd:husk-guest-ram/) ; next } m && /^Rss:/ { kb += $2 } END { print kb + 0 }' "/proc/$p/smaps"
+sed 's/^templates = .*$/templates = false/' "$HUSK_CONFIG" >"$E2E_WORK/husk-order5.toml"
+sed 's/^\[vm\]$/[vm]\npage_reporting_order = 9/' "$E2E_WORK/husk-order5.toml" >"$E2E_WORK/husk-order9.toml"
+for o in 5 9; do
+  timeout "$T" ctr -a "$CTR_ADDR" run -d --runtime "$RUNTIME" --runtime-config-path "$E2E_WORK/husk-order$o.toml" "$IMAGE" "r-order$o" sleep 100000 >/dev/null
+  assert_eq "$o" "$(timeout "$T" ctr -a "$CTR_ADDR" task exec --exec-id e1 "r-order$o" cat /sys/module/page_reporting/parameters/page_reporting_order)" "order from ConfigPath"
+done
+vmm5=$(vmm_of r-order5) vmm9=$(vmm_of r-order9)
+[ -n "$vmm5" ] && [ -n "$vmm9" ] || fail "no husk-vmm found for r-order5 ($vmm5) or r-order9 ($vmm9)"
+! tr '\0' ' ' <"/proc/$vmm5/cmdline" | grep -q -- --restore || fail "r-order5 was restored from a template with templates = false"
+guest_rss_kib() { # resident guest RAM of husk-vmm pid $1
+  awk '/^[0-9a-f]+-[0-9a-f]+ / { m = ($0 ~ /\/memfd:husk-guest-ram/) ; next } m && /^Rss:/ { kb += $2 } END { print kb + 0 }' "/proc/$1/smaps"
 }
 # Reports start 2 s after memory is freed: wait up to 30 s for a gap of 3 MiB (6.5 were seen).
 for ((i = 0; i < 30; i++)); do
-  r5=$(guest_rss_kib r-long) r9=$(guest_rss_kib r-order9)
+  r5=$(guest_rss_kib "$vmm5") r9=$(guest_rss_kib "$vmm9")
   ((r5 > 0 && r9 > 0 && r9 - r5 >= 3072)) && break
   sleep 1
 done
 ((r5 > 0 && r9 > 0 && r9 - r5 >= 3072)) || fail "idle guest RAM resident: order 5 $r5 KiB, order 9 $r9 KiB (expected at least 3 MiB less with 5)"
 log "page reporting order 5 in the guest; idle guest RAM resident $((r5 / 1024)) MiB, with order 9 $((r9 / 1024)) MiB: ok"
-ctr_ task kill -s SIGKILL r-order9
-timeout 120 sh -c "until ctr -a '$CTR_ADDR' task ls | grep r-order9 | grep -q STOPPED; do sleep 0.5; done"
-ctr_ task rm r-order9 >/dev/null
-ctr_ containers rm r-order9
+for o in 5 9; do
+  ctr_ task kill -s SIGKILL "r-order$o"
+  timeout 120 sh -c "until ctr -a '$CTR_ADDR' task ls | grep r-order$o | grep -q STOPPED; do sleep 0.5; done"
+  ctr_ task rm "r-order$o" >/dev/null
+  ctr_ containers rm "r-order$o"
+done
 ps_out=$(ctr_ task ps r-long)
 [ "$(tail -n +2 <<<"$ps_out" | wc -l)" -ge 1 ] || fail "task ps lists no process: $ps_out"
 metrics=$(ctr_ task metrics r-long)
