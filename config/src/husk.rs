@@ -11,6 +11,7 @@
 //! disk_slots = 8          # containers that can join a running pod's VM at once
 //! free_page_reporting = true  # the guest gives memory it freed back to the host
 //! page_reporting_order = 5    #   in free blocks of 2^5 pages (128 KiB) and larger
+//! templates = true        # pod VMs restore a saved template VM instead of booting
 //! cmdline = ""            # appended to husk's own kernel command line
 //!
 //! [shim]
@@ -157,8 +158,8 @@ pub struct VmDefaults {
     /// saved with husk-vmm's snapshot under `[shim] template_dir`), and every pod of that
     /// shape restores it instead of booting a kernel, each into its own copy of the memory. A
     /// template is remade when the kernel, initramfs, husk-vmm, the host kernel or this
-    /// configuration change. Off by default until the whole test suite has run on it.
-    #[serde(default)]
+    /// configuration change. On by default.
+    #[serde(default = "d_true")]
     pub templates: bool,
 }
 
@@ -290,7 +291,7 @@ impl Default for VmDefaults {
             disk_slots: d_disk_slots(),
             free_page_reporting: true,
             page_reporting_order: d_page_reporting_order(),
-            templates: false,
+            templates: true,
             cmdline: String::new(),
         }
     }

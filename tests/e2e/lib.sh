@@ -36,7 +36,7 @@ initramfs = "$HUSK_INITRAMFS"
 vcpus = 1
 memory = "${HUSK_MEMORY:-256M}"
 cmdline = "${HUSK_EXTRA_CMDLINE:-lpj=4000000 tsc=reliable}"
-templates = ${HUSK_TEMPLATES:-false}
+templates = ${HUSK_TEMPLATES:-true}
 
 [shim]
 vmm = "$HUSK_VMM"
@@ -96,6 +96,8 @@ e2e_teardown() {
       [ -f "$f" ] && { echo "--- $f (tail)"; tail -20 "$f"; }
     done
   fi >&2
+  # E2E_KEEP_LOG=FILE keeps containerd's log (the shims' timelines included) for reading later.
+  [ -n "${E2E_KEEP_LOG:-}" ] && [ -n "${E2E_WORK:-}" ] && cp "$E2E_WORK/ctrd/containerd.log" "$E2E_KEEP_LOG" 2>/dev/null
   if [ -n "${CTRD_PID:-}" ]; then
     for p in $(e2e_pids); do [ "$p" -gt 1 ] 2>/dev/null && kill -KILL "$p" 2>/dev/null; done
     kill "$CTRD_PID" 2>/dev/null; wait "$CTRD_PID" 2>/dev/null

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Create/delete cycles (HUSK_CYCLES, default 15; test-pod-cycles.sh runs pods; HUSK_CYCLES=50 HUSK_POD_CYCLES=50 is the 100-cycle soak) with a leak check after: no VMM or shim
 # process, state directory, socket, mount or uncached image left, and containerd's fd count
-# does not grow. Needs hardware KVM (tests/testbed/run). HUSK_CYCLES VM boots.
+# does not grow. Needs hardware KVM (tests/testbed/run). HUSK_CYCLES VM boots: templates are off
+# here, so the boot path keeps its cycles (test-pod-cycles.sh restores its pods from a template).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
+export HUSK_TEMPLATES=false
 e2e_setup
 n=${HUSK_CYCLES:-15}
 fds_before=$(ls /proc/"$CTRD_PID"/fd | wc -l)
