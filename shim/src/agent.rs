@@ -18,6 +18,18 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// guest refuses (its vsock is up, the agent not yet listening) costs it one packet and an
 /// interrupt, so not much shorter; the agent is found at most this long after it listens.
 const CONNECT_RETRY: Duration = Duration::from_millis(20);
+/// Pause between two attempts while the VMM has not bound its vsock socket yet (costs the
+/// guest nothing).
+const SOCKET_RETRY: Duration = Duration::from_millis(5);
+
+/// The call that proves the agent answers, and the first it gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FirstCall {
+    /// `Check` (a booted VM).
+    Check,
+    /// `SyncAfterRestore` (a VM restored from a snapshot: nothing may come before it).
+    SyncAfterRestore,
+}
 
 /// Context for a short request.
 pub fn short() -> Context {
@@ -34,9 +46,9 @@ pub fn agent_err(op: &'static str) -> impl FnOnce(ttrpc::Error) -> ShimError {
     move |source| ShimError::Agent { op, source }
 }
 
-/// Connects to the agent: retries the vsock handshake and a `Check` call until it answers,
+/// Connects to the agent: retries the vsock handshake and the `first` call until it answers,
 /// the VMM exits (reported with the VMM's reason) or `timeout` passes.
-pub fn connect(vm: &Vm, port: u32, timeout: Duration) -> Result<AgentClient> {
+pub fn connect(vm: &Vm, port: u32, timeout: Duration, first: FirstCall) -> Result<AgentClient> {
     let deadline = Instant::now() + timeout;
     let exit = vm.exit_watch();
     let uds = vm.plan().vsock_uds();
@@ -50,7 +62,12 @@ pub fn connect(vm: &Vm, port: u32, timeout: Duration) -> Result<AgentClient> {
             return Err(VmError::BootTimeout { port, secs: timeout.as_secs(), last }.into());
         }
         let step = (deadline - now).min(Duration::from_secs(5));
-        match try_once(&uds, port, step) {
+        if std::fs::symlink_metadata(&uds).is_err() {
+            last = format!("{uds:?} does not exist yet");
+            exit.wait(Some(SOCKET_RETRY));
+            continue;
+        }
+        match try_once(&uds, port, step, first) {
             Ok(client) => return Ok(client),
             Err(e) => last = crate::error::chain(&e),
         }
@@ -59,11 +76,16 @@ pub fn connect(vm: &Vm, port: u32, timeout: Duration) -> Result<AgentClient> {
     }
 }
 
-fn try_once(uds: &std::path::Path, port: u32, step: Duration) -> Result<AgentClient> {
+fn try_once(uds: &std::path::Path, port: u32, step: Duration, first: FirstCall) -> Result<AgentClient> {
     let stream = connect_hybrid_vsock(uds, port, step)?;
     let client = ttrpc::Client::new(stream.into_raw_fd()).map_err(agent_err("connect"))?;
     let client = AgentClient::new(client);
-    client.check(context::with_timeout(step.as_nanos() as i64), &agent::CheckRequest::new()).map_err(agent_err("Check"))?;
+    match first {
+        FirstCall::Check => {
+            client.check(context::with_timeout(step.as_nanos() as i64), &agent::CheckRequest::new()).map_err(agent_err("Check"))?;
+        }
+        FirstCall::SyncAfterRestore => sync_after_restore(&client, step)?,
+    }
     Ok(client)
 }
 

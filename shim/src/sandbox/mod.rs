@@ -414,7 +414,9 @@ impl Sandbox {
         let boot_timeout = Duration::from_secs(cfg.shim.boot_timeout_secs);
         let (attached, connected) = std::thread::scope(|s| {
             let attach = template.as_ref().map(|_| s.spawn(|| attach_at_restore(&vm, &vmm, &slots, id, rootfs, boot_timeout)));
-            let connected = state.write_info(&info).and_then(|()| crate::agent::connect(&vm, cfg.shim.agent_vsock_port, boot_timeout));
+            // A restored guest's first call sets its clock and reseeds its random numbers.
+            let first = if template.is_some() { crate::agent::FirstCall::SyncAfterRestore } else { crate::agent::FirstCall::Check };
+            let connected = state.write_info(&info).and_then(|()| crate::agent::connect(&vm, cfg.shim.agent_vsock_port, boot_timeout, first));
             let attached = match attach.map(std::thread::ScopedJoinHandle::join) {
                 Some(Ok(r)) => r.map(|lease| lease.serial),
                 Some(Err(_)) => Err(ShimError::FailedPrecondition(format!("sandbox {id}: attaching the root disk panicked"))),
@@ -443,14 +445,7 @@ impl Sandbox {
                 return Err(e);
             }
         };
-        timeline.step(if template.is_some() { "restore to agent ready" } else { "guest boot to agent ready" });
-        if template.is_some() {
-            if let Err(e) = crate::agent::sync_after_restore(&agent, Duration::from_secs(cfg.shim.boot_timeout_secs)) {
-                undo(Some(&vm));
-                return Err(e);
-            }
-            timeline.step("guest clock and entropy");
-        }
+        timeline.step(if template.is_some() { "restore to agent ready (clock and entropy synced)" } else { "guest boot to agent ready" });
         let shared = shared.take().flatten();
         log::info!("sandbox {id}: husk-vmm pid {} with {} vCPUs, {} of memory, {} disk slots", vm.pid(), size.vcpus, size.memory, cfg.vm.disk_slots);
         Ok(Sandbox {

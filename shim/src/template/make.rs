@@ -155,7 +155,8 @@ fn boot_and_save(cfg: &HuskConfig, shape: &Shape, work: &Path, text: &str) -> Re
 }
 
 fn save(cfg: &HuskConfig, vm: &Vm, work: &Path, text: &str) -> Result<PathBuf> {
-    let agent = crate::agent::connect(vm, cfg.shim.agent_vsock_port, Duration::from_secs(cfg.shim.boot_timeout_secs).min(TEMPLATE_BOOT_TIMEOUT))?;
+    let timeout = Duration::from_secs(cfg.shim.boot_timeout_secs).min(TEMPLATE_BOOT_TIMEOUT);
+    let agent = crate::agent::connect(vm, cfg.shim.agent_vsock_port, timeout, crate::agent::FirstCall::Check)?;
     drop(agent);
     std::thread::sleep(SETTLE);
     let api = VmmClient::new(work.join("api.sock")).with_timeout(Duration::from_secs(60));
