@@ -231,7 +231,7 @@ impl RootPlan {
         Ok(RootPlan {
             rootfs,
             mounts,
-            hostname: if ns.new.contains(CloneFlags::CLONE_NEWUTS) { hostname } else { None },
+            hostname: if ns.fresh().contains(CloneFlags::CLONE_NEWUTS) { hostname } else { None },
             masked: paths(linux.and_then(|l| l.masked_paths().as_ref()), "masked path")?,
             readonly_paths: paths(linux.and_then(|l| l.readonly_paths().as_ref()), "readonly path")?,
             readonly_root: spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false),

@@ -20,15 +20,23 @@ pub struct NsPlan {
     pub join_pid: Option<OwnedFd>,
     /// Other namespaces of the pod to join, in order, before the new ones are created.
     pub join: Vec<(OwnedFd, CloneFlags)>,
+    /// The kinds among `join` that were made ahead for this container: its own, as new ones.
+    pub ahead: CloneFlags,
 }
 
 impl Default for NsPlan {
     fn default() -> Self {
-        NsPlan { new: CloneFlags::empty(), join_pid: None, join: Vec::new() }
+        NsPlan { new: CloneFlags::empty(), join_pid: None, join: Vec::new(), ahead: CloneFlags::empty() }
     }
 }
 
 impl NsPlan {
+    /// Namespaces that are the container's own (created for it now or made ahead for it), not
+    /// the pod's: the spec's hostname applies in its own UTS namespace only.
+    pub fn fresh(&self) -> CloneFlags {
+        self.new | self.ahead
+    }
+
     /// Namespaces of the container that are not the agent's: new ones and the pod's.
     pub fn own(&self) -> CloneFlags {
         let mut f = self.new;
@@ -81,7 +89,10 @@ pub fn namespace_plan(spec: &Spec, pod: Option<&Pod>, mut ahead: Option<Namespac
             }
             (_, Some(_)) => plan.new |= flag,
             (_, None) => match ahead.as_mut().and_then(|a| a.take(flag)) {
-                Some(fd) => plan.join.push((fd, flag)),
+                Some(fd) => {
+                    plan.join.push((fd, flag));
+                    plan.ahead |= flag;
+                }
                 None => plan.new |= flag,
             },
         }
@@ -119,6 +130,8 @@ mod tests {
         assert_eq!(p.new, CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWIPC);
         let joined: Vec<CloneFlags> = p.join.iter().map(|(_, f)| *f).collect();
         assert_eq!(joined, vec![CloneFlags::CLONE_NEWNET], "UTS was not asked for");
+        assert_eq!(p.ahead, CloneFlags::CLONE_NEWNET);
+        assert_eq!(p.fresh(), CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWNET);
         assert_eq!(p.own(), CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWNET);
     }
 
