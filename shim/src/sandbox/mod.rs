@@ -156,9 +156,6 @@ pub struct Sandbox {
     slots: Mutex<Slots>,
     info: Mutex<StateInfo>,
     init_pid: AtomicU32,
-    /// Restored from a template: the sandbox container's root disk is in a slot, not the boot
-    /// disk.
-    pub restored: bool,
     /// The virtio-blk serial of the sandbox container's root disk: [`ROOTFS_DISK_ID`] for the
     /// boot disk, a slot attachment's serial in a restored VM.
     pub root_serial: String,
@@ -463,7 +460,6 @@ impl Sandbox {
             slots,
             info: Mutex::new(info),
             init_pid: AtomicU32::new(0),
-            restored: template.is_some(),
             root_serial,
         })
     }
