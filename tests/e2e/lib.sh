@@ -63,15 +63,15 @@ e2e_setup() {
 }
 
 # Pids of live processes (not zombies) other than containerd whose command line names this
-# run's directory: shims (-address), husk-vmm (--config), virtiofsd. Read from /proc, not from
-# husk's own state files, which the cleanup under test removes.
+# run's directory: shims (-address), husk-vmm (--config), virtiofsd. Read from /proc (pgrep, one
+# process: a fork per /proc entry costs seconds in the testbed), not from husk's own state files,
+# which the cleanup under test removes.
 e2e_pids() {
-  local d pid
-  for d in /proc/[0-9]*; do
-    pid=${d#/proc/}
+  local pid st
+  for pid in $(pgrep -f -- "$E2E_WORK"); do
     [ "$pid" = "${CTRD_PID:-}" ] || [ "$pid" = $$ ] || [ "$pid" = "${BASHPID:-}" ] && continue
-    grep -qs ') Z ' "$d/stat" && continue
-    tr '\0' ' ' 2>/dev/null <"$d/cmdline" | grep -q -- "$E2E_WORK" && echo "$pid"
+    read -r st 2>/dev/null <"/proc/$pid/stat" || continue
+    [[ "$st" == *") Z "* ]] || echo "$pid"
   done
   return 0
 }
@@ -79,10 +79,11 @@ e2e_pids() {
 # vmm_of ID: the pid of sandbox ID's husk-vmm in the default namespace, from /proc (its argv[0]
 # is in the sandbox's jail); nothing if there is none.
 vmm_of() {
-  local p
+  local p comm arg0
   for p in $(e2e_pids); do
-    [ "$(cat "/proc/$p/comm" 2>/dev/null)" = husk-vmm ] || continue
-    tr '\0' '\n' <"/proc/$p/cmdline" | head -1 | grep -q -- "$E2E_WORK/run-husk/default/$1/jail/" && echo "$p"
+    read -r comm 2>/dev/null <"/proc/$p/comm" && [ "$comm" = husk-vmm ] || continue
+    IFS= read -r -d '' arg0 2>/dev/null <"/proc/$p/cmdline" || continue
+    [[ "$arg0" == *"$E2E_WORK/run-husk/default/$1/jail/"* ]] && echo "$p"
   done
   return 0
 }
@@ -111,15 +112,9 @@ e2e_teardown() {
 # The uid range of jailed VMMs ([jail] of husk's configuration; the defaults here).
 JAIL_UID_FIRST=${JAIL_UID_FIRST:-1879048192}
 JAIL_UID_COUNT=${JAIL_UID_COUNT:-65536}
-# "pid:uid" of every process running as a uid of the jail range, from /proc.
+# "pid:uid" of every process running as a uid of the jail range, from /proc (ps: real uids).
 jail_uid_processes() {
-  local d u
-  for d in /proc/[0-9]*; do
-    u=$(awk '/^Uid:/ {print $2; exit}' "$d/status" 2>/dev/null) || continue
-    [ -n "$u" ] || continue
-    if [ "$u" -ge "$JAIL_UID_FIRST" ] && [ "$u" -lt $((JAIL_UID_FIRST + JAIL_UID_COUNT)) ]; then echo "${d#/proc/}:$u"; fi
-  done
-  return 0
+  ps -e -o pid=,ruid= | awk -v f="$JAIL_UID_FIRST" -v n="$JAIL_UID_COUNT" '$2 >= f && $2 < f + n {print $1 ":" $2}'
 }
 
 # Fails if anything of a deleted container is left, counted from the system: processes of

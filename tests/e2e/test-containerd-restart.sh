@@ -12,13 +12,7 @@ T=${HUSK_E2E_TIMEOUT:-600}
 id=r-restart
 sleep_s=20
 # Pids of the shim serving $id, from /proc.
-shim_pids() {
-  local d
-  for d in /proc/[0-9]*; do
-    [[ "$(tr '\0' ' ' <"$d/cmdline" 2>/dev/null)" == *containerd-shim-husk-v2*" -id $id "* ]] && echo "${d#/proc/}"
-  done
-  return 0
-}
+shim_pids() { pgrep -f -- "containerd-shim-husk-v2 .*-id $id( |\$)" || true; }
 
 timeout "$T" ctr -a "$CTR_ADDR" run -d --runtime "$RUNTIME" "$IMAGE" "$id" sh -c "sleep $sleep_s; exit 7" >/dev/null
 timeout "$T" sh -c "until ctr -a '$CTR_ADDR' task ls | grep '^$id ' | grep -q RUNNING; do sleep 0.3; done"

@@ -67,9 +67,7 @@ net_state() {
   echo "links: $(ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | sort | tr '\n' ' ')"
   echo "ingress qdiscs: $(tc qdisc show | grep -c ingress || true)"
   echo "iptables: $(iptables-save 2>/dev/null | grep -v '^#' | grep -c . || true)"
-  local holders=0 c
-  for c in /proc/[0-9]*/comm; do [ "$(cat "$c" 2>/dev/null)" = husk-netns ] && holders=$((holders + 1)); done
-  echo "netns holders: $holders"
+  echo "netns holders: $(pgrep -cx husk-netns || true)"
   echo "reserved IPs: $(find "$NET_IPAM" -type f -name '[0-9]*' 2>/dev/null | wc -l)"
 }
 net_snapshot() { net_state >"$E2E_WORK/net-before"; }

@@ -14,7 +14,8 @@ r="$tmp/rootfs"
 mkdir -p "$r"/{bin,sbin,usr/bin,usr/sbin,etc,tmp,proc,sys,dev,root,home/user,var}
 chmod 1777 "$r/tmp"
 cp "$busybox" "$r/bin/busybox"
-for a in $("$busybox" --list); do [ -e "$r/bin/$a" ] || ln -s busybox "$r/bin/$a"; done
+# One process for the ~270 applet links (a fork each costs ~75 ms in the testbed's TCG VM).
+"$busybox" --list | BIN="$r/bin" perl -nle 'symlink("busybox", "$ENV{BIN}/$_") or $!{EEXIST} or die "$ENV{BIN}/$_: $!\n"'
 printf 'root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$r/etc/passwd"
 printf 'root:x:0:\nuser:x:1000:\nwheel:x:10:user\nnogroup:x:65534:\n' >"$r/etc/group"
 chown 1000:1000 "$r/home/user"
