@@ -42,7 +42,8 @@ sed -i -e "s|^image_cache_dir = .*|image_cache_dir = \"$CACHE\"|" -e "s|^image_w
 printf 'image_cache_max_bytes = "%sM"\n' "$BOUND_MIB" >>"$E2E_WORK/husk.toml"
 [ "$(grep '^\[' "$E2E_WORK/husk.toml" | tail -1)" = "[shim]" ] || fail "the test config does not end with [shim]"
 
-# Five images of ~20 MiB each (incompressible), distinct content: /marker-N.
+# Five images of ~22 MiB each (20 MiB incompressible; 64M is the smallest bound): two fit the
+# bound, three do not.
 for n in 1 2 3 4 5; do
   x="$E2E_WORK/extra-$n"
   mkdir -p "$x"
@@ -116,7 +117,10 @@ timeout "$T" ctr -a "$CTR_ADDR" run -d --runtime "$RUNTIME" --rootfs "$R" c-cras
 [ -f "$WORK/default/c-crash/rootfs.img" ] || fail "no image of c-crash"
 shim=$(cat "$E2E_WORK"/run-husk/default/c-crash/state.json | python3 -c 'import json,sys; print(json.load(sys.stdin)["shim_pid"])')
 kill -KILL "$shim"
-timeout 120 sh -c "until ctr -a '$CTR_ADDR' task ls | grep c-crash | grep -q STOPPED; do sleep 0.5; done" || true
+# containerd cleans up after the dead shim (its delete action) and drops the task: wait until
+# c-crash is no longer listed as anything but STOPPED.
+timeout 120 sh -c "while ctr -a '$CTR_ADDR' task ls | awk '\$1 == \"c-crash\" && \$3 != \"STOPPED\" {f = 1} END {exit !f}'; do sleep 0.5; done" ||
+  fail "containerd still lists c-crash as running 120 s after its shim was killed: $(ctr_ task ls)"
 ctr_ task rm -f c-crash >/dev/null 2>&1 || true
 ctr_ containers rm c-crash
 # Whatever the delete action left, the next sandbox's start sweeps (its lock died with the shim).
