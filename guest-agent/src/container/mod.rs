@@ -137,15 +137,17 @@ impl Container {
                 partial.dirs.push(d.clone());
             }
             let root = rootfs::mount_rootfs(&mut partial.mounts, &dir, rootfs)?;
+            steps.mark("rootfs mount");
             rootfs::mount_disks(&mut partial.mounts, &disks_dir, &req.disks)?;
-            steps.mark("mounts");
+            steps.mark("disks");
             let cg = partial.cgroup.insert(Cgroup::create(&paths.cgroup_root, id)?);
             if let Some(res) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
                 cg.apply(res)?;
             }
+            steps.mark("cgroup");
             cg.filter_devices(device_rules.as_deref().unwrap_or_default())?;
             let procs = cg.procs_fd()?;
-            steps.mark("cgroup");
+            steps.mark("device filter");
             let allowed = [paths.run_dir.join("pod"), disks_dir.clone()];
             let mut root_plan = RootPlan::from_spec(&spec, root, &ns, &allowed)?;
             make_empty_dirs(&paths.run_dir, &root_plan)?;
