@@ -59,16 +59,34 @@ impl Mounts {
 }
 
 /// The block device whose virtio-blk serial is `serial` (/sys/block/*/serial).
+///
+/// Each read of a virtio-blk disk's `serial` is a request to the device (GET_ID), a round trip
+/// to the VMM, and most of the VM's disk slots are empty. So the disks that have a capacity
+/// (`size`, kept by the guest, no request) are asked first; the empty ones only if none of those
+/// matched, since a disk the host has just attached may not show its capacity yet.
 pub fn find_disk(serial: &str) -> Result<PathBuf> {
     let entries = std::fs::read_dir("/sys/block").map_err(|e| AgentError::io("listing /sys/block", e))?;
+    let has_serial = |dir: &Path| std::fs::read_to_string(dir.join("serial")).is_ok_and(|found| found.trim_end_matches(['\n', '\0']) == serial);
+    let mut empty = Vec::new();
     for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Ok(found) = std::fs::read_to_string(entry.path().join("serial")) else { continue };
-        if found.trim_end_matches(['\n', '\0']) == serial {
-            return Ok(Path::new("/dev").join(name));
+        let dir = entry.path();
+        if sectors(&dir) == 0 {
+            empty.push(entry);
+        } else if has_serial(&dir) {
+            return Ok(Path::new("/dev").join(entry.file_name()));
         }
     }
-    Err(AgentError::InvalidArgument(format!("no virtio-blk disk with serial {serial:?}")))
+    empty
+        .into_iter()
+        .find(|e| has_serial(&e.path()))
+        .map(|e| Path::new("/dev").join(e.file_name()))
+        .ok_or_else(|| AgentError::InvalidArgument(format!("no virtio-blk disk with serial {serial:?}")))
+}
+
+/// The capacity in sectors of the block device whose /sys/block directory is `dir` (0 when
+/// unreadable).
+fn sectors(dir: &Path) -> u64 {
+    std::fs::read_to_string(dir.join("size")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
 }
 
 /// Waits until block device `dev` (/dev/vdX) has a non-zero size: a disk the host attached to
@@ -76,11 +94,10 @@ pub fn find_disk(serial: &str) -> Result<PathBuf> {
 /// asynchronously.
 fn wait_for_size(dev: &Path) -> Result<()> {
     let name = dev.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let size = Path::new("/sys/block").join(&name).join("size");
+    let dir = Path::new("/sys/block").join(&name);
     let deadline = Instant::now() + DISK_SIZE_WAIT;
     loop {
-        let sectors: u64 = std::fs::read_to_string(&size).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
-        if sectors > 0 {
+        if sectors(&dir) > 0 {
             return Ok(());
         }
         if Instant::now() >= deadline {
