@@ -46,29 +46,45 @@ fn kernel(what: String) -> impl FnOnce(std::io::Error) -> DeviceError {
     move |source| DeviceError::Kernel { what, source }
 }
 
-/// Loads the program; the verifier's complaint, if any, is in the error.
+/// Loads the program; the verifier's complaint, if any, is in the error. The verifier runs
+/// without its log first (writing the log slows it down several times over, in every
+/// container's create); only a program it refuses is loaded again with the log, for the error.
 pub fn load(program: &[Insn]) -> Result<OwnedFd, DeviceError> {
-    let license = c"Apache";
+    if let Ok(fd) = load_with_log(program, None) {
+        return Ok(fd);
+    }
     let mut log = vec![0u8; LOG_SIZE];
+    load_with_log(program, Some(&mut log)).map_err(|err| {
+        let text = String::from_utf8_lossy(&log[..log.iter().position(|b| *b == 0).unwrap_or(0)]).chars().rev().take(300).collect::<String>();
+        let text: String = text.chars().rev().collect();
+        DeviceError::Kernel { what: format!("loading the device filter ({} instructions): {}", program.len(), text.trim()), source: err }
+    })
+}
+
+/// BPF_PROG_LOAD of `program`, with the verifier's log written to `log` if given.
+fn load_with_log(program: &[Insn], log: Option<&mut [u8]>) -> std::io::Result<OwnedFd> {
+    let license = c"Apache";
+    let (log_level, log_size, log_buf) = match log {
+        Some(buf) => (1, buf.len() as u32, buf.as_mut_ptr() as u64),
+        None => (0, 0, 0),
+    };
     let attr = ProgLoad {
         prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
         insn_cnt: program.len() as u32,
         insns: program.as_ptr() as u64,
         license: license.as_ptr() as u64,
-        log_level: 1,
-        log_size: LOG_SIZE as u32,
-        log_buf: log.as_mut_ptr() as u64,
+        log_level,
+        log_size,
+        log_buf,
         ..Default::default()
     };
     // SAFETY: BPF_PROG_LOAD reads `attr` and the instructions and license it points to, and
-    // writes at most log_size bytes into `log`; all live across the call. The kernel checks the
-    // program with its verifier.
+    // writes at most log_size bytes into the log buffer when one is given (log_buf 0 and
+    // log_size 0 otherwise); all live across the call. The kernel checks the program with its
+    // verifier.
     let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, &attr as *const ProgLoad, std::mem::size_of::<ProgLoad>()) };
     if fd < 0 {
-        let err = std::io::Error::last_os_error();
-        let text = String::from_utf8_lossy(&log[..log.iter().position(|b| *b == 0).unwrap_or(0)]).chars().rev().take(300).collect::<String>();
-        let text: String = text.chars().rev().collect();
-        return Err(DeviceError::Kernel { what: format!("loading the device filter ({} instructions): {}", program.len(), text.trim()), source: err });
+        return Err(std::io::Error::last_os_error());
     }
     // SAFETY: bpf returned a new file descriptor we own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })

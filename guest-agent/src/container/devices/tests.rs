@@ -121,6 +121,25 @@ fn the_kernel_verifier_accepts_the_program() {
 }
 
 #[test]
+fn a_program_the_verifier_refuses_is_reported_with_its_log() {
+    // The program minus its final exit: the verifier refuses a program that falls off its end.
+    let rules = cgroup_rules(serde_json::json!([{"allow": true, "access": "rwm"}]));
+    let mut p = program(&rules);
+    p.pop();
+    match bpf::load(&p) {
+        Ok(_) => panic!("the verifier accepted a program without an exit"),
+        Err(DeviceError::Kernel { source, .. }) if source.raw_os_error() == Some(libc::EPERM) && !nix::unistd::geteuid().is_root() => {}
+        Err(DeviceError::Kernel { what, source }) => {
+            assert_eq!(source.raw_os_error(), Some(libc::EINVAL), "{what}");
+            // The verifier's own words follow the count, from the second (logged) load.
+            let log = what.split_once("instructions):").map(|(_, l)| l.trim()).unwrap_or_default();
+            assert!(!log.is_empty(), "no verifier log in the error: {what}");
+        }
+        Err(e) => panic!("{}", crate::error::chain(&e)),
+    }
+}
+
+#[test]
 fn device_nodes_are_checked() {
     let devs = |json: serde_json::Value| nodes::plan(&serde_json::from_value::<Vec<oci_spec::runtime::LinuxDevice>>(json).unwrap());
     let n = devs(serde_json::json!([{"path": "/dev/kmsg", "type": "c", "major": 1, "minor": 11, "fileMode": 0o620, "uid": 0, "gid": 4}])).unwrap();
