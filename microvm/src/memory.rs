@@ -4,6 +4,8 @@
 //! from the file descriptors each region carries ([`vm_memory::GuestMemoryRegion::file_offset`]),
 //! and a snapshot can save the memory from the file. The file is sealed against growing and
 //! shrinking, so no process that holds it can make the VMM's mapping fault (SIGBUS).
+//! A VM restored from a snapshot without a vhost-user device maps the snapshot's memory file
+//! copy-on-write instead ([`map_private`]): the VMs restored from one template share its pages.
 //!
 //! Each region is mapped 2 MiB-aligned and marked `MADV_HUGEPAGE`, so that where the host
 //! lets shared memory use transparent huge pages
@@ -23,7 +25,7 @@ use std::sync::Arc;
 use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 use nix::sys::memfd::{memfd_create, MFdFlags};
 use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{FileOffset, GuestAddress, GuestRegionMmap};
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap};
 
 use crate::layout;
 
@@ -86,6 +88,64 @@ pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
     let mem = GuestMemoryMmap::from_regions(regions).map_err(|e| err("assemble the regions", io::Error::other(e)))?;
     mapped.0.clear();
     Ok(mem)
+}
+
+/// Maps `file` copy-on-write over the RAM of `mem`, each region at its own offset of the
+/// file (the layout of RAM's memfd, which a snapshot's memory file keeps), and returns the
+/// guest memory that describes the new mappings. The guest then reads the file's pages
+/// where it has not written: every VM mapping the same file shares those pages with the
+/// others in the host's page cache, and nothing is copied or zeroed before the guest runs;
+/// a page the guest writes becomes this VM's own. `mem`'s memfd is left unused.
+///
+/// Only for a VM no other process maps the memory of (no vhost-user device): a private
+/// mapping cannot be shared. The file must stay as it is while the VM runs (a snapshot's
+/// files are never rewritten; unlinking it keeps the mapped pages).
+///
+/// Call it before anything holds `mem`'s regions (devices, vCPUs): they keep their
+/// addresses, so KVM's memory slots stay valid, but the regions' description changes. On
+/// error the VM must not run: a part of its RAM may already be remapped.
+pub fn map_private(mem: &GuestMemoryMmap, file: Arc<File>) -> Result<GuestMemoryMmap, MemoryError> {
+    use std::os::fd::AsRawFd;
+    let size = mem.iter().map(|r| r.len()).sum();
+    let err = |what, source| MemoryError { size, what, source };
+    let mut regions = Vec::new();
+    for r in mem.iter() {
+        let offset = r.file_offset().map(|fo| fo.start()).ok_or_else(|| err("find a region's file offset", io::ErrorKind::InvalidInput.into()))?;
+        let len = usize::try_from(r.len()).map_err(|_| err("size a region", io::ErrorKind::InvalidInput.into()))?;
+        let off = libc::off_t::try_from(offset).map_err(|_| err("place a region in the file", io::ErrorKind::InvalidInput.into()))?;
+        let ptr = r.as_ptr();
+        // SAFETY: `ptr..ptr+len` is this region's own mapping (made by create_guest_memory and
+        // never unmapped), which MAP_FIXED replaces in place with the file's pages. Nothing
+        // runs in the guest yet and no device holds the region (the caller's contract), so no
+        // reference into the old pages survives; KVM follows the new pages at that address.
+        let got = unsafe {
+            libc::mmap(ptr.cast(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE, file.as_raw_fd(), off)
+        };
+        if got == libc::MAP_FAILED {
+            return Err(err("map the memory file copy-on-write", io::Error::last_os_error()));
+        }
+        // SAFETY: `ptr..ptr+len` is the private mapping of `file` at `offset` made just above,
+        // at the address the old region had, and is never unmapped (as create_guest_memory's).
+        let builder = unsafe {
+            MmapRegionBuilder::<()>::new(len)
+                .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+                .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+                .with_file_offset(FileOffset::from_arc(file.clone(), offset))
+                .with_raw_mmap_pointer(ptr)
+        };
+        let mapping = builder.build().map_err(|e| err("describe a region", io::Error::other(e)))?;
+        let start = r.start_addr();
+        let region =
+            GuestRegionMmap::new(mapping, start).ok_or_else(|| err("place a region", io::Error::other(format!("RAM region at {:#x} overflows", start.0))))?;
+        regions.push(region);
+    }
+    GuestMemoryMmap::from_regions(regions).map_err(|e| err("assemble the regions", io::Error::other(e)))
+}
+
+/// Whether `region` is a copy-on-write view of its file ([`map_private`]): its writes reach
+/// no file, and no other process can map them.
+pub fn is_private(region: &GuestRegionMmap) -> bool {
+    region.file_offset().is_some() && region.flags() & libc::MAP_PRIVATE != 0
 }
 
 /// A memfd of `size` bytes, sealed so that it can neither grow nor shrink.

@@ -10,7 +10,9 @@
 #     boot: no INIT-START line; its first tick >= the last one before the snapshot; consecutive
 #     ticks, 10 more, so timers and interrupts work) with /data intact (the boot's md5); one is
 #     paused while the other goes on, GET /vm answers, resume works; the snapshot's files stay
-#     unchanged.
+#     unchanged. Their memory is the snapshot's file mapped copy-on-write: each VMM maps it,
+#     the 16 MiB of /data that both guests read are pages the two share (Shared_* in
+#     /proc/PID/smaps), and a snapshot of a restored VM is refused (409), its dir left empty.
 #  3. The same with 2 vCPUs, restored once.
 #  4. A VM with a boot disk (--disk) refuses the snapshot (409 naming the device)
 #     and goes on running after a resume.
@@ -157,6 +159,17 @@ need_tick r2 $((b + 5)) 60
 [ "$(last_tick "$work/r1.log")" = "$a" ] && ok "r1 paused at TICK $a while r2 went on ($b -> $(last_tick "$work/r2.log"))" || bad "r1 ticked while paused"
 describe r1 paused 1
 describe r2 running 1
+# shared_kib PID FILE: KiB of FILE's pages that PID maps and shares with another process.
+# (Shared_Clean and Shared_Dirty: a file in tmpfs has only dirty pages.)
+shared_kib() { awk -v f="$2" '/^[0-9a-f]+-[0-9a-f]+ / { m = ($NF == f) } m && /^Shared_(Clean|Dirty):/ { s += $2 } END { print s + 0 }' "/proc/$1/smaps"; }
+for n in r1 r2; do
+  kib=$(shared_kib "${pid[$n]}" "$work/o1.snap/memory")
+  if ((kib >= 16384)); then ok "$n maps the snapshot's memory copy-on-write and shares $kib KiB of it (/data is 16 MiB)"
+  else bad "$n shares $kib KiB of $work/o1.snap/memory (want >= 16384): $(awk -v f="$work/o1.snap/memory" '/^[0-9a-f]+-[0-9a-f]+ / { m = ($NF == f); if (m) print } m && /^(Rss|Shared|Private|Anon)/' "/proc/${pid[$n]}/smaps" | tr -s ' \n' ' ')"; fi
+done
+mkdir -p "$work/r1.snap"
+expect r1 PUT /vm/snapshot "{\"dir\":\"$work/r1.snap\"}" 409 'copy-on-write' "r1: snapshot of a VM restored copy-on-write refused"
+[ -z "$(ls -A "$work/r1.snap")" ] || bad "the refused snapshot of r1 wrote $(ls -A "$work/r1.snap")"
 call r1 PUT /vm/resume
 [ "$code" = 200 ] || bad "resume of r1: $code $body"
 need_tick r1 $((a + 3)) 60

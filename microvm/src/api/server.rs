@@ -82,6 +82,10 @@ fn save_snapshot(state: &State, dir: &Path) -> (u16, Value, Option<ExitReason>) 
             Err(e) => return (409, error(format!("cannot snapshot {name}: {e}")), None),
         }
     }
+    // After the devices, which name what keeps a VM from being saved now.
+    if vm_memory::GuestMemoryBackend::iter(&state.info.mem).any(crate::memory::is_private) {
+        return (409, error(snapshot::memory::COW_UNSAVED), None);
+    }
     let result = snapshot::vm_state::save(&state.info.kvm_vm).and_then(|vm| {
         snapshot::memory::save(&state.info.mem, &dir.join(snapshot::MEMORY_FILE))?;
         let snap = snapshot::Snapshot {

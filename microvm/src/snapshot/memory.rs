@@ -52,6 +52,9 @@ fn memfd(mem: &GuestMemoryMmap) -> Result<(&File, u64), SnapshotError> {
     let mut file = None;
     let mut size = 0u64;
     for r in mem.iter() {
+        if crate::memory::is_private(r) {
+            return Err(SnapshotError::Invalid(COW_UNSAVED.into()));
+        }
         let fo = r.file_offset().ok_or_else(|| SnapshotError::Invalid("guest memory is not file-backed".into()))?;
         file.get_or_insert(fo.file());
         size = size.max(fo.start() + r.len());
@@ -85,14 +88,35 @@ pub fn save(mem: &GuestMemoryMmap, path: &Path) -> Result<u64, SnapshotError> {
     Ok(written)
 }
 
-/// Fills `mem` (fresh, all zero) from the file at `path`, which must be as large as `mem`.
-pub fn restore(mem: &GuestMemoryMmap, path: &Path) -> Result<(), SnapshotError> {
-    let (dst, size) = memfd(mem)?;
+/// Why the memory of a VM restored copy-on-write ([`map`]) is not saved: it is not in one
+/// file (the pages it wrote are this process's own, the rest is its snapshot's file).
+pub const COW_UNSAVED: &str = "this VM's memory is a copy-on-write view of the snapshot it was restored from, which cannot be saved again; snapshot a booted VM, or one restored with a virtio-fs device";
+
+/// Opens the memory file at `path` and checks that it is as large as `mem`.
+fn open_sized(mem: &GuestMemoryMmap, path: &Path) -> Result<(File, u64), SnapshotError> {
+    let size: u64 = mem.iter().map(|r| r.len()).sum();
     let src = File::open(path).map_err(io("open", path))?;
     let len = src.metadata().map_err(io("stat", path))?.len();
     if len != size {
         return Err(SnapshotError::Invalid(format!("{} holds {len} bytes of memory, the VM has {size}", path.display())));
     }
+    Ok((src, size))
+}
+
+/// The guest memory of a VM restored from the file at `path` copy-on-write: the file mapped
+/// privately over `mem`'s RAM ([`crate::memory::map_private`]). Nothing is copied; the VMs
+/// restored from one snapshot share the pages none of them wrote. For a VM whose memory no
+/// other process maps (no vhost-user device); its memory cannot be saved again
+/// ([`COW_UNSAVED`]).
+pub fn map(mem: &GuestMemoryMmap, path: &Path) -> Result<GuestMemoryMmap, SnapshotError> {
+    let (src, _) = open_sized(mem, path)?;
+    crate::memory::map_private(mem, std::sync::Arc::new(src)).map_err(|source| SnapshotError::Map { path: path.to_path_buf(), source })
+}
+
+/// Fills `mem` (fresh, all zero) from the file at `path`, which must be as large as `mem`.
+pub fn restore(mem: &GuestMemoryMmap, path: &Path) -> Result<(), SnapshotError> {
+    let (dst, _) = memfd(mem)?;
+    let (src, size) = open_sized(mem, path)?;
     let extents = data_extents(&src, 0, size).map_err(io("find the data in", path))?;
     for chunk in dense_chunks(&extents) {
         populate(mem, chunk, HUGE_CHUNK);
@@ -222,6 +246,59 @@ mod tests {
 
         let small = create_guest_memory(32 << 20).unwrap();
         let e = restore(&small, &path).unwrap_err().to_string();
+        assert!(e.contains("the VM has 33554432"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn file_bytes(path: &Path, at: u64, n: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; n];
+        File::open(path).unwrap().read_exact_at(&mut buf, at).unwrap();
+        buf
+    }
+
+    #[test]
+    fn mapped_memory_reads_the_snapshot_and_keeps_its_writes_to_itself() {
+        let dir = std::env::temp_dir().join(format!("husk-snap-map-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // 3.5 GiB: two regions around the MMIO hole, each at its own offset of the file.
+        let size = 0xe000_0000u64;
+        let mem = create_guest_memory(size).unwrap();
+        let high = GuestAddress(1 << 32);
+        mem.write_slice(b"low", GuestAddress(0x1000)).unwrap();
+        mem.write_slice(b"high", high).unwrap();
+        let path = dir.join("memory");
+        save(&mem, &path).unwrap();
+        let high_off = mem.find_region(high).unwrap().file_offset().unwrap().start();
+
+        let a = map(&create_guest_memory(size).unwrap(), &path).unwrap();
+        let b = map(&create_guest_memory(size).unwrap(), &path).unwrap();
+        assert!(a.iter().all(crate::memory::is_private));
+        for m in [&a, &b] {
+            let mut got = [0u8; 4];
+            m.read_slice(&mut got[..3], GuestAddress(0x1000)).unwrap();
+            assert_eq!(&got[..3], b"low");
+            m.read_slice(&mut got, high).unwrap();
+            assert_eq!(&got, b"high");
+        }
+        // A write stays in the VM that made it: neither the file nor the other VM sees it.
+        a.write_slice(b"mine", high).unwrap();
+        a.write_slice(b"new", GuestAddress(8 << 20)).unwrap();
+        let mut got = [0u8; 4];
+        a.read_slice(&mut got, high).unwrap();
+        assert_eq!(&got, b"mine");
+        b.read_slice(&mut got, high).unwrap();
+        assert_eq!(&got, b"high");
+        assert_eq!(file_bytes(&path, high_off, 4), b"high");
+        assert_eq!(file_bytes(&path, 8 << 20, 3), [0, 0, 0]);
+
+        // Its memory is not one file any more: saving it is refused, and nothing is written.
+        let again = dir.join("again");
+        let e = save(&a, &again).unwrap_err().to_string();
+        assert!(e.contains("copy-on-write"), "{e}");
+        assert!(!again.exists());
+        // A file of another size is refused.
+        let e = map(&create_guest_memory(32 << 20).unwrap(), &path).unwrap_err().to_string();
         assert!(e.contains("the VM has 33554432"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

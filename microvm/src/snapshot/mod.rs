@@ -79,6 +79,15 @@ pub enum SnapshotError {
     /// The snapshot directory is not usable.
     #[error("snapshot directory {0:?}: {1}")]
     Dir(PathBuf, &'static str),
+    /// The memory file could not be mapped as guest RAM.
+    #[error("cannot map {path:?} as guest memory")]
+    Map {
+        /// The memory file.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: crate::memory::MemoryError,
+    },
 }
 
 /// vm-superio's `SerialState`, which has no serde.

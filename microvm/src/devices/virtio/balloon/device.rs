@@ -142,8 +142,23 @@ pub(super) fn discards<'m>(mem: &'m GuestMemoryMmap, c: &Chain) -> Result<Vec<Di
 
 impl Discard<'_> {
     /// Frees the pages in guest RAM's memfd: the host takes them back, every mapping of the
-    /// file (this process, KVM, a vhost-user backend) reads zeros there afterwards.
+    /// file (this process, KVM, a vhost-user backend) reads zeros there afterwards. In RAM
+    /// mapped copy-on-write from a snapshot ([`crate::memory::is_private`]) the file is the
+    /// snapshot's and stays as it is: the VM's own copies of the pages are dropped
+    /// (`MADV_DONTNEED`), and the guest reads the snapshot's bytes there afterwards, which
+    /// page reporting allows (it assumes nothing of a reported page's contents).
     fn punch(&self) -> io::Result<()> {
+        if crate::memory::is_private(self.region) {
+            let (Ok(off), Ok(len)) = (usize::try_from(self.offset), usize::try_from(self.len)) else {
+                return Err(io::Error::from(io::ErrorKind::InvalidInput));
+            };
+            // SAFETY: `off..off+len` lies within the region (checked when the discard was
+            // made), whose mapping lives as long as guest memory; MADV_DONTNEED on a private
+            // mapping only drops this process's copies of those pages, which the guest gave
+            // up, and no Rust reference points into guest RAM.
+            let rc = unsafe { libc::madvise(self.region.as_ptr().add(off).cast::<libc::c_void>(), len, libc::MADV_DONTNEED) };
+            return nix::errno::Errno::result(rc).map(drop).map_err(io::Error::from);
+        }
         let fo = self.region.file_offset().ok_or_else(|| io::Error::other("the RAM region has no backing file"))?;
         let at = fo.start().checked_add(self.offset).and_then(|o| libc::off_t::try_from(o).ok());
         let len = libc::off_t::try_from(self.len).ok();

@@ -11,7 +11,8 @@
 //! (`fallocate(PUNCH_HOLE | KEEP_SIZE)`): RAM is a shared mapping of that file, which a
 //! vhost-user backend (virtiofsd) maps too, so dropping only this process's mapping
 //! (`MADV_DONTNEED`) would free nothing. The guest reads zeros from a reported page when it
-//! uses it again.
+//! uses it again. RAM restored copy-on-write from a snapshot (no vhost-user backend maps it)
+//! drops the VM's own copies of the pages instead, and the guest reads the snapshot's bytes.
 //!
 //! Linux always creates the inflate and deflate queues; chains on them (which a driver only
 //! sends when the host asked for a size) are completed unread and counted.

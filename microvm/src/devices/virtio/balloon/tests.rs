@@ -95,6 +95,28 @@ fn reported_ranges_go_back_to_the_host_and_read_as_zeros() {
 }
 
 #[test]
+fn reported_ranges_of_copy_on_write_ram_drop_the_vms_copies() {
+    // RAM mapped copy-on-write from a snapshot file whose block at BLOCK holds the pattern.
+    let path = std::env::temp_dir().join(format!("husk-balloon-cow-{}", std::process::id()));
+    let file = File::create(&path).unwrap();
+    file.set_len(16 * MIB).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &vec![PATTERN; 4 * MIB as usize], BLOCK).unwrap();
+    drop(file);
+    let mem = crate::memory::map_private(&create_guest_memory(16 * MIB).unwrap(), Arc::new(File::open(&path).unwrap())).unwrap();
+    let mut rig = Rig::new(&mem);
+    put(&mem, BLOCK, &vec![0x5a; 4 * MIB as usize]);
+
+    let head = rig.report(&[(BLOCK, 4 << 20)]);
+    rig.dev.process_reports();
+
+    assert!(is_pattern(&mem, BLOCK, 4 * MIB), "the guest's copies were not dropped");
+    assert_eq!(rig.queues[REPORTQ].used(), vec![(u32::from(head), 0)]);
+    assert_eq!((rig.counter("reported_bytes"), rig.counter("discard_errors")), (4 * MIB, 0));
+    assert_eq!(std::fs::read(&path).unwrap()[BLOCK as usize..(BLOCK + 4 * MIB) as usize], vec![PATTERN; 4 * MIB as usize], "the file changed");
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
 fn unaligned_ranges_are_rounded_inward_to_whole_pages() {
     let mem = create_guest_memory(16 * MIB).unwrap();
     let mut rig = Rig::new(&mem);
