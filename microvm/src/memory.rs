@@ -72,17 +72,8 @@ pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
         // SAFETY: `ptr..ptr+len` is a shared read-write mapping of the memfd at `offset`, made
         // just above and never unmapped after this function succeeds, so it stays valid for as
         // long as vm-memory uses it.
-        let builder = unsafe {
-            MmapRegionBuilder::<()>::new(ulen)
-                .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-                .with_mmap_flags(libc::MAP_SHARED | libc::MAP_NORESERVE)
-                .with_file_offset(FileOffset::from_arc(file.clone(), offset))
-                .with_raw_mmap_pointer(ptr)
-        };
-        let mapping = builder.build().map_err(|e| err("describe a region", io::Error::other(e)))?;
-        let region = GuestRegionMmap::new(mapping, GuestAddress(start))
-            .ok_or_else(|| err("place a region", io::Error::other(format!("RAM region at {start:#x} overflows"))))?;
-        regions.push(region);
+        let region = unsafe { describe(ptr, ulen, libc::MAP_SHARED, FileOffset::from_arc(file.clone(), offset), GuestAddress(start)) };
+        regions.push(region.map_err(|(what, e)| err(what, e))?);
         offset += len;
     }
     let mem = GuestMemoryMmap::from_regions(regions).map_err(|e| err("assemble the regions", io::Error::other(e)))?;
@@ -126,20 +117,28 @@ pub fn map_private(mem: &GuestMemoryMmap, file: Arc<File>) -> Result<GuestMemory
         }
         // SAFETY: `ptr..ptr+len` is the private mapping of `file` at `offset` made just above,
         // at the address the old region had, and is never unmapped (as create_guest_memory's).
-        let builder = unsafe {
-            MmapRegionBuilder::<()>::new(len)
-                .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-                .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
-                .with_file_offset(FileOffset::from_arc(file.clone(), offset))
-                .with_raw_mmap_pointer(ptr)
-        };
-        let mapping = builder.build().map_err(|e| err("describe a region", io::Error::other(e)))?;
-        let start = r.start_addr();
-        let region =
-            GuestRegionMmap::new(mapping, start).ok_or_else(|| err("place a region", io::Error::other(format!("RAM region at {:#x} overflows", start.0))))?;
-        regions.push(region);
+        let region = unsafe { describe(ptr, len, libc::MAP_PRIVATE, FileOffset::from_arc(file.clone(), offset), r.start_addr()) };
+        regions.push(region.map_err(|(what, e)| err(what, e))?);
     }
     GuestMemoryMmap::from_regions(regions).map_err(|e| err("assemble the regions", io::Error::other(e)))
+}
+
+/// The region of guest RAM at `start` that the read-write `sharing` (MAP_SHARED or
+/// MAP_PRIVATE) mapping of `file` at `ptr..ptr+len` is; on error, the step that failed.
+///
+/// # Safety
+/// `ptr..ptr+len` must be that mapping, and stay mapped for as long as the region is used.
+unsafe fn describe(ptr: *mut u8, len: usize, sharing: i32, file: FileOffset, start: GuestAddress) -> Result<GuestRegionMmap, (&'static str, io::Error)> {
+    // SAFETY: the caller's contract: a live read-write mapping of `file` of `len` bytes at `ptr`.
+    let builder = unsafe {
+        MmapRegionBuilder::<()>::new(len)
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(sharing | libc::MAP_NORESERVE)
+            .with_file_offset(file)
+            .with_raw_mmap_pointer(ptr)
+    };
+    let mapping = builder.build().map_err(|e| ("describe a region", io::Error::other(e)))?;
+    GuestRegionMmap::new(mapping, start).ok_or_else(|| ("place a region", io::Error::other(format!("RAM region at {:#x} overflows", start.0))))
 }
 
 /// Whether `region` is a copy-on-write view of its file ([`map_private`]): its writes reach
