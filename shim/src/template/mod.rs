@@ -5,7 +5,9 @@
 //! husk-vmm's snapshot (`PUT /vm/snapshot`, microvm/API.md) before anything of a pod reaches
 //! it: no container, no network configuration, no virtio-fs mount (the guest never mounted
 //! it), no open vsock connection. A pod of that shape then starts with `husk-vmm --restore`:
-//! its own copy of the memory, its own taps, virtiofsd connection and sockets; its sandbox
+//! its own memory (the template's memory file mapped copy-on-write, shared with the other
+//! pods of the template where no virtiofsd maps it, a copy where one does), its own taps,
+//! virtiofsd connection and sockets; its sandbox
 //! container's root disk goes into a disk slot; the agent sets the guest's wall clock and
 //! reseeds its random number generator before anything else ([`crate::agent::sync_after_restore`]).
 //!
