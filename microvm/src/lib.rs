@@ -78,6 +78,9 @@ pub enum Error {
     /// The main thread's seccomp filter could not be installed.
     #[error("cannot install the main thread's seccomp filter")]
     MainSeccomp(#[source] seccompiler::Error),
+    /// The SIGSYS handler that reports a refused call could not be installed.
+    #[error("cannot install the SIGSYS handler that reports seccomp violations")]
+    SigsysHandler(#[source] std::io::Error),
     /// A thread could not be spawned.
     #[error("cannot spawn a VMM thread")]
     Thread(#[source] std::io::Error),

@@ -15,6 +15,9 @@ use crate::vmm::Vm;
 pub fn run(mut vm: Vm, use_seccomp: bool) -> Result<ExitReason, crate::Error> {
     let exit = vm.exit.clone();
     let filters = if use_seccomp { Some(seccomp::filters()?) } else { None };
+    if use_seccomp {
+        seccomp::install_violation_report().map_err(crate::Error::SigsysHandler)?;
+    }
 
     if let Some(mut em) = vm.devices.take_event_manager() {
         let ex = exit.clone();
@@ -22,7 +25,7 @@ pub fn run(mut vm: Vm, use_seccomp: bool) -> Result<ExitReason, crate::Error> {
         crate::thread_builder("vmm-events")
             .spawn(move || {
                 if let Some(f) = f {
-                    if let Err(e) = seccompiler::apply_filter(&f) {
+                    if let Err(e) = seccomp::apply(&f, ThreadKind::EventLoop) {
                         ex.request(ExitReason::Error(format!("vmm-events: cannot install seccomp filter: {e}")));
                         return;
                     }
@@ -73,7 +76,7 @@ pub fn run(mut vm: Vm, use_seccomp: bool) -> Result<ExitReason, crate::Error> {
         None => None,
     };
     if let Some(f) = filters.as_ref().map(|f| f.get(ThreadKind::Main)) {
-        seccompiler::apply_filter(&f).map_err(crate::Error::MainSeccomp)?;
+        seccomp::apply(&f, ThreadKind::Main).map_err(crate::Error::MainSeccomp)?;
     }
     Ok(wait_for_exit(&exit, &vcpus))
 }

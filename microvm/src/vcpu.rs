@@ -127,7 +127,7 @@ impl Vcpus {
             let t = crate::thread_builder(format!("vcpu-{id}"))
                 .spawn(move || {
                     if let Some(f) = filter {
-                        if let Err(e) = seccompiler::apply_filter(&f) {
+                        if let Err(e) = crate::seccomp::apply(&f, crate::seccomp::ThreadKind::Vcpu) {
                             ex.request(ExitReason::Error(format!("vcpu-{id}: cannot install seccomp filter: {e}")));
                             return;
                         }

@@ -162,7 +162,7 @@ impl ApiServer {
         crate::thread_builder("vmm-api")
             .spawn(move || {
                 if let Some(f) = filter {
-                    if let Err(e) = seccompiler::apply_filter(&f) {
+                    if let Err(e) = crate::seccomp::apply(&f, crate::seccomp::ThreadKind::Api) {
                         state.exit.request(ExitReason::Error(format!("vmm-api: cannot install seccomp filter: {e}")));
                         return;
                     }

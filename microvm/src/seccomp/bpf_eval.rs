@@ -21,6 +21,8 @@ pub const ARCH_X86_64: u32 = 0xc000_003e;
 pub const ALLOW: u32 = 0x7fff_0000;
 /// `SECCOMP_RET_KILL_PROCESS`.
 pub const KILL_PROCESS: u32 = 0x8000_0000;
+/// `SECCOMP_RET_TRAP` (its low 16 bits, `SECCOMP_RET_DATA`, are 0 in our filters).
+pub const TRAP: u32 = 0x0003_0000;
 
 /// `struct seccomp_data` as the filter sees it, in bytes.
 fn seccomp_data(arch: u32, nr: i64, args: [u64; 6]) -> [u8; 64] {

@@ -1,6 +1,7 @@
 //! Seccomp filters per thread kind, compiled with seccompiler and installed by each thread
 //! before its loop (`--no-seccomp` turns them off for debugging). A call outside the list
-//! kills the process (SIGSYS). `ioctl` is allowed by request number only, on every thread.
+//! ends the process (SIGSYS, see the end of this doc). `ioctl` is allowed by request number
+//! only, on every thread.
 //!
 //! - vCPU threads: KVM_RUN, KVM_IRQ_LINE, and the KVM_GET_* ioctls of their own vCPU's state
 //!   (a halt probe reads MP state and registers, a snapshot all of it), I/O to the console
@@ -27,7 +28,14 @@
 //!   KVM_GET_PIT2 and KVM_GET_CLOCK, creating its files (only new ones: O_EXCL), fsync, and
 //!   unlink of what a failed snapshot wrote.
 //! - The main thread, once everything runs: waiting for the exit, removing the API socket.
+//!
+//! A refused call raises SIGSYS in the thread that made it (`SECCOMP_RET_TRAP`). husk-vmm's
+//! handler ([`install_violation_report`]) writes one line to stderr naming the call's number
+//! and the thread's kind, then the process dies of SIGSYS as under `SECCOMP_RET_KILL_PROCESS`
+//! (the handler is reset on entry and the signal raised again). Without the line, a rare
+//! refusal (one CI run in many) left only "Bad system call" and no way to tell which call.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -58,6 +66,106 @@ pub enum ThreadKind {
     VsockConnect,
     /// The main thread once the VM runs (waits for the exit, removes the API socket).
     Main,
+}
+
+impl ThreadKind {
+    /// The kind's name in a violation report.
+    pub fn name(self) -> &'static str {
+        match self {
+            ThreadKind::Vcpu => "vcpu",
+            ThreadKind::EventLoop => "vmm-events",
+            ThreadKind::Api => "vmm-api",
+            ThreadKind::BlockIo => "disk I/O",
+            ThreadKind::VsockConnect => "vsock-connect",
+            ThreadKind::Main => "main",
+        }
+    }
+}
+
+thread_local! {
+    /// The kind of the filter this thread installed, for the violation report.
+    static INSTALLED: Cell<&'static str> = const { Cell::new("unfiltered") };
+}
+
+/// Installs `filter`, the filter of `kind`, on the calling thread.
+pub fn apply(filter: &BpfProgram, kind: ThreadKind) -> Result<(), seccompiler::Error> {
+    INSTALLED.with(|k| k.set(kind.name()));
+    seccompiler::apply_filter(filter)
+}
+
+/// Offset of `_sigsys._syscall` in the kernel's `siginfo_t` on x86-64 (after `si_signo`,
+/// `si_errno`, `si_code`, padding, and `_call_addr`); the libc crate has no accessor for it.
+const SIGINFO_SYSCALL_OFFSET: usize = 24;
+
+/// Makes a refused call report itself on stderr before the process dies (see the module doc).
+pub fn install_violation_report() -> std::io::Result<()> {
+    // SAFETY: a zeroed sigaction is a valid value to fill in.
+    let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+    sa.sa_sigaction = on_sigsys as *const () as usize;
+    // SA_RESETHAND: the signal raised again in the handler takes the default action (death
+    // with a core), and so does any second refusal; SA_NODEFER: it is not blocked meanwhile.
+    sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESETHAND | libc::SA_NODEFER;
+    // SAFETY: installing a handler for SIGSYS with a valid sigaction; the old one is not read.
+    if unsafe { libc::sigaction(libc::SIGSYS, &sa, std::ptr::null_mut()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Appends `n` in decimal to `buf` at `*at` (no allocation: this runs in a signal handler).
+fn put_decimal(buf: &mut [u8], at: &mut usize, n: u64) {
+    let mut digits = [0u8; 20];
+    let (mut i, mut v) = (digits.len(), n);
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    put(buf, at, &digits[i..]);
+}
+
+fn put(buf: &mut [u8], at: &mut usize, bytes: &[u8]) {
+    let n = bytes.len().min(buf.len().saturating_sub(*at));
+    buf[*at..*at + n].copy_from_slice(&bytes[..n]);
+    *at += n;
+}
+
+/// The report line, built without allocating.
+fn violation_line(buf: &mut [u8; 160], kind: &str, tid: u64, nr: i64) -> usize {
+    let mut at = 0;
+    put(buf, &mut at, b"husk-vmm: seccomp: the ");
+    put(buf, &mut at, kind.as_bytes());
+    put(buf, &mut at, b" thread (tid ");
+    put_decimal(buf, &mut at, tid);
+    put(buf, &mut at, b") made syscall ");
+    if nr < 0 {
+        put(buf, &mut at, b"-");
+    }
+    put_decimal(buf, &mut at, nr.unsigned_abs());
+    put(buf, &mut at, b", which its filter refuses; exiting\n");
+    at
+}
+
+extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo_t for an SA_SIGINFO handler; for SIGSYS from
+    // seccomp its `_sigsys._syscall` field is at this offset (read unaligned, as plain bytes).
+    let nr = unsafe { std::ptr::read_unaligned(info.cast::<u8>().add(SIGINFO_SYSCALL_OFFSET).cast::<i32>()) };
+    let kind = INSTALLED.try_with(|k| k.get()).unwrap_or("unknown");
+    // SAFETY: gettid and getpid take no arguments and cannot fail.
+    let (tid, pid) = unsafe { (libc::syscall(libc::SYS_gettid), libc::getpid()) };
+    let mut buf = [0u8; 160];
+    let len = violation_line(&mut buf, kind, tid as u64, i64::from(nr));
+    // SAFETY: write(2) of our own stack buffer to stderr, tgkill(2) of the calling thread
+    // (the handler was reset to the default action on entry, so this ends the process), and
+    // _exit should the signal not end it. All three are in every thread's filter.
+    unsafe {
+        libc::write(2, buf.as_ptr().cast(), len);
+        libc::syscall(libc::SYS_tgkill, pid, tid, libc::SIGSYS);
+        libc::_exit(128 + libc::SIGSYS);
+    }
 }
 
 /// The compiled filters.
@@ -252,7 +360,7 @@ fn build(a: Allow<'_>) -> Result<Arc<BpfProgram>, SeccompError> {
         }
         rules.insert(nr, any_of);
     }
-    let filter = SeccompFilter::new(rules, SeccompAction::KillProcess, SeccompAction::Allow, TargetArch::x86_64).map_err(err)?;
+    let filter = SeccompFilter::new(rules, SeccompAction::Trap, SeccompAction::Allow, TargetArch::x86_64).map_err(err)?;
     BpfProgram::try_from(filter).map(Arc::new).map_err(err)
 }
 

@@ -2,7 +2,7 @@
 //! thread under a filter breaks it (in forked children), and that the work each thread does
 //! still runs under its filter.
 
-use super::bpf_eval::{self, ALLOW, ARCH_X86_64, KILL_PROCESS};
+use super::bpf_eval::{self, ALLOW, ARCH_X86_64, KILL_PROCESS, TRAP};
 use super::*;
 
 fn verdict(kind: ThreadKind, nr: i64, args: [u64; 6]) -> u32 {
@@ -12,7 +12,7 @@ fn verdict(kind: ThreadKind, nr: i64, args: [u64; 6]) -> u32 {
 fn allowed(kind: ThreadKind, nr: i64, args: [u64; 6]) -> bool {
     match verdict(kind, nr, args) {
         ALLOW => true,
-        KILL_PROCESS => false,
+        TRAP => false,
         v => panic!("{kind:?} syscall {nr}: unexpected verdict {v:#x}"),
     }
 }
@@ -319,4 +319,49 @@ fn every_thread_may_trim_a_bounded_log() {
         });
         assert_eq!(exited(st), Some(7), "{kind:?}: trimming a bounded log would be killed, status {st:#x}");
     }
+}
+
+#[test]
+fn a_refused_call_names_itself_and_its_thread_then_the_process_dies_of_sigsys() {
+    let mut buf = [0u8; 160];
+    let n = violation_line(&mut buf, "vmm-events", 4242, libc::SYS_openat);
+    assert_eq!(
+        std::str::from_utf8(&buf[..n]).unwrap(),
+        "husk-vmm: seccomp: the vmm-events thread (tid 4242) made syscall 257, which its filter refuses; exiting\n"
+    );
+    // In a child with the handler: stderr goes to a pipe, the child opens a file under the
+    // event loop's filter.
+    let mut fds = [0; 2];
+    // SAFETY: pipe(2) into a local array.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let filter = filters().unwrap().get(ThreadKind::EventLoop);
+    // SAFETY: fork in a test; the child only redirects stderr, installs the handler and the
+    // filter, makes the refused call and exits.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        // SAFETY: in the child: dup2 of the pipe's write end onto stderr, then open(2).
+        unsafe {
+            libc::dup2(fds[1], 2);
+            if install_violation_report().is_err() || apply(&filter, ThreadKind::EventLoop).is_err() {
+                libc::_exit(99);
+            }
+            libc::open(c"/etc/hostname".as_ptr(), libc::O_RDONLY);
+            libc::_exit(3);
+        }
+    }
+    let mut status = 0;
+    // SAFETY: closing our copy of the write end, waiting for our own child.
+    unsafe {
+        libc::close(fds[1]);
+        libc::waitpid(pid, &mut status, 0);
+    }
+    assert!(killed_by_seccomp(status), "status {status:#x}");
+    let mut out = [0u8; 512];
+    // SAFETY: read(2) into a local buffer.
+    let n = unsafe { libc::read(fds[0], out.as_mut_ptr().cast(), out.len()) };
+    // SAFETY: closing the read end.
+    unsafe { libc::close(fds[0]) };
+    let text = String::from_utf8_lossy(&out[..n.max(0) as usize]).into_owned();
+    assert!(text.starts_with("husk-vmm: seccomp: the vmm-events thread (tid ") && text.contains(&format!(") made syscall {}, ", libc::SYS_openat)), "{text:?}");
 }

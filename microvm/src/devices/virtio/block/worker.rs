@@ -314,7 +314,7 @@ fn serve(mut disk: Option<Disk>, m: &BlockMetrics, epoll: &Epoll, wake: &EventFd
                         let _ = ack.send(());
                     }
                     Ok(Msg::Seccomp(filter, ack)) => {
-                        let _ = ack.send(seccompiler::apply_filter(&filter));
+                        let _ = ack.send(crate::seccomp::apply(&filter, crate::seccomp::ThreadKind::BlockIo));
                     }
                     Ok(Msg::Progress(ack)) => {
                         // A notification not taken yet means requests are waiting: serve them.

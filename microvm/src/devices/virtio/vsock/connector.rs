@@ -71,7 +71,7 @@ fn serve(base: &str, rx: Receiver<Msg>) {
                 let _ = reply.send(connect_nonblocking(&format!("{base}_{port}")));
             }
             Msg::Seccomp(filter, ack) => {
-                let _ = ack.send(seccompiler::apply_filter(&filter));
+                let _ = ack.send(crate::seccomp::apply(&filter, crate::seccomp::ThreadKind::VsockConnect));
             }
         }
     }
