@@ -88,9 +88,10 @@ pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
 /// others in the host's page cache, and nothing is copied or zeroed before the guest runs;
 /// a page the guest writes becomes this VM's own. `mem`'s memfd is left unused.
 ///
-/// Only for a VM no other process maps the memory of (no vhost-user device): a private
-/// mapping cannot be shared. The file must stay as it is while the VM runs (a snapshot's
-/// files are never rewritten; unlinking it keeps the mapped pages).
+/// No other process can map the result (a private mapping cannot be shared): a vhost-user
+/// device of such a VM relays its backend's requests through memory of its own. The file must
+/// stay as it is while the VM runs (a snapshot's files are never rewritten; unlinking it
+/// keeps the mapped pages).
 ///
 /// Call it before anything holds `mem`'s regions (devices, vCPUs): they keep their
 /// addresses, so KVM's memory slots stay valid, but the regions' description changes. On

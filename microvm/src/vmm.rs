@@ -230,15 +230,11 @@ impl Vm {
         config.validate_devices().map_err(snapshot::SnapshotError::Config)?;
         let mut vm = Self::base(config, Some(&snap.serial))?;
         let memory = dir.join(snapshot::MEMORY_FILE);
-        if vm.config.fs.is_empty() {
-            // No other process maps guest RAM (virtiofsd maps it from its file descriptor), so
-            // the snapshot's pages are shared copy-on-write instead of copied.
-            vm.mem = snapshot::memory::map(&vm.mem, &memory)?;
-            log::debug!("guest memory mapped copy-on-write {:?} after process start", crate::since_start());
-        } else {
-            snapshot::memory::restore(&vm.mem, &memory)?;
-            log::debug!("guest memory restored {:?} after process start", crate::since_start());
-        }
+        // The snapshot's pages are shared copy-on-write instead of copied. No other process
+        // can map such RAM: a virtio-fs device relays its backend's requests through memory of
+        // its own (devices::virtio::fs::relay).
+        vm.mem = snapshot::memory::map(&vm.mem, &memory)?;
+        log::debug!("guest memory mapped copy-on-write {:?} after process start", crate::since_start());
         vm.i8042.set_state(snap.i8042.clone()).map_err(snapshot::SnapshotError::Invalid)?;
         snapshot::vm_state::restore(&vm.vm, &snap.vm)?;
         for (id, state) in snap.vcpus.iter().enumerate() {

@@ -8,8 +8,12 @@
 #     paused and snapshotted at TICK 3 (200), then killed with its virtiofsd.
 #  2. Two clones at once, each with its own new virtiofsd on a directory of its own: each goes
 #     on counting (no boot: no READY line) and at TICK 40 mounts the share and reads ITS
-#     backend's hello.txt (the restored device runs the vhost-user setup with the new backend
-#     and the clone's own memory); the device's counters show one activation.
+#     backend's hello.txt and writes a file the host then reads (the restored device runs the
+#     vhost-user setup with the new backend); the device's counters show one activation. A
+#     clone's RAM is the snapshot's memory file mapped copy-on-write, which virtiofsd cannot
+#     map: husk-vmm relays (counters `relaying` 1, `relayed_requests` > 0), virtiofsd maps only
+#     the relay's 16 MiB of husk-vmm memory, never the clone's RAM, and the memory file is
+#     unchanged afterwards.
 #  3. A clone whose guest has mounted the share refuses the snapshot: 409 naming virtio-fs and
 #     the mount, nothing written; it goes on after a resume and reads the share again.
 #  4. --restore with --fs of another tag is refused naming both tags; with a backend socket
@@ -43,6 +47,7 @@ while :; do
   echo "TICK $n"
   if [ "$n" = "$at" ]; then
     if mount -t virtiofs t /mnt/s; then echo MOUNTED; echo "READ $(cat /mnt/s/hello.txt 2>&1)"; else echo MOUNT-FAILED; fi
+    if seq 1 20000 >/mnt/s/out.txt; then echo "WROTE $(md5sum /mnt/s/out.txt | cut -c1-32)"; fi
   fi
   if [ -e /mnt/s/again ]; then echo "AGAIN $(cat /mnt/s/hello.txt 2>&1)"; fi
   sleep 0.5
@@ -98,6 +103,7 @@ if [ "$code" = 200 ] && [ -z "$(line o MOUNTED)" ]; then ok "snapshot with an un
 else bad "snapshot before the mount: $code $body (console: $(line o MOUNTED))"; finish; fi
 kill_vm o
 stop_virtiofsd o
+mem_md5=$(md5sum <"$work/snap/memory")
 
 # 2. Two clones, each with a virtiofsd of its own.
 start_virtiofsd r "$work/share-r"
@@ -116,9 +122,34 @@ for c in r s; do
   if [ -n "$(line "$c" MOUNTED)" ] && [ "$(line "$c" READ)" = "$want" ]; then ok "$c mounted at TICK $MOUNT_AT and read its own backend's file: $(line "$c" READ)"
   else bad "$c: want '$want', got '$(line "$c" MOUNT)' '$(line "$c" READ)' (stderr: $(tail -c 300 "$work/$c.err"))"; fi
 done
+want=$(seq 1 20000 | md5sum | cut -c1-32)
+for c in r s; do
+  wait_for "$c" '^WROTE' 60
+  got=$(md5sum <"$work/share-$c/out.txt" | cut -c1-32)
+  [ "$(line "$c" WROTE)" = "WROTE $want" ] && [ "$got" = "$want" ] && ok "$c wrote 105 KiB through its share, the host reads the same (md5 $got)" \
+    || bad "$c's write: guest '$(line "$c" WROTE)', host $got, want $want"
+done
 call r GET /vm/counters
-act=$(python3 -c 'import json, sys; c = json.loads(sys.argv[1])["fs.t"]; print(c["activations"], c["connected"], c["backend_failures"])' "$body" 2>/dev/null)
-[ "$act" = "1 1 0" ] && ok "r's fs.t counters: one activation, connected, no failure" || bad "r's counters: $code $body"
+act=$(python3 -c 'import json, sys; c = json.loads(sys.argv[1])["fs.t"]; print(c["activations"], c["connected"], c["backend_failures"], c["relaying"], int(c["relayed_requests"] > 0), c["errors"])' "$body" 2>/dev/null)
+[ "$act" = "1 1 0 1 1 0" ] && ok "r's fs.t counters: one activation, connected, no failure, relaying, requests relayed, no error" || bad "r's counters (want 1 1 0 1 1 0, got '$act'): $code $body"
+# What r's virtiofsd (the process started and its sandboxed server) maps of husk-vmm's
+# memory: memfds only (its own are small), the largest the relay's 16 MiB + 64 KiB, never
+# the clone's 128 MiB of RAM or the snapshot's memory file.
+largest=0
+for p in $vfs_r $(pgrep -P "$vfs_r"); do
+  while read -r range _ _ _ _ path; do
+    [[ "$path" == /memfd:* || "$path" == *"$work/snap/memory"* ]] || continue
+    [[ "$path" == *"$work/snap/memory"* ]] && largest=999999999 && break
+    s=$((16#${range#*-} - 16#${range%-*}))
+    ((s > largest)) && largest=$s
+  done <"/proc/$p/maps"
+done
+((largest > 0 && largest <= (16 << 20) + (64 << 10))) && ok "r's virtiofsd maps at most the relay's memory of husk-vmm (largest memfd mapping $((largest >> 10)) KiB)" \
+  || bad "r's virtiofsd maps $largest bytes of a memfd or the memory file (want the relay's $(( (16 << 20) + (64 << 10) )) at most)"
+# Both clones map the memory file copy-on-write and share its pages that neither wrote.
+shared_kib() { awk -v f="$2" '/^[0-9a-f]+-[0-9a-f]+ / { m = ($NF == f) } m && /^Shared_(Clean|Dirty):/ { s += $2 } END { print s + 0 }' "/proc/$1/smaps"; }
+kib=$(shared_kib "$pid_r" "$work/snap/memory")
+((kib >= 4096)) && ok "r shares $kib KiB of the snapshot's memory file with s" || bad "r shares $kib KiB of $work/snap/memory (want >= 4096)"
 n=$(last_tick s)
 wait_for s "^TICK $((n + 2))$" 60
 ok "s ticks on after the mount"
@@ -147,6 +178,8 @@ else bad "restore with tag=other: $err"; fi
 if err=$("$VMM" --restore "$work/snap" --fs "tag=t,socket=$work/nobody.vfs" --console none 2>&1); then bad "restore without a backend started: $err"
 elif grep -q "fs.socket = \"$work/nobody.vfs\"" <<<"$err"; then ok "restore without its backend refused: $err"
 else bad "restore with a missing backend: $err"; fi
+
+[ "$(md5sum <"$work/snap/memory")" = "$mem_md5" ] && ok "the snapshot's memory file is unchanged by its clones" || bad "the clones changed $work/snap/memory"
 
 # 5. Nothing left.
 [ -z "$(pgrep -f "husk-vmm.*$work/")" ] && ok "no husk-vmm of this test left" || bad "husk-vmm left: $(pgrep -af "husk-vmm.*$work/")"

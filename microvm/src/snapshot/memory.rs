@@ -105,8 +105,8 @@ fn open_sized(mem: &GuestMemoryMmap, path: &Path) -> Result<(File, u64), Snapsho
 
 /// The guest memory of a VM restored from the file at `path` copy-on-write: the file mapped
 /// privately over `mem`'s RAM ([`crate::memory::map_private`]). Nothing is copied; the VMs
-/// restored from one snapshot share the pages none of them wrote. For a VM whose memory no
-/// other process maps (no vhost-user device); its memory cannot be saved again
+/// restored from one snapshot share the pages none of them wrote. No other process can map
+/// it (a vhost-user device relays instead); its memory cannot be saved again
 /// ([`COW_UNSAVED`]).
 pub fn map(mem: &GuestMemoryMmap, path: &Path) -> Result<GuestMemoryMmap, SnapshotError> {
     let (src, _) = open_sized(mem, path)?;

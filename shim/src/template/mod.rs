@@ -6,8 +6,8 @@
 //! it: no container, no network configuration, no virtio-fs mount (the guest never mounted
 //! it), no open vsock connection. A pod of that shape then starts with `husk-vmm --restore`:
 //! its own memory (the template's memory file mapped copy-on-write, shared with the other
-//! pods of the template where no virtiofsd maps it, a copy where one does), its own taps,
-//! virtiofsd connection and sockets; its sandbox
+//! pods of the template; husk-vmm relays virtiofsd's requests through memory of its own),
+//! its own taps, virtiofsd connection and sockets; its sandbox
 //! container's root disk goes into a disk slot; the agent sets the guest's wall clock and
 //! reseeds its random number generator before anything else ([`crate::agent::sync_after_restore`]).
 //!

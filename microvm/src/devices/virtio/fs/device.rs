@@ -12,6 +12,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::backend::Backend;
 use super::failover;
 use super::metrics::FsMetrics;
+use super::relay::{Relay, NOT_RELAYED_FEATURES};
 use super::{FsConfig, FsError, CONFIG_SPACE_SIZE, NUM_QUEUES, NUM_REQUEST_QUEUES, QUEUE_SIZE, TAG_LEN};
 use crate::devices::virtio::active::Active;
 use crate::devices::virtio::ratelimit::LogLimiter;
@@ -58,6 +59,10 @@ pub struct Fs {
     /// with); while they are, they are not on the event loop.
     calls_routed: Option<Arc<Interrupt>>,
     pub(super) metrics: Arc<FsMetrics>,
+    /// The shadow rings used when the backend cannot map guest RAM.
+    pub(super) relay: Relay,
+    /// This activation relays the queues ([`super::relay`]).
+    pub(super) relaying: bool,
 }
 
 /// One line per second at most about backend failures, whatever their cause.
@@ -99,6 +104,8 @@ impl Fs {
             kicks_registered: false,
             calls_routed: None,
             metrics,
+            relay: Relay::new()?,
+            relaying: false,
         })
     }
 
@@ -136,20 +143,68 @@ impl Fs {
         let Some(active) = self.active.as_ref() else {
             return;
         };
-        let result = match self.backend.as_mut() {
-            Some(b) => b.start(&active.mem, &active.queues, self.acked_features, &self.call_evts, &self.queue_evts),
-            None => {
-                self.backend_lost("is gone (it hung up before the driver activated the device)", ops);
-                return;
+        // RAM mapped copy-on-write cannot be shared with the backend: relay it.
+        self.relaying = vm_memory::GuestMemoryBackend::iter(&active.mem).any(crate::memory::is_private);
+        self.metrics.relaying.store(self.relaying, Ordering::Relaxed);
+        let Some(backend) = self.backend.as_mut() else {
+            self.backend_lost("is gone (it hung up before the driver activated the device)", ops);
+            return;
+        };
+        let result = if self.relaying {
+            match self.relay.restart() {
+                Ok(shadow) => backend
+                    .start(self.relay.mem(), &shadow, self.acked_features & !NOT_RELAYED_FEATURES, &self.call_evts, self.relay.kicks())
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
             }
+        } else {
+            backend.start(&active.mem, &active.queues, self.acked_features, &self.call_evts, &self.queue_evts).map_err(|e| e.to_string())
         };
         match result {
             Ok(()) => {
                 self.phase = Phase::Running;
                 self.metrics.activations.inc();
-                self.route_calls(ops);
+                if self.relaying {
+                    // The guest's kicks come here; requests it queued before the handshake
+                    // go on at once.
+                    self.register_kicks(ops);
+                    for q in 0..NUM_QUEUES {
+                        self.relay_forward(q);
+                    }
+                } else {
+                    self.route_calls(ops);
+                }
             }
             Err(e) => self.backend_lost(&format!("refused the activation: {e}"), ops),
+        }
+    }
+
+    /// While relaying: forwards the guest's requests on queue `q`; comes back through the
+    /// event loop if the guest keeps it busy.
+    pub(super) fn relay_forward(&mut self, q: usize) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        if self.relay.forward(active, q, &self.metrics) {
+            if let Err(e) = self.queue_evts[q].write(1) {
+                log::error!("virtio-fs {}: cannot re-arm queue {q}: {e}", self.cfg.tag);
+            }
+        }
+    }
+
+    /// While relaying: the backend completed requests on queue `q`.
+    pub(super) fn relay_complete(&mut self, q: usize, ops: &mut EventOps) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        match self.relay.complete(active, q, &self.metrics) {
+            Ok(true) => {
+                if let Err(e) = self.queue_evts[q].write(1) {
+                    log::error!("virtio-fs {}: cannot re-arm queue {q}: {e}", self.cfg.tag);
+                }
+            }
+            Ok(false) => {}
+            Err(e) => self.backend_lost(&format!("broke the relay's rings: {e}"), ops),
         }
     }
 
@@ -178,7 +233,12 @@ impl Fs {
         let Some(active) = self.active.as_mut() else {
             return;
         };
-        failover::take_over(active);
+        if self.relaying {
+            // husk-vmm knows what the backend held: the guest's queues are where it left them.
+            self.relay.fail_in_flight(active, &self.metrics);
+        } else {
+            failover::take_over(active);
+        }
         if let Err(e) = active.interrupt.signal_needs_reset() {
             log::error!("virtio-fs {}: cannot raise the config interrupt: {e}", self.cfg.tag);
         }

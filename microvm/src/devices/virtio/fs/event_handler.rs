@@ -30,7 +30,9 @@ impl MutEventSubscriber for Fs {
             self.on_control(ops);
         } else if let Some(q) = self.call_evts.iter().position(|e| e.as_raw_fd() == fd) {
             let _ = self.call_evts[q].read();
-            if let Some(active) = self.active.as_ref() {
+            if self.relaying && self.phase == Phase::Running {
+                self.relay_complete(q, ops);
+            } else if let Some(active) = self.active.as_ref() {
                 if let Err(e) = active.interrupt.signal_used_queue() {
                     log::error!("virtio-fs {}: cannot raise the interrupt: {e}", self.cfg.tag);
                 }
@@ -49,6 +51,9 @@ impl MutEventSubscriber for Fs {
             if self.phase == Phase::Failed {
                 self.metrics.kicks.inc();
                 self.answer_with_errors(q);
+            } else if self.relaying && self.phase == Phase::Running {
+                self.metrics.kicks.inc();
+                self.relay_forward(q);
             }
         } else {
             let _ = ops.remove(events);

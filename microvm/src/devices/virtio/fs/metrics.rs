@@ -9,7 +9,8 @@ use crate::devices::virtio::counter::{pairs_to_json, Counter};
 pub struct FsMetrics {
     /// Activations whose vhost-user handshake succeeded (the backend serves the queues).
     pub activations: Counter,
-    /// Interrupts raised for the backend (its call EventFds fired).
+    /// Interrupts raised for the backend (its call EventFds fired, or, when relaying, the
+    /// guest's requests it completed).
     pub interrupts: Counter,
     /// Times the backend hung up, failed a step of the protocol or could not be reached
     /// when the driver activated the device.
@@ -18,17 +19,23 @@ pub struct FsMetrics {
     pub failed_requests: Counter,
     /// Malformed chains met while answering for a backend that is gone.
     pub errors: Counter,
-    /// Queue notifications husk-vmm itself handled (only while the backend is gone).
+    /// Queue notifications husk-vmm itself handled (while relaying, or while the backend is
+    /// gone).
     pub kicks: Counter,
+    /// Requests husk-vmm relayed to the backend through its shadow rings.
+    pub relayed_requests: Counter,
     /// Whether a backend is connected now.
     pub connected: AtomicBool,
     /// Whether the backend's call EventFds raise the interrupt through KVM now (irqfds)
     /// rather than through husk-vmm (`interrupts` then stays still).
     pub routed_calls: AtomicBool,
+    /// Whether husk-vmm relays the queues (RAM mapped copy-on-write: [`super::relay`]).
+    pub relaying: AtomicBool,
 }
 
 impl FsMetrics {
-    /// The counters as (name, value) pairs (`connected` and `routed_calls` are 0 or 1).
+    /// The counters as (name, value) pairs (`connected`, `routed_calls` and `relaying` are 0
+    /// or 1).
     pub fn pairs(&self) -> Vec<(&'static str, u64)> {
         vec![
             ("activations", self.activations.get()),
@@ -37,8 +44,10 @@ impl FsMetrics {
             ("failed_requests", self.failed_requests.get()),
             ("errors", self.errors.get()),
             ("kicks", self.kicks.get()),
+            ("relayed_requests", self.relayed_requests.get()),
             ("connected", u64::from(self.connected.load(Ordering::Relaxed))),
             ("routed_calls", u64::from(self.routed_calls.load(Ordering::Relaxed))),
+            ("relaying", u64::from(self.relaying.load(Ordering::Relaxed))),
         ]
     }
 

@@ -17,6 +17,11 @@
 //!   answering every request (the one in flight included) with `EIO` until the driver resets
 //!   the device ([`failover`]). husk-vmm keeps running.
 //!
+//! A VM restored copy-on-write from a template has RAM the backend cannot map. Its device
+//! relays: the backend is given only a small memfd of husk-vmm's with rings of its own, and
+//! husk-vmm copies each request there and each reply back ([`relay`]). The device chooses at
+//! each activation, from the memory it is given.
+//!
 //! A snapshot can hold the device only while the guest has never used its queues (before it
 //! mounts the share), since the backend's state cannot be saved (`save_progress` of [`Fs`]).
 //! A restored VM builds the device as at boot, connected to the backend it is given, and the
@@ -30,6 +35,7 @@ pub mod device;
 mod event_handler;
 pub mod failover;
 pub mod metrics;
+pub mod relay;
 
 #[cfg(test)]
 mod tests;
@@ -121,4 +127,7 @@ pub enum FsError {
     /// An EventFd could not be created.
     #[error("cannot create an EventFd for the virtio-fs device")]
     EventFd(#[source] std::io::Error),
+    /// The relay's shadow memory could not be created.
+    #[error("cannot create the shadow memory of the virtio-fs relay")]
+    Shadow(#[source] crate::memory::MemoryError),
 }

@@ -51,6 +51,8 @@ struct EchoFs {
     dead: Arc<AtomicBool>,
     /// How many STALL requests it took.
     stalled: Arc<AtomicU32>,
+    /// Bytes of memory the frontend gave it last.
+    mapped: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl VhostUserBackendMut for EchoFs {
@@ -76,6 +78,7 @@ impl VhostUserBackendMut for EchoFs {
     }
     fn set_event_idx(&mut self, _enabled: bool) {}
     fn update_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> std::io::Result<()> {
+        self.mapped.store(vm_memory::GuestMemoryBackend::iter(&*mem.memory()).map(vm_memory::GuestMemoryRegion::len).sum(), Ordering::SeqCst);
         self.mem = Some(mem);
         Ok(())
     }
@@ -142,6 +145,7 @@ struct TestBackend {
     daemon: VhostUserDaemon<Arc<RwLock<EchoFs>>>,
     dead: Arc<AtomicBool>,
     stalled: Arc<AtomicU32>,
+    mapped: Arc<std::sync::atomic::AtomicU64>,
     exit: EventNotifier,
 }
 
@@ -163,12 +167,13 @@ impl TestBackend {
         let stalled = Arc::new(AtomicU32::new(0));
         let exit = new_event_consumer_and_notifier(EventFlag::NONBLOCK).unwrap();
         let exit_notifier = exit.1.try_clone().unwrap();
-        let backend = EchoFs { mem: None, exit, dead: dead.clone(), stalled: stalled.clone() };
+        let mapped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let backend = EchoFs { mem: None, exit, dead: dead.clone(), stalled: stalled.clone(), mapped: mapped.clone() };
         let mut daemon = VhostUserDaemon::new("echo-fs".into(), Arc::new(RwLock::new(backend)), GuestMemoryAtomic::new(GuestMemoryMmap::new())).unwrap();
         let s = socket.clone();
         let thread = std::thread::spawn(move || {
             daemon.start(&mut listener).unwrap();
-            TestBackend { socket: s, daemon, dead, stalled, exit: exit_notifier }
+            TestBackend { socket: s, daemon, dead, stalled, mapped, exit: exit_notifier }
         });
         Accepting { socket, thread }
     }
@@ -689,4 +694,141 @@ fn a_restored_device_whose_backend_is_gone_fails_requests_with_eio_as_at_boot() 
     let reply = rig.request(&mut qs[REQUEST_QUEUE], REQUEST_QUEUE as u32, 1, 5);
     rig.run_until("the request fails", |_| qs[REQUEST_QUEUE].used_idx() == 1);
     assert_eq!(rig.reply(reply), (16, -5, 5));
+}
+
+// ---- relaying (RAM mapped copy-on-write) -------------------------------------------------
+
+/// Guest memory mapped copy-on-write from a 16 MiB file filled with `fill`, as a VM restored
+/// from a template has it; and the file.
+fn private_mem(fill: u8) -> (GuestMemoryMmap, std::fs::File) {
+    use std::io::Write;
+    let path = tmp_dir().join("memory");
+    let mut f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+    f.write_all(&vec![fill; 16 << 20]).unwrap();
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    let mem = crate::memory::map_private(&create_guest_memory(16 << 20).unwrap(), Arc::new(f.try_clone().unwrap())).unwrap();
+    (mem, f)
+}
+
+fn file_bytes(f: &std::fs::File, at: u64, len: usize) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut b = vec![0u8; len];
+    f.read_exact_at(&mut b, at).unwrap();
+    b
+}
+
+#[test]
+fn with_copy_on_write_ram_the_backend_gets_only_the_shadow_memory_and_requests_are_relayed() {
+    let (mem, file) = private_mem(0x5a);
+    let mut rig = Rig::with_mem(mem.clone());
+    let mut qs = queues(&mem);
+    rig.activate(&qs);
+    rig.run_until("the backend runs", |r| r.phase() == Phase::Running);
+    assert_eq!((rig.counter("relaying"), rig.counter("routed_calls")), (1, 0));
+    assert_eq!(rig.backend.mapped.load(Ordering::SeqCst), relay::SHADOW_BYTES, "the backend maps the shadow memory, not guest RAM");
+
+    // Requests on both queues, one with its reply split over two buffers.
+    let reply = rig.request(&mut qs[REQUEST_QUEUE], REQUEST_QUEUE as u32, 1, 0xabcd);
+    rig.run_until("the reply arrives", |_| qs[REQUEST_QUEUE].used_idx() == 1);
+    assert_eq!(qs[REQUEST_QUEUE].used(), vec![(0, 24)]);
+    assert_eq!(rig.reply(reply), (24, 0, 0xabcd));
+    assert_eq!(get(&rig.mem, reply + 16, 8), PAYLOAD);
+    assert_eq!(get(&rig.mem, reply + 24, 8), vec![0xee; 8], "nothing past the reply");
+    assert_eq!(rig.t.interrupt().status() & INT_VRING, INT_VRING);
+    let (hdr, a, b) = (0x40_0000, 0x41_0000, 0x42_0000);
+    let mut h = [0u8; FUSE_IN_HEADER_LEN];
+    h[0..4].copy_from_slice(&(FUSE_IN_HEADER_LEN as u32).to_le_bytes());
+    h[4..8].copy_from_slice(&1u32.to_le_bytes());
+    h[8..16].copy_from_slice(&7u64.to_le_bytes());
+    put(&rig.mem, hdr, &h);
+    qs[REQUEST_QUEUE].add(&[(hdr, 20, false), (hdr + 20, 20, false), (a, 10, true), (b, 64, true)]);
+    w(&rig.t, 0x50, REQUEST_QUEUE as u32);
+    rig.run_until("the split reply arrives", |_| qs[REQUEST_QUEUE].used_idx() == 2);
+    let mut got = get(&rig.mem, a, 10);
+    got.extend(get(&rig.mem, b, 14));
+    assert_eq!(&got[0..16], &[&24u32.to_le_bytes()[..], &0i32.to_le_bytes(), &7u64.to_le_bytes()].concat()[..]);
+    assert_eq!(&got[16..], PAYLOAD);
+    qs[HIPRIO_QUEUE].add(&[(hdr, FUSE_IN_HEADER_LEN as u32, false)]);
+    w(&rig.t, 0x50, HIPRIO_QUEUE as u32);
+    rig.run_until("the forget is used", |_| qs[HIPRIO_QUEUE].used_idx() == 1);
+    assert_eq!(rig.counter("relayed_requests"), 3);
+    // The guest's writes stayed its own: the template file still holds its bytes there.
+    assert_eq!(file_bytes(&file, reply, 24), vec![0x5a; 24]);
+}
+
+#[test]
+fn relayed_requests_that_do_not_fit_wait_for_room_and_oversized_ones_fail() {
+    let (mem, _file) = private_mem(0);
+    let mut rig = Rig::with_mem(mem.clone());
+    let mut qs = queues(&mem);
+    rig.activate(&qs);
+    rig.run_until("the backend runs", |r| r.phase() == Phase::Running);
+    // Five requests, each with 4 MiB of reply room (one buffer, shared): the pool holds
+    // three at a time, the rest wait in the guest's queue and go as replies free room.
+    let room = 0x80_0000;
+    let mut heads = Vec::new();
+    for i in 0..5u64 {
+        let hdr = 0x40_0000 + i * 0x100;
+        let mut h = [0u8; FUSE_IN_HEADER_LEN];
+        h[4..8].copy_from_slice(&1u32.to_le_bytes());
+        h[8..16].copy_from_slice(&(100 + i).to_le_bytes());
+        put(&rig.mem, hdr, &h);
+        heads.push(qs[REQUEST_QUEUE].add(&[(hdr, FUSE_IN_HEADER_LEN as u32, false), (room, 4 << 20, true)]));
+    }
+    w(&rig.t, 0x50, REQUEST_QUEUE as u32);
+    rig.run_until("all five are answered", |_| qs[REQUEST_QUEUE].used_idx() == 5);
+    assert_eq!(qs[REQUEST_QUEUE].used().iter().map(|u| u.1).collect::<Vec<_>>(), vec![24; 5]);
+    assert_eq!(rig.counter("relayed_requests"), 5);
+    // More reply room than the pool: completed with nothing written, counted as an error.
+    let hdr = 0x40_1000;
+    put(&rig.mem, hdr, &[0u8; FUSE_IN_HEADER_LEN]);
+    let bufs: Vec<(u64, u32, bool)> = std::iter::once((hdr, FUSE_IN_HEADER_LEN as u32, false)).chain((0..5).map(|_| (room, 4 << 20, true))).collect();
+    qs[REQUEST_QUEUE].add(&bufs);
+    w(&rig.t, 0x50, REQUEST_QUEUE as u32);
+    rig.run_until("the oversized request is completed", |_| qs[REQUEST_QUEUE].used_idx() == 6);
+    assert_eq!(qs[REQUEST_QUEUE].used()[5].1, 0);
+    assert_eq!((rig.counter("errors"), rig.counter("relayed_requests")), (1, 5));
+}
+
+#[test]
+fn a_relaying_device_answers_what_a_dead_backend_held_with_eio() {
+    let (mem, _file) = private_mem(0);
+    let mut rig = Rig::with_mem(mem.clone());
+    let mut qs = queues(&mem);
+    rig.activate(&qs);
+    rig.run_until("the backend runs", |r| r.phase() == Phase::Running);
+    let answered = rig.request(&mut qs[REQUEST_QUEUE], REQUEST_QUEUE as u32, 1, 1);
+    rig.run_until("the first reply", |_| qs[REQUEST_QUEUE].used_idx() == 1);
+    let held = [rig.request(&mut qs[REQUEST_QUEUE], REQUEST_QUEUE as u32, STALL, 2), rig.request(&mut qs[REQUEST_QUEUE], REQUEST_QUEUE as u32, STALL, 3)];
+    rig.run_until("the backend holds both", |r| r.backend.stalled.load(Ordering::SeqCst) == 2);
+    rig.backend.die();
+    rig.run_until("the device notices", |r| r.phase() == Phase::Failed);
+    assert_eq!(rig.t.status() & STATUS_DEVICE_NEEDS_RESET, STATUS_DEVICE_NEEDS_RESET);
+    assert_eq!(qs[REQUEST_QUEUE].used_idx(), 3);
+    assert_eq!((rig.reply(held[0]), rig.reply(held[1])), ((16, -5, 2), (16, -5, 3)));
+    assert_eq!(rig.reply(answered), (24, 0, 1));
+    let later = rig.request(&mut qs[REQUEST_QUEUE], REQUEST_QUEUE as u32, 1, 4);
+    rig.run_until("the next request fails", |_| qs[REQUEST_QUEUE].used_idx() == 4);
+    assert_eq!(rig.reply(later), (16, -5, 4));
+    assert_eq!(rig.counter("failed_requests"), 3);
+}
+
+#[test]
+fn a_reset_relaying_device_starts_on_fresh_shadow_rings() {
+    let (mem, _file) = private_mem(0);
+    let mut rig = Rig::with_mem(mem.clone());
+    let mut qs = queues(&mem);
+    rig.activate(&qs);
+    rig.run_until("the backend runs", |r| r.phase() == Phase::Running);
+    rig.request(&mut qs[REQUEST_QUEUE], REQUEST_QUEUE as u32, 1, 1);
+    rig.run_until("the first reply", |_| qs[REQUEST_QUEUE].used_idx() == 1);
+    w(&rig.t, 0x70, 0);
+    rig.run_until("the rings are stopped", |r| !r.dev.lock().unwrap().stop_pending && r.phase() == Phase::Idle);
+    let mut qs = queues(&mem);
+    rig.activate(&qs);
+    rig.run_until("the backend runs again", |r| r.phase() == Phase::Running);
+    let reply = rig.request(&mut qs[REQUEST_QUEUE], REQUEST_QUEUE as u32, 1, 9);
+    rig.run_until("the reply after the reset", |_| qs[REQUEST_QUEUE].used_idx() == 1);
+    assert_eq!(rig.reply(reply), (24, 0, 9));
+    assert_eq!(rig.counter("activations"), 2);
 }
