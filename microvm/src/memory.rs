@@ -60,8 +60,15 @@ pub struct MemoryError {
 /// husk-vmm process (one process per VM), and device threads hold it until the process exits.
 /// On error, whatever was mapped is unmapped again and the memfd is closed.
 pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
+    create_shared_memory(size, MEMFD_NAME)
+}
+
+/// Memory laid out and mapped as guest RAM, in a memfd named `name` (`/memfd:NAME` in
+/// /proc/PID/maps): guest RAM, or memory of husk-vmm's own that a vhost-user backend maps
+/// (the virtio-fs relay's shadow rings).
+pub fn create_shared_memory(size: u64, name: &str) -> Result<GuestMemoryMmap, MemoryError> {
     let err = |what, source| MemoryError { size, what, source };
-    let file = Arc::new(create_memfd(size).map_err(|e| err("create the memfd", e))?);
+    let file = Arc::new(create_memfd(size, name).map_err(|e| err("create the memfd", e))?);
     let mut mapped = Mappings(Vec::new());
     let mut regions = Vec::new();
     let mut offset = 0u64;
@@ -149,8 +156,8 @@ pub fn is_private(region: &GuestRegionMmap) -> bool {
 }
 
 /// A memfd of `size` bytes, sealed so that it can neither grow nor shrink.
-fn create_memfd(size: u64) -> io::Result<File> {
-    let fd = memfd_create(MEMFD_NAME, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)?;
+fn create_memfd(size: u64, name: &str) -> io::Result<File> {
+    let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)?;
     let file = File::from(fd);
     file.set_len(size)?;
     fcntl(&file, FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL))?;

@@ -2,7 +2,8 @@
 # virtio-fs against the host and against virtio-blk, and virtiofsd's cache and xattr settings
 # against each other, in one run. The host runs the workload first, on a directory of the
 # same file system the shares and the disk image live on (the testbed's /tmp); then one guest
-# (husk-vmm, 1 vCPU, 256 MiB) runs it on one virtio-blk disk (ext4 image, the peer) and
+# (husk-vmm, 1 vCPU, 256 MiB) runs it on one virtio-blk disk (ext4 image in a disk slot
+# attached once the guest is up, the peer) and
 # one virtio-fs device per virtiofsd setting, each virtiofsd sandboxed as the shim runs it
 # (--sandbox namespace, --seccomp kill, --thread-pool-size 0) on its own host directory:
 #   auto          --cache auto              (metadata 1 s, data revalidated on open)
@@ -28,6 +29,10 @@
 # (auto+ra; auto when the settings given leave it out): sequential read at least 0.7x the host's, metadata (create, stat, unlink) at least
 # 0.3x, virtiofsd under 10 MiB of its own memory.
 # Everything runs in one VM at once, so every figure shares the same emulation overheads.
+# BENCH_FS_RESTORE=1 runs that VM as pods run: booted, saved before the guest mounts the
+# shares, and restored (its RAM the snapshot's memory file mapped copy-on-write) with new
+# virtiofsds, so husk-vmm relays every request (devices::virtio::fs::relay); run once with and
+# once without to see what the relay costs.
 # Run: tests/virtio/build.sh && tests/testbed/run --timeout 3600 -- tests/virtio/bench-fs.sh
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -36,6 +41,8 @@ MB=${BENCH_FS_MB:-16}
 FILES=${BENCH_FS_FILES:-300}
 REPS=${BENCH_FS_REPS:-3}
 RA_KB=${BENCH_FS_RA_KB:-1024}
+RESTORE=${BENCH_FS_RESTORE:-0}
+[[ "$RESTORE" =~ ^[01]$ ]] || { echo "bench-fs: BENCH_FS_RESTORE must be 0 or 1, got '$RESTORE'"; exit 2; }
 for v in MB FILES REPS RA_KB; do
   [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || { echo "bench-fs: BENCH_FS_$v must be a positive integer, got '${!v}'"; exit 2; }
 done
@@ -59,19 +66,26 @@ trap cleanup_bench EXIT
 
 truncate -s $((MB * 2 + 64 + FILES / 8))M "$work/blk.img"
 mkfs.ext4 -q -F "$work/blk.img" || { echo "bench-fs: mkfs.ext4 failed"; exit 1; }
-fs_args=() targets="blk"
-for s in "${SETTINGS[@]}"; do
-  name=${s%%:*} flags=${s#*:}
-  mkdir -p "$work/share-$name"
-  # shellcheck disable=SC2086 # flags are words
-  "$VIRTIOFSD" --socket-path "$work/$name.sock" --shared-dir "$work/share-$name" --sandbox namespace \
-    --seccomp kill --thread-pool-size 0 --log-level warn $flags 2>>"$work/virtiofsd.err" &
-  vfs_pids+=($!)
-  for ((i = 0; i < 100; i++)); do [ -S "$work/$name.sock" ] && break; sleep 0.1; done
-  [ -S "$work/$name.sock" ] || { echo "bench-fs: virtiofsd $name did not start: $(tail -3 "$work/virtiofsd.err")"; exit 1; }
-  fs_args+=(--fs "tag=$name,socket=$work/$name.sock")
-  targets="$targets $name"
-done
+# start_virtiofsds: one virtiofsd per setting, in vfs_pids; their --fs arguments in fs_args.
+start_virtiofsds() {
+  local s name flags i
+  vfs_pids=() fs_args=()
+  for s in "${SETTINGS[@]}"; do
+    name=${s%%:*} flags=${s#*:}
+    mkdir -p "$work/share-$name"
+    rm -f "$work/$name.sock"
+    # shellcheck disable=SC2086 # flags are words
+    "$VIRTIOFSD" --socket-path "$work/$name.sock" --shared-dir "$work/share-$name" --sandbox namespace \
+      --seccomp kill --thread-pool-size 0 --log-level warn $flags 2>>"$work/virtiofsd.err" &
+    vfs_pids+=($!)
+    for ((i = 0; i < 100; i++)); do [ -S "$work/$name.sock" ] && break; sleep 0.1; done
+    [ -S "$work/$name.sock" ] || { echo "bench-fs: virtiofsd $name did not start: $(tail -3 "$work/virtiofsd.err")"; exit 1; }
+    fs_args+=(--fs "tag=$name,socket=$work/$name.sock")
+  done
+}
+start_virtiofsds
+targets="blk"
+for s in "${SETTINGS[@]}"; do targets="$targets ${s%%:*}"; done
 
 # The host's run: the guest's workload below in bash, on the same file system.
 now() { date +%s.%N; }
@@ -95,6 +109,8 @@ mkinit_x benchfs "mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 now() { vsock-tool now; }
+echo HUSK-FSB-SAVE-ME; vsock-tool wait 5098
+i=0; while [ \$(cat /sys/block/vda/size) = 0 ] && [ \$i -lt 300 ]; do sleep 0.1; i=\$((i + 1)); done
 mkdir -p /mnt/blk && mount -t ext4 /dev/vda /mnt/blk || echo HUSK-FSB-ERROR mount blk
 for t in $targets; do [ \$t = blk ] && continue; mkdir -p /mnt/\$t && mount -t virtiofs \$t /mnt/\$t || echo HUSK-FSB-ERROR mount \$t; done
 for t in $targets; do
@@ -124,12 +140,37 @@ echo HUSK-FSB-DONE
 vsock-tool wait 5099
 poweroff -f" "$VSOCK_TOOL:/bin/vsock-tool"
 
-start_vm benchfs "$work/benchfs.cpio.gz" --disk "path=$work/blk.img,id=blk" "${fs_args[@]}" --vsock "cid=3,uds=$work/v.sock"
+start_vm benchfs "$work/benchfs.cpio.gz" --disk-slots 1 "${fs_args[@]}" --vsock "cid=3,uds=$work/v.sock" --api-sock "$work/api.sock"
+api() { curl -s -w ' %{http_code}' --unix-socket "$work/api.sock" -X PUT "http://localhost/vm/$1" ${2:+-d "$2"}; }
+# The guest waits before its first use of the shares and the disk (a slot, attached now:
+# a VM with a boot disk cannot be saved).
+for ((i = 0; i < 3000; i++)); do grep -aq '^HUSK-FSB-SAVE-ME' "$work/benchfs.out" 2>/dev/null && break; sleep 0.1; done
+if [ "$RESTORE" = 1 ]; then
+  mkdir "$work/snap"
+  r=$(api pause) && [[ "$r" == *" 200" ]] && r=$(api snapshot "{\"dir\":\"$work/snap\"}") && [[ "$r" == *" 200" ]] \
+    || { echo "bench-fs: cannot snapshot the VM before the mounts: $r"; tail -5 "$work/benchfs.err"; exit 1; }
+  kill -KILL "$vmm_pid"; wait "$vmm_pid" 2>/dev/null
+  for p in "${vfs_pids[@]}"; do kill -TERM "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  rm -f "$work/api.sock" "$work/v.sock"
+  start_virtiofsds
+  "$VMM" --restore "$work/snap" "${fs_args[@]}" --vsock "cid=3,uds=$work/v.sock" --api-sock "$work/api.sock" >>"$work/benchfs.out" 2>>"$work/benchfs.err" &
+  vmm_pid=$!
+  for ((i = 0; i < 300; i++)); do [ -S "$work/api.sock" ] && [ -S "$work/v.sock" ] && break; sleep 0.1; done
+  echo "bench-fs: the VM runs restored from a snapshot taken before the mounts (virtio-fs relayed)"
+fi
+r=$(api disks/slot0 "{\"path\":\"$work/blk.img\",\"id\":\"blk\"}")
+[[ "$r" == *" 200" ]] || { echo "bench-fs: cannot attach the disk: $r"; tail -5 "$work/benchfs.err"; exit 1; }
+timeout -k 5 60 python3 "$vdir/vsock_host.py" poke "$work/v.sock" 5098 >/dev/null 2>&1 || { echo "bench-fs: the guest does not answer on vsock port 5098"; tail -5 "$work/benchfs.err"; exit 1; }
 for ((i = 0; i < 36000; i++)); do
   grep -aq '^HUSK-FSB-DONE' "$work/benchfs.out" 2>/dev/null && break
   kill -0 "$vmm_pid" 2>/dev/null || break
   sleep 0.1
 done
+if [ "$RESTORE" = 1 ]; then
+  curl -s --unix-socket "$work/api.sock" http://localhost/vm/counters | python3 -c 'import json, sys
+c = json.load(sys.stdin)
+print("bench-fs: relayed requests per device: " + ", ".join("%s %d (relaying %d)" % (k[3:], v["relayed_requests"], v["relaying"]) for k, v in sorted(c.items()) if k.startswith("fs.")))'
+fi
 # virtiofsd's memory after the work: the process started plus its sandboxed server.
 rss_lines=()
 for idx in "${!SETTINGS[@]}"; do

@@ -31,7 +31,10 @@ use crate::devices::virtio::active::Active;
 use crate::devices::virtio::chain::{write_to, Desc, MAX_CHAIN_DESCS};
 use crate::devices::virtio::{feature, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use crate::guest_warn;
-use crate::memory::{create_guest_memory, GuestMemoryMmap};
+use crate::memory::{create_shared_memory, GuestMemoryMmap};
+
+/// Name of the shadow memory's memfd (`/memfd:husk-fs-relay` in /proc/PID/maps).
+const MEMFD_NAME: &str = "husk-fs-relay";
 
 /// Size of each shadow ring. Each request takes two descriptors.
 pub const RING_SIZE: u16 = 256;
@@ -183,7 +186,7 @@ impl Relay {
     /// Creates the shadow memory (a sealed memfd; no page is allocated until used) and the
     /// backend's kick EventFds.
     pub fn new() -> Result<Self, FsError> {
-        let mem = create_guest_memory(SHADOW_BYTES).map_err(FsError::Shadow)?;
+        let mem = create_shared_memory(SHADOW_BYTES, MEMFD_NAME).map_err(FsError::Shadow)?;
         let kicks = (0..NUM_QUEUES).map(|_| EventFd::new(libc::EFD_NONBLOCK).map_err(FsError::EventFd)).collect::<Result<Vec<_>, _>>()?;
         Ok(Relay { mem, kicks, rings: (0..NUM_QUEUES).map(Ring::new).collect(), pool: Pool::new() })
     }
@@ -474,6 +477,7 @@ mod tests {
 
     use super::*;
     use crate::devices::virtio::chain::read_from;
+    use crate::memory::create_guest_memory;
 
     #[test]
     fn the_pool_takes_first_fits_and_frees() {
