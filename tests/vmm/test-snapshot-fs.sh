@@ -12,7 +12,7 @@
 #     vhost-user setup with the new backend); the device's counters show one activation. A
 #     clone's RAM is the snapshot's memory file mapped copy-on-write, which virtiofsd cannot
 #     map: husk-vmm relays (counters `relaying` 1, `relayed_requests` > 0), virtiofsd maps only
-#     the relay's 16 MiB of husk-vmm memory, never the clone's RAM, and the memory file is
+#     the relay's 17 MiB of husk-vmm memory, never the clone's RAM, and the memory file is
 #     unchanged afterwards.
 #  3. A clone whose guest has mounted the share refuses the snapshot: 409 naming virtio-fs and
 #     the mount, nothing written; it goes on after a resume and reads the share again.
@@ -133,13 +133,13 @@ call r GET /vm/counters
 act=$(python3 -c 'import json, sys; c = json.loads(sys.argv[1])["fs.t"]; print(c["activations"], c["connected"], c["backend_failures"], c["relaying"], int(c["relayed_requests"] > 0), c["errors"])' "$body" 2>/dev/null)
 [ "$act" = "1 1 0 1 1 0" ] && ok "r's fs.t counters: one activation, connected, no failure, relaying, requests relayed, no error" || bad "r's counters (want 1 1 0 1 1 0, got '$act'): $code $body"
 # What r's virtiofsd (the process started and its sandboxed server) maps of husk-vmm's
-# memory: the relay's memfd (16 MiB + 64 KiB), never guest RAM or the snapshot's memory file.
+# memory: the relay's memfd (17 MiB + 64 KiB), never guest RAM or the snapshot's memory file.
 vmaps=$(for p in $vfs_r $(pgrep -P "$vfs_r"); do cat "/proc/$p/maps"; done)
 relay_kib=0
 while read -r range _; do relay_kib=$((relay_kib + (16#${range#*-} - 16#${range%-*}) / 1024)); done < <(grep '/memfd:husk-fs-relay' <<<"$vmaps")
-if [ "$relay_kib" = 16448 ] && ! grep -q -e '/memfd:husk-guest-ram' -e "$work/snap/memory" <<<"$vmaps"; then
+if [ "$relay_kib" = 17472 ] && ! grep -q -e '/memfd:husk-guest-ram' -e "$work/snap/memory" <<<"$vmaps"; then
   ok "r's virtiofsd maps the relay's $relay_kib KiB of husk-vmm memory and none of the clone's RAM"
-else bad "r's virtiofsd maps: relay $relay_kib KiB (want 16448); guest RAM or memory file: $(grep -e '/memfd:' -e "$work/snap/memory" <<<"$vmaps" | tr '\n' '|')"; fi
+else bad "r's virtiofsd maps: relay $relay_kib KiB (want 17472); guest RAM or memory file: $(grep -e '/memfd:' -e "$work/snap/memory" <<<"$vmaps" | tr '\n' '|')"; fi
 # Both clones map the memory file copy-on-write and share its pages that neither wrote.
 shared_kib() { awk -v f="$2" '/^[0-9a-f]+-[0-9a-f]+ / { m = ($NF == f) } m && /^Shared_(Clean|Dirty):/ { s += $2 } END { print s + 0 }' "/proc/$1/smaps"; }
 kib=$(shared_kib "$pid_r" "$work/snap/memory")

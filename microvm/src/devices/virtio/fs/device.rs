@@ -235,7 +235,7 @@ impl Fs {
         };
         if self.relaying {
             // husk-vmm knows what the backend held: the guest's queues are where it left them.
-            self.relay.fail_in_flight(active, &self.metrics);
+            self.relay.fail(active, &self.metrics);
         } else {
             failover::take_over(active);
         }
@@ -364,6 +364,7 @@ impl VirtioDevice for Fs {
     /// (`GET_VRING_BASE`) right after.
     fn reset(&mut self) {
         self.active = None;
+        self.relay.forget();
         if self.phase == Phase::Running {
             self.stop_pending = true;
         }

@@ -14,19 +14,24 @@
 //! - the backend gone: every request it held is answered with `EIO` here, exactly, since
 //!   husk-vmm knows which it held (no guess from the used index as in [`super::failover`]).
 //!
-//! A request larger than the pool is malformed (FUSE requests carry at most 1 MiB of data);
-//! it is completed with no reply bytes. One that does not fit while others are in flight
-//! waits in the guest's queue until a completion frees room. Written here rather than taken
-//! from a crate: rust-vmm has the device side of virtqueues (virtio-queue) but no driver side.
+//! Each queue has a buffer pool of its own, so a queue waiting for room is always woken by a
+//! completion on that same queue. A request larger than its queue's pool is malformed (FUSE
+//! requests carry at most 1 MiB of data); it is completed with no reply bytes. One that does
+//! not fit while others are in flight waits in the guest's queue until a completion frees
+//! room. A pool that drained after holding more than [`KEEP_BYTES`] gives its pages back to
+//! the host (a hole punched in the memfd). Written here rather than taken from a crate:
+//! rust-vmm has the device side of virtqueues (virtio-queue) but no driver side.
 
 use std::sync::atomic::{fence, Ordering};
+
+use nix::fcntl::{fallocate, FallocateFlags};
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::metrics::FsMetrics;
-use super::{FsError, FUSE_OUT_HEADER_LEN, NUM_QUEUES, QUEUE_SIZE};
+use super::{FsError, FUSE_OUT_HEADER_LEN, HIPRIO_QUEUE, NUM_QUEUES, QUEUE_SIZE};
 use crate::devices::virtio::active::Active;
 use crate::devices::virtio::chain::{write_to, Desc, MAX_CHAIN_DESCS};
 use crate::devices::virtio::{feature, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
@@ -44,14 +49,17 @@ const PAGE: u64 = 4096;
 /// One queue's rings: the descriptor table (16 bytes each), the avail ring and the used ring,
 /// a page each.
 const RING_AREA: u64 = 3 * PAGE;
-/// Where the buffer pool starts in the shadow memory.
+/// Where the buffer pools start in the shadow memory.
 const POOL_START: u64 = 0x1_0000;
-/// The buffer pool: room for at least 15 requests of FUSE's largest (1 MiB of data and
-/// headers) at once. Its pages exist only once used; the pool is used from its start.
+/// The request queue's pool: room for at least 15 requests of FUSE's largest (1 MiB of data
+/// and headers) at once. Its pages exist only once used; a pool is used from its start.
 pub const POOL_BYTES: u64 = 16 << 20;
-/// The shadow memory: rings, then the pool.
-pub const SHADOW_BYTES: u64 = POOL_START + POOL_BYTES;
-const POOL_PAGES: usize = (POOL_BYTES / PAGE) as usize;
+/// The high-priority queue's pool (FORGET, BATCH_FORGET and INTERRUPT are small).
+pub const HIPRIO_POOL_BYTES: u64 = 1 << 20;
+/// The shadow memory: rings, then the high-priority queue's pool, then the request queue's.
+pub const SHADOW_BYTES: u64 = POOL_START + HIPRIO_POOL_BYTES + POOL_BYTES;
+/// A drained pool keeps this much of its start resident; more is given back.
+pub const KEEP_BYTES: u64 = 256 << 10;
 
 const VRING_DESC_F_NEXT: u16 = 1;
 const VRING_DESC_F_WRITE: u16 = 2;
@@ -72,7 +80,7 @@ struct InFlight {
     head: u16,
     /// Where its reply goes in guest memory.
     writable: Vec<Desc>,
-    /// Its buffer in the pool: first page and page count.
+    /// Its buffer in its queue's pool: first page and page count.
     page: usize,
     pages: usize,
     /// Bytes of request and of reply room.
@@ -108,15 +116,24 @@ impl Ring {
     }
 }
 
-/// The pool's pages, first fit.
+/// One queue's buffer pool: its pages, first fit.
 #[derive(Debug)]
 struct Pool {
+    /// Where it starts in the shadow memory.
+    start: u64,
     used: Vec<bool>,
+    /// One past the highest page used since the pool was last given back.
+    high: usize,
 }
 
 impl Pool {
-    fn new() -> Self {
-        Pool { used: vec![false; POOL_PAGES] }
+    fn new(start: u64, bytes: u64) -> Self {
+        Pool { start, used: vec![false; (bytes / PAGE) as usize], high: 0 }
+    }
+
+    /// The shadow address of page `page`.
+    fn addr(&self, page: usize) -> u64 {
+        self.start + page as u64 * PAGE
     }
 
     /// The first run of `n` free pages, taken.
@@ -127,6 +144,7 @@ impl Pool {
             if run == n {
                 let first = i + 1 - n;
                 self.used[first..=i].iter_mut().for_each(|u| *u = true);
+                self.high = self.high.max(i + 1);
                 return Some(first);
             }
         }
@@ -137,6 +155,18 @@ impl Pool {
         if let Some(pages) = self.used.get_mut(first..first + n) {
             pages.iter_mut().for_each(|u| *u = false);
         }
+    }
+
+    /// When nothing is allocated and more than [`KEEP_BYTES`] was used since the last time:
+    /// the range past those bytes that was used, as (shadow address, length), to give back.
+    fn take_unused(&mut self) -> Option<(u64, u64)> {
+        let keep = (KEEP_BYTES / PAGE) as usize;
+        if self.high <= keep || self.used.iter().any(|&u| u) {
+            return None;
+        }
+        let range = (self.addr(keep), (self.high - keep) as u64 * PAGE);
+        self.high = keep;
+        Some(range)
     }
 }
 
@@ -179,7 +209,18 @@ pub struct Relay {
     mem: GuestMemoryMmap,
     kicks: Vec<EventFd>,
     rings: Vec<Ring>,
-    pool: Pool,
+    /// Each queue's pool.
+    pools: Vec<Pool>,
+}
+
+/// The pools of a fresh relay.
+fn pools() -> Vec<Pool> {
+    (0..NUM_QUEUES)
+        .map(|q| match q {
+            HIPRIO_QUEUE => Pool::new(POOL_START, HIPRIO_POOL_BYTES),
+            _ => Pool::new(POOL_START + HIPRIO_POOL_BYTES, POOL_BYTES),
+        })
+        .collect()
 }
 
 impl Relay {
@@ -188,7 +229,7 @@ impl Relay {
     pub fn new() -> Result<Self, FsError> {
         let mem = create_shared_memory(SHADOW_BYTES, MEMFD_NAME).map_err(FsError::Shadow)?;
         let kicks = (0..NUM_QUEUES).map(|_| EventFd::new(libc::EFD_NONBLOCK).map_err(FsError::EventFd)).collect::<Result<Vec<_>, _>>()?;
-        Ok(Relay { mem, kicks, rings: (0..NUM_QUEUES).map(Ring::new).collect(), pool: Pool::new() })
+        Ok(Relay { mem, kicks, rings: (0..NUM_QUEUES).map(Ring::new).collect(), pools: pools() })
     }
 
     /// The memory the backend is given.
@@ -201,14 +242,22 @@ impl Relay {
         &self.kicks
     }
 
-    /// Empties the rings and the pool for a new activation (nothing in flight is kept: the
+    /// Forgets what the backend held (the driver reset the device: those requests are no
+    /// longer the guest's, and their buffers may be anything now).
+    pub fn forget(&mut self) {
+        self.rings = (0..NUM_QUEUES).map(Ring::new).collect();
+        for p in &mut self.pools {
+            p.used.iter_mut().for_each(|u| *u = false);
+        }
+    }
+
+    /// Empties the rings and the pools for a new activation (nothing in flight is kept: the
     /// backend's rings were stopped or it is gone) and returns the shadow queues to hand the
     /// backend.
     pub fn restart(&mut self) -> Result<Vec<Queue>, RelayError> {
-        self.pool = Pool::new();
+        self.forget();
         let mut queues = Vec::with_capacity(NUM_QUEUES);
         for q in 0..NUM_QUEUES {
-            self.rings[q] = Ring::new(q);
             let ring = &self.rings[q];
             let zero = [0u8; PAGE as usize];
             for page in 0..3 {
@@ -260,26 +309,32 @@ impl Relay {
                 }
             };
             let (rlen, wlen) = (chain.readable_len(), chain.writable_len());
-            if rlen + wlen > POOL_BYTES {
-                guest_warn!("virtio-fs: request {head} on queue {q} has {rlen} bytes and room for {wlen}, more than the {POOL_BYTES} relayed at once");
+            // Each part starts on a page of its own; both are bounded by the chain's length.
+            let pages = (rlen.div_ceil(PAGE) + wlen.div_ceil(PAGE)).max(1);
+            let pool = &mut self.pools[q];
+            if pages > pool.used.len() as u64 {
+                guest_warn!(
+                    "virtio-fs: request {head} on queue {q} has {rlen} bytes and room for {wlen}, more than the {} relayed at once",
+                    pool.used.len() as u64 * PAGE
+                );
                 metrics.errors.inc();
                 active.add_used(q, head, 0);
                 completed = true;
                 continue;
             }
-            let pages = (rlen.div_ceil(PAGE) + wlen.div_ceil(PAGE)).max(1) as usize;
-            let Some(page) = self.pool.alloc(pages) else {
+            let pages = pages as usize;
+            let Some(page) = pool.alloc(pages) else {
                 // Waits for a completion to free room (something is in flight: the pool
                 // holds any single request), which forwards again.
                 active.unpop(q);
                 taken = 0;
                 break;
             };
-            let at = POOL_START + page as u64 * PAGE;
+            let at = pool.addr(page);
             if let Err(e) = copy_in(&active.mem, &chain.readable, &self.mem, at) {
                 guest_warn!("virtio-fs: cannot copy request {head} of queue {q}: {e}");
                 metrics.errors.inc();
-                self.pool.free(page, pages);
+                pool.free(page, pages);
                 active.add_used(q, head, 0);
                 completed = true;
                 continue;
@@ -292,7 +347,7 @@ impl Relay {
                 }
                 Err((e, flight)) => {
                     log::error!("virtio-fs: cannot put a request on shadow ring {q}: {e}");
-                    self.pool.free(flight.page, flight.pages);
+                    self.pools[q].free(flight.page, flight.pages);
                     active.add_used(q, flight.head, 0);
                     completed = true;
                 }
@@ -318,7 +373,7 @@ impl Relay {
             return Err((RelayError::UnknownId { queue: q, id: u32::from(SLOTS) }, f));
         };
         let desc = 2 * slot;
-        let at = POOL_START + f.page as u64 * PAGE;
+        let at = self.pools[q].addr(f.page);
         let reply_at = at + f.rlen.div_ceil(PAGE) * PAGE;
         let mut entries: Vec<(u64, u32, u16)> = Vec::with_capacity(2);
         if f.rlen > 0 {
@@ -360,31 +415,52 @@ impl Relay {
 
     /// Takes the backend's completions on ring `q`: copies each reply into the guest's
     /// buffers and completes the guest's request; raises the guest's interrupt if it wants
-    /// one, then forwards requests that waited for room. An error means the backend broke
-    /// the ring's protocol (the caller treats it as gone).
+    /// one, then forwards requests that waited for room. Returns whether the guest's queue
+    /// has more to forward now (see [`Relay::forward`]). An error means the backend broke the
+    /// ring's protocol (the caller treats it as gone); what it completed before is delivered.
     pub fn complete(&mut self, active: &mut Active, q: usize, metrics: &FsMetrics) -> Result<bool, RelayError> {
-        let Some(ring) = self.rings.get_mut(q) else { return Ok(false) };
+        let taken = self.take_used(active, q, metrics);
+        if matches!(taken, Ok(true)) {
+            return Ok(self.forward(active, q, metrics));
+        }
+        taken.map(|_| false)
+    }
+
+    /// Completes the guest's requests whose replies are in ring `q`'s used ring, and notifies
+    /// the guest if any was (also when the ring turns out broken midway). Returns whether any
+    /// was.
+    fn take_used(&mut self, active: &mut Active, q: usize, metrics: &FsMetrics) -> Result<bool, RelayError> {
+        let mut any = false;
+        let result = self.take_used_entries(active, q, metrics, &mut any);
+        if any {
+            if active.notify(q) {
+                metrics.interrupts.inc();
+            }
+            self.give_back(q);
+        }
+        result.map(|()| any)
+    }
+
+    fn take_used_entries(&mut self, active: &mut Active, q: usize, metrics: &FsMetrics, any: &mut bool) -> Result<(), RelayError> {
+        let (Some(ring), Some(pool)) = (self.rings.get_mut(q), self.pools.get_mut(q)) else { return Ok(()) };
         let mem = &self.mem;
         let used: u16 = mem.load(GuestAddress(ring.used() + 2), Ordering::Acquire).map_err(|source| RelayError::Memory { queue: q, source })?;
         let count = used.wrapping_sub(ring.last_used);
         if count > RING_SIZE {
             return Err(RelayError::UsedIndex { queue: q, from: ring.last_used, to: used });
         }
-        let mut any = false;
         for _ in 0..count {
             let entry = ring.used() + 4 + 8 * u64::from(ring.last_used % RING_SIZE);
             let id: u32 = mem.read_obj(GuestAddress(entry)).map_err(|source| RelayError::Memory { queue: q, source })?;
             let len: u32 = mem.read_obj(GuestAddress(entry + 4)).map_err(|source| RelayError::Memory { queue: q, source })?;
             let slot = id.is_multiple_of(2).then_some(id / 2).and_then(|s| u16::try_from(s).ok()).filter(|&s| s < SLOTS);
-            let Some(f) = slot.and_then(|s| ring.slots[usize::from(s)].take()) else {
+            let Some((slot, f)) = slot.and_then(|s| ring.slots[usize::from(s)].take().map(|f| (s, f))) else {
                 return Err(RelayError::UnknownId { queue: q, id });
             };
             ring.last_used = ring.last_used.wrapping_add(1);
-            if let Some(s) = slot {
-                ring.free.push(s);
-            }
+            ring.free.push(slot);
             let n = u64::from(len).min(f.wlen);
-            let reply_at = POOL_START + f.page as u64 * PAGE + f.rlen.div_ceil(PAGE) * PAGE;
+            let reply_at = pool.addr(f.page) + f.rlen.div_ceil(PAGE) * PAGE;
             let written = match copy_out(mem, reply_at, &active.mem, &f.writable, n) {
                 Ok(()) => n as u32,
                 Err(e) => {
@@ -393,28 +469,46 @@ impl Relay {
                     0
                 }
             };
-            self.pool.free(f.page, f.pages);
+            pool.free(f.page, f.pages);
             active.add_used(q, f.head, written);
-            any = true;
+            *any = true;
         }
-        if any {
-            if active.notify(q) {
-                metrics.interrupts.inc();
-            }
-            return Ok(self.forward(active, q, metrics));
-        }
-        Ok(false)
+        Ok(())
     }
 
-    /// The backend is gone: answers every request it held with `EIO` (with the request's
-    /// `unique`), and forgets them.
-    pub fn fail_in_flight(&mut self, active: &mut Active, metrics: &FsMetrics) {
+    /// Gives queue `q`'s pool pages back to the host once it drained after a burst.
+    fn give_back(&mut self, q: usize) {
+        let Some((addr, len)) = self.pools.get_mut(q).and_then(Pool::take_unused) else { return };
+        let Some(region) = vm_memory::GuestMemoryBackend::find_region(&self.mem, GuestAddress(addr)) else { return };
+        let Some(fo) = vm_memory::GuestMemoryRegion::file_offset(region) else { return };
+        let at = fo.start() + (addr - vm_memory::GuestMemoryRegion::start_addr(region).0);
+        let (Ok(at), Ok(len)) = (i64::try_from(at), i64::try_from(len)) else { return };
+        if let Err(e) = fallocate(fo.file(), FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE, at, len) {
+            log::warn!("virtio-fs: cannot give the relay's unused buffer pages back: {e}");
+        }
+    }
+
+    /// The backend is gone. Delivers the replies it completed before it went, then answers
+    /// every request it still held with `EIO` (with the request's `unique`), and forgets
+    /// them.
+    pub fn fail(&mut self, active: &mut Active, metrics: &FsMetrics) {
+        for q in 0..self.rings.len() {
+            if let Err(e) = self.take_used(active, q, metrics) {
+                log::warn!("virtio-fs: the replies of a backend that is gone cannot all be read: {e}");
+            }
+        }
+        self.fail_in_flight(active, metrics);
+    }
+
+    /// Answers every request the backend held with `EIO` (with the request's `unique`), and
+    /// forgets them.
+    fn fail_in_flight(&mut self, active: &mut Active, metrics: &FsMetrics) {
         for q in 0..self.rings.len() {
             let mut any = false;
             for slot in 0..usize::from(SLOTS) {
                 let Some(f) = self.rings[q].slots[slot].take() else { continue };
                 self.rings[q].free.push(slot as u16);
-                let at = POOL_START + f.page as u64 * PAGE;
+                let at = self.pools[q].addr(f.page);
                 let mut head = [0u8; 16];
                 let len = if f.rlen >= 16 && f.wlen >= FUSE_OUT_HEADER_LEN as u64 && self.mem.read_slice(&mut head, GuestAddress(at)).is_ok() {
                     let mut reply = [0u8; FUSE_OUT_HEADER_LEN];
@@ -425,7 +519,7 @@ impl Relay {
                 } else {
                     0
                 };
-                self.pool.free(f.page, f.pages);
+                self.pools[q].free(f.page, f.pages);
                 active.add_used(q, f.head, len);
                 metrics.failed_requests.inc();
                 any = true;
@@ -480,17 +574,28 @@ mod tests {
     use crate::memory::create_guest_memory;
 
     #[test]
-    fn the_pool_takes_first_fits_and_frees() {
-        let mut p = Pool::new();
+    fn the_pool_takes_first_fits_frees_and_gives_back_what_a_burst_used() {
+        let all = (POOL_BYTES / PAGE) as usize;
+        let mut p = Pool::new(POOL_START, POOL_BYTES);
         assert_eq!(p.alloc(2), Some(0));
         assert_eq!(p.alloc(3), Some(2));
         p.free(0, 2);
         assert_eq!(p.alloc(3), Some(5), "a hole of 2 does not hold 3");
         assert_eq!(p.alloc(2), Some(0));
-        assert_eq!(p.alloc(POOL_PAGES), None);
-        let mut q = Pool::new();
-        assert_eq!(q.alloc(POOL_PAGES), Some(0));
+        assert_eq!(p.alloc(all), None);
+        assert_eq!(p.addr(3), POOL_START + 3 * PAGE);
+        assert_eq!(p.take_unused(), None, "small and in use");
+        let mut q = Pool::new(POOL_START, POOL_BYTES);
+        assert_eq!(q.alloc(all), Some(0));
         assert_eq!(q.alloc(1), None);
+        assert_eq!(q.take_unused(), None, "in use");
+        q.free(0, all);
+        let keep = KEEP_BYTES / PAGE;
+        assert_eq!(q.take_unused(), Some((POOL_START + KEEP_BYTES, POOL_BYTES - KEEP_BYTES)));
+        assert_eq!(q.take_unused(), None, "given back once");
+        assert_eq!(q.alloc(keep as usize), Some(0));
+        q.free(0, keep as usize);
+        assert_eq!(q.take_unused(), None, "within what a pool keeps");
     }
 
     #[test]

@@ -832,3 +832,71 @@ fn a_reset_relaying_device_starts_on_fresh_shadow_rings() {
     assert_eq!(rig.reply(reply), (24, 0, 9));
     assert_eq!(rig.counter("activations"), 2);
 }
+
+#[test]
+fn a_full_request_pool_does_not_hold_up_the_high_priority_queue() {
+    let (mem, _file) = private_mem(0);
+    let mut rig = Rig::with_mem(mem.clone());
+    let mut qs = queues(&mem);
+    rig.activate(&qs);
+    rig.run_until("the backend runs", |r| r.phase() == Phase::Running);
+    // Three requests the backend keeps, 5 MiB of reply room each: the request queue's pool is
+    // full (a fourth could not go).
+    for i in 0..3u64 {
+        let hdr = 0x40_0000 + i * 0x100;
+        let mut h = [0u8; FUSE_IN_HEADER_LEN];
+        h[4..8].copy_from_slice(&STALL.to_le_bytes());
+        put(&rig.mem, hdr, &h);
+        qs[REQUEST_QUEUE].add(&[(hdr, FUSE_IN_HEADER_LEN as u32, false), (0x80_0000, 5 << 20, true)]);
+    }
+    w(&rig.t, 0x50, REQUEST_QUEUE as u32);
+    rig.run_until("the backend holds all three", |r| r.backend.stalled.load(Ordering::SeqCst) == 3);
+    // A FORGET still goes through its own queue.
+    put(&rig.mem, 0x30_0000, &[0u8; FUSE_IN_HEADER_LEN]);
+    qs[HIPRIO_QUEUE].add(&[(0x30_0000, FUSE_IN_HEADER_LEN as u32, false)]);
+    w(&rig.t, 0x50, HIPRIO_QUEUE as u32);
+    rig.run_until("the forget is used", |_| qs[HIPRIO_QUEUE].used_idx() == 1);
+    assert_eq!(qs[REQUEST_QUEUE].used_idx(), 0);
+}
+
+#[test]
+fn a_request_of_exactly_the_pool_in_two_parts_fails_instead_of_waiting_forever() {
+    let (mem, _file) = private_mem(0);
+    let mut rig = Rig::with_mem(mem.clone());
+    let mut qs = queues(&mem);
+    rig.activate(&qs);
+    rig.run_until("the backend runs", |r| r.phase() == Phase::Running);
+    // 1 readable byte and 16 MiB - 1 of reply room: 16 MiB in all, but each part takes whole
+    // pages, one more than the pool has.
+    qs[REQUEST_QUEUE].add(&[(0x1000, 1, false), (0, (relay::POOL_BYTES - 1) as u32, true)]);
+    w(&rig.t, 0x50, REQUEST_QUEUE as u32);
+    rig.run_until("the request is completed", |_| qs[REQUEST_QUEUE].used_idx() == 1);
+    assert_eq!(qs[REQUEST_QUEUE].used()[0].1, 0);
+    let reply = rig.request(&mut qs[REQUEST_QUEUE], REQUEST_QUEUE as u32, 1, 5);
+    rig.run_until("the next request is answered", |_| qs[REQUEST_QUEUE].used_idx() == 2);
+    assert_eq!(rig.reply(reply), (24, 0, 5));
+}
+
+#[test]
+fn what_the_backend_held_before_a_reset_is_never_answered_into_the_next_activation() {
+    let (mem, _file) = private_mem(0);
+    let mut rig = Rig::with_mem(mem.clone());
+    let mut qs = queues(&mem);
+    rig.activate(&qs);
+    rig.run_until("the backend runs", |r| r.phase() == Phase::Running);
+    let old = rig.request(&mut qs[REQUEST_QUEUE], REQUEST_QUEUE as u32, STALL, 1);
+    rig.run_until("the backend holds it", |r| r.backend.stalled.load(Ordering::SeqCst) == 1);
+    // The backend dies as the driver resets the device: stopping its rings fails while the
+    // device is idle, and the next activation finds no backend.
+    rig.backend.die();
+    w(&rig.t, 0x70, 0);
+    rig.run_until("the device is idle without a backend", |r| r.phase() == Phase::Idle && r.counter("connected") == 0);
+    let mut qs = queues(&mem);
+    rig.activate(&qs);
+    rig.run_until("the activation fails", |r| r.phase() == Phase::Failed);
+    assert_eq!(qs[REQUEST_QUEUE].used_idx(), 0, "nothing of the old activation lands in the new rings");
+    assert_eq!(get(&rig.mem, old, 16), vec![0xee; 16], "the request from before the reset is left alone");
+    let later = rig.request(&mut qs[REQUEST_QUEUE], REQUEST_QUEUE as u32, 1, 2);
+    rig.run_until("the new request fails", |_| qs[REQUEST_QUEUE].used_idx() == 1);
+    assert_eq!(rig.reply(later), (16, -5, 2));
+}
