@@ -1,8 +1,7 @@
 //! Guest RAM in a snapshot: a sparse file laid out as RAM's memfd (the same offsets), holding
 //! only the pages that are not zero. Saving walks the memfd's data extents (`SEEK_DATA`), so
-//! pages the guest never touched or the balloon gave back are not even read; restoring
-//! writes the file's data extents into the new VM's memfd, so the copy stays private to the
-//! new VM (a vhost-user backend and the balloon work on it as on a booted VM's).
+//! pages the guest never touched or the balloon gave back are not even read; a restored VM
+//! maps the file copy-on-write ([`map`]).
 
 use std::fs::File;
 use std::os::fd::AsFd;
@@ -17,7 +16,7 @@ use crate::memory::GuestMemoryMmap;
 
 /// Pages are compared and written in this unit.
 const PAGE: usize = 4096;
-/// Bytes read (saving) or copied (restoring) at a time.
+/// Bytes read at a time when saving.
 const CHUNK: usize = 1 << 20;
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SnapshotError + 'a {
@@ -113,114 +112,16 @@ pub fn map(mem: &GuestMemoryMmap, path: &Path) -> Result<GuestMemoryMmap, Snapsh
     crate::memory::map_private(mem, std::sync::Arc::new(src)).map_err(|source| SnapshotError::Map { path: path.to_path_buf(), source })
 }
 
-/// Fills `mem` (fresh, all zero) from the file at `path`, which must be as large as `mem`.
-pub fn restore(mem: &GuestMemoryMmap, path: &Path) -> Result<(), SnapshotError> {
-    let (dst, _) = memfd(mem)?;
-    let (src, size) = open_sized(mem, path)?;
-    let extents = data_extents(&src, 0, size).map_err(io("find the data in", path))?;
-    for chunk in dense_chunks(&extents) {
-        populate(mem, chunk, HUGE_CHUNK);
-    }
-    for (start, len) in extents {
-        copy_extent(&src, dst, start, len).map_err(io("copy into guest memory from", path))?;
-    }
-    Ok(())
-}
-
-/// The host's huge page size: the unit in which the memfd can be backed by huge pages.
-const HUGE_CHUNK: u64 = 2 << 20;
-/// A huge chunk holding at least this many bytes of saved data is backed by one huge page
-/// (at most an eighth of it, 256 KiB, then is resident without holding data).
-const DENSE_BYTES: u64 = HUGE_CHUNK / 8 * 7;
-
-/// The file offsets of the huge chunks that `extents` (offset, length; sorted, disjoint)
-/// cover densely (at least [`DENSE_BYTES`]).
-fn dense_chunks(extents: &[(u64, u64)]) -> Vec<u64> {
-    let mut bytes: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
-    for &(start, len) in extents {
-        let end = start.saturating_add(len);
-        let mut off = start;
-        while off < end {
-            let chunk = off / HUGE_CHUNK * HUGE_CHUNK;
-            let stop = end.min(chunk.saturating_add(HUGE_CHUNK));
-            *bytes.entry(chunk).or_default() += stop - off;
-            off = stop;
-        }
-    }
-    bytes.into_iter().filter(|&(_, b)| b >= DENSE_BYTES).map(|(c, _)| c).collect()
-}
-
-/// Backs the memfd's range `start..start+len` through the VMM's mappings of it
-/// (`MADV_POPULATE_WRITE`), before the data is copied in. Through the mappings (marked
-/// `MADV_HUGEPAGE`, see [`crate::memory`]) the memfd gets huge pages where the host allows
-/// them, as the pages a booted guest touches do, so KVM maps that memory in 2 MiB steps;
-/// written through the file alone, every page is 4 KiB, each its own nested page fault when
-/// the restored guest first touches it. Only densely saved chunks get this ([`dense_chunks`]):
-/// a huge page is resident whole, and the guest does not report again what its template had
-/// reported free. Best effort: without `MADV_POPULATE_WRITE` (Linux 5.14) the copy backs them.
-fn populate(mem: &GuestMemoryMmap, start: u64, len: u64) {
-    let end = start.saturating_add(len);
-    for r in mem.iter() {
-        let Some(fo) = r.file_offset() else { continue };
-        let (rs, re) = (fo.start(), fo.start().saturating_add(r.len()));
-        let (s, e) = (start.max(rs), end.min(re));
-        if s >= e {
-            continue;
-        }
-        let (Ok(off), Ok(n)) = (usize::try_from(s - rs), usize::try_from(e - s)) else { continue };
-        // SAFETY: `off..off+n` lies within the region's mapping (checked against its length
-        // above), which lives as long as `mem`; MADV_POPULATE_WRITE only faults the pages in
-        // (writing nothing: shared memory pages start zeroed), so no Rust reference to guest
-        // memory is affected.
-        let rc = unsafe { libc::madvise(r.as_ptr().add(off).cast::<libc::c_void>(), n, libc::MADV_POPULATE_WRITE) };
-        if let Err(e) = nix::errno::Errno::result(rc) {
-            log::debug!("populating guest memory at file offset {s:#x} (+{n:#x}): {e}");
-        }
-    }
-}
-
-/// Copies `len` bytes at `start` of `src` to the same offset of `dst` in the kernel
-/// (`sendfile`: the source's page cache straight into the memfd's pages, one copy instead of
-/// two through a buffer).
-fn copy_extent(src: &File, dst: &File, start: u64, len: u64) -> std::io::Result<()> {
-    let invalid = || std::io::Error::from(std::io::ErrorKind::InvalidInput);
-    let mut off = i64::try_from(start).map_err(|_| invalid())?;
-    let end = i64::try_from(start.checked_add(len).ok_or_else(invalid)?).map_err(|_| invalid())?;
-    // sendfile writes at the destination's file position.
-    lseek(dst.as_fd(), off, Whence::SeekSet)?;
-    while off < end {
-        let n = ((end - off) as usize).min(CHUNK);
-        match nix::sys::sendfile::sendfile64(dst.as_fd(), src.as_fd(), Some(&mut off), n) {
-            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn only_densely_saved_huge_chunks_are_populated() {
-        const M: u64 = 1 << 20;
-        // Chunk 0 (0-2 MiB) whole; chunk 1 with 1.5 MiB; chunk 2 with 1.75 MiB from two
-        // extents, the second reaching 0.25 MiB into chunk 3; chunk 5 whole from an extent over
-        // 9-13 MiB that leaves 1 MiB in each of chunks 4 and 6.
-        let extents = [(0, 2 * M), (2 * M, M + M / 2), (4 * M, M), (5 * M + M / 4, M), (9 * M, 4 * M)];
-        assert_eq!(dense_chunks(&extents), vec![0, 4 * M, 10 * M]);
-        assert!(dense_chunks(&[]).is_empty());
-        assert_eq!(dense_chunks(&[(3 * M, DENSE_BYTES)]), Vec::<u64>::new(), "split over two chunks");
-        assert_eq!(dense_chunks(&[(2 * M, DENSE_BYTES)]), vec![2 * M]);
-    }
     use crate::memory::create_guest_memory;
     use vm_memory::{Bytes, GuestAddress};
 
     #[test]
-    fn saved_memory_is_sparse_and_restores_byte_for_byte() {
+    fn saved_memory_is_sparse_and_maps_byte_for_byte() {
         let dir = std::env::temp_dir().join(format!("husk-snap-mem-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -235,8 +136,7 @@ mod tests {
         // A second save to the same path is refused, not overwritten.
         assert!(save(&mem, &path).is_err());
 
-        let fresh = create_guest_memory(64 << 20).unwrap();
-        restore(&fresh, &path).unwrap();
+        let fresh = map(&create_guest_memory(64 << 20).unwrap(), &path).unwrap();
         let mut got = [0u8; 5];
         fresh.read_slice(&mut got, GuestAddress(0x1000)).unwrap();
         assert_eq!(&got, b"hello");
@@ -245,7 +145,7 @@ mod tests {
         assert!(big.iter().all(|&b| b == 7));
 
         let small = create_guest_memory(32 << 20).unwrap();
-        let e = restore(&small, &path).unwrap_err().to_string();
+        let e = map(&small, &path).unwrap_err().to_string();
         assert!(e.contains("the VM has 33554432"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
