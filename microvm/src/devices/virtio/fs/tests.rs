@@ -710,6 +710,20 @@ fn private_mem(fill: u8) -> (GuestMemoryMmap, std::fs::File) {
     (mem, f)
 }
 
+/// A device over copy-on-write RAM (a restored VM's), which relays; and that RAM.
+fn relaying_rig() -> (Rig, GuestMemoryMmap) {
+    let (mem, _file) = private_mem(0);
+    (Rig::with_mem(mem.clone()), mem)
+}
+
+impl Rig {
+    /// Activates the device with the rings of `qs` and waits until the backend serves them.
+    fn start(&mut self, qs: &[TestQueue<'_>]) {
+        self.activate(qs);
+        self.run_until("the backend runs", |r| r.phase() == Phase::Running);
+    }
+}
+
 fn file_bytes(f: &std::fs::File, at: u64, len: usize) -> Vec<u8> {
     use std::os::unix::fs::FileExt;
     let mut b = vec![0u8; len];
@@ -758,11 +772,9 @@ fn with_copy_on_write_ram_the_backend_gets_only_the_shadow_memory_and_requests_a
 
 #[test]
 fn relayed_requests_that_do_not_fit_wait_for_room_and_oversized_ones_fail() {
-    let (mem, _file) = private_mem(0);
-    let mut rig = Rig::with_mem(mem.clone());
+    let (mut rig, mem) = relaying_rig();
     let mut qs = queues(&mem);
-    rig.activate(&qs);
-    rig.run_until("the backend runs", |r| r.phase() == Phase::Running);
+    rig.start(&qs);
     // Five requests, each with 4 MiB of reply room (one buffer, shared): the pool holds
     // three at a time, the rest wait in the guest's queue and go as replies free room.
     let room = 0x80_0000;
@@ -792,11 +804,9 @@ fn relayed_requests_that_do_not_fit_wait_for_room_and_oversized_ones_fail() {
 
 #[test]
 fn a_relaying_device_answers_what_a_dead_backend_held_with_eio() {
-    let (mem, _file) = private_mem(0);
-    let mut rig = Rig::with_mem(mem.clone());
+    let (mut rig, mem) = relaying_rig();
     let mut qs = queues(&mem);
-    rig.activate(&qs);
-    rig.run_until("the backend runs", |r| r.phase() == Phase::Running);
+    rig.start(&qs);
     let answered = rig.request(&mut qs[REQUEST_QUEUE], REQUEST_QUEUE as u32, 1, 1);
     rig.run_until("the first reply", |_| qs[REQUEST_QUEUE].used_idx() == 1);
     let held = [rig.request(&mut qs[REQUEST_QUEUE], REQUEST_QUEUE as u32, STALL, 2), rig.request(&mut qs[REQUEST_QUEUE], REQUEST_QUEUE as u32, STALL, 3)];
@@ -815,11 +825,9 @@ fn a_relaying_device_answers_what_a_dead_backend_held_with_eio() {
 
 #[test]
 fn a_reset_relaying_device_starts_on_fresh_shadow_rings() {
-    let (mem, _file) = private_mem(0);
-    let mut rig = Rig::with_mem(mem.clone());
+    let (mut rig, mem) = relaying_rig();
     let mut qs = queues(&mem);
-    rig.activate(&qs);
-    rig.run_until("the backend runs", |r| r.phase() == Phase::Running);
+    rig.start(&qs);
     rig.request(&mut qs[REQUEST_QUEUE], REQUEST_QUEUE as u32, 1, 1);
     rig.run_until("the first reply", |_| qs[REQUEST_QUEUE].used_idx() == 1);
     w(&rig.t, 0x70, 0);
@@ -835,11 +843,9 @@ fn a_reset_relaying_device_starts_on_fresh_shadow_rings() {
 
 #[test]
 fn a_full_request_pool_does_not_hold_up_the_high_priority_queue() {
-    let (mem, _file) = private_mem(0);
-    let mut rig = Rig::with_mem(mem.clone());
+    let (mut rig, mem) = relaying_rig();
     let mut qs = queues(&mem);
-    rig.activate(&qs);
-    rig.run_until("the backend runs", |r| r.phase() == Phase::Running);
+    rig.start(&qs);
     // Three requests the backend keeps, 5 MiB of reply room each: the request queue's pool is
     // full (a fourth could not go).
     for i in 0..3u64 {
@@ -861,11 +867,9 @@ fn a_full_request_pool_does_not_hold_up_the_high_priority_queue() {
 
 #[test]
 fn a_request_of_exactly_the_pool_in_two_parts_fails_instead_of_waiting_forever() {
-    let (mem, _file) = private_mem(0);
-    let mut rig = Rig::with_mem(mem.clone());
+    let (mut rig, mem) = relaying_rig();
     let mut qs = queues(&mem);
-    rig.activate(&qs);
-    rig.run_until("the backend runs", |r| r.phase() == Phase::Running);
+    rig.start(&qs);
     // 1 readable byte and 16 MiB - 1 of reply room: 16 MiB in all, but each part takes whole
     // pages, one more than the pool has.
     qs[REQUEST_QUEUE].add(&[(0x1000, 1, false), (0, (relay::POOL_BYTES - 1) as u32, true)]);
@@ -879,11 +883,9 @@ fn a_request_of_exactly_the_pool_in_two_parts_fails_instead_of_waiting_forever()
 
 #[test]
 fn what_the_backend_held_before_a_reset_is_never_answered_into_the_next_activation() {
-    let (mem, _file) = private_mem(0);
-    let mut rig = Rig::with_mem(mem.clone());
+    let (mut rig, mem) = relaying_rig();
     let mut qs = queues(&mem);
-    rig.activate(&qs);
-    rig.run_until("the backend runs", |r| r.phase() == Phase::Running);
+    rig.start(&qs);
     let old = rig.request(&mut qs[REQUEST_QUEUE], REQUEST_QUEUE as u32, STALL, 1);
     rig.run_until("the backend holds it", |r| r.backend.stalled.load(Ordering::SeqCst) == 1);
     // The backend dies as the driver resets the device: stopping its rings fails while the
