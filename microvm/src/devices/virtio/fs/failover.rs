@@ -78,10 +78,16 @@ fn error_reply(mem: &GuestMemoryMmap, chain: &Chain) -> Result<u32, vm_memory::G
     if read_from(mem, &chain.readable, 0, &mut head)? < head.len() || chain.writable_len() < FUSE_OUT_HEADER_LEN as u64 {
         return Ok(0);
     }
+    write_to(mem, &chain.writable, 0, &eio_reply(&head))?;
+    Ok(FUSE_OUT_HEADER_LEN as u32)
+}
+
+/// A FUSE reply header with `-EIO` for the request whose header starts with `head` (its
+/// `unique` is at bytes 8..16 of `fuse_in_header`).
+pub fn eio_reply(head: &[u8; 16]) -> [u8; FUSE_OUT_HEADER_LEN] {
     let mut reply = [0u8; FUSE_OUT_HEADER_LEN];
     reply[0..4].copy_from_slice(&(FUSE_OUT_HEADER_LEN as u32).to_le_bytes());
     reply[4..8].copy_from_slice(&(-EIO).to_le_bytes());
     reply[8..16].copy_from_slice(&head[8..16]);
-    write_to(mem, &chain.writable, 0, &reply)?;
-    Ok(FUSE_OUT_HEADER_LEN as u32)
+    reply
 }

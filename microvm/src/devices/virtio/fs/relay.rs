@@ -63,8 +63,6 @@ pub const KEEP_BYTES: u64 = 256 << 10;
 
 const VRING_DESC_F_NEXT: u16 = 1;
 const VRING_DESC_F_WRITE: u16 = 2;
-/// `EIO`, as FUSE replies carry it (negated).
-const EIO: i32 = 5;
 
 /// Features the backend is not given in relay mode: the shadow rings use neither indirect
 /// descriptors nor event indices (the guest's rings may; husk-vmm handles those).
@@ -511,11 +509,7 @@ impl Relay {
                 let at = self.pools[q].addr(f.page);
                 let mut head = [0u8; 16];
                 let len = if f.rlen >= 16 && f.wlen >= FUSE_OUT_HEADER_LEN as u64 && self.mem.read_slice(&mut head, GuestAddress(at)).is_ok() {
-                    let mut reply = [0u8; FUSE_OUT_HEADER_LEN];
-                    reply[0..4].copy_from_slice(&(FUSE_OUT_HEADER_LEN as u32).to_le_bytes());
-                    reply[4..8].copy_from_slice(&(-EIO).to_le_bytes());
-                    reply[8..16].copy_from_slice(&head[8..16]);
-                    write_to(&active.mem, &f.writable, 0, &reply).map_or(0, |_| FUSE_OUT_HEADER_LEN as u32)
+                    write_to(&active.mem, &f.writable, 0, &super::failover::eio_reply(&head)).map_or(0, |_| FUSE_OUT_HEADER_LEN as u32)
                 } else {
                     0
                 };
