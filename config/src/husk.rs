@@ -537,6 +537,16 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_configuration_is_the_built_in_default() {
+        // `make install` writes husk.toml.in; a value that differs from the built-in default
+        // would make an installed husk behave unlike the documented and tested one.
+        let shipped = include_str!("../husk.toml.in").replace("@PREFIX@", "/usr/local");
+        let shipped = HuskConfig::from_toml_str(&shipped, Path::new("husk.toml.in")).unwrap();
+        assert_eq!(shipped, HuskConfig::default());
+        assert!(shipped.vm.templates);
+    }
+
+    #[test]
     fn missing_explicit_file_is_an_error() {
         let e = HuskConfig::load(Path::new("/nonexistent/husk.toml")).unwrap_err().to_string();
         assert!(e.contains("/nonexistent/husk.toml"), "{e}");
