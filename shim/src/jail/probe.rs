@@ -55,5 +55,5 @@ fn run_in_jail(cfg: &HuskConfig, dir: &Path) -> Result<String, String> {
     if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 || !text.starts_with("husk-vmm") {
         return Err(format!("husk-vmm --version in the jail ended with status {status:#x}: {text:?}"));
     }
-    Ok(format!("{text} ran as uid {} in new mount, PID and IPC namespaces, chrooted to a jail holding only husk-vmm, its libraries and /dev/kvm", jail.uid()))
+    Ok(format!("{text} ran as uid {} in new mount, PID and IPC namespaces, chrooted to a jail holding only husk-vmm, the libraries it links (none when static) and /dev/kvm", jail.uid()))
 }
