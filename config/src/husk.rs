@@ -438,6 +438,12 @@ fn rename(e: ConfigError, field: &str) -> ConfigError {
 mod tests {
     use super::*;
 
+    /// The configuration `make install` writes (husk.toml.in with PREFIX /usr/local), parsed.
+    fn shipped() -> HuskConfig {
+        let text = include_str!("../husk.toml.in").replace("@PREFIX@", "/usr/local");
+        HuskConfig::from_toml_str(&text, Path::new("husk.toml.in")).unwrap()
+    }
+
     #[test]
     fn empty_file_gives_install_defaults() {
         let c = HuskConfig::from_toml_str("", Path::new("t.toml")).unwrap();
@@ -487,8 +493,7 @@ mod tests {
     fn unsupported_fields_to_ignore_are_checked_and_apparmor_is_ignored_by_default() {
         let c = HuskConfig::from_toml_str("", Path::new("t")).unwrap();
         assert_eq!(c.shim.ignore_unsupported, ["process.apparmorProfile"]);
-        let shipped = include_str!("../husk.toml.in").replace("@PREFIX@", "/usr/local");
-        assert_eq!(HuskConfig::from_toml_str(&shipped, Path::new("husk.toml.in")).unwrap().shim.ignore_unsupported, c.shim.ignore_unsupported);
+        assert_eq!(shipped().shim.ignore_unsupported, c.shim.ignore_unsupported);
         let c = HuskConfig::from_toml_str("[shim]\nignore_unsupported = []\n", Path::new("t")).unwrap();
         assert!(c.shim.ignore_unsupported.is_empty());
         let e = HuskConfig::from_toml_str("[shim]\nignore_unsupported = [\"process.apparmor\"]\n", Path::new("t")).unwrap_err().to_string();
@@ -516,8 +521,7 @@ mod tests {
     fn free_page_reporting_is_on_by_default_and_takes_a_slot_s_line() {
         let c = HuskConfig::from_toml_str("", Path::new("t")).unwrap();
         assert!(c.vm.free_page_reporting);
-        let shipped = include_str!("../husk.toml.in").replace("@PREFIX@", "/usr/local");
-        assert!(HuskConfig::from_toml_str(&shipped, Path::new("husk.toml.in")).unwrap().vm.free_page_reporting);
+        assert!(shipped().vm.free_page_reporting);
         let c = HuskConfig::from_toml_str("[vm]\nfree_page_reporting = false\ndisk_slots = 15\n", Path::new("t")).unwrap();
         assert!(!c.vm.free_page_reporting);
         let e = HuskConfig::from_toml_str("[vm]\ndisk_slots = 15\n", Path::new("t")).unwrap_err().to_string();
@@ -528,8 +532,7 @@ mod tests {
     #[test]
     fn page_reporting_order_defaults_to_128k_blocks_and_is_bounded() {
         assert_eq!(HuskConfig::default().vm.page_reporting_order, 5);
-        let shipped = include_str!("../husk.toml.in").replace("@PREFIX@", "/usr/local");
-        assert_eq!(HuskConfig::from_toml_str(&shipped, Path::new("husk.toml.in")).unwrap().vm.page_reporting_order, 5);
+        assert_eq!(shipped().vm.page_reporting_order, 5);
         assert_eq!(HuskConfig::from_toml_str("[vm]\npage_reporting_order = 0\n", Path::new("t")).unwrap().vm.page_reporting_order, 0);
         assert_eq!(HuskConfig::from_toml_str("[vm]\npage_reporting_order = 10\n", Path::new("t")).unwrap().vm.page_reporting_order, 10);
         let e = HuskConfig::from_toml_str("[vm]\npage_reporting_order = 11\n", Path::new("t")).unwrap_err().to_string();
@@ -540,8 +543,7 @@ mod tests {
     fn the_shipped_configuration_is_the_built_in_default() {
         // `make install` writes husk.toml.in; a value that differs from the built-in default
         // would make an installed husk behave unlike the documented and tested one.
-        let shipped = include_str!("../husk.toml.in").replace("@PREFIX@", "/usr/local");
-        let shipped = HuskConfig::from_toml_str(&shipped, Path::new("husk.toml.in")).unwrap();
+        let shipped = shipped();
         assert_eq!(shipped, HuskConfig::default());
         assert!(shipped.vm.templates);
     }
